@@ -1,0 +1,165 @@
+// Package model holds boxctl's domain types: boxes, their configuration,
+// their lifecycle status and runs, and the typed errors callers branch on.
+// It has no behaviour beyond small helpers; the runtime (package core)
+// drives the lifecycle and package state persists these types.
+package model
+
+import (
+	"errors"
+	"time"
+
+	"github.com/boxctl/boxctl/core/proc"
+)
+
+// Errors the runtime returns; match them with errors.Is.
+var (
+	// ErrNotFound: no box (or other object) with that ID, name or prefix.
+	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists: the name is taken.
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrInvalidState: the box's status refuses the operation (removing a
+	// running box without force, for one).
+	ErrInvalidState = errors.New("invalid state")
+	// ErrShutDown: the runtime was shut down and refuses new work.
+	ErrShutDown = errors.New("runtime is shut down")
+	// ErrAmbiguous: an ID prefix matches more than one box.
+	ErrAmbiguous = errors.New("ambiguous")
+	// ErrInvalidArgument: the request is malformed.
+	ErrInvalidArgument = errors.New("invalid argument")
+)
+
+// Status is a box's lifecycle status.
+type Status string
+
+// Box statuses. Configured -> Starting -> Running -> Stopping -> Stopped;
+// Running <-> Paused while a snapshot is taken; Stopped -> Starting again.
+const (
+	StatusConfigured Status = "configured"
+	StatusStarting   Status = "starting"
+	StatusRunning    Status = "running"
+	StatusPaused     Status = "paused"
+	StatusStopping   Status = "stopping"
+	StatusStopped    Status = "stopped"
+)
+
+// Active reports whether a VM may exist for a box in this status.
+func (s Status) Active() bool {
+	switch s {
+	case StatusStarting, StatusRunning, StatusPaused, StatusStopping:
+		return true
+	}
+	return false
+}
+
+// BoxConfig is what a box is created with. Zero values mean "the default"
+// (from the config file's defaults block, or the image).
+type BoxConfig struct {
+	// Image is the image reference the box runs.
+	Image string `json:"image"`
+	// Entrypoint and Cmd override the image's; nil keeps the image's.
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	// Env entries (K=V) are added to the image's.
+	Env        []string          `json:"env,omitempty"`
+	WorkingDir string            `json:"working_dir,omitempty"`
+	User       string            `json:"user,omitempty"`
+	CPUs       int               `json:"cpus,omitempty"`
+	MemoryMiB  uint64            `json:"memory_mib,omitempty"`
+	DiskSize   uint64            `json:"disk_size,omitempty"`
+	AutoRemove bool              `json:"auto_remove,omitempty"`
+	Detach     bool              `json:"detach,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	Health     *HealthCheck      `json:"health,omitempty"`
+	// Platform selects an image platform ("linux/arm64"); "" is the host's.
+	Platform string `json:"platform,omitempty"`
+}
+
+// HealthCheck runs Cmd in the box periodically once StartPeriod has passed;
+// Retries consecutive failures make the box Unhealthy.
+type HealthCheck struct {
+	Cmd         []string      `json:"cmd"`
+	Interval    time.Duration `json:"interval"`
+	Timeout     time.Duration `json:"timeout"`
+	Retries     int           `json:"retries"`
+	StartPeriod time.Duration `json:"start_period"`
+}
+
+// Health is the persisted result of health checks.
+type Health struct {
+	Status        string    `json:"status,omitempty"` // "starting", "healthy", "unhealthy"
+	FailingStreak int       `json:"failing_streak,omitempty"`
+	LastOutput    string    `json:"last_output,omitempty"`
+	LastCheck     time.Time `json:"last_check,omitempty"`
+}
+
+// Exit records how a VM ended.
+type Exit struct {
+	// Code is the VM process's exit code; -1 when it was killed by a signal
+	// or the exit could not be observed.
+	Code   int `json:"code"`
+	Signal int `json:"signal,omitempty"`
+	// Reason says how the exit was observed, e.g. "stopped", "vm process
+	// exited", "host rebooted", "vm process vanished".
+	Reason string    `json:"reason,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// Run is one start of a box: the processes behind it and how to reach and
+// control them. It survives the boxctl process that made it.
+type Run struct {
+	// ID distinguishes runs, so a late update from the monitor of an old
+	// run cannot overwrite a newer run's state.
+	ID string `json:"id"`
+	// Detached runs outlive the process that started them; others are
+	// stopped when Owner exits.
+	Detached bool       `json:"detached"`
+	Owner    proc.Ident `json:"owner"`
+	Monitor  proc.Ident `json:"monitor"`
+	VM       proc.Ident `json:"vm"`
+	// Handle is the VMM plugin's opaque handle for this VM.
+	Handle      []byte    `json:"handle,omitempty"`
+	VMM         string    `json:"vmm"`
+	AgentSocket string    `json:"agent_socket,omitempty"`
+	ConsoleLog  string    `json:"console_log,omitempty"`
+	StartedAt   time.Time `json:"started_at"`
+	Exit        *Exit     `json:"exit,omitempty"`
+}
+
+// Box is a box's persisted record.
+type Box struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	Config    BoxConfig `json:"config"`
+	Status    Status    `json:"status"`
+	// Run is the current run, or the last one once stopped.
+	Run *Run `json:"run,omitempty"`
+	// ImageDigest is the resolved image, once the box has started.
+	ImageDigest string `json:"image_digest,omitempty"`
+	// DiskID names the box's writable disk in the storage plugin.
+	DiskID string `json:"disk_id,omitempty"`
+	// ClonedFrom is the ID of the box this one was cloned from.
+	ClonedFrom string `json:"cloned_from,omitempty"`
+	// Error says what failed last (a start that failed, ...); cleared by
+	// the next successful start.
+	Error  string `json:"error,omitempty"`
+	Health Health `json:"health,omitempty"`
+	// Pending names an operation in progress that recovery must finish or
+	// roll back if the process doing it dies ("removing", "cloning").
+	Pending string `json:"pending,omitempty"`
+}
+
+// ShortID is the 12-character prefix shown in listings.
+func (b *Box) ShortID() string {
+	if len(b.ID) > 12 {
+		return b.ID[:12]
+	}
+	return b.ID
+}
+
+// NeedsAttention reports whether recovery must look at this box when a
+// runtime opens: it may have a VM, awaits auto-removal, or has an
+// unfinished operation.
+func (b *Box) NeedsAttention() bool {
+	return b.Status.Active() || b.Pending != "" || (b.Config.AutoRemove && b.Status == StatusStopped)
+}

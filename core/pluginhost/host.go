@@ -1,0 +1,503 @@
+// Package pluginhost finds, verifies, starts and talks to boxctl's plugin
+// processes. Plugins start lazily, on the first call a command makes to a
+// role, and are stopped when the command ends (Close). Every call is
+// bounded: a plugin that crashes or hangs mid-call yields a CallError naming
+// the plugin, the call and the last lines it logged.
+package pluginhost
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"github.com/hashicorp/hcl/v2"
+	"google.golang.org/grpc"
+
+	"github.com/boxctl/boxctl/config"
+	"github.com/boxctl/boxctl/sdk"
+	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+)
+
+// BinaryPrefix is the file name prefix of plugin binaries.
+const BinaryPrefix = "boxctl-plugin-"
+
+// ErrPluginNotFound: no binary for the plugin in any place looked.
+var ErrPluginNotFound = errors.New("plugin binary not found")
+
+// Host starts and tracks the plugin processes of one boxctl process.
+type Host struct {
+	cfg        *config.Config
+	log        hclog.Logger
+	logOut     io.Writer
+	searchDirs []string
+	stateRoot  string
+
+	mu        sync.Mutex
+	instances map[string]*instance
+	closed    bool
+}
+
+// Option configures a Host.
+type Option func(*Host)
+
+// WithLogger sets the logger plugin logs are routed through. Its level
+// decides what is shown; plugins always log everything to the host, which
+// keeps the last lines for error reports.
+func WithLogger(l hclog.Logger, out io.Writer) Option {
+	return func(h *Host) { h.log, h.logOut = l, out }
+}
+
+// WithSearchDirs replaces the directories searched for plugin binaries
+// without a configured path. The default is the directory of the running
+// executable, then <home>/plugins.
+func WithSearchDirs(dirs ...string) Option {
+	return func(h *Host) { h.searchDirs = dirs }
+}
+
+// New returns a Host for cfg. It starts nothing.
+func New(cfg *config.Config, opts ...Option) *Host {
+	h := &Host{
+		cfg:       cfg,
+		log:       hclog.NewNullLogger(),
+		logOut:    io.Discard,
+		stateRoot: filepath.Join(cfg.Home, "plugins-data"),
+		instances: map[string]*instance{},
+	}
+	if exe, err := os.Executable(); err == nil {
+		if resolved, err := filepath.EvalSymlinks(exe); err == nil {
+			exe = resolved
+		}
+		h.searchDirs = append(h.searchDirs, filepath.Dir(exe))
+	}
+	h.searchDirs = append(h.searchDirs, filepath.Join(cfg.Home, "plugins"))
+	for _, o := range opts {
+		o(h)
+	}
+	if h.logOut == nil {
+		h.logOut = io.Discard
+	}
+	return h
+}
+
+// VMM returns the configured VMM plugin, starting it if needed.
+func (h *Host) VMM(ctx context.Context) (sdk.VMM, error) {
+	return dispense[sdk.VMM](ctx, h, h.cfg.VMM, sdk.RoleVMM)
+}
+
+// Disks returns the configured storage plugin's DiskBackend.
+func (h *Host) Disks(ctx context.Context) (sdk.DiskBackend, error) {
+	return dispense[sdk.DiskBackend](ctx, h, h.cfg.Storage, sdk.RoleDisks)
+}
+
+// Snapshots returns the configured storage plugin's SnapshotBackend.
+func (h *Host) Snapshots(ctx context.Context) (sdk.SnapshotBackend, error) {
+	return dispense[sdk.SnapshotBackend](ctx, h, h.cfg.Storage, sdk.RoleSnapshots)
+}
+
+// Images returns the configured ImageSource plugin.
+func (h *Host) Images(ctx context.Context) (sdk.ImageSource, error) {
+	return dispense[sdk.ImageSource](ctx, h, h.cfg.Images, sdk.RoleImages)
+}
+
+// Close stops every plugin this host started. Calls after Close fail.
+func (h *Host) Close() {
+	h.mu.Lock()
+	h.closed = true
+	insts := h.instances
+	h.instances = map[string]*instance{}
+	h.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, inst := range insts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			inst.client.Kill()
+		}()
+	}
+	wg.Wait()
+}
+
+func dispense[T any](ctx context.Context, h *Host, name, role string) (T, error) {
+	var zero T
+	inst, err := h.instance(ctx, name)
+	if err != nil {
+		return zero, err
+	}
+	impl, err := inst.role(ctx, role, h.configFor(inst), h.cfg.Files())
+	if err != nil {
+		return zero, err
+	}
+	t, ok := impl.(T)
+	if !ok {
+		return zero, fmt.Errorf("plugin %q: role %s has an unexpected type %T", name, role, impl)
+	}
+	return t, nil
+}
+
+// Describe starts the named plugin (if needed) and returns its Info from
+// the first role it serves, plus the roles it serves. Used by `plugins ls`.
+func (h *Host) Describe(ctx context.Context, name string) (*pluginv1.InfoResponse, []string, string, error) {
+	inst, err := h.instance(ctx, name)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	var roles []string
+	var info *pluginv1.InfoResponse
+	for _, role := range sdk.Roles() {
+		raw, err := inst.rpc.Dispense(role)
+		if err != nil {
+			continue
+		}
+		// The server only registers services it has; probing Info tells.
+		p, ok := raw.(sdk.Plugin)
+		if !ok {
+			continue
+		}
+		i, err := p.Info(ctx)
+		if err != nil {
+			if errors.Is(err, sdk.ErrUnsupported) {
+				continue
+			}
+			return nil, nil, inst.path, err
+		}
+		roles = append(roles, role)
+		if info == nil {
+			info = i
+		}
+	}
+	if info == nil {
+		return nil, nil, inst.path, fmt.Errorf("plugin %q (%s) serves no boxctl role", name, inst.path)
+	}
+	return info, roles, inst.path, nil
+}
+
+// Discover lists plugin names found in the search directories and the
+// config, with the path each resolves to.
+func (h *Host) Discover() map[string]string {
+	found := map[string]string{}
+	for _, dir := range h.searchDirs {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			name, ok := strings.CutPrefix(e.Name(), BinaryPrefix)
+			if !ok || e.IsDir() || name == "" {
+				continue
+			}
+			if _, seen := found[name]; !seen {
+				found[name] = filepath.Join(dir, e.Name())
+			}
+		}
+	}
+	for name, p := range h.cfg.Plugins {
+		if p.Path != "" {
+			found[name] = p.Path
+		}
+	}
+	return found
+}
+
+func (h *Host) configFor(inst *instance) *sdk.Config {
+	p := h.cfg.Plugin(inst.name)
+	cfg := &sdk.Config{
+		Body:      p.ConfigBody,
+		BodyStart: p.ConfigStart,
+		StateDir:  filepath.Join(h.stateRoot, inst.name),
+		Home:      h.cfg.Home,
+	}
+	if len(p.ConfigBody) > 0 || p.ConfigStart.Line > 0 {
+		cfg.Filename = h.cfg.File
+	}
+	if inst.name == h.cfg.Images {
+		cfg.Registry = registrySettings(h.cfg.Registry)
+	}
+	return cfg
+}
+
+func registrySettings(r config.Registry) *pluginv1.RegistrySettings {
+	out := &pluginv1.RegistrySettings{Insecure: r.Insecure, UseDockerCredentials: r.DockerCredentials}
+	for _, m := range r.Mirrors {
+		out.Mirrors = append(out.Mirrors, &pluginv1.RegistrySettings_Mirror{Registry: m.Registry, Endpoints: m.Endpoints})
+	}
+	for _, c := range r.Credentials {
+		out.Credentials = append(out.Credentials, &pluginv1.RegistrySettings_Credential{Registry: c.Registry, Username: c.Username, Password: c.Password, Token: c.Token})
+	}
+	return out
+}
+
+// instance returns the running plugin process for name, starting it.
+func (h *Host) instance(ctx context.Context, name string) (*instance, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, fmt.Errorf("plugin %q: the plugin host is closed", name)
+	}
+	if inst, ok := h.instances[name]; ok && !inst.client.Exited() {
+		return inst, nil
+	}
+	inst, err := h.start(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	h.instances[name] = inst
+	return inst, nil
+}
+
+// Resolve returns the binary path for the named plugin, checking it exists
+// and, when configured, its sha256.
+func (h *Host) Resolve(name string) (string, error) {
+	p := h.cfg.Plugin(name)
+	path := p.Path
+	if path != "" {
+		if err := checkExecutable(path); err != nil {
+			return "", h.configError(p.PathRange, "Plugin binary not usable",
+				fmt.Sprintf("plugin %q: %v. Build it (make build) or correct path.", name, err), err)
+		}
+	} else {
+		var looked []string
+		for _, dir := range h.searchDirs {
+			cand := filepath.Join(dir, BinaryPrefix+name)
+			looked = append(looked, cand)
+			if checkExecutable(cand) == nil {
+				path = cand
+				break
+			}
+		}
+		if path == "" {
+			where := "the config"
+			if h.cfg.File != "" {
+				where = h.cfg.File
+			}
+			return "", fmt.Errorf("plugin %q: %w: looked for %s; build it with `make build`, install it next to boxctl, or set plugin %q { path = \"...\" } in %s",
+				name, ErrPluginNotFound, strings.Join(looked, ", "), name, where)
+		}
+	}
+	if p.SHA256 != "" {
+		sum, err := fileSHA256(path)
+		if err != nil {
+			return "", fmt.Errorf("plugin %q: checksum %s: %w", name, path, err)
+		}
+		if sum != p.SHA256 {
+			return "", h.configError(p.SHA256Range, "Plugin checksum mismatch",
+				fmt.Sprintf("plugin %q: %s has sha256 %s, but the config expects %s. The binary changed: if you upgraded it on purpose, set sha256 = %q; otherwise reinstall the plugin. It was not started.", name, path, sum, p.SHA256, sum),
+				ErrChecksumMismatch)
+		}
+	}
+	return path, nil
+}
+
+// ErrChecksumMismatch: the plugin binary's sha256 differs from the config.
+var ErrChecksumMismatch = errors.New("plugin checksum mismatch")
+
+// configError reports a problem at a config location when there is one.
+func (h *Host) configError(rng *hcl.Range, summary, detail string, cause error) error {
+	if rng == nil {
+		return fmt.Errorf("%s: %w", detail, cause)
+	}
+	return &locatedError{
+		err:   h.cfg.NewError(hcl.Diagnostics{{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng}}),
+		cause: cause,
+	}
+}
+
+// locatedError is a config diagnostic that also matches its cause.
+type locatedError struct {
+	err   error
+	cause error
+}
+
+func (e *locatedError) Error() string   { return e.err.Error() }
+func (e *locatedError) Unwrap() []error { return []error{e.err, e.cause} }
+
+func checkExecutable(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s does not exist: %w", path, ErrPluginNotFound)
+		}
+		return err
+	}
+	if st.IsDir() {
+		return fmt.Errorf("%s is a directory", path)
+	}
+	if st.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("%s is not executable (chmod +x it)", path)
+	}
+	return nil
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func (h *Host) start(ctx context.Context, name string) (*instance, error) {
+	path, err := h.Resolve(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(h.stateRoot, name), 0o700); err != nil {
+		return nil, fmt.Errorf("plugin %q: create state dir: %w", name, err)
+	}
+	p := h.cfg.Plugin(name)
+	inst := &instance{name: name, path: path, callTimeout: p.CallTimeout, ring: newLogRing(20), configured: map[string]error{}}
+
+	logger := hclog.NewInterceptLogger(&hclog.LoggerOptions{
+		Name:   "plugin",
+		Level:  hclog.Trace,
+		Output: io.Discard,
+	})
+	logger.RegisterSink(inst.ring)
+	logger.RegisterSink(hclog.NewSinkAdapter(&hclog.LoggerOptions{
+		Level:  h.log.GetLevel(),
+		Output: h.logOut,
+	}))
+
+	cmd := exec.Command(path)
+	cmd.Env = append(os.Environ(), "BOXCTL_PLUGIN_NAME="+name)
+	inst.client = plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake(),
+		VersionedPlugins: map[int]plugin.PluginSet{sdk.ProtocolVersion: sdk.ClientPluginSet()},
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		Logger:           logger.Named(name),
+		StartTimeout:     inst.callTimeout,
+		GRPCDialOptions: []grpc.DialOption{
+			grpc.WithChainUnaryInterceptor(inst.unaryInterceptor),
+			grpc.WithChainStreamInterceptor(inst.streamInterceptor),
+		},
+	})
+	started := time.Now()
+	rpc, err := inst.client.Client()
+	if err != nil {
+		inst.client.Kill()
+		return nil, inst.startError(err)
+	}
+	inst.rpc = rpc
+	h.log.Debug("plugin started", "plugin", name, "path", path, "took", time.Since(started))
+	_ = ctx
+	return inst, nil
+}
+
+// instance is one running plugin process.
+type instance struct {
+	name        string
+	path        string
+	callTimeout time.Duration
+	client      *plugin.Client
+	rpc         plugin.ClientProtocol
+	ring        *logRing
+
+	mu         sync.Mutex
+	configured map[string]error
+	roles      map[string]any
+}
+
+func (inst *instance) startError(err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "Incompatible API version") || strings.Contains(msg, "incompatible API version"):
+		return fmt.Errorf("plugin %q (%s) speaks an unsupported plugin protocol version: %w; this boxctl speaks protocol %d. Install a plugin built for this boxctl version (or upgrade boxctl)\n%s",
+			inst.name, inst.path, ErrProtocolMismatch, sdk.ProtocolVersion, inst.ring.tail())
+	case strings.Contains(msg, "timeout while waiting for plugin to start"):
+		return fmt.Errorf("plugin %q (%s) did not start within %s: %w%s", inst.name, inst.path, inst.callTimeout, ErrPluginHung, inst.ring.tail())
+	default:
+		return fmt.Errorf("plugin %q (%s) failed to start: %v%s", inst.name, inst.path, err, inst.ring.tail())
+	}
+}
+
+// ErrProtocolMismatch: the plugin speaks no protocol version this boxctl
+// speaks.
+var ErrProtocolMismatch = errors.New("plugin protocol version mismatch")
+
+// role dispenses and configures one role of the instance, once.
+func (inst *instance) role(ctx context.Context, role string, cfg *sdk.Config, cfgFiles map[string]*hcl.File) (any, error) {
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	if impl, ok := inst.roles[role]; ok {
+		return impl, inst.configured[role]
+	}
+	raw, err := inst.rpc.Dispense(role)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %q: dispense %s: %w", inst.name, role, err)
+	}
+	p, ok := raw.(sdk.Plugin)
+	if !ok {
+		return nil, fmt.Errorf("plugin %q: role %s: unexpected client type %T", inst.name, role, raw)
+	}
+	info, err := p.Info(ctx)
+	if errors.Is(err, sdk.ErrUnsupported) {
+		return nil, fmt.Errorf("plugin %q (%s) does not serve the %s role; choose a plugin that does in the config", inst.name, inst.path, roleTitle(role))
+	}
+	if err != nil {
+		return nil, err
+	}
+	inst.mu.Unlock()
+	err = p.Configure(ctx, cfg)
+	inst.mu.Lock()
+	if err != nil {
+		var diags hcl.Diagnostics
+		if errors.As(err, &diags) {
+			err = &ConfigureError{Plugin: inst.name, Diags: diags, Files: cfgFiles}
+		} else {
+			err = fmt.Errorf("plugin %q: configure: %w", inst.name, err)
+		}
+	}
+	if inst.roles == nil {
+		inst.roles = map[string]any{}
+	}
+	inst.roles[role] = raw
+	inst.configured[role] = err
+	_ = info
+	return raw, err
+}
+
+func roleTitle(role string) string {
+	switch role {
+	case sdk.RoleVMM:
+		return "VMM"
+	case sdk.RoleDisks:
+		return "DiskBackend"
+	case sdk.RoleSnapshots:
+		return "SnapshotBackend"
+	case sdk.RoleImages:
+		return "ImageSource"
+	}
+	return role
+}
+
+// ConfigureError is a plugin's rejection of its config block. Render it
+// with the config's files (config.FormatDiagnostics) to show snippets.
+type ConfigureError struct {
+	Plugin string
+	Diags  hcl.Diagnostics
+	Files  map[string]*hcl.File
+}
+
+func (e *ConfigureError) Error() string {
+	return fmt.Sprintf("plugin %q rejected its config:\n%s", e.Plugin, config.FormatDiagnostics(e.Diags, e.Files))
+}
+
+func (e *ConfigureError) Unwrap() error { return e.Diags }
