@@ -136,8 +136,10 @@ type Box struct {
 	Run *Run `json:"run,omitempty"`
 	// ImageDigest is the resolved image, once the box has started.
 	ImageDigest string `json:"image_digest,omitempty"`
-	// DiskID names the box's writable disk in the storage plugin.
-	DiskID string `json:"disk_id,omitempty"`
+	// DiskID names the box's writable disk in the storage plugin;
+	// DiskCreated says whether the plugin has made it yet (on first start).
+	DiskID      string `json:"disk_id,omitempty"`
+	DiskCreated bool   `json:"disk_created,omitempty"`
 	// ClonedFrom is the ID of the box this one was cloned from.
 	ClonedFrom string `json:"cloned_from,omitempty"`
 	// Error says what failed last (a start that failed, ...); cleared by

@@ -499,3 +499,49 @@ func (tx *Tx) deleteSnapshotsOf(boxID string) error {
 	}
 	return nil
 }
+
+// Check verifies the store's indexes against its records and returns every
+// inconsistency found (empty when consistent): names that point at missing
+// or differently named boxes, boxes missing from the name index, attention
+// entries that are missing or stale.
+func (tx *Tx) Check() []string {
+	var problems []string
+	boxes := tx.btx.Bucket(bucketBoxes)
+	names := tx.btx.Bucket(bucketNames)
+	att := tx.btx.Bucket(bucketAttention)
+	_ = names.ForEach(func(k, v []byte) error {
+		raw := boxes.Get(v)
+		if raw == nil {
+			problems = append(problems, fmt.Sprintf("name %q points at missing box %s", k, v))
+			return nil
+		}
+		b, err := decodeBox(raw)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("box %s: %v", v, err))
+		} else if b.Name != string(k) {
+			problems = append(problems, fmt.Sprintf("name %q points at box %s, which is named %q", k, v, b.Name))
+		}
+		return nil
+	})
+	_ = boxes.ForEach(func(k, v []byte) error {
+		b, err := decodeBox(v)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("box %s: %v", k, err))
+			return nil
+		}
+		if string(names.Get([]byte(b.Name))) != b.ID {
+			problems = append(problems, fmt.Sprintf("box %s (%s) is missing from the name index", b.ID, b.Name))
+		}
+		if (att.Get(k) != nil) != b.NeedsAttention() {
+			problems = append(problems, fmt.Sprintf("box %s: attention index disagrees with its status %s", b.ID, b.Status))
+		}
+		return nil
+	})
+	_ = att.ForEach(func(k, _ []byte) error {
+		if boxes.Get(k) == nil {
+			problems = append(problems, fmt.Sprintf("attention index holds missing box %s", k))
+		}
+		return nil
+	})
+	return problems
+}

@@ -69,7 +69,7 @@ func (p *procVMM) Info(context.Context) (*pluginv1.InfoResponse, error) {
 		Name:         "procvmm",
 		Version:      "0.1.0",
 		Description:  "test double: the VM is a host process",
-		Capabilities: []string{"pause", "graceful-stop", "metrics"},
+		Capabilities: []string{"pause", "graceful-stop", "metrics", "no-guest"},
 	}, nil
 }
 

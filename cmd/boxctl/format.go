@@ -1,0 +1,117 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"text/template"
+	"time"
+
+	"github.com/boxctl/boxctl/core/model"
+)
+
+// boxView is what --format templates see: the record plus display fields.
+type boxView struct {
+	*model.Box
+	Image   string
+	State   string
+	Created string
+}
+
+func viewOf(b *model.Box, now time.Time) boxView {
+	return boxView{Box: b, Image: b.Config.Image, State: humanState(b, now), Created: ago(b.CreatedAt, now)}
+}
+
+// humanState renders a box's status like Docker's STATUS column.
+func humanState(b *model.Box, now time.Time) string {
+	switch b.Status {
+	case model.StatusConfigured:
+		if b.Error != "" {
+			return "Created (last start failed)"
+		}
+		return "Created"
+	case model.StatusRunning:
+		s := "Up " + duration(now.Sub(b.Run.StartedAt))
+		if b.Health.Status != "" {
+			s += " (" + b.Health.Status + ")"
+		}
+		return s
+	case model.StatusStopped:
+		if b.Run != nil && b.Run.Exit != nil {
+			return fmt.Sprintf("Exited (%d) %s", b.Run.Exit.Code, ago(b.Run.Exit.At, now))
+		}
+		return "Exited"
+	default:
+		return strings.ToUpper(string(b.Status[:1])) + string(b.Status[1:])
+	}
+}
+
+func ago(t time.Time, now time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return duration(now.Sub(t)) + " ago"
+}
+
+func duration(d time.Duration) string {
+	switch {
+	case d < time.Second:
+		return "Less than a second"
+	case d < time.Minute:
+		return plural(int(d/time.Second), "second")
+	case d < time.Hour:
+		return plural(int(d/time.Minute), "minute")
+	case d < 48*time.Hour:
+		return plural(int(d/time.Hour), "hour")
+	default:
+		return plural(int(d/(24*time.Hour)), "day")
+	}
+}
+
+func plural(n int, unit string) string {
+	if n == 1 {
+		if unit == "hour" {
+			return "About an hour"
+		}
+		return "1 " + unit
+	}
+	return fmt.Sprintf("%d %ss", n, unit)
+}
+
+// printBoxes writes boxes as a table, JSON, or through a Go template.
+func printBoxes(w io.Writer, boxes []*model.Box, format string, now time.Time) error {
+	switch format {
+	case "", "table":
+		tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
+		fmt.Fprintln(tw, "BOX ID\tNAME\tIMAGE\tSTATUS\tCREATED")
+		for _, b := range boxes {
+			v := viewOf(b, now)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.ShortID(), b.Name, v.Image, v.State, v.Created)
+		}
+		return tw.Flush()
+	case "json":
+		if boxes == nil {
+			boxes = []*model.Box{}
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(boxes)
+	default:
+		tmpl, err := template.New("format").Option("missingkey=error").Parse(format)
+		if err != nil {
+			return fmt.Errorf("--format: %w", err)
+		}
+		for _, b := range boxes {
+			if err := tmpl.Execute(w, viewOf(b, now)); err != nil {
+				return fmt.Errorf("--format: %w", err)
+			}
+			fmt.Fprintln(w)
+		}
+		return nil
+	}
+}
+
+func lookupEnv(k string) (string, bool) { return os.LookupEnv(k) }

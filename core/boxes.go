@@ -1,0 +1,411 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/state"
+	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+)
+
+// BoxOptions are what Create takes: a name (optional; one is generated)
+// and the box configuration (zero values take the config file's defaults).
+type BoxOptions struct {
+	Name   string
+	Config model.BoxConfig
+}
+
+// Box is a handle on one box. It holds only the ID: every method reads the
+// current record, so handles stay valid across processes.
+type Box struct {
+	rt *Runtime
+	id string
+}
+
+// ID is the box's full ID.
+func (b *Box) ID() string { return b.id }
+
+// Info returns the box's current record.
+func (b *Box) Info(ctx context.Context) (*model.Box, error) { return b.rt.GetInfo(ctx, b.id) }
+
+// Start starts the box's VM; see Runtime.Start.
+func (b *Box) Start(ctx context.Context, opts ...StartOption) error {
+	return b.rt.Start(ctx, b.id, opts...)
+}
+
+// Stop stops the box's VM; see Runtime.Stop.
+func (b *Box) Stop(ctx context.Context, timeout time.Duration) error {
+	return b.rt.Stop(ctx, b.id, timeout)
+}
+
+func (r *Runtime) newBox(opts BoxOptions) (*model.Box, error) {
+	c := opts.Config
+	if strings.TrimSpace(c.Image) == "" {
+		return nil, fmt.Errorf("create box: no image given: %w", ErrInvalidArgument)
+	}
+	id := newID()
+	name := opts.Name
+	if name == "" {
+		name = "box-" + id[:8]
+	}
+	if !nameRE.MatchString(name) {
+		return nil, fmt.Errorf("create box: invalid name %q: use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit: %w", name, ErrInvalidArgument)
+	}
+	d := r.cfg.Defaults
+	if c.CPUs == 0 {
+		c.CPUs = d.CPUs
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = d.MemoryMiB
+	}
+	if c.DiskSize == 0 {
+		c.DiskSize = d.DiskSize
+	}
+	if !c.AutoRemove {
+		c.AutoRemove = d.AutoRemove
+	}
+	if !c.Detach {
+		c.Detach = d.Detach
+	}
+	if c.CPUs < 0 || c.CPUs > 256 {
+		return nil, fmt.Errorf("create box: cpus %d out of range 1-256: %w", c.CPUs, ErrInvalidArgument)
+	}
+	if c.MemoryMiB < 64 {
+		return nil, fmt.Errorf("create box: memory %dMiB is below the 64MiB minimum: %w", c.MemoryMiB, ErrInvalidArgument)
+	}
+	for _, e := range c.Env {
+		if !strings.Contains(e, "=") || strings.HasPrefix(e, "=") {
+			return nil, fmt.Errorf("create box: environment entry %q is not KEY=VALUE: %w", e, ErrInvalidArgument)
+		}
+	}
+	if h := c.Health; h != nil {
+		if len(h.Cmd) == 0 || h.Interval <= 0 || h.Timeout <= 0 || h.Retries < 1 {
+			return nil, fmt.Errorf("create box: health check needs a command, a positive interval and timeout, and at least 1 retry: %w", ErrInvalidArgument)
+		}
+	}
+	return &model.Box{
+		ID:        id,
+		Name:      name,
+		CreatedAt: time.Now().UTC(),
+		Config:    c,
+		Status:    model.StatusConfigured,
+		DiskID:    id,
+	}, nil
+}
+
+// insertBox persists b and creates its directory in one write transaction,
+// so recovery in another process never sees the directory without its
+// record.
+func (r *Runtime) insertBox(tx *state.Tx, b *model.Box) error {
+	if err := tx.PutBox(b); err != nil {
+		return err
+	}
+	if err := tx.AddCounter(CounterBoxesCreated, 1); err != nil {
+		return err
+	}
+	if err := os.Mkdir(r.paths.boxDir(b.ID), 0o700); err != nil {
+		return fmt.Errorf("create box directory: %w", err)
+	}
+	lock := r.paths.lockPath(b.ID)
+	if err := os.MkdirAll(filepath.Dir(lock), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(lock, nil, 0o600); err != nil {
+		return fmt.Errorf("create box lock: %w", err)
+	}
+	return nil
+}
+
+// discardNew removes what insertBox made when its transaction failed.
+func (r *Runtime) discardNew(id string) {
+	_ = os.RemoveAll(r.paths.boxDir(id))
+	_ = os.Remove(r.paths.lockPath(id))
+}
+
+// Create persists a new box with status Configured. Its VM starts on Start
+// (or the first exec). A name in use is ErrAlreadyExists.
+func (r *Runtime) Create(ctx context.Context, opts BoxOptions) (*Box, error) {
+	if err := r.checkOpen(); err != nil {
+		return nil, err
+	}
+	b, err := r.newBox(opts)
+	if err != nil {
+		return nil, err
+	}
+	err = r.store.Update(ctx, func(tx *state.Tx) error {
+		if owner := tx.NameTaken(b.Name); owner != "" {
+			return fmt.Errorf("create box: the name %q is already in use by box %s; choose another name or remove that box: %w", b.Name, shortID(owner), ErrAlreadyExists)
+		}
+		return r.insertBox(tx, b)
+	})
+	if err != nil {
+		r.discardNew(b.ID)
+		return nil, err
+	}
+	return &Box{rt: r, id: b.ID}, nil
+}
+
+// GetOrCreate returns the box named opts.Name if it exists (ignoring the
+// other options) or creates it; created says which. Concurrent callers with
+// one name, in any processes, get the same single box.
+func (r *Runtime) GetOrCreate(ctx context.Context, opts BoxOptions) (box *Box, created bool, err error) {
+	if err := r.checkOpen(); err != nil {
+		return nil, false, err
+	}
+	if opts.Name == "" {
+		return nil, false, fmt.Errorf("get or create: a name is required: %w", ErrInvalidArgument)
+	}
+	b, err := r.newBox(opts)
+	if err != nil {
+		return nil, false, err
+	}
+	var existing string
+	err = r.store.Update(ctx, func(tx *state.Tx) error {
+		if owner := tx.NameTaken(b.Name); owner != "" {
+			existing = owner
+			return nil
+		}
+		return r.insertBox(tx, b)
+	})
+	if err != nil {
+		r.discardNew(b.ID)
+		return nil, false, err
+	}
+	if existing != "" {
+		return &Box{rt: r, id: existing}, false, nil
+	}
+	return &Box{rt: r, id: b.ID}, true, nil
+}
+
+// Get returns a handle on the box with this ID, name or unambiguous ID
+// prefix.
+func (r *Runtime) Get(ctx context.Context, ref string) (*Box, error) {
+	info, err := r.GetInfo(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return &Box{rt: r, id: info.ID}, nil
+}
+
+// GetInfo returns the record of the box with this ID, name or unambiguous
+// ID prefix.
+func (r *Runtime) GetInfo(ctx context.Context, ref string) (*model.Box, error) {
+	var b *model.Box
+	err := r.store.View(ctx, func(tx *state.Tx) error {
+		var err error
+		b, err = tx.ResolveBox(ref)
+		return err
+	})
+	return b, err
+}
+
+// Exists reports whether a box with this ID, name or unambiguous prefix
+// exists.
+func (r *Runtime) Exists(ctx context.Context, ref string) (bool, error) {
+	_, err := r.GetInfo(ctx, ref)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// List returns every box, newest first.
+func (r *Runtime) List(ctx context.Context) ([]*model.Box, error) {
+	var boxes []*model.Box
+	err := r.store.View(ctx, func(tx *state.Tx) error {
+		var err error
+		boxes, err = tx.Boxes()
+		return err
+	})
+	return boxes, err
+}
+
+// RemoveOptions tune Remove.
+type RemoveOptions struct {
+	// Force removes an active box (killing its VM) and a box that clones
+	// depend on.
+	Force bool
+}
+
+// Remove deletes a box: its VM (with Force), its disk and snapshots, its
+// references to bases, its directory, record and lock. An active box
+// without Force is ErrInvalidState; so is a box other boxes were cloned
+// from.
+func (r *Runtime) Remove(ctx context.Context, ref string, opts RemoveOptions) error {
+	info, err := r.GetInfo(ctx, ref)
+	if err != nil {
+		return err
+	}
+	lock, err := r.lockBox(ctx, info.ID)
+	if err != nil {
+		return err
+	}
+	removed := false
+	defer func() {
+		if removed {
+			_ = lock.Remove()
+		} else {
+			_ = lock.Release()
+		}
+	}()
+	var b *model.Box
+	var clones []string
+	err = r.store.View(ctx, func(tx *state.Tx) error {
+		if b, err = tx.Box(info.ID); err != nil {
+			return err
+		}
+		all, err := tx.Boxes()
+		for _, o := range all {
+			if o.ClonedFrom == b.ID {
+				clones = append(clones, o.Name)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if b.Status.Active() {
+		if !opts.Force {
+			return fmt.Errorf("box %s (%s) is %s: stop it first or remove it with force: %w", b.Name, shortID(b.ID), b.Status, ErrInvalidState)
+		}
+		if err := r.stopLocked(ctx, b.ID, 0); err != nil {
+			return fmt.Errorf("remove %s: kill its VM: %w", b.Name, err)
+		}
+	}
+	if len(clones) > 0 && !opts.Force {
+		return fmt.Errorf("box %s (%s) has clones that were made from its disk (%s): remove them first or remove it with force: %w", b.Name, shortID(b.ID), strings.Join(clones, ", "), ErrInvalidState)
+	}
+	if err := r.removeLocked(ctx, b.ID); err != nil {
+		return err
+	}
+	removed = true
+	return nil
+}
+
+// removeLocked deletes a stopped box; the caller holds its lock. It marks
+// the record first, so recovery finishes the job if this process dies.
+func (r *Runtime) removeLocked(ctx context.Context, id string) error {
+	var b *model.Box
+	err := r.store.Update(ctx, func(tx *state.Tx) error {
+		var err error
+		if b, err = tx.Box(id); err != nil {
+			return err
+		}
+		b.Pending = "removing"
+		return tx.PutBox(b)
+	})
+	if err != nil {
+		return err
+	}
+	if err := r.releaseStorage(ctx, b); err != nil {
+		return fmt.Errorf("remove %s: %w", b.Name, err)
+	}
+	if err := os.RemoveAll(r.paths.boxDir(id)); err != nil {
+		return fmt.Errorf("remove %s: delete its directory: %w", b.Name, err)
+	}
+	return r.store.Update(ctx, func(tx *state.Tx) error {
+		err := tx.DeleteBox(id)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		return err
+	})
+}
+
+// releaseStorage removes the box's writable disk (and its snapshots) from
+// the storage plugin. Boxes that never started have no disk; the storage
+// plugin is not started for them.
+func (r *Runtime) releaseStorage(ctx context.Context, b *model.Box) error {
+	if b.DiskID == "" || !b.DiskCreated {
+		return nil
+	}
+	disks, err := r.plugins.Disks(ctx)
+	if err != nil {
+		return fmt.Errorf("storage plugin: %w", err)
+	}
+	if err := disks.RemoveDisk(ctx, b.DiskID); err != nil {
+		return fmt.Errorf("remove disk %s: %w", b.DiskID, err)
+	}
+	return nil
+}
+
+// Clone creates a new box with the source box's configuration and a copy of
+// its writable disk (in constant time where the storage plugin supports
+// it). The source must not be running: stop it first. The new box records
+// which box it was cloned from.
+func (r *Runtime) Clone(ctx context.Context, srcRef string, opts BoxOptions) (*Box, error) {
+	if err := r.checkOpen(); err != nil {
+		return nil, err
+	}
+	info, err := r.GetInfo(ctx, srcRef)
+	if err != nil {
+		return nil, err
+	}
+	lock, err := r.lockBox(ctx, info.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release()
+	src, err := r.reload(ctx, info.ID)
+	if err != nil {
+		return nil, err
+	}
+	if src.Status.Active() {
+		return nil, fmt.Errorf("clone %s: the box is %s; stop it first: %w", src.Name, src.Status, ErrInvalidState)
+	}
+	cfg := src.Config
+	b, err := r.newBox(BoxOptions{Name: opts.Name, Config: cfg})
+	if err != nil {
+		return nil, err
+	}
+	b.ClonedFrom = src.ID
+	b.ImageDigest = src.ImageDigest
+	if src.DiskCreated {
+		// Mark the clone pending so recovery rolls it back if we die
+		// between the disk copy and the final record.
+		b.Pending = "cloning"
+	}
+	err = r.store.Update(ctx, func(tx *state.Tx) error {
+		if owner := tx.NameTaken(b.Name); owner != "" {
+			return fmt.Errorf("clone: the name %q is already in use by box %s: %w", b.Name, shortID(owner), ErrAlreadyExists)
+		}
+		return r.insertBox(tx, b)
+	})
+	if err != nil {
+		r.discardNew(b.ID)
+		return nil, err
+	}
+	if !src.DiskCreated {
+		return &Box{rt: r, id: b.ID}, nil
+	}
+	snaps, err := r.plugins.Snapshots(ctx)
+	if err == nil {
+		_, err = snaps.Clone(ctx, &pluginv1.CloneRequest{DiskId: src.DiskID, NewDiskId: b.DiskID})
+	}
+	if err != nil {
+		_ = r.store.Update(context.WithoutCancel(ctx), func(tx *state.Tx) error { return tx.DeleteBox(b.ID) })
+		r.discardNew(b.ID)
+		return nil, fmt.Errorf("clone %s: copy its disk: %w", src.Name, err)
+	}
+	err = r.store.Update(ctx, func(tx *state.Tx) error {
+		cur, err := tx.Box(b.ID)
+		if err != nil {
+			return err
+		}
+		cur.Pending = ""
+		cur.DiskCreated = true
+		cur.Status = model.StatusStopped
+		return tx.PutBox(cur)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Box{rt: r, id: b.ID}, nil
+}

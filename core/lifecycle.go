@@ -1,0 +1,488 @@
+package core
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/monitor"
+	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/core/state"
+	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+)
+
+// CapabilityNoGuest is the VMM capability of test doubles whose "VM" runs
+// no guest OS: the core prepares no disks and expects no guest agent.
+const CapabilityNoGuest = "no-guest"
+
+// DefaultStopTimeout is the grace period of a stop before it is forced.
+const DefaultStopTimeout = 10 * time.Second
+
+// StartOption tunes Start.
+type StartOption func(*startOptions)
+
+type startOptions struct {
+	detach *bool
+}
+
+// Detach overrides the box's detach setting for this start: a detached box
+// keeps running after the starting process exits; otherwise the box's
+// monitor stops it when the starting process exits.
+func Detach(detach bool) StartOption {
+	return func(o *startOptions) { o.detach = &detach }
+}
+
+// Start starts the box's VM and returns once it runs (and its guest agent
+// answers). Starting a running box does nothing. On failure the box keeps
+// its previous status, Error says what failed, and what the start made is
+// cleaned up.
+func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) error {
+	if err := r.checkOpen(); err != nil {
+		return err
+	}
+	var so startOptions
+	for _, o := range opts {
+		o(&so)
+	}
+	info, err := r.GetInfo(ctx, ref)
+	if err != nil {
+		return err
+	}
+	lock, err := r.lockBox(ctx, info.ID)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+
+	b, err := r.reload(ctx, info.ID)
+	if err != nil {
+		return err
+	}
+	if b.Status.Active() {
+		if r.runAlive(ctx, b) {
+			return nil
+		}
+		if err := r.markGone(ctx, b, "vm process vanished"); err != nil {
+			return err
+		}
+		if b, err = r.reload(ctx, info.ID); err != nil {
+			return err
+		}
+	}
+	prevStatus := b.Status
+	detached := b.Config.Detach
+	if so.detach != nil {
+		detached = *so.detach
+	}
+	run := &model.Run{ID: newID()[:16], Detached: detached, VMM: r.cfg.VMM, StartedAt: time.Now().UTC()}
+	if !detached {
+		run.Owner = r.self
+	}
+	err = r.store.Update(ctx, func(tx *state.Tx) error {
+		cur, err := tx.Box(b.ID)
+		if err != nil {
+			return err
+		}
+		cur.Status = model.StatusStarting
+		cur.Run = run
+		cur.Error = ""
+		return tx.PutBox(cur)
+	})
+	if err != nil {
+		return err
+	}
+	if err := r.launch(ctx, b.ID, run); err != nil {
+		r.count(context.WithoutCancel(ctx), CounterBoxesFailed)
+		_ = r.store.Update(context.WithoutCancel(ctx), func(tx *state.Tx) error {
+			cur, terr := tx.Box(b.ID)
+			if terr != nil {
+				return terr
+			}
+			if cur.Run != nil && cur.Run.ID == run.ID {
+				cur.Status = prevStatus
+				if prevStatus == model.StatusConfigured && cur.DiskCreated {
+					cur.Status = model.StatusStopped
+				}
+				cur.Error = "start failed: " + err.Error()
+				if cur.Run.Exit == nil {
+					cur.Run.Exit = &model.Exit{Code: -1, Reason: "start failed", At: time.Now().UTC()}
+				}
+			}
+			return tx.PutBox(cur)
+		})
+		return fmt.Errorf("start %s: %w", b.Name, err)
+	}
+	return nil
+}
+
+func (r *Runtime) reload(ctx context.Context, id string) (*model.Box, error) {
+	var b *model.Box
+	err := r.store.View(ctx, func(tx *state.Tx) error {
+		var err error
+		b, err = tx.Box(id)
+		return err
+	})
+	return b, err
+}
+
+// launch prepares the VM, has the VMM plugin plan it, and starts the box
+// monitor, which starts the VM and reports when it is ready.
+func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
+	b, err := r.reload(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(r.paths.boxDir(id), 0o700); err != nil {
+		return fmt.Errorf("box directory: %w", err)
+	}
+	vmm, err := r.plugins.VMM(ctx)
+	if err != nil {
+		return fmt.Errorf("vmm plugin: %w", err)
+	}
+	info, err := vmm.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("vmm plugin: %w", err)
+	}
+	spec := &pluginv1.VMSpec{
+		BoxId:     b.ID,
+		Vcpus:     uint32(b.Config.CPUs),
+		MemoryMib: b.Config.MemoryMiB,
+		RunDir:    r.paths.boxDir(b.ID),
+		Network:   &pluginv1.NetworkSpec{Mode: pluginv1.NetworkSpec_MODE_USER},
+	}
+	guest := !hasCapability(info, CapabilityNoGuest)
+	if guest {
+		if err := r.prepareGuest(ctx, b, spec); err != nil {
+			return err
+		}
+	}
+	plan, err := vmm.Plan(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("plan the VM: %w", err)
+	}
+	if plan.GetNotice() != "" {
+		r.log.Info(plan.GetNotice())
+	}
+	l := &monitor.Launch{
+		BoxID:       b.ID,
+		RunID:       run.ID,
+		Argv:        plan.GetArgv(),
+		Env:         plan.GetEnv(),
+		Dir:         plan.GetDir(),
+		Handle:      plan.GetHandle(),
+		AgentSocket: plan.GetAgentSocket(),
+		ConsoleLog:  plan.GetConsoleLog(),
+		VMM:         r.cfg.VMM,
+		Detached:    run.Detached,
+		Owner:       run.Owner,
+		Config:      string(r.cfg.Format()),
+		PluginDirs:  r.pluginDirs,
+		StopTimeout: DefaultStopTimeout,
+		Health:      b.Config.Health,
+		LogLevel:    r.cfg.LogLevel,
+	}
+	if !guest {
+		l.AgentSocket = ""
+	}
+	err = r.store.Update(ctx, func(tx *state.Tx) error {
+		cur, err := tx.Box(b.ID)
+		if err != nil {
+			return err
+		}
+		if cur.Run == nil || cur.Run.ID != run.ID {
+			return fmt.Errorf("another start replaced this one: %w", ErrInvalidState)
+		}
+		cur.Run.Handle = l.Handle
+		cur.Run.AgentSocket = l.AgentSocket
+		cur.Run.ConsoleLog = l.ConsoleLog
+		return tx.PutBox(cur)
+	})
+	if err != nil {
+		return err
+	}
+	if err := monitor.WriteLaunch(r.paths.launchFile(b.ID), l); err != nil {
+		return err
+	}
+	return r.spawnMonitor(ctx, b, l)
+}
+
+func hasCapability(info *pluginv1.InfoResponse, cap string) bool {
+	for _, c := range info.GetCapabilities() {
+		if c == cap {
+			return true
+		}
+	}
+	return false
+}
+
+// prepareGuest readies the image's root disk and the box's writable disk.
+func (r *Runtime) prepareGuest(ctx context.Context, b *model.Box, spec *pluginv1.VMSpec) error {
+	return fmt.Errorf("this boxctl cannot prepare guest disks yet (image %s): %w", b.Config.Image, errors.ErrUnsupported)
+}
+
+// spawnMonitor starts `boxctl monitor` for the run, detached in its own
+// session, and waits for its ready line.
+func (r *Runtime) spawnMonitor(ctx context.Context, b *model.Box, l *monitor.Launch) error {
+	bin, err := r.findMonitorBinary()
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(r.paths.monitorLog(b.ID), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("open monitor log: %w", err)
+	}
+	defer logf.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer pr.Close()
+	cmd := exec.Command(bin, "monitor", "--home", r.paths.home, "--box", b.ID, "--run", l.RunID)
+	cmd.Stdin = nil
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{pw}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Env = os.Environ()
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		return fmt.Errorf("start box monitor %s: %w", bin, err)
+	}
+	pw.Close()
+	// Reap the monitor when it ends, should this process outlive it.
+	r.monitors.Add(1)
+	go func() {
+		defer r.monitors.Done()
+		_ = cmd.Wait()
+	}()
+
+	type result struct {
+		ready monitor.Ready
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		line, err := bufio.NewReader(pr).ReadBytes('\n')
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		var rd monitor.Ready
+		if err := json.Unmarshal(line, &rd); err != nil {
+			done <- result{err: fmt.Errorf("bad ready line %q: %w", line, err)}
+			return
+		}
+		done <- result{ready: rd}
+	}()
+	select {
+	case <-ctx.Done():
+		// The caller gave up: have the monitor stop the VM and exit.
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		return fmt.Errorf("gave up waiting for the box to start: %w", ctx.Err())
+	case res := <-done:
+		if res.err != nil {
+			return fmt.Errorf("the box monitor exited before the box was ready%s%s", r.logTail(r.paths.monitorLog(b.ID)), consoleHint(l))
+		}
+		if !res.ready.OK {
+			return fmt.Errorf("%s%s", res.ready.Error, consoleHint(l))
+		}
+		return nil
+	}
+}
+
+func consoleHint(l *monitor.Launch) string {
+	if l.ConsoleLog == "" {
+		return ""
+	}
+	return " (console log: " + l.ConsoleLog + ")"
+}
+
+// logTail returns the last lines of a log file, formatted for an error.
+func (r *Runtime) logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 10 {
+		lines = lines[len(lines)-10:]
+	}
+	return "; " + path + " ends with:\n  " + strings.Join(lines, "\n  ")
+}
+
+// runAlive reports whether the box's current run still has a live VM.
+func (r *Runtime) runAlive(ctx context.Context, b *model.Box) bool {
+	if b.Run == nil {
+		return false
+	}
+	if b.Run.VM.Alive() {
+		return true
+	}
+	// Starting: the VM identity is recorded once it runs; until then the
+	// monitor answers for the run.
+	if _, _, err := monitor.Status(ctx, r.paths.monitorSocket(b.ID)); err == nil {
+		return true
+	}
+	return false
+}
+
+// markGone records that a box's VM is gone without its monitor having
+// recorded the exit.
+func (r *Runtime) markGone(ctx context.Context, b *model.Box, reason string) error {
+	_ = os.Remove(r.paths.pidFile(b.ID))
+	return r.store.Update(ctx, func(tx *state.Tx) error {
+		cur, err := tx.Box(b.ID)
+		if err != nil {
+			return err
+		}
+		if !cur.Status.Active() {
+			return nil
+		}
+		cur.Status = model.StatusStopped
+		if cur.Run != nil && cur.Run.Exit == nil {
+			cur.Run.Exit = &model.Exit{Code: -1, Reason: reason, At: time.Now().UTC()}
+		}
+		if err := tx.PutBox(cur); err != nil {
+			return err
+		}
+		return tx.AddCounter(CounterBoxesStopped, 1)
+	})
+}
+
+// Stop stops the box's VM: a graceful power-off first, forced after
+// timeout (0 forces at once). Stopping a stopped box does nothing.
+// Auto-remove boxes are removed afterwards.
+func (r *Runtime) Stop(ctx context.Context, ref string, timeout time.Duration) error {
+	info, err := r.GetInfo(ctx, ref)
+	if err != nil {
+		return err
+	}
+	return r.stop(ctx, info.ID, timeout)
+}
+
+func (r *Runtime) stop(ctx context.Context, id string, timeout time.Duration) error {
+	lock, err := r.lockBox(ctx, id)
+	if err != nil {
+		return err
+	}
+	removed := false
+	defer func() {
+		if removed {
+			_ = lock.Remove()
+		} else {
+			_ = lock.Release()
+		}
+	}()
+	if err := r.stopLocked(ctx, id, timeout); err != nil {
+		return err
+	}
+	b, err := r.reload(ctx, id)
+	if err != nil {
+		return err
+	}
+	if b.Config.AutoRemove && !b.Status.Active() {
+		if err := r.removeLocked(ctx, id); err != nil {
+			return fmt.Errorf("auto-remove %s: %w", b.Name, err)
+		}
+		removed = true
+	}
+	return nil
+}
+
+// stopLocked stops the VM of a box whose lock the caller holds: through
+// its monitor, or, when the monitor is gone, through the VMM plugin with
+// the persisted handle.
+func (r *Runtime) stopLocked(ctx context.Context, id string, timeout time.Duration) error {
+	b, err := r.reload(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !b.Status.Active() || b.Run == nil {
+		return nil
+	}
+	_, err = monitor.Stop(ctx, r.paths.monitorSocket(id), timeout)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, monitor.ErrNoMonitor) {
+		return fmt.Errorf("stop %s: %w", b.Name, err)
+	}
+	r.log.Debug("monitor gone; stopping through the VMM plugin", "box", b.ID)
+	if b.Run.VM.Alive() {
+		if err := r.stopViaVMM(ctx, b, timeout); err != nil {
+			return fmt.Errorf("stop %s: %w", b.Name, err)
+		}
+	}
+	return r.markGone(ctx, b, "stopped (its monitor was gone)")
+}
+
+// stopViaVMM stops a VM whose monitor is gone: graceful stop, wait, forced
+// stop, wait, and SIGKILL as the last resort.
+func (r *Runtime) stopViaVMM(ctx context.Context, b *model.Box, timeout time.Duration) error {
+	vm := b.Run.VM
+	vmm, err := r.plugins.VMM(ctx)
+	if err != nil {
+		r.log.Warn("vmm plugin unavailable; killing the VM process", "error", err)
+		_ = syscall.Kill(vm.PID, syscall.SIGKILL)
+		return waitGone(ctx, vm, 10*time.Second)
+	}
+	req := &pluginv1.StopRequest{Handle: b.Run.Handle, Pid: int64(vm.PID)}
+	if timeout > 0 {
+		if err := vmm.Stop(ctx, req); err != nil {
+			r.log.Warn("graceful stop through the VMM failed", "error", err)
+		}
+		if waitGone(ctx, vm, timeout) == nil {
+			return nil
+		}
+	}
+	req.Force = true
+	if err := vmm.Stop(ctx, req); err != nil {
+		r.log.Warn("forced stop through the VMM failed", "error", err)
+	}
+	if waitGone(ctx, vm, 5*time.Second) == nil {
+		return nil
+	}
+	if vm.Alive() {
+		_ = syscall.Kill(vm.PID, syscall.SIGKILL)
+	}
+	return waitGone(ctx, vm, 5*time.Second)
+}
+
+func waitGone(ctx context.Context, id proc.Ident, d time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	if err := proc.WaitExit(wctx, id); err != nil {
+		return fmt.Errorf("vm process %d still runs after %s", id.PID, d)
+	}
+	return nil
+}
+
+// AutoRemove removes the box if it is an auto-remove box that is no longer
+// active. The box monitor calls it after the VM exits on its own.
+func (r *Runtime) AutoRemove(ctx context.Context, id string) error {
+	lock, err := r.lockBox(ctx, id)
+	if err != nil {
+		return err
+	}
+	b, err := r.reload(ctx, id)
+	if err != nil || !b.Config.AutoRemove || b.Status.Active() {
+		_ = lock.Release()
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		return err
+	}
+	if err := r.removeLocked(ctx, id); err != nil {
+		_ = lock.Release()
+		return err
+	}
+	return lock.Remove()
+}
+

@@ -1,0 +1,439 @@
+package monitor
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/core/state"
+	"github.com/boxctl/boxctl/sdk"
+	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+)
+
+// Agent is what the monitor needs from the guest agent: to know when the
+// guest is ready, and to ask it to power off cleanly.
+type Agent interface {
+	WaitReady(ctx context.Context, socket string) error
+	Shutdown(ctx context.Context, socket string) error
+}
+
+// Options are the monitor's inputs.
+type Options struct {
+	Store   *state.Store
+	Launch  *Launch
+	PIDFile string
+	Socket  string
+	// VMLog receives the VM process's stdout and stderr.
+	VMLog string
+	// Ready receives one JSON Ready line, then is closed.
+	Ready  io.WriteCloser
+	Logger hclog.Logger
+	// VMM returns the box's VMM plugin (started lazily: only a stop needs it).
+	VMM func(ctx context.Context) (sdk.VMM, error)
+	// Agent is nil when the VM has no guest agent.
+	Agent Agent
+	// OnExit runs after the exit is recorded, with the final record (for
+	// auto-removal).
+	OnExit func(ctx context.Context, box *model.Box)
+}
+
+type monitor struct {
+	o     Options
+	log   hclog.Logger
+	cmd   *exec.Cmd
+	vm    proc.Ident
+	self  proc.Ident
+	start time.Time
+
+	exited chan struct{}
+	// recorded is closed once the exit is persisted.
+	recorded chan struct{}
+	exit     *model.Exit
+
+	stopOnce   sync.Once
+	stopReason string
+	mu         sync.Mutex
+}
+
+// Run supervises one VM until it exits. It returns after the exit is
+// recorded. Cancelling ctx (the monitor got SIGTERM) stops the VM.
+func Run(ctx context.Context, o Options) error {
+	m := &monitor{o: o, log: o.Logger, exited: make(chan struct{}), recorded: make(chan struct{})}
+	if m.log == nil {
+		m.log = hclog.NewNullLogger()
+	}
+	self, err := proc.Self()
+	if err != nil {
+		return m.fail(ctx, err)
+	}
+	m.self = self
+	if err := m.checkRecord(ctx); err != nil {
+		return m.fail(ctx, err)
+	}
+	ln, err := m.listen()
+	if err != nil {
+		return m.fail(ctx, err)
+	}
+	defer func() {
+		_ = ln.Close()
+		_ = os.Remove(o.Socket)
+	}()
+	if err := m.startVM(); err != nil {
+		return m.fail(ctx, fmt.Errorf("start VM process %s: %w", o.Launch.Argv[0], err))
+	}
+	go m.serve(ln)
+
+	if o.Agent != nil && o.Launch.AgentSocket != "" {
+		if err := m.waitAgent(ctx); err != nil {
+			m.requestStop(0, "agent never became ready")
+			<-m.recorded
+			return m.fail(ctx, err)
+		}
+	}
+	if err := m.markRunning(ctx); err != nil {
+		m.requestStop(0, "could not record running state")
+		<-m.recorded
+		return m.fail(ctx, err)
+	}
+	m.ready(Ready{OK: true, VMPID: m.vm.PID})
+
+	if !o.Launch.Detached {
+		go m.watchOwner(ctx)
+	}
+	select {
+	case <-m.recorded:
+	case <-ctx.Done():
+		m.requestStop(o.Launch.StopTimeout, "monitor was asked to stop")
+		<-m.recorded
+	}
+	return nil
+}
+
+func (m *monitor) ready(r Ready) {
+	if m.o.Ready == nil {
+		return
+	}
+	_ = json.NewEncoder(m.o.Ready).Encode(r)
+	_ = m.o.Ready.Close()
+	m.o.Ready = nil
+}
+
+// fail reports a start failure on the ready pipe and in the record.
+func (m *monitor) fail(ctx context.Context, err error) error {
+	m.log.Error("monitor failed", "error", err)
+	m.ready(Ready{Error: err.Error()})
+	_ = m.update(ctx, func(b *model.Box) {
+		b.Status = model.StatusStopped
+		b.Error = err.Error()
+	})
+	return err
+}
+
+// update changes the box record if it still belongs to this run; an older
+// monitor never overwrites a newer run.
+func (m *monitor) update(ctx context.Context, fn func(b *model.Box)) error {
+	return m.o.Store.Update(ctx, func(tx *state.Tx) error {
+		b, err := tx.Box(m.o.Launch.BoxID)
+		if err != nil {
+			return err
+		}
+		if b.Run == nil || b.Run.ID != m.o.Launch.RunID {
+			return fmt.Errorf("box %s: run %s was superseded", b.ID, m.o.Launch.RunID)
+		}
+		fn(b)
+		return tx.PutBox(b)
+	})
+}
+
+func (m *monitor) checkRecord(ctx context.Context) error {
+	return m.o.Store.View(ctx, func(tx *state.Tx) error {
+		b, err := tx.Box(m.o.Launch.BoxID)
+		if err != nil {
+			return err
+		}
+		if b.Run == nil || b.Run.ID != m.o.Launch.RunID || b.Status != model.StatusStarting {
+			return fmt.Errorf("box %s is not starting run %s (status %s)", b.ID, m.o.Launch.RunID, b.Status)
+		}
+		return nil
+	})
+}
+
+func (m *monitor) listen() (net.Listener, error) {
+	_ = os.Remove(m.o.Socket)
+	ln, err := net.Listen("unix", m.o.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", m.o.Socket, err)
+	}
+	return ln, nil
+}
+
+func (m *monitor) startVM() error {
+	l := m.o.Launch
+	if len(l.Argv) == 0 {
+		return errors.New("launch plan has no command")
+	}
+	cmd := exec.Command(l.Argv[0], l.Argv[1:]...)
+	cmd.Env = l.Env
+	cmd.Dir = l.Dir
+	// Its own process group: signals to the monitor's group (a terminal's
+	// Ctrl-C) do not reach the VM, and the VM survives the monitor.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if m.o.VMLog != "" {
+		f, err := os.OpenFile(m.o.VMLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cmd.Stdout, cmd.Stderr = f, f
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	m.cmd = cmd
+	m.start = time.Now()
+	id, err := proc.Of(cmd.Process.Pid)
+	if err != nil {
+		// It died at once; the identity still lets the record make sense.
+		boot, _ := proc.BootID()
+		id = proc.Ident{PID: cmd.Process.Pid, BootID: boot}
+	}
+	m.vm = id
+	if m.o.PIDFile != "" {
+		_ = os.WriteFile(m.o.PIDFile, []byte(fmt.Sprintf("%d %d\n", id.PID, id.StartTicks)), 0o644)
+	}
+	go m.waitVM()
+	return nil
+}
+
+// waitVM reaps the VM process and records how it ended.
+func (m *monitor) waitVM() {
+	err := m.cmd.Wait()
+	exit := &model.Exit{Code: 0, At: time.Now()}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		ws, _ := ee.Sys().(syscall.WaitStatus)
+		if ws.Signaled() {
+			exit.Signal = int(ws.Signal())
+			exit.Code = 128 + exit.Signal
+		} else {
+			exit.Code = ws.ExitStatus()
+		}
+	} else if err != nil {
+		exit.Code = -1
+	}
+	m.mu.Lock()
+	exit.Reason = m.stopReason
+	m.mu.Unlock()
+	if exit.Reason == "" {
+		exit.Reason = "vm process exited"
+		if exit.Signal != 0 {
+			exit.Reason = "vm process killed by signal " + strconv.Itoa(exit.Signal)
+		}
+	}
+	m.exit = exit
+	close(m.exited)
+	m.log.Info("vm exited", "code", exit.Code, "signal", exit.Signal, "reason", exit.Reason)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if m.o.PIDFile != "" {
+		_ = os.Remove(m.o.PIDFile)
+	}
+	var final *model.Box
+	err = m.o.Store.Update(ctx, func(tx *state.Tx) error {
+		b, err := tx.Box(m.o.Launch.BoxID)
+		if err != nil {
+			return err
+		}
+		if b.Run == nil || b.Run.ID != m.o.Launch.RunID {
+			return nil // superseded: a newer run owns the record
+		}
+		b.Status = model.StatusStopped
+		b.Run.Exit = exit
+		if err := tx.PutBox(b); err != nil {
+			return err
+		}
+		final = b
+		return tx.AddCounter("boxes_stopped", 1)
+	})
+	if err != nil {
+		m.log.Error("record vm exit", "error", err)
+	}
+	close(m.recorded)
+	if final != nil && m.o.OnExit != nil {
+		m.o.OnExit(ctx, final)
+	}
+}
+
+func (m *monitor) waitAgent(ctx context.Context) error {
+	timeout := m.o.Launch.BootTimeout
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	actx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-m.exited:
+			cancel()
+		case <-actx.Done():
+		}
+	}()
+	err := m.o.Agent.WaitReady(actx, m.o.Launch.AgentSocket)
+	select {
+	case <-m.exited:
+		return fmt.Errorf("the VM exited during boot (exit code %d) before its guest agent answered", m.exit.Code)
+	default:
+	}
+	if err != nil {
+		return fmt.Errorf("the guest agent did not answer within %s: %w", timeout, err)
+	}
+	return nil
+}
+
+func (m *monitor) markRunning(ctx context.Context) error {
+	return m.update(ctx, func(b *model.Box) {
+		b.Status = model.StatusRunning
+		b.Error = ""
+		b.Run.Monitor = m.self
+		b.Run.VM = m.vm
+		b.Run.StartedAt = m.start
+	})
+}
+
+func (m *monitor) watchOwner(ctx context.Context) {
+	owner := m.o.Launch.Owner
+	if err := proc.WaitExit(ctx, owner); err != nil {
+		return // ctx ended: the monitor is finishing anyway
+	}
+	select {
+	case <-m.exited:
+		return
+	default:
+	}
+	m.log.Info("owner exited; stopping the box", "owner", owner.String())
+	m.requestStop(m.o.Launch.StopTimeout, "the process that started the box exited")
+}
+
+// requestStop starts stopping the VM once; later calls just wait.
+func (m *monitor) requestStop(timeout time.Duration, reason string) {
+	m.stopOnce.Do(func() {
+		m.mu.Lock()
+		m.stopReason = reason
+		m.mu.Unlock()
+		go m.stopVM(timeout)
+	})
+}
+
+// stopVM asks the guest to power off, waits up to timeout, then has the
+// VMM force it off, and as a last resort kills the process group.
+func (m *monitor) stopVM(timeout time.Duration) {
+	ctx := context.Background()
+	_ = m.update(ctx, func(b *model.Box) {
+		if b.Status.Active() {
+			b.Status = model.StatusStopping
+		}
+	})
+	if timeout > 0 {
+		gctx, cancel := context.WithTimeout(ctx, timeout)
+		m.graceful(gctx)
+		select {
+		case <-m.exited:
+			cancel()
+			return
+		case <-gctx.Done():
+		}
+		cancel()
+		m.log.Warn("vm did not stop in time; forcing it off", "timeout", timeout)
+	}
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if vmm, err := m.o.VMM(fctx); err == nil {
+		if err := vmm.Stop(fctx, &pluginv1.StopRequest{Handle: m.o.Launch.Handle, Pid: int64(m.vm.PID), Force: true}); err != nil {
+			m.log.Warn("vmm forced stop failed", "error", err)
+		}
+	} else {
+		m.log.Warn("vmm plugin unavailable for a forced stop", "error", err)
+	}
+	select {
+	case <-m.exited:
+		return
+	case <-time.After(5 * time.Second):
+	}
+	m.log.Warn("vm still running after a forced stop; killing its process group")
+	_ = syscall.Kill(-m.vm.PID, syscall.SIGKILL)
+	_ = m.cmd.Process.Kill()
+}
+
+// graceful asks for a clean power-off: through the guest agent when there
+// is one (it syncs and unmounts), else through the VMM.
+func (m *monitor) graceful(ctx context.Context) {
+	if m.o.Agent != nil && m.o.Launch.AgentSocket != "" {
+		if err := m.o.Agent.Shutdown(ctx, m.o.Launch.AgentSocket); err == nil {
+			return
+		} else {
+			m.log.Warn("guest agent shutdown failed; asking the VMM", "error", err)
+		}
+	}
+	vmm, err := m.o.VMM(ctx)
+	if err != nil {
+		m.log.Warn("vmm plugin unavailable for a graceful stop", "error", err)
+		return
+	}
+	if err := vmm.Stop(ctx, &pluginv1.StopRequest{Handle: m.o.Launch.Handle, Pid: int64(m.vm.PID)}); err != nil && !errors.Is(err, sdk.ErrUnsupported) {
+		m.log.Warn("vmm graceful stop failed", "error", err)
+	}
+}
+
+func (m *monitor) serve(ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go m.handle(conn)
+	}
+}
+
+func (m *monitor) handle(conn net.Conn) {
+	defer conn.Close()
+	line, err := bufio.NewReader(conn).ReadBytes('\n')
+	if err != nil {
+		return
+	}
+	var req request
+	if err := json.Unmarshal(line, &req); err != nil {
+		_ = json.NewEncoder(conn).Encode(response{Error: "bad request: " + err.Error()})
+		return
+	}
+	switch req.Op {
+	case "status":
+		st := model.StatusRunning
+		select {
+		case <-m.exited:
+			st = model.StatusStopped
+		default:
+		}
+		_ = json.NewEncoder(conn).Encode(response{OK: true, Status: st, VM: m.vm})
+	case "stop":
+		m.requestStop(time.Duration(req.TimeoutMS)*time.Millisecond, "stopped")
+		<-m.recorded
+		_ = json.NewEncoder(conn).Encode(response{OK: true, Status: model.StatusStopped, VM: m.vm, Exit: m.exit})
+	default:
+		_ = json.NewEncoder(conn).Encode(response{Error: "unknown op " + strconv.Quote(req.Op)})
+	}
+}

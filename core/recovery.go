@@ -1,0 +1,195 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/boxctl/boxctl/core/lockfile"
+	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/monitor"
+	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/core/state"
+)
+
+// recover brings the home back to a consistent state when a runtime opens:
+//
+//   - box directories with no record are removed (a create that died);
+//   - boxes marked for removal, and stopped auto-remove boxes, are removed;
+//   - active boxes whose directory vanished are removed;
+//   - active boxes whose VM process is gone (or whose PID now belongs to
+//     another process, or the host rebooted) are marked Stopped and their
+//     PID files deleted;
+//   - lock files of boxes that no longer exist are deleted.
+//
+// It reads first and writes only when something needs fixing, and it
+// leaves alone any box whose lock another process holds (that process is
+// in the middle of changing it).
+func (r *Runtime) recover(ctx context.Context) error {
+	var attention []*model.Box
+	var ids map[string]bool
+	err := r.store.View(ctx, func(tx *state.Tx) error {
+		var err error
+		attention, err = tx.AttentionBoxes()
+		ids = tx.BoxIDs()
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if err := r.removeOrphans(ctx, ids); err != nil {
+		return err
+	}
+	for _, b := range attention {
+		r.recoverBox(ctx, b)
+	}
+	return nil
+}
+
+// removeOrphans deletes box directories and lock files with no record.
+func (r *Runtime) removeOrphans(ctx context.Context, ids map[string]bool) error {
+	entries, err := os.ReadDir(r.paths.boxesDir())
+	if err != nil {
+		return err
+	}
+	var dirs []string
+	for _, e := range entries {
+		if !ids[e.Name()] {
+			dirs = append(dirs, e.Name())
+		}
+	}
+	locks, _ := os.ReadDir(filepath.Dir(r.paths.lockPath("x")))
+	var staleLocks []string
+	for _, e := range locks {
+		id, ok := strings.CutSuffix(e.Name(), ".lock")
+		if ok && !ids[id] {
+			staleLocks = append(staleLocks, id)
+		}
+	}
+	if len(dirs) == 0 && len(staleLocks) == 0 {
+		return nil
+	}
+	// Re-check under the write lock: creates make the directory and the
+	// record in one write transaction, so none is half-done now.
+	return r.store.Update(ctx, func(tx *state.Tx) error {
+		current := tx.BoxIDs()
+		for _, d := range dirs {
+			if !current[d] {
+				r.log.Info("recovery: removing box directory without a record", "dir", d)
+				if err := os.RemoveAll(r.paths.boxDir(d)); err != nil {
+					return err
+				}
+			}
+		}
+		for _, id := range staleLocks {
+			if current[id] {
+				continue
+			}
+			if l, ok, _ := lockfile.TryAcquire(r.paths.lockPath(id), false); ok {
+				_ = l.Remove()
+			}
+		}
+		return nil
+	})
+}
+
+// recoverBox fixes one box that may need it. Errors are logged, not
+// returned: one damaged box must not make the whole home unusable.
+func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
+	lock, ok, err := lockfile.TryAcquire(r.paths.lockPath(b.ID), false)
+	if err != nil || !ok {
+		return // busy: another process is changing this box
+	}
+	removed := false
+	defer func() {
+		if removed {
+			_ = lock.Remove()
+		} else {
+			_ = lock.Release()
+		}
+	}()
+	b, err = r.reload(ctx, b.ID)
+	if err != nil {
+		return
+	}
+	log := r.log.With("box", b.ID, "name", b.Name)
+	_, dirErr := os.Stat(r.paths.boxDir(b.ID))
+	dirGone := errors.Is(dirErr, os.ErrNotExist)
+	switch {
+	case b.Pending == "removing":
+		log.Info("recovery: finishing an interrupted removal")
+		removed = r.recoverRemove(ctx, b)
+		return
+	case b.Pending == "cloning":
+		// The disk copy may or may not have happened: remove whatever the
+		// storage plugin has under the clone's disk ID with the record.
+		log.Info("recovery: rolling back an interrupted clone")
+		b.DiskCreated = true
+		removed = r.recoverRemove(ctx, b)
+		return
+	case b.Status.Active() && dirGone:
+		log.Info("recovery: removing an active box whose directory vanished")
+		if b.Run != nil && b.Run.VM.Alive() {
+			_ = r.stopViaVMM(ctx, b, 0)
+		}
+		removed = r.recoverRemove(ctx, b)
+		return
+	case b.Status.Active():
+		if r.recoverRun(ctx, b) {
+			return
+		}
+		b, err = r.reload(ctx, b.ID)
+		if err != nil {
+			return
+		}
+	}
+	if b.Config.AutoRemove && b.Status == model.StatusStopped {
+		log.Info("recovery: removing a stopped auto-remove box")
+		removed = r.recoverRemove(ctx, b)
+	}
+}
+
+// recoverRun checks the processes behind an active box. It returns true
+// when the run is alive (nothing to do).
+func (r *Runtime) recoverRun(ctx context.Context, b *model.Box) bool {
+	boot, _ := proc.BootID()
+	reason := ""
+	switch {
+	case b.Run == nil:
+		reason = "no run recorded"
+	case b.Run.VM.BootID != "" && b.Run.VM.BootID != boot || b.Run.Monitor.BootID != "" && b.Run.Monitor.BootID != boot:
+		reason = "host rebooted"
+	case b.Run.VM.Alive():
+		return true
+	case b.Status == model.StatusStarting && b.Run.Monitor.IsZero():
+		// The monitor records its identity only once the VM is ready; ask
+		// it directly.
+		if _, _, err := monitor.Status(ctx, r.paths.monitorSocket(b.ID)); err == nil {
+			return true
+		}
+		reason = "start was interrupted"
+	default:
+		reason = "vm process vanished"
+	}
+	r.log.Info("recovery: marking box stopped", "box", b.ID, "reason", reason)
+	if err := r.markGone(ctx, b, reason); err != nil {
+		r.log.Warn("recovery: mark stopped", "box", b.ID, "error", err)
+	}
+	return false
+}
+
+func (r *Runtime) recoverRemove(ctx context.Context, b *model.Box) bool {
+	if b.DiskCreated {
+		if err := r.releaseStorage(ctx, b); err != nil {
+			r.log.Warn("recovery: remove disk", "box", b.ID, "error", err)
+			return false
+		}
+	}
+	if err := r.removeLocked(ctx, b.ID); err != nil {
+		r.log.Warn("recovery: remove box", "box", b.ID, "error", err)
+		return false
+	}
+	return true
+}

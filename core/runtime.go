@@ -1,0 +1,361 @@
+package core
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/boxctl/boxctl/config"
+	"github.com/boxctl/boxctl/core/lockfile"
+	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/pluginhost"
+	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/core/state"
+)
+
+// DefaultShutdownTimeout is how long Shutdown waits for each box by default.
+const DefaultShutdownTimeout = 10 * time.Second
+
+// Runtime counters, persisted in the state store and shared by all
+// processes on a home.
+const (
+	CounterBoxesCreated     = "boxes_created"
+	CounterBoxesFailed      = "boxes_failed"
+	CounterBoxesStopped     = "boxes_stopped"
+	CounterCommandsExecuted = "commands_executed"
+	CounterExecErrors       = "exec_errors"
+)
+
+// Runtime manages the boxes of one home directory.
+type Runtime struct {
+	cfg        *config.Config
+	paths      layout
+	store      *state.Store
+	plugins    *pluginhost.Host
+	log        hclog.Logger
+	logOut     io.Writer
+	self       proc.Ident
+	monitorBin string
+	pluginDirs []string
+	lockWait   time.Duration
+
+	mu       sync.Mutex
+	shutdown bool
+	monitors sync.WaitGroup
+}
+
+// Option configures Open.
+type Option func(*Runtime)
+
+// WithConfig sets the configuration (default: config.Load("")).
+func WithConfig(cfg *config.Config) Option { return func(r *Runtime) { r.cfg = cfg } }
+
+// WithHome overrides the configuration's home directory.
+func WithHome(home string) Option {
+	return func(r *Runtime) { r.paths.home = home }
+}
+
+// WithLogger sets the logger and where plugin log lines are written.
+func WithLogger(l hclog.Logger, out io.Writer) Option {
+	return func(r *Runtime) { r.log, r.logOut = l, out }
+}
+
+// WithMonitorBinary sets the boxctl binary used to run box monitors
+// (default: boxctl next to the running executable, else on $PATH).
+func WithMonitorBinary(path string) Option { return func(r *Runtime) { r.monitorBin = path } }
+
+// WithPluginDirs replaces the directories searched for plugin binaries.
+func WithPluginDirs(dirs ...string) Option { return func(r *Runtime) { r.pluginDirs = dirs } }
+
+// WithLockTimeout bounds how long an operation waits for a box that another
+// process is starting, stopping or removing (default 2 minutes).
+func WithLockTimeout(d time.Duration) Option { return func(r *Runtime) { r.lockWait = d } }
+
+// Open opens the runtime on its home directory and runs recovery.
+func Open(ctx context.Context, opts ...Option) (*Runtime, error) {
+	r := &Runtime{lockWait: 2 * time.Minute}
+	for _, o := range opts {
+		o(r)
+	}
+	if r.cfg == nil {
+		cfg, err := config.Load("")
+		if err != nil {
+			return nil, err
+		}
+		r.cfg = cfg
+	}
+	if r.paths.home != "" {
+		r.cfg.Home = r.paths.home
+	}
+	home, err := filepath.Abs(r.cfg.Home)
+	if err != nil {
+		return nil, fmt.Errorf("home %s: %w", r.cfg.Home, err)
+	}
+	r.cfg.Home = home
+	r.paths = layout{home: home}
+	if err := r.paths.checkSocketPaths(); err != nil {
+		return nil, err
+	}
+	if r.log == nil {
+		r.log = hclog.NewNullLogger()
+	}
+	if r.logOut == nil {
+		r.logOut = io.Discard
+	}
+	for _, dir := range []string{r.paths.boxesDir(), filepath.Dir(r.paths.lockPath("x"))} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create home %s: %w", home, err)
+		}
+	}
+	if r.self, err = proc.Self(); err != nil {
+		return nil, err
+	}
+	if r.store, err = state.Open(ctx, home); err != nil {
+		return nil, err
+	}
+	hostOpts := []pluginhost.Option{pluginhost.WithLogger(r.log.Named("plugin"), r.logOut)}
+	if r.pluginDirs != nil {
+		hostOpts = append(hostOpts, pluginhost.WithSearchDirs(r.pluginDirs...))
+	}
+	r.plugins = pluginhost.New(r.cfg, hostOpts...)
+	if err := r.recover(ctx); err != nil {
+		r.plugins.Close()
+		return nil, fmt.Errorf("recover state in %s: %w", home, err)
+	}
+	return r, nil
+}
+
+// Config returns the runtime's effective configuration.
+func (r *Runtime) Config() *config.Config { return r.cfg }
+
+// Plugins returns the runtime's plugin host.
+func (r *Runtime) Plugins() *pluginhost.Host { return r.plugins }
+
+// Home returns the home directory.
+func (r *Runtime) Home() string { return r.paths.home }
+
+func (r *Runtime) checkOpen() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.shutdown {
+		return ErrShutDown
+	}
+	return nil
+}
+
+// ShutdownResult reports what Shutdown did.
+type ShutdownResult struct {
+	Stopped []string
+	// Failed maps box IDs to why they could not be stopped in time.
+	Failed map[string]error
+}
+
+// Shutdown stops every non-detached box this process started, concurrently,
+// each within timeout (0 means DefaultShutdownTimeout, negative waits
+// forever), and refuses new work afterwards. Detached boxes keep running.
+// Calling it again is harmless.
+func (r *Runtime) Shutdown(ctx context.Context, timeout time.Duration) (ShutdownResult, error) {
+	r.mu.Lock()
+	r.shutdown = true
+	r.mu.Unlock()
+	res := ShutdownResult{Failed: map[string]error{}}
+	if timeout == 0 {
+		timeout = DefaultShutdownTimeout
+	}
+	var owned []*model.Box
+	err := r.store.View(ctx, func(tx *state.Tx) error {
+		boxes, err := tx.AttentionBoxes()
+		for _, b := range boxes {
+			if b.Status.Active() && b.Run != nil && !b.Run.Detached && b.Run.Owner == r.self {
+				owned = append(owned, b)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return res, err
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, b := range owned {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sctx := ctx
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				// The stop escalates at timeout; leave it room to force.
+				sctx, cancel = context.WithTimeout(ctx, timeout+15*time.Second)
+				defer cancel()
+			}
+			stopTimeout := timeout
+			if timeout < 0 {
+				stopTimeout = 24 * time.Hour
+			}
+			err := r.stop(sctx, b.ID, stopTimeout)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				res.Failed[b.ID] = err
+			} else {
+				res.Stopped = append(res.Stopped, b.ID)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(res.Failed) > 0 {
+		return res, fmt.Errorf("shutdown: %d of %d boxes failed to stop", len(res.Failed), len(owned))
+	}
+	return res, nil
+}
+
+// Close shuts the runtime down (see Shutdown) and stops its plugins.
+func (r *Runtime) Close() error {
+	_, err := r.Shutdown(context.Background(), 0)
+	r.plugins.Close()
+	return err
+}
+
+// Metrics are the runtime counters, shared by every process on the home.
+type Metrics struct {
+	BoxesCreated     uint64 `json:"boxes_created"`
+	BoxesFailed      uint64 `json:"boxes_failed"`
+	BoxesStopped     uint64 `json:"boxes_stopped"`
+	CommandsExecuted uint64 `json:"commands_executed"`
+	ExecErrors       uint64 `json:"exec_errors"`
+}
+
+// Metrics returns the runtime counters.
+func (r *Runtime) Metrics(ctx context.Context) (Metrics, error) {
+	var m Metrics
+	err := r.store.View(ctx, func(tx *state.Tx) error {
+		c := tx.Counters()
+		m = Metrics{
+			BoxesCreated:     c[CounterBoxesCreated],
+			BoxesFailed:      c[CounterBoxesFailed],
+			BoxesStopped:     c[CounterBoxesStopped],
+			CommandsExecuted: c[CounterCommandsExecuted],
+			ExecErrors:       c[CounterExecErrors],
+		}
+		return nil
+	})
+	return m, err
+}
+
+func (r *Runtime) count(ctx context.Context, name string) {
+	if err := r.store.Update(ctx, func(tx *state.Tx) error { return tx.AddCounter(name, 1) }); err != nil {
+		r.log.Warn("update counter", "counter", name, "error", err)
+	}
+}
+
+// lockBox takes the per-box lifecycle lock. The lock file is made with
+// the box and deleted with it, so a box removed meanwhile is ErrNotFound.
+func (r *Runtime) lockBox(ctx context.Context, id string) (*lockfile.Lock, error) {
+	lctx, cancel := context.WithTimeout(ctx, r.lockWait)
+	defer cancel()
+	path := r.paths.lockPath(id)
+	l, err := lockfile.AcquireExisting(lctx, path, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		// A box whose lock file was lost (say, by hand) gets a new one.
+		if _, gerr := r.reload(ctx, id); gerr != nil {
+			return nil, gerr
+		}
+		l, err = lockfile.Acquire(lctx, path, false)
+	}
+	if errors.Is(err, lockfile.ErrRemoved) {
+		return nil, fmt.Errorf("box %s was removed: %w", shortID(id), ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("box %s is busy with another operation (start, stop or remove in another boxctl): %w", shortID(id), err)
+	}
+	return l, nil
+}
+
+func newID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err)) // the kernel's RNG does not fail
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$`)
+
+func (r *Runtime) findMonitorBinary() (string, error) {
+	if r.monitorBin != "" {
+		return r.monitorBin, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		if filepath.Base(exe) == "boxctl" {
+			return exe, nil
+		}
+		cand := filepath.Join(filepath.Dir(exe), "boxctl")
+		if _, err := os.Stat(cand); err == nil {
+			return cand, nil
+		}
+	}
+	if p, err := exec.LookPath("boxctl"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("cannot find the boxctl binary to run the box monitor: install boxctl on $PATH or pass core.WithMonitorBinary")
+}
+
+// CheckConsistency verifies the home: the store's indexes, and that every
+// box has its directory and every directory and lock file its box. It
+// returns the problems found, none when consistent. It changes nothing.
+func (r *Runtime) CheckConsistency(ctx context.Context) ([]string, error) {
+	var problems []string
+	var ids map[string]bool
+	err := r.store.View(ctx, func(tx *state.Tx) error {
+		problems = tx.Check()
+		ids = tx.BoxIDs()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(r.paths.boxesDir())
+	if err != nil {
+		return nil, err
+	}
+	dirs := map[string]bool{}
+	for _, e := range entries {
+		dirs[e.Name()] = true
+		if !ids[e.Name()] {
+			problems = append(problems, fmt.Sprintf("directory boxes/%s has no box record", e.Name()))
+		}
+	}
+	for id := range ids {
+		if !dirs[id] {
+			problems = append(problems, fmt.Sprintf("box %s has no directory", id))
+		}
+	}
+	locks, _ := os.ReadDir(filepath.Dir(r.paths.lockPath("x")))
+	for _, e := range locks {
+		id := strings.TrimSuffix(e.Name(), ".lock")
+		if !ids[id] {
+			problems = append(problems, fmt.Sprintf("lock file locks/%s belongs to no box", e.Name()))
+		}
+	}
+	return problems, nil
+}
