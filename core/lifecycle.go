@@ -485,4 +485,3 @@ func (r *Runtime) AutoRemove(ctx context.Context, id string) error {
 	}
 	return lock.Remove()
 }
-

@@ -303,4 +303,3 @@ func (a *app) inspectCommand() *cobra.Command {
 		},
 	}
 }
-
