@@ -60,7 +60,7 @@ proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
 		--plugin=protoc-gen-go=$(TOOLS)/protoc-gen-go --plugin=protoc-gen-go-grpc=$(TOOLS)/protoc-gen-go-grpc \
 		--go_out=. --go_opt=module=github.com/boxctl/boxctl \
 		--go-grpc_out=. --go-grpc_opt=module=github.com/boxctl/boxctl \
-		sdk/proto/v1/*.proto
+		sdk/proto/v1/*.proto core/state/statepb/*.proto
 	@if [ -x guest/proto/gen.sh ]; then guest/proto/gen.sh; fi
 
 bench: build

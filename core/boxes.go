@@ -226,6 +226,23 @@ func (r *Runtime) List(ctx context.Context) ([]*model.Box, error) {
 	return boxes, err
 }
 
+// ListActive returns the boxes that may have a VM (starting, running,
+// paused, stopping), newest first, without reading the others.
+func (r *Runtime) ListActive(ctx context.Context) ([]*model.Box, error) {
+	var boxes []*model.Box
+	err := r.store.View(ctx, func(tx *state.Tx) error {
+		all, err := tx.AttentionBoxes()
+		for _, b := range all {
+			if b.Status.Active() {
+				boxes = append(boxes, b)
+			}
+		}
+		return err
+	})
+	state.SortNewestFirst(boxes)
+	return boxes, err
+}
+
 // RemoveOptions tune Remove.
 type RemoveOptions struct {
 	// Force removes an active box (killing its VM) and a box that clones

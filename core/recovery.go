@@ -29,17 +29,17 @@ import (
 // in the middle of changing it).
 func (r *Runtime) recover(ctx context.Context) error {
 	var attention []*model.Box
-	var ids map[string]bool
+	var count int
 	err := r.store.View(ctx, func(tx *state.Tx) error {
 		var err error
 		attention, err = tx.AttentionBoxes()
-		ids = tx.BoxIDs()
+		count = tx.BoxCount()
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	if err := r.removeOrphans(ctx, ids); err != nil {
+	if err := r.removeOrphans(ctx, count); err != nil {
 		return err
 	}
 	for _, b := range attention {
@@ -49,21 +49,33 @@ func (r *Runtime) recover(ctx context.Context) error {
 }
 
 // removeOrphans deletes box directories and lock files with no record.
-func (r *Runtime) removeOrphans(ctx context.Context, ids map[string]bool) error {
-	entries, err := os.ReadDir(r.paths.boxesDir())
+// Every box has one of each, so when the counts match the store's box
+// count there is nothing to look for and the records are not read.
+func (r *Runtime) removeOrphans(ctx context.Context, count int) error {
+	dirNames, err := readNames(r.paths.boxesDir())
 	if err != nil {
 		return err
 	}
+	lockNames, _ := readNames(filepath.Dir(r.paths.lockPath("x")))
+	if len(dirNames) == count && len(lockNames) == count {
+		return nil
+	}
+	var ids map[string]bool
+	if err := r.store.View(ctx, func(tx *state.Tx) error {
+		ids = tx.BoxIDs()
+		return nil
+	}); err != nil {
+		return err
+	}
 	var dirs []string
-	for _, e := range entries {
-		if !ids[e.Name()] {
-			dirs = append(dirs, e.Name())
+	for _, name := range dirNames {
+		if !ids[name] {
+			dirs = append(dirs, name)
 		}
 	}
-	locks, _ := os.ReadDir(filepath.Dir(r.paths.lockPath("x")))
 	var staleLocks []string
-	for _, e := range locks {
-		id, ok := strings.CutSuffix(e.Name(), ".lock")
+	for _, name := range lockNames {
+		id, ok := strings.CutSuffix(name, ".lock")
 		if ok && !ids[id] {
 			staleLocks = append(staleLocks, id)
 		}
@@ -192,4 +204,14 @@ func (r *Runtime) recoverRemove(ctx context.Context, b *model.Box) bool {
 		return false
 	}
 	return true
+}
+
+// readNames lists a directory's entry names without stat-ing them.
+func readNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
 }

@@ -249,15 +249,13 @@ box, for example '{{.Name}} {{.Status}}'. Template fields: .ID, .ShortID,
 			if err != nil {
 				return err
 			}
-			boxes, err := rt.List(cmd.Context())
+			list := rt.ListActive
+			if all {
+				list = rt.List
+			}
+			shown, err := list(cmd.Context())
 			if err != nil {
 				return err
-			}
-			var shown []*model.Box
-			for _, b := range boxes {
-				if all || b.Status.Active() {
-					shown = append(shown, b)
-				}
 			}
 			if quiet {
 				for _, b := range shown {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -82,7 +83,17 @@ func plural(n int, unit string) string {
 }
 
 // printBoxes writes boxes as a table, JSON, or through a Go template.
-func printBoxes(w io.Writer, boxes []*model.Box, format string, now time.Time) error {
+func printBoxes(out io.Writer, boxes []*model.Box, format string, now time.Time) error {
+	// tabwriter and templates write in small pieces; one write per call
+	// keeps a listing of thousands of boxes fast.
+	w := bufio.NewWriter(out)
+	if err := writeBoxes(w, boxes, format, now); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+func writeBoxes(w io.Writer, boxes []*model.Box, format string, now time.Time) error {
 	switch format {
 	case "", "table":
 		tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)

@@ -42,6 +42,7 @@ var (
 	bucketSnapshots = []byte("snapshots")
 	bucketCounters  = []byte("counters")
 	keySchema       = []byte("schema_version")
+	keyBoxCount     = []byte("box_count")
 )
 
 // ErrSchemaTooNew: the database was written by a newer boxctl.
@@ -207,14 +208,6 @@ func (tx *Tx) Box(id string) (*model.Box, error) {
 	return decodeBox(v)
 }
 
-func decodeBox(v []byte) (*model.Box, error) {
-	var b model.Box
-	if err := json.Unmarshal(v, &b); err != nil {
-		return nil, fmt.Errorf("decode box record: %w", err)
-	}
-	return &b, nil
-}
-
 // ResolveBox finds a box by exact ID, then name, then unambiguous ID
 // prefix.
 func (tx *Tx) ResolveBox(ref string) (*model.Box, error) {
@@ -265,8 +258,10 @@ func (tx *Tx) PutBox(b *model.Box) error {
 				return err
 			}
 		}
+	} else if err := tx.addBoxCount(1); err != nil {
+		return err
 	}
-	v, err := json.Marshal(b)
+	v, err := encodeBox(b)
 	if err != nil {
 		return fmt.Errorf("encode box %s: %w", b.ID, err)
 	}
@@ -301,6 +296,9 @@ func (tx *Tx) DeleteBox(id string) error {
 	if err := boxes.Delete([]byte(id)); err != nil {
 		return err
 	}
+	if err := tx.addBoxCount(-1); err != nil {
+		return err
+	}
 	if err := tx.btx.Bucket(bucketAttention).Delete([]byte(id)); err != nil {
 		return err
 	}
@@ -322,13 +320,35 @@ func (tx *Tx) Boxes() ([]*model.Box, error) {
 		out = append(out, b)
 		return nil
 	})
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
-			return out[i].CreatedAt.After(out[j].CreatedAt)
-		}
-		return out[i].ID < out[j].ID
-	})
+	SortNewestFirst(out)
 	return out, err
+}
+
+// SortNewestFirst orders boxes by creation time, newest first (ties by ID).
+func SortNewestFirst(boxes []*model.Box) {
+	sort.Slice(boxes, func(i, j int) bool {
+		if !boxes[i].CreatedAt.Equal(boxes[j].CreatedAt) {
+			return boxes[i].CreatedAt.After(boxes[j].CreatedAt)
+		}
+		return boxes[i].ID < boxes[j].ID
+	})
+}
+
+// BoxCount returns the number of boxes without reading them.
+func (tx *Tx) BoxCount() int {
+	v := tx.btx.Bucket(bucketMeta).Get(keyBoxCount)
+	if len(v) != 8 {
+		return len(tx.BoxIDs())
+	}
+	return int(binary.BigEndian.Uint64(v))
+}
+
+func (tx *Tx) addBoxCount(delta int) error {
+	n := tx.BoxCount() + delta
+	if n < 0 {
+		n = 0
+	}
+	return tx.btx.Bucket(bucketMeta).Put(keyBoxCount, binary.BigEndian.AppendUint64(nil, uint64(n)))
 }
 
 // BoxIDs returns every box ID without decoding the records.
@@ -537,6 +557,9 @@ func (tx *Tx) Check() []string {
 		}
 		return nil
 	})
+	if n, actual := tx.BoxCount(), len(tx.BoxIDs()); n != actual {
+		problems = append(problems, fmt.Sprintf("box count says %d, the store holds %d", n, actual))
+	}
 	_ = att.ForEach(func(k, _ []byte) error {
 		if boxes.Get(k) == nil {
 			problems = append(problems, fmt.Sprintf("attention index holds missing box %s", k))

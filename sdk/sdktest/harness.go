@@ -27,8 +27,11 @@ func Serve(t testing.TB, cfg sdk.ServeConfig) Clients {
 	t.Helper()
 	client, server := plugin.TestPluginGRPCConn(t, false, cfg.PluginSet())
 	t.Cleanup(func() {
-		_ = client.Close()
-		server.Stop()
+		// Closing the client asks the server to stop (go-plugin's
+		// controller); stopping it here as well would race with that.
+		if err := client.Close(); err != nil {
+			server.Stop()
+		}
 	})
 	var out Clients
 	dispense := func(role string) any {

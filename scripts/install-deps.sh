@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what boxctl's build and tests need on a Debian bookworm machine:
+# QEMU (system emulator and qemu-img/qemu-io), e2fsprogs (mkfs.ext4,
+# debugfs), busybox-static (the tiny test image), cpio and zstd (guest
+# initramfs), util-linux (flock). Idempotent: does nothing when everything
+# is present. Needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+need=()
+check() { # check <command> <package>
+	command -v "$1" >/dev/null 2>&1 || need+=("$2")
+}
+check qemu-system-x86_64 qemu-system-x86
+check qemu-img qemu-utils
+check qemu-io qemu-utils
+check mkfs.ext4 e2fsprogs
+check debugfs e2fsprogs
+check cpio cpio
+check zstd zstd
+check flock util-linux
+check dpkg-deb dpkg
+[ -x /bin/busybox ] || need+=(busybox-static)
+
+if [ ${#need[@]} -eq 0 ]; then
+	exit 0
+fi
+# de-duplicate
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+echo "install-deps: installing ${need[*]}"
+sudo=""
+if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
