@@ -223,11 +223,6 @@ func hasCapability(info *pluginv1.InfoResponse, cap string) bool {
 	return false
 }
 
-// prepareGuest readies the image's root disk and the box's writable disk.
-func (r *Runtime) prepareGuest(ctx context.Context, b *model.Box, spec *pluginv1.VMSpec) error {
-	return fmt.Errorf("this boxctl cannot prepare guest disks yet (image %s): %w", b.Config.Image, errors.ErrUnsupported)
-}
-
 // spawnMonitor starts `boxctl monitor` for the run, detached in its own
 // session, and waits for its ready line.
 func (r *Runtime) spawnMonitor(ctx context.Context, b *model.Box, l *monitor.Launch) error {

@@ -61,12 +61,21 @@ Environment:
 	})
 
 	root.AddCommand(
+		a.runCommand(),
+		a.execCommand(),
 		a.createCommand(),
 		a.startCommand(),
 		a.stopCommand(),
 		a.rmCommand(),
 		a.lsCommand(),
 		a.inspectCommand(),
+		a.cpCommand(),
+		a.logsCommand(),
+		a.statsCommand(),
+		a.pullCommand(),
+		a.imagesCommand(),
+		a.rmiCommand(),
+		a.imageCommand(),
 		a.pluginsCommand(),
 		a.configCommand(),
 		a.versionCommand(),

@@ -96,6 +96,7 @@ func (f *boxFlags) options(image string, cmd []string, lookupEnv func(string) (s
 
 func (a *app) createCommand() *cobra.Command {
 	var f boxFlags
+	var h healthFlags
 	c := &cobra.Command{
 		Use:   "create [flags] IMAGE [-- COMMAND [ARG...]]",
 		Short: "Create a box without starting it",
@@ -109,6 +110,7 @@ status "configured"; its VM starts with 'boxctl start' (or the first exec).`,
 			if err != nil {
 				return err
 			}
+			h.apply(&opts.Config)
 			rt, err := a.runtime(cmd.Context())
 			if err != nil {
 				return err
@@ -122,6 +124,7 @@ status "configured"; its VM starts with 'boxctl start' (or the first exec).`,
 		},
 	}
 	f.register(c)
+	h.register(c)
 	return c
 }
 

@@ -79,7 +79,13 @@ func runMonitor(home, boxID, runID string) error {
 	host := pluginhost.New(cfg, hostOpts...)
 	defer host.Close()
 
+	var agent monitor.Agent
+	if launch.AgentSocket != "" {
+		agent = core.GuestAgent()
+	}
 	err = monitor.Run(ctx, monitor.Options{
+		Agent:   agent,
+		Probe:   core.HealthProbe,
 		Store:   store,
 		Launch:  launch,
 		PIDFile: filepath.Join(boxDir, "vm.pid"),

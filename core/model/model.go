@@ -92,6 +92,17 @@ type Health struct {
 	LastCheck     time.Time `json:"last_check,omitempty"`
 }
 
+// ImageConfig is the part of an image's configuration that decides how
+// commands run in a box.
+type ImageConfig struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+	StopSignal string   `json:"stop_signal,omitempty"`
+}
+
 // Exit records how a VM ended.
 type Exit struct {
 	// Code is the VM process's exit code; -1 when it was killed by a signal
@@ -134,8 +145,10 @@ type Box struct {
 	Status    Status    `json:"status"`
 	// Run is the current run, or the last one once stopped.
 	Run *Run `json:"run,omitempty"`
-	// ImageDigest is the resolved image, once the box has started.
-	ImageDigest string `json:"image_digest,omitempty"`
+	// ImageDigest is the resolved image, once the box has started, and
+	// Image its configuration (the defaults execs inherit).
+	ImageDigest string       `json:"image_digest,omitempty"`
+	Image       *ImageConfig `json:"image,omitempty"`
 	// DiskID names the box's writable disk in the storage plugin;
 	// DiskCreated says whether the plugin has made it yet (on first start).
 	DiskID      string `json:"disk_id,omitempty"`

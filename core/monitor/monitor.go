@@ -49,6 +49,9 @@ type Options struct {
 	// OnExit runs after the exit is recorded, with the final record (for
 	// auto-removal).
 	OnExit func(ctx context.Context, box *model.Box)
+	// Probe runs a health check command in the guest; nil disables
+	// health checks.
+	Probe func(ctx context.Context, socket string, argv []string, timeout time.Duration) (healthy bool, output string)
 }
 
 type monitor struct {
@@ -113,6 +116,11 @@ func Run(ctx context.Context, o Options) error {
 
 	if !o.Launch.Detached {
 		go m.watchOwner(ctx)
+	}
+	if o.Launch.Health != nil && o.Probe != nil && o.Launch.AgentSocket != "" {
+		hctx, stopHealth := context.WithCancel(ctx)
+		defer stopHealth()
+		go m.checkHealth(hctx)
 	}
 	select {
 	case <-m.recorded:
@@ -435,5 +443,58 @@ func (m *monitor) handle(conn net.Conn) {
 		_ = json.NewEncoder(conn).Encode(response{OK: true, Status: model.StatusStopped, VM: m.vm, Exit: m.exit})
 	default:
 		_ = json.NewEncoder(conn).Encode(response{Error: "unknown op " + strconv.Quote(req.Op)})
+	}
+}
+
+// checkHealth runs the box's health check every interval until the VM
+// exits. Failures during the start period do not count; Retries failures
+// in a row make the box unhealthy; one success makes it healthy again.
+func (m *monitor) checkHealth(ctx context.Context) {
+	h := m.o.Launch.Health
+	started := time.Now()
+	streak := 0
+	m.setHealth(ctx, model.Health{Status: "starting"})
+	t := time.NewTicker(h.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.exited:
+			return
+		case <-t.C:
+		}
+		ok, out := m.o.Probe(ctx, m.o.Launch.AgentSocket, h.Cmd, h.Timeout)
+		if len(out) > 4096 {
+			out = out[len(out)-4096:]
+		}
+		health := model.Health{LastOutput: out, LastCheck: time.Now().UTC()}
+		switch {
+		case ok:
+			streak = 0
+			health.Status = "healthy"
+		case time.Since(started) < h.StartPeriod:
+			health.Status = "starting"
+		default:
+			streak++
+			health.Status = "starting"
+			if streak >= h.Retries {
+				health.Status = "unhealthy"
+			}
+		}
+		health.FailingStreak = streak
+		m.setHealth(ctx, health)
+	}
+}
+
+func (m *monitor) setHealth(ctx context.Context, h model.Health) {
+	if err := m.update(ctx, func(b *model.Box) {
+		if b.Health.Status == "healthy" && h.Status == "starting" && h.FailingStreak > 0 {
+			// A healthy box stays healthy until Retries failures in a row.
+			h.Status = "healthy"
+		}
+		b.Health = h
+	}); err != nil {
+		m.log.Debug("record health", "error", err)
 	}
 }

@@ -86,6 +86,9 @@ func boxToPB(b *model.Box) *statepb.Box {
 		Error:       b.Error,
 		Pending:     b.Pending,
 	}
+	if ic := b.Image; ic != nil {
+		pb.Image = &statepb.ImageConfig{Entrypoint: ic.Entrypoint, Cmd: ic.Cmd, Env: ic.Env, WorkingDir: ic.WorkingDir, User: ic.User, StopSignal: ic.StopSignal}
+	}
 	if h := c.Health; h != nil {
 		pb.Config.Health = &statepb.HealthCheck{Cmd: h.Cmd, IntervalNs: int64(h.Interval), TimeoutNs: int64(h.Timeout), Retries: int64(h.Retries), StartPeriodNs: int64(h.StartPeriod)}
 	}
@@ -144,6 +147,9 @@ func boxFromPB(pb *statepb.Box) *model.Box {
 	}
 	if c.GetCmdSet() {
 		b.Config.Cmd = append([]string{}, c.GetCmd()...)
+	}
+	if ic := pb.GetImage(); ic != nil {
+		b.Image = &model.ImageConfig{Entrypoint: ic.GetEntrypoint(), Cmd: ic.GetCmd(), Env: ic.GetEnv(), WorkingDir: ic.GetWorkingDir(), User: ic.GetUser(), StopSignal: ic.GetStopSignal()}
 	}
 	if h := c.GetHealth(); h != nil {
 		b.Config.Health = &model.HealthCheck{Cmd: h.GetCmd(), Interval: time.Duration(h.GetIntervalNs()), Timeout: time.Duration(h.GetTimeoutNs()), Retries: int(h.GetRetries()), StartPeriod: time.Duration(h.GetStartPeriodNs())}

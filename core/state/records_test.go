@@ -23,7 +23,7 @@ func TestBoxRecordRoundTrip(t *testing.T) {
 		Run: &model.Run{ID: "r", Detached: true, Owner: proc.Ident{PID: 1, StartTicks: 2, BootID: "b"}, Monitor: proc.Ident{PID: 3, StartTicks: 4, BootID: "b"},
 			VM: proc.Ident{PID: 5, StartTicks: 6, BootID: "b"}, Handle: []byte{1, 2}, VMM: "qemu", AgentSocket: "/a", ConsoleLog: "/c", StartedAt: now,
 			Exit: &model.Exit{Code: 137, Signal: 9, Reason: "killed", At: now}},
-		ImageDigest: "sha256:x", DiskID: "d", DiskCreated: true, ClonedFrom: "src", Error: "e",
+		ImageDigest: "sha256:x", Image: &model.ImageConfig{Entrypoint: []string{"/e"}, Cmd: []string{"c"}, Env: []string{"P=1"}, WorkingDir: "/w", User: "u", StopSignal: "SIGTERM"}, DiskID: "d", DiskCreated: true, ClonedFrom: "src", Error: "e",
 		Health:  model.Health{Status: "healthy", FailingStreak: 1, LastOutput: "ok", LastCheck: now},
 		Pending: "removing",
 	}

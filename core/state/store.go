@@ -305,7 +305,28 @@ func (tx *Tx) DeleteBox(id string) error {
 	if _, err := tx.UnrefAll(id); err != nil {
 		return err
 	}
+	if err := tx.deleteCountersWithPrefix(BoxCounterPrefix(id)); err != nil {
+		return err
+	}
 	return tx.deleteSnapshotsOf(id)
+}
+
+// BoxCounterPrefix prefixes the names of counters kept per box; they are
+// deleted with the box.
+func BoxCounterPrefix(id string) string { return "box/" + id + "/" }
+
+func (tx *Tx) deleteCountersWithPrefix(prefix string) error {
+	c := tx.btx.Bucket(bucketCounters).Cursor()
+	var keys [][]byte
+	for k, _ := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, _ = c.Next() {
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	for _, k := range keys {
+		if err := tx.btx.Bucket(bucketCounters).Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Boxes returns every box, newest first (ties broken by ID).

@@ -584,6 +584,90 @@ func (x *Health) GetLastCheckUnixNs() int64 {
 	return 0
 }
 
+type ImageConfig struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entrypoint    []string               `protobuf:"bytes,1,rep,name=entrypoint,proto3" json:"entrypoint,omitempty"`
+	Cmd           []string               `protobuf:"bytes,2,rep,name=cmd,proto3" json:"cmd,omitempty"`
+	Env           []string               `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty"`
+	WorkingDir    string                 `protobuf:"bytes,4,opt,name=working_dir,json=workingDir,proto3" json:"working_dir,omitempty"`
+	User          string                 `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
+	StopSignal    string                 `protobuf:"bytes,6,opt,name=stop_signal,json=stopSignal,proto3" json:"stop_signal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageConfig) Reset() {
+	*x = ImageConfig{}
+	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageConfig) ProtoMessage() {}
+
+func (x *ImageConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageConfig.ProtoReflect.Descriptor instead.
+func (*ImageConfig) Descriptor() ([]byte, []int) {
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ImageConfig) GetEntrypoint() []string {
+	if x != nil {
+		return x.Entrypoint
+	}
+	return nil
+}
+
+func (x *ImageConfig) GetCmd() []string {
+	if x != nil {
+		return x.Cmd
+	}
+	return nil
+}
+
+func (x *ImageConfig) GetEnv() []string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *ImageConfig) GetWorkingDir() string {
+	if x != nil {
+		return x.WorkingDir
+	}
+	return ""
+}
+
+func (x *ImageConfig) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ImageConfig) GetStopSignal() string {
+	if x != nil {
+		return x.StopSignal
+	}
+	return ""
+}
+
 type Box struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -599,13 +683,14 @@ type Box struct {
 	Error           string                 `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
 	Health          *Health                `protobuf:"bytes,12,opt,name=health,proto3" json:"health,omitempty"`
 	Pending         string                 `protobuf:"bytes,13,opt,name=pending,proto3" json:"pending,omitempty"`
+	Image           *ImageConfig           `protobuf:"bytes,14,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Box) Reset() {
 	*x = Box{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	mi := &file_core_state_statepb_records_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -617,7 +702,7 @@ func (x *Box) String() string {
 func (*Box) ProtoMessage() {}
 
 func (x *Box) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	mi := &file_core_state_statepb_records_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -630,7 +715,7 @@ func (x *Box) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Box.ProtoReflect.Descriptor instead.
 func (*Box) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{6}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Box) GetId() string {
@@ -724,6 +809,13 @@ func (x *Box) GetPending() string {
 	return ""
 }
 
+func (x *Box) GetImage() *ImageConfig {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
 var File_core_state_statepb_records_proto protoreflect.FileDescriptor
 
 const file_core_state_statepb_records_proto_rawDesc = "" +
@@ -793,7 +885,18 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x0efailing_streak\x18\x02 \x01(\x03R\rfailingStreak\x12\x1f\n" +
 	"\vlast_output\x18\x03 \x01(\tR\n" +
 	"lastOutput\x12+\n" +
-	"\x12last_check_unix_ns\x18\x04 \x01(\x03R\x0flastCheckUnixNs\"\xab\x03\n" +
+	"\x12last_check_unix_ns\x18\x04 \x01(\x03R\x0flastCheckUnixNs\"\xa7\x01\n" +
+	"\vImageConfig\x12\x1e\n" +
+	"\n" +
+	"entrypoint\x18\x01 \x03(\tR\n" +
+	"entrypoint\x12\x10\n" +
+	"\x03cmd\x18\x02 \x03(\tR\x03cmd\x12\x10\n" +
+	"\x03env\x18\x03 \x03(\tR\x03env\x12\x1f\n" +
+	"\vworking_dir\x18\x04 \x01(\tR\n" +
+	"workingDir\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\x12\x1f\n" +
+	"\vstop_signal\x18\x06 \x01(\tR\n" +
+	"stopSignal\"\xdf\x03\n" +
 	"\x03Box\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12+\n" +
@@ -809,7 +912,8 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"clonedFrom\x12\x14\n" +
 	"\x05error\x18\v \x01(\tR\x05error\x12/\n" +
 	"\x06health\x18\f \x01(\v2\x17.boxctl.state.v1.HealthR\x06health\x12\x18\n" +
-	"\apending\x18\r \x01(\tR\apendingB5Z3github.com/boxctl/boxctl/core/state/statepb;statepbb\x06proto3"
+	"\apending\x18\r \x01(\tR\apending\x122\n" +
+	"\x05image\x18\x0e \x01(\v2\x1c.boxctl.state.v1.ImageConfigR\x05imageB5Z3github.com/boxctl/boxctl/core/state/statepb;statepbb\x06proto3"
 
 var (
 	file_core_state_statepb_records_proto_rawDescOnce sync.Once
@@ -823,7 +927,7 @@ func file_core_state_statepb_records_proto_rawDescGZIP() []byte {
 	return file_core_state_statepb_records_proto_rawDescData
 }
 
-var file_core_state_statepb_records_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_core_state_statepb_records_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_core_state_statepb_records_proto_goTypes = []any{
 	(*Ident)(nil),       // 0: boxctl.state.v1.Ident
 	(*HealthCheck)(nil), // 1: boxctl.state.v1.HealthCheck
@@ -831,24 +935,26 @@ var file_core_state_statepb_records_proto_goTypes = []any{
 	(*Exit)(nil),        // 3: boxctl.state.v1.Exit
 	(*Run)(nil),         // 4: boxctl.state.v1.Run
 	(*Health)(nil),      // 5: boxctl.state.v1.Health
-	(*Box)(nil),         // 6: boxctl.state.v1.Box
-	nil,                 // 7: boxctl.state.v1.BoxConfig.LabelsEntry
+	(*ImageConfig)(nil), // 6: boxctl.state.v1.ImageConfig
+	(*Box)(nil),         // 7: boxctl.state.v1.Box
+	nil,                 // 8: boxctl.state.v1.BoxConfig.LabelsEntry
 }
 var file_core_state_statepb_records_proto_depIdxs = []int32{
-	7, // 0: boxctl.state.v1.BoxConfig.labels:type_name -> boxctl.state.v1.BoxConfig.LabelsEntry
-	1, // 1: boxctl.state.v1.BoxConfig.health:type_name -> boxctl.state.v1.HealthCheck
-	0, // 2: boxctl.state.v1.Run.owner:type_name -> boxctl.state.v1.Ident
-	0, // 3: boxctl.state.v1.Run.monitor:type_name -> boxctl.state.v1.Ident
-	0, // 4: boxctl.state.v1.Run.vm:type_name -> boxctl.state.v1.Ident
-	3, // 5: boxctl.state.v1.Run.exit:type_name -> boxctl.state.v1.Exit
-	2, // 6: boxctl.state.v1.Box.config:type_name -> boxctl.state.v1.BoxConfig
-	4, // 7: boxctl.state.v1.Box.run:type_name -> boxctl.state.v1.Run
-	5, // 8: boxctl.state.v1.Box.health:type_name -> boxctl.state.v1.Health
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	8,  // 0: boxctl.state.v1.BoxConfig.labels:type_name -> boxctl.state.v1.BoxConfig.LabelsEntry
+	1,  // 1: boxctl.state.v1.BoxConfig.health:type_name -> boxctl.state.v1.HealthCheck
+	0,  // 2: boxctl.state.v1.Run.owner:type_name -> boxctl.state.v1.Ident
+	0,  // 3: boxctl.state.v1.Run.monitor:type_name -> boxctl.state.v1.Ident
+	0,  // 4: boxctl.state.v1.Run.vm:type_name -> boxctl.state.v1.Ident
+	3,  // 5: boxctl.state.v1.Run.exit:type_name -> boxctl.state.v1.Exit
+	2,  // 6: boxctl.state.v1.Box.config:type_name -> boxctl.state.v1.BoxConfig
+	4,  // 7: boxctl.state.v1.Box.run:type_name -> boxctl.state.v1.Run
+	5,  // 8: boxctl.state.v1.Box.health:type_name -> boxctl.state.v1.Health
+	6,  // 9: boxctl.state.v1.Box.image:type_name -> boxctl.state.v1.ImageConfig
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_core_state_statepb_records_proto_init() }
@@ -862,7 +968,7 @@ func file_core_state_statepb_records_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_core_state_statepb_records_proto_rawDesc), len(file_core_state_statepb_records_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

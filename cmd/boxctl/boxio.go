@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/boxctl/boxctl/config"
+	"github.com/boxctl/boxctl/core"
+	"github.com/boxctl/boxctl/guest/agentclient"
+)
+
+func (a *app) cpCommand() *cobra.Command {
+	var opts core.CopyOptions
+	c := &cobra.Command{
+		Use:   "cp [flags] BOX:SRC HOSTDIR | cp [flags] HOSTSRC BOX:DIR",
+		Short: "Copy files between a box and the host",
+		Long: `Copy a file or directory out of a box into a host directory, or from the
+host into a directory in the box (created if missing). A directory is
+copied with its name; end the source with "/." to copy only its contents.
+
+Copies out of a box are extracted safely: whatever the box puts in the
+stream ("../" names, symlinks pointing outside), nothing is written outside
+the destination directory.`,
+		Example: `  boxctl cp web:/etc/os-release .
+  boxctl cp ./site web:/srv
+  boxctl cp web:/var/log/. ./logs`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, err := a.runtime(cmd.Context())
+			if err != nil {
+				return err
+			}
+			srcBox, srcPath, srcIn := splitBoxPath(args[0])
+			dstBox, dstPath, dstIn := splitBoxPath(args[1])
+			switch {
+			case srcIn && !dstIn:
+				return rt.CopyOut(cmd.Context(), srcBox, srcPath, args[1], opts)
+			case !srcIn && dstIn:
+				return rt.CopyIn(cmd.Context(), dstBox, args[0], dstPath, opts)
+			default:
+				return errors.New("one side must be BOX:PATH and the other a host path (copying between two boxes, or host to host, is not supported)")
+			}
+		},
+	}
+	c.Flags().BoolVarP(&opts.FollowSymlinks, "follow-symlinks", "L", false, "copy what symlinks point to instead of the links")
+	c.Flags().BoolVar(&opts.NoOverwrite, "no-overwrite", false, "refuse to replace existing files")
+	return c
+}
+
+// splitBoxPath splits "box:/path"; host paths (absolute, ./, or without a
+// colon) are not box paths.
+func splitBoxPath(s string) (box, path string, ok bool) {
+	if strings.HasPrefix(s, "/") || strings.HasPrefix(s, ".") {
+		return "", s, false
+	}
+	box, path, ok = strings.Cut(s, ":")
+	if !ok || box == "" {
+		return "", s, false
+	}
+	return box, path, true
+}
+
+func (a *app) logsCommand() *cobra.Command {
+	var follow bool
+	c := &cobra.Command{
+		Use:   "logs [-f] BOX",
+		Short: "Show a box's console log (kernel and guest agent messages)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			rt, err := a.runtime(ctx)
+			if err != nil {
+				return err
+			}
+			path, err := rt.ConsoleLog(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			f, err := os.Open(path)
+			if errors.Is(err, os.ErrNotExist) {
+				if !follow {
+					return nil // never started: no log yet
+				}
+			} else if err != nil {
+				return err
+			}
+			out := bufio.NewWriter(a.stdout)
+			defer out.Flush()
+			if f != nil {
+				defer f.Close()
+				if _, err := io.Copy(out, f); err != nil {
+					return err
+				}
+			}
+			if !follow {
+				return nil
+			}
+			for {
+				_ = out.Flush()
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(200 * time.Millisecond):
+				}
+				if f == nil {
+					if f, err = os.Open(path); err != nil {
+						continue
+					}
+					defer f.Close()
+				}
+				n, err := io.Copy(out, f)
+				if err != nil {
+					return err
+				}
+				if n == 0 {
+					b, err := rt.GetInfo(ctx, args[0])
+					if err != nil || !b.Status.Active() {
+						return nil
+					}
+				}
+			}
+		},
+	}
+	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until the box stops")
+	return c
+}
+
+func (a *app) statsCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "stats BOX [BOX...]",
+		Short: "Show running boxes' CPU, memory and commands run",
+		Long: `Show each running box's guest CPU use (sampled over half a second), guest
+memory in use and total, the VMM process's resident memory, and how many
+commands have run in the box.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, err := a.runtime(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 0, 3, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tCPU %\tMEM USAGE / LIMIT\tMEM %\tVMM RSS\tPROCS\tCOMMANDS")
+			err = forEachBox(args, func(ref string) error {
+				first, err := rt.Stats(cmd.Context(), ref)
+				if err != nil {
+					return err
+				}
+				time.Sleep(500 * time.Millisecond)
+				second, err := rt.Stats(cmd.Context(), ref)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(tw, statsRow(first, second))
+				return nil
+			})
+			if ferr := tw.Flush(); err == nil {
+				err = ferr
+			}
+			return err
+		},
+	}
+}
+
+func statsRow(a, b *core.Stats) string {
+	g1, g2 := a.Guest, b.Guest
+	cpu := "-"
+	mem := "-"
+	memPct := "-"
+	procs := "-"
+	if g1 != nil && g2 != nil {
+		if dt := cpuTotal(g2.CPU) - cpuTotal(g1.CPU); dt > 0 {
+			cpu = fmt.Sprintf("%.1f%%", float64(cpuBusy(g2.CPU)-cpuBusy(g1.CPU))/float64(dt)*100*float64(max(g2.NumCPUs, 1)))
+		}
+		used := g2.MemoryTotalBytes - g2.MemoryAvailableBytes
+		mem = config.FormatSize(used) + " / " + config.FormatSize(g2.MemoryTotalBytes)
+		if g2.MemoryTotalBytes > 0 {
+			memPct = fmt.Sprintf("%.1f%%", float64(used)/float64(g2.MemoryTotalBytes)*100)
+		}
+		procs = fmt.Sprint(g2.Processes)
+	}
+	rss := "-"
+	if b.VM != nil {
+		rss = config.FormatSize(b.VM.GetRssBytes())
+	}
+	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%d", b.Box.Name, cpu, mem, memPct, rss, procs, b.CommandsExecuted)
+}
+
+
+func cpuBusy(c agentclient.CPUTimes) time.Duration {
+	return c.User + c.Nice + c.System + c.IRQ + c.SoftIRQ + c.Steal
+}
+
+func cpuTotal(c agentclient.CPUTimes) time.Duration { return cpuBusy(c) + c.Idle + c.IOWait }

@@ -1,0 +1,322 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/state"
+	"github.com/boxctl/boxctl/guest/agentclient"
+	"github.com/boxctl/boxctl/guest/tarsafe"
+	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+)
+
+// TermSize is a terminal size.
+type TermSize = agentclient.Size
+
+// ExecOptions describe a command to run in a box.
+type ExecOptions struct {
+	// Argv is the command. Empty means the box's default command (its
+	// entrypoint and cmd, from the box or the image).
+	Argv []string
+	// Env (KEY=VALUE) is added to the image's and the box's environment.
+	Env []string
+	// WorkingDir and User override the box's and the image's.
+	WorkingDir string
+	User       string
+	// TTY runs the command on a terminal of this size; stdout and stderr
+	// are then one stream.
+	TTY *TermSize
+	// Stdin is copied to the command until EOF; nil gives it no input.
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	// Resize carries terminal size changes; Signals carries signal numbers
+	// to deliver to the command.
+	Resize  <-chan TermSize
+	Signals <-chan int
+	// Timeout kills the command after this long; zero means none.
+	Timeout time.Duration
+}
+
+// ExecResult is how a command ended.
+type ExecResult = agentclient.ExitResult
+
+// Exec runs a command in the box and returns its exit status. A box that
+// is not running is started first (the first exec starts a configured box).
+// Exec streams never pass through plugins: the command's I/O goes straight
+// over the guest agent's socket.
+func (r *Runtime) Exec(ctx context.Context, ref string, opts ExecOptions) (ExecResult, error) {
+	b, err := r.runningBox(ctx, ref)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	req, err := execRequest(b, opts)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	res, err := r.execRaw(ctx, b, req, opts)
+	counter := CounterCommandsExecuted
+	if err != nil {
+		counter = CounterExecErrors
+	}
+	cctx := context.WithoutCancel(ctx)
+	r.count(cctx, counter)
+	if err == nil {
+		r.count(cctx, boxCommandsCounter(b.ID))
+	}
+	return res, err
+}
+
+func (r *Runtime) execRaw(ctx context.Context, b *model.Box, req agentclient.ExecRequest, opts ExecOptions) (ExecResult, error) {
+	c, err := agentclient.Dial(ctx, b.Run.AgentSocket)
+	if err != nil {
+		return ExecResult{}, fmt.Errorf("exec in %s: reach the guest agent: %w", b.Name, err)
+	}
+	defer c.Close()
+	res, err := c.Exec(ctx, req, opts.Stdin, opts.Stdout, opts.Stderr, opts.Resize, opts.Signals)
+	if err != nil {
+		return res, fmt.Errorf("exec in %s: %w", b.Name, err)
+	}
+	return res, nil
+}
+
+// runningBox returns the box's record, starting it if it is not running.
+func (r *Runtime) runningBox(ctx context.Context, ref string) (*model.Box, error) {
+	b, err := r.GetInfo(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if b.Status != model.StatusRunning || !r.runAlive(ctx, b) {
+		if b.Status == model.StatusPaused {
+			return nil, fmt.Errorf("box %s is paused: %w", b.Name, ErrInvalidState)
+		}
+		if err := r.Start(ctx, b.ID); err != nil {
+			return nil, err
+		}
+		if b, err = r.reload(ctx, b.ID); err != nil {
+			return nil, err
+		}
+	}
+	if b.Run == nil || b.Run.AgentSocket == "" {
+		return nil, fmt.Errorf("box %s has no guest agent (its VMM runs no guest): %w", b.Name, ErrInvalidState)
+	}
+	return b, nil
+}
+
+// execRequest merges the image's defaults, the box's settings and the
+// call's options.
+func execRequest(b *model.Box, opts ExecOptions) (agentclient.ExecRequest, error) {
+	img := b.Image
+	if img == nil {
+		img = &model.ImageConfig{}
+	}
+	argv := opts.Argv
+	if len(argv) == 0 {
+		argv = DefaultCommand(b)
+	}
+	if len(argv) == 0 {
+		return agentclient.ExecRequest{}, fmt.Errorf("box %s: no command given and the image has no entrypoint or cmd: %w", b.Name, ErrInvalidArgument)
+	}
+	env := mergeEnv(img.Env, b.Config.Env, opts.Env)
+	wd := firstNonEmpty(opts.WorkingDir, b.Config.WorkingDir, img.WorkingDir)
+	user := firstNonEmpty(opts.User, b.Config.User, img.User)
+	return agentclient.ExecRequest{Argv: argv, Env: env, WorkingDir: wd, User: user, TTY: opts.TTY, Timeout: opts.Timeout}, nil
+}
+
+// DefaultCommand is what `run` executes: the entrypoint (the box's, else
+// the image's) followed by the cmd (the box's, else the image's — unless
+// the box overrides the entrypoint, which drops the image's cmd, as Docker
+// does).
+func DefaultCommand(b *model.Box) []string {
+	img := b.Image
+	if img == nil {
+		img = &model.ImageConfig{}
+	}
+	entry := img.Entrypoint
+	cmd := img.Cmd
+	if b.Config.Entrypoint != nil {
+		entry = b.Config.Entrypoint
+		cmd = nil
+	}
+	if b.Config.Cmd != nil {
+		cmd = b.Config.Cmd
+	}
+	return append(append([]string{}, entry...), cmd...)
+}
+
+func mergeEnv(layers ...[]string) []string {
+	idx := map[string]int{}
+	var out []string
+	for _, layer := range layers {
+		for _, kv := range layer {
+			k, _, _ := strings.Cut(kv, "=")
+			if i, ok := idx[k]; ok {
+				out[i] = kv
+				continue
+			}
+			idx[k] = len(out)
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func firstNonEmpty(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// CopyOptions tune CopyIn and CopyOut.
+type CopyOptions struct {
+	// FollowSymlinks copies what symlinks point to.
+	FollowSymlinks bool
+	// NoOverwrite refuses to replace existing files.
+	NoOverwrite bool
+}
+
+// CopyIn copies the host path src into the box directory dest (created if
+// missing). A directory is copied with its name; end src with "/." to copy
+// only its contents.
+func (r *Runtime) CopyIn(ctx context.Context, ref, src, dest string, opts CopyOptions) error {
+	b, err := r.runningBox(ctx, ref)
+	if err != nil {
+		return err
+	}
+	abs, err := filepath.Abs(src)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Lstat(abs); err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	contentsOnly := strings.HasSuffix(src, "/.")
+	c, err := agentclient.Dial(ctx, b.Run.AgentSocket)
+	if err != nil {
+		return fmt.Errorf("copy into %s: reach the guest agent: %w", b.Name, err)
+	}
+	defer c.Close()
+	pr, pw := io.Pipe()
+	archiveErr := make(chan error, 1)
+	go func() {
+		err := tarsafe.Archive(ctx, pw, "/", abs, tarsafe.ArchiveOptions{FollowSymlinks: opts.FollowSymlinks, IncludeParent: !contentsOnly})
+		pw.CloseWithError(err)
+		archiveErr <- err
+	}()
+	_, err = c.Upload(ctx, dest, pr, agentclient.UploadOptions{Overwrite: !opts.NoOverwrite})
+	pr.CloseWithError(errors.New("upload ended"))
+	aerr := <-archiveErr
+	if err != nil {
+		if agentclient.IsEscape(err) {
+			return fmt.Errorf("copy %s into %s:%s: refused: %w", src, b.Name, dest, err)
+		}
+		return fmt.Errorf("copy %s into %s:%s: %w", src, b.Name, dest, err)
+	}
+	if aerr != nil {
+		return fmt.Errorf("copy %s: %w", src, aerr)
+	}
+	return nil
+}
+
+// CopyOut copies the box path src into the host directory dest (created if
+// missing). The box is not trusted: the tar it sends is extracted so that
+// nothing is written outside dest, whatever names and symlinks it holds.
+func (r *Runtime) CopyOut(ctx context.Context, ref, src, dest string, opts CopyOptions) error {
+	b, err := r.runningBox(ctx, ref)
+	if err != nil {
+		return err
+	}
+	contentsOnly := strings.HasSuffix(src, "/.")
+	c, err := agentclient.Dial(ctx, b.Run.AgentSocket)
+	if err != nil {
+		return fmt.Errorf("copy out of %s: reach the guest agent: %w", b.Name, err)
+	}
+	defer c.Close()
+	pr, pw := io.Pipe()
+	dlErr := make(chan error, 1)
+	go func() {
+		err := c.Download(ctx, path.Clean("/"+src), pw, agentclient.DownloadOptions{FollowSymlinks: opts.FollowSymlinks, IncludeParent: !contentsOnly})
+		pw.CloseWithError(err)
+		dlErr <- err
+	}()
+	_, err = tarsafe.Extract(ctx, pr, dest, tarsafe.ExtractOptions{Overwrite: !opts.NoOverwrite})
+	pr.CloseWithError(errors.New("extraction ended"))
+	derr := <-dlErr
+	if derr != nil {
+		if agentclient.IsNotFound(derr) {
+			return fmt.Errorf("copy %s:%s: no such file or directory in the box: %w", b.Name, src, ErrNotFound)
+		}
+		return fmt.Errorf("copy %s:%s: %w", b.Name, src, derr)
+	}
+	if err != nil {
+		return fmt.Errorf("copy %s:%s to %s: %w", b.Name, src, dest, err)
+	}
+	return nil
+}
+
+// Stats is a box's resource use.
+type Stats struct {
+	Box   *model.Box
+	Guest *agentclient.Stats
+	VM    *pluginv1.MetricsResponse
+	// CommandsExecuted counts the commands run in this box.
+	CommandsExecuted uint64
+}
+
+// Stats reports a running box's resource use: from the guest agent and
+// from the VMM.
+func (r *Runtime) Stats(ctx context.Context, ref string) (*Stats, error) {
+	b, err := r.GetInfo(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if b.Status != model.StatusRunning || b.Run == nil {
+		return nil, fmt.Errorf("box %s is %s: %w", b.Name, b.Status, ErrInvalidState)
+	}
+	st := &Stats{Box: b}
+	if b.Run.AgentSocket != "" {
+		c, err := agentclient.Dial(ctx, b.Run.AgentSocket)
+		if err == nil {
+			st.Guest, err = c.Stats(ctx)
+			c.Close()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("stats of %s: %w", b.Name, err)
+		}
+	}
+	if vmm, err := r.plugins.VMM(ctx); err == nil {
+		st.VM, _ = vmm.Metrics(ctx, &pluginv1.ControlRequest{Handle: b.Run.Handle, Pid: int64(b.Run.VM.PID)})
+	}
+	_ = r.store.View(ctx, func(tx *state.Tx) error {
+		st.CommandsExecuted = tx.Counter(boxCommandsCounter(b.ID))
+		return nil
+	})
+	return st, nil
+}
+
+// ConsoleLog returns the path of the box's console log.
+func (r *Runtime) ConsoleLog(ctx context.Context, ref string) (string, error) {
+	b, err := r.GetInfo(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	if b.Run != nil && b.Run.ConsoleLog != "" {
+		return b.Run.ConsoleLog, nil
+	}
+	return r.paths.consoleLog(b.ID), nil
+}
+
+
+// boxCommandsCounter names the per-box command counter; DeleteBox drops it
+// with the box.
+func boxCommandsCounter(id string) string { return state.BoxCounterPrefix(id) + "commands" }

@@ -1,0 +1,412 @@
+// Package qemuvmm is boxctl's QEMU VMM plugin: it turns a VM spec into a
+// launch plan that runs QEMU (KVM where usable, TCG otherwise) under this
+// plugin's own launcher, and controls running VMs over QMP.
+//
+// The launcher (`boxctl-plugin-qemu launch FILE`) is the process the box
+// monitor starts. It starts QEMU as its child and runs the agent channel
+// multiplexer (guest/hostmux): QEMU exposes the guest agent's virtio-serial
+// port as a single byte pipe, and the launcher turns it into agent.sock,
+// which accepts any number of connections.
+package qemuvmm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
+	"github.com/boxctl/boxctl/sdk"
+	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+)
+
+// Version is the plugin's version.
+const Version = "0.1.0"
+
+// settings is the plugin's HCL config block.
+type settings struct {
+	// Accel is "auto" (KVM when usable, else TCG), "kvm" or "tcg".
+	Accel string `hcl:"accel,optional"`
+	// Machine is the QEMU machine type.
+	Machine string `hcl:"machine,optional"`
+	// Kernel and Initrd are the guest kernel and initramfs (from
+	// `make guest`); found next to the plugin when unset.
+	Kernel string `hcl:"kernel,optional"`
+	Initrd string `hcl:"initrd,optional"`
+	// QEMUBinary is qemu-system-x86_64 by default, looked up on $PATH.
+	QEMUBinary string `hcl:"qemu_binary,optional"`
+	// KernelArgs are appended to the guest kernel command line.
+	KernelArgs []string `hcl:"kernel_args,optional"`
+}
+
+// VMM implements sdk.VMM.
+type VMM struct {
+	log hclog.Logger
+	exe string
+
+	mu  sync.Mutex
+	cfg settings
+}
+
+// New returns the plugin. exe is the plugin binary (the launcher).
+func New(log hclog.Logger, exe string) *VMM {
+	return &VMM{log: log, exe: exe, cfg: settings{Accel: "auto", Machine: "q35"}}
+}
+
+// Info describes the plugin.
+func (v *VMM) Info(context.Context) (*pluginv1.InfoResponse, error) {
+	return &pluginv1.InfoResponse{
+		Name:         "qemu",
+		Version:      Version,
+		Description:  "QEMU VMM: KVM where usable, TCG software emulation otherwise",
+		Capabilities: []string{"pause", "graceful-stop", "metrics", "agent-serial"},
+	}, nil
+}
+
+// Configure validates the plugin's config block.
+func (v *VMM) Configure(_ context.Context, cfg *sdk.Config) error {
+	s := settings{Accel: "auto", Machine: "q35"}
+	if err := cfg.Decode(&s); err != nil {
+		return err
+	}
+	switch s.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		return sdk.ConfigError(cfg.BodyRange(), "Invalid accel", fmt.Sprintf("accel = %q: use \"auto\" (KVM when usable, else TCG), \"kvm\" or \"tcg\".", s.Accel))
+	}
+	for name, p := range map[string]string{"kernel": s.Kernel, "initrd": s.Initrd} {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(p); err != nil {
+			return sdk.ConfigError(cfg.BodyRange(), "Guest "+name+" not found", fmt.Sprintf("%s = %q: %v. Build the guest with `make guest` or correct the path.", name, p, err))
+		}
+	}
+	if s.QEMUBinary != "" {
+		if _, err := exec.LookPath(s.QEMUBinary); err != nil {
+			return sdk.ConfigError(cfg.BodyRange(), "QEMU not found", fmt.Sprintf("qemu_binary = %q: %v. Install qemu-system-x86 or correct the path.", s.QEMUBinary, err))
+		}
+	}
+	v.mu.Lock()
+	v.cfg = s
+	v.mu.Unlock()
+	return nil
+}
+
+func (v *VMM) settings() settings {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.cfg
+}
+
+// handle is what the core persists to control a VM later.
+type handle struct {
+	QMP    string `json:"qmp"`
+	RunDir string `json:"run_dir"`
+	// QEMUPIDFile holds the PID of QEMU itself (the launcher's child).
+	QEMUPIDFile string `json:"qemu_pid_file"`
+}
+
+// Plan builds the launch plan for spec.
+func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPlan, error) {
+	s := v.settings()
+	run := spec.GetRunDir()
+	if run == "" {
+		return nil, fmt.Errorf("spec.run_dir is empty: %w", sdk.ErrInvalidArgument)
+	}
+	if spec.GetVcpus() == 0 || spec.GetMemoryMib() < 64 {
+		return nil, fmt.Errorf("spec asks for %d vCPUs and %d MiB: at least 1 vCPU and 64 MiB are needed: %w", spec.GetVcpus(), spec.GetMemoryMib(), sdk.ErrInvalidArgument)
+	}
+	qemuBin := s.QEMUBinary
+	if qemuBin == "" {
+		qemuBin = "qemu-system-x86_64"
+	}
+	qemuPath, err := exec.LookPath(qemuBin)
+	if err != nil {
+		return nil, fmt.Errorf("%s not found: install Debian's qemu-system-x86 or set qemu_binary in the plugin's config: %w", qemuBin, sdk.ErrFailedPrecondition)
+	}
+	kernel, initrd, err := v.guestFiles(s)
+	if err != nil {
+		return nil, err
+	}
+	accel, notice := chooseAccel(s.Accel)
+	lc := launchConfig{
+		QEMU:        qemuPath,
+		RunDir:      run,
+		SerialSock:  filepath.Join(run, "agent-serial.sock"),
+		AgentSock:   filepath.Join(run, "agent.sock"),
+		QMPSock:     filepath.Join(run, "qmp.sock"),
+		ConsoleLog:  filepath.Join(run, "console.log"),
+		QEMUPIDFile: filepath.Join(run, "qemu.pid"),
+	}
+	args, err := qemuArgs(spec, s, accel, kernel, initrd, lc)
+	if err != nil {
+		return nil, err
+	}
+	lc.Args = args
+	b, err := json.MarshalIndent(lc, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	cfgFile := filepath.Join(run, "qemu-launch.json")
+	if err := os.WriteFile(cfgFile, b, 0o600); err != nil {
+		return nil, fmt.Errorf("write launch config: %w", err)
+	}
+	h, _ := json.Marshal(handle{QMP: lc.QMPSock, RunDir: run, QEMUPIDFile: lc.QEMUPIDFile})
+	return &pluginv1.LaunchPlan{
+		Argv:        []string{v.exe, "launch", cfgFile},
+		Env:         []string{"PATH=" + os.Getenv("PATH"), "BOXCTL_LOG=" + os.Getenv("BOXCTL_LOG")},
+		Dir:         run,
+		Handle:      h,
+		AgentSocket: lc.AgentSock,
+		ConsoleLog:  lc.ConsoleLog,
+		Notice:      notice,
+	}, nil
+}
+
+// guestFiles finds the guest kernel and initramfs.
+func (v *VMM) guestFiles(s settings) (string, string, error) {
+	if s.Kernel != "" && s.Initrd != "" {
+		return s.Kernel, s.Initrd, nil
+	}
+	var dirs []string
+	if d := os.Getenv("BOXCTL_GUEST_DIR"); d != "" {
+		dirs = append(dirs, d)
+	}
+	exeDir := filepath.Dir(v.exe)
+	dirs = append(dirs, filepath.Join(exeDir, "guest"), filepath.Join(exeDir, "..", "build", "guest"), "/usr/lib/boxctl/guest")
+	for _, d := range dirs {
+		k, i := filepath.Join(d, "vmlinuz"), filepath.Join(d, "initramfs")
+		if fileExists(k) && fileExists(i) {
+			if s.Kernel != "" {
+				k = s.Kernel
+			}
+			if s.Initrd != "" {
+				i = s.Initrd
+			}
+			return k, i, nil
+		}
+	}
+	return "", "", fmt.Errorf("guest kernel and initramfs not found in %s: build them with `make guest`, or set kernel and initrd in plugin \"qemu\" { config { ... } }: %w",
+		strings.Join(dirs, ", "), sdk.ErrFailedPrecondition)
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
+
+// chooseAccel picks KVM only when it can really run guests: /dev/kvm must
+// open and the CPU must advertise vmx or svm (a paravirtual nested KVM
+// without them cannot boot ordinary kernels).
+func chooseAccel(want string) (accel, notice string) {
+	switch want {
+	case "kvm":
+		return "kvm", ""
+	case "tcg":
+		return "tcg", ""
+	}
+	if ok, why := kvmUsable(); !ok {
+		return "tcg", "KVM is not usable (" + why + "): running the VM under TCG software emulation, which is much slower"
+	}
+	return "kvm", ""
+}
+
+func kvmUsable() (bool, string) {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false, "cannot open /dev/kvm: " + err.Error()
+	}
+	f.Close()
+	cpuinfo, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return false, "cannot read /proc/cpuinfo"
+	}
+	for _, line := range strings.Split(string(cpuinfo), "\n") {
+		if !strings.HasPrefix(line, "flags") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if f == "vmx" || f == "svm" {
+				return true, ""
+			}
+		}
+		break
+	}
+	return false, "the CPU advertises neither vmx nor svm"
+}
+
+// baseKernelArgs keep boot fast and quiet; see guest/README.md.
+var baseKernelArgs = []string{"console=ttyS0", "quiet", "panic=-1", "reboot=t", "tsc=reliable", "no_timer_check",
+	"i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"}
+
+func qemuArgs(spec *pluginv1.VMSpec, s settings, accel, kernel, initrd string, lc launchConfig) ([]string, error) {
+	cpu := "max"
+	if accel == "kvm" {
+		cpu = "host"
+	}
+	args := []string{
+		"-name", "boxctl-" + spec.GetBoxId(),
+		"-machine", s.Machine + ",accel=" + accel,
+		"-cpu", cpu,
+		"-smp", strconv.Itoa(int(spec.GetVcpus())),
+		"-m", strconv.FormatUint(spec.GetMemoryMib(), 10) + "M",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-kernel", kernel, "-initrd", initrd,
+		"-chardev", "file,id=console,path=" + lc.ConsoleLog,
+		"-serial", "chardev:console",
+		"-chardev", "socket,id=agent,path=" + lc.SerialSock + ",server=on,wait=off",
+		"-device", "virtio-serial-pci",
+		"-device", "virtserialport,chardev=agent,name=boxctl.agent",
+		"-qmp", "unix:" + lc.QMPSock + ",server=on,wait=off",
+		"-pidfile", lc.QEMUPIDFile,
+	}
+	cmdline := append([]string{}, baseKernelArgs...)
+	letter := 'a'
+	for i, d := range spec.GetDisks() {
+		format := d.GetFormat()
+		if format != "raw" && format != "qcow2" {
+			return nil, fmt.Errorf("disk %d (%s): format %q is not raw or qcow2: %w", i, d.GetPath(), format, sdk.ErrInvalidArgument)
+		}
+		if !fileExists(d.GetPath()) {
+			return nil, fmt.Errorf("disk %d: %s does not exist: %w", i, d.GetPath(), sdk.ErrInvalidArgument)
+		}
+		drive := fmt.Sprintf("file=%s,format=%s,if=virtio,cache=unsafe", escapeComma(d.GetPath()), format)
+		if d.GetReadOnly() {
+			drive += ",readonly=on"
+		} else {
+			drive = strings.Replace(drive, "cache=unsafe", "cache=writeback,discard=unmap", 1)
+		}
+		args = append(args, "-drive", drive)
+		dev := "vd" + string(letter)
+		switch d.GetRole() {
+		case pluginv1.DiskRole_DISK_ROLE_IMAGE:
+			cmdline = append(cmdline, "boxctl.root="+dev)
+		case pluginv1.DiskRole_DISK_ROLE_WRITABLE:
+			cmdline = append(cmdline, "boxctl.data="+dev)
+		}
+		letter++
+	}
+	switch spec.GetNetwork().GetMode() {
+	case pluginv1.NetworkSpec_MODE_USER:
+		netdev := "user,id=net0"
+		for _, p := range spec.GetNetwork().GetPorts() {
+			proto := p.GetProtocol()
+			if proto == "" {
+				proto = "tcp"
+			}
+			netdev += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", proto, p.GetHostIp(), p.GetHostPort(), p.GetGuestPort())
+		}
+		args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0")
+	}
+	cmdline = append(cmdline, spec.GetKernelArgs()...)
+	cmdline = append(cmdline, s.KernelArgs...)
+	args = append(args, "-append", strings.Join(cmdline, " "))
+	return args, nil
+}
+
+// escapeComma doubles commas, QEMU's escape inside option values.
+func escapeComma(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+func decodeHandle(b []byte) (handle, error) {
+	var h handle
+	if err := json.Unmarshal(b, &h); err != nil || h.QMP == "" {
+		return h, fmt.Errorf("bad VM handle: %w", sdk.ErrInvalidArgument)
+	}
+	return h, nil
+}
+
+// Stop asks the guest to power off (ACPI) or, with force, ends QEMU.
+func (v *VMM) Stop(ctx context.Context, req *pluginv1.StopRequest) error {
+	h, err := decodeHandle(req.GetHandle())
+	if err != nil {
+		return err
+	}
+	if !req.GetForce() {
+		if _, err := qmp.Run(ctx, h.QMP, "system_powerdown", nil); err != nil && !gone(req.GetPid()) {
+			return fmt.Errorf("ask the guest to power off: %w", err)
+		}
+		return nil
+	}
+	if _, err := qmp.Run(ctx, h.QMP, "quit", nil); err == nil || gone(req.GetPid()) {
+		return nil
+	}
+	// QMP does not answer: kill the launcher; QEMU dies with it.
+	if pid := req.GetPid(); pid > 0 {
+		if err := syscall.Kill(int(pid), syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return err
+		}
+	}
+	return nil
+}
+
+func gone(pid int64) bool {
+	return pid > 0 && syscall.Kill(int(pid), 0) == syscall.ESRCH
+}
+
+// Pause stops the vCPUs.
+func (v *VMM) Pause(ctx context.Context, req *pluginv1.ControlRequest) error {
+	return v.qmpCommand(ctx, req, "stop")
+}
+
+// Resume restarts the vCPUs.
+func (v *VMM) Resume(ctx context.Context, req *pluginv1.ControlRequest) error {
+	return v.qmpCommand(ctx, req, "cont")
+}
+
+func (v *VMM) qmpCommand(ctx context.Context, req *pluginv1.ControlRequest, cmd string) error {
+	h, err := decodeHandle(req.GetHandle())
+	if err != nil {
+		return err
+	}
+	if _, err := qmp.Run(ctx, h.QMP, cmd, nil); err != nil {
+		if gone(req.GetPid()) {
+			return fmt.Errorf("the VM is not running: %w", sdk.ErrFailedPrecondition)
+		}
+		return err
+	}
+	return nil
+}
+
+// Metrics reports CPU time and memory of the QEMU process.
+func (v *VMM) Metrics(_ context.Context, req *pluginv1.ControlRequest) (*pluginv1.MetricsResponse, error) {
+	h, err := decodeHandle(req.GetHandle())
+	if err != nil {
+		return nil, err
+	}
+	pid := int(req.GetPid())
+	if b, err := os.ReadFile(h.QEMUPIDFile); err == nil {
+		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			pid = p
+		}
+	}
+	return procMetrics(pid)
+}
+
+func procMetrics(pid int) (*pluginv1.MetricsResponse, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, fmt.Errorf("VM process %d: %w", pid, sdk.ErrNotFound)
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	fields := strings.Fields(s[i+2:])
+	if len(fields) < 22 {
+		return nil, fmt.Errorf("VM process %d: malformed stat", pid)
+	}
+	utime, _ := strconv.ParseUint(fields[11], 10, 64)
+	stime, _ := strconv.ParseUint(fields[12], 10, 64)
+	rss, _ := strconv.ParseUint(fields[21], 10, 64)
+	tick := uint64(time.Second / 100)
+	return &pluginv1.MetricsResponse{CpuUserNs: utime * tick, CpuSystemNs: stime * tick, RssBytes: rss * uint64(os.Getpagesize())}, nil
+}
