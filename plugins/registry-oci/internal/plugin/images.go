@@ -1,0 +1,331 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/boxctl/boxctl/plugins/registry-oci/internal/imagestore"
+	"github.com/boxctl/boxctl/plugins/registry-oci/internal/ref"
+	"github.com/boxctl/boxctl/sdk"
+	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+)
+
+// Pull implements sdk.ImageSource. It always resolves the reference at its
+// source (a digest reference already cached excepted) and downloads only
+// what the cache lacks; whether to pull at all is the core's decision.
+func (p *Plugin) Pull(ctx context.Context, req *pluginv1.PullRequest, progress func(*pluginv1.PullEvent)) (*pluginv1.Image, error) {
+	st, err := p.current()
+	if err != nil {
+		return nil, err
+	}
+	platform, err := platformString(req.GetPlatform())
+	if err != nil {
+		return nil, err
+	}
+	var (
+		mu     sync.Mutex
+		cached int
+		layers = map[string]bool{}
+	)
+	send := func(ev *pluginv1.PullEvent) {
+		if progress == nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		progress(ev)
+	}
+	opts := imagestore.PullOptions{
+		Platform: platform,
+		Status: func(line string) {
+			p.log.Info(line)
+			send(&pluginv1.PullEvent{Event: &pluginv1.PullEvent_Status{Status: line}})
+		},
+		Progress: func(ev imagestore.ProgressEvent) {
+			mu.Lock()
+			layers[ev.Layer] = true
+			if ev.State == imagestore.LayerCached {
+				cached++
+			}
+			mu.Unlock()
+			send(&pluginv1.PullEvent{Event: &pluginv1.PullEvent_Layer{Layer: layerProgress(ev)}})
+		},
+	}
+	img, err := st.Pull(ctx, req.GetReference(), opts)
+	if err != nil {
+		p.log.Debug("pull failed", "reference", req.GetReference(), "error", err)
+		return nil, mapError(err)
+	}
+	if len(layers) > 0 {
+		mu.Lock()
+		line := fmt.Sprintf("pulled %s (%s): %s, %d already cached", img.Ref, img.Digest, plural(len(img.Layers), "layer"), cached)
+		mu.Unlock()
+		opts.Status(line)
+	}
+	return imageToProto(img), nil
+}
+
+// platformString turns a requested platform into the store's
+// "os/arch[/variant]"; nil or empty means the configured default.
+func platformString(pl *pluginv1.Platform) (string, error) {
+	if pl.GetOs() == "" && pl.GetArchitecture() == "" && pl.GetVariant() == "" {
+		return "", nil
+	}
+	if pl.GetOs() == "" || pl.GetArchitecture() == "" {
+		return "", fmt.Errorf("%w: platform os=%q architecture=%q variant=%q: both os and architecture are needed (e.g. linux/arm64)",
+			sdk.ErrInvalidArgument, pl.GetOs(), pl.GetArchitecture(), pl.GetVariant())
+	}
+	s := pl.GetOs() + "/" + pl.GetArchitecture()
+	if pl.GetVariant() != "" {
+		s += "/" + pl.GetVariant()
+	}
+	return s, nil
+}
+
+// GetImage implements sdk.ImageSource.
+func (p *Plugin) GetImage(_ context.Context, image string) (*pluginv1.Image, error) {
+	st, err := p.current()
+	if err != nil {
+		return nil, err
+	}
+	img, _, err := find(st, image)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	return imageToProto(img), nil
+}
+
+// RootDisk implements sdk.ImageSource.
+func (p *Plugin) RootDisk(ctx context.Context, image string) (*pluginv1.RootDiskResponse, error) {
+	st, err := p.current()
+	if err != nil {
+		return nil, err
+	}
+	img, _, err := find(st, image)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	rd, err := st.RootDisk(ctx, img.Digest)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	if rd.Built {
+		p.log.Info("built root disk", "image", img.Digest, "path", rd.Path, "size", rd.Size)
+	}
+	return &pluginv1.RootDiskResponse{
+		Path:       rd.Path,
+		Format:     "raw",
+		Filesystem: "ext4",
+		SizeBytes:  uint64(max(rd.Size, 0)),
+		Image:      imageToProto(rd.Image),
+	}, nil
+}
+
+// ListImages implements sdk.ImageSource: newest pull first.
+func (p *Plugin) ListImages(context.Context) ([]*pluginv1.Image, error) {
+	st, err := p.current()
+	if err != nil {
+		return nil, err
+	}
+	imgs, err := st.List()
+	if err != nil {
+		return nil, mapError(err)
+	}
+	out := make([]*pluginv1.Image, len(imgs))
+	for i, img := range imgs {
+		out[i] = imageToProto(img)
+	}
+	return out, nil
+}
+
+// RemoveImage implements sdk.ImageSource. By reference it removes that
+// reference from the image it names (the image goes once no reference is
+// left); by digest it removes the image and every reference to it.
+func (p *Plugin) RemoveImage(ctx context.Context, image string) (*pluginv1.RemoveImageResponse, error) {
+	st, err := p.current()
+	if err != nil {
+		return nil, err
+	}
+	img, byRef, err := find(st, image)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	var rep imagestore.PruneReport
+	if byRef != "" && slices.Contains(img.Refs, byRef) {
+		rep, err = st.Untag(ctx, byRef, img.Digest)
+	} else {
+		// A digest, or a digest reference that was never recorded as
+		// such (the image was pulled by tag): the content itself.
+		rep, err = st.Remove(ctx, img.Digest)
+	}
+	if err != nil {
+		return nil, mapError(err)
+	}
+	p.log.Info("removed", "image", image, "digest", img.Digest, "removed", rep.Images, "freed", rep.BytesFreed)
+	return &pluginv1.RemoveImageResponse{Removed: rep.Images, ReclaimedBytes: uint64(max(rep.BytesFreed, 0))}, nil
+}
+
+// Prune implements sdk.ImageSource: it removes every image not in keep that
+// has no reference (or every image not in keep with all), then blobs,
+// indexes and root disks nothing uses.
+func (p *Plugin) Prune(ctx context.Context, req *pluginv1.PruneRequest) (*pluginv1.PruneResponse, error) {
+	st, err := p.current()
+	if err != nil {
+		return nil, err
+	}
+	keep := map[string]bool{}
+	for _, k := range req.GetKeep() {
+		d, err := fullDigest(k)
+		if err != nil {
+			return nil, fmt.Errorf("%w: keep: %v", sdk.ErrInvalidArgument, err)
+		}
+		keep[d] = true
+	}
+	all := req.GetAll()
+	rep, err := st.PruneImages(ctx, func(img imagestore.Image) bool {
+		return keep[img.Digest] || (!all && len(img.Refs) > 0)
+	})
+	if err != nil {
+		return nil, mapError(err)
+	}
+	p.log.Info("pruned", "removed", rep.Images, "blobs", rep.Blobs, "freed", rep.BytesFreed)
+	return &pluginv1.PruneResponse{Removed: rep.Images, ReclaimedBytes: uint64(max(rep.BytesFreed, 0))}, nil
+}
+
+const digestPrefix = "sha256:"
+
+// find resolves what a user typed to a cached image, without network
+// access: "sha256:<hex or prefix>" and a full 64-hex string are digests; any
+// other string is first a reference (looked up for the default platform,
+// else the one cached image carrying it), then, if it is hex, a digest
+// prefix. byRef is the canonical reference when it was found as one.
+func find(st *imagestore.Store, image string) (img imagestore.Image, byRef string, err error) {
+	s := strings.TrimSpace(image)
+	if s == "" {
+		return imagestore.Image{}, "", fmt.Errorf("%w: empty image name: give a reference (alpine, ghcr.io/org/app:tag) or a digest (sha256:...)", sdk.ErrInvalidArgument)
+	}
+	if hx, ok := strings.CutPrefix(s, digestPrefix); ok {
+		img, err := byDigestPrefix(st, hx, s)
+		return img, "", err
+	}
+	if isHex(s) && len(s) == 64 {
+		img, err := byDigestPrefix(st, s, s)
+		return img, "", err
+	}
+	img, err = st.Lookup(s, "")
+	if err == nil {
+		return img, img.Ref, nil
+	}
+	if !errors.Is(err, imagestore.ErrNotFound) && !errors.Is(err, imagestore.ErrBadReference) {
+		return imagestore.Image{}, "", err
+	}
+	if errors.Is(err, imagestore.ErrNotFound) {
+		if other, canonical, ok, ferr := onlyImageWithRef(st, s); ferr != nil {
+			return imagestore.Image{}, "", ferr
+		} else if ok {
+			return other, canonical, nil
+		}
+	}
+	if isHex(s) {
+		img, perr := byDigestPrefix(st, s, s)
+		if perr == nil || !errors.Is(perr, imagestore.ErrNotFound) {
+			return img, "", perr
+		}
+		name := s
+		if r, rerr := ref.Parse(s); rerr == nil {
+			name = r.String()
+		}
+		return imagestore.Image{}, "", fmt.Errorf("%w: no cached image is named %s or has a digest starting with %s", imagestore.ErrNotFound, name, s)
+	}
+	return imagestore.Image{}, "", err
+}
+
+// onlyImageWithRef finds the cached image carrying reference when it was
+// pulled for a platform other than the default: unambiguous only if one
+// image carries it.
+func onlyImageWithRef(st *imagestore.Store, reference string) (imagestore.Image, string, bool, error) {
+	r, err := ref.Parse(reference)
+	if err != nil {
+		return imagestore.Image{}, "", false, nil
+	}
+	canonical := r.String()
+	imgs, err := st.List()
+	if err != nil {
+		return imagestore.Image{}, "", false, err
+	}
+	var hits []imagestore.Image
+	for _, img := range imgs {
+		if slices.Contains(img.Refs, canonical) {
+			hits = append(hits, img)
+		}
+	}
+	if len(hits) != 1 {
+		return imagestore.Image{}, "", false, nil
+	}
+	hits[0].Ref = canonical
+	return hits[0], canonical, true, nil
+}
+
+// byDigestPrefix finds the one cached image whose manifest digest starts
+// with hx (lowercase hex, 1 to 64 digits).
+func byDigestPrefix(st *imagestore.Store, hx, typed string) (imagestore.Image, error) {
+	if hx == "" || len(hx) > 64 || !isHex(hx) {
+		return imagestore.Image{}, fmt.Errorf("%w: %q is not an image digest or digest prefix (want sha256:<hex digits>, lower case)", sdk.ErrInvalidArgument, typed)
+	}
+	if len(hx) == 64 {
+		return st.Image(digestPrefix + hx)
+	}
+	imgs, err := st.List()
+	if err != nil {
+		return imagestore.Image{}, err
+	}
+	var hits []imagestore.Image
+	for _, img := range imgs {
+		if strings.HasPrefix(strings.TrimPrefix(img.Digest, digestPrefix), hx) {
+			hits = append(hits, img)
+		}
+	}
+	switch len(hits) {
+	case 0:
+		return imagestore.Image{}, fmt.Errorf("%w: no cached image has a digest starting with %s", imagestore.ErrNotFound, typed)
+	case 1:
+		return hits[0], nil
+	}
+	ds := make([]string, len(hits))
+	for i, h := range hits {
+		ds[i] = h.Digest
+	}
+	sort.Strings(ds)
+	return imagestore.Image{}, fmt.Errorf("%w: digest prefix %s is ambiguous: it matches %s; give more digits",
+		sdk.ErrInvalidArgument, typed, strings.Join(ds, ", "))
+}
+
+// fullDigest normalizes a complete digest, "sha256:<64 hex>" or "<64 hex>".
+func fullDigest(s string) (string, error) {
+	hx := strings.TrimPrefix(strings.TrimSpace(s), digestPrefix)
+	if len(hx) != 64 || !isHex(hx) {
+		return "", fmt.Errorf("%q is not an image digest (want sha256:<64 hex digits>)", s)
+	}
+	return digestPrefix + hx, nil
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
