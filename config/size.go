@@ -66,3 +66,22 @@ func FormatSize(n uint64) string {
 	}
 	return fmt.Sprintf("%dB", n)
 }
+
+// HumanSize formats n bytes for people: the largest binary unit that keeps
+// the number at least 1, with one decimal ("41.8MiB", "512B").
+func HumanSize(n uint64) string {
+	units := []struct {
+		name string
+		mult uint64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}}
+	for _, u := range units {
+		if n >= u.mult {
+			v := float64(n) / float64(u.mult)
+			if n%u.mult == 0 {
+				return fmt.Sprintf("%d%s", n/u.mult, u.name)
+			}
+			return fmt.Sprintf("%.1f%s", v, u.name)
+		}
+	}
+	return fmt.Sprintf("%dB", n)
+}

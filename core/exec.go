@@ -177,6 +177,10 @@ func firstNonEmpty(vals ...string) string {
 	return ""
 }
 
+// errCopyEnded stops the producing side of a copy when the consuming side
+// has finished or failed; the consumer's error is the one to report.
+var errCopyEnded = errors.New("the other side of the copy ended")
+
 // CopyOptions tune CopyIn and CopyOut.
 type CopyOptions struct {
 	// FollowSymlinks copies what symlinks point to.
@@ -214,16 +218,16 @@ func (r *Runtime) CopyIn(ctx context.Context, ref, src, dest string, opts CopyOp
 		archiveErr <- err
 	}()
 	_, err = c.Upload(ctx, dest, pr, agentclient.UploadOptions{Overwrite: !opts.NoOverwrite})
-	pr.CloseWithError(errors.New("upload ended"))
+	pr.CloseWithError(errCopyEnded)
 	aerr := <-archiveErr
+	if aerr != nil && !errors.Is(aerr, errCopyEnded) {
+		return fmt.Errorf("copy %s: %w", src, aerr)
+	}
 	if err != nil {
 		if agentclient.IsEscape(err) {
 			return fmt.Errorf("copy %s into %s:%s: refused: %w", src, b.Name, dest, err)
 		}
 		return fmt.Errorf("copy %s into %s:%s: %w", src, b.Name, dest, err)
-	}
-	if aerr != nil {
-		return fmt.Errorf("copy %s: %w", src, aerr)
 	}
 	return nil
 }
@@ -250,9 +254,9 @@ func (r *Runtime) CopyOut(ctx context.Context, ref, src, dest string, opts CopyO
 		dlErr <- err
 	}()
 	_, err = tarsafe.Extract(ctx, pr, dest, tarsafe.ExtractOptions{Overwrite: !opts.NoOverwrite})
-	pr.CloseWithError(errors.New("extraction ended"))
+	pr.CloseWithError(errCopyEnded)
 	derr := <-dlErr
-	if derr != nil {
+	if derr != nil && !errors.Is(derr, errCopyEnded) {
 		if agentclient.IsNotFound(derr) {
 			return fmt.Errorf("copy %s:%s: no such file or directory in the box: %w", b.Name, src, ErrNotFound)
 		}

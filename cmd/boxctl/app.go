@@ -81,6 +81,7 @@ Environment:
 		a.versionCommand(),
 		a.monitorCommand(),
 	)
+	root.AddCommand(a.pauseCommands()...)
 	return root
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -302,5 +303,33 @@ func (a *app) inspectCommand() *cobra.Command {
 			}
 			return err
 		},
+	}
+}
+
+func (a *app) pauseCommands() []*cobra.Command {
+	mk := func(use, short string, fn func(*core.Runtime) func(context.Context, string) error) *cobra.Command {
+		return &cobra.Command{
+			Use:   use + " BOX [BOX...]",
+			Short: short,
+			Args:  cobra.MinimumNArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				rt, err := a.runtime(cmd.Context())
+				if err != nil {
+					return err
+				}
+				op := fn(rt)
+				return forEachBox(args, func(ref string) error {
+					if err := op(cmd.Context(), ref); err != nil {
+						return err
+					}
+					fmt.Fprintln(a.stdout, ref)
+					return nil
+				})
+			},
+		}
+	}
+	return []*cobra.Command{
+		mk("pause", "Freeze a box's vCPUs (its commands stop making progress)", func(rt *core.Runtime) func(context.Context, string) error { return rt.Pause }),
+		mk("unpause", "Resume a paused box", func(rt *core.Runtime) func(context.Context, string) error { return rt.Resume }),
 	}
 }

@@ -180,7 +180,7 @@ func statsRow(a, b *core.Stats) string {
 			cpu = fmt.Sprintf("%.1f%%", float64(cpuBusy(g2.CPU)-cpuBusy(g1.CPU))/float64(dt)*100*float64(max(g2.NumCPUs, 1)))
 		}
 		used := g2.MemoryTotalBytes - g2.MemoryAvailableBytes
-		mem = config.FormatSize(used) + " / " + config.FormatSize(g2.MemoryTotalBytes)
+		mem = config.HumanSize(used) + " / " + config.HumanSize(g2.MemoryTotalBytes)
 		if g2.MemoryTotalBytes > 0 {
 			memPct = fmt.Sprintf("%.1f%%", float64(used)/float64(g2.MemoryTotalBytes)*100)
 		}
@@ -188,7 +188,7 @@ func statsRow(a, b *core.Stats) string {
 	}
 	rss := "-"
 	if b.VM != nil {
-		rss = config.FormatSize(b.VM.GetRssBytes())
+		rss = config.HumanSize(b.VM.GetRssBytes())
 	}
 	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%d", b.Box.Name, cpu, mem, memPct, rss, procs, b.CommandsExecuted)
 }

@@ -126,7 +126,7 @@ func (a *app) printImages(list []core.ImageInfo, quiet bool) error {
 		}
 		for _, ref := range refs {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", ref, shortDigest(img.GetDigest()), plat,
-				config.FormatSize(img.GetSizeBytes()), ago(time.Unix(0, img.GetPulledAt()), now), len(img.UsedBy))
+				config.HumanSize(img.GetSizeBytes()), ago(time.Unix(0, img.GetPulledAt()), now), len(img.UsedBy))
 		}
 	}
 	return tw.Flush()
@@ -197,7 +197,7 @@ func (a *app) imageCommand() *cobra.Command {
 			for _, d := range resp.GetRemoved() {
 				fmt.Fprintf(a.stdout, "Deleted %s\n", d)
 			}
-			fmt.Fprintf(a.stdout, "Reclaimed %s\n", config.FormatSize(resp.GetReclaimedBytes()))
+			fmt.Fprintf(a.stdout, "Reclaimed %s\n", config.HumanSize(resp.GetReclaimedBytes()))
 			return nil
 		},
 	}
@@ -265,9 +265,9 @@ func (p *progress) event(ev *pluginv1.PullEvent) {
 func (p *progress) describe(l *pluginv1.LayerProgress) string {
 	s := stateName(l.GetState())
 	if l.GetTotalBytes() > 0 && l.GetState() == pluginv1.LayerProgress_STATE_DOWNLOADING {
-		s += fmt.Sprintf(" %s/%s", config.FormatSize(l.GetDoneBytes()), config.FormatSize(l.GetTotalBytes()))
+		s += fmt.Sprintf(" %s/%s", config.HumanSize(l.GetDoneBytes()), config.HumanSize(l.GetTotalBytes()))
 	} else if l.GetTotalBytes() > 0 {
-		s += " " + config.FormatSize(l.GetTotalBytes())
+		s += " " + config.HumanSize(l.GetTotalBytes())
 	}
 	return s
 }

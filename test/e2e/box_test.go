@@ -1,0 +1,273 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+
+	"github.com/boxctl/boxctl/guest/agentclient"
+)
+
+func TestRunCommandOutputExitCodeAndStdin(t *testing.T) {
+	e := newEnv(t)
+	out, errs, code := e.run(nil, "run", "--rm", e.image, "--", "sh", "-c", "uname -a; echo to-stderr >&2; exit 3")
+	if code != 3 || !strings.Contains(out, "Linux") || !strings.Contains(errs, "to-stderr") {
+		t.Fatalf("run: exit %d\nstdout %q\nstderr %q%s", code, out, errs, e.consoleTail())
+	}
+	if names := strings.TrimSpace(e.ok("ls", "-a", "-q")); names != "" {
+		t.Fatalf("run --rm left boxes behind: %q", names)
+	}
+	// stdin piped through run -i, and the image's default command.
+	out, errs, code = e.run([]byte("hello from stdin\n"), "run", "-i", "--rm", e.image, "--", "cat")
+	if code != 0 || out != "hello from stdin\n" {
+		t.Fatalf("run -i: exit %d out %q err %q", code, out, errs)
+	}
+}
+
+// TestBox shares one booted box across the checks that allow it, then
+// takes it through stop/start, a killed QEMU and an unresponsive guest.
+func TestBox(t *testing.T) {
+	e := newEnv(t)
+	id := strings.TrimSpace(e.ok("run", "-d", "--name", "svc", e.image))
+	if len(id) != 32 {
+		t.Fatalf("run -d printed %q", id)
+	}
+
+	t.Run("exit codes and streams", func(t *testing.T) {
+		out, errs, code := e.run(nil, "exec", "svc", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+		if code != 7 || out != "out\n" || errs != "err\n" {
+			t.Fatalf("exit %d out %q err %q", code, out, errs)
+		}
+		if _, _, code := e.run(nil, "exec", "svc", "--", "sh", "-c", "kill -9 $$"); code != 137 {
+			t.Fatalf("killed by SIGKILL: exit %d, want 137", code)
+		}
+		if _, errs, code := e.run(nil, "exec", "svc", "--", "/no/such/program"); code != 127 || !strings.Contains(errs, "/no/such/program") {
+			t.Fatalf("missing program: exit %d err %q", code, errs)
+		}
+	})
+
+	t.Run("stdin piping", func(t *testing.T) {
+		data := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+		out, errs, code := e.run(data, "exec", "-i", "svc", "--", "sh", "-c", "cat | md5sum")
+		if code != 0 || !strings.HasPrefix(out, md5hex(data)) {
+			t.Fatalf("exit %d out %q err %q", code, out, errs)
+		}
+	})
+
+	t.Run("env workdir user", func(t *testing.T) {
+		out := e.ok("exec", "-e", "GREETING=hi there", "-w", "/tmp", "-u", "guest", "svc", "--", "sh", "-c", `echo "$GREETING"; pwd; id -un; echo $HOME`)
+		if out != "hi there\n/tmp\nguest\n/home/guest\n" {
+			t.Fatalf("got %q", out)
+		}
+		if out := e.ok("exec", "-u", "1000:50", "svc", "--", "id"); !strings.Contains(out, "uid=1000") || !strings.Contains(out, "gid=50") {
+			t.Fatalf("uid:gid: %q", out)
+		}
+	})
+
+	t.Run("tty session", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := e.command(ctx, "exec", "-it", "svc", "--", "sh")
+		f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		term := newTermReader(f)
+		send := func(s string) {
+			if _, err := f.Write([]byte(s)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		send("stty size\r")
+		term.expect(t, "24 80")
+		if err := pty.Setsize(f, &pty.Winsize{Rows: 40, Cols: 100}); err != nil {
+			t.Fatal(err)
+		}
+		// The resize reaches the guest asynchronously; ask until it shows.
+		deadline := time.Now().Add(10 * time.Second)
+		for !term.seen("40 100") {
+			if time.Now().After(deadline) {
+				t.Fatalf("resize never reached the guest; output:\n%s", term.text())
+			}
+			send("stty size\r")
+			time.Sleep(300 * time.Millisecond)
+		}
+		// Ctrl-C reaches the guest's foreground process through the tty.
+		send("sleep 30; echo sl\"\"ept-through\r")
+		time.Sleep(500 * time.Millisecond)
+		send("\x03")
+		send("echo after-interrupt $?\r")
+		term.expect(t, "after-interrupt 130")
+		send("exit 5\r")
+		err = cmd.Wait()
+		if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 5 {
+			t.Fatalf("tty session exit: %v (%v)", cmd.ProcessState, err)
+		}
+		if term.seen("slept-through") {
+			t.Fatal("Ctrl-C did not interrupt the command")
+		}
+	})
+
+	t.Run("two concurrent execs", func(t *testing.T) {
+		// A waits for a file only B creates: both finish only if they run
+		// at the same time.
+		var wg sync.WaitGroup
+		var outA, outB string
+		var codeA, codeB int
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			outA, _, codeA = e.run(nil, "exec", "--timeout", "60s", "svc", "--", "sh", "-c", "while [ ! -f /tmp/b-was-here ]; do sleep 0.1; done; echo A")
+		}()
+		go func() {
+			defer wg.Done()
+			time.Sleep(300 * time.Millisecond)
+			outB, _, codeB = e.run(nil, "exec", "svc", "--", "sh", "-c", "touch /tmp/b-was-here; echo B")
+		}()
+		wg.Wait()
+		if codeA != 0 || codeB != 0 || outA != "A\n" || outB != "B\n" {
+			t.Fatalf("A: %d %q, B: %d %q", codeA, outA, codeB, outB)
+		}
+	})
+
+	t.Run("copy both ways", func(t *testing.T) {
+		src := t.TempDir()
+		tree := filepath.Join(src, "site")
+		if err := os.MkdirAll(filepath.Join(tree, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		files := map[string]string{"index.html": "<h1>hi</h1>\n", "sub/data.txt": strings.Repeat("x", 100000)}
+		for name, body := range files {
+			if err := os.WriteFile(filepath.Join(tree, name), []byte(body), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.ok("cp", tree, "svc:/srv")
+		if out := e.ok("exec", "svc", "--", "cat", "/srv/site/index.html"); out != files["index.html"] {
+			t.Fatalf("copied in: %q", out)
+		}
+		if out := e.ok("exec", "svc", "--", "stat", "-c", "%a", "/srv/site/sub/data.txt"); strings.TrimSpace(out) != "640" {
+			t.Fatalf("mode not kept: %s", out)
+		}
+		dest := t.TempDir()
+		e.ok("cp", "svc:/srv/site", dest)
+		for name, body := range files {
+			got, err := os.ReadFile(filepath.Join(dest, "site", name))
+			if err != nil || string(got) != body {
+				t.Fatalf("copied out %s: %v", name, err)
+			}
+		}
+		// --no-overwrite refuses to replace.
+		if _, errs, code := e.run(nil, "cp", "--no-overwrite", "svc:/srv/site", dest); code == 0 || !strings.Contains(errs, "exists") {
+			t.Fatalf("--no-overwrite: exit %d %s", code, errs)
+		}
+		// A symlink in the box pointing at / must not lead the host
+		// extraction outside the destination.
+		e.ok("exec", "svc", "--", "sh", "-c", "mkdir -p /tmp/out && ln -sf / /tmp/out/escape && echo ok > /tmp/out/f")
+		dest2 := t.TempDir()
+		e.ok("cp", "svc:/tmp/out", dest2)
+		if fi, err := os.Lstat(filepath.Join(dest2, "out", "escape")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			t.Fatalf("symlink not copied as a symlink: %v", err)
+		}
+	})
+
+	t.Run("hostile tar into the box is refused", func(t *testing.T) {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		body := []byte("pwned\n")
+		_ = tw.WriteHeader(&tar.Header{Name: "../../../../etc/pwned", Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
+		_, _ = tw.Write(body)
+		_ = tw.Close()
+		sock := filepath.Join(e.boxDir("svc"), "agent.sock")
+		c, err := agentclient.Dial(context.Background(), sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, err = c.Upload(context.Background(), "/tmp/in", &buf, agentclient.UploadOptions{})
+		if err == nil || !agentclient.IsEscape(err) {
+			t.Fatalf("upload of ../../../../etc/pwned: %v, want a refusal", err)
+		}
+		if _, _, code := e.run(nil, "exec", "svc", "--", "test", "-e", "/etc/pwned"); code == 0 {
+			t.Fatal("the hostile entry was written outside the destination")
+		}
+	})
+
+	t.Run("stats and logs", func(t *testing.T) {
+		out := e.ok("stats", "svc")
+		if !strings.Contains(out, "svc") || !strings.Contains(out, "MiB") {
+			t.Fatalf("stats: %q", out)
+		}
+		if logs := e.ok("logs", "svc"); !strings.Contains(logs, "boxctl-agent") {
+			t.Fatalf("logs lack the agent's banner: %q", logs)
+		}
+	})
+
+	t.Run("files persist across stop and start", func(t *testing.T) {
+		e.ok("exec", "svc", "--", "sh", "-c", "echo kept > /root/state")
+		e.ok("stop", "svc")
+		if st := strings.TrimSpace(e.ok("ls", "-a", "--format", "{{.Status}}")); st != "stopped" {
+			t.Fatalf("after stop: %s", st)
+		}
+		e.ok("start", "svc")
+		if out := e.ok("exec", "svc", "--", "cat", "/root/state"); out != "kept\n" {
+			t.Fatalf("after restart: %q", out)
+		}
+	})
+
+	t.Run("kill -9 of QEMU leaves the box stopped with the exit recorded", func(t *testing.T) {
+		pidb, err := os.ReadFile(filepath.Join(e.boxDir("svc"), "qemu.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(pidb)))
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			st := strings.TrimSpace(e.ok("ls", "-a", "--format", "{{.Status}} {{with .Run}}{{with .Exit}}{{.Code}}{{end}}{{end}}"))
+			if st == "stopped 137" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after kill -9 of QEMU: %q", st)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		e.ok("start", "svc")
+		if out := e.ok("exec", "svc", "--", "cat", "/root/state"); out != "kept\n" {
+			t.Fatalf("after restart: %q", out)
+		}
+	})
+
+	t.Run("stop of an unresponsive guest falls back to the VMM", func(t *testing.T) {
+		e.ok("pause", "svc")
+		start := time.Now()
+		e.ok("stop", "-t", "2", "svc")
+		took := time.Since(start)
+		out := strings.TrimSpace(e.ok("ls", "-a", "--format", "{{.Status}}"))
+		if out != "stopped" {
+			t.Fatalf("after stop of a paused box: %s", out)
+		}
+		t.Logf("stop -t 2 of an unresponsive guest took %s", took)
+	})
+
+	e.ok("rm", "svc")
+}
+
+func md5hex(b []byte) string {
+	return fmt.Sprintf("%x", md5sum(b))
+}
