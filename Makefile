@@ -3,17 +3,22 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 TOOLS := build/tools
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+FUZZTIME ?= 30s
 
 PLUGINS := qemu:./plugins/qemu qcow2:./plugins/storage-qcow2 oci:./plugins/registry-oci libkrun:./plugins/libkrun
 TEST_PLUGINS := procvmm:./test/plugins/procvmm badproto:./test/plugins/badproto
 
-.PHONY: all build test test-unit bench lint proto clean help deps
+.PHONY: all build build-test-plugins test bench lint proto clean help deps guest demo fuzz
 
 all: build
 
 help:
 	@echo "make build   build bin/boxctl and every plugin as bin/boxctl-plugin-<name>"
+	@echo "make guest   build the guest kernel + initramfs into build/guest (Debian's cloud kernel)"
+	@echo "make demo    install what is needed, build everything and run uname -a in a real VM"
 	@echo "make test    install test dependencies, then run every test with -race"
+	@echo "make fuzz    a bounded fuzz run of the qcow2 parser (FUZZTIME, default 30s)"
 	@echo "make bench   run the benchmarks under bench/ and print their numbers"
 	@echo "make lint    gofmt check and go vet"
 	@echo "make proto   regenerate the protobuf code"
@@ -21,7 +26,7 @@ help:
 
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/boxctl ./cmd/boxctl
+	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/boxctl ./cmd/boxctl
 	@set -e; for p in $(PLUGINS); do \
 		name=$${p%%:*}; pkg=$${p#*:}; \
 		if [ -n "$$(ls $$pkg/*.go 2>/dev/null)" ]; then \
@@ -42,8 +47,17 @@ build-test-plugins:
 deps:
 	./scripts/install-deps.sh
 
-test: deps build build-test-plugins
+guest:
+	guest/build.sh
+
+demo: deps build guest
+	./scripts/demo.sh
+
+test: deps build build-test-plugins guest
 	$(GO) test -race -count=1 -timeout 30m ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime $(FUZZTIME) ./plugins/storage-qcow2/qcow2/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -63,8 +77,13 @@ proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
 		sdk/proto/v1/*.proto core/state/statepb/*.proto
 	@if [ -x guest/proto/gen.sh ]; then guest/proto/gen.sh; fi
 
-bench: build
-	@echo "see bench/README.md"
+# Each benchmark prints its numbers; see bench/README.md for what they mean.
+bench: deps build build-test-plugins guest
+	$(GO) run ./bench/foundation -bin $(BIN) -test-plugins build/test-plugins
+	$(GO) run ./bench/vm -bin $(BIN) -guest build/guest
+	$(GO) run ./bench/storage -plugin $(BIN)/boxctl-plugin-qcow2
+	$(GO) run ./bench/qcow2
+	$(GO) run ./bench/rootfs
 
 clean:
 	rm -rf $(BIN) build

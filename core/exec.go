@@ -11,6 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/guest/agentclient"
@@ -62,29 +65,32 @@ func (r *Runtime) Exec(ctx context.Context, ref string, opts ExecOptions) (ExecR
 		return ExecResult{}, err
 	}
 	res, err := r.execRaw(ctx, b, req, opts)
-	counter := CounterCommandsExecuted
+	counters := []string{CounterCommandsExecuted, boxCommandsCounter(b.ID)}
 	if err != nil {
-		counter = CounterExecErrors
+		counters = []string{CounterExecErrors}
 	}
-	cctx := context.WithoutCancel(ctx)
-	r.count(cctx, counter)
-	if err == nil {
-		r.count(cctx, boxCommandsCounter(b.ID))
-	}
+	r.count(context.WithoutCancel(ctx), counters...)
 	return res, err
 }
 
 func (r *Runtime) execRaw(ctx context.Context, b *model.Box, req agentclient.ExecRequest, opts ExecOptions) (ExecResult, error) {
-	c, err := agentclient.Dial(ctx, b.Run.AgentSocket)
-	if err != nil {
-		return ExecResult{}, fmt.Errorf("exec in %s: reach the guest agent: %w", b.Name, err)
-	}
-	defer c.Close()
-	res, err := c.Exec(ctx, req, opts.Stdin, opts.Stdout, opts.Stderr, opts.Resize, opts.Signals)
-	if err != nil {
+	for attempt := 0; ; attempt++ {
+		c, err := r.agents.get(ctx, b.Run.AgentSocket)
+		if err != nil {
+			return ExecResult{}, fmt.Errorf("exec in %s: reach the guest agent: %w", b.Name, err)
+		}
+		res, err := c.Exec(ctx, req, opts.Stdin, opts.Stdout, opts.Stderr, opts.Resize, opts.Signals)
+		if err == nil {
+			return res, nil
+		}
+		// A cached connection may have gone stale (the box restarted).
+		// Retrying is safe only if the command never started.
+		if attempt == 0 && res.PID == 0 && status.Code(err) == codes.Unavailable && opts.Stdin == nil {
+			r.agents.drop(b.Run.AgentSocket, c)
+			continue
+		}
 		return res, fmt.Errorf("exec in %s: %w", b.Name, err)
 	}
-	return res, nil
 }
 
 // runningBox returns the box's record, starting it if it is not running.
@@ -319,7 +325,6 @@ func (r *Runtime) ConsoleLog(ctx context.Context, ref string) (string, error) {
 	}
 	return r.paths.consoleLog(b.ID), nil
 }
-
 
 // boxCommandsCounter names the per-box command counter; DeleteBox drops it
 // with the box.

@@ -16,6 +16,7 @@ import (
 	"github.com/boxctl/boxctl/core/monitor"
 	"github.com/boxctl/boxctl/core/proc"
 	"github.com/boxctl/boxctl/core/state"
+	"github.com/boxctl/boxctl/sdk"
 	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
@@ -143,6 +144,8 @@ func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
 	if err := os.MkdirAll(r.paths.boxDir(id), 0o700); err != nil {
 		return fmt.Errorf("box directory: %w", err)
 	}
+	// A guest start needs all three plugins: start them side by side.
+	r.plugins.Prestart(ctx, sdk.RoleVMM, sdk.RoleImages, sdk.RoleDisks)
 	vmm, err := r.plugins.VMM(ctx)
 	if err != nil {
 		return fmt.Errorf("vmm plugin: %w", err)
@@ -406,7 +409,11 @@ func (r *Runtime) stopLocked(ctx context.Context, id string, timeout time.Durati
 	if err == nil {
 		return nil
 	}
-	if !errors.Is(err, monitor.ErrNoMonitor) {
+	// The monitor may have recorded the exit and gone before it answered.
+	if cur, rerr := r.reload(ctx, id); rerr == nil && !cur.Status.Active() {
+		return nil
+	}
+	if !errors.Is(err, monitor.ErrNoMonitor) && b.Run.Monitor.Alive() {
 		return fmt.Errorf("stop %s: %w", b.Name, err)
 	}
 	r.log.Debug("monitor gone; stopping through the VMM plugin", "box", b.ID)

@@ -55,6 +55,7 @@ type Runtime struct {
 	mu       sync.Mutex
 	shutdown bool
 	monitors sync.WaitGroup
+	agents   agentPool
 }
 
 // Option configures Open.
@@ -226,6 +227,7 @@ func (r *Runtime) Shutdown(ctx context.Context, timeout time.Duration) (Shutdown
 func (r *Runtime) Close() error {
 	_, err := r.Shutdown(context.Background(), 0)
 	r.plugins.Close()
+	r.agents.closeAll()
 	return err
 }
 
@@ -255,9 +257,18 @@ func (r *Runtime) Metrics(ctx context.Context) (Metrics, error) {
 	return m, err
 }
 
-func (r *Runtime) count(ctx context.Context, name string) {
-	if err := r.store.Update(ctx, func(tx *state.Tx) error { return tx.AddCounter(name, 1) }); err != nil {
-		r.log.Warn("update counter", "counter", name, "error", err)
+// count adds one to each named counter, in one transaction.
+func (r *Runtime) count(ctx context.Context, names ...string) {
+	err := r.store.Update(ctx, func(tx *state.Tx) error {
+		for _, n := range names {
+			if err := tx.AddCounter(n, 1); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		r.log.Warn("update counters", "counters", names, "error", err)
 	}
 }
 

@@ -110,6 +110,12 @@ ID is printed.`,
 			// The box stops (and with --rm goes away) when this process
 			// closes the runtime, whatever happens below.
 			code, err := a.execInteractive(ctx, rt, box.ID(), core.ExecOptions{}, io)
+			if opts.Config.AutoRemove {
+				// Its disk is about to be deleted: no clean shutdown needed.
+				if rerr := rt.Remove(context.WithoutCancel(ctx), box.ID(), core.RemoveOptions{Force: true}); rerr != nil && err == nil {
+					err = rerr
+				}
+			}
 			if err != nil {
 				return err
 			}

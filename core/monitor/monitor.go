@@ -70,6 +70,9 @@ type monitor struct {
 	stopOnce   sync.Once
 	stopReason string
 	mu         sync.Mutex
+	// handlers counts control connections being answered; the monitor
+	// exits only after they got their reply.
+	handlers sync.WaitGroup
 }
 
 // Run supervises one VM until it exits. It returns after the exit is
@@ -113,6 +116,7 @@ func Run(ctx context.Context, o Options) error {
 		return m.fail(ctx, err)
 	}
 	m.ready(Ready{OK: true, VMPID: m.vm.PID})
+	TrimResidentText()
 
 	if !o.Launch.Detached {
 		go m.watchOwner(ctx)
@@ -128,7 +132,22 @@ func Run(ctx context.Context, o Options) error {
 		m.requestStop(o.Launch.StopTimeout, "monitor was asked to stop")
 		<-m.recorded
 	}
+	m.drainHandlers(5 * time.Second)
 	return nil
+}
+
+// drainHandlers waits (bounded) for control connections to be answered,
+// so a stop request always gets its reply before the monitor exits.
+func (m *monitor) drainHandlers(limit time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		m.handlers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(limit):
+	}
 }
 
 func (m *monitor) ready(r Ready) {
@@ -347,8 +366,10 @@ func (m *monitor) requestStop(timeout time.Duration, reason string) {
 	})
 }
 
-// stopVM asks the guest to power off, waits up to timeout, then has the
-// VMM force it off, and as a last resort kills the process group.
+// stopVM asks the guest to power off and waits up to timeout; then the VMM
+// forces the VM off; the last resort is killing the VM process group. A
+// timeout of 0 (forced removal) kills at once: the VM is this monitor's
+// child, and nothing of it is kept.
 func (m *monitor) stopVM(timeout time.Duration) {
 	ctx := context.Background()
 	_ = m.update(ctx, func(b *model.Box) {
@@ -366,25 +387,36 @@ func (m *monitor) stopVM(timeout time.Duration) {
 		case <-gctx.Done():
 		}
 		cancel()
-		m.log.Warn("vm did not stop in time; forcing it off", "timeout", timeout)
+		m.log.Warn("vm did not stop in time; asking the VMM to force it off", "timeout", timeout)
+		if m.forceViaVMM(ctx) {
+			return
+		}
 	}
+	_ = syscall.Kill(-m.vm.PID, syscall.SIGKILL)
+	_ = m.cmd.Process.Kill()
+}
+
+// forceViaVMM has the VMM force the VM off (QEMU: "quit", which flushes
+// its disks) and reports whether the VM exited within a few seconds.
+func (m *monitor) forceViaVMM(ctx context.Context) bool {
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if vmm, err := m.o.VMM(fctx); err == nil {
-		if err := vmm.Stop(fctx, &pluginv1.StopRequest{Handle: m.o.Launch.Handle, Pid: int64(m.vm.PID), Force: true}); err != nil {
-			m.log.Warn("vmm forced stop failed", "error", err)
-		}
-	} else {
+	vmm, err := m.o.VMM(fctx)
+	if err != nil {
 		m.log.Warn("vmm plugin unavailable for a forced stop", "error", err)
+		return false
+	}
+	if err := vmm.Stop(fctx, &pluginv1.StopRequest{Handle: m.o.Launch.Handle, Pid: int64(m.vm.PID), Force: true}); err != nil {
+		m.log.Warn("vmm forced stop failed", "error", err)
+		return false
 	}
 	select {
 	case <-m.exited:
-		return
+		return true
 	case <-time.After(5 * time.Second):
+		m.log.Warn("vm still running after the VMM's forced stop; killing it")
+		return false
 	}
-	m.log.Warn("vm still running after a forced stop; killing its process group")
-	_ = syscall.Kill(-m.vm.PID, syscall.SIGKILL)
-	_ = m.cmd.Process.Kill()
 }
 
 // graceful asks for a clean power-off: through the guest agent when there
@@ -413,11 +445,13 @@ func (m *monitor) serve(ln net.Listener) {
 		if err != nil {
 			return
 		}
+		m.handlers.Add(1)
 		go m.handle(conn)
 	}
 }
 
 func (m *monitor) handle(conn net.Conn) {
+	defer m.handlers.Done()
 	defer conn.Close()
 	line, err := bufio.NewReader(conn).ReadBytes('\n')
 	if err != nil {

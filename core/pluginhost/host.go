@@ -44,9 +44,16 @@ type Host struct {
 	searchDirs []string
 	stateRoot  string
 
-	mu        sync.Mutex
-	instances map[string]*instance
-	closed    bool
+	mu     sync.Mutex
+	slots  map[string]*slot
+	closed bool
+}
+
+// slot serializes the start of one plugin, so different plugins start in
+// parallel and one plugin starts once.
+type slot struct {
+	mu   sync.Mutex
+	inst *instance
 }
 
 // Option configures a Host.
@@ -73,7 +80,7 @@ func New(cfg *config.Config, opts ...Option) *Host {
 		log:       hclog.NewNullLogger(),
 		logOut:    io.Discard,
 		stateRoot: filepath.Join(cfg.Home, "plugins-data"),
-		instances: map[string]*instance{},
+		slots:     map[string]*slot{},
 	}
 	if exe, err := os.Executable(); err == nil {
 		if resolved, err := filepath.EvalSymlinks(exe); err == nil {
@@ -115,15 +122,20 @@ func (h *Host) Images(ctx context.Context) (sdk.ImageSource, error) {
 func (h *Host) Close() {
 	h.mu.Lock()
 	h.closed = true
-	insts := h.instances
-	h.instances = map[string]*instance{}
+	slots := h.slots
+	h.slots = map[string]*slot{}
 	h.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, inst := range insts {
+	for _, sl := range slots {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			inst.client.Kill()
+			sl.mu.Lock()
+			defer sl.mu.Unlock()
+			if sl.inst != nil {
+				sl.inst.client.Kill()
+				sl.inst = nil
+			}
 		}()
 	}
 	wg.Wait()
@@ -241,19 +253,60 @@ func registrySettings(r config.Registry) *pluginv1.RegistrySettings {
 // instance returns the running plugin process for name, starting it.
 func (h *Host) instance(ctx context.Context, name string) (*instance, error) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if h.closed {
+		h.mu.Unlock()
 		return nil, fmt.Errorf("plugin %q: the plugin host is closed", name)
 	}
-	if inst, ok := h.instances[name]; ok && !inst.client.Exited() {
-		return inst, nil
+	sl, ok := h.slots[name]
+	if !ok {
+		sl = &slot{}
+		h.slots[name] = sl
+	}
+	h.mu.Unlock()
+
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	if sl.inst != nil && !sl.inst.client.Exited() {
+		return sl.inst, nil
 	}
 	inst, err := h.start(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	h.instances[name] = inst
+	h.mu.Lock()
+	closed := h.closed
+	h.mu.Unlock()
+	if closed {
+		inst.client.Kill()
+		return nil, fmt.Errorf("plugin %q: the plugin host is closed", name)
+	}
+	sl.inst = inst
 	return inst, nil
+}
+
+// Prestart starts the plugins serving the given roles concurrently and
+// configures them, so a command that will need several pays for one plugin
+// start instead of several in a row. Errors are left for the first real
+// use to report.
+func (h *Host) Prestart(ctx context.Context, roles ...string) {
+	var wg sync.WaitGroup
+	for _, role := range roles {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			switch role {
+			case sdk.RoleVMM:
+				_, _ = h.VMM(ctx)
+			case sdk.RoleDisks:
+				_, _ = h.Disks(ctx)
+			case sdk.RoleSnapshots:
+				_, _ = h.Snapshots(ctx)
+			case sdk.RoleImages:
+				_, _ = h.Images(ctx)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // Resolve returns the binary path for the named plugin, checking it exists

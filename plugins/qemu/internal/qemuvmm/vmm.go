@@ -307,7 +307,7 @@ func qemuArgs(spec *pluginv1.VMSpec, s settings, accel, kernel, initrd string, l
 			}
 			netdev += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", proto, p.GetHostIp(), p.GetHostPort(), p.GetGuestPort())
 		}
-		args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0")
+		args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile=")
 	}
 	cmdline = append(cmdline, spec.GetKernelArgs()...)
 	cmdline = append(cmdline, s.KernelArgs...)

@@ -1,0 +1,277 @@
+// Command vm measures boxctl on real VMs and prints the numbers, in one run
+// with the same kernel, initramfs and accelerator:
+//
+//	(a) `boxctl run --rm IMAGE -- true` wall time, against a bare QEMU boot
+//	    of the same kernel, initramfs and disks to agent-ready (target: at
+//	    most 1.15x);
+//	(b) exec round trip of `true` in a running box through the Go API and
+//	    through the CLI, against the raw channel round trip (the same exec
+//	    sent straight over the box's agent socket) (target for the API: at
+//	    most 1.5x raw); the bare agent Ping is printed too;
+//	(c) resident memory of the box monitor (target: at most 15 MiB).
+//
+// Run it with `make bench`, or after `make build guest`:
+//
+//	go run ./bench/vm -bin bin -guest build/guest
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/boxctl/boxctl/config"
+	"github.com/boxctl/boxctl/core"
+	"github.com/boxctl/boxctl/guest/agentclient"
+	"github.com/boxctl/boxctl/guest/hostmux"
+	"github.com/boxctl/boxctl/test/images/busybox"
+)
+
+func main() {
+	bin := flag.String("bin", "bin", "directory with boxctl and its plugins")
+	guest := flag.String("guest", "build/guest", "directory with vmlinuz and initramfs")
+	runs := flag.Int("runs", 5, "boots measured for (a)")
+	execs := flag.Int("execs", 50, "round trips measured for (b)")
+	flag.Parse()
+	if err := run(*bin, *guest, *runs, *execs); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(binDir, guestDir string, runs, execs int) error {
+	ctx := context.Background()
+	binDir, _ = filepath.Abs(binDir)
+	guestDir, _ = filepath.Abs(guestDir)
+	boxctl := filepath.Join(binDir, "boxctl")
+	dir, err := os.MkdirTemp("", "bxvm")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	home := filepath.Join(dir, "h")
+	layout := filepath.Join(dir, "img")
+	if _, err := busybox.BuildLayout(layout, busybox.Options{}); err != nil {
+		return err
+	}
+	image := "oci-layout:" + layout
+	env := append(os.Environ(), "BOXCTL_GUEST_DIR="+guestDir, "XDG_CONFIG_HOME="+dir)
+	cli := func(args ...string) (string, error) {
+		cmd := exec.Command(boxctl, append([]string{"--home", home}, args...)...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return string(out), fmt.Errorf("boxctl %v: %v: %s", args, err, out)
+		}
+		return string(out), nil
+	}
+	fmt.Println("== boxctl VM benchmarks (QEMU; accel as the qemu plugin chooses) ==")
+	if _, err := cli("pull", "-q", image); err != nil {
+		return err
+	}
+	// Warm-up run: builds the root disk and the blank disk base once.
+	if _, err := cli("run", "--rm", image, "--", "true"); err != nil {
+		return err
+	}
+	var runTimes []time.Duration
+	for i := 0; i < runs; i++ {
+		start := time.Now()
+		if _, err := cli("run", "--rm", image, "--", "true"); err != nil {
+			return err
+		}
+		runTimes = append(runTimes, time.Since(start))
+	}
+
+	// A long-lived box for (b) and (c), and its QEMU command line for the
+	// bare boot.
+	if _, err := cli("run", "-d", "--name", "bench", image); err != nil {
+		return err
+	}
+	defer cli("rm", "-f", "bench") //nolint:errcheck
+	cfg := config.Default()
+	cfg.Home = home
+	rt, err := core.Open(ctx, core.WithConfig(cfg), core.WithPluginDirs(binDir), core.WithMonitorBinary(boxctl), core.WithLogger(hclog.NewNullLogger(), nil))
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	box, err := rt.GetInfo(ctx, "bench")
+	if err != nil {
+		return err
+	}
+	boxDir := filepath.Join(home, "boxes", box.ID)
+
+	// The bare boots use the box's disks, so the box is stopped meanwhile.
+	if _, err := cli("stop", "bench"); err != nil {
+		return err
+	}
+	bare, err := bareBoots(ctx, boxDir, dir, runs)
+	if err != nil {
+		return err
+	}
+	if _, err := cli("start", "bench"); err != nil {
+		return err
+	}
+	if box, err = rt.GetInfo(ctx, "bench"); err != nil {
+		return err
+	}
+	mr, mb := median(runTimes), median(bare)
+	fmt.Printf("(a) boxctl run --rm IMAGE -- true:   median %s (min %s) over %d runs\n", mr, minOf(runTimes), runs)
+	fmt.Printf("    bare qemu boot to agent ready:   median %s (min %s) over %d boots\n", mb, minOf(bare), runs)
+	fmt.Printf("    ratio run/bare:                  %.2fx (target <= 1.15x)\n", float64(mr)/float64(mb))
+
+	// (b) exec round trips.
+	c, err := agentclient.Dial(ctx, box.Run.AgentSocket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	raw := measure(execs, func() error { _, err := c.Ping(ctx); return err })
+	direct := measure(execs, func() error {
+		_, err := c.Exec(ctx, agentclient.ExecRequest{Argv: []string{"true"}}, nil, nil, nil, nil, nil)
+		return err
+	})
+	api := measure(execs, func() error {
+		res, err := rt.Exec(ctx, "bench", core.ExecOptions{Argv: []string{"true"}})
+		if err == nil && res.ExitCode != 0 {
+			err = fmt.Errorf("true exited %d", res.ExitCode)
+		}
+		return err
+	})
+	cliTimes := measure(min(execs, 20), func() error { _, err := cli("exec", "bench", "--", "true"); return err })
+	fmt.Printf("(b) exec true, raw channel:          median %s (agent client straight on the box's agent socket)\n", median(direct))
+	fmt.Printf("    exec true, Go API (rt.Exec):     median %s (%.2fx raw; target <= 1.5x)\n", median(api), float64(median(api))/float64(median(direct)))
+	fmt.Printf("    exec true, CLI (boxctl exec):    median %s (%.2fx raw; a new process each time)\n", median(cliTimes), float64(median(cliTimes))/float64(median(direct)))
+	fmt.Printf("    agent Ping round trip:           median %s (transport only, no process started)\n", median(raw))
+
+	// (c) memory.
+	fmt.Printf("(c) monitor RSS:                     %s (target <= 15 MiB)\n", rss(box.Run.Monitor.PID))
+	fmt.Printf("    VM process (qemu launcher) RSS:  %s\n", rss(box.Run.VM.PID))
+	if b, err := os.ReadFile(filepath.Join(boxDir, "qemu.pid")); err == nil {
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		fmt.Printf("    QEMU RSS:                        %s\n", rss(pid))
+	}
+	return nil
+}
+
+// bareBoots boots QEMU with exactly the command line boxctl used for the
+// box (its own disks copied aside), and times each boot until the guest
+// agent answers with its root mounted.
+func bareBoots(ctx context.Context, boxDir, tmp string, n int) ([]time.Duration, error) {
+	raw, err := os.ReadFile(filepath.Join(boxDir, "qemu-launch.json"))
+	if err != nil {
+		return nil, err
+	}
+	var lc struct {
+		QEMU string   `json:"qemu"`
+		Args []string `json:"args"`
+	}
+	if err := json.Unmarshal(raw, &lc); err != nil {
+		return nil, err
+	}
+	run := filepath.Join(tmp, "bare")
+	var times []time.Duration
+	for i := 0; i < n; i++ {
+		_ = os.RemoveAll(run)
+		if err := os.MkdirAll(run, 0o700); err != nil {
+			return nil, err
+		}
+		args := rewrite(lc.Args, boxDir, run)
+		serial := filepath.Join(run, "agent-serial.sock")
+		agent := filepath.Join(run, "agent.sock")
+		start := time.Now()
+		cmd := exec.Command(lc.QEMU, args...)
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		mctx, cancel := context.WithCancel(ctx)
+		mux := hostmux.New(hostmux.UnixDialer(serial), agent, hostmux.Options{})
+		go func() { _ = mux.Run(mctx) }()
+		c, err := agentclient.Dial(ctx, agent)
+		if err == nil {
+			wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
+			_, err = c.WaitReady(wctx)
+			wcancel()
+		}
+		times = append(times, time.Since(start))
+		if c != nil {
+			c.Close()
+		}
+		cancel()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if err != nil {
+			return nil, fmt.Errorf("bare boot: %w", err)
+		}
+	}
+	return times, nil
+}
+
+// rewrite points the box's runtime paths (sockets, logs, pid file) at dir,
+// and makes the writable disk a snapshot so the running box's disk is not
+// touched.
+func rewrite(args []string, boxDir, dir string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		a = strings.ReplaceAll(a, boxDir, dir)
+		if strings.HasPrefix(a, "file=") && strings.Contains(a, "format=qcow2") {
+			a += ",snapshot=on"
+		}
+		if a == "boxctl-"+filepath.Base(boxDir) {
+			a = "boxctl-bare"
+		}
+		out[i] = a
+	}
+	return out
+}
+
+func measure(n int, fn func() error) []time.Duration {
+	var out []time.Duration
+	for i := 0; i < n; i++ {
+		t := time.Now()
+		if err := fn(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		out = append(out, time.Since(t))
+	}
+	return out
+}
+
+func median(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2].Round(10 * time.Microsecond)
+}
+
+func minOf(d []time.Duration) time.Duration {
+	m := d[0]
+	for _, x := range d {
+		m = min(m, x)
+	}
+	return m.Round(10 * time.Microsecond)
+}
+
+func rss(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "unknown (process gone)"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			kb, _ := strconv.Atoi(strings.Fields(line)[1])
+			return fmt.Sprintf("%.1f MiB", float64(kb)/1024)
+		}
+	}
+	return "unknown"
+}
