@@ -193,7 +193,6 @@ func statsRow(a, b *core.Stats) string {
 	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%d", b.Box.Name, cpu, mem, memPct, rss, procs, b.CommandsExecuted)
 }
 
-
 func cpuBusy(c agentclient.CPUTimes) time.Duration {
 	return c.User + c.Nice + c.System + c.IRQ + c.SoftIRQ + c.Steal
 }

@@ -87,9 +87,9 @@ func (a *app) ensureImage(ctx context.Context, rt *core.Runtime, ref, platform s
 func (a *app) imagesCommand() *cobra.Command {
 	var quiet bool
 	return &cobra.Command{
-		Use:     "images [-q]",
-		Short:   "List cached images with their size, age and the boxes using them",
-		Args:    cobra.NoArgs,
+		Use:   "images [-q]",
+		Short: "List cached images with their size, age and the boxes using them",
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rt, err := a.runtime(cmd.Context())
 			if err != nil {
