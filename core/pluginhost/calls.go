@@ -90,6 +90,14 @@ func (inst *instance) unaryInterceptor(ctx context.Context, method string, req, 
 	if err == nil {
 		return nil
 	}
+	if c := status.Code(err); callCtx.Err() == nil && (c == codes.Canceled || c == codes.DeadlineExceeded) {
+		// gRPC can report the deadline (as a cancelled stream) a moment
+		// before the context says so; wait for the context to settle.
+		select {
+		case <-callCtx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	return inst.explain(ctx, callCtx, method, timeout, err)
 }
 
