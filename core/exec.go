@@ -46,6 +46,10 @@ type ExecOptions struct {
 	Signals <-chan int
 	// Timeout kills the command after this long; zero means none.
 	Timeout time.Duration
+	// Detach runs the command in the background: Exec returns once it has
+	// started (ExecResult.PID), its output goes to the box's console log,
+	// and it keeps running. It excludes TTY, Stdin and Timeout.
+	Detach bool
 }
 
 // ExecResult is how a command ended.
@@ -133,7 +137,10 @@ func execRequest(b *model.Box, opts ExecOptions) (agentclient.ExecRequest, error
 	env := mergeEnv(img.Env, b.Config.Env, opts.Env)
 	wd := firstNonEmpty(opts.WorkingDir, b.Config.WorkingDir, img.WorkingDir)
 	user := firstNonEmpty(opts.User, b.Config.User, img.User)
-	return agentclient.ExecRequest{Argv: argv, Env: env, WorkingDir: wd, User: user, TTY: opts.TTY, Timeout: opts.Timeout}, nil
+	if opts.Detach && (opts.TTY != nil || opts.Stdin != nil || opts.Timeout != 0) {
+		return agentclient.ExecRequest{}, fmt.Errorf("a detached command cannot have a terminal, stdin or a timeout: %w", ErrInvalidArgument)
+	}
+	return agentclient.ExecRequest{Argv: argv, Env: env, WorkingDir: wd, User: user, TTY: opts.TTY, Timeout: opts.Timeout, Detach: opts.Detach}, nil
 }
 
 // DefaultCommand is what `run` executes: the entrypoint (the box's, else

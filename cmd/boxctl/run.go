@@ -68,7 +68,8 @@ entrypoint and cmd). The exit code of the command is boxctl's exit code
 
 Without -d the box lives as long as this command: it is stopped when the
 command ends, when you press Ctrl-C, or if boxctl itself is killed (and
-removed with --rm). With -d the box keeps running in the background and its
+removed with --rm). With -d the box keeps running in the background, the
+command runs detached in it (its output goes to 'boxctl logs') and the box's
 ID is printed.`,
 		Example: `  boxctl run --rm alpine -- uname -a
   boxctl run -it --rm alpine -- sh
@@ -104,6 +105,17 @@ ID is printed.`,
 				return err
 			}
 			if detach {
+				// The box's command runs in the background; its output
+				// goes to `boxctl logs`.
+				info, err := rt.GetInfo(ctx, box.ID())
+				if err != nil {
+					return err
+				}
+				if len(core.DefaultCommand(info)) > 0 {
+					if _, err := rt.Exec(ctx, box.ID(), core.ExecOptions{Detach: true}); err != nil {
+						return err
+					}
+				}
 				fmt.Fprintln(a.stdout, box.ID())
 				return nil
 			}
@@ -141,6 +153,7 @@ func (a *app) execCommand() *cobra.Command {
 	var env []string
 	var workdir, user string
 	var timeout time.Duration
+	var detach bool
 	c := &cobra.Command{
 		Use:   "exec [flags] BOX -- COMMAND [ARG...]",
 		Short: "Run a command in a box",
@@ -179,7 +192,20 @@ killed by signal N). Ctrl-C is forwarded to the command.`,
 				}
 				envs = append(envs, e)
 			}
-			code, err := a.execInteractive(ctx, rt, b.ID, core.ExecOptions{Argv: args[1:], Env: envs, WorkingDir: workdir, User: user, Timeout: timeout}, io)
+			opts := core.ExecOptions{Argv: args[1:], Env: envs, WorkingDir: workdir, User: user, Timeout: timeout}
+			if detach {
+				if io.tty || io.interactive || timeout != 0 {
+					return errors.New("-d runs the command in the background: it cannot be combined with -i, -t or --timeout")
+				}
+				opts.Detach = true
+				res, err := rt.Exec(ctx, b.ID, opts)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "%d\n", res.PID)
+				return nil
+			}
+			code, err := a.execInteractive(ctx, rt, b.ID, opts, io)
 			if err != nil {
 				return err
 			}
@@ -191,6 +217,7 @@ killed by signal N). Ctrl-C is forwarded to the command.`,
 	c.Flags().StringVarP(&workdir, "workdir", "w", "", "working directory (default: the box's)")
 	c.Flags().StringVarP(&user, "user", "u", "", "user: name, uid, or uid:gid (default: the box's)")
 	c.Flags().DurationVar(&timeout, "timeout", 0, "kill the command after this long (e.g. 30s); 0 means never")
+	c.Flags().BoolVarP(&detach, "detach", "d", false, "run the command in the background (output goes to 'boxctl logs') and print its PID in the box")
 	return c
 }
 

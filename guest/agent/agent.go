@@ -69,6 +69,8 @@ type Config struct {
 	// OutputDrain is how long output is still forwarded after the process exited while some
 	// other process (a background child) keeps its stdout/stderr open; 1s if zero.
 	OutputDrain time.Duration
+	// Console receives the output of detached processes; /dev/console if empty.
+	Console string
 }
 
 // Agent implements agentv1.AgentServer.
@@ -90,6 +92,9 @@ func New(cfg Config) *Agent {
 	}
 	if cfg.OutputDrain == 0 {
 		cfg.OutputDrain = time.Second
+	}
+	if cfg.Console == "" {
+		cfg.Console = "/dev/console"
 	}
 	log := cfg.Logger
 	if log == nil {

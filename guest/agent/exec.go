@@ -37,6 +37,7 @@ type execSpec struct {
 	stdin   bool
 	timeout time.Duration
 	grace   time.Duration
+	detach  bool
 
 	// When set, the program cannot be started: report this like a shell would.
 	failCode int
@@ -64,6 +65,9 @@ func (a *Agent) Exec(stream agentv1.Agent_ExecServer) error {
 	if spec.failCode != 0 {
 		return out.fail(spec.failCode, spec.failMsg)
 	}
+	if spec.detach {
+		return a.runDetached(spec, out)
+	}
 	return a.run(stream, spec, out)
 }
 
@@ -83,6 +87,10 @@ func (a *Agent) prepare(start *agentv1.ExecStart) (*execSpec, error) {
 		stdin:   start.GetStdin(),
 		timeout: start.GetTimeout().AsDuration(),
 		grace:   start.GetKillGrace().AsDuration(),
+		detach:  start.GetDetach(),
+	}
+	if spec.detach && (spec.tty != nil || spec.stdin || spec.timeout != 0) {
+		return nil, status.Error(codes.InvalidArgument, "exec: a detached process cannot have a tty, stdin or a timeout")
 	}
 	if spec.grace <= 0 {
 		spec.grace = defaultKillGrace
@@ -295,24 +303,7 @@ func (a *Agent) run(stream agentv1.Agent_ExecServer, spec *execSpec, out *execSe
 	}
 	defer std.closeAll()
 
-	attr := &syscall.ProcAttr{
-		Dir: spec.dir,
-		Env: spec.env,
-		Sys: &syscall.SysProcAttr{
-			// A session of its own: the process group can be killed as a whole, and a tty
-			// can become its controlling terminal.
-			Setsid: true,
-		},
-	}
-	if os.Getuid() == 0 || spec.user.uid != uint32(os.Getuid()) || spec.user.gid != uint32(os.Getgid()) {
-		// An unprivileged agent (tests on a host) cannot setgroups; it can only run as itself.
-		attr.Sys.Credential = &syscall.Credential{
-			Uid: spec.user.uid, Gid: spec.user.gid, Groups: spec.user.groups,
-		}
-	}
-	if a.cfg.Root != "/" {
-		attr.Sys.Chroot = a.cfg.Root
-	}
+	attr := a.procAttr(spec)
 	if spec.tty != nil {
 		attr.Sys.Setctty = true
 		attr.Sys.Ctty = 0
@@ -416,6 +407,64 @@ func (a *Agent) run(stream agentv1.Agent_ExecServer, spec *execSpec, out *execSe
 		return err
 	}
 	return nil
+}
+
+// procAttr is how every exec'd process starts: in the box root, as the
+// resolved user, in a session of its own.
+func (a *Agent) procAttr(spec *execSpec) *syscall.ProcAttr {
+	attr := &syscall.ProcAttr{
+		Dir: spec.dir,
+		Env: spec.env,
+		Sys: &syscall.SysProcAttr{
+			// A session of its own: the process group can be killed as a whole, and a tty
+			// can become its controlling terminal.
+			Setsid: true,
+		},
+	}
+	if os.Getuid() == 0 || spec.user.uid != uint32(os.Getuid()) || spec.user.gid != uint32(os.Getgid()) {
+		// An unprivileged agent (tests on a host) cannot setgroups; it can only run as itself.
+		attr.Sys.Credential = &syscall.Credential{
+			Uid: spec.user.uid, Gid: spec.user.gid, Groups: spec.user.groups,
+		}
+	}
+	if a.cfg.Root != "/" {
+		attr.Sys.Chroot = a.cfg.Root
+	}
+	return attr
+}
+
+// runDetached starts a background process whose output goes to the guest
+// console, answers with its PID and returns; the reaper collects its exit.
+func (a *Agent) runDetached(spec *execSpec, out *execSender) error {
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		return status.Errorf(codes.Internal, "exec: %v", err)
+	}
+	defer null.Close()
+	console, err := os.OpenFile(a.cfg.Console, os.O_WRONLY|unix.O_NOCTTY, 0)
+	if err != nil {
+		console, err = os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+		if err != nil {
+			return status.Errorf(codes.Internal, "exec: %v", err)
+		}
+	}
+	defer console.Close()
+	attr := a.procAttr(spec)
+	attr.Files = []uintptr{null.Fd(), console.Fd(), console.Fd()}
+	pid, waitCh, err := a.reaper.Start(spec.path, spec.argv, attr)
+	if err != nil {
+		code := exitNotExecutable
+		if errors.Is(err, unix.ENOENT) {
+			code = exitNotFound
+		}
+		return out.fail(code, fmt.Sprintf("%s: %v", spec.argv[0], err))
+	}
+	a.log.Info("detached process started", "pid", pid, "argv", spec.argv)
+	go func() {
+		ws := <-waitCh
+		a.log.Info("detached process exited", "pid", pid, "status", ws.ExitStatus(), "signal", ws.Signal())
+	}()
+	return out.send(&agentv1.ExecResponse{Msg: &agentv1.ExecResponse_Started{Started: &agentv1.ExecStarted{Pid: int32(pid)}}})
 }
 
 // execInput applies the client's later messages until the client stops sending or the

@@ -319,6 +319,10 @@ type ExecRequest struct {
 	// longer; zero means none.
 	Timeout   time.Duration
 	KillGrace time.Duration
+	// Detach runs the process in the background: Exec returns once it has
+	// started (ExitResult.PID set), its output goes to the guest console,
+	// and it keeps running. It excludes TTY, stdin and Timeout.
+	Detach bool
 }
 
 // ExitResult is how a process ended.
@@ -363,7 +367,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdin io.Reader, std
 	}
 	start := &agentv1.ExecStart{
 		Argv: req.Argv, Env: req.Env, WorkingDir: req.WorkingDir, User: req.User,
-		Stdin: stdin != nil,
+		Stdin: stdin != nil, Detach: req.Detach,
 	}
 	if req.TTY != nil {
 		start.Tty = &agentv1.TerminalSize{Rows: uint32(req.TTY.Rows), Cols: uint32(req.TTY.Cols)}
@@ -455,6 +459,9 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdin io.Reader, std
 		case *agentv1.ExecResponse_Exit:
 			exit = m.Exit
 		}
+	}
+	if req.Detach && res.PID != 0 {
+		return res, nil // it runs on in the background
 	}
 	if exit == nil {
 		return res, fmt.Errorf("exec %s: %w: stream ended without an exit status", req.Argv[0], ErrProtocol)

@@ -120,6 +120,29 @@ func TestBox(t *testing.T) {
 		}
 	})
 
+	t.Run("detached exec keeps running and logs to the console", func(t *testing.T) {
+		out := e.ok("exec", "-d", "svc", "--", "sh", "-c", "sleep 1; echo detached-marker; echo done > /tmp/detached")
+		if pid, err := strconv.Atoi(strings.TrimSpace(out)); err != nil || pid <= 1 {
+			t.Fatalf("exec -d printed %q", out)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if _, _, code := e.run(nil, "exec", "svc", "--", "test", "-f", "/tmp/detached"); code == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the detached command never finished")
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if logs := e.ok("logs", "svc"); !strings.Contains(logs, "detached-marker") {
+			t.Fatalf("detached output not in the console log:\n%s", logs)
+		}
+		if _, errs, code := e.run(nil, "exec", "-d", "-i", "svc", "--", "true"); code != 125 || !strings.Contains(errs, "cannot be combined") {
+			t.Fatalf("exec -d -i: %d %s", code, errs)
+		}
+	})
+
 	t.Run("two concurrent execs", func(t *testing.T) {
 		// A waits for a file only B creates: both finish only if they run
 		// at the same time.
@@ -270,4 +293,34 @@ func TestBox(t *testing.T) {
 
 func md5hex(b []byte) string {
 	return fmt.Sprintf("%x", md5sum(b))
+}
+
+func TestHealthCheck(t *testing.T) {
+	e := newEnv(t)
+	e.ok("run", "-d", "--name", "hc", "--health-cmd", "test -f /tmp/healthy",
+		"--health-interval", "300ms", "--health-timeout", "5s", "--health-retries", "2", e.image)
+	health := func() string {
+		return strings.TrimSpace(e.ok("ls", "--format", "{{.Health.Status}} {{.Health.FailingStreak}}"))
+	}
+	waitFor := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			h := health()
+			if strings.HasPrefix(h, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("health never became %q (last %q)", want, h)
+			}
+			time.Sleep(150 * time.Millisecond)
+		}
+	}
+	waitFor("unhealthy")
+	e.ok("exec", "hc", "--", "touch", "/tmp/healthy")
+	waitFor("healthy 0")
+	if out := e.ok("ls"); !strings.Contains(out, "(healthy)") {
+		t.Fatalf("ls does not show the health: %s", out)
+	}
+	e.ok("rm", "-f", "hc")
 }

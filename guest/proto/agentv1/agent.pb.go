@@ -335,7 +335,13 @@ type ExecStart struct {
 	// kill_grace); exit.timed_out is then true. Zero means no timeout.
 	Timeout *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// Grace period between SIGTERM and SIGKILL on timeout; 2s if zero.
-	KillGrace     *durationpb.Duration `protobuf:"bytes,8,opt,name=kill_grace,json=killGrace,proto3" json:"kill_grace,omitempty"`
+	KillGrace *durationpb.Duration `protobuf:"bytes,8,opt,name=kill_grace,json=killGrace,proto3" json:"kill_grace,omitempty"`
+	// Run the process in the background: its stdin is /dev/null, its stdout
+	// and stderr go to the guest console (the box's console log on the host),
+	// the agent answers with `started` and ends the stream, and the process
+	// keeps running when the client goes away. tty, stdin and timeout must not
+	// be set with it.
+	Detach        bool `protobuf:"varint,9,opt,name=detach,proto3" json:"detach,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -424,6 +430,13 @@ func (x *ExecStart) GetKillGrace() *durationpb.Duration {
 		return x.KillGrace
 	}
 	return nil
+}
+
+func (x *ExecStart) GetDetach() bool {
+	if x != nil {
+		return x.Detach
+	}
+	return false
 }
 
 type TerminalSize struct {
@@ -1525,7 +1538,7 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"stdinClose\x127\n" +
 	"\x06resize\x18\x04 \x01(\v2\x1d.boxctl.agent.v1.TerminalSizeH\x00R\x06resize\x12\x18\n" +
 	"\x06signal\x18\x05 \x01(\x05H\x00R\x06signalB\x05\n" +
-	"\x03msg\"\x9c\x02\n" +
+	"\x03msg\"\xb4\x02\n" +
 	"\tExecStart\x12\x12\n" +
 	"\x04argv\x18\x01 \x03(\tR\x04argv\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\tR\x03env\x12\x1f\n" +
@@ -1536,7 +1549,8 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\x05stdin\x18\x06 \x01(\bR\x05stdin\x123\n" +
 	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeout\x128\n" +
 	"\n" +
-	"kill_grace\x18\b \x01(\v2\x19.google.protobuf.DurationR\tkillGrace\"6\n" +
+	"kill_grace\x18\b \x01(\v2\x19.google.protobuf.DurationR\tkillGrace\x12\x16\n" +
+	"\x06detach\x18\t \x01(\bR\x06detach\"6\n" +
 	"\fTerminalSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
 	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xb4\x01\n" +
