@@ -86,7 +86,7 @@ func (a *app) ensureImage(ctx context.Context, rt *core.Runtime, ref, platform s
 
 func (a *app) imagesCommand() *cobra.Command {
 	var quiet bool
-	return &cobra.Command{
+	c := &cobra.Command{
 		Use:   "images [-q]",
 		Short: "List cached images with their size, age and the boxes using them",
 		Args:  cobra.NoArgs,
@@ -102,6 +102,8 @@ func (a *app) imagesCommand() *cobra.Command {
 			return a.printImages(list, quiet)
 		},
 	}
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only image digests (short)")
+	return c
 }
 
 func (a *app) printImages(list []core.ImageInfo, quiet bool) error {

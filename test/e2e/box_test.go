@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -288,7 +289,49 @@ func TestBox(t *testing.T) {
 		t.Logf("stop -t 2 of an unresponsive guest took %s", took)
 	})
 
+	t.Run("images in use cannot be removed without force", func(t *testing.T) {
+		if out := e.ok("images"); !strings.Contains(out, e.image) || !strings.Contains(out, "linux/amd64") {
+			t.Fatalf("images: %s", out)
+		}
+		_, errs, code := e.run(nil, "rmi", e.image)
+		if code != 125 || !strings.Contains(errs, "used by box(es) svc") {
+			t.Fatalf("rmi of an image in use: exit %d %s", code, errs)
+		}
+	})
+
 	e.ok("rm", "svc")
+	e.ok("rmi", e.image)
+	if out := e.ok("images", "-q"); strings.TrimSpace(out) != "" {
+		t.Fatalf("images after rmi: %q", out)
+	}
+}
+
+func TestStartFailureSaysWhatFailedAndCleansUp(t *testing.T) {
+	e := newEnv(t)
+	junk := filepath.Join(t.TempDir(), "not-a-kernel")
+	if err := os.WriteFile(junk, []byte("this is not a kernel\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "config.hcl")
+	hcl := fmt.Sprintf("plugin \"qemu\" {\n  config {\n    kernel = %q\n    initrd = %q\n  }\n}\n", junk, filepath.Join(e.guest, "initramfs"))
+	if err := os.WriteFile(cfg, []byte(hcl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.ok("--config", cfg, "create", "--name", "broken", e.image)
+	_, errs, code := e.run(nil, "--config", cfg, "start", "broken")
+	if code != 125 || !strings.Contains(errs, "console log: ") || !strings.Contains(errs, "exited during boot") {
+		t.Fatalf("start with a broken kernel: exit %d\n%s", code, errs)
+	}
+	out := strings.TrimSpace(e.ok("--config", cfg, "ls", "-a", "--format", "{{.Status}}|{{.Error}}"))
+	if !strings.HasPrefix(out, "stopped|start failed") && !strings.HasPrefix(out, "configured|start failed") {
+		t.Fatalf("box after a failed start: %q", out)
+	}
+	if out, _ := exec.Command("pgrep", "-f", e.home).Output(); len(out) > 0 {
+		t.Fatalf("processes left behind after a failed start: %s", out)
+	}
+	// With a working kernel the same box starts.
+	e.ok("start", "broken")
+	e.ok("rm", "-f", "broken")
 }
 
 func md5hex(b []byte) string {
