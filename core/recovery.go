@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/boxctl/boxctl/core/lockfile"
 	"github.com/boxctl/boxctl/core/model"
@@ -49,9 +50,18 @@ func (r *Runtime) recover(ctx context.Context) error {
 }
 
 // removeOrphans deletes box directories and lock files with no record.
-// Every box has one of each, so when the counts match the store's box
-// count there is nothing to look for and the records are not read.
+//
+// It runs on every command, so the common case must be cheap: every box has
+// a directory, and a directory's link count is 2 plus its subdirectories,
+// so one stat tells whether boxes/ holds exactly as many directories as the
+// store holds boxes. Lock files outlive their box only when a create died
+// between making them and committing (removal deletes the lock file before
+// the record), which also leaves an orphan directory; so lock files are
+// only looked at when directories are.
 func (r *Runtime) removeOrphans(ctx context.Context, count int) error {
+	if n, ok := subdirCount(r.paths.boxesDir()); ok && n == count {
+		return nil
+	}
 	dirNames, err := readNames(r.paths.boxesDir())
 	if err != nil {
 		return err
@@ -214,4 +224,15 @@ func readNames(dir string) ([]string, error) {
 	}
 	defer f.Close()
 	return f.Readdirnames(-1)
+}
+
+// subdirCount returns the number of subdirectories of dir from its link
+// count, when the filesystem keeps one (ok is false otherwise, e.g. on
+// filesystems that report 1 for large or all directories).
+func subdirCount(dir string) (int, bool) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil || st.Nlink < 2 {
+		return 0, false
+	}
+	return int(st.Nlink) - 2, true
 }

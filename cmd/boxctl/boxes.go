@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -262,10 +263,11 @@ box, for example '{{.Name}} {{.Status}}'. Template fields: .ID, .ShortID,
 				return err
 			}
 			if quiet {
+				w := bufio.NewWriter(a.stdout)
 				for _, b := range shown {
-					fmt.Fprintln(a.stdout, b.ShortID())
+					fmt.Fprintln(w, b.ShortID())
 				}
-				return nil
+				return w.Flush()
 			}
 			return printBoxes(a.stdout, shown, format, time.Now())
 		},

@@ -245,10 +245,16 @@ func TestInterruptedRemovalIsFinished(t *testing.T) {
 	e.assertConsistent(rt)
 }
 
-func TestStaleLockFilesAreRemoved(t *testing.T) {
+func TestInterruptedCreateLeavesNothing(t *testing.T) {
 	e := newEnv(t, "")
 	e.ok("ls")
-	stale := filepath.Join(e.home, "locks", "feedfacefeedfacefeedfacefeedface.lock")
+	// A create that died before its transaction committed leaves a
+	// directory and a lock file without a record.
+	id := "feedfacefeedfacefeedfacefeedface"
+	if err := os.MkdirAll(e.boxDir(id), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(e.home, "locks", id+".lock")
 	if err := os.WriteFile(stale, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -256,6 +262,10 @@ func TestStaleLockFilesAreRemoved(t *testing.T) {
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Fatal("lock file of a missing box survived recovery")
 	}
+	if _, err := os.Stat(e.boxDir(id)); !os.IsNotExist(err) {
+		t.Fatal("directory of a missing box survived recovery")
+	}
+	e.assertConsistent(e.runtime())
 }
 
 func TestRecoveryLeavesBusyBoxesAlone(t *testing.T) {
