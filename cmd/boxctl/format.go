@@ -7,9 +7,9 @@ import (
 	"io"
 	"os"
 	"strings"
-	"unicode/utf8"
 	"text/template"
 	"time"
+	"unicode/utf8"
 
 	"github.com/boxctl/boxctl/core/model"
 )

@@ -52,7 +52,7 @@ func TestCopyOutOfAHostileGuestNeverWritesOutsideTheDestination(t *testing.T) {
 	e := newEnv(t, "")
 	b := startDetached(t, e, "hostile")
 	cases := map[string][]*tar.Header{
-		"dot-dot name": {{Name: "../escaped", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4}},
+		"dot-dot name":                  {{Name: "../escaped", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4}},
 		"absolute name through dot-dot": {{Name: "/../../escaped", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4}},
 		"symlink then write through it": {
 			{Name: "link", Typeflag: tar.TypeSymlink, Linkname: "..", Mode: 0o777},
