@@ -156,3 +156,27 @@ func diagnosticsFromProto(in []*pluginv1.Diagnostic) error {
 	}
 	return diags
 }
+
+// DecodeOptional decodes an optional attribute captured as an
+// hcl.Expression field (`hcl:"name,optional"`) into target. It reports
+// whether the attribute was set and its range, so a value the plugin
+// rejects can be reported at its position in the user's file:
+//
+//	var s struct{ Accel hcl.Expression `hcl:"accel,optional"` }
+//	cfg.Decode(&s)
+//	var accel string
+//	if rng, ok, err := sdk.DecodeOptional(s.Accel, &accel); err != nil { ... }
+func DecodeOptional(expr hcl.Expression, target any) (*hcl.Range, bool, error) {
+	if expr == nil {
+		return nil, false, nil
+	}
+	v, diags := expr.Value(nil)
+	if !diags.HasErrors() && v.IsNull() {
+		return nil, false, nil
+	}
+	rng := expr.Range()
+	if diags := gohcl.DecodeExpression(expr, nil, target); diags.HasErrors() {
+		return &rng, true, diags
+	}
+	return &rng, true, nil
+}

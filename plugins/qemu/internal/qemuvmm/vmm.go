@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/hcl/v2"
 
 	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
 	"github.com/boxctl/boxctl/sdk"
@@ -33,20 +34,31 @@ import (
 // Version is the plugin's version.
 const Version = "0.1.0"
 
-// settings is the plugin's HCL config block.
+// settings is the plugin's effective configuration.
 type settings struct {
 	// Accel is "auto" (KVM when usable, else TCG), "kvm" or "tcg".
-	Accel string `hcl:"accel,optional"`
+	Accel string
 	// Machine is the QEMU machine type.
-	Machine string `hcl:"machine,optional"`
+	Machine string
 	// Kernel and Initrd are the guest kernel and initramfs (from
 	// `make guest`); found next to the plugin when unset.
-	Kernel string `hcl:"kernel,optional"`
-	Initrd string `hcl:"initrd,optional"`
+	Kernel string
+	Initrd string
 	// QEMUBinary is qemu-system-x86_64 by default, looked up on $PATH.
-	QEMUBinary string `hcl:"qemu_binary,optional"`
+	QEMUBinary string
 	// KernelArgs are appended to the guest kernel command line.
-	KernelArgs []string `hcl:"kernel_args,optional"`
+	KernelArgs []string
+}
+
+// block is the plugin's HCL config block. Fields are expressions so a value
+// the plugin rejects is reported at its position in the file.
+type block struct {
+	Accel      hcl.Expression `hcl:"accel,optional"`
+	Machine    hcl.Expression `hcl:"machine,optional"`
+	Kernel     hcl.Expression `hcl:"kernel,optional"`
+	Initrd     hcl.Expression `hcl:"initrd,optional"`
+	QEMUBinary hcl.Expression `hcl:"qemu_binary,optional"`
+	KernelArgs hcl.Expression `hcl:"kernel_args,optional"`
 }
 
 // VMM implements sdk.VMM.
@@ -75,26 +87,46 @@ func (v *VMM) Info(context.Context) (*pluginv1.InfoResponse, error) {
 
 // Configure validates the plugin's config block.
 func (v *VMM) Configure(_ context.Context, cfg *sdk.Config) error {
-	s := settings{Accel: "auto", Machine: "q35"}
-	if err := cfg.Decode(&s); err != nil {
+	var b block
+	if err := cfg.Decode(&b); err != nil {
 		return err
 	}
-	switch s.Accel {
-	case "auto", "kvm", "tcg":
-	default:
-		return sdk.ConfigError(cfg.BodyRange(), "Invalid accel", fmt.Sprintf("accel = %q: use \"auto\" (KVM when usable, else TCG), \"kvm\" or \"tcg\".", s.Accel))
+	s := settings{Accel: "auto", Machine: "q35"}
+	rng, set, err := sdk.DecodeOptional(b.Accel, &s.Accel)
+	if err != nil {
+		return err
 	}
-	for name, p := range map[string]string{"kernel": s.Kernel, "initrd": s.Initrd} {
-		if p == "" {
-			continue
+	if set && s.Accel != "auto" && s.Accel != "kvm" && s.Accel != "tcg" {
+		return sdk.ConfigError(rng, "Invalid accel", fmt.Sprintf("accel = %q: use \"auto\" (KVM when usable, else TCG), \"kvm\" or \"tcg\".", s.Accel))
+	}
+	if _, _, err := sdk.DecodeOptional(b.Machine, &s.Machine); err != nil {
+		return err
+	}
+	if _, _, err := sdk.DecodeOptional(b.KernelArgs, &s.KernelArgs); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name string
+		expr hcl.Expression
+		dst  *string
+	}{{"kernel", b.Kernel, &s.Kernel}, {"initrd", b.Initrd, &s.Initrd}} {
+		rng, set, err := sdk.DecodeOptional(f.expr, f.dst)
+		if err != nil {
+			return err
 		}
-		if _, err := os.Stat(p); err != nil {
-			return sdk.ConfigError(cfg.BodyRange(), "Guest "+name+" not found", fmt.Sprintf("%s = %q: %v. Build the guest with `make guest` or correct the path.", name, p, err))
+		if set {
+			if _, err := os.Stat(*f.dst); err != nil {
+				return sdk.ConfigError(rng, "Guest "+f.name+" not found", fmt.Sprintf("%s = %q: %v. Build the guest with `make guest` or correct the path.", f.name, *f.dst, err))
+			}
 		}
 	}
-	if s.QEMUBinary != "" {
+	rng, set, err = sdk.DecodeOptional(b.QEMUBinary, &s.QEMUBinary)
+	if err != nil {
+		return err
+	}
+	if set {
 		if _, err := exec.LookPath(s.QEMUBinary); err != nil {
-			return sdk.ConfigError(cfg.BodyRange(), "QEMU not found", fmt.Sprintf("qemu_binary = %q: %v. Install qemu-system-x86 or correct the path.", s.QEMUBinary, err))
+			return sdk.ConfigError(rng, "QEMU not found", fmt.Sprintf("qemu_binary = %q: %v. Install qemu-system-x86 or correct the path.", s.QEMUBinary, err))
 		}
 	}
 	v.mu.Lock()
@@ -222,13 +254,15 @@ func chooseAccel(want string) (accel, notice string) {
 	return "kvm", ""
 }
 
-func kvmUsable() (bool, string) {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+func kvmUsable() (bool, string) { return kvmUsableAt("/dev/kvm", "/proc/cpuinfo") }
+
+func kvmUsableAt(dev, cpuinfoPath string) (bool, string) {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {
-		return false, "cannot open /dev/kvm: " + err.Error()
+		return false, "cannot open " + dev + ": " + err.Error()
 	}
 	f.Close()
-	cpuinfo, err := os.ReadFile("/proc/cpuinfo")
+	cpuinfo, err := os.ReadFile(cpuinfoPath)
 	if err != nil {
 		return false, "cannot read /proc/cpuinfo"
 	}

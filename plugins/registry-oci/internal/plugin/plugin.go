@@ -16,7 +16,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
 
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/imagestore"
 	"github.com/boxctl/boxctl/sdk"
@@ -103,31 +102,27 @@ func (p *Plugin) Configure(_ context.Context, cfg *sdk.Config) error {
 	opts := []imagestore.Option{imagestore.WithRegistryConfig(p.registryConfig(cfg.Registry))}
 	platform := imagestore.HostPlatform()
 
-	if present(raw.Concurrency) {
-		var n int
-		if diags := gohcl.DecodeExpression(raw.Concurrency, nil, &n); diags.HasErrors() {
-			return diags
-		}
+	var n int
+	if rng, set, err := sdk.DecodeOptional(raw.Concurrency, &n); err != nil {
+		return err
+	} else if set {
 		if n < 1 || n > maxConcurrency {
-			rng := raw.Concurrency.Range()
-			return sdk.ConfigError(&rng, "Invalid concurrency",
+			return sdk.ConfigError(rng, "Invalid concurrency",
 				fmt.Sprintf("concurrency is how many layers download at once; it must be between 1 and %d, not %d.", maxConcurrency, n))
 		}
 		opts = append(opts, imagestore.WithConcurrency(n))
 	}
-	if present(raw.Platform) {
-		var s string
-		if diags := gohcl.DecodeExpression(raw.Platform, nil, &s); diags.HasErrors() {
-			return diags
-		}
-		rng := raw.Platform.Range()
+	var s string
+	if rng, set, err := sdk.DecodeOptional(raw.Platform, &s); err != nil {
+		return err
+	} else if set {
 		pl, err := imagestore.ParsePlatform(s)
 		if err != nil {
-			return sdk.ConfigError(&rng, "Invalid platform",
+			return sdk.ConfigError(rng, "Invalid platform",
 				fmt.Sprintf("platform %q is not os/arch[/variant]; write e.g. \"linux/amd64\" or \"linux/arm64\".", s))
 		}
 		if pl.OS != "linux" {
-			return sdk.ConfigError(&rng, "Invalid platform",
+			return sdk.ConfigError(rng, "Invalid platform",
 				fmt.Sprintf("platform %q: boxes run Linux guests, so the os must be linux (e.g. \"linux/%s\").", s, pl.Architecture))
 		}
 		platform = pl
@@ -146,16 +141,6 @@ func (p *Plugin) Configure(_ context.Context, cfg *sdk.Config) error {
 	p.mu.Unlock()
 	p.log.Debug("configured", "cache", st.Dir(), "platform", platform.String())
 	return nil
-}
-
-// present reports whether an optional attribute was set (gohcl fills an
-// absent one with a null expression).
-func present(e hcl.Expression) bool {
-	if e == nil {
-		return false
-	}
-	v, diags := e.Value(nil)
-	return diags.HasErrors() || !v.IsNull()
 }
 
 // registryConfig maps the core's registry settings. Without settings (an

@@ -1,0 +1,232 @@
+package qemuvmm
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
+	"github.com/boxctl/boxctl/sdk"
+	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk/sdktest"
+)
+
+func serve(t *testing.T, exe string) sdk.VMM {
+	t.Helper()
+	return sdktest.Serve(t, sdk.ServeConfig{VMM: New(hclog.NewNullLogger(), exe)}).VMM
+}
+
+func configure(t *testing.T, vmm sdk.VMM, body string) error {
+	t.Helper()
+	return vmm.Configure(context.Background(), &sdk.Config{Filename: "boxctl.hcl", Body: []byte(body), BodyStart: hcl.Pos{Line: 2, Column: 11, Byte: 30}})
+}
+
+func TestConfigErrorsPointAtTheAttribute(t *testing.T) {
+	vmm := serve(t, "/nonexistent/boxctl-plugin-qemu")
+	cases := []struct{ body, want string }{
+		{"\n  accel = \"fast\"\n", `boxctl.hcl:3,11`},
+		{"\n  kernel = \"/no/such/vmlinuz\"\n", `boxctl.hcl:3,12`},
+		{"\n  qemu_binary = \"no-such-qemu\"\n", `boxctl.hcl:3,17`},
+		{"\n  acel = \"tcg\"\n", `boxctl.hcl:3,3`},
+	}
+	for _, c := range cases {
+		err := configure(t, vmm, c.body)
+		var diags hcl.Diagnostics
+		if !errors.As(err, &diags) || diags[0].Subject == nil || !strings.HasPrefix(diags[0].Subject.String(), c.want) {
+			t.Errorf("config %q: got %v (subject %v), want a diagnostic at %s", c.body, err, subject(diags), c.want)
+		}
+	}
+	if err := configure(t, vmm, "\n  accel = \"tcg\"\n  machine = \"pc\"\n  kernel_args = [\"loglevel=3\"]\n"); err != nil {
+		t.Fatalf("valid config refused: %v", err)
+	}
+}
+
+func subject(d hcl.Diagnostics) string {
+	if len(d) == 0 || d[0].Subject == nil {
+		return "none"
+	}
+	return d[0].Subject.String()
+}
+
+func TestPlanBuildsTheQEMUCommand(t *testing.T) {
+	dir := t.TempDir()
+	guest := filepath.Join(dir, "guest")
+	if err := os.MkdirAll(guest, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"vmlinuz", "initramfs", "root.ext4", "disk.qcow2"} {
+		p := filepath.Join(dir, f)
+		if f == "vmlinuz" || f == "initramfs" {
+			p = filepath.Join(guest, f)
+		}
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The plugin finds the guest in <its dir>/guest.
+	vmm := serve(t, filepath.Join(dir, "boxctl-plugin-qemu"))
+	if err := configure(t, vmm, "\n  accel = \"tcg\"\n  kernel_args = [\"extra=1\"]\n"); err != nil {
+		t.Fatal(err)
+	}
+	run := filepath.Join(dir, "run")
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	spec := &pluginv1.VMSpec{
+		BoxId: "b1", Vcpus: 2, MemoryMib: 256, RunDir: run,
+		Disks: []*pluginv1.DiskSpec{
+			{Path: filepath.Join(dir, "root.ext4"), Format: "raw", Role: pluginv1.DiskRole_DISK_ROLE_IMAGE, ReadOnly: true},
+			{Path: filepath.Join(dir, "disk.qcow2"), Format: "qcow2", Role: pluginv1.DiskRole_DISK_ROLE_WRITABLE},
+		},
+		Network: &pluginv1.NetworkSpec{Mode: pluginv1.NetworkSpec_MODE_USER, Ports: []*pluginv1.PortForward{{HostPort: 8080, GuestPort: 80}}},
+	}
+	plan, err := vmm.Plan(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.GetArgv()[1] != "launch" || plan.GetAgentSocket() != filepath.Join(run, "agent.sock") || plan.GetConsoleLog() != filepath.Join(run, "console.log") {
+		t.Fatalf("plan %v", plan)
+	}
+	raw, err := os.ReadFile(plan.GetArgv()[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := string(raw)
+	for _, want := range []string{
+		`"q35,accel=tcg"`, `"-smp"`, `"2"`, `"256M"`,
+		`root.ext4,format=raw,if=virtio,cache=unsafe,readonly=on`,
+		`disk.qcow2,format=qcow2,if=virtio,cache=writeback,discard=unmap`,
+		`boxctl.root=vda`, `boxctl.data=vdb`, `extra=1`,
+		`hostfwd=tcp::8080-:80`, `name=boxctl.agent`,
+	} {
+		if !strings.Contains(args, want) {
+			t.Errorf("launch config lacks %s:\n%s", want, args)
+		}
+	}
+	// Bad specs are refused with the field named.
+	bad := []*pluginv1.VMSpec{
+		{BoxId: "b", Vcpus: 0, MemoryMib: 256, RunDir: run},
+		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Disks: []*pluginv1.DiskSpec{{Path: "/nope", Format: "raw"}}},
+		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Disks: []*pluginv1.DiskSpec{{Path: filepath.Join(dir, "root.ext4"), Format: "vmdk"}}},
+	}
+	for _, s := range bad {
+		if _, err := vmm.Plan(context.Background(), s); !errors.Is(err, sdk.ErrInvalidArgument) {
+			t.Errorf("plan of %v: %v, want ErrInvalidArgument", s, err)
+		}
+	}
+}
+
+func TestPlanWithoutGuestSaysHowToBuildIt(t *testing.T) {
+	vmm := serve(t, filepath.Join(t.TempDir(), "boxctl-plugin-qemu"))
+	t.Setenv("BOXCTL_GUEST_DIR", "")
+	_, err := vmm.Plan(context.Background(), &pluginv1.VMSpec{BoxId: "b", Vcpus: 1, MemoryMib: 128, RunDir: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "make guest") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestKVMNeedsTheDeviceAndVirtualizationFlags(t *testing.T) {
+	dir := t.TempDir()
+	dev := filepath.Join(dir, "kvm")
+	if err := os.WriteFile(dev, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cpu := func(flags string) string {
+		p := filepath.Join(dir, "cpuinfo-"+strings.ReplaceAll(flags, " ", "_"))
+		_ = os.WriteFile(p, []byte("processor : 0\nflags\t\t: "+flags+"\n"), 0o644)
+		return p
+	}
+	if ok, why := kvmUsableAt(dev, cpu("fpu sse2 hypervisor")); ok || !strings.Contains(why, "vmx nor svm") {
+		t.Errorf("no vmx/svm: ok=%v why=%q", ok, why)
+	}
+	if ok, _ := kvmUsableAt(dev, cpu("fpu vmx")); !ok {
+		t.Error("vmx present but KVM reported unusable")
+	}
+	if ok, _ := kvmUsableAt(dev, cpu("fpu svm")); !ok {
+		t.Error("svm present but KVM reported unusable")
+	}
+	if ok, why := kvmUsableAt(filepath.Join(dir, "missing"), cpu("vmx")); ok || !strings.Contains(why, "cannot open") {
+		t.Errorf("missing device: ok=%v why=%q", ok, why)
+	}
+	if accel, notice := chooseAccel("tcg"); accel != "tcg" || notice != "" {
+		t.Errorf("forced tcg: %s %q", accel, notice)
+	}
+}
+
+// TestControlThroughQMP drives a real QEMU (no guest: -machine none) through
+// the plugin's Pause, Resume, Metrics and Stop.
+func TestControlThroughQMP(t *testing.T) {
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Fatal("qemu-system-x86_64 not found: install qemu-system-x86 (scripts/install-deps.sh)")
+	}
+	dir, err := os.MkdirTemp("", "bxq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "qmp.sock")
+	cmd := exec.Command(qemu, "-machine", "none", "-nodefaults", "-nographic", "-qmp", "unix:"+sock+",server=on,wait=off")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	vmm := serve(t, "/x/boxctl-plugin-qemu")
+	ctx := context.Background()
+	h := []byte(`{"qmp":"` + sock + `","run_dir":"` + dir + `","qemu_pid_file":"` + filepath.Join(dir, "none") + `"}`)
+	req := &pluginv1.ControlRequest{Handle: h, Pid: int64(cmd.Process.Pid)}
+	status := func() string {
+		raw, err := qmp.Run(ctx, sock, "query-status", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(raw)
+	}
+	if err := vmm.Pause(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if s := status(); !strings.Contains(s, `"paused"`) {
+		t.Fatalf("after Pause: %s", s)
+	}
+	if err := vmm.Resume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if s := status(); !strings.Contains(s, `"running"`) {
+		t.Fatalf("after Resume: %s", s)
+	}
+	m, err := vmm.Metrics(ctx, req)
+	if err != nil || m.GetRssBytes() == 0 {
+		t.Fatalf("metrics: %v %v", m, err)
+	}
+	if _, err := vmm.Metrics(ctx, &pluginv1.ControlRequest{Handle: []byte("junk")}); !errors.Is(err, sdk.ErrInvalidArgument) {
+		t.Fatalf("bad handle: %v", err)
+	}
+	if err := vmm.Stop(ctx, &pluginv1.StopRequest{Handle: h, Pid: int64(cmd.Process.Pid), Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("QEMU still runs after a forced Stop")
+	}
+	// Stop of a VM that is gone succeeds (idempotent).
+	if err := vmm.Stop(ctx, &pluginv1.StopRequest{Handle: h, Pid: int64(cmd.Process.Pid), Force: true}); err != nil {
+		t.Fatalf("second stop: %v", err)
+	}
+}
