@@ -150,22 +150,29 @@ func (m *monitor) drainHandlers(limit time.Duration) {
 	}
 }
 
-func (m *monitor) ready(r Ready) {
+// ready writes r to the ready pipe and closes it; it reports whether the
+// starter got the line.
+func (m *monitor) ready(r Ready) bool {
 	if m.o.Ready == nil {
-		return
+		return false
 	}
-	_ = json.NewEncoder(m.o.Ready).Encode(r)
+	err := json.NewEncoder(m.o.Ready).Encode(r)
 	_ = m.o.Ready.Close()
 	m.o.Ready = nil
+	return err == nil
 }
 
-// fail reports a start failure on the ready pipe and in the record.
+// fail reports a start failure. The starter waiting on the ready pipe
+// records it in the box; only when nobody is waiting (the starter died)
+// does the monitor record it itself.
 func (m *monitor) fail(ctx context.Context, err error) error {
 	m.log.Error("monitor failed", "error", err)
-	m.ready(Ready{Error: err.Error()})
+	if m.ready(Ready{Error: err.Error()}) {
+		return err
+	}
 	_ = m.update(ctx, func(b *model.Box) {
 		b.Status = model.StatusStopped
-		b.Error = err.Error()
+		b.Error = "start failed: " + err.Error()
 	})
 	return err
 }
