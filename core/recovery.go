@@ -185,6 +185,9 @@ func (r *Runtime) recoverRun(ctx context.Context, b *model.Box) bool {
 		reason = "host rebooted"
 	case b.Run.VM.Alive():
 		return true
+	case b.Run.Monitor.Alive():
+		// The VM has just ended and its monitor is recording how.
+		return true
 	case b.Status == model.StatusStarting && b.Run.Monitor.IsZero():
 		// The monitor records its identity only once the VM is ready; ask
 		// it directly.
