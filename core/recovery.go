@@ -133,6 +133,11 @@ func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
 		}
 	}()
 	b, err = r.reload(ctx, b.ID)
+	if errors.Is(err, model.ErrNotFound) {
+		// Removed meanwhile; the lock file may be one TryAcquire just made.
+		removed = true
+		return
+	}
 	if err != nil {
 		return
 	}

@@ -292,6 +292,12 @@ func (r *Runtime) lockBox(ctx context.Context, id string) (*lockfile.Lock, error
 	if err != nil {
 		return nil, fmt.Errorf("box %s is busy with another operation (start, stop or remove in another boxctl): %w", shortID(id), err)
 	}
+	// The box may have been removed while we waited; then the lock file
+	// (perhaps one we just made) must not outlive it.
+	if _, err := r.reload(ctx, id); errors.Is(err, ErrNotFound) {
+		_ = l.Remove()
+		return nil, fmt.Errorf("box %s was removed: %w", shortID(id), ErrNotFound)
+	}
 	return l, nil
 }
 

@@ -23,8 +23,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/boxctl/boxctl/core/lockfile"
 	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/txdb"
 )
 
 // SchemaVersion is the schema this code reads and writes.
@@ -57,30 +57,29 @@ var migrations = []migration{}
 
 // Store is the state database of one home directory.
 type Store struct {
-	path     string
-	lockPath string
-	timeout  time.Duration
+	db txdb.DB
 }
 
 // Option configures Open.
 type Option func(*Store)
 
 // WithTimeout sets how long a transaction waits for the store lock.
-func WithTimeout(d time.Duration) Option { return func(s *Store) { s.timeout = d } }
+func WithTimeout(d time.Duration) Option { return func(s *Store) { s.db.Timeout = d } }
 
 // Open prepares the store in dir (creating it), creates missing buckets and
 // migrates an older schema. It does not keep the database open.
 func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
-	s := &Store{
-		path:     filepath.Join(dir, "state.db"),
-		lockPath: filepath.Join(dir, "state.lock"),
-		timeout:  DefaultTimeout,
-	}
+	s := &Store{db: txdb.DB{
+		Path:     filepath.Join(dir, "state.db"),
+		LockPath: filepath.Join(dir, "state.lock"),
+		Timeout:  DefaultTimeout,
+		What:     "state store",
+	}}
 	for _, o := range opts {
 		o(s)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("open state store %s: %w", s.path, err)
+		return nil, fmt.Errorf("open state store %s: %w", s.db.Path, err)
 	}
 	// Fast path: a current database only needs a read to confirm.
 	var version uint64
@@ -91,19 +90,17 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
 	if err == nil && version == SchemaVersion {
 		return s, nil
 	}
-	if err != nil && !errors.Is(err, errNoDatabase) {
+	if err != nil && !errors.Is(err, txdb.ErrNoDatabase) {
 		return nil, err
 	}
-	if err := s.update(ctx, s.initSchema); err != nil {
+	if err := s.db.Update(ctx, s.initSchema); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
 // Path is the database file.
-func (s *Store) Path() string { return s.path }
-
-var errNoDatabase = errors.New("no database yet")
+func (s *Store) Path() string { return s.db.Path }
 
 func (s *Store) initSchema(btx *bolt.Tx) error {
 	meta, err := btx.CreateBucketIfNotExists(bucketMeta)
@@ -115,7 +112,7 @@ func (s *Store) initSchema(btx *bolt.Tx) error {
 		version = binary.BigEndian.Uint64(v)
 	}
 	if version > SchemaVersion {
-		return fmt.Errorf("%s has schema version %d, this boxctl understands up to %d: %w; upgrade boxctl", s.path, version, SchemaVersion, ErrSchemaTooNew)
+		return fmt.Errorf("%s has schema version %d, this boxctl understands up to %d: %w; upgrade boxctl", s.db.Path, version, SchemaVersion, ErrSchemaTooNew)
 	}
 	for _, b := range [][]byte{bucketBoxes, bucketNames, bucketAttention, bucketBases, bucketSnapshots, bucketCounters} {
 		if _, err := btx.CreateBucketIfNotExists(b); err != nil {
@@ -127,7 +124,7 @@ func (s *Store) initSchema(btx *bolt.Tx) error {
 	}
 	for version < SchemaVersion {
 		if err := migrations[version-1](btx); err != nil {
-			return fmt.Errorf("migrate %s from schema %d to %d: %w", s.path, version, version+1, err)
+			return fmt.Errorf("migrate %s from schema %d to %d: %w", s.db.Path, version, version+1, err)
 		}
 		version++
 	}
@@ -136,13 +133,13 @@ func (s *Store) initSchema(btx *bolt.Tx) error {
 
 // View runs fn in a read-only transaction.
 func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
-	return s.run(ctx, false, func(btx *bolt.Tx) error {
+	return s.db.View(ctx, func(btx *bolt.Tx) error {
 		if btx.Bucket(bucketMeta) == nil {
-			return errNoDatabase
+			return txdb.ErrNoDatabase
 		}
 		tx := &Tx{btx: btx}
 		if v := tx.schemaVersion(); v != SchemaVersion {
-			return fmt.Errorf("%s has schema version %d, this boxctl understands %d: %w", s.path, v, SchemaVersion, ErrSchemaTooNew)
+			return fmt.Errorf("%s has schema version %d, this boxctl understands %d: %w", s.db.Path, v, SchemaVersion, ErrSchemaTooNew)
 		}
 		return fn(tx)
 	})
@@ -150,36 +147,7 @@ func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
 
 // Update runs fn in a read-write transaction; it commits when fn returns nil.
 func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
-	return s.update(ctx, func(btx *bolt.Tx) error { return fn(&Tx{btx: btx}) })
-}
-
-func (s *Store) update(ctx context.Context, fn func(*bolt.Tx) error) error {
-	return s.run(ctx, true, fn)
-}
-
-func (s *Store) run(ctx context.Context, write bool, fn func(*bolt.Tx) error) error {
-	lctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	lock, err := lockfile.Acquire(lctx, s.lockPath, !write)
-	if err != nil {
-		return fmt.Errorf("state store %s is busy (another boxctl holds it): %w", s.path, err)
-	}
-	defer lock.Release()
-
-	if !write {
-		if _, err := os.Stat(s.path); errors.Is(err, os.ErrNotExist) {
-			return errNoDatabase
-		}
-	}
-	db, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: s.timeout, ReadOnly: !write})
-	if err != nil {
-		return fmt.Errorf("open state store %s: %w", s.path, err)
-	}
-	defer db.Close()
-	if write {
-		return db.Update(fn)
-	}
-	return db.View(fn)
+	return s.db.Update(ctx, func(btx *bolt.Tx) error { return fn(&Tx{btx: btx}) })
 }
 
 // Tx is one transaction on the store.

@@ -131,7 +131,7 @@ func TestConcurrentCreateRemoveListLoops(t *testing.T) {
 		defer wg.Done()
 		rng := rand.New(rand.NewSource(int64(w)))
 		for time.Now().Before(deadline) {
-			name := fmt.Sprintf("b%d", rng.Intn(12))
+			name := fmt.Sprintf("box-%d", rng.Intn(12)) // not hex: never an ID prefix
 			var args []string
 			switch kind {
 			case "create":

@@ -23,7 +23,7 @@ import (
 // while no plugin process works on stateDir.
 func Check(ctx context.Context, stateDir string) ([]string, error) {
 	cfg := &settings{dir: stateDir}
-	db := &metaDB{path: filepath.Join(stateDir, "meta.db"), lockPath: filepath.Join(stateDir, "meta.lock"), timeout: 30 * time.Second}
+	db := newMetaDB(stateDir, 30*time.Second)
 	var (
 		disks   []*diskRecord
 		bases   []*baseRecord

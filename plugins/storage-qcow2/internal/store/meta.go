@@ -6,12 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
+	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/boxctl/boxctl/core/lockfile"
+	"github.com/boxctl/boxctl/core/txdb"
 )
 
 // schemaVersion is the metadata schema this code reads and writes.
@@ -76,12 +76,20 @@ type baseRecord struct {
 }
 
 // metaDB is the metadata database. It is opened only for the length of one
-// transaction, under meta.lock, so any number of plugin processes share it
-// and none holds it across a long operation.
+// transaction under a lock file (core/txdb), as the core's state store is:
+// several plugin processes (one per boxctl process) share it, and none
+// holds it across a long operation.
 type metaDB struct {
-	path     string
-	lockPath string
-	timeout  time.Duration
+	db txdb.DB
+}
+
+func newMetaDB(dir string, timeout time.Duration) *metaDB {
+	return &metaDB{db: txdb.DB{
+		Path:     filepath.Join(dir, "meta.db"),
+		LockPath: filepath.Join(dir, "meta.lock"),
+		Timeout:  timeout,
+		What:     "storage metadata",
+	}}
 }
 
 func (m *metaDB) view(ctx context.Context, fn func(*tx) error) error {
@@ -93,58 +101,33 @@ func (m *metaDB) update(ctx context.Context, fn func(*tx) error) error {
 }
 
 func (m *metaDB) run(ctx context.Context, write bool, fn func(*tx) error) error {
-	lctx, cancel := context.WithTimeout(ctx, m.timeout)
-	defer cancel()
-	lock, err := lockfile.Acquire(lctx, m.lockPath, !write)
-	if err != nil {
-		return fmt.Errorf("storage metadata %s is busy: %w", m.path, err)
-	}
-	defer lock.Release()
-	if !write {
-		if _, err := os.Stat(m.path); errors.Is(err, os.ErrNotExist) {
-			return errNoDatabase
-		}
-	}
-	db, err := bolt.Open(m.path, 0o600, &bolt.Options{Timeout: m.timeout, ReadOnly: !write})
-	if err != nil {
-		return fmt.Errorf("open storage metadata %s: %w", m.path, err)
-	}
-	defer db.Close()
 	body := func(btx *bolt.Tx) error {
 		t := &tx{b: btx}
-		if err := t.checkSchema(m.path); err != nil {
+		if err := t.checkSchema(m.db.Path); err != nil {
 			return err
 		}
 		return fn(t)
 	}
 	if write {
-		return db.Update(body)
+		return m.db.Update(ctx, body)
 	}
-	return db.View(body)
+	err := m.db.View(ctx, body)
+	if errors.Is(err, txdb.ErrNoDatabase) {
+		return errNoDatabase
+	}
+	return err
 }
 
 // init creates the buckets and the schema version of a new database.
 func (m *metaDB) init(ctx context.Context) error {
-	lctx, cancel := context.WithTimeout(ctx, m.timeout)
-	defer cancel()
-	lock, err := lockfile.Acquire(lctx, m.lockPath, false)
-	if err != nil {
-		return fmt.Errorf("storage metadata %s is busy: %w", m.path, err)
-	}
-	defer lock.Release()
-	db, err := bolt.Open(m.path, 0o600, &bolt.Options{Timeout: m.timeout})
-	if err != nil {
-		return fmt.Errorf("open storage metadata %s: %w", m.path, err)
-	}
-	defer db.Close()
-	return db.Update(func(btx *bolt.Tx) error {
+	return m.db.Update(ctx, func(btx *bolt.Tx) error {
 		meta, err := btx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err
 		}
 		if v := meta.Get(keySchema); v != nil {
 			if got := binary.BigEndian.Uint64(v); got != schemaVersion {
-				return fmt.Errorf("storage metadata %s has schema version %d, this plugin understands %d; use a matching plugin version", m.path, got, schemaVersion)
+				return fmt.Errorf("storage metadata %s has schema version %d, this plugin understands %d; use a matching plugin version", m.db.Path, got, schemaVersion)
 			}
 		}
 		for _, b := range [][]byte{bucketDisks, bucketBases, bucketJournal} {

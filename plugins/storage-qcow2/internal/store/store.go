@@ -180,7 +180,7 @@ func (s *Store) Configure(ctx context.Context, cfg *sdk.Config) error {
 			return fmt.Errorf("qcow2 storage: create %s: %w", filepath.Join(dir, d), err)
 		}
 	}
-	set.db = &metaDB{path: filepath.Join(dir, "meta.db"), lockPath: filepath.Join(dir, "meta.lock"), timeout: s.dbTimeout}
+	set.db = newMetaDB(dir, s.dbTimeout)
 	if err := set.db.init(ctx); err != nil {
 		return err
 	}
