@@ -2,7 +2,7 @@
 # Installs what boxctl's build and tests need on a Debian bookworm machine:
 # QEMU (system emulator and qemu-img/qemu-io), e2fsprogs (mkfs.ext4,
 # debugfs), busybox-static (the tiny test image), cpio and zstd (guest
-# initramfs), util-linux (flock). Idempotent: does nothing when everything
+# initramfs), util-linux (flock), procps (pgrep/pkill in tests). Idempotent: does nothing when everything
 # is present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -18,6 +18,8 @@ check debugfs e2fsprogs
 check cpio cpio
 check zstd zstd
 check flock util-linux
+check pkill procps
+check tar tar
 check dpkg-deb dpkg
 [ -x /bin/busybox ] || need+=(busybox-static)
 
