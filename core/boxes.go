@@ -255,28 +255,13 @@ type RemoveOptions struct {
 // without Force is ErrInvalidState; so is a box other boxes were cloned
 // from.
 func (r *Runtime) Remove(ctx context.Context, ref string, opts RemoveOptions) error {
-	info, err := r.GetInfo(ctx, ref)
+	b, lock, err := r.lockAndLoad(ctx, ref)
 	if err != nil {
 		return err
 	}
-	lock, err := r.lockBox(ctx, info.ID)
-	if err != nil {
-		return err
-	}
-	removed := false
-	defer func() {
-		if removed {
-			_ = lock.Remove()
-		} else {
-			_ = lock.Release()
-		}
-	}()
-	var b *model.Box
+	defer lock.Release() // removeLocked deletes the lock file with the box
 	var clones []string
 	err = r.store.View(ctx, func(tx *state.Tx) error {
-		if b, err = tx.Box(info.ID); err != nil {
-			return err
-		}
 		all, err := tx.Boxes()
 		for _, o := range all {
 			if o.ClonedFrom == b.ID {
@@ -299,11 +284,7 @@ func (r *Runtime) Remove(ctx context.Context, ref string, opts RemoveOptions) er
 	if len(clones) > 0 && !opts.Force {
 		return fmt.Errorf("box %s (%s) has clones that were made from its disk (%s): remove them first or remove it with force: %w", b.Name, shortID(b.ID), strings.Join(clones, ", "), ErrInvalidState)
 	}
-	if err := r.removeLocked(ctx, b.ID); err != nil {
-		return err
-	}
-	removed = true
-	return nil
+	return r.removeLocked(ctx, b.ID)
 }
 
 // removeLocked deletes a stopped box; the caller holds its lock. It marks
@@ -366,19 +347,11 @@ func (r *Runtime) Clone(ctx context.Context, srcRef string, opts BoxOptions) (*B
 	if err := r.checkOpen(); err != nil {
 		return nil, err
 	}
-	info, err := r.GetInfo(ctx, srcRef)
-	if err != nil {
-		return nil, err
-	}
-	lock, err := r.lockBox(ctx, info.ID)
+	src, lock, err := r.lockAndLoad(ctx, srcRef)
 	if err != nil {
 		return nil, err
 	}
 	defer lock.Release()
-	src, err := r.reload(ctx, info.ID)
-	if err != nil {
-		return nil, err
-	}
 	if src.Status.Active() {
 		return nil, fmt.Errorf("clone %s: the box is %s; stop it first: %w", src.Name, src.Status, ErrInvalidState)
 	}

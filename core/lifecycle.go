@@ -53,20 +53,11 @@ func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) er
 	for _, o := range opts {
 		o(&so)
 	}
-	info, err := r.GetInfo(ctx, ref)
-	if err != nil {
-		return err
-	}
-	lock, err := r.lockBox(ctx, info.ID)
+	b, lock, err := r.lockAndLoad(ctx, ref)
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-
-	b, err := r.reload(ctx, info.ID)
-	if err != nil {
-		return err
-	}
 	if b.Status.Active() {
 		if r.runAlive(ctx, b) {
 			return nil
@@ -74,7 +65,7 @@ func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) er
 		if err := r.markGone(ctx, b, "vm process vanished"); err != nil {
 			return err
 		}
-		if b, err = r.reload(ctx, info.ID); err != nil {
+		if b, err = r.reload(ctx, b.ID); err != nil {
 			return err
 		}
 	}
@@ -370,14 +361,7 @@ func (r *Runtime) stop(ctx context.Context, id string, timeout time.Duration) er
 	if err != nil {
 		return err
 	}
-	removed := false
-	defer func() {
-		if removed {
-			_ = lock.Remove()
-		} else {
-			_ = lock.Release()
-		}
-	}()
+	defer lock.Release() // removeLocked deletes the lock file with the box
 	if err := r.stopLocked(ctx, id, timeout); err != nil {
 		return err
 	}
@@ -389,7 +373,6 @@ func (r *Runtime) stop(ctx context.Context, id string, timeout time.Duration) er
 		if err := r.removeLocked(ctx, id); err != nil {
 			return fmt.Errorf("auto-remove %s: %w", b.Name, err)
 		}
-		removed = true
 	}
 	return nil
 }
@@ -469,21 +452,16 @@ func waitGone(ctx context.Context, id proc.Ident, d time.Duration) error {
 // AutoRemove removes the box if it is an auto-remove box that is no longer
 // active. The box monitor calls it after the VM exits on its own.
 func (r *Runtime) AutoRemove(ctx context.Context, id string) error {
-	lock, err := r.lockBox(ctx, id)
+	b, lock, err := r.lockAndLoad(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	b, err := r.reload(ctx, id)
-	if err != nil || !b.Config.AutoRemove || b.Status.Active() {
-		_ = lock.Release()
-		if errors.Is(err, ErrNotFound) {
-			return nil
-		}
-		return err
+	defer lock.Release()
+	if !b.Config.AutoRemove || b.Status.Active() {
+		return nil
 	}
-	if err := r.removeLocked(ctx, id); err != nil {
-		_ = lock.Release()
-		return err
-	}
-	return lock.Remove()
+	return r.removeLocked(ctx, id)
 }

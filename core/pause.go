@@ -21,19 +21,11 @@ func (r *Runtime) Resume(ctx context.Context, ref string) error {
 }
 
 func (r *Runtime) setPaused(ctx context.Context, ref string, pause bool) error {
-	info, err := r.GetInfo(ctx, ref)
-	if err != nil {
-		return err
-	}
-	lock, err := r.lockBox(ctx, info.ID)
+	b, lock, err := r.lockAndLoad(ctx, ref)
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-	b, err := r.reload(ctx, info.ID)
-	if err != nil {
-		return err
-	}
 	from, to := model.StatusRunning, model.StatusPaused
 	if !pause {
 		from, to = to, from

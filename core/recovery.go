@@ -124,20 +124,13 @@ func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
 	if err != nil || !ok {
 		return // busy: another process is changing this box
 	}
-	removed := false
-	defer func() {
-		if removed {
-			_ = lock.Remove()
-		} else {
-			_ = lock.Release()
-		}
-	}()
 	b, err = r.reload(ctx, b.ID)
 	if errors.Is(err, model.ErrNotFound) {
 		// Removed meanwhile; the lock file may be one TryAcquire just made.
-		removed = true
+		_ = lock.Remove()
 		return
 	}
+	defer lock.Release() // removeLocked deletes the lock file with the box
 	if err != nil {
 		return
 	}
@@ -147,21 +140,21 @@ func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
 	switch {
 	case b.Pending == "removing":
 		log.Info("recovery: finishing an interrupted removal")
-		removed = r.recoverRemove(ctx, b)
+		r.recoverRemove(ctx, b)
 		return
 	case b.Pending == "cloning":
 		// The disk copy may or may not have happened: remove whatever the
 		// storage plugin has under the clone's disk ID with the record.
 		log.Info("recovery: rolling back an interrupted clone")
 		b.DiskCreated = true
-		removed = r.recoverRemove(ctx, b)
+		r.recoverRemove(ctx, b)
 		return
 	case b.Status.Active() && dirGone:
 		log.Info("recovery: removing an active box whose directory vanished")
 		if b.Run != nil && b.Run.VM.Alive() {
 			_ = r.stopViaVMM(ctx, b, 0)
 		}
-		removed = r.recoverRemove(ctx, b)
+		r.recoverRemove(ctx, b)
 		return
 	case b.Status.Active():
 		if r.recoverRun(ctx, b) {
@@ -174,7 +167,7 @@ func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
 	}
 	if b.Config.AutoRemove && b.Status == model.StatusStopped {
 		log.Info("recovery: removing a stopped auto-remove box")
-		removed = r.recoverRemove(ctx, b)
+		r.recoverRemove(ctx, b)
 	}
 }
 
@@ -210,18 +203,16 @@ func (r *Runtime) recoverRun(ctx context.Context, b *model.Box) bool {
 	return false
 }
 
-func (r *Runtime) recoverRemove(ctx context.Context, b *model.Box) bool {
+func (r *Runtime) recoverRemove(ctx context.Context, b *model.Box) {
 	if b.DiskCreated {
 		if err := r.releaseStorage(ctx, b); err != nil {
 			r.log.Warn("recovery: remove disk", "box", b.ID, "error", err)
-			return false
+			return
 		}
 	}
 	if err := r.removeLocked(ctx, b.ID); err != nil {
 		r.log.Warn("recovery: remove box", "box", b.ID, "error", err)
-		return false
 	}
-	return true
 }
 
 // readNames lists a directory's entry names without stat-ing them.

@@ -272,6 +272,25 @@ func (r *Runtime) count(ctx context.Context, names ...string) {
 	}
 }
 
+// lockAndLoad resolves ref, takes the box's lifecycle lock and reads its
+// current record (which may have changed while waiting for the lock).
+func (r *Runtime) lockAndLoad(ctx context.Context, ref string) (*model.Box, *lockfile.Lock, error) {
+	info, err := r.GetInfo(ctx, ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	lock, err := r.lockBox(ctx, info.ID)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := r.reload(ctx, info.ID)
+	if err != nil {
+		_ = lock.Release()
+		return nil, nil, err
+	}
+	return b, lock, nil
+}
+
 // lockBox takes the per-box lifecycle lock. The lock file is made with
 // the box and deleted with it, so a box removed meanwhile is ErrNotFound.
 func (r *Runtime) lockBox(ctx context.Context, id string) (*lockfile.Lock, error) {

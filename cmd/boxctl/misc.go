@@ -130,18 +130,7 @@ func validatePlugins(ctx context.Context, cfg *config.Config) error {
 			roles[name] = served
 		}
 		for _, role := range roles[name] {
-			var err error
-			switch role {
-			case sdk.RoleVMM:
-				_, err = host.VMM(ctx)
-			case sdk.RoleDisks:
-				_, err = host.Disks(ctx)
-			case sdk.RoleSnapshots:
-				_, err = host.Snapshots(ctx)
-			case sdk.RoleImages:
-				_, err = host.Images(ctx)
-			}
-			if err != nil {
+			if _, err := host.Plugin(ctx, name, role); err != nil {
 				errs = append(errs, err)
 				break
 			}

@@ -284,6 +284,29 @@ func (h *Host) instance(ctx context.Context, name string) (*instance, error) {
 	return inst, nil
 }
 
+// Plugin starts the named plugin and configures its role (sdk.RoleVMM,
+// ...), whatever the config selects for that role. `config validate` uses
+// it to check every plugin block.
+func (h *Host) Plugin(ctx context.Context, name, role string) (sdk.Plugin, error) {
+	return dispense[sdk.Plugin](ctx, h, name, role)
+}
+
+// Role returns the configured plugin for a role (sdk.RoleVMM, ...),
+// started and configured.
+func (h *Host) Role(ctx context.Context, role string) (sdk.Plugin, error) {
+	switch role {
+	case sdk.RoleVMM:
+		return h.VMM(ctx)
+	case sdk.RoleDisks:
+		return h.Disks(ctx)
+	case sdk.RoleSnapshots:
+		return h.Snapshots(ctx)
+	case sdk.RoleImages:
+		return h.Images(ctx)
+	}
+	return nil, fmt.Errorf("unknown plugin role %q", role)
+}
+
 // Prestart starts the plugins serving the given roles concurrently and
 // configures them, so a command that will need several pays for one plugin
 // start instead of several in a row. Errors are left for the first real
@@ -294,16 +317,7 @@ func (h *Host) Prestart(ctx context.Context, roles ...string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			switch role {
-			case sdk.RoleVMM:
-				_, _ = h.VMM(ctx)
-			case sdk.RoleDisks:
-				_, _ = h.Disks(ctx)
-			case sdk.RoleSnapshots:
-				_, _ = h.Snapshots(ctx)
-			case sdk.RoleImages:
-				_, _ = h.Images(ctx)
-			}
+			_, _ = h.Role(ctx, role)
 		}()
 	}
 	wg.Wait()

@@ -167,6 +167,8 @@ func TestCLIConfigShowAndValidate(t *testing.T) {
 		{"type.hcl", "defaults {\n  cpus = \"many\"\n}\n", "type.hcl:2:"},
 		{"missing.hcl", fmt.Sprintf("vmm = \"procvmm\"\nplugin \"procvmm\" {\n  path = %q\n}\n", filepath.Join(dir, "nope", "boxctl-plugin-procvmm")), "missing.hcl:3:10: error: Plugin binary not usable"},
 		{"pluginconf.hcl", "vmm = \"procvmm\"\nplugin \"procvmm\" {\n  config {\n    hang_onn = \"x\"\n  }\n}\n", `pluginconf.hcl:4:5: error: Unsupported argument`},
+		// A plugin block is checked even when no role selects the plugin.
+		{"unselected.hcl", "vmm = \"badproto\"\nplugin \"procvmm\" {\n  config {\n    hang_onn = \"x\"\n  }\n}\n", `unselected.hcl:4:5: error: Unsupported argument`},
 	}
 	for _, b := range bad {
 		path := testbin.WriteFile(t, dir, b.name, b.src)
