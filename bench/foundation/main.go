@@ -23,6 +23,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/boxctl/boxctl/bench/internal/stat"
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core"
 	"github.com/boxctl/boxctl/core/model"
@@ -92,7 +93,7 @@ func run(bin, testPlugins string, nBoxes, nCreates, nRPCs int) error {
 		}
 		lsTimes = append(lsTimes, time.Since(start))
 	}
-	fmt.Printf("boxctl ls -a, %d boxes:        median %s, min %s (target <= 100ms)\n", nBoxes, median(lsTimes), minOf(lsTimes))
+	fmt.Printf("boxctl ls -a, %d boxes:        median %s, min %s (target <= 100ms)\n", nBoxes, stat.Median(lsTimes).Round(100*time.Microsecond), stat.Min(lsTimes).Round(100*time.Microsecond))
 
 	// 2. create throughput.
 	home2, err := os.MkdirTemp("", "bxbench")
@@ -225,18 +226,4 @@ func countLines(b []byte) int {
 		}
 	}
 	return n
-}
-
-func median(d []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2].Round(100 * time.Microsecond)
-}
-
-func minOf(d []time.Duration) time.Duration {
-	m := d[0]
-	for _, x := range d {
-		m = min(m, x)
-	}
-	return m.Round(100 * time.Microsecond)
 }

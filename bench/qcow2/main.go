@@ -13,9 +13,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"time"
 
+	"github.com/boxctl/boxctl/bench/internal/stat"
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/qcow2"
 )
 
@@ -70,12 +70,6 @@ func must(err error) {
 	if err != nil {
 		panic(err)
 	}
-}
-
-func median(d []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
 }
 
 func runQemu(args ...string) {
@@ -148,7 +142,7 @@ func flatten(tmp string, data int64, rounds int) {
 		med := make([]time.Duration, len(variants))
 		fmt.Printf("   -O %s (median of %d):\n", format, rounds)
 		for i, v := range variants {
-			med[i] = median(times[i])
+			med[i] = stat.Median(times[i])
 			fmt.Printf("      %-52s %7.1f MB/s  (%v)\n", v.name, mbps(med[i]), med[i].Round(time.Millisecond))
 		}
 		fmt.Printf("      throughput ratio, same durability: NoSync/qemu default %.2f, fsync/qemu -t writeback %.2f; fsync/qemu default %.2f\n",
@@ -180,7 +174,7 @@ func createOverlays(tmp string, n int) {
 		theirs = append(theirs, time.Since(start))
 	}
 	fmt.Printf("2) create an overlay (median of %d; ours includes fsync, qemu-img includes process start)\n", n)
-	fmt.Printf("   ours %v   qemu-img create %v\n\n", median(ours).Round(time.Microsecond), median(theirs).Round(time.Microsecond))
+	fmt.Printf("   ours %v   qemu-img create %v\n\n", stat.Median(ours).Round(time.Microsecond), stat.Median(theirs).Round(time.Microsecond))
 }
 
 func freezeAndClone(tmp string, sizes []int64) {

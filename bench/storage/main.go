@@ -17,13 +17,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
+	"github.com/boxctl/boxctl/bench/internal/stat"
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/qcow2"
 	"github.com/boxctl/boxctl/sdk"
 	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
@@ -143,8 +143,8 @@ func (b *bench) createDisks() {
 		os.Remove(out)
 	}
 	fmt.Printf("  first (builds the blank ext4 base with mkfs.ext4) %8s\n", ms(firstTook))
-	fmt.Printf("  cached blank base                                 %8s\n", ms(median(cached)))
-	fmt.Printf("  qemu-img create -b blank (overlay only)           %8s\n\n", ms(median(qemu)))
+	fmt.Printf("  cached blank base                                 %8s\n", ms(stat.Median(cached)))
+	fmt.Printf("  qemu-img create -b blank (overlay only)           %8s\n\n", ms(stat.Median(qemu)))
 }
 
 // fill writes n bytes of incompressible data at off into the disk's
@@ -212,8 +212,8 @@ func (b *bench) clones(sizes []int64) {
 			fill(sinfo.GetPath(), 0, min(size, 4*mib), byte(4+i))
 		}
 		fmt.Printf("  %5d MiB  clone (freeze): first %8s, then %8s   clone (empty overlay, shares the base) %8s\n",
-			size/mib, ms(firstFreeze), ms(median(freeze)), ms(median(shared)))
-		fmt.Printf("  %5d MiB  snapshot:       first %8s, then %8s\n", size/mib, ms(firstSnap), ms(median(snap)))
+			size/mib, ms(firstFreeze), ms(stat.Median(freeze)), ms(stat.Median(shared)))
+		fmt.Printf("  %5d MiB  snapshot:       first %8s, then %8s\n", size/mib, ms(firstSnap), ms(stat.Median(snap)))
 		// Free the space before the next size.
 		list, err := b.disks.ListDisks(b.ctx)
 		must(err)
@@ -275,7 +275,7 @@ func (b *bench) export(data int64) {
 			took = append(took, time.Since(start))
 			os.Remove(out)
 		}
-		d := median(took)
+		d := stat.Median(took)
 		fmt.Printf("  %-48s %8s  %7.0f MiB/s\n", v.name, ms(d), float64(data)/mib/d.Seconds())
 	}
 	fmt.Println()
@@ -297,12 +297,6 @@ func must(err error) {
 	if err != nil {
 		panic(err)
 	}
-}
-
-func median(d []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d.Microseconds())/1000) }

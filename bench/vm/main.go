@@ -23,13 +23,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/boxctl/boxctl/bench/internal/stat"
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core"
 	"github.com/boxctl/boxctl/guest/agentclient"
@@ -125,9 +125,9 @@ func run(binDir, guestDir string, runs, execs int) error {
 	if box, err = rt.GetInfo(ctx, "bench"); err != nil {
 		return err
 	}
-	mr, mb := median(runTimes), median(bare)
-	fmt.Printf("(a) boxctl run --rm IMAGE -- true:   median %s (min %s) over %d runs\n", mr, minOf(runTimes), runs)
-	fmt.Printf("    bare qemu boot to agent ready:   median %s (min %s) over %d boots\n", mb, minOf(bare), runs)
+	mr, mb := stat.Median(runTimes).Round(10*time.Microsecond), stat.Median(bare).Round(10*time.Microsecond)
+	fmt.Printf("(a) boxctl run --rm IMAGE -- true:   median %s (min %s) over %d runs\n", mr, stat.Min(runTimes).Round(10*time.Microsecond), runs)
+	fmt.Printf("    bare qemu boot to agent ready:   median %s (min %s) over %d boots\n", mb, stat.Min(bare).Round(10*time.Microsecond), runs)
 	fmt.Printf("    ratio run/bare:                  %.2fx (target <= 1.15x)\n", float64(mr)/float64(mb))
 
 	// (b) exec round trips.
@@ -149,10 +149,10 @@ func run(binDir, guestDir string, runs, execs int) error {
 		return err
 	})
 	cliTimes := measure(min(execs, 20), func() error { _, err := cli("exec", "bench", "--", "true"); return err })
-	fmt.Printf("(b) exec true, raw channel:          median %s (agent client straight on the box's agent socket)\n", median(direct))
-	fmt.Printf("    exec true, Go API (rt.Exec):     median %s (%.2fx raw; target <= 1.5x)\n", median(api), float64(median(api))/float64(median(direct)))
-	fmt.Printf("    exec true, CLI (boxctl exec):    median %s (%.2fx raw; a new process each time)\n", median(cliTimes), float64(median(cliTimes))/float64(median(direct)))
-	fmt.Printf("    agent Ping round trip:           median %s (transport only, no process started)\n", median(raw))
+	fmt.Printf("(b) exec true, raw channel:          median %s (agent client straight on the box's agent socket)\n", stat.Median(direct).Round(10*time.Microsecond))
+	fmt.Printf("    exec true, Go API (rt.Exec):     median %s (%.2fx raw; target <= 1.5x)\n", stat.Median(api).Round(10*time.Microsecond), float64(stat.Median(api).Round(10*time.Microsecond))/float64(stat.Median(direct).Round(10*time.Microsecond)))
+	fmt.Printf("    exec true, CLI (boxctl exec):    median %s (%.2fx raw; a new process each time)\n", stat.Median(cliTimes).Round(10*time.Microsecond), float64(stat.Median(cliTimes).Round(10*time.Microsecond))/float64(stat.Median(direct).Round(10*time.Microsecond)))
+	fmt.Printf("    agent Ping round trip:           median %s (transport only, no process started)\n", stat.Median(raw).Round(10*time.Microsecond))
 
 	// (c) memory.
 	fmt.Printf("(c) monitor RSS:                     %s (target <= 15 MiB)\n", rss(box.Run.Monitor.PID))
@@ -246,20 +246,6 @@ func measure(n int, fn func() error) []time.Duration {
 		out = append(out, time.Since(t))
 	}
 	return out
-}
-
-func median(d []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2].Round(10 * time.Microsecond)
-}
-
-func minOf(d []time.Duration) time.Duration {
-	m := d[0]
-	for _, x := range d {
-		m = min(m, x)
-	}
-	return m.Round(10 * time.Microsecond)
 }
 
 func rss(pid int) string {
