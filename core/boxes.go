@@ -84,6 +84,17 @@ func (r *Runtime) newBox(opts BoxOptions) (*model.Box, error) {
 			return nil, fmt.Errorf("create box: environment entry %q is not KEY=VALUE: %w", e, ErrInvalidArgument)
 		}
 	}
+	seen := map[string]bool{}
+	for _, p := range c.Ports {
+		if p.HostPort == 0 || p.GuestPort == 0 || (p.Protocol != "" && p.Protocol != "tcp" && p.Protocol != "udp") {
+			return nil, fmt.Errorf("create box: port mapping %+v: ports must be 1-65535 and the protocol tcp or udp: %w", p, ErrInvalidArgument)
+		}
+		key := fmt.Sprintf("%s:%d/%s", p.HostIP, p.HostPort, orString(p.Protocol, "tcp"))
+		if seen[key] {
+			return nil, fmt.Errorf("create box: host port %s is published twice: %w", key, ErrInvalidArgument)
+		}
+		seen[key] = true
+	}
 	if h := c.Health; h != nil {
 		if len(h.Cmd) == 0 || h.Interval <= 0 || h.Timeout <= 0 || h.Retries < 1 {
 			return nil, fmt.Errorf("create box: health check needs a command, a positive interval and timeout, and at least 1 retry: %w", ErrInvalidArgument)

@@ -152,6 +152,11 @@ func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
 		RunDir:    r.paths.boxDir(b.ID),
 		Network:   &pluginv1.NetworkSpec{Mode: pluginv1.NetworkSpec_MODE_USER},
 	}
+	for _, p := range b.Config.Ports {
+		spec.Network.Ports = append(spec.Network.Ports, &pluginv1.PortForward{
+			Protocol: orString(p.Protocol, "tcp"), HostIp: p.HostIP, HostPort: uint32(p.HostPort), GuestPort: uint32(p.GuestPort),
+		})
+	}
 	guest := !hasCapability(info, CapabilityNoGuest)
 	if guest {
 		if err := r.prepareGuest(ctx, b, spec); err != nil {

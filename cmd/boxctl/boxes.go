@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +31,7 @@ type boxFlags struct {
 	autoRemove bool
 	labels     []string
 	platform   string
+	publish    []string
 }
 
 func (f *boxFlags) register(c *cobra.Command) {
@@ -44,6 +47,7 @@ func (f *boxFlags) register(c *cobra.Command) {
 	fl.BoolVar(&f.autoRemove, "rm", false, "remove the box when it stops")
 	fl.StringArrayVarP(&f.labels, "label", "l", nil, "set a label (KEY=VALUE); repeatable")
 	fl.StringVar(&f.platform, "platform", "", "image platform, e.g. linux/arm64 (default: this host's)")
+	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "forward a host port to the box: [HOSTIP:]HOSTPORT:BOXPORT[/tcp|udp]; repeatable")
 }
 
 func (f *boxFlags) options(image string, cmd []string, lookupEnv func(string) (string, bool)) (core.BoxOptions, error) {
@@ -82,6 +86,13 @@ func (f *boxFlags) options(image string, cmd []string, lookupEnv func(string) (s
 			return core.BoxOptions{}, fmt.Errorf("--disk-size: %w", err)
 		}
 		c.DiskSize = n
+	}
+	for _, p := range f.publish {
+		pm, err := parsePublish(p)
+		if err != nil {
+			return core.BoxOptions{}, err
+		}
+		c.Ports = append(c.Ports, pm)
 	}
 	if len(f.labels) > 0 {
 		c.Labels = map[string]string{}
@@ -334,4 +345,41 @@ func (a *app) pauseCommands() []*cobra.Command {
 		mk("pause", "Freeze a box's vCPUs (its commands stop making progress)", func(rt *core.Runtime) func(context.Context, string) error { return rt.Pause }),
 		mk("unpause", "Resume a paused box", func(rt *core.Runtime) func(context.Context, string) error { return rt.Resume }),
 	}
+}
+
+// parsePublish parses -p [HOSTIP:]HOSTPORT:BOXPORT[/tcp|udp].
+func parsePublish(s string) (model.PortMapping, error) {
+	bad := func(why string) (model.PortMapping, error) {
+		return model.PortMapping{}, fmt.Errorf("-p %q: %s; write [HOSTIP:]HOSTPORT:BOXPORT[/tcp|udp], e.g. -p 8080:80", s, why)
+	}
+	spec, proto, _ := strings.Cut(s, "/")
+	if proto == "" {
+		proto = "tcp"
+	}
+	if proto != "tcp" && proto != "udp" {
+		return bad("the protocol must be tcp or udp")
+	}
+	parts := strings.Split(spec, ":")
+	var hostIP string
+	switch len(parts) {
+	case 2:
+	case 3:
+		hostIP = parts[0]
+		if net.ParseIP(hostIP) == nil {
+			return bad(hostIP + " is not an IP address")
+		}
+		parts = parts[1:]
+	default:
+		return bad("it needs a host port and a box port")
+	}
+	port := func(p string) (uint16, bool) {
+		n, err := strconv.ParseUint(p, 10, 16)
+		return uint16(n), err == nil && n > 0
+	}
+	hp, ok1 := port(parts[0])
+	gp, ok2 := port(parts[1])
+	if !ok1 || !ok2 {
+		return bad("ports are numbers from 1 to 65535")
+	}
+	return model.PortMapping{HostIP: hostIP, HostPort: hp, GuestPort: gp, Protocol: proto}, nil
 }

@@ -72,6 +72,17 @@ type BoxConfig struct {
 	Health     *HealthCheck      `json:"health,omitempty"`
 	// Platform selects an image platform ("linux/arm64"); "" is the host's.
 	Platform string `json:"platform,omitempty"`
+	// Ports forward host ports to ports in the box.
+	Ports []PortMapping `json:"ports,omitempty"`
+}
+
+// PortMapping forwards HostIP:HostPort on the host to GuestPort in the box.
+type PortMapping struct {
+	HostIP    string `json:"host_ip,omitempty"`
+	HostPort  uint16 `json:"host_port"`
+	GuestPort uint16 `json:"guest_port"`
+	// Protocol is "tcp" (default) or "udp".
+	Protocol string `json:"protocol,omitempty"`
 }
 
 // HealthCheck runs Cmd in the box periodically once StartPeriod has passed;

@@ -86,6 +86,9 @@ func boxToPB(b *model.Box) *statepb.Box {
 		Error:       b.Error,
 		Pending:     b.Pending,
 	}
+	for _, pm := range c.Ports {
+		pb.Config.Ports = append(pb.Config.Ports, &statepb.PortMapping{HostIp: pm.HostIP, HostPort: uint32(pm.HostPort), GuestPort: uint32(pm.GuestPort), Protocol: pm.Protocol})
+	}
 	if ic := b.Image; ic != nil {
 		pb.Image = &statepb.ImageConfig{Entrypoint: ic.Entrypoint, Cmd: ic.Cmd, Env: ic.Env, WorkingDir: ic.WorkingDir, User: ic.User, StopSignal: ic.StopSignal}
 	}
@@ -147,6 +150,9 @@ func boxFromPB(pb *statepb.Box) *model.Box {
 	}
 	if c.GetCmdSet() {
 		b.Config.Cmd = append([]string{}, c.GetCmd()...)
+	}
+	for _, pm := range c.GetPorts() {
+		b.Config.Ports = append(b.Config.Ports, model.PortMapping{HostIP: pm.GetHostIp(), HostPort: uint16(pm.GetHostPort()), GuestPort: uint16(pm.GetGuestPort()), Protocol: pm.GetProtocol()})
 	}
 	if ic := pb.GetImage(); ic != nil {
 		b.Image = &model.ImageConfig{Entrypoint: ic.GetEntrypoint(), Cmd: ic.GetCmd(), Env: ic.GetEnv(), WorkingDir: ic.GetWorkingDir(), User: ic.GetUser(), StopSignal: ic.GetStopSignal()}

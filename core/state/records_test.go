@@ -17,6 +17,7 @@ func TestBoxRecordRoundTrip(t *testing.T) {
 			Image: "alpine", Entrypoint: []string{}, Cmd: []string{"sh", "-c", "x"}, Env: []string{"A=1"},
 			WorkingDir: "/w", User: "1000:1000", CPUs: 2, MemoryMiB: 512, DiskSize: 1 << 30, AutoRemove: true, Detach: true,
 			Labels: map[string]string{"k": "v"}, Platform: "linux/arm64",
+			Ports:  []model.PortMapping{{HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80, Protocol: "tcp"}},
 			Health: &model.HealthCheck{Cmd: []string{"true"}, Interval: time.Second, Timeout: 2 * time.Second, Retries: 3, StartPeriod: 4 * time.Second},
 		},
 		Status: model.StatusRunning,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -52,6 +53,11 @@ type BootConfig struct {
 	SerialPort string
 	// Debug turns on verbose logging (boxctl.debug=1).
 	Debug bool
+	// Addr and Gateway configure the first ethernet interface
+	// (boxctl.ip=ADDR/PREFIX, boxctl.gw=ADDR); without Addr the VM has
+	// only loopback.
+	Addr    netip.Prefix
+	Gateway netip.Addr
 }
 
 // ParseCmdline reads the boxctl.* parameters of a kernel command line; unknown ones are
@@ -97,6 +103,20 @@ func ParseCmdline(cmdline string) (BootConfig, []string) {
 			c.SerialPort = val
 		case "debug":
 			c.Debug = val == "" || val == "1" || val == "true"
+		case "ip":
+			pfx, err := netip.ParsePrefix(val)
+			if err != nil || !pfx.Addr().Is4() {
+				warnings = append(warnings, fmt.Sprintf("ignoring %s: not an IPv4 ADDR/PREFIX", f))
+				continue
+			}
+			c.Addr = pfx
+		case "gw":
+			a, err := netip.ParseAddr(val)
+			if err != nil || !a.Is4() {
+				warnings = append(warnings, fmt.Sprintf("ignoring %s: not an IPv4 address", f))
+				continue
+			}
+			c.Gateway = a
 		default:
 			warnings = append(warnings, fmt.Sprintf("ignoring unknown parameter %s", f))
 		}
@@ -150,6 +170,13 @@ func Main(version string) {
 
 	if err := setupLoopback(); err != nil {
 		p.log.Warn("loopback", "err", err)
+	}
+	if cfg.Addr.IsValid() {
+		if dev, err := setupNetwork(cfg.Addr, cfg.Gateway, 3*time.Second); err != nil {
+			p.log.Warn("network", "err", err)
+		} else {
+			p.log.Debug("network up", "dev", dev, "addr", cfg.Addr, "gw", cfg.Gateway)
+		}
 	}
 	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 		p.log.Warn("sethostname", "err", err)

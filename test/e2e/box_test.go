@@ -5,6 +5,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -366,4 +370,50 @@ func TestHealthCheck(t *testing.T) {
 		t.Fatalf("ls does not show the health: %s", out)
 	}
 	e.ok("rm", "-f", "hc")
+}
+
+func TestNetworking(t *testing.T) {
+	e := newEnv(t)
+	// A server on the host's loopback, which QEMU's user network shows the
+	// guest as 10.0.2.2.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, "hello-from-host")
+	}))
+	defer srv.Close()
+	hostPort := srv.Listener.Addr().(*net.TCPAddr).Port
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	published := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+
+	e.ok("run", "-d", "--name", "net", "-p", fmt.Sprintf("127.0.0.1:%d:8000", published), e.image)
+	if out := e.ok("exec", "net", "--", "wget", "-qO-", fmt.Sprintf("http://10.0.2.2:%d/", hostPort)); out != "hello-from-host" {
+		t.Fatalf("box to host: %q", out)
+	}
+	if out := e.ok("exec", "net", "--", "cat", "/etc/resolv.conf"); !strings.Contains(out, "10.0.2.3") {
+		t.Fatalf("resolv.conf: %q", out)
+	}
+	e.ok("exec", "-d", "net", "--", "sh", "-c", "mkdir -p /www && echo hello-from-box > /www/index.html && exec httpd -f -p 8000 -h /www")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", published))
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.TrimSpace(string(body)) == "hello-from-box" {
+				break
+			}
+			err = fmt.Errorf("status %s body %q", resp.Status, body)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host to box through -p: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, errs, code := e.run(nil, "create", "-p", "80", e.image); code != 125 || !strings.Contains(errs, "HOSTPORT:BOXPORT") {
+		t.Fatalf("bad -p: %d %s", code, errs)
+	}
+	e.ok("rm", "-f", "net")
 }

@@ -178,6 +178,7 @@ type BoxConfig struct {
 	Labels        map[string]string      `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Health        *HealthCheck           `protobuf:"bytes,15,opt,name=health,proto3" json:"health,omitempty"`
 	Platform      string                 `protobuf:"bytes,16,opt,name=platform,proto3" json:"platform,omitempty"`
+	Ports         []*PortMapping         `protobuf:"bytes,17,rep,name=ports,proto3" json:"ports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -324,6 +325,81 @@ func (x *BoxConfig) GetPlatform() string {
 	return ""
 }
 
+func (x *BoxConfig) GetPorts() []*PortMapping {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+type PortMapping struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HostIp        string                 `protobuf:"bytes,1,opt,name=host_ip,json=hostIp,proto3" json:"host_ip,omitempty"`
+	HostPort      uint32                 `protobuf:"varint,2,opt,name=host_port,json=hostPort,proto3" json:"host_port,omitempty"`
+	GuestPort     uint32                 `protobuf:"varint,3,opt,name=guest_port,json=guestPort,proto3" json:"guest_port,omitempty"`
+	Protocol      string                 `protobuf:"bytes,4,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortMapping) Reset() {
+	*x = PortMapping{}
+	mi := &file_core_state_statepb_records_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortMapping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortMapping) ProtoMessage() {}
+
+func (x *PortMapping) ProtoReflect() protoreflect.Message {
+	mi := &file_core_state_statepb_records_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortMapping.ProtoReflect.Descriptor instead.
+func (*PortMapping) Descriptor() ([]byte, []int) {
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PortMapping) GetHostIp() string {
+	if x != nil {
+		return x.HostIp
+	}
+	return ""
+}
+
+func (x *PortMapping) GetHostPort() uint32 {
+	if x != nil {
+		return x.HostPort
+	}
+	return 0
+}
+
+func (x *PortMapping) GetGuestPort() uint32 {
+	if x != nil {
+		return x.GuestPort
+	}
+	return 0
+}
+
+func (x *PortMapping) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
 type Exit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Code          int64                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
@@ -336,7 +412,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[3]
+	mi := &file_core_state_statepb_records_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -348,7 +424,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[3]
+	mi := &file_core_state_statepb_records_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -361,7 +437,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{3}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Exit) GetCode() int64 {
@@ -411,7 +487,7 @@ type Run struct {
 
 func (x *Run) Reset() {
 	*x = Run{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[4]
+	mi := &file_core_state_statepb_records_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -423,7 +499,7 @@ func (x *Run) String() string {
 func (*Run) ProtoMessage() {}
 
 func (x *Run) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[4]
+	mi := &file_core_state_statepb_records_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -436,7 +512,7 @@ func (x *Run) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Run.ProtoReflect.Descriptor instead.
 func (*Run) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{4}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Run) GetId() string {
@@ -528,7 +604,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[5]
+	mi := &file_core_state_statepb_records_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -540,7 +616,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[5]
+	mi := &file_core_state_statepb_records_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -553,7 +629,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{5}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Health) GetStatus() string {
@@ -598,7 +674,7 @@ type ImageConfig struct {
 
 func (x *ImageConfig) Reset() {
 	*x = ImageConfig{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	mi := &file_core_state_statepb_records_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +686,7 @@ func (x *ImageConfig) String() string {
 func (*ImageConfig) ProtoMessage() {}
 
 func (x *ImageConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	mi := &file_core_state_statepb_records_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +699,7 @@ func (x *ImageConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageConfig.ProtoReflect.Descriptor instead.
 func (*ImageConfig) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{6}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ImageConfig) GetEntrypoint() []string {
@@ -690,7 +766,7 @@ type Box struct {
 
 func (x *Box) Reset() {
 	*x = Box{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[7]
+	mi := &file_core_state_statepb_records_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +778,7 @@ func (x *Box) String() string {
 func (*Box) ProtoMessage() {}
 
 func (x *Box) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[7]
+	mi := &file_core_state_statepb_records_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +791,7 @@ func (x *Box) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Box.ProtoReflect.Descriptor instead.
 func (*Box) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{7}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Box) GetId() string {
@@ -833,7 +909,7 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ns\x18\x03 \x01(\x03R\ttimeoutNs\x12\x18\n" +
 	"\aretries\x18\x04 \x01(\x03R\aretries\x12&\n" +
-	"\x0fstart_period_ns\x18\x05 \x01(\x03R\rstartPeriodNs\"\xb0\x04\n" +
+	"\x0fstart_period_ns\x18\x05 \x01(\x03R\rstartPeriodNs\"\xe4\x04\n" +
 	"\tBoxConfig\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x1e\n" +
 	"\n" +
@@ -856,10 +932,17 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x06detach\x18\r \x01(\bR\x06detach\x12>\n" +
 	"\x06labels\x18\x0e \x03(\v2&.boxctl.state.v1.BoxConfig.LabelsEntryR\x06labels\x124\n" +
 	"\x06health\x18\x0f \x01(\v2\x1c.boxctl.state.v1.HealthCheckR\x06health\x12\x1a\n" +
-	"\bplatform\x18\x10 \x01(\tR\bplatform\x1a9\n" +
+	"\bplatform\x18\x10 \x01(\tR\bplatform\x122\n" +
+	"\x05ports\x18\x11 \x03(\v2\x1c.boxctl.state.v1.PortMappingR\x05ports\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"~\n" +
+	"\vPortMapping\x12\x17\n" +
+	"\ahost_ip\x18\x01 \x01(\tR\x06hostIp\x12\x1b\n" +
+	"\thost_port\x18\x02 \x01(\rR\bhostPort\x12\x1d\n" +
+	"\n" +
+	"guest_port\x18\x03 \x01(\rR\tguestPort\x12\x1a\n" +
+	"\bprotocol\x18\x04 \x01(\tR\bprotocol\"h\n" +
 	"\x04Exit\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x03R\x04code\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x03R\x06signal\x12\x16\n" +
@@ -927,34 +1010,36 @@ func file_core_state_statepb_records_proto_rawDescGZIP() []byte {
 	return file_core_state_statepb_records_proto_rawDescData
 }
 
-var file_core_state_statepb_records_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_core_state_statepb_records_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_core_state_statepb_records_proto_goTypes = []any{
 	(*Ident)(nil),       // 0: boxctl.state.v1.Ident
 	(*HealthCheck)(nil), // 1: boxctl.state.v1.HealthCheck
 	(*BoxConfig)(nil),   // 2: boxctl.state.v1.BoxConfig
-	(*Exit)(nil),        // 3: boxctl.state.v1.Exit
-	(*Run)(nil),         // 4: boxctl.state.v1.Run
-	(*Health)(nil),      // 5: boxctl.state.v1.Health
-	(*ImageConfig)(nil), // 6: boxctl.state.v1.ImageConfig
-	(*Box)(nil),         // 7: boxctl.state.v1.Box
-	nil,                 // 8: boxctl.state.v1.BoxConfig.LabelsEntry
+	(*PortMapping)(nil), // 3: boxctl.state.v1.PortMapping
+	(*Exit)(nil),        // 4: boxctl.state.v1.Exit
+	(*Run)(nil),         // 5: boxctl.state.v1.Run
+	(*Health)(nil),      // 6: boxctl.state.v1.Health
+	(*ImageConfig)(nil), // 7: boxctl.state.v1.ImageConfig
+	(*Box)(nil),         // 8: boxctl.state.v1.Box
+	nil,                 // 9: boxctl.state.v1.BoxConfig.LabelsEntry
 }
 var file_core_state_statepb_records_proto_depIdxs = []int32{
-	8,  // 0: boxctl.state.v1.BoxConfig.labels:type_name -> boxctl.state.v1.BoxConfig.LabelsEntry
+	9,  // 0: boxctl.state.v1.BoxConfig.labels:type_name -> boxctl.state.v1.BoxConfig.LabelsEntry
 	1,  // 1: boxctl.state.v1.BoxConfig.health:type_name -> boxctl.state.v1.HealthCheck
-	0,  // 2: boxctl.state.v1.Run.owner:type_name -> boxctl.state.v1.Ident
-	0,  // 3: boxctl.state.v1.Run.monitor:type_name -> boxctl.state.v1.Ident
-	0,  // 4: boxctl.state.v1.Run.vm:type_name -> boxctl.state.v1.Ident
-	3,  // 5: boxctl.state.v1.Run.exit:type_name -> boxctl.state.v1.Exit
-	2,  // 6: boxctl.state.v1.Box.config:type_name -> boxctl.state.v1.BoxConfig
-	4,  // 7: boxctl.state.v1.Box.run:type_name -> boxctl.state.v1.Run
-	5,  // 8: boxctl.state.v1.Box.health:type_name -> boxctl.state.v1.Health
-	6,  // 9: boxctl.state.v1.Box.image:type_name -> boxctl.state.v1.ImageConfig
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	3,  // 2: boxctl.state.v1.BoxConfig.ports:type_name -> boxctl.state.v1.PortMapping
+	0,  // 3: boxctl.state.v1.Run.owner:type_name -> boxctl.state.v1.Ident
+	0,  // 4: boxctl.state.v1.Run.monitor:type_name -> boxctl.state.v1.Ident
+	0,  // 5: boxctl.state.v1.Run.vm:type_name -> boxctl.state.v1.Ident
+	4,  // 6: boxctl.state.v1.Run.exit:type_name -> boxctl.state.v1.Exit
+	2,  // 7: boxctl.state.v1.Box.config:type_name -> boxctl.state.v1.BoxConfig
+	5,  // 8: boxctl.state.v1.Box.run:type_name -> boxctl.state.v1.Run
+	6,  // 9: boxctl.state.v1.Box.health:type_name -> boxctl.state.v1.Health
+	7,  // 10: boxctl.state.v1.Box.image:type_name -> boxctl.state.v1.ImageConfig
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_core_state_statepb_records_proto_init() }
@@ -968,7 +1053,7 @@ func file_core_state_statepb_records_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_core_state_statepb_records_proto_rawDesc), len(file_core_state_statepb_records_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

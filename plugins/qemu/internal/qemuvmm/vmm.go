@@ -342,6 +342,9 @@ func qemuArgs(spec *pluginv1.VMSpec, s settings, accel, kernel, initrd string, l
 			netdev += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", proto, p.GetHostIp(), p.GetHostPort(), p.GetGuestPort())
 		}
 		args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile=")
+		// QEMU's user-mode network is fixed: the guest is 10.0.2.15, the
+		// host (and its loopback) is reachable as 10.0.2.2, DNS at 10.0.2.3.
+		cmdline = append(cmdline, "boxctl.ip=10.0.2.15/24", "boxctl.gw=10.0.2.2", "boxctl.dns=10.0.2.3")
 	}
 	cmdline = append(cmdline, spec.GetKernelArgs()...)
 	cmdline = append(cmdline, s.KernelArgs...)

@@ -106,6 +106,7 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 		`disk.qcow2,format=qcow2,if=virtio,cache=writeback,discard=unmap`,
 		`boxctl.root=vda`, `boxctl.data=vdb`, `extra=1`,
 		`hostfwd=tcp::8080-:80`, `name=boxctl.agent`,
+		`boxctl.ip=10.0.2.15/24 boxctl.gw=10.0.2.2 boxctl.dns=10.0.2.3`,
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("launch config lacks %s:\n%s", want, args)
