@@ -319,12 +319,15 @@ func (r *Runtime) removeLocked(ctx context.Context, id string) error {
 	if err := os.RemoveAll(r.paths.boxDir(id)); err != nil {
 		return fmt.Errorf("remove %s: delete its directory: %w", b.Name, err)
 	}
-	// The lock file goes before the record, so no lock file can outlive
-	// its box; the caller still holds the lock through its descriptor.
-	if err := os.Remove(r.paths.lockPath(id)); err != nil && !os.IsNotExist(err) {
-		return fmt.Errorf("remove %s: delete its lock: %w", b.Name, err)
-	}
+	// The lock file goes in the transaction that deletes the record: no
+	// other process can see the record without its lock file (it would
+	// make a new one and think it held the lock), and a crash leaves either
+	// both or a record marked "removing" that recovery finishes. The caller
+	// still holds the lock through its descriptor.
 	return r.store.Update(ctx, func(tx *state.Tx) error {
+		if err := os.Remove(r.paths.lockPath(id)); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("remove %s: delete its lock: %w", b.Name, err)
+		}
 		err := tx.DeleteBox(id)
 		if errors.Is(err, ErrNotFound) {
 			return nil

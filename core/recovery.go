@@ -55,9 +55,9 @@ func (r *Runtime) recover(ctx context.Context) error {
 // a directory, and a directory's link count is 2 plus its subdirectories,
 // so one stat tells whether boxes/ holds exactly as many directories as the
 // store holds boxes. Lock files outlive their box only when a create died
-// between making them and committing (removal deletes the lock file before
-// the record), which also leaves an orphan directory; so lock files are
-// only looked at when directories are.
+// between making them and committing (removal deletes the lock file in the
+// transaction that deletes the record), which also leaves an orphan
+// directory; so lock files are only looked at when directories are.
 func (r *Runtime) removeOrphans(ctx context.Context, count int) error {
 	if n, ok := subdirCount(r.paths.boxesDir()); ok && n == count {
 		return nil
