@@ -16,6 +16,7 @@ import (
 
 	"github.com/boxctl/boxctl/core"
 	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/sdk"
 )
 
 // healthFlags set a box's health check.
@@ -91,6 +92,9 @@ ID is printed.`,
 			if err != nil {
 				return err
 			}
+			// run needs every plugin: start them side by side now rather
+			// than one after the other as each step first needs it.
+			rt.Plugins().Prestart(ctx, sdk.RoleImages, sdk.RoleVMM, sdk.RoleDisks)
 			if err := a.ensureImage(ctx, rt, opts.Config.Image, opts.Config.Platform); err != nil {
 				return err
 			}
