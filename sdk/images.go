@@ -27,6 +27,14 @@ type ImageSource interface {
 	Prune(ctx context.Context, req *pluginv1.PruneRequest) (*pluginv1.PruneResponse, error)
 }
 
+// ReferenceChecker is an optional ImageSource feature: validate a
+// reference (and platform) without pulling and without network access.
+// The client returned by NewImageSourceClient always has it; a plugin that
+// does not implement it answers ErrUnsupported.
+type ReferenceChecker interface {
+	CheckReference(ctx context.Context, req *pluginv1.PullRequest) (*pluginv1.CheckReferenceResponse, error)
+}
+
 type imagePlugin struct {
 	plugin.NetRPCUnsupportedPlugin
 	impl ImageSource
@@ -74,6 +82,10 @@ func (i *imageClient) Pull(ctx context.Context, req *pluginv1.PullRequest, progr
 			progress(ev)
 		}
 	}
+}
+
+func (i *imageClient) CheckReference(ctx context.Context, req *pluginv1.PullRequest) (*pluginv1.CheckReferenceResponse, error) {
+	return call(ctx, i.c.CheckReference, req)
 }
 
 func (i *imageClient) GetImage(ctx context.Context, image string) (*pluginv1.Image, error) {
@@ -125,6 +137,14 @@ func (s *imageServer) Pull(req *pluginv1.PullRequest, stream grpc.ServerStreamin
 		return sendErr
 	}
 	return stream.Send(&pluginv1.PullEvent{Event: &pluginv1.PullEvent_Image{Image: img}})
+}
+
+func (s *imageServer) CheckReference(ctx context.Context, req *pluginv1.PullRequest) (*pluginv1.CheckReferenceResponse, error) {
+	rc, ok := s.impl.(ReferenceChecker)
+	if !ok {
+		return nil, toStatus(fmt.Errorf("CheckReference: %w", ErrUnsupported))
+	}
+	return handle(rc.CheckReference(ctx, req))
 }
 
 func (s *imageServer) GetImage(ctx context.Context, req *pluginv1.ImageRequest) (*pluginv1.Image, error) {

@@ -94,7 +94,7 @@ func (x LayerProgress_State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LayerProgress_State.Descriptor instead.
 func (LayerProgress_State) EnumDescriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{2, 0}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{3, 0}
 }
 
 type Platform struct {
@@ -210,6 +210,51 @@ func (x *PullRequest) GetPlatform() *Platform {
 	return nil
 }
 
+type CheckReferenceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The reference in canonical form, e.g. "docker.io/library/alpine:latest".
+	Canonical     string `protobuf:"bytes,1,opt,name=canonical,proto3" json:"canonical,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckReferenceResponse) Reset() {
+	*x = CheckReferenceResponse{}
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckReferenceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckReferenceResponse) ProtoMessage() {}
+
+func (x *CheckReferenceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckReferenceResponse.ProtoReflect.Descriptor instead.
+func (*CheckReferenceResponse) Descriptor() ([]byte, []int) {
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CheckReferenceResponse) GetCanonical() string {
+	if x != nil {
+		return x.Canonical
+	}
+	return ""
+}
+
 type LayerProgress struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Digest        string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
@@ -222,7 +267,7 @@ type LayerProgress struct {
 
 func (x *LayerProgress) Reset() {
 	*x = LayerProgress{}
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[2]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -234,7 +279,7 @@ func (x *LayerProgress) String() string {
 func (*LayerProgress) ProtoMessage() {}
 
 func (x *LayerProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[2]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -247,7 +292,7 @@ func (x *LayerProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerProgress.ProtoReflect.Descriptor instead.
 func (*LayerProgress) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{2}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LayerProgress) GetDigest() string {
@@ -292,7 +337,7 @@ type PullEvent struct {
 
 func (x *PullEvent) Reset() {
 	*x = PullEvent{}
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[3]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -304,7 +349,7 @@ func (x *PullEvent) String() string {
 func (*PullEvent) ProtoMessage() {}
 
 func (x *PullEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[3]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -317,7 +362,7 @@ func (x *PullEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullEvent.ProtoReflect.Descriptor instead.
 func (*PullEvent) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{3}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PullEvent) GetEvent() isPullEvent_Event {
@@ -394,7 +439,7 @@ type ImageConfig struct {
 
 func (x *ImageConfig) Reset() {
 	*x = ImageConfig{}
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[4]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +451,7 @@ func (x *ImageConfig) String() string {
 func (*ImageConfig) ProtoMessage() {}
 
 func (x *ImageConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[4]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +464,7 @@ func (x *ImageConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageConfig.ProtoReflect.Descriptor instead.
 func (*ImageConfig) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{4}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ImageConfig) GetEntrypoint() []string {
@@ -498,7 +543,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[5]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +555,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[5]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +568,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{5}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Image) GetDigest() string {
@@ -585,7 +630,7 @@ type ImageRequest struct {
 
 func (x *ImageRequest) Reset() {
 	*x = ImageRequest{}
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[6]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +642,7 @@ func (x *ImageRequest) String() string {
 func (*ImageRequest) ProtoMessage() {}
 
 func (x *ImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[6]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +655,7 @@ func (x *ImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageRequest.ProtoReflect.Descriptor instead.
 func (*ImageRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{6}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ImageRequest) GetImage() string {
@@ -635,7 +680,7 @@ type RootDiskResponse struct {
 
 func (x *RootDiskResponse) Reset() {
 	*x = RootDiskResponse{}
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[7]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +692,7 @@ func (x *RootDiskResponse) String() string {
 func (*RootDiskResponse) ProtoMessage() {}
 
 func (x *RootDiskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[7]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +705,7 @@ func (x *RootDiskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootDiskResponse.ProtoReflect.Descriptor instead.
 func (*RootDiskResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{7}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RootDiskResponse) GetPath() string {
@@ -706,7 +751,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[8]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +763,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[8]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +776,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{8}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{9}
 }
 
 type ListImagesResponse struct {
@@ -743,7 +788,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[9]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +800,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[9]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +813,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{9}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -789,7 +834,7 @@ type RemoveImageResponse struct {
 
 func (x *RemoveImageResponse) Reset() {
 	*x = RemoveImageResponse{}
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[10]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +846,7 @@ func (x *RemoveImageResponse) String() string {
 func (*RemoveImageResponse) ProtoMessage() {}
 
 func (x *RemoveImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[10]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +859,7 @@ func (x *RemoveImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveImageResponse.ProtoReflect.Descriptor instead.
 func (*RemoveImageResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{10}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RemoveImageResponse) GetRemoved() []string {
@@ -843,7 +888,7 @@ type PruneRequest struct {
 
 func (x *PruneRequest) Reset() {
 	*x = PruneRequest{}
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[11]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +900,7 @@ func (x *PruneRequest) String() string {
 func (*PruneRequest) ProtoMessage() {}
 
 func (x *PruneRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[11]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +913,7 @@ func (x *PruneRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneRequest.ProtoReflect.Descriptor instead.
 func (*PruneRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{11}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PruneRequest) GetKeep() []string {
@@ -895,7 +940,7 @@ type PruneResponse struct {
 
 func (x *PruneResponse) Reset() {
 	*x = PruneResponse{}
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[12]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +952,7 @@ func (x *PruneResponse) String() string {
 func (*PruneResponse) ProtoMessage() {}
 
 func (x *PruneResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_image_proto_msgTypes[12]
+	mi := &file_sdk_proto_v1_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +965,7 @@ func (x *PruneResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneResponse.ProtoReflect.Descriptor instead.
 func (*PruneResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{12}
+	return file_sdk_proto_v1_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PruneResponse) GetRemoved() []string {
@@ -948,7 +993,9 @@ const file_sdk_proto_v1_image_proto_rawDesc = "" +
 	"\avariant\x18\x03 \x01(\tR\avariant\"c\n" +
 	"\vPullRequest\x12\x1c\n" +
 	"\treference\x18\x01 \x01(\tR\treference\x126\n" +
-	"\bplatform\x18\x02 \x01(\v2\x1a.boxctl.plugin.v1.PlatformR\bplatform\"\xa5\x02\n" +
+	"\bplatform\x18\x02 \x01(\v2\x1a.boxctl.plugin.v1.PlatformR\bplatform\"6\n" +
+	"\x16CheckReferenceResponse\x12\x1c\n" +
+	"\tcanonical\x18\x01 \x01(\tR\tcanonical\"\xa5\x02\n" +
 	"\rLayerProgress\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1f\n" +
 	"\vtotal_bytes\x18\x02 \x01(\x04R\n" +
@@ -1019,11 +1066,12 @@ const file_sdk_proto_v1_image_proto_rawDesc = "" +
 	"\x03all\x18\x02 \x01(\bR\x03all\"R\n" +
 	"\rPruneResponse\x12\x18\n" +
 	"\aremoved\x18\x01 \x03(\tR\aremoved\x12'\n" +
-	"\x0freclaimed_bytes\x18\x02 \x01(\x04R\x0ereclaimedBytes2\xfe\x04\n" +
+	"\x0freclaimed_bytes\x18\x02 \x01(\x04R\x0ereclaimedBytes2\xd9\x05\n" +
 	"\vImageSource\x12E\n" +
 	"\x04Info\x12\x1d.boxctl.plugin.v1.InfoRequest\x1a\x1e.boxctl.plugin.v1.InfoResponse\x12T\n" +
 	"\tConfigure\x12\".boxctl.plugin.v1.ConfigureRequest\x1a#.boxctl.plugin.v1.ConfigureResponse\x12D\n" +
-	"\x04Pull\x12\x1d.boxctl.plugin.v1.PullRequest\x1a\x1b.boxctl.plugin.v1.PullEvent0\x01\x12C\n" +
+	"\x04Pull\x12\x1d.boxctl.plugin.v1.PullRequest\x1a\x1b.boxctl.plugin.v1.PullEvent0\x01\x12Y\n" +
+	"\x0eCheckReference\x12\x1d.boxctl.plugin.v1.PullRequest\x1a(.boxctl.plugin.v1.CheckReferenceResponse\x12C\n" +
 	"\bGetImage\x12\x1e.boxctl.plugin.v1.ImageRequest\x1a\x17.boxctl.plugin.v1.Image\x12N\n" +
 	"\bRootDisk\x12\x1e.boxctl.plugin.v1.ImageRequest\x1a\".boxctl.plugin.v1.RootDiskResponse\x12W\n" +
 	"\n" +
@@ -1044,56 +1092,59 @@ func file_sdk_proto_v1_image_proto_rawDescGZIP() []byte {
 }
 
 var file_sdk_proto_v1_image_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_sdk_proto_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_sdk_proto_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_sdk_proto_v1_image_proto_goTypes = []any{
-	(LayerProgress_State)(0),    // 0: boxctl.plugin.v1.LayerProgress.State
-	(*Platform)(nil),            // 1: boxctl.plugin.v1.Platform
-	(*PullRequest)(nil),         // 2: boxctl.plugin.v1.PullRequest
-	(*LayerProgress)(nil),       // 3: boxctl.plugin.v1.LayerProgress
-	(*PullEvent)(nil),           // 4: boxctl.plugin.v1.PullEvent
-	(*ImageConfig)(nil),         // 5: boxctl.plugin.v1.ImageConfig
-	(*Image)(nil),               // 6: boxctl.plugin.v1.Image
-	(*ImageRequest)(nil),        // 7: boxctl.plugin.v1.ImageRequest
-	(*RootDiskResponse)(nil),    // 8: boxctl.plugin.v1.RootDiskResponse
-	(*ListImagesRequest)(nil),   // 9: boxctl.plugin.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),  // 10: boxctl.plugin.v1.ListImagesResponse
-	(*RemoveImageResponse)(nil), // 11: boxctl.plugin.v1.RemoveImageResponse
-	(*PruneRequest)(nil),        // 12: boxctl.plugin.v1.PruneRequest
-	(*PruneResponse)(nil),       // 13: boxctl.plugin.v1.PruneResponse
-	nil,                         // 14: boxctl.plugin.v1.ImageConfig.LabelsEntry
-	(*InfoRequest)(nil),         // 15: boxctl.plugin.v1.InfoRequest
-	(*ConfigureRequest)(nil),    // 16: boxctl.plugin.v1.ConfigureRequest
-	(*InfoResponse)(nil),        // 17: boxctl.plugin.v1.InfoResponse
-	(*ConfigureResponse)(nil),   // 18: boxctl.plugin.v1.ConfigureResponse
+	(LayerProgress_State)(0),       // 0: boxctl.plugin.v1.LayerProgress.State
+	(*Platform)(nil),               // 1: boxctl.plugin.v1.Platform
+	(*PullRequest)(nil),            // 2: boxctl.plugin.v1.PullRequest
+	(*CheckReferenceResponse)(nil), // 3: boxctl.plugin.v1.CheckReferenceResponse
+	(*LayerProgress)(nil),          // 4: boxctl.plugin.v1.LayerProgress
+	(*PullEvent)(nil),              // 5: boxctl.plugin.v1.PullEvent
+	(*ImageConfig)(nil),            // 6: boxctl.plugin.v1.ImageConfig
+	(*Image)(nil),                  // 7: boxctl.plugin.v1.Image
+	(*ImageRequest)(nil),           // 8: boxctl.plugin.v1.ImageRequest
+	(*RootDiskResponse)(nil),       // 9: boxctl.plugin.v1.RootDiskResponse
+	(*ListImagesRequest)(nil),      // 10: boxctl.plugin.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),     // 11: boxctl.plugin.v1.ListImagesResponse
+	(*RemoveImageResponse)(nil),    // 12: boxctl.plugin.v1.RemoveImageResponse
+	(*PruneRequest)(nil),           // 13: boxctl.plugin.v1.PruneRequest
+	(*PruneResponse)(nil),          // 14: boxctl.plugin.v1.PruneResponse
+	nil,                            // 15: boxctl.plugin.v1.ImageConfig.LabelsEntry
+	(*InfoRequest)(nil),            // 16: boxctl.plugin.v1.InfoRequest
+	(*ConfigureRequest)(nil),       // 17: boxctl.plugin.v1.ConfigureRequest
+	(*InfoResponse)(nil),           // 18: boxctl.plugin.v1.InfoResponse
+	(*ConfigureResponse)(nil),      // 19: boxctl.plugin.v1.ConfigureResponse
 }
 var file_sdk_proto_v1_image_proto_depIdxs = []int32{
 	1,  // 0: boxctl.plugin.v1.PullRequest.platform:type_name -> boxctl.plugin.v1.Platform
 	0,  // 1: boxctl.plugin.v1.LayerProgress.state:type_name -> boxctl.plugin.v1.LayerProgress.State
-	3,  // 2: boxctl.plugin.v1.PullEvent.layer:type_name -> boxctl.plugin.v1.LayerProgress
-	6,  // 3: boxctl.plugin.v1.PullEvent.image:type_name -> boxctl.plugin.v1.Image
-	14, // 4: boxctl.plugin.v1.ImageConfig.labels:type_name -> boxctl.plugin.v1.ImageConfig.LabelsEntry
+	4,  // 2: boxctl.plugin.v1.PullEvent.layer:type_name -> boxctl.plugin.v1.LayerProgress
+	7,  // 3: boxctl.plugin.v1.PullEvent.image:type_name -> boxctl.plugin.v1.Image
+	15, // 4: boxctl.plugin.v1.ImageConfig.labels:type_name -> boxctl.plugin.v1.ImageConfig.LabelsEntry
 	1,  // 5: boxctl.plugin.v1.Image.platform:type_name -> boxctl.plugin.v1.Platform
-	5,  // 6: boxctl.plugin.v1.Image.config:type_name -> boxctl.plugin.v1.ImageConfig
-	6,  // 7: boxctl.plugin.v1.RootDiskResponse.image:type_name -> boxctl.plugin.v1.Image
-	6,  // 8: boxctl.plugin.v1.ListImagesResponse.images:type_name -> boxctl.plugin.v1.Image
-	15, // 9: boxctl.plugin.v1.ImageSource.Info:input_type -> boxctl.plugin.v1.InfoRequest
-	16, // 10: boxctl.plugin.v1.ImageSource.Configure:input_type -> boxctl.plugin.v1.ConfigureRequest
+	6,  // 6: boxctl.plugin.v1.Image.config:type_name -> boxctl.plugin.v1.ImageConfig
+	7,  // 7: boxctl.plugin.v1.RootDiskResponse.image:type_name -> boxctl.plugin.v1.Image
+	7,  // 8: boxctl.plugin.v1.ListImagesResponse.images:type_name -> boxctl.plugin.v1.Image
+	16, // 9: boxctl.plugin.v1.ImageSource.Info:input_type -> boxctl.plugin.v1.InfoRequest
+	17, // 10: boxctl.plugin.v1.ImageSource.Configure:input_type -> boxctl.plugin.v1.ConfigureRequest
 	2,  // 11: boxctl.plugin.v1.ImageSource.Pull:input_type -> boxctl.plugin.v1.PullRequest
-	7,  // 12: boxctl.plugin.v1.ImageSource.GetImage:input_type -> boxctl.plugin.v1.ImageRequest
-	7,  // 13: boxctl.plugin.v1.ImageSource.RootDisk:input_type -> boxctl.plugin.v1.ImageRequest
-	9,  // 14: boxctl.plugin.v1.ImageSource.ListImages:input_type -> boxctl.plugin.v1.ListImagesRequest
-	7,  // 15: boxctl.plugin.v1.ImageSource.RemoveImage:input_type -> boxctl.plugin.v1.ImageRequest
-	12, // 16: boxctl.plugin.v1.ImageSource.Prune:input_type -> boxctl.plugin.v1.PruneRequest
-	17, // 17: boxctl.plugin.v1.ImageSource.Info:output_type -> boxctl.plugin.v1.InfoResponse
-	18, // 18: boxctl.plugin.v1.ImageSource.Configure:output_type -> boxctl.plugin.v1.ConfigureResponse
-	4,  // 19: boxctl.plugin.v1.ImageSource.Pull:output_type -> boxctl.plugin.v1.PullEvent
-	6,  // 20: boxctl.plugin.v1.ImageSource.GetImage:output_type -> boxctl.plugin.v1.Image
-	8,  // 21: boxctl.plugin.v1.ImageSource.RootDisk:output_type -> boxctl.plugin.v1.RootDiskResponse
-	10, // 22: boxctl.plugin.v1.ImageSource.ListImages:output_type -> boxctl.plugin.v1.ListImagesResponse
-	11, // 23: boxctl.plugin.v1.ImageSource.RemoveImage:output_type -> boxctl.plugin.v1.RemoveImageResponse
-	13, // 24: boxctl.plugin.v1.ImageSource.Prune:output_type -> boxctl.plugin.v1.PruneResponse
-	17, // [17:25] is the sub-list for method output_type
-	9,  // [9:17] is the sub-list for method input_type
+	2,  // 12: boxctl.plugin.v1.ImageSource.CheckReference:input_type -> boxctl.plugin.v1.PullRequest
+	8,  // 13: boxctl.plugin.v1.ImageSource.GetImage:input_type -> boxctl.plugin.v1.ImageRequest
+	8,  // 14: boxctl.plugin.v1.ImageSource.RootDisk:input_type -> boxctl.plugin.v1.ImageRequest
+	10, // 15: boxctl.plugin.v1.ImageSource.ListImages:input_type -> boxctl.plugin.v1.ListImagesRequest
+	8,  // 16: boxctl.plugin.v1.ImageSource.RemoveImage:input_type -> boxctl.plugin.v1.ImageRequest
+	13, // 17: boxctl.plugin.v1.ImageSource.Prune:input_type -> boxctl.plugin.v1.PruneRequest
+	18, // 18: boxctl.plugin.v1.ImageSource.Info:output_type -> boxctl.plugin.v1.InfoResponse
+	19, // 19: boxctl.plugin.v1.ImageSource.Configure:output_type -> boxctl.plugin.v1.ConfigureResponse
+	5,  // 20: boxctl.plugin.v1.ImageSource.Pull:output_type -> boxctl.plugin.v1.PullEvent
+	3,  // 21: boxctl.plugin.v1.ImageSource.CheckReference:output_type -> boxctl.plugin.v1.CheckReferenceResponse
+	7,  // 22: boxctl.plugin.v1.ImageSource.GetImage:output_type -> boxctl.plugin.v1.Image
+	9,  // 23: boxctl.plugin.v1.ImageSource.RootDisk:output_type -> boxctl.plugin.v1.RootDiskResponse
+	11, // 24: boxctl.plugin.v1.ImageSource.ListImages:output_type -> boxctl.plugin.v1.ListImagesResponse
+	12, // 25: boxctl.plugin.v1.ImageSource.RemoveImage:output_type -> boxctl.plugin.v1.RemoveImageResponse
+	14, // 26: boxctl.plugin.v1.ImageSource.Prune:output_type -> boxctl.plugin.v1.PruneResponse
+	18, // [18:27] is the sub-list for method output_type
+	9,  // [9:18] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -1105,7 +1156,7 @@ func file_sdk_proto_v1_image_proto_init() {
 		return
 	}
 	file_sdk_proto_v1_common_proto_init()
-	file_sdk_proto_v1_image_proto_msgTypes[3].OneofWrappers = []any{
+	file_sdk_proto_v1_image_proto_msgTypes[4].OneofWrappers = []any{
 		(*PullEvent_Layer)(nil),
 		(*PullEvent_Status)(nil),
 		(*PullEvent_Image)(nil),
@@ -1116,7 +1167,7 @@ func file_sdk_proto_v1_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sdk_proto_v1_image_proto_rawDesc), len(file_sdk_proto_v1_image_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,14 +36,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ImageSource_Info_FullMethodName        = "/boxctl.plugin.v1.ImageSource/Info"
-	ImageSource_Configure_FullMethodName   = "/boxctl.plugin.v1.ImageSource/Configure"
-	ImageSource_Pull_FullMethodName        = "/boxctl.plugin.v1.ImageSource/Pull"
-	ImageSource_GetImage_FullMethodName    = "/boxctl.plugin.v1.ImageSource/GetImage"
-	ImageSource_RootDisk_FullMethodName    = "/boxctl.plugin.v1.ImageSource/RootDisk"
-	ImageSource_ListImages_FullMethodName  = "/boxctl.plugin.v1.ImageSource/ListImages"
-	ImageSource_RemoveImage_FullMethodName = "/boxctl.plugin.v1.ImageSource/RemoveImage"
-	ImageSource_Prune_FullMethodName       = "/boxctl.plugin.v1.ImageSource/Prune"
+	ImageSource_Info_FullMethodName           = "/boxctl.plugin.v1.ImageSource/Info"
+	ImageSource_Configure_FullMethodName      = "/boxctl.plugin.v1.ImageSource/Configure"
+	ImageSource_Pull_FullMethodName           = "/boxctl.plugin.v1.ImageSource/Pull"
+	ImageSource_CheckReference_FullMethodName = "/boxctl.plugin.v1.ImageSource/CheckReference"
+	ImageSource_GetImage_FullMethodName       = "/boxctl.plugin.v1.ImageSource/GetImage"
+	ImageSource_RootDisk_FullMethodName       = "/boxctl.plugin.v1.ImageSource/RootDisk"
+	ImageSource_ListImages_FullMethodName     = "/boxctl.plugin.v1.ImageSource/ListImages"
+	ImageSource_RemoveImage_FullMethodName    = "/boxctl.plugin.v1.ImageSource/RemoveImage"
+	ImageSource_Prune_FullMethodName          = "/boxctl.plugin.v1.ImageSource/Prune"
 )
 
 // ImageSourceClient is the client API for ImageSource service.
@@ -60,6 +61,13 @@ type ImageSourceClient interface {
 	// INVALID_ARGUMENT: a malformed reference or a bad image (digest mismatch,
 	// a layer that is not a tar or escapes the root).
 	Pull(ctx context.Context, in *PullRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PullEvent], error)
+	// CheckReference validates a reference and platform without pulling and
+	// without network access: the syntax, and for local references that the
+	// layout directory or archive file exists. `boxctl create` calls it so a
+	// box that can never start is refused at once. INVALID_ARGUMENT: malformed
+	// reference or platform; NOT_FOUND: a local layout or archive is missing.
+	// UNIMPLEMENTED from older plugins: the core skips the check.
+	CheckReference(ctx context.Context, in *PullRequest, opts ...grpc.CallOption) (*CheckReferenceResponse, error)
 	// GetImage looks an image up in the cache by reference or digest, without
 	// network access. NOT_FOUND if it is not cached.
 	GetImage(ctx context.Context, in *ImageRequest, opts ...grpc.CallOption) (*Image, error)
@@ -123,6 +131,16 @@ func (c *imageSourceClient) Pull(ctx context.Context, in *PullRequest, opts ...g
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ImageSource_PullClient = grpc.ServerStreamingClient[PullEvent]
+
+func (c *imageSourceClient) CheckReference(ctx context.Context, in *PullRequest, opts ...grpc.CallOption) (*CheckReferenceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckReferenceResponse)
+	err := c.cc.Invoke(ctx, ImageSource_CheckReference_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 func (c *imageSourceClient) GetImage(ctx context.Context, in *ImageRequest, opts ...grpc.CallOption) (*Image, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -188,6 +206,13 @@ type ImageSourceServer interface {
 	// INVALID_ARGUMENT: a malformed reference or a bad image (digest mismatch,
 	// a layer that is not a tar or escapes the root).
 	Pull(*PullRequest, grpc.ServerStreamingServer[PullEvent]) error
+	// CheckReference validates a reference and platform without pulling and
+	// without network access: the syntax, and for local references that the
+	// layout directory or archive file exists. `boxctl create` calls it so a
+	// box that can never start is refused at once. INVALID_ARGUMENT: malformed
+	// reference or platform; NOT_FOUND: a local layout or archive is missing.
+	// UNIMPLEMENTED from older plugins: the core skips the check.
+	CheckReference(context.Context, *PullRequest) (*CheckReferenceResponse, error)
 	// GetImage looks an image up in the cache by reference or digest, without
 	// network access. NOT_FOUND if it is not cached.
 	GetImage(context.Context, *ImageRequest) (*Image, error)
@@ -221,6 +246,9 @@ func (UnimplementedImageSourceServer) Configure(context.Context, *ConfigureReque
 }
 func (UnimplementedImageSourceServer) Pull(*PullRequest, grpc.ServerStreamingServer[PullEvent]) error {
 	return status.Error(codes.Unimplemented, "method Pull not implemented")
+}
+func (UnimplementedImageSourceServer) CheckReference(context.Context, *PullRequest) (*CheckReferenceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckReference not implemented")
 }
 func (UnimplementedImageSourceServer) GetImage(context.Context, *ImageRequest) (*Image, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetImage not implemented")
@@ -304,6 +332,24 @@ func _ImageSource_Pull_Handler(srv interface{}, stream grpc.ServerStream) error 
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ImageSource_PullServer = grpc.ServerStreamingServer[PullEvent]
+
+func _ImageSource_CheckReference_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PullRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageSourceServer).CheckReference(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ImageSource_CheckReference_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageSourceServer).CheckReference(ctx, req.(*PullRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _ImageSource_GetImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ImageRequest)
@@ -409,6 +455,10 @@ var ImageSource_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Configure",
 			Handler:    _ImageSource_Configure_Handler,
+		},
+		{
+			MethodName: "CheckReference",
+			Handler:    _ImageSource_CheckReference_Handler,
 		},
 		{
 			MethodName: "GetImage",
