@@ -74,6 +74,10 @@ type BoxDefaults struct {
 	DiskSize   uint64
 	AutoRemove bool
 	Detach     bool
+	// AllowHostLoopback lets boxes reach the host's loopback and the
+	// host's own addresses (off: a service bound to 127.0.0.1 is not for
+	// sandboxed code).
+	AllowHostLoopback bool
 }
 
 // Registry holds the settings for reaching image registries.

@@ -212,7 +212,7 @@ var pluginSchema = &hcl.BodySchema{
 
 var defaultsSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
-		{Name: "cpus"}, {Name: "memory"}, {Name: "disk_size"}, {Name: "auto_remove"}, {Name: "detach"},
+		{Name: "cpus"}, {Name: "memory"}, {Name: "disk_size"}, {Name: "auto_remove"}, {Name: "detach"}, {Name: "allow_host_loopback"},
 	},
 }
 
@@ -382,7 +382,7 @@ func (d *decoder) defaults(out *BoxDefaults, body hcl.Body) {
 	for _, b := range []struct {
 		name string
 		dst  *bool
-	}{{"auto_remove", &out.AutoRemove}, {"detach", &out.Detach}} {
+	}{{"auto_remove", &out.AutoRemove}, {"detach", &out.Detach}, {"allow_host_loopback", &out.AllowHostLoopback}} {
 		if a := content.Attributes[b.name]; a != nil {
 			d.decode(a, b.dst)
 		}

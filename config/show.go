@@ -32,6 +32,7 @@ func (c *Config) Format() []byte {
 	d.SetAttributeValue("disk_size", cty.StringVal(FormatSize(c.Defaults.DiskSize)))
 	d.SetAttributeValue("auto_remove", cty.BoolVal(c.Defaults.AutoRemove))
 	d.SetAttributeValue("detach", cty.BoolVal(c.Defaults.Detach))
+	d.SetAttributeValue("allow_host_loopback", cty.BoolVal(c.Defaults.AllowHostLoopback))
 
 	root.AppendNewline()
 	r := root.AppendNewBlock("registry", nil).Body()

@@ -73,6 +73,9 @@ func (r *Runtime) newBox(opts BoxOptions) (*model.Box, error) {
 	if !c.Detach {
 		c.Detach = d.Detach
 	}
+	if !c.AllowHostLoopback {
+		c.AllowHostLoopback = d.AllowHostLoopback
+	}
 	if c.CPUs < 0 || c.CPUs > 256 {
 		return nil, fmt.Errorf("create box: cpus %d out of range 1-256: %w", c.CPUs, ErrInvalidArgument)
 	}

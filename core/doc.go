@@ -23,4 +23,5 @@ var (
 	ErrShutDown        = model.ErrShutDown
 	ErrAmbiguous       = model.ErrAmbiguous
 	ErrInvalidArgument = model.ErrInvalidArgument
+	ErrPermission      = model.ErrPermission
 )

@@ -68,7 +68,11 @@ func (r *Runtime) Exec(ctx context.Context, ref string, opts ExecOptions) (ExecR
 	if err != nil {
 		return ExecResult{}, err
 	}
-	res, err := r.execRaw(ctx, b, req, opts)
+	w := r.watchRun(ctx, b)
+	defer w.stop()
+	opts.Signals = r.forwardSignals(w, b, opts.Signals)
+	res, err := r.execRaw(w.ctx, b, req, opts)
+	err = w.err(err)
 	counters := []string{CounterCommandsExecuted, boxCommandsCounter(b.ID)}
 	if err != nil {
 		counters = []string{CounterExecErrors}
@@ -105,7 +109,7 @@ func (r *Runtime) runningBox(ctx context.Context, ref string) (*model.Box, error
 	}
 	if b.Status != model.StatusRunning || !r.runAlive(ctx, b) {
 		if b.Status == model.StatusPaused {
-			return nil, fmt.Errorf("box %s is paused: %w", b.Name, ErrInvalidState)
+			return nil, pausedError(b)
 		}
 		if err := r.Start(ctx, b.ID); err != nil {
 			return nil, err
@@ -205,11 +209,14 @@ type CopyOptions struct {
 // CopyIn copies the host path src into the box directory dest (created if
 // missing). A directory is copied with its name; end src with "/." to copy
 // only its contents.
-func (r *Runtime) CopyIn(ctx context.Context, ref, src, dest string, opts CopyOptions) error {
+func (r *Runtime) CopyIn(ctx context.Context, ref, src, dest string, opts CopyOptions) (err error) {
 	b, err := r.runningBox(ctx, ref)
 	if err != nil {
 		return err
 	}
+	w := r.watchRun(ctx, b)
+	defer func() { err = w.err(err); w.stop() }()
+	ctx = w.ctx
 	abs, err := filepath.Abs(src)
 	if err != nil {
 		return err
@@ -248,11 +255,14 @@ func (r *Runtime) CopyIn(ctx context.Context, ref, src, dest string, opts CopyOp
 // CopyOut copies the box path src into the host directory dest (created if
 // missing). The box is not trusted: the tar it sends is extracted so that
 // nothing is written outside dest, whatever names and symlinks it holds.
-func (r *Runtime) CopyOut(ctx context.Context, ref, src, dest string, opts CopyOptions) error {
+func (r *Runtime) CopyOut(ctx context.Context, ref, src, dest string, opts CopyOptions) (err error) {
 	b, err := r.runningBox(ctx, ref)
 	if err != nil {
 		return err
 	}
+	w := r.watchRun(ctx, b)
+	defer func() { err = w.err(err); w.stop() }()
+	ctx = w.ctx
 	contentsOnly := strings.HasSuffix(src, "/.")
 	c, err := agentclient.Dial(ctx, b.Run.AgentSocket)
 	if err != nil {
@@ -301,6 +311,10 @@ func (r *Runtime) Stats(ctx context.Context, ref string) (*Stats, error) {
 		return nil, fmt.Errorf("box %s is %s: %w", b.Name, b.Status, ErrInvalidState)
 	}
 	st := &Stats{Box: b}
+	// A guest that stops answering (paused by the hypervisor, wedged) must
+	// not hang `boxctl stats`.
+	ctx, cancel := context.WithTimeout(ctx, statsTimeout)
+	defer cancel()
 	if b.Run.AgentSocket != "" {
 		c, err := agentclient.Dial(ctx, b.Run.AgentSocket)
 		if err == nil {
@@ -320,6 +334,9 @@ func (r *Runtime) Stats(ctx context.Context, ref string) (*Stats, error) {
 	})
 	return st, nil
 }
+
+// statsTimeout bounds one Stats call.
+const statsTimeout = 10 * time.Second
 
 // ConsoleLog returns the path of the box's console log.
 func (r *Runtime) ConsoleLog(ctx context.Context, ref string) (string, error) {

@@ -60,6 +60,11 @@ func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) er
 	defer lock.Release()
 	if b.Status.Active() {
 		if r.runAlive(ctx, b) {
+			if b.PausedByIOError() {
+				// Starting a box the hypervisor paused on a disk error
+				// means "continue it", once the user freed space.
+				return r.resumeLocked(ctx, b)
+			}
 			return nil
 		}
 		if err := r.markGone(ctx, b, "vm process vanished"); err != nil {
@@ -150,7 +155,7 @@ func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
 		Vcpus:     uint32(b.Config.CPUs),
 		MemoryMib: b.Config.MemoryMiB,
 		RunDir:    r.paths.boxDir(b.ID),
-		Network:   &pluginv1.NetworkSpec{Mode: pluginv1.NetworkSpec_MODE_USER},
+		Network:   &pluginv1.NetworkSpec{Mode: pluginv1.NetworkSpec_MODE_USER, AllowHostLoopback: b.Config.AllowHostLoopback},
 	}
 	for _, p := range b.Config.Ports {
 		spec.Network.Ports = append(spec.Network.Ports, &pluginv1.PortForward{
@@ -179,6 +184,7 @@ func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
 		Handle:      plan.GetHandle(),
 		AgentSocket: plan.GetAgentSocket(),
 		ConsoleLog:  plan.GetConsoleLog(),
+		StateFile:   plan.GetStateFile(),
 		VMM:         r.cfg.VMM,
 		Detached:    run.Detached,
 		Owner:       run.Owner,
@@ -202,6 +208,7 @@ func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
 		cur.Run.Handle = l.Handle
 		cur.Run.AgentSocket = l.AgentSocket
 		cur.Run.ConsoleLog = l.ConsoleLog
+		cur.Run.StateFile = l.StateFile
 		return tx.PutBox(cur)
 	})
 	if err != nil {
@@ -404,13 +411,37 @@ func (r *Runtime) stopLocked(ctx context.Context, id string, timeout time.Durati
 	if !errors.Is(err, monitor.ErrNoMonitor) && b.Run.Monitor.Alive() {
 		return fmt.Errorf("stop %s: %w", b.Name, err)
 	}
-	r.log.Debug("monitor gone; stopping through the VMM plugin", "box", b.ID)
+	r.log.Debug("monitor gone; stopping the VM without it", "box", b.ID)
 	if b.Run.VM.Alive() {
-		if err := r.stopViaVMM(ctx, b, timeout); err != nil {
+		if err := r.stopUnsupervised(ctx, b, timeout); err != nil {
 			return fmt.Errorf("stop %s: %w", b.Name, err)
 		}
 	}
 	return r.markGone(ctx, b, "stopped (its monitor was gone)")
+}
+
+// stopUnsupervised stops a VM whose monitor is gone: a clean shutdown
+// through the guest agent (it syncs and unmounts) within timeout, then the
+// VMM's forced stop. The VMM's own graceful stop (an ACPI power-off) is not
+// waited for when there is an agent: the boxctl guest shuts down through it.
+func (r *Runtime) stopUnsupervised(ctx context.Context, b *model.Box, timeout time.Duration) error {
+	vm := b.Run.VM
+	if b.Run.AgentSocket == "" {
+		return r.stopViaVMM(ctx, b, timeout)
+	}
+	if timeout > 0 && b.Status != model.StatusPaused {
+		gctx, cancel := context.WithTimeout(ctx, timeout)
+		err := GuestAgent().Shutdown(gctx, b.Run.AgentSocket)
+		if err == nil {
+			err = proc.WaitExit(gctx, vm)
+		}
+		cancel()
+		if err == nil {
+			return nil
+		}
+		r.log.Debug("clean shutdown through the guest agent failed; forcing", "box", b.ID, "error", err)
+	}
+	return r.stopViaVMM(ctx, b, 0)
 }
 
 // stopViaVMM stops a VM whose monitor is gone: graceful stop, wait, forced

@@ -3,8 +3,10 @@ package core
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/monitor"
 	"github.com/boxctl/boxctl/core/state"
 	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
@@ -29,6 +31,9 @@ func (r *Runtime) setPaused(ctx context.Context, ref string, pause bool) error {
 	from, to := model.StatusRunning, model.StatusPaused
 	if !pause {
 		from, to = to, from
+	}
+	if !pause {
+		return r.resumeLocked(ctx, b)
 	}
 	if b.Status == to {
 		return nil
@@ -56,7 +61,91 @@ func (r *Runtime) setPaused(ctx context.Context, ref string, pause bool) error {
 		}
 		if cur.Status == from {
 			cur.Status = to
+			if cur.Run != nil {
+				cur.Run.Pause = &model.Pause{Cause: model.PauseRequested, At: time.Now().UTC()}
+			}
 		}
 		return tx.PutBox(cur)
 	})
+}
+
+// resumeLocked continues a paused box: paused by request, or by the
+// hypervisor after a disk error (once the cause is fixed). The caller holds
+// the box lock.
+func (r *Runtime) resumeLocked(ctx context.Context, b *model.Box) error {
+	if b.Status == model.StatusRunning {
+		return nil
+	}
+	if b.Status != model.StatusPaused || b.Run == nil {
+		return fmt.Errorf("box %s is %s, not paused: %w", b.Name, b.Status, ErrInvalidState)
+	}
+	vmm, err := r.plugins.VMM(ctx)
+	if err != nil {
+		return fmt.Errorf("vmm plugin: %w", err)
+	}
+	if err := vmm.Resume(ctx, &pluginv1.ControlRequest{Handle: b.Run.Handle, Pid: int64(b.Run.VM.PID)}); err != nil {
+		return fmt.Errorf("resume %s: %w", b.Name, err)
+	}
+	ioError := b.PausedByIOError()
+	err = r.store.Update(ctx, func(tx *state.Tx) error {
+		cur, err := tx.Box(b.ID)
+		if err != nil {
+			return err
+		}
+		if cur.Status == model.StatusPaused && cur.Run != nil && cur.Run.ID == b.Run.ID {
+			cur.Status = model.StatusRunning
+			cur.Run.Pause = nil
+		}
+		return tx.PutBox(cur)
+	})
+	if err != nil || !ioError || b.Run.StateFile == "" {
+		return err
+	}
+	// The hypervisor stops the guest again at once if the disk is still
+	// full: say so instead of reporting success.
+	time.Sleep(resumeSettle)
+	st, serr := monitor.ReadVMState(b.Run.StateFile)
+	if serr != nil || st.State != monitor.VMIOError {
+		return nil
+	}
+	var still *model.Box
+	err = r.store.Update(ctx, func(tx *state.Tx) error {
+		cur, err := tx.Box(b.ID)
+		if err != nil {
+			return err
+		}
+		if cur.Run == nil || cur.Run.ID != b.Run.ID || !cur.Status.Active() {
+			return nil
+		}
+		cur.Status = model.StatusPaused
+		cur.Run.Pause = &model.Pause{Cause: model.PauseIOError, Reason: st.Reason, Device: st.Device, At: time.Now().UTC()}
+		still = cur
+		return tx.PutBox(cur)
+	})
+	if err != nil || still == nil {
+		return err
+	}
+	return pausedError(still)
+}
+
+// resumeSettle is how long a resume of a box paused on a disk error waits
+// to see whether the hypervisor stops it again.
+const resumeSettle = 500 * time.Millisecond
+
+// pausedError explains why a paused box cannot run commands and what to do.
+func pausedError(b *model.Box) error {
+	if b.PausedByIOError() {
+		p := b.Run.Pause
+		reason := p.Reason
+		if reason == "" {
+			reason = "a disk request failed"
+		}
+		dev := ""
+		if p.Device != "" {
+			dev = " on " + p.Device
+		}
+		return fmt.Errorf("box %s is paused: the hypervisor stopped it because a write to its disk%s failed (%s); "+
+			"free space on the host filesystem that holds boxctl's home, then run `boxctl unpause %s`: %w", b.Name, dev, reason, b.Name, ErrInvalidState)
+	}
+	return fmt.Errorf("box %s is paused: run `boxctl unpause %s` first: %w", b.Name, b.Name, ErrInvalidState)
 }

@@ -181,6 +181,15 @@ func (r *Runtime) recoverRun(ctx context.Context, b *model.Box) bool {
 		reason = "no run recorded"
 	case b.Run.VM.BootID != "" && b.Run.VM.BootID != boot || b.Run.Monitor.BootID != "" && b.Run.Monitor.BootID != boot:
 		reason = "host rebooted"
+	case b.Run.VM.Alive() && !b.Run.Detached && !b.Run.Owner.IsZero() && !b.Run.Owner.Alive() && !b.Run.Monitor.IsZero() && !b.Run.Monitor.Alive():
+		// The monitor that should have stopped this box when its owner
+		// went is gone too: do its job.
+		r.log.Info("recovery: stopping a box whose owner and monitor are gone", "box", b.ID)
+		if err := r.stopUnsupervised(ctx, b, DefaultStopTimeout); err != nil {
+			r.log.Warn("recovery: stop a box whose monitor died", "box", b.ID, "error", err)
+			return true
+		}
+		reason = "its owner exited while its monitor was gone"
 	case b.Run.VM.Alive():
 		return true
 	case b.Run.Monitor.Alive():

@@ -121,6 +121,9 @@ func Open(ctx context.Context, opts ...Option) (*Runtime, error) {
 			return nil, fmt.Errorf("create home %s: %w", home, err)
 		}
 	}
+	if err := r.paths.checkOwnership(); err != nil {
+		return nil, err
+	}
 	if r.self, err = proc.Self(); err != nil {
 		return nil, err
 	}

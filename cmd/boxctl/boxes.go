@@ -32,6 +32,8 @@ type boxFlags struct {
 	labels     []string
 	platform   string
 	publish    []string
+	// allowHostLoopback opens the host's loopback and own addresses to the box.
+	allowHostLoopback bool
 }
 
 func (f *boxFlags) register(c *cobra.Command) {
@@ -48,17 +50,19 @@ func (f *boxFlags) register(c *cobra.Command) {
 	fl.StringArrayVarP(&f.labels, "label", "l", nil, "set a label (KEY=VALUE); repeatable")
 	fl.StringVar(&f.platform, "platform", "", "image platform, e.g. linux/arm64 (default: this host's)")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "forward a host port to the box: [HOSTIP:]HOSTPORT:BOXPORT[/tcp|udp]; repeatable")
+	fl.BoolVar(&f.allowHostLoopback, "allow-host-loopback", false, "let the box reach services on the host's loopback (as 10.0.2.2) and on the host's own addresses (default: blocked; see docs/networking.md)")
 }
 
 func (f *boxFlags) options(image string, cmd []string, lookupEnv func(string) (string, bool)) (core.BoxOptions, error) {
 	c := model.BoxConfig{
-		Image:      image,
-		Cmd:        cmd,
-		WorkingDir: f.workdir,
-		User:       f.user,
-		CPUs:       f.cpus,
-		AutoRemove: f.autoRemove,
-		Platform:   f.platform,
+		Image:             image,
+		Cmd:               cmd,
+		WorkingDir:        f.workdir,
+		User:              f.user,
+		CPUs:              f.cpus,
+		AutoRemove:        f.autoRemove,
+		Platform:          f.platform,
+		AllowHostLoopback: f.allowHostLoopback,
 	}
 	for _, e := range f.env {
 		if !strings.Contains(e, "=") {

@@ -39,7 +39,20 @@ func humanState(b *model.Box, now time.Time) string {
 		if b.Health.Status != "" {
 			s += " (" + b.Health.Status + ")"
 		}
+		if !b.Run.Monitor.IsZero() && !b.Run.Monitor.Alive() {
+			// The VM runs on, but nothing records its exit or runs its
+			// health checks; `boxctl stop` still works.
+			s += " (monitor gone)"
+		}
 		return s
+	case model.StatusPaused:
+		if b.PausedByIOError() {
+			if strings.Contains(strings.ToLower(b.Run.Pause.Reason), "space") {
+				return "Paused (disk full)"
+			}
+			return "Paused (disk error)"
+		}
+		return "Paused"
 	case model.StatusStopped:
 		if b.Run != nil && b.Run.Exit != nil {
 			return fmt.Sprintf("Exited (%d) %s", b.Run.Exit.Code, ago(b.Run.Exit.At, now))

@@ -181,7 +181,7 @@ killed by signal N). Ctrl-C is forwarded to the command.`,
 			if err != nil {
 				return err
 			}
-			if b.Status != model.StatusRunning {
+			if !b.Status.Active() {
 				if err := rt.Start(ctx, b.ID, core.Detach(true)); err != nil {
 					return err
 				}

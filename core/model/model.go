@@ -26,6 +26,9 @@ var (
 	ErrAmbiguous = errors.New("ambiguous")
 	// ErrInvalidArgument: the request is malformed.
 	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrPermission: something boxctl relies on is not safe to use (a home
+	// another user can write, say) or not permitted.
+	ErrPermission = errors.New("permission denied")
 )
 
 // Status is a box's lifecycle status.
@@ -74,6 +77,11 @@ type BoxConfig struct {
 	Platform string `json:"platform,omitempty"`
 	// Ports forward host ports to ports in the box.
 	Ports []PortMapping `json:"ports,omitempty"`
+	// AllowHostLoopback lets the box reach services on the host's
+	// loopback (through the gateway address) and the host's own
+	// addresses. Off by default: a service listening only on 127.0.0.1 is
+	// not meant for sandboxed code.
+	AllowHostLoopback bool `json:"allow_host_loopback,omitempty"`
 }
 
 // PortMapping forwards HostIP:HostPort on the host to GuestPort in the box.
@@ -145,6 +153,36 @@ type Run struct {
 	ConsoleLog  string    `json:"console_log,omitempty"`
 	StartedAt   time.Time `json:"started_at"`
 	Exit        *Exit     `json:"exit,omitempty"`
+	// StateFile is the VM run-state file the VMM keeps current (empty
+	// when the VMM cannot report one).
+	StateFile string `json:"state_file,omitempty"`
+	// Pause says why a paused box is paused.
+	Pause *Pause `json:"pause,omitempty"`
+}
+
+// Why a box is paused.
+const (
+	// PauseRequested: someone paused it (boxctl pause, a snapshot).
+	PauseRequested = "requested"
+	// PauseIOError: the hypervisor stopped the guest because a disk
+	// request failed, typically because the host filesystem is full.
+	PauseIOError = "io-error"
+)
+
+// Pause records why a box is paused.
+type Pause struct {
+	Cause string `json:"cause"`
+	// Reason and Device describe an I/O error ("no space left on device",
+	// "vdb").
+	Reason string    `json:"reason,omitempty"`
+	Device string    `json:"device,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// PausedByIOError reports whether the box is paused because a disk
+// request failed.
+func (b *Box) PausedByIOError() bool {
+	return b.Status == StatusPaused && b.Run != nil && b.Run.Pause != nil && b.Run.Pause.Cause == PauseIOError
 }
 
 // Box is a box's persisted record.

@@ -70,6 +70,8 @@ type monitor struct {
 	stopOnce   sync.Once
 	stopReason string
 	mu         sync.Mutex
+	// vmState is the last state read from the VM's state file.
+	vmState VMState
 	// handlers counts control connections being answered; the monitor
 	// exits only after they got their reply.
 	handlers sync.WaitGroup
@@ -120,6 +122,9 @@ func Run(ctx context.Context, o Options) error {
 
 	if !o.Launch.Detached {
 		go m.watchOwner(ctx)
+	}
+	if o.Launch.StateFile != "" {
+		go m.watchVMState(ctx)
 	}
 	if o.Launch.Health != nil && o.Probe != nil && o.Launch.AgentSocket != "" {
 		hctx, stopHealth := context.WithCancel(ctx)
@@ -384,6 +389,16 @@ func (m *monitor) stopVM(timeout time.Duration) {
 			b.Status = model.StatusStopping
 		}
 	})
+	if timeout > 0 && m.vmHalted() && !m.resumeForStop(ctx) {
+		// A guest the hypervisor stopped after a disk error cannot shut
+		// down cleanly; the VMM's forced stop still flushes what the
+		// hypervisor holds.
+		m.log.Info("vm is halted; stopping it through the VMM")
+		if m.forceViaVMM(ctx) {
+			return
+		}
+		timeout = 0
+	}
 	if timeout > 0 {
 		gctx, cancel := context.WithTimeout(ctx, timeout)
 		m.graceful(gctx)
@@ -401,6 +416,32 @@ func (m *monitor) stopVM(timeout time.Duration) {
 	}
 	_ = syscall.Kill(-m.vm.PID, syscall.SIGKILL)
 	_ = m.cmd.Process.Kill()
+}
+
+// resumeForStop continues a VM paused by request so that its guest can
+// shut down cleanly; it reports whether the VM runs again. A VM halted by a
+// disk error is left alone: it would only fail again.
+func (m *monitor) resumeForStop(ctx context.Context) bool {
+	m.mu.Lock()
+	st := m.vmState.State
+	m.mu.Unlock()
+	if st != VMPaused {
+		return false
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	vmm, err := m.o.VMM(rctx)
+	if err == nil {
+		err = vmm.Resume(rctx, &pluginv1.ControlRequest{Handle: m.o.Launch.Handle, Pid: int64(m.vm.PID)})
+	}
+	if err != nil {
+		m.log.Warn("resume a paused VM to stop it cleanly", "error", err)
+		return false
+	}
+	m.mu.Lock()
+	m.vmState.State = VMRunning
+	m.mu.Unlock()
+	return true
 }
 
 // forceViaVMM has the VMM force the VM off (QEMU: "quit", which flushes

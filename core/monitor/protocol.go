@@ -32,7 +32,10 @@ type Launch struct {
 	Handle      []byte   `json:"handle,omitempty"`
 	AgentSocket string   `json:"agent_socket,omitempty"`
 	ConsoleLog  string   `json:"console_log,omitempty"`
-	VMM         string   `json:"vmm"`
+	// StateFile is the VM run-state file the VM process keeps current
+	// (LaunchPlan.state_file); empty when the VMM cannot report.
+	StateFile string `json:"state_file,omitempty"`
+	VMM       string `json:"vmm"`
 	// Detached runs ignore their owner; others stop when Owner exits.
 	Detached bool       `json:"detached"`
 	Owner    proc.Ident `json:"owner"`

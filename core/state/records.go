@@ -62,21 +62,22 @@ func boxToPB(b *model.Box) *statepb.Box {
 		Name:            b.Name,
 		CreatedAtUnixNs: unixNS(b.CreatedAt),
 		Config: &statepb.BoxConfig{
-			Image:         c.Image,
-			Entrypoint:    c.Entrypoint,
-			EntrypointSet: c.Entrypoint != nil,
-			Cmd:           c.Cmd,
-			CmdSet:        c.Cmd != nil,
-			Env:           c.Env,
-			WorkingDir:    c.WorkingDir,
-			User:          c.User,
-			Cpus:          int64(c.CPUs),
-			MemoryMib:     c.MemoryMiB,
-			DiskSize:      c.DiskSize,
-			AutoRemove:    c.AutoRemove,
-			Detach:        c.Detach,
-			Labels:        c.Labels,
-			Platform:      c.Platform,
+			Image:             c.Image,
+			Entrypoint:        c.Entrypoint,
+			EntrypointSet:     c.Entrypoint != nil,
+			Cmd:               c.Cmd,
+			CmdSet:            c.Cmd != nil,
+			Env:               c.Env,
+			WorkingDir:        c.WorkingDir,
+			User:              c.User,
+			Cpus:              int64(c.CPUs),
+			MemoryMib:         c.MemoryMiB,
+			DiskSize:          c.DiskSize,
+			AutoRemove:        c.AutoRemove,
+			Detach:            c.Detach,
+			Labels:            c.Labels,
+			Platform:          c.Platform,
+			AllowHostLoopback: c.AllowHostLoopback,
 		},
 		Status:      string(b.Status),
 		ImageDigest: b.ImageDigest,
@@ -110,9 +111,13 @@ func boxToPB(b *model.Box) *statepb.Box {
 			AgentSocket:     r.AgentSocket,
 			ConsoleLog:      r.ConsoleLog,
 			StartedAtUnixNs: unixNS(r.StartedAt),
+			StateFile:       r.StateFile,
 		}
 		if e := r.Exit; e != nil {
 			pb.Run.Exit = &statepb.Exit{Code: int64(e.Code), Signal: int64(e.Signal), Reason: e.Reason, AtUnixNs: unixNS(e.At)}
+		}
+		if p := r.Pause; p != nil {
+			pb.Run.Pause = &statepb.Pause{Cause: p.Cause, Reason: p.Reason, Device: p.Device, AtUnixNs: unixNS(p.At)}
 		}
 	}
 	return pb
@@ -125,17 +130,18 @@ func boxFromPB(pb *statepb.Box) *model.Box {
 		Name:      pb.GetName(),
 		CreatedAt: fromUnixNS(pb.GetCreatedAtUnixNs()),
 		Config: model.BoxConfig{
-			Image:      c.GetImage(),
-			Env:        c.GetEnv(),
-			WorkingDir: c.GetWorkingDir(),
-			User:       c.GetUser(),
-			CPUs:       int(c.GetCpus()),
-			MemoryMiB:  c.GetMemoryMib(),
-			DiskSize:   c.GetDiskSize(),
-			AutoRemove: c.GetAutoRemove(),
-			Detach:     c.GetDetach(),
-			Labels:     c.GetLabels(),
-			Platform:   c.GetPlatform(),
+			Image:             c.GetImage(),
+			Env:               c.GetEnv(),
+			WorkingDir:        c.GetWorkingDir(),
+			User:              c.GetUser(),
+			CPUs:              int(c.GetCpus()),
+			MemoryMiB:         c.GetMemoryMib(),
+			DiskSize:          c.GetDiskSize(),
+			AutoRemove:        c.GetAutoRemove(),
+			Detach:            c.GetDetach(),
+			Labels:            c.GetLabels(),
+			Platform:          c.GetPlatform(),
+			AllowHostLoopback: c.GetAllowHostLoopback(),
 		},
 		Status:      model.Status(pb.GetStatus()),
 		ImageDigest: pb.GetImageDigest(),
@@ -175,9 +181,13 @@ func boxFromPB(pb *statepb.Box) *model.Box {
 			AgentSocket: r.GetAgentSocket(),
 			ConsoleLog:  r.GetConsoleLog(),
 			StartedAt:   fromUnixNS(r.GetStartedAtUnixNs()),
+			StateFile:   r.GetStateFile(),
 		}
 		if e := r.GetExit(); e != nil {
 			b.Run.Exit = &model.Exit{Code: int(e.GetCode()), Signal: int(e.GetSignal()), Reason: e.GetReason(), At: fromUnixNS(e.GetAtUnixNs())}
+		}
+		if p := r.GetPause(); p != nil {
+			b.Run.Pause = &model.Pause{Cause: p.GetCause(), Reason: p.GetReason(), Device: p.GetDevice(), At: fromUnixNS(p.GetAtUnixNs())}
 		}
 	}
 	return b

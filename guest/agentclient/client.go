@@ -38,7 +38,8 @@ type Client struct {
 }
 
 // Dial prepares a client for the agent behind the unix socket socketPath. It does not wait
-// for the agent: calls wait for the connection (see WaitReady) until their context ends.
+// for the agent. Calls fail fast when the socket is gone (a box that stopped must not make a
+// call wait for it); WaitReady is the one call that waits for a booting guest.
 func Dial(ctx context.Context, socketPath string) (*Client, error) {
 	if socketPath == "" {
 		return nil, errors.New("agentclient: empty socket path")
@@ -56,7 +57,6 @@ func Dial(ctx context.Context, socketPath string) (*Client, error) {
 			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
 			MinConnectTimeout: 60 * time.Second,
 		}),
-		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("agentclient: %w", err)
@@ -81,9 +81,13 @@ type Info struct {
 	RootError       string
 }
 
-// Ping asks the agent who it is. It waits for the connection until ctx ends.
+// Ping asks the agent who it is.
 func (c *Client) Ping(ctx context.Context) (*Info, error) {
-	r, err := c.api.Ping(ctx, &agentv1.PingRequest{})
+	return c.ping(ctx)
+}
+
+func (c *Client) ping(ctx context.Context, opts ...grpc.CallOption) (*Info, error) {
+	r, err := c.api.Ping(ctx, &agentv1.PingRequest{}, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("ping guest agent: %w", err)
 	}
@@ -108,7 +112,7 @@ func (c *Client) WaitReady(ctx context.Context) (*Info, error) {
 	for {
 		// Short attempts: a connection that went stale while the guest booted is replaced.
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		info, err := c.Ping(actx)
+		info, err := c.ping(actx, grpc.WaitForReady(true))
 		cancel()
 		if err == nil {
 			if info.RootMounted {

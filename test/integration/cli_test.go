@@ -147,7 +147,7 @@ func TestCLIPluginFailuresAreClearAndLeaveStateConsistent(t *testing.T) {
 func TestCLIConfigShowAndValidate(t *testing.T) {
 	e := newEnv(t, "defaults {\n  memory = \"1GiB\"\n}\n")
 	show := e.ok("config", "show")
-	for _, want := range []string{`vmm       = "procvmm"`, `memory      = "1GiB"`, "from " + e.config} {
+	for _, want := range []string{`vmm       = "procvmm"`, `memory              = "1GiB"`, "allow_host_loopback = false", "from " + e.config} {
 		if !strings.Contains(show, want) {
 			t.Errorf("config show lacks %q:\n%s", want, show)
 		}

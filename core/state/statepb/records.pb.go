@@ -161,26 +161,27 @@ func (x *HealthCheck) GetStartPeriodNs() int64 {
 }
 
 type BoxConfig struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Image         string                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
-	Entrypoint    []string               `protobuf:"bytes,2,rep,name=entrypoint,proto3" json:"entrypoint,omitempty"`
-	EntrypointSet bool                   `protobuf:"varint,3,opt,name=entrypoint_set,json=entrypointSet,proto3" json:"entrypoint_set,omitempty"`
-	Cmd           []string               `protobuf:"bytes,4,rep,name=cmd,proto3" json:"cmd,omitempty"`
-	CmdSet        bool                   `protobuf:"varint,5,opt,name=cmd_set,json=cmdSet,proto3" json:"cmd_set,omitempty"`
-	Env           []string               `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty"`
-	WorkingDir    string                 `protobuf:"bytes,7,opt,name=working_dir,json=workingDir,proto3" json:"working_dir,omitempty"`
-	User          string                 `protobuf:"bytes,8,opt,name=user,proto3" json:"user,omitempty"`
-	Cpus          int64                  `protobuf:"varint,9,opt,name=cpus,proto3" json:"cpus,omitempty"`
-	MemoryMib     uint64                 `protobuf:"varint,10,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"`
-	DiskSize      uint64                 `protobuf:"varint,11,opt,name=disk_size,json=diskSize,proto3" json:"disk_size,omitempty"`
-	AutoRemove    bool                   `protobuf:"varint,12,opt,name=auto_remove,json=autoRemove,proto3" json:"auto_remove,omitempty"`
-	Detach        bool                   `protobuf:"varint,13,opt,name=detach,proto3" json:"detach,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Health        *HealthCheck           `protobuf:"bytes,15,opt,name=health,proto3" json:"health,omitempty"`
-	Platform      string                 `protobuf:"bytes,16,opt,name=platform,proto3" json:"platform,omitempty"`
-	Ports         []*PortMapping         `protobuf:"bytes,17,rep,name=ports,proto3" json:"ports,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Image             string                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	Entrypoint        []string               `protobuf:"bytes,2,rep,name=entrypoint,proto3" json:"entrypoint,omitempty"`
+	EntrypointSet     bool                   `protobuf:"varint,3,opt,name=entrypoint_set,json=entrypointSet,proto3" json:"entrypoint_set,omitempty"`
+	Cmd               []string               `protobuf:"bytes,4,rep,name=cmd,proto3" json:"cmd,omitempty"`
+	CmdSet            bool                   `protobuf:"varint,5,opt,name=cmd_set,json=cmdSet,proto3" json:"cmd_set,omitempty"`
+	Env               []string               `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty"`
+	WorkingDir        string                 `protobuf:"bytes,7,opt,name=working_dir,json=workingDir,proto3" json:"working_dir,omitempty"`
+	User              string                 `protobuf:"bytes,8,opt,name=user,proto3" json:"user,omitempty"`
+	Cpus              int64                  `protobuf:"varint,9,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	MemoryMib         uint64                 `protobuf:"varint,10,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"`
+	DiskSize          uint64                 `protobuf:"varint,11,opt,name=disk_size,json=diskSize,proto3" json:"disk_size,omitempty"`
+	AutoRemove        bool                   `protobuf:"varint,12,opt,name=auto_remove,json=autoRemove,proto3" json:"auto_remove,omitempty"`
+	Detach            bool                   `protobuf:"varint,13,opt,name=detach,proto3" json:"detach,omitempty"`
+	Labels            map[string]string      `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Health            *HealthCheck           `protobuf:"bytes,15,opt,name=health,proto3" json:"health,omitempty"`
+	Platform          string                 `protobuf:"bytes,16,opt,name=platform,proto3" json:"platform,omitempty"`
+	Ports             []*PortMapping         `protobuf:"bytes,17,rep,name=ports,proto3" json:"ports,omitempty"`
+	AllowHostLoopback bool                   `protobuf:"varint,20,opt,name=allow_host_loopback,json=allowHostLoopback,proto3" json:"allow_host_loopback,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *BoxConfig) Reset() {
@@ -332,6 +333,13 @@ func (x *BoxConfig) GetPorts() []*PortMapping {
 	return nil
 }
 
+func (x *BoxConfig) GetAllowHostLoopback() bool {
+	if x != nil {
+		return x.AllowHostLoopback
+	}
+	return false
+}
+
 type PortMapping struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	HostIp        string                 `protobuf:"bytes,1,opt,name=host_ip,json=hostIp,proto3" json:"host_ip,omitempty"`
@@ -481,6 +489,8 @@ type Run struct {
 	ConsoleLog      string                 `protobuf:"bytes,9,opt,name=console_log,json=consoleLog,proto3" json:"console_log,omitempty"`
 	StartedAtUnixNs int64                  `protobuf:"varint,10,opt,name=started_at_unix_ns,json=startedAtUnixNs,proto3" json:"started_at_unix_ns,omitempty"`
 	Exit            *Exit                  `protobuf:"bytes,11,opt,name=exit,proto3" json:"exit,omitempty"`
+	StateFile       string                 `protobuf:"bytes,12,opt,name=state_file,json=stateFile,proto3" json:"state_file,omitempty"`
+	Pause           *Pause                 `protobuf:"bytes,13,opt,name=pause,proto3" json:"pause,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -592,6 +602,88 @@ func (x *Run) GetExit() *Exit {
 	return nil
 }
 
+func (x *Run) GetStateFile() string {
+	if x != nil {
+		return x.StateFile
+	}
+	return ""
+}
+
+func (x *Run) GetPause() *Pause {
+	if x != nil {
+		return x.Pause
+	}
+	return nil
+}
+
+type Pause struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cause         string                 `protobuf:"bytes,1,opt,name=cause,proto3" json:"cause,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Device        string                 `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	AtUnixNs      int64                  `protobuf:"varint,4,opt,name=at_unix_ns,json=atUnixNs,proto3" json:"at_unix_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pause) Reset() {
+	*x = Pause{}
+	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pause) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pause) ProtoMessage() {}
+
+func (x *Pause) ProtoReflect() protoreflect.Message {
+	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pause.ProtoReflect.Descriptor instead.
+func (*Pause) Descriptor() ([]byte, []int) {
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Pause) GetCause() string {
+	if x != nil {
+		return x.Cause
+	}
+	return ""
+}
+
+func (x *Pause) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Pause) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *Pause) GetAtUnixNs() int64 {
+	if x != nil {
+		return x.AtUnixNs
+	}
+	return 0
+}
+
 type Health struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Status          string                 `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
@@ -604,7 +696,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	mi := &file_core_state_statepb_records_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -616,7 +708,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	mi := &file_core_state_statepb_records_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -629,7 +721,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{6}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Health) GetStatus() string {
@@ -674,7 +766,7 @@ type ImageConfig struct {
 
 func (x *ImageConfig) Reset() {
 	*x = ImageConfig{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[7]
+	mi := &file_core_state_statepb_records_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +778,7 @@ func (x *ImageConfig) String() string {
 func (*ImageConfig) ProtoMessage() {}
 
 func (x *ImageConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[7]
+	mi := &file_core_state_statepb_records_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +791,7 @@ func (x *ImageConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageConfig.ProtoReflect.Descriptor instead.
 func (*ImageConfig) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{7}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ImageConfig) GetEntrypoint() []string {
@@ -766,7 +858,7 @@ type Box struct {
 
 func (x *Box) Reset() {
 	*x = Box{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[8]
+	mi := &file_core_state_statepb_records_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +870,7 @@ func (x *Box) String() string {
 func (*Box) ProtoMessage() {}
 
 func (x *Box) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[8]
+	mi := &file_core_state_statepb_records_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +883,7 @@ func (x *Box) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Box.ProtoReflect.Descriptor instead.
 func (*Box) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{8}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Box) GetId() string {
@@ -909,7 +1001,7 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ns\x18\x03 \x01(\x03R\ttimeoutNs\x12\x18\n" +
 	"\aretries\x18\x04 \x01(\x03R\aretries\x12&\n" +
-	"\x0fstart_period_ns\x18\x05 \x01(\x03R\rstartPeriodNs\"\xe4\x04\n" +
+	"\x0fstart_period_ns\x18\x05 \x01(\x03R\rstartPeriodNs\"\x94\x05\n" +
 	"\tBoxConfig\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x1e\n" +
 	"\n" +
@@ -933,7 +1025,8 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x06labels\x18\x0e \x03(\v2&.boxctl.state.v1.BoxConfig.LabelsEntryR\x06labels\x124\n" +
 	"\x06health\x18\x0f \x01(\v2\x1c.boxctl.state.v1.HealthCheckR\x06health\x12\x1a\n" +
 	"\bplatform\x18\x10 \x01(\tR\bplatform\x122\n" +
-	"\x05ports\x18\x11 \x03(\v2\x1c.boxctl.state.v1.PortMappingR\x05ports\x1a9\n" +
+	"\x05ports\x18\x11 \x03(\v2\x1c.boxctl.state.v1.PortMappingR\x05ports\x12.\n" +
+	"\x13allow_host_loopback\x18\x14 \x01(\bR\x11allowHostLoopback\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"~\n" +
@@ -948,7 +1041,7 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x06signal\x18\x02 \x01(\x03R\x06signal\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1c\n" +
 	"\n" +
-	"at_unix_ns\x18\x04 \x01(\x03R\batUnixNs\"\xff\x02\n" +
+	"at_unix_ns\x18\x04 \x01(\x03R\batUnixNs\"\xcc\x03\n" +
 	"\x03Run\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bdetached\x18\x02 \x01(\bR\bdetached\x12,\n" +
@@ -962,7 +1055,16 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"consoleLog\x12+\n" +
 	"\x12started_at_unix_ns\x18\n" +
 	" \x01(\x03R\x0fstartedAtUnixNs\x12)\n" +
-	"\x04exit\x18\v \x01(\v2\x15.boxctl.state.v1.ExitR\x04exit\"\x95\x01\n" +
+	"\x04exit\x18\v \x01(\v2\x15.boxctl.state.v1.ExitR\x04exit\x12\x1d\n" +
+	"\n" +
+	"state_file\x18\f \x01(\tR\tstateFile\x12,\n" +
+	"\x05pause\x18\r \x01(\v2\x16.boxctl.state.v1.PauseR\x05pause\"k\n" +
+	"\x05Pause\x12\x14\n" +
+	"\x05cause\x18\x01 \x01(\tR\x05cause\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\x12\x1c\n" +
+	"\n" +
+	"at_unix_ns\x18\x04 \x01(\x03R\batUnixNs\"\x95\x01\n" +
 	"\x06Health\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12%\n" +
 	"\x0efailing_streak\x18\x02 \x01(\x03R\rfailingStreak\x12\x1f\n" +
@@ -1010,7 +1112,7 @@ func file_core_state_statepb_records_proto_rawDescGZIP() []byte {
 	return file_core_state_statepb_records_proto_rawDescData
 }
 
-var file_core_state_statepb_records_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_core_state_statepb_records_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_core_state_statepb_records_proto_goTypes = []any{
 	(*Ident)(nil),       // 0: boxctl.state.v1.Ident
 	(*HealthCheck)(nil), // 1: boxctl.state.v1.HealthCheck
@@ -1018,28 +1120,30 @@ var file_core_state_statepb_records_proto_goTypes = []any{
 	(*PortMapping)(nil), // 3: boxctl.state.v1.PortMapping
 	(*Exit)(nil),        // 4: boxctl.state.v1.Exit
 	(*Run)(nil),         // 5: boxctl.state.v1.Run
-	(*Health)(nil),      // 6: boxctl.state.v1.Health
-	(*ImageConfig)(nil), // 7: boxctl.state.v1.ImageConfig
-	(*Box)(nil),         // 8: boxctl.state.v1.Box
-	nil,                 // 9: boxctl.state.v1.BoxConfig.LabelsEntry
+	(*Pause)(nil),       // 6: boxctl.state.v1.Pause
+	(*Health)(nil),      // 7: boxctl.state.v1.Health
+	(*ImageConfig)(nil), // 8: boxctl.state.v1.ImageConfig
+	(*Box)(nil),         // 9: boxctl.state.v1.Box
+	nil,                 // 10: boxctl.state.v1.BoxConfig.LabelsEntry
 }
 var file_core_state_statepb_records_proto_depIdxs = []int32{
-	9,  // 0: boxctl.state.v1.BoxConfig.labels:type_name -> boxctl.state.v1.BoxConfig.LabelsEntry
+	10, // 0: boxctl.state.v1.BoxConfig.labels:type_name -> boxctl.state.v1.BoxConfig.LabelsEntry
 	1,  // 1: boxctl.state.v1.BoxConfig.health:type_name -> boxctl.state.v1.HealthCheck
 	3,  // 2: boxctl.state.v1.BoxConfig.ports:type_name -> boxctl.state.v1.PortMapping
 	0,  // 3: boxctl.state.v1.Run.owner:type_name -> boxctl.state.v1.Ident
 	0,  // 4: boxctl.state.v1.Run.monitor:type_name -> boxctl.state.v1.Ident
 	0,  // 5: boxctl.state.v1.Run.vm:type_name -> boxctl.state.v1.Ident
 	4,  // 6: boxctl.state.v1.Run.exit:type_name -> boxctl.state.v1.Exit
-	2,  // 7: boxctl.state.v1.Box.config:type_name -> boxctl.state.v1.BoxConfig
-	5,  // 8: boxctl.state.v1.Box.run:type_name -> boxctl.state.v1.Run
-	6,  // 9: boxctl.state.v1.Box.health:type_name -> boxctl.state.v1.Health
-	7,  // 10: boxctl.state.v1.Box.image:type_name -> boxctl.state.v1.ImageConfig
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	6,  // 7: boxctl.state.v1.Run.pause:type_name -> boxctl.state.v1.Pause
+	2,  // 8: boxctl.state.v1.Box.config:type_name -> boxctl.state.v1.BoxConfig
+	5,  // 9: boxctl.state.v1.Box.run:type_name -> boxctl.state.v1.Run
+	7,  // 10: boxctl.state.v1.Box.health:type_name -> boxctl.state.v1.Health
+	8,  // 11: boxctl.state.v1.Box.image:type_name -> boxctl.state.v1.ImageConfig
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_core_state_statepb_records_proto_init() }
@@ -1053,7 +1157,7 @@ func file_core_state_statepb_records_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_core_state_statepb_records_proto_rawDesc), len(file_core_state_statepb_records_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -16,6 +16,10 @@
 //	    exit_code      = 7        # ... with this code
 //	  }
 //	}
+//
+// Its launch plans name a VM state file (vm-state.json in the run
+// directory) that the "VM" sets to "running" when it starts; tests write
+// other states into it, standing in for a hypervisor that paused the guest.
 package main
 
 import (
@@ -69,7 +73,7 @@ func (p *procVMM) Info(context.Context) (*pluginv1.InfoResponse, error) {
 		Name:         "procvmm",
 		Version:      "0.1.0",
 		Description:  "test double: the VM is a host process",
-		Capabilities: []string{"pause", "graceful-stop", "metrics", "no-guest"},
+		Capabilities: []string{"pause", "graceful-stop", "metrics", "no-guest", "state-file"},
 	}, nil
 }
 
@@ -118,7 +122,8 @@ func (p *procVMM) Plan(ctx context.Context, spec *pluginv1.VMSpec) (*pluginv1.La
 	p.mu.Lock()
 	cfg := p.cfg
 	p.mu.Unlock()
-	args := []string{exe, "vm", "--console", filepath.Join(spec.GetRunDir(), "console.log")}
+	stateFile := filepath.Join(spec.GetRunDir(), "vm-state.json")
+	args := []string{exe, "vm", "--console", filepath.Join(spec.GetRunDir(), "console.log"), "--state-file", stateFile}
 	if cfg.IgnoreSigterm {
 		args = append(args, "--ignore-sigterm")
 	}
@@ -132,6 +137,7 @@ func (p *procVMM) Plan(ctx context.Context, spec *pluginv1.VMSpec) (*pluginv1.La
 		Dir:        spec.GetRunDir(),
 		Handle:     h,
 		ConsoleLog: filepath.Join(spec.GetRunDir(), "console.log"),
+		StateFile:  stateFile,
 		Notice:     "procvmm is a test double: the box runs as a host process",
 	}, nil
 }
@@ -186,7 +192,7 @@ func (p *procVMM) Metrics(ctx context.Context, req *pluginv1.ControlRequest) (*p
 
 // runVM is the "VM": it writes a console line, then waits for a signal.
 func runVM(args []string) int {
-	var console string
+	var console, stateFile string
 	var ignoreTerm bool
 	var exitAfter time.Duration
 	exitCode := 0
@@ -195,6 +201,9 @@ func runVM(args []string) int {
 		case "--console":
 			i++
 			console = args[i]
+		case "--state-file":
+			i++
+			stateFile = args[i]
 		case "--ignore-sigterm":
 			ignoreTerm = true
 		case "--exit-after":
@@ -213,6 +222,12 @@ func runVM(args []string) int {
 		}
 	}
 	fmt.Fprintf(out, "procvmm: booted pid %d\n", os.Getpid())
+	if stateFile != "" {
+		tmp := stateFile + ".tmp"
+		if os.WriteFile(tmp, []byte(`{"state":"running"}`), 0o600) == nil {
+			_ = os.Rename(tmp, stateFile)
+		}
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	var timeout <-chan time.Time

@@ -1,0 +1,135 @@
+package monitor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/boxctl/boxctl/core/model"
+)
+
+// VM run states a VMM reports in its state file (LaunchPlan.state_file).
+const (
+	VMRunning  = "running"
+	VMPaused   = "paused"
+	VMIOError  = "io-error"
+	VMShutdown = "shutdown"
+)
+
+// VMState is the content of a VM's state file.
+type VMState struct {
+	State  string    `json:"state"`
+	Reason string    `json:"reason,omitempty"`
+	Device string    `json:"device,omitempty"`
+	At     time.Time `json:"at,omitempty"`
+}
+
+// ReadVMState reads a VM state file.
+func ReadVMState(path string) (VMState, error) {
+	var st VMState
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("decode VM state file %s: %w", path, err)
+	}
+	return st, nil
+}
+
+// stateFilePoll is how often the monitor looks at the VM's state file. A
+// stat every quarter second costs nothing and bounds how long `boxctl ls`
+// shows a VM the hypervisor paused as running.
+const stateFilePoll = 250 * time.Millisecond
+
+// watchVMState follows the VM's state file until the VM exits and records
+// what it says in the box: a VM the hypervisor paused because a disk
+// request failed becomes Paused with the reason, and Running again once it
+// continues.
+func (m *monitor) watchVMState(ctx context.Context) {
+	path := m.o.Launch.StateFile
+	var lastMod time.Time
+	var lastSize int64 = -1
+	t := time.NewTicker(stateFilePoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.exited:
+			return
+		case <-t.C:
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				m.log.Debug("stat VM state file", "error", err)
+			}
+			continue
+		}
+		if fi.ModTime().Equal(lastMod) && fi.Size() == lastSize {
+			continue
+		}
+		lastMod, lastSize = fi.ModTime(), fi.Size()
+		st, err := ReadVMState(path)
+		if err != nil {
+			m.log.Debug("read VM state file", "error", err)
+			continue
+		}
+		m.applyVMState(ctx, st)
+	}
+}
+
+func (m *monitor) applyVMState(ctx context.Context, st VMState) {
+	m.mu.Lock()
+	changed := m.vmState.State != st.State || m.vmState.Reason != st.Reason
+	m.vmState = st
+	m.mu.Unlock()
+	if !changed {
+		return
+	}
+	switch st.State {
+	case VMIOError:
+		m.log.Warn("the hypervisor paused the VM after a disk error", "reason", st.Reason, "device", st.Device)
+	default:
+		m.log.Debug("vm state", "state", st.State)
+	}
+	at := st.At
+	if at.IsZero() {
+		at = time.Now().UTC()
+	}
+	err := m.update(ctx, func(b *model.Box) {
+		switch st.State {
+		case VMIOError:
+			if b.Status == model.StatusRunning || b.Status == model.StatusPaused {
+				b.Status = model.StatusPaused
+				b.Run.Pause = &model.Pause{Cause: model.PauseIOError, Reason: st.Reason, Device: st.Device, At: at}
+			}
+		case VMPaused:
+			if b.Status == model.StatusRunning {
+				b.Status = model.StatusPaused
+				b.Run.Pause = &model.Pause{Cause: model.PauseRequested, At: at}
+			}
+		case VMRunning:
+			if b.Status == model.StatusPaused {
+				b.Status = model.StatusRunning
+				b.Run.Pause = nil
+			}
+		}
+	})
+	if err != nil {
+		m.log.Debug("record vm state", "error", err)
+	}
+}
+
+// vmHalted reports whether the VM's vCPUs are stopped (paused by request or
+// by the hypervisor after a disk error): the guest agent cannot answer.
+func (m *monitor) vmHalted() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.vmState.State == VMPaused || m.vmState.State == VMIOError
+}
