@@ -86,3 +86,47 @@ func TestNonDetachedBoxStopsWhenOwnerIsKilled(t *testing.T) {
 		t.Fatalf("exit %+v", stopped.Run.Exit)
 	}
 }
+
+// startOwned starts a non-detached box from a child process acting as its
+// owner and returns the owner process and the box.
+func startOwned(t *testing.T, e *env, name string) (*exec.Cmd, *model.Box) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s %s", ownerEnv, e.home, e.config, e.bin, name))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ready ") {
+		t.Fatalf("owner: %q %v", line, err)
+	}
+	return cmd, e.info(e.runtime(), name)
+}
+
+func TestBoxWhoseOwnerAndMonitorDiedIsStoppedByTheNextCommand(t *testing.T) {
+	e := newEnv(t, "")
+	owner, b := startOwned(t, e, "abandoned")
+	kill9(t, b.Run.Monitor.PID)
+	if err := owner.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = owner.Wait()
+	out := e.ok("ls", "-a", "--format", "{{.Name}} {{.Status}}")
+	if !strings.Contains(out, "abandoned stopped") {
+		t.Fatalf("ls after the owner and the monitor died: %q", out)
+	}
+	waitDead(t, b.Run.VM.PID, 5*time.Second)
+	s := e.info(e.runtime(), "abandoned")
+	if s.Run.Exit == nil || !strings.Contains(s.Run.Exit.Reason, "owner exited") {
+		t.Fatalf("exit %+v", s.Run.Exit)
+	}
+}

@@ -282,3 +282,41 @@ func TestRecoveryLeavesBusyBoxesAlone(t *testing.T) {
 		t.Fatalf("after release: %s", st)
 	}
 }
+
+func TestListShowsABoxWhoseMonitorIsGone(t *testing.T) {
+	e := newEnv(t, "")
+	b := startDetached(t, e, "unsupervised")
+	kill9(t, b.Run.Monitor.PID)
+	if out := e.ok("ls"); !strings.Contains(out, "(monitor gone)") {
+		t.Fatalf("ls does not say the box has lost its monitor:\n%s", out)
+	}
+	e.ok("stop", "-t", "5", "unsupervised")
+	waitDead(t, b.Run.VM.PID, 5*time.Second)
+}
+
+func TestUnsafeHomeIsRefused(t *testing.T) {
+	for name, spoil := range map[string]func(home string) error{
+		"world-writable home": func(home string) error { return os.Chmod(home, 0o777) },
+		"group-writable boxes dir": func(home string) error {
+			return os.Chmod(filepath.Join(home, "boxes"), 0o770)
+		},
+		"state file owned by another user": func(home string) error {
+			return os.Chown(filepath.Join(home, "state.db"), 4242, 4242)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if name == "state file owned by another user" && os.Geteuid() != 0 {
+				t.Skip("needs root to give a file to another user")
+			}
+			e := newEnv(t, "")
+			e.ok("ls") // makes the home
+			if err := spoil(e.home); err != nil {
+				t.Fatal(err)
+			}
+			_, errs, code := e.cli("ls")
+			if code != 125 || !strings.Contains(errs, "unsafe home") || !(strings.Contains(errs, "chmod go-w") || strings.Contains(errs, "chown")) {
+				t.Fatalf("boxctl ls on an unsafe home: exit %d: %s", code, errs)
+			}
+		})
+	}
+}
