@@ -180,4 +180,60 @@ func TestParseSize(t *testing.T) {
 	if s := FormatSize(512 << 20); s != "512MiB" {
 		t.Errorf("FormatSize = %s", s)
 	}
+	if got, err := ParseSize("1PiB"); err != nil || got != 1<<50 {
+		t.Errorf("ParseSize(1PiB) = %d, %v", got, err)
+	}
+	// Too large is said so, not "use a number with a unit".
+	for _, in := range []string{"5EiB", "100000PiB", "1e30"} {
+		_, err := ParseSize(in)
+		if in != "1e30" && (err == nil || !strings.Contains(err.Error(), "too large")) {
+			t.Errorf("ParseSize(%q) = %v, want too large", in, err)
+		}
+	}
+}
+
+func TestSizeLimits(t *testing.T) {
+	for _, c := range []struct {
+		n       uint64
+		check   func(uint64) error
+		wantErr string
+	}{
+		{0, CheckMemory, "at least 64MiB"},
+		{100, CheckMemory, "at least 64MiB"},
+		{64<<20 - 1, CheckMemory, "at least 64MiB"},
+		{64 << 20, CheckMemory, ""},
+		{1 << 40, CheckMemory, ""},
+		{0, CheckDiskSize, "at least 64MiB"},
+		{1 << 20, CheckDiskSize, "at least 64MiB"},
+		{64 << 20, CheckDiskSize, ""},
+		{16 << 40, CheckDiskSize, ""},
+		{16<<40 + 1, CheckDiskSize, "too large"},
+		{1 << 50, CheckDiskSize, "at most 16TiB"},
+	} {
+		err := c.check(c.n)
+		if (c.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.wantErr)) {
+			t.Errorf("check(%d) = %v, want %q", c.n, err, c.wantErr)
+		}
+	}
+	// The config file applies the same limits.
+	for src, want := range map[string]string{
+		"defaults {\n  disk_size = \"1PiB\"\n}\n": "at most 16TiB",
+		"defaults {\n  disk_size = \"1MiB\"\n}\n": "at least 64MiB",
+		"defaults {\n  memory = \"100\"\n}\n":     "at least 64MiB",
+	} {
+		if _, err := Parse([]byte(src), "x.hcl"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", src, err, want)
+		}
+	}
+}
+
+func TestCheckLogLevel(t *testing.T) {
+	for _, l := range []string{"trace", "DEBUG", "info", "warn", "error", "off"} {
+		if err := CheckLogLevel(l); err != nil {
+			t.Errorf("CheckLogLevel(%q) = %v", l, err)
+		}
+	}
+	if err := CheckLogLevel("bogus"); err == nil || !strings.Contains(err.Error(), "use one of trace, debug, info, warn, error, off") {
+		t.Errorf("CheckLogLevel(bogus) = %v", err)
+	}
 }

@@ -229,6 +229,18 @@ var (
 	pluginName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 )
 
+// CheckLogLevel checks a log level (case does not matter), as given in
+// --log-level or $BOXCTL_LOG.
+func CheckLogLevel(level string) error {
+	l := strings.ToLower(strings.TrimSpace(level))
+	for _, x := range logLevels {
+		if l == x {
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown log level %q: use one of %s", level, strings.Join(logLevels, ", "))
+}
+
 func (c *Config) decodeRoot(body hcl.Body, sources map[string][]byte) hcl.Diagnostics {
 	content, diags := body.Content(rootSchema)
 	d := decoder{diags: diags, files: sources}
@@ -363,8 +375,8 @@ func (d *decoder) defaults(out *BoxDefaults, body hcl.Body) {
 	}
 	if a := content.Attributes["memory"]; a != nil {
 		if n, ok := d.size(a, "memory"); ok {
-			if n < 64<<20 {
-				d.errorf(a.Expr.Range(), "Invalid memory", "memory = %s is too small: a box needs at least 64MiB.", FormatSize(n))
+			if err := CheckMemory(n); err != nil {
+				d.errorf(a.Expr.Range(), "Invalid memory", "memory: %v.", err)
 			} else {
 				out.MemoryMiB = n >> 20
 			}
@@ -372,8 +384,8 @@ func (d *decoder) defaults(out *BoxDefaults, body hcl.Body) {
 	}
 	if a := content.Attributes["disk_size"]; a != nil {
 		if n, ok := d.size(a, "disk_size"); ok {
-			if n < 64<<20 {
-				d.errorf(a.Expr.Range(), "Invalid disk_size", "disk_size = %s is too small: the writable disk needs at least 64MiB.", FormatSize(n))
+			if err := CheckDiskSize(n); err != nil {
+				d.errorf(a.Expr.Range(), "Invalid disk_size", "disk_size: %v.", err)
 			} else {
 				out.DiskSize = n
 			}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
 	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
@@ -79,8 +80,11 @@ func (r *Runtime) newBox(opts BoxOptions) (*model.Box, error) {
 	if c.CPUs < 0 || c.CPUs > 256 {
 		return nil, fmt.Errorf("create box: cpus %d out of range 1-256: %w", c.CPUs, ErrInvalidArgument)
 	}
-	if c.MemoryMiB < 64 {
-		return nil, fmt.Errorf("create box: memory %dMiB is below the 64MiB minimum: %w", c.MemoryMiB, ErrInvalidArgument)
+	if c.MemoryMiB < config.MinMemory>>20 {
+		return nil, fmt.Errorf("create box: memory %dMiB is below the %s minimum: %w", c.MemoryMiB, config.FormatSize(config.MinMemory), ErrInvalidArgument)
+	}
+	if err := config.CheckDiskSize(c.DiskSize); err != nil {
+		return nil, fmt.Errorf("create box: %v: %w", err, ErrInvalidArgument)
 	}
 	for _, e := range c.Env {
 		if !strings.Contains(e, "=") || strings.HasPrefix(e, "=") {
@@ -111,6 +115,16 @@ func (r *Runtime) newBox(opts BoxOptions) (*model.Box, error) {
 		Status:    model.StatusConfigured,
 		DiskID:    id,
 	}, nil
+}
+
+// nameShadowsID refuses a name that is another box's ID, or its short ID
+// or more of it: names resolve before ID prefixes, so that ID would start
+// naming the new box. Checked in the transaction that inserts the box.
+func nameShadowsID(tx *state.Tx, op, name string) error {
+	if id := tx.NameShadowsID(name); id != "" {
+		return fmt.Errorf("%s: the name %q is the ID of box %s (or its start): a box cannot be named like another box's ID; choose another name: %w", op, name, shortID(id), ErrInvalidArgument)
+	}
+	return nil
 }
 
 // insertBox persists b and creates its directory in one write transaction,
@@ -156,6 +170,9 @@ func (r *Runtime) Create(ctx context.Context, opts BoxOptions) (*Box, error) {
 		if owner := tx.NameTaken(b.Name); owner != "" {
 			return fmt.Errorf("create box: the name %q is already in use by box %s; choose another name or remove that box: %w", b.Name, shortID(owner), ErrAlreadyExists)
 		}
+		if err := nameShadowsID(tx, "create box", b.Name); err != nil {
+			return err
+		}
 		return r.insertBox(tx, b)
 	})
 	if err != nil {
@@ -184,6 +201,9 @@ func (r *Runtime) GetOrCreate(ctx context.Context, opts BoxOptions) (box *Box, c
 		if owner := tx.NameTaken(b.Name); owner != "" {
 			existing = owner
 			return nil
+		}
+		if err := nameShadowsID(tx, "get or create", b.Name); err != nil {
+			return err
 		}
 		return r.insertBox(tx, b)
 	})
@@ -387,6 +407,9 @@ func (r *Runtime) Clone(ctx context.Context, srcRef string, opts BoxOptions) (*B
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
 		if owner := tx.NameTaken(b.Name); owner != "" {
 			return fmt.Errorf("clone: the name %q is already in use by box %s: %w", b.Name, shortID(owner), ErrAlreadyExists)
+		}
+		if err := nameShadowsID(tx, "clone", b.Name); err != nil {
+			return err
 		}
 		return r.insertBox(tx, b)
 	})

@@ -141,6 +141,9 @@ func execRequest(b *model.Box, opts ExecOptions) (agentclient.ExecRequest, error
 	env := mergeEnv(img.Env, b.Config.Env, opts.Env)
 	wd := firstNonEmpty(opts.WorkingDir, b.Config.WorkingDir, img.WorkingDir)
 	user := firstNonEmpty(opts.User, b.Config.User, img.User)
+	if opts.Timeout < 0 {
+		return agentclient.ExecRequest{}, fmt.Errorf("exec timeout %s is negative (zero means none): %w", opts.Timeout, ErrInvalidArgument)
+	}
 	if opts.Detach && (opts.TTY != nil || opts.Stdin != nil || opts.Timeout != 0) {
 		return agentclient.ExecRequest{}, fmt.Errorf("a detached command cannot have a terminal, stdin or a timeout: %w", ErrInvalidArgument)
 	}
@@ -204,12 +207,40 @@ type CopyOptions struct {
 	FollowSymlinks bool
 	// NoOverwrite refuses to replace existing files.
 	NoOverwrite bool
+	// Archive keeps the owners (uid/gid) the files have at the source, as
+	// `docker cp -a` does. Otherwise files copied out belong to the calling
+	// user and files copied in to the box's root. Copying out with Archive
+	// needs root on the host.
+	Archive bool
+	// UnsafeSpecialFiles (copies out only) creates the box's device nodes
+	// and FIFOs on the host and keeps setuid/setgid bits. Without it they
+	// are skipped (reported to OnSkip) and the bits are cleared: a box can
+	// mknod a world-writable node for any host device or hand out a
+	// setuid-root program. Creating device nodes needs root.
+	UnsafeSpecialFiles bool
+	// OnSkip is called for each entry a copy out leaves out.
+	OnSkip func(CopySkipped)
+}
+
+// CopySkipped is a file a copy out of a box left out, and what it was.
+type CopySkipped = tarsafe.Skipped
+
+// errEmptyBoxPath refuses "BOX:" with nothing after the colon, which
+// would otherwise mean the box's whole root, /proc and /sys included.
+func errEmptyBoxPath(box string) error {
+	return fmt.Errorf("empty path in the box: write %s:/PATH (to copy the box's whole root filesystem, say %s:/ explicitly): %w", box, box, ErrInvalidArgument)
 }
 
 // CopyIn copies the host path src into the box directory dest (created if
 // missing). A directory is copied with its name; end src with "/." to copy
 // only its contents.
 func (r *Runtime) CopyIn(ctx context.Context, ref, src, dest string, opts CopyOptions) (err error) {
+	if dest == "" {
+		return errEmptyBoxPath(ref)
+	}
+	if opts.UnsafeSpecialFiles {
+		return fmt.Errorf("copy %s into %s: the unsafe special-files option applies to copies out of a box only (copies in always keep device files and set-id bits): %w", src, ref, ErrInvalidArgument)
+	}
 	b, err := r.runningBox(ctx, ref)
 	if err != nil {
 		return err
@@ -237,7 +268,7 @@ func (r *Runtime) CopyIn(ctx context.Context, ref, src, dest string, opts CopyOp
 		pw.CloseWithError(err)
 		archiveErr <- err
 	}()
-	_, err = c.Upload(ctx, dest, pr, agentclient.UploadOptions{Overwrite: !opts.NoOverwrite})
+	_, err = c.Upload(ctx, dest, pr, agentclient.UploadOptions{Overwrite: !opts.NoOverwrite, PreserveOwner: opts.Archive})
 	pr.CloseWithError(errCopyEnded)
 	aerr := <-archiveErr
 	if aerr != nil && !errors.Is(aerr, errCopyEnded) {
@@ -254,8 +285,15 @@ func (r *Runtime) CopyIn(ctx context.Context, ref, src, dest string, opts CopyOp
 
 // CopyOut copies the box path src into the host directory dest (created if
 // missing). The box is not trusted: the tar it sends is extracted so that
-// nothing is written outside dest, whatever names and symlinks it holds.
+// nothing is written outside dest, whatever names and symlinks it holds;
+// device nodes and FIFOs are left out (each reported to opts.OnSkip) and
+// setuid/setgid bits cleared unless opts.UnsafeSpecialFiles; files belong
+// to the caller unless opts.Archive. Runs of zeros become holes, so sparse
+// files stay sparse.
 func (r *Runtime) CopyOut(ctx context.Context, ref, src, dest string, opts CopyOptions) (err error) {
+	if src == "" {
+		return errEmptyBoxPath(ref)
+	}
 	b, err := r.runningBox(ctx, ref)
 	if err != nil {
 		return err
@@ -276,7 +314,13 @@ func (r *Runtime) CopyOut(ctx context.Context, ref, src, dest string, opts CopyO
 		pw.CloseWithError(err)
 		dlErr <- err
 	}()
-	_, err = tarsafe.Extract(ctx, pr, dest, tarsafe.ExtractOptions{Overwrite: !opts.NoOverwrite})
+	_, err = tarsafe.Extract(ctx, pr, dest, tarsafe.ExtractOptions{
+		Overwrite:        !opts.NoOverwrite,
+		PreserveOwner:    opts.Archive,
+		SkipSpecialFiles: !opts.UnsafeSpecialFiles,
+		ClearSetID:       !opts.UnsafeSpecialFiles,
+		OnSkip:           opts.OnSkip,
+	})
 	pr.CloseWithError(errCopyEnded)
 	derr := <-dlErr
 	if derr != nil && !errors.Is(derr, errCopyEnded) {

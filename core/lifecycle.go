@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -288,11 +289,14 @@ func (r *Runtime) spawnMonitor(ctx context.Context, b *model.Box, l *monitor.Lau
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		return fmt.Errorf("gave up waiting for the box to start: %w", ctx.Err())
 	case res := <-done:
+		// The VMM's own complaint (QEMU refusing 1TiB of memory, a port in
+		// use) is in vm.log, not on the console, which is empty then.
+		vmTail := r.logTail(filepath.Join(r.paths.boxDir(b.ID), "vm.log"))
 		if res.err != nil {
-			return fmt.Errorf("the box monitor exited before the box was ready%s%s", r.logTail(r.paths.monitorLog(b.ID)), consoleHint(l))
+			return fmt.Errorf("the box monitor exited before the box was ready%s%s%s", r.logTail(r.paths.monitorLog(b.ID)), consoleHint(l), vmTail)
 		}
 		if !res.ready.OK {
-			return fmt.Errorf("%s%s", res.ready.Error, consoleHint(l))
+			return fmt.Errorf("%s%s%s", res.ready.Error, consoleHint(l), vmTail)
 		}
 		return nil
 	}

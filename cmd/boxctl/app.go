@@ -54,6 +54,9 @@ Environment:
 	pf.StringVar(&a.configPath, "config", "", "config file (overrides $BOXCTL_CONFIG and the default locations)")
 	pf.StringVar(&a.home, "home", "", "home directory for state, images and boxes (overrides the config)")
 	pf.StringVar(&a.logLevel, "log-level", "", "log level: trace, debug, info, warn, error, off (default from $BOXCTL_LOG or the config: warn)")
+	// A bad log level is refused before any command runs, rather than
+	// quietly logging at some other level.
+	root.PersistentPreRunE = func(*cobra.Command, []string) error { return a.checkLogLevel() }
 	root.SetOut(a.stdout)
 	root.SetErr(a.stderr)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
@@ -99,6 +102,23 @@ func (a *app) loadConfig() (*config.Config, error) {
 	}
 	a.cfg = cfg
 	return cfg, nil
+}
+
+// checkLogLevel refuses an unknown --log-level or $BOXCTL_LOG (the
+// config's log_level is checked when it is loaded).
+func (a *app) checkLogLevel() error {
+	if a.logLevel != "" {
+		if err := config.CheckLogLevel(a.logLevel); err != nil {
+			return fmt.Errorf("--log-level: %w", err)
+		}
+		return nil
+	}
+	if env := os.Getenv("BOXCTL_LOG"); env != "" {
+		if err := config.CheckLogLevel(env); err != nil {
+			return fmt.Errorf("$BOXCTL_LOG: %w", err)
+		}
+	}
+	return nil
 }
 
 // logger builds the logger from --log-level, $BOXCTL_LOG, then the config.

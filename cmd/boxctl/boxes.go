@@ -42,10 +42,10 @@ func (f *boxFlags) register(c *cobra.Command) {
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable (KEY=VALUE, or KEY to copy it from here); repeatable")
 	fl.StringVarP(&f.workdir, "workdir", "w", "", "working directory inside the box (default: the image's)")
 	fl.StringVarP(&f.user, "user", "u", "", "user inside the box: name, uid, or uid:gid (default: the image's)")
-	fl.IntVar(&f.cpus, "cpus", 0, "number of vCPUs (default from the config: 1)")
-	fl.StringVar(&f.memory, "memory", "", "memory, e.g. 512MiB or 2GiB (default from the config: 512MiB)")
-	fl.StringVar(&f.diskSize, "disk-size", "", "size of the writable disk, e.g. 10GiB (default from the config)")
-	fl.StringVar(&f.entrypoint, "entrypoint", "", "override the image's entrypoint")
+	fl.IntVar(&f.cpus, "cpus", 0, "number of vCPUs, 1-256 (default from the config: 1)")
+	fl.StringVar(&f.memory, "memory", "", "memory, at least 64MiB, e.g. 512MiB or 2GiB; rounded down to whole MiB (default from the config: 512MiB)")
+	fl.StringVar(&f.diskSize, "disk-size", "", "size of the writable disk, 64MiB to 16TiB, e.g. 10GiB (default from the config)")
+	fl.StringVar(&f.entrypoint, "entrypoint", "", `override the image's entrypoint (this drops the image's cmd; "" clears the entrypoint)`)
 	fl.BoolVar(&f.autoRemove, "rm", false, "remove the box when it stops")
 	fl.StringArrayVarP(&f.labels, "label", "l", nil, "set a label (KEY=VALUE); repeatable")
 	fl.StringVar(&f.platform, "platform", "", "image platform, e.g. linux/arm64 (default: this host's)")
@@ -53,16 +53,28 @@ func (f *boxFlags) register(c *cobra.Command) {
 	fl.BoolVar(&f.allowHostLoopback, "allow-host-loopback", false, "let the box reach services on the host's loopback (as 10.0.2.2) and on the host's own addresses (default: blocked; see docs/networking.md)")
 }
 
-func (f *boxFlags) options(image string, cmd []string, lookupEnv func(string) (string, bool)) (core.BoxOptions, error) {
+// options turns the flags into box options. cmd is the command after the
+// image: none (nil or empty) keeps the image's cmd. Flags that are set are
+// checked here, so that an explicit 0 is refused rather than taken for
+// "the default".
+func (f *boxFlags) options(cc *cobra.Command, image string, cmd []string, lookupEnv func(string) (string, bool)) (core.BoxOptions, error) {
+	fl := cc.Flags()
 	c := model.BoxConfig{
 		Image:             image,
-		Cmd:               cmd,
 		WorkingDir:        f.workdir,
 		User:              f.user,
 		CPUs:              f.cpus,
 		AutoRemove:        f.autoRemove,
 		Platform:          f.platform,
 		AllowHostLoopback: f.allowHostLoopback,
+	}
+	if len(cmd) > 0 {
+		// nil, not empty, when no command is given: an empty Cmd would
+		// override the image's cmd with nothing.
+		c.Cmd = cmd
+	}
+	if fl.Changed("cpus") && (f.cpus < 1 || f.cpus > 256) {
+		return core.BoxOptions{}, fmt.Errorf("--cpus %d: a box needs between 1 and 256 vCPUs", f.cpus)
 	}
 	for _, e := range f.env {
 		if !strings.Contains(e, "=") {
@@ -74,20 +86,31 @@ func (f *boxFlags) options(image string, cmd []string, lookupEnv func(string) (s
 		}
 		c.Env = append(c.Env, e)
 	}
-	if f.entrypoint != "" {
-		c.Entrypoint = []string{f.entrypoint}
+	if fl.Changed("entrypoint") {
+		// As Docker: --entrypoint "" clears the image's entrypoint (and,
+		// like any --entrypoint, its cmd).
+		c.Entrypoint = []string{}
+		if f.entrypoint != "" {
+			c.Entrypoint = []string{f.entrypoint}
+		}
 	}
-	if f.memory != "" {
+	if fl.Changed("memory") {
 		n, err := config.ParseSize(f.memory)
+		if err == nil {
+			err = config.CheckMemory(n)
+		}
 		if err != nil {
-			return core.BoxOptions{}, fmt.Errorf("--memory: %w", err)
+			return core.BoxOptions{}, fmt.Errorf("--memory %s: %w", f.memory, err)
 		}
 		c.MemoryMiB = n >> 20
 	}
-	if f.diskSize != "" {
+	if fl.Changed("disk-size") {
 		n, err := config.ParseSize(f.diskSize)
+		if err == nil {
+			err = config.CheckDiskSize(n)
+		}
 		if err != nil {
-			return core.BoxOptions{}, fmt.Errorf("--disk-size: %w", err)
+			return core.BoxOptions{}, fmt.Errorf("--disk-size %s: %w", f.diskSize, err)
 		}
 		c.DiskSize = n
 	}
@@ -123,7 +146,7 @@ status "configured"; its VM starts with 'boxctl start' (or the first exec).`,
   boxctl create --name job --memory 1GiB -e MODE=batch alpine -- sh -c 'echo hi'`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := f.options(args[0], args[1:], lookupEnv)
+			opts, err := f.options(cmd, args[0], args[1:], lookupEnv)
 			if err != nil {
 				return err
 			}

@@ -28,21 +28,40 @@ copied with its name; end the source with "/." to copy only its contents.
 
 Copies out of a box are extracted safely: whatever the box puts in the
 stream ("../" names, symlinks pointing outside), nothing is written outside
-the destination directory.`,
+the destination directory. Device files and FIFOs are skipped (each is
+reported on stderr), setuid/setgid bits are cleared, and files belong to
+you unless -a is given; --unsafe-special-files turns the first two off.
+Sparse files stay sparse. See docs/copying.md for how this compares with
+docker cp.`,
 		Example: `  boxctl cp web:/etc/os-release .
   boxctl cp ./site web:/srv
-  boxctl cp web:/var/log/. ./logs`,
+  boxctl cp web:/var/log/. ./logs
+  boxctl cp -a web:/home/app ./backup     # keep the box's owners (needs root)`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			srcBox, srcPath, srcIn := splitBoxPath(args[0])
+			dstBox, dstPath, dstIn := splitBoxPath(args[1])
+			if dstIn && opts.UnsafeSpecialFiles {
+				return errors.New("--unsafe-special-files applies to copies out of a box only (copies into a box keep device files and set-id bits)")
+			}
 			rt, err := a.runtime(cmd.Context())
 			if err != nil {
 				return err
 			}
-			srcBox, srcPath, srcIn := splitBoxPath(args[0])
-			dstBox, dstPath, dstIn := splitBoxPath(args[1])
 			switch {
 			case srcIn && !dstIn:
-				return rt.CopyOut(cmd.Context(), srcBox, srcPath, args[1], opts)
+				skipped := 0
+				opts.OnSkip = func(s core.CopySkipped) {
+					skipped++
+					if skipped <= maxSkipWarnings {
+						fmt.Fprintf(a.stderr, "boxctl: cp: skipped %s (device files and FIFOs are not created on the host without --unsafe-special-files)\n", s)
+					}
+				}
+				err := rt.CopyOut(cmd.Context(), srcBox, srcPath, args[1], opts)
+				if skipped > maxSkipWarnings {
+					fmt.Fprintf(a.stderr, "boxctl: cp: skipped %d more device files and FIFOs\n", skipped-maxSkipWarnings)
+				}
+				return err
 			case !srcIn && dstIn:
 				return rt.CopyIn(cmd.Context(), dstBox, args[0], dstPath, opts)
 			default:
@@ -52,8 +71,14 @@ the destination directory.`,
 	}
 	c.Flags().BoolVarP(&opts.FollowSymlinks, "follow-symlinks", "L", false, "copy what symlinks point to instead of the links")
 	c.Flags().BoolVar(&opts.NoOverwrite, "no-overwrite", false, "refuse to replace existing files")
+	c.Flags().BoolVarP(&opts.Archive, "archive", "a", false, "keep the files' owners (uid/gid) from the source; copying out with -a needs root")
+	c.Flags().BoolVar(&opts.UnsafeSpecialFiles, "unsafe-special-files", false, "copying out: create the box's device files and FIFOs on the host and keep setuid/setgid bits (a box can then hand you a setuid-root program or a writable /dev/sda); only meaningful as root")
 	return c
 }
+
+// maxSkipWarnings bounds the per-file lines cp prints for skipped special
+// files; a box can send millions of them.
+const maxSkipWarnings = 100
 
 // splitBoxPath splits "box:/path"; host paths (absolute, ./, or without a
 // colon) are not box paths.

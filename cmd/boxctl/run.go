@@ -79,7 +79,7 @@ ID is printed.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			opts, err := f.options(args[0], args[1:], lookupEnv)
+			opts, err := f.options(cmd, args[0], args[1:], lookupEnv)
 			if err != nil {
 				return err
 			}
@@ -170,6 +170,9 @@ killed by signal N). Ctrl-C is forwarded to the command.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if timeout < 0 {
+				return fmt.Errorf("--timeout %s: the timeout cannot be negative (0, the default, means none)", timeout)
+			}
 			if io.tty && !term.IsTerminal(int(os.Stdin.Fd())) {
 				return errors.New("-t: the input device is not a terminal; drop -t (and keep -i to pipe input)")
 			}

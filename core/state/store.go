@@ -208,6 +208,27 @@ func (tx *Tx) NameTaken(name string) string {
 	return string(tx.btx.Bucket(bucketNames).Get([]byte(name)))
 }
 
+// ShortIDLen is the length of the short IDs `ls` shows.
+const ShortIDLen = 12
+
+// NameShadowsID returns the ID of a box that name would take a reference
+// away from, or "": one whose full ID is name, or whose ID starts with name
+// when name is at least a short ID long. ResolveBox looks names up before
+// ID prefixes, so a box named like another's short ID would capture it.
+func (tx *Tx) NameShadowsID(name string) string {
+	boxes := tx.btx.Bucket(bucketBoxes)
+	if boxes.Get([]byte(name)) != nil {
+		return name
+	}
+	if len(name) < ShortIDLen {
+		return ""
+	}
+	if k, _ := boxes.Cursor().Seek([]byte(name)); k != nil && bytes.HasPrefix(k, []byte(name)) {
+		return string(k)
+	}
+	return ""
+}
+
 // PutBox writes a box record and keeps the name and attention indexes in
 // step. A name held by another box is ErrAlreadyExists.
 func (tx *Tx) PutBox(b *model.Box) error {
@@ -395,8 +416,8 @@ func (tx *Tx) Counters() map[string]uint64 {
 }
 
 func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
+	if len(id) > ShortIDLen {
+		return id[:ShortIDLen]
 	}
 	return id
 }

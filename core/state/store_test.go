@@ -63,6 +63,29 @@ func TestResolveByIDNameAndPrefix(t *testing.T) {
 	}
 }
 
+func TestNameShadowsID(t *testing.T) {
+	s, _ := openStore(t)
+	const id = "0123456789abcdef0123456789abcdef"
+	putBox(t, s, &model.Box{ID: id, Name: "web"})
+	_ = s.View(context.Background(), func(tx *Tx) error {
+		for name, want := range map[string]string{
+			id:                       id, // the full ID
+			id[:ShortIDLen]:          id, // the short ID ls shows
+			id[:20]:                  id, // more of the ID than the short one
+			id[:ShortIDLen-1]:        "", // shorter prefixes stay names, as in Docker
+			"0123456789abcdeX":       "",
+			"web":                    "",
+			id + "0":                 "",
+			"fedcba9876543210fedcba": "",
+		} {
+			if got := tx.NameShadowsID(name); got != want {
+				t.Errorf("NameShadowsID(%q) = %q, want %q", name, got, want)
+			}
+		}
+		return nil
+	})
+}
+
 func TestNameIsUniqueAndFollowsRenameAndDelete(t *testing.T) {
 	s, _ := openStore(t)
 	ctx := context.Background()

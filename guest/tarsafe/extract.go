@@ -5,7 +5,10 @@
 //
 // Both sides of `boxctl cp` use it: the guest agent for Upload/Download, and the host when it
 // extracts a tar that came out of a box (a hostile guest can put "../" names, absolute names
-// and symlinks pointing anywhere into that tar).
+// and symlinks pointing anywhere into that tar). On the host the caller also sets
+// ExtractOptions.SkipSpecialFiles and ClearSetID, so that a guest cannot plant device nodes
+// or set-id programs there. Regular files are written sparse on both sides: aligned blocks of
+// zeros become holes.
 //
 // Confinement relies on openat2(2) with RESOLVE_BENEATH / RESOLVE_IN_ROOT (Linux 5.6+), with
 // a component-by-component O_NOFOLLOW walk as a fallback on older kernels. Symlinks found in
@@ -14,6 +17,7 @@ package tarsafe
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -47,14 +51,36 @@ type ExtractOptions struct {
 	// PreserveOwner applies the uid/gid recorded in the tar (needs privilege); otherwise new
 	// files belong to the extracting user.
 	PreserveOwner bool
+	// SkipSpecialFiles leaves device nodes and FIFOs out instead of creating them, reporting
+	// each to OnSkip. Extraction on the host of anything that came from a guest sets it: a
+	// guest can mknod a world-writable node for any host device. The zero value creates them,
+	// which is right inside a VM, where devices only reach the VM's own hardware.
+	SkipSpecialFiles bool
+	// ClearSetID drops the setuid and setgid bits of every extracted file and directory, so
+	// that nothing from the tar can run with another user's (the owner's, root's) identity.
+	ClearSetID bool
+	// OnSkip, if set, is called for each entry SkipSpecialFiles leaves out.
+	OnSkip func(Skipped)
 }
+
+// Skipped is an entry an extraction left out.
+type Skipped struct {
+	// Name is the entry's path relative to the destination.
+	Name string
+	// Kind says what it was: "block device 8:0", "character device 1:3", "FIFO".
+	Kind string
+}
+
+func (s Skipped) String() string { return s.Name + ": " + s.Kind }
 
 // Stats counts what an extraction wrote.
 type Stats struct {
 	// Entries is the number of tar entries extracted.
 	Entries uint64
-	// Bytes is the number of regular-file content bytes written.
+	// Bytes is the number of regular-file content bytes written (holes included).
 	Bytes uint64
+	// Skipped is the number of entries left out (see ExtractOptions.SkipSpecialFiles).
+	Skipped uint64
 }
 
 // EntryError names the tar entry an extraction stopped at.
@@ -238,15 +264,25 @@ func (x *extractor) entry(ctx context.Context, hdr *tar.Header, r io.Reader) err
 			return fmt.Errorf("hard link to %q: %w", hdr.Linkname, err)
 		}
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		if x.opts.SkipSpecialFiles {
+			x.stats.Skipped++
+			if x.opts.OnSkip != nil {
+				x.opts.OnSkip(Skipped{Name: name, Kind: specialKind(hdr)})
+			}
+			return nil
+		}
 		if err := x.clear(pfd, base); err != nil {
 			return err
 		}
 		kind := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
 		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
-		if err := unix.Mknodat(pfd, base, kind|mode, int(dev)); err != nil {
-			return fmt.Errorf("mknod: %w", err)
+		if err := unix.Mknodat(pfd, base, kind|x.mode(mode), int(dev)); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				return fmt.Errorf("mknod %s: %w (creating device files needs root)", specialKind(hdr), err)
+			}
+			return fmt.Errorf("mknod %s: %w", specialKind(hdr), err)
 		}
-		if err := x.applyMeta(pfd, base, hdr, mode, false); err != nil {
+		if err := x.applyMeta(pfd, base, hdr, x.mode(mode), false); err != nil {
 			return err
 		}
 	default:
@@ -313,24 +349,20 @@ func (x *extractor) writeFile(ctx context.Context, pfd int, base string, hdr *ta
 	}
 	f := os.NewFile(uintptr(fd), base)
 	defer f.Close()
-	src := &readErrRecorder{r: r}
-	n, err := io.Copy(f, src)
+	n, err := writeSparse(f, r)
 	if err != nil {
 		if ctx.Err() != nil {
 			return n, ctx.Err()
 		}
-		if src.err != nil {
-			return n, fmt.Errorf("%w: %w", ErrInvalidTar, src.err)
-		}
-		return n, fmt.Errorf("write: %w", err)
+		return n, err
 	}
 	if x.opts.PreserveOwner {
 		if err := f.Chown(hdr.Uid, hdr.Gid); err != nil {
-			return n, fmt.Errorf("chown: %w", err)
+			return n, chownErr(hdr, err)
 		}
 	}
 	// After chown, which clears set-id bits.
-	if err := f.Chmod(fileMode(uint32(hdr.Mode))); err != nil {
+	if err := f.Chmod(fileMode(x.mode(uint32(hdr.Mode)))); err != nil {
 		return n, fmt.Errorf("chmod: %w", err)
 	}
 	if err := unix.UtimesNanoAt(pfd, base, times(hdr), unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -339,11 +371,101 @@ func (x *extractor) writeFile(ctx context.Context, pfd int, base string, hdr *ta
 	return n, f.Close()
 }
 
+// writeSparse copies r into the new, empty file f, seeking over every aligned block of zeros
+// instead of writing it, so that holes stay holes (a tar carries a sparse file's holes as
+// zeros). The final ftruncate gives a file that ends in a hole its size. Read errors (a
+// truncated tar) are ErrInvalidTar.
+func writeSparse(f *os.File, r io.Reader) (int64, error) {
+	blk := int64(4096)
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Blksize >= 512 && st.Blksize <= 1<<20 && st.Blksize&(st.Blksize-1) == 0 {
+		blk = int64(st.Blksize)
+	}
+	buf := make([]byte, max(128<<10, blk))
+	zero := make([]byte, blk)
+	var off int64
+	for {
+		n, rerr := fill(r, buf)
+		// buf holds whole blocks and off is a multiple of len(buf): every block checked
+		// below is aligned in the file.
+		for i := 0; i < n; {
+			j := min(i+int(blk), n)
+			if bytes.Equal(buf[i:j], zero[:j-i]) {
+				i = j
+				continue
+			}
+			// Extend the run of data blocks and write it in one go.
+			for j < n {
+				k := min(j+int(blk), n)
+				if bytes.Equal(buf[j:k], zero[:k-j]) {
+					break
+				}
+				j = k
+			}
+			if _, err := f.WriteAt(buf[i:j], off+int64(i)); err != nil {
+				return off + int64(i), fmt.Errorf("write: %w", err)
+			}
+			i = j
+		}
+		off += int64(n)
+		if errors.Is(rerr, io.EOF) {
+			break
+		}
+		if rerr != nil {
+			return off, fmt.Errorf("%w: %w", ErrInvalidTar, rerr)
+		}
+	}
+	if err := f.Truncate(off); err != nil {
+		return off, fmt.Errorf("set size: %w", err)
+	}
+	return off, nil
+}
+
+// fill reads from r until buf is full or r ends; io.EOF means r ended (cleanly) after n bytes.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// mode is the permission mode an entry gets: the tar's, without set-id bits if asked.
+func (x *extractor) mode(m uint32) uint32 {
+	m &= 0o7777
+	if x.opts.ClearSetID {
+		m &^= unix.S_ISUID | unix.S_ISGID
+	}
+	return m
+}
+
+func chownErr(hdr *tar.Header, err error) error {
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("chown %d:%d: %w (keeping the owners recorded in the tar needs root)", hdr.Uid, hdr.Gid, err)
+	}
+	return fmt.Errorf("chown %d:%d: %w", hdr.Uid, hdr.Gid, err)
+}
+
+func specialKind(hdr *tar.Header) string {
+	switch hdr.Typeflag {
+	case tar.TypeBlock:
+		return fmt.Sprintf("block device %d:%d", hdr.Devmajor, hdr.Devminor)
+	case tar.TypeChar:
+		return fmt.Sprintf("character device %d:%d", hdr.Devmajor, hdr.Devminor)
+	default:
+		return "FIFO"
+	}
+}
+
 // applyMeta sets owner, mode and times on a non-regular entry by name (never following it).
 func (x *extractor) applyMeta(pfd int, base string, hdr *tar.Header, mode uint32, isLink bool) error {
 	if x.opts.PreserveOwner {
 		if err := unix.Fchownat(pfd, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return fmt.Errorf("chown: %w", err)
+			return chownErr(hdr, err)
 		}
 	}
 	if !isLink {
@@ -368,10 +490,10 @@ func (x *extractor) finishDir(d dirMeta) error {
 	defer f.Close()
 	if x.opts.PreserveOwner {
 		if err := f.Chown(d.hdr.Uid, d.hdr.Gid); err != nil {
-			return fmt.Errorf("chown: %w", err)
+			return chownErr(d.hdr, err)
 		}
 	}
-	if err := f.Chmod(fileMode(uint32(d.hdr.Mode))); err != nil {
+	if err := f.Chmod(fileMode(x.mode(uint32(d.hdr.Mode)))); err != nil {
 		return fmt.Errorf("chmod: %w", err)
 	}
 	ts := times(d.hdr)
@@ -405,20 +527,6 @@ func times(hdr *tar.Header) []unix.Timespec {
 		at = mt
 	}
 	return []unix.Timespec{unix.NsecToTimespec(at.UnixNano()), unix.NsecToTimespec(mt.UnixNano())}
-}
-
-// readErrRecorder tells read errors (a truncated tar) from write errors during a copy.
-type readErrRecorder struct {
-	r   io.Reader
-	err error
-}
-
-func (e *readErrRecorder) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && !errors.Is(err, io.EOF) {
-		e.err = err
-	}
-	return n, err
 }
 
 // ctxReader stops a long extraction when the context ends.

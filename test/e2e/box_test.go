@@ -211,6 +211,77 @@ func TestBox(t *testing.T) {
 		}
 	})
 
+	t.Run("copy out never plants devices or set-id programs on the host", func(t *testing.T) {
+		// As root in the guest: what a hostile box would leave for someone to copy out.
+		e.ok("exec", "svc", "--", "sh", "-ec", `
+			mkdir -p /tmp/hostile /tmp/sparse && cd /tmp/hostile
+			mknod blk b 8 0 && mknod chr c 1 3 && chmod 0666 blk chr
+			mkfifo fifo
+			cp /bin/busybox suid && chmod 4755 suid
+			echo g > sgid && chmod 2755 sgid
+			mkdir sgdir && chmod 2775 sgdir
+			echo u > u1000 && chown 1000:1000 u1000
+			truncate -s 512M /tmp/sparse/big`)
+		me := uint32(os.Geteuid())
+		check := func(t *testing.T, dir string, archive bool, errs string) {
+			t.Helper()
+			for _, want := range []string{"skipped hostile/blk: block device 8:0", "skipped hostile/chr: character device 1:3", "skipped hostile/fifo: FIFO"} {
+				if !strings.Contains(errs, want) {
+					t.Errorf("stderr lacks %q:\n%s", want, errs)
+				}
+			}
+			for _, name := range []string{"blk", "chr", "fifo"} {
+				if _, err := os.Lstat(filepath.Join(dir, "hostile", name)); !os.IsNotExist(err) {
+					t.Errorf("%s was created on the host (%v)", name, err)
+				}
+			}
+			for name, owner := range map[string]uint32{"suid": 0, "sgid": 0, "sgdir": 0, "u1000": 1000} {
+				var st syscall.Stat_t
+				if err := syscall.Lstat(filepath.Join(dir, "hostile", name), &st); err != nil {
+					t.Fatal(err)
+				}
+				if st.Mode&(syscall.S_ISUID|syscall.S_ISGID) != 0 {
+					t.Errorf("%s has mode %o on the host: set-id bit kept", name, st.Mode)
+				}
+				if !archive {
+					owner = me
+				}
+				if st.Uid != owner {
+					t.Errorf("%s is owned by uid %d on the host, want %d (archive %v)", name, st.Uid, owner, archive)
+				}
+			}
+			if b, err := os.ReadFile(filepath.Join(dir, "hostile", "suid")); err != nil || len(b) < 100000 {
+				t.Errorf("suid copy: %d bytes, %v", len(b), err)
+			}
+		}
+		dest := t.TempDir()
+		out, errs, code := e.run(nil, "cp", "svc:/tmp/hostile", dest)
+		if code != 0 {
+			t.Fatalf("cp: exit %d\n%s%s", code, out, errs)
+		}
+		check(t, dest, false, errs)
+		if os.Geteuid() == 0 {
+			dest = t.TempDir()
+			out, errs, code = e.run(nil, "cp", "-a", "svc:/tmp/hostile", dest)
+			if code != 0 {
+				t.Fatalf("cp -a: exit %d\n%s%s", code, out, errs)
+			}
+			check(t, dest, true, errs)
+		}
+
+		dest = t.TempDir()
+		start := time.Now()
+		e.ok("cp", "svc:/tmp/sparse/big", dest)
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(dest, "big"), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Size != 512<<20 || st.Blocks*512 > 1<<20 {
+			t.Fatalf("512 MiB sparse file copied out: size %d, %d bytes allocated (want 512 MiB, under 1 MiB allocated)", st.Size, st.Blocks*512)
+		}
+		t.Logf("512 MiB sparse file copied out in %s, %d bytes allocated", time.Since(start).Round(time.Millisecond), st.Blocks*512)
+	})
+
 	t.Run("hostile tar into the box is refused", func(t *testing.T) {
 		var buf bytes.Buffer
 		tw := tar.NewWriter(&buf)

@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -60,6 +61,21 @@ type Options struct {
 	// Tag is the reference name recorded in the layout (org.opencontainers.image.ref.name);
 	// DefaultTag if empty.
 	Tag string
+	// Config, if set, changes the image config; nil gives the default image byte for byte.
+	Config *Config
+}
+
+// Config is what an image's config says about running it. Zero fields keep the default
+// image's values (Cmd /bin/sh, Env PATH=Path, no entrypoint, user or working directory).
+type Config struct {
+	Entrypoint []string
+	Cmd        []string
+	User       string
+	// WorkingDir is added to the layer (with its parents, root-owned, mode 0755) if the
+	// image does not have it.
+	WorkingDir string
+	// Env is added after PATH.
+	Env []string
 }
 
 func (o Options) busybox() string {
@@ -119,6 +135,20 @@ func files(opts Options) ([]file, error) {
 			continue
 		}
 		fs = append(fs, file{name: "bin/" + a, mode: 0o777, typ: tar.TypeSymlink, link: "busybox"})
+	}
+	if c := opts.Config; c != nil && c.WorkingDir != "" {
+		have := map[string]bool{}
+		for _, f := range fs {
+			have[f.name] = true
+		}
+		var dir string
+		for _, part := range strings.Split(strings.Trim(path.Clean("/"+c.WorkingDir), "/"), "/") {
+			dir = path.Join(dir, part)
+			if dir != "" && !have[dir] {
+				fs = append(fs, file{name: dir, mode: 0o755, typ: tar.TypeDir})
+				have[dir] = true
+			}
+		}
 	}
 	sort.Slice(fs, func(i, j int) bool { return fs[i].name < fs[j].name })
 	return fs, nil
@@ -180,6 +210,15 @@ func Image(opts Options) (v1.Image, error) {
 	cf.Created = v1.Time{Time: epoch}
 	cf.Config.Cmd = []string{"/bin/sh"}
 	cf.Config.Env = []string{"PATH=" + Path}
+	if c := opts.Config; c != nil {
+		cf.Config.Entrypoint = c.Entrypoint
+		if c.Cmd != nil {
+			cf.Config.Cmd = c.Cmd
+		}
+		cf.Config.User = c.User
+		cf.Config.WorkingDir = c.WorkingDir
+		cf.Config.Env = append(cf.Config.Env, c.Env...)
+	}
 	return mutate.ConfigFile(img, cf)
 }
 

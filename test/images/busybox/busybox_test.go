@@ -7,8 +7,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
 
@@ -53,27 +55,7 @@ func TestBuildLayout(t *testing.T) {
 	if len(cf.Config.Cmd) != 1 || cf.Config.Cmd[0] != "/bin/sh" || len(cf.Config.Env) != 1 || cf.Config.Env[0] != "PATH="+Path {
 		t.Errorf("config = %+v", cf.Config)
 	}
-	layers, err := img.Layers()
-	if err != nil || len(layers) != 1 {
-		t.Fatalf("layers = %d, %v", len(layers), err)
-	}
-	rc, err := layers[0].Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	got := map[string]*tar.Header{}
-	tr := tar.NewReader(rc)
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[hdr.Name] = hdr
-	}
+	got := layerEntries(t, img)
 	for _, want := range []string{"bin/busybox", "bin/sh", "bin/id", "bin/uname", "etc/passwd", "etc/group", "tmp/", "root/", "home/guest/"} {
 		if got[want] == nil {
 			t.Errorf("layer lacks %s", want)
@@ -112,5 +94,61 @@ func TestMissingBusybox(t *testing.T) {
 	_, err := BuildLayout(t.TempDir(), Options{Busybox: "/nonexistent/busybox"})
 	if err == nil {
 		t.Fatal("no error for a missing busybox binary")
+	}
+}
+
+func TestImageConfig(t *testing.T) {
+	def, err := BuildLayout(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if zero, err := BuildLayout(t.TempDir(), Options{Config: &Config{}}); err != nil || zero != def {
+		t.Errorf("an empty Config changed the image: %s vs %s (%v)", zero, def, err)
+	}
+	want := Config{Entrypoint: []string{"/bin/echo"}, Cmd: []string{"hi"}, User: GuestUser, WorkingDir: "/srv/app", Env: []string{"GREETING=hello"}}
+	img, err := Image(Options{Config: &want})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cf.Config
+	if strings.Join(c.Entrypoint, " ") != "/bin/echo" || strings.Join(c.Cmd, " ") != "hi" || c.User != GuestUser ||
+		c.WorkingDir != "/srv/app" || strings.Join(c.Env, " ") != "PATH="+Path+" GREETING=hello" {
+		t.Errorf("config = %+v", c)
+	}
+	entries := layerEntries(t, img)
+	for _, dir := range []string{"srv/", "srv/app/"} {
+		if h := entries[dir]; h == nil || h.Typeflag != tar.TypeDir {
+			t.Errorf("the working directory's %s is not in the layer", dir)
+		}
+	}
+}
+
+// layerEntries reads the headers of the image's single layer by name.
+func layerEntries(t *testing.T, img v1.Image) map[string]*tar.Header {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil || len(layers) != 1 {
+		t.Fatalf("layers = %d, %v", len(layers), err)
+	}
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got := map[string]*tar.Header{}
+	tr := tar.NewReader(rc)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return got
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[hdr.Name] = hdr
 	}
 }
