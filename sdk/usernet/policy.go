@@ -30,15 +30,18 @@ type QueryPolicy interface {
 
 // Reasons the host-protection rule gives.
 var (
-	errHostLoopback  = errors.New("the host's loopback is not reachable from the guest (AllowHostLoopback is off)")
-	errHostAddress   = errors.New("the host's own addresses are not reachable from the guest (AllowHostLoopback is off)")
-	errGateway       = errors.New("the gateway is the host, which is not reachable from the guest (AllowHostLoopback is off)")
-	errGuestNetwork  = errors.New("no host in the guest's network serves this address")
-	errNotUnicast    = errors.New("not a unicast destination")
-	errTooManyFlows  = errors.New("too many connections or flows open for this guest")
-	hostAddrsTTL     = 2 * time.Second
-	ipv4LoopbackAddr = netip.MustParseAddr("127.0.0.1")
+	errHostLoopback = errors.New("the host's loopback is not reachable from the guest (AllowHostLoopback is off)")
+	errHostAddress  = errors.New("the host's own addresses are not reachable from the guest (AllowHostLoopback is off)")
+	errGateway      = errors.New("the gateway is the host, which is not reachable from the guest (AllowHostLoopback is off)")
+	errGuestNetwork = errors.New("nothing in the guest's network serves this destination")
+	errNotUnicast   = errors.New("not a unicast destination")
+	errTooManyFlows = errors.New("too many connections or flows open for this guest")
 )
+
+var ipv4Loopback = netip.MustParseAddr("127.0.0.1")
+
+// hostAddrsTTL is how long the host's interface addresses are cached.
+const hostAddrsTTL = 2 * time.Second
 
 // route applies the host-protection rule and the Policy to a guest
 // destination and returns the host address to dial for it.
@@ -50,7 +53,7 @@ func (n *Network) route(proto string, dst netip.AddrPort) (netip.AddrPort, error
 		if !n.cfg.AllowHostLoopback {
 			return target, errGateway
 		}
-		target = netip.AddrPortFrom(ipv4LoopbackAddr, dst.Port())
+		target = netip.AddrPortFrom(ipv4Loopback, dst.Port())
 	case Subnet.Contains(a):
 		return target, errGuestNetwork
 	case !a.IsValid() || a.IsUnspecified() || a.IsMulticast() ||

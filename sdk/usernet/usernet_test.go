@@ -1224,3 +1224,54 @@ func TestGuestPortReuseAfterRemoteClose(t *testing.T) {
 		c.Close()
 	}
 }
+
+func icmpEcho(dst netip.Addr, id uint16) []byte {
+	h := header.ICMPv4(make([]byte, header.ICMPv4MinimumSize+4))
+	h.SetType(header.ICMPv4Echo)
+	h.SetIdent(id)
+	h.SetSequence(1)
+	copy(h.Payload(), "ping")
+	h.SetChecksum(0)
+	h.SetChecksum(^checksum.Checksum(h, 0))
+	return ipv4Frame(header.ICMPv4ProtocolNumber, dst, h)
+}
+
+// recvICMP returns the next ICMP frame, or nil if none comes within d.
+func (r rawGuest) recvICMP(d time.Duration) []byte {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		f := r.recv(time.Until(deadline))
+		if f == nil {
+			return nil
+		}
+		if header.Ethernet(f).Type() == header.IPv4ProtocolNumber &&
+			header.IPv4(f[header.EthernetMinimumSize:]).TransportProtocol() == header.ICMPv4ProtocolNumber {
+			return f
+		}
+	}
+	return nil
+}
+
+// TestPingAnsweredOnlyByServedAddresses: the stack answers echo requests
+// for the gateway and DNS addresses; for any other destination it must not
+// fake a reply it never got from that host.
+func TestPingAnsweredOnlyByServedAddresses(t *testing.T) {
+	r := rawServe(t, Config{})
+	for i, a := range []netip.Addr{GatewayAddr, DNSAddr} {
+		r.send(icmpEcho(a, uint16(i+1)))
+		f := r.recvICMP(10 * time.Second)
+		if f == nil {
+			t.Fatalf("no echo reply from %s", a)
+		}
+		ip := header.IPv4(f[header.EthernetMinimumSize:])
+		if netipAddr(ip.SourceAddress()) != a || header.ICMPv4(ip.Payload()).Type() != header.ICMPv4EchoReply {
+			t.Fatalf("ping %s: got ICMP type %d from %s", a, header.ICMPv4(ip.Payload()).Type(), netipAddr(ip.SourceAddress()))
+		}
+	}
+	for _, a := range []netip.Addr{netip.MustParseAddr("192.0.2.77"), netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("10.0.2.99")} {
+		r.send(icmpEcho(a, 9))
+		if f := r.recvICMP(500 * time.Millisecond); f != nil {
+			t.Fatalf("ping %s was answered by the stack: %x", a, f)
+		}
+	}
+}
