@@ -47,12 +47,12 @@ type archiveManifest struct {
 // NewArchive opens a docker-archive: reference. tmpDir receives the
 // decompressed copy of a compressed archive; Close removes it.
 func NewArchive(ctx context.Context, r ref.Reference, tmpDir string) (*Archive, error) {
-	f, err := os.Open(r.Path)
+	f, err := openRegular(r.Path, "docker archive")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: docker archive %s does not exist", errdefs.ErrNotFound, r.Path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open docker archive: %w", err)
+		return nil, err
 	}
 	a := &Archive{ref: r, f: f, files: map[string]section{}, blobs: map[v1.Hash]section{}}
 	if err := a.decompressIfNeeded(ctx, tmpDir); err != nil {
