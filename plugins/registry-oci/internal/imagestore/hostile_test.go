@@ -147,6 +147,35 @@ func TestUnpackedSizeLimit(t *testing.T) {
 		}
 	})
 
+	t.Run("compressed docker archive", func(t *testing.T) {
+		img := mustImage(t, []*ti.Layer{ti.NewLayer([]ti.Entry{ti.File("f", strings.Repeat("x", 1<<20))}, ti.Uncompressed)}, v1.Config{}, "linux/amd64")
+		plain := filepath.Join(t.TempDir(), "image.tar")
+		if err := ti.WriteDockerArchive(plain, map[string]v1.Image{"app:1": img}); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gz := plain + ".gz"
+		if err := os.WriteFile(gz, gzipBytes(b), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		s := openStore(t, amd64, imagestore.WithMaxUnpackedSize(512<<10))
+		_, err = s.Pull(ctx(t), "docker-archive:"+gz, imagestore.PullOptions{})
+		if !errors.Is(err, imagestore.ErrTooLarge) {
+			t.Fatalf("%v, want ErrTooLarge", err)
+		}
+		mustContain(t, err, gz, "decompresses to more than", "max_unpacked_size")
+		if fs := files(t, filepath.Join(s.Dir(), "tmp")); len(fs) > 0 {
+			t.Errorf("tmp/ holds %v after the refused pull", fs)
+		}
+		// Under the default it is fine.
+		if _, err := openStore(t, amd64).Pull(ctx(t), "docker-archive:"+gz, imagestore.PullOptions{}); err != nil {
+			t.Errorf("pull under the default limit: %v", err)
+		}
+	})
+
 	t.Run("limit lowered after the pull", func(t *testing.T) {
 		img, l := sparseImage(8 << 30)
 		dir := filepath.Join(t.TempDir(), "cache")

@@ -168,7 +168,7 @@ func (s *Store) newSource(ctx context.Context, r ref.Reference) (source.Source, 
 	case ref.OCILayout:
 		return source.NewLayout(r)
 	case ref.DockerArchive:
-		return source.NewArchive(ctx, r, s.blobs.TmpDir())
+		return source.NewArchive(ctx, r, s.blobs.TmpDir(), s.maxUnpacked)
 	}
 	return source.NewRegistry(r.Name, s.reg)
 }

@@ -136,6 +136,7 @@ func TestKernelMount(t *testing.T) {
 		ti.CharDev("null", 1, 3),
 		ti.File("sub/g", "gg").With(0o4750, 12, 34),
 		ti.Hardlink("sub/h", "sub/g"),
+		ti.File("zeros", strings.Repeat("\x00", 1<<20)+"end"), // its zeros are holes in the image
 	}))
 	mnt := t.TempDir()
 	if out, err := exec.Command("mount", "-o", "loop,ro", "-t", "ext4", path, mnt).CombinedOutput(); err != nil {
@@ -165,5 +166,8 @@ func TestKernelMount(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(mnt, "sub/h")); err != nil || string(b) != "gg" {
 		t.Errorf("sub/h: %q %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "zeros")); err != nil || string(b) != strings.Repeat("\x00", 1<<20)+"end" {
+		t.Errorf("zeros: %d bytes, %v", len(b), err)
 	}
 }
