@@ -28,15 +28,6 @@ func layoutRef(t *testing.T, img v1.Image) string {
 	return "oci-layout:" + dir
 }
 
-func allocatedBytes(t *testing.T, path string) int64 {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t).Blocks * 512
-}
-
 // zeroCounter counts bytes and remembers whether any was not zero.
 type zeroCounter struct {
 	n       int64
@@ -75,7 +66,7 @@ func TestZeroBombRootDiskStaysSparse(t *testing.T) {
 	if rd.Size < size {
 		t.Errorf("root disk is %d bytes, less than the file it holds", rd.Size)
 	}
-	if a := allocatedBytes(t, rd.Path); a > 32<<20 {
+	if a := ti.Allocated(t, rd.Path); a > 32<<20 {
 		t.Errorf("root disk allocates %d MiB on the host for 1 GiB of zeros, want < 32 MiB (zeros must be holes)", a>>20)
 	}
 	x := ti.OpenExt4(t, rd.Path)

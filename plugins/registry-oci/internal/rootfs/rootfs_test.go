@@ -35,17 +35,23 @@ var manyXattrs = func() map[string]string {
 
 func buildTar(t *testing.T, tarball []byte) string {
 	t.Helper()
+	return build(t, func(ctx context.Context, w io.Writer) error {
+		_, err := w.Write(tarball)
+		return err
+	})
+}
+
+// build writes the tar stream that write produces as an ext4 image in a
+// temp dir and returns its path.
+func build(t *testing.T, write func(ctx context.Context, w io.Writer) error) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "fs.ext4")
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	_, err = rootfs.Build(context.Background(), f, func(ctx context.Context, w io.Writer) error {
-		_, err := w.Write(tarball)
-		return err
-	}, rootfs.Options{})
-	if err != nil {
+	if _, err := rootfs.Build(context.Background(), f, write, rootfs.Options{}); err != nil {
 		t.Fatalf("build: %v", err)
 	}
 	return path

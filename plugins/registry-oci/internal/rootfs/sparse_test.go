@@ -7,11 +7,8 @@ import (
 	"crypto/sha256"
 	"io"
 	"os"
-	"path/filepath"
-	"syscall"
 	"testing"
 
-	"github.com/boxctl/boxctl/plugins/registry-oci/internal/rootfs"
 	ti "github.com/boxctl/boxctl/plugins/registry-oci/internal/testimages"
 )
 
@@ -59,15 +56,6 @@ func size(parts []part) (n int64) {
 	return n
 }
 
-func allocated(t *testing.T, path string) int64 {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t).Blocks * 512
-}
-
 // Runs of zeros in files become holes in the image file instead of
 // written blocks; the content reads back the same through an independent
 // ext4 reader.
@@ -78,13 +66,7 @@ func TestZeroRunsBecomeHoles(t *testing.T) {
 		"small": {{"hello\n", 6}},
 	}
 	order := []string{"zeros", "mixed", "small"}
-	path := filepath.Join(t.TempDir(), "fs.ext4")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	_, err = rootfs.Build(context.Background(), f, func(ctx context.Context, w io.Writer) error {
+	path := build(t, func(ctx context.Context, w io.Writer) error {
 		tw := tar.NewWriter(w)
 		for _, name := range order {
 			ps := files[name]
@@ -96,10 +78,7 @@ func TestZeroRunsBecomeHoles(t *testing.T) {
 			}
 		}
 		return tw.Close()
-	}, rootfs.Options{})
-	if err != nil {
-		t.Fatalf("build: %v", err)
-	}
+	})
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +91,7 @@ func TestZeroRunsBecomeHoles(t *testing.T) {
 		t.Fatalf("image is %d bytes, smaller than its %d bytes of file data", fi.Size(), total)
 	}
 	// The data that is not zero is 1 MiB + 12 KiB; metadata adds little.
-	if a := allocated(t, path); a > 8<<20 {
+	if a := ti.Allocated(t, path); a > 8<<20 {
 		t.Errorf("image of %d MiB of mostly zero files allocates %d MiB on the host, want < 8 MiB (zeros must be holes)", total>>20, a>>20)
 	}
 	x := ti.OpenExt4(t, path)

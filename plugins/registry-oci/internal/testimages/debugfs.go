@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -204,6 +205,17 @@ func (x *Ext4) CatTo(path string, w io.Writer) {
 	if strings.Contains(errb.String(), "File not found") {
 		x.t.Fatalf("debugfs cat %s: %s", path, errb.String())
 	}
+}
+
+// Allocated is how much space a file takes on its file system (its
+// blocks, not its size): a sparse file's holes take none.
+func Allocated(t testing.TB, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Blocks * 512
 }
 
 // DirEntry is one line of `ls -p`.
