@@ -12,6 +12,7 @@ import (
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
+	"github.com/boxctl/boxctl/sdk"
 	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
@@ -166,6 +167,9 @@ func (r *Runtime) Create(ctx context.Context, opts BoxOptions) (*Box, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := r.checkStartable(ctx, b); err != nil {
+		return nil, err
+	}
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
 		if owner := tx.NameTaken(b.Name); owner != "" {
 			return fmt.Errorf("create box: the name %q is already in use by box %s; choose another name or remove that box: %w", b.Name, shortID(owner), ErrAlreadyExists)
@@ -196,7 +200,21 @@ func (r *Runtime) GetOrCreate(ctx context.Context, opts BoxOptions) (box *Box, c
 	if err != nil {
 		return nil, false, err
 	}
+	// An existing box is returned as it is; only a box about to be
+	// created is checked.
 	var existing string
+	if err := r.store.View(ctx, func(tx *state.Tx) error {
+		existing = tx.NameTaken(b.Name)
+		return nil
+	}); err != nil {
+		return nil, false, err
+	}
+	if existing != "" {
+		return &Box{rt: r, id: existing}, false, nil
+	}
+	if err := r.checkStartable(ctx, b); err != nil {
+		return nil, false, err
+	}
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
 		if owner := tx.NameTaken(b.Name); owner != "" {
 			existing = owner
@@ -216,6 +234,60 @@ func (r *Runtime) GetOrCreate(ctx context.Context, opts BoxOptions) (box *Box, c
 	}
 	return &Box{rt: r, id: b.ID}, true, nil
 }
+
+// checkStartable refuses, before a box is recorded, what would make every
+// start of it fail: a VMM or image plugin that is missing, does not start
+// or rejects its config block, and an image reference or platform the
+// image plugin refuses (it checks syntax and local layouts and archives,
+// without pulling or using the network). It costs one start of each of the
+// two plugins, side by side; a later start in the same process reuses them.
+func (r *Runtime) checkStartable(ctx context.Context, b *model.Box) error {
+	if err := r.plugins.Ready(ctx, sdk.RoleVMM, sdk.RoleImages); err != nil {
+		return fmt.Errorf("create box: the box could never start: %w", err)
+	}
+	req := &pluginv1.PullRequest{Reference: b.Config.Image}
+	if b.Config.Platform != "" {
+		p, err := parsePlatform(b.Config.Platform)
+		if err != nil {
+			return fmt.Errorf("create box: %w", err)
+		}
+		req.Platform = p
+	}
+	images, err := r.plugins.Images(ctx)
+	if err != nil {
+		return fmt.Errorf("create box: image plugin: %w", err)
+	}
+	rc, ok := images.(sdk.ReferenceChecker)
+	if !ok {
+		return nil
+	}
+	_, err = rc.CheckReference(ctx, req)
+	image := b.Config.Image
+	if b.Config.Platform != "" {
+		image += " (platform " + b.Config.Platform + ")"
+	}
+	switch {
+	case err == nil || errors.Is(err, sdk.ErrUnsupported):
+		// Plugins without the check are trusted until the first start.
+		return nil
+	case errors.Is(err, sdk.ErrInvalidArgument):
+		return &imageError{msg: fmt.Sprintf("create box: image %s cannot be used: %v; correct the image reference or platform", image, err), kind: ErrInvalidArgument}
+	case errors.Is(err, sdk.ErrNotFound):
+		return &imageError{msg: fmt.Sprintf("create box: image %s: %v", image, err), kind: ErrNotFound}
+	}
+	return fmt.Errorf("create box: check image %s: %w", image, err)
+}
+
+// imageError is the image plugin's refusal of a box's image as one of
+// core's error kinds; the plugin's message says what is wrong and what to
+// do, so the kind is not repeated in the text.
+type imageError struct {
+	msg  string
+	kind error
+}
+
+func (e *imageError) Error() string { return e.msg }
+func (e *imageError) Unwrap() error { return e.kind }
 
 // Get returns a handle on the box with this ID, name or unambiguous ID
 // prefix.

@@ -72,8 +72,14 @@ func run(bin, testPlugins string, nBoxes, nCreates, nRPCs int) error {
 	if err := seed(ctx, home, nBoxes); err != nil {
 		return err
 	}
+	procvmm, err := filepath.Abs(filepath.Join(testPlugins, "boxctl-plugin-procvmm"))
+	if err != nil {
+		return err
+	}
+	// create starts the vmm and images plugins to check the box can start:
+	// procvmm from the test plugins, oci from next to boxctl.
 	cfgPath := filepath.Join(home, "config.hcl")
-	if err := os.WriteFile(cfgPath, []byte("vmm = \"procvmm\"\n"), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf("vmm = \"procvmm\"\nplugin \"procvmm\" {\n  path = %q\n}\n", procvmm)), 0o644); err != nil {
 		return err
 	}
 	out, err := exec.Command(boxctl, "--home", home, "--config", cfgPath, "ls", "-a").Output()
@@ -102,7 +108,9 @@ func run(bin, testPlugins string, nBoxes, nCreates, nRPCs int) error {
 	}
 	defer os.RemoveAll(home2)
 	cfg := config.Default()
-	rt, err := core.Open(ctx, core.WithConfig(cfg), core.WithHome(home2), core.WithLogger(hclog.NewNullLogger(), nil))
+	cfg.VMM = "procvmm"
+	rt, err := core.Open(ctx, core.WithConfig(cfg), core.WithHome(home2), core.WithLogger(hclog.NewNullLogger(), nil),
+		core.WithPluginDirs(filepath.Dir(boxctl), filepath.Dir(procvmm)))
 	if err != nil {
 		return err
 	}
@@ -148,6 +156,9 @@ func run(bin, testPlugins string, nBoxes, nCreates, nRPCs int) error {
 	}
 	wg.Wait()
 	cli := time.Since(start)
+	if n := failed.Load(); n > 0 {
+		return fmt.Errorf("%d creates failed", n)
+	}
 	fmt.Printf("create via boxctl, 8 processes:    %.0f boxes/s (%d in %s)\n", float64(nCLI)/cli.Seconds(), nCLI, cli.Round(time.Millisecond))
 
 	// 3. plugin RPC round trip.

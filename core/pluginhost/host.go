@@ -312,15 +312,27 @@ func (h *Host) Role(ctx context.Context, role string) (sdk.Plugin, error) {
 // start instead of several in a row. Errors are left for the first real
 // use to report.
 func (h *Host) Prestart(ctx context.Context, roles ...string) {
+	_ = h.Ready(ctx, roles...)
+}
+
+// Ready starts and configures the plugins serving the given roles, side
+// by side, and reports every one that cannot serve: no binary, a failed
+// start, a rejected config block. Like Prestart it leaves them running for
+// the calls that follow; unlike Prestart it says what went wrong, so a
+// caller can refuse work that would need them (create refuses a box that
+// could never start).
+func (h *Host) Ready(ctx context.Context, roles ...string) error {
+	errs := make([]error, len(roles))
 	var wg sync.WaitGroup
-	for _, role := range roles {
+	for i, role := range roles {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _ = h.Role(ctx, role)
+			_, errs[i] = h.Role(ctx, role)
 		}()
 	}
 	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Resolve returns the binary path for the named plugin, checking it exists

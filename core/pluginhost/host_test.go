@@ -221,3 +221,30 @@ func TestRoleNotServed(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// Ready reports every role whose plugin cannot serve, and nothing when all
+// can; the plugins it started serve the calls that follow.
+func TestReady(t *testing.T) {
+	ctx := context.Background()
+	h, _ := newHost(t, "images = \"nosuch\"\n")
+	if err := h.Ready(ctx, sdk.RoleVMM); err != nil {
+		t.Fatalf("ready with a good vmm: %v", err)
+	}
+	err := h.Ready(ctx, sdk.RoleVMM, sdk.RoleImages)
+	if !errors.Is(err, pluginhost.ErrPluginNotFound) || !strings.Contains(err.Error(), `plugin "nosuch"`) {
+		t.Fatalf("ready with a missing images plugin: %v", err)
+	}
+	vmm, err := h.VMM(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vmm.Info(ctx); err != nil {
+		t.Fatalf("vmm after Ready: %v", err)
+	}
+
+	bad, _ := newHost(t, "plugin \"procvmm\" {\n  config {\n    hang_onn = \"x\"\n  }\n}\n")
+	var ce *pluginhost.ConfigureError
+	if err := bad.Ready(ctx, sdk.RoleVMM); !errors.As(err, &ce) {
+		t.Fatalf("ready with a rejected config block: %v, want a ConfigureError", err)
+	}
+}

@@ -124,13 +124,17 @@ func TestCLIPluginFailuresAreClearAndLeaveStateConsistent(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			hcl := c.hcl
 			e := newEnv(t, "")
+			// The box is created while the config is good; a plugin that
+			// cannot even start is refused at create (see
+			// TestCreateRefusesBoxesThatCanNeverStart), so the config
+			// breaks afterwards.
+			e.ok("create", "--name", "x", "img")
 			if strings.HasPrefix(hcl, "vmm") {
 				// replace the vmm selection instead of adding a second one
 				testbin.WriteFile(t, filepath.Dir(e.config), "config.hcl", hcl)
 			} else {
 				testbin.WriteFile(t, filepath.Dir(e.config), "config.hcl", "vmm = \"procvmm\"\n"+hcl)
 			}
-			e.ok("create", "--name", "x", "img")
 			_, errs, code := e.cli("start", "x")
 			if code != 125 || !strings.Contains(errs, c.want) {
 				t.Fatalf("start: exit %d, stderr:\n%s\nwant %q", code, errs, c.want)

@@ -37,7 +37,8 @@ func TestMain(m *testing.M) {
 }
 
 // env is one isolated boxctl installation: binaries, a home and a config
-// selecting the procvmm test double.
+// selecting the procvmm test double. The image plugin is the real oci
+// plugin (create asks it to check references).
 type env struct {
 	t      *testing.T
 	bin    string
@@ -47,7 +48,7 @@ type env struct {
 
 func newEnv(t *testing.T, extraHCL string) *env {
 	t.Helper()
-	bin := bins.Dir(t, "boxctl", "boxctl-plugin-procvmm", "boxctl-plugin-badproto")
+	bin := bins.Dir(t, "boxctl", "boxctl-plugin-procvmm", "boxctl-plugin-badproto", "boxctl-plugin-oci")
 	home := testbin.ShortTempDir(t)
 	cfg := testbin.WriteFile(t, home, "config.hcl", fmt.Sprintf("vmm = %q\n%s\n", "procvmm", extraHCL))
 	e := &env{t: t, bin: bin, home: filepath.Join(home, "h"), config: cfg}

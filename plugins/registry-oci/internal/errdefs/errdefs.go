@@ -22,4 +22,9 @@ var (
 	ErrBadReference = errors.New("bad reference")
 	// ErrUnsupported: the image uses a format this source does not handle.
 	ErrUnsupported = errors.New("unsupported")
+	// ErrTooLarge: the image declares more unpacked content than the
+	// configured limit allows.
+	ErrTooLarge = errors.New("image too large")
+	// ErrNoSpace: the cache's file system filled up.
+	ErrNoSpace = errors.New("no space left")
 )

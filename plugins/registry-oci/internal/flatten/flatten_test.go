@@ -22,7 +22,7 @@ func stack(t *testing.T, ls ...*ti.Layer) []flatten.Layer {
 	t.Helper()
 	var out []flatten.Layer
 	for _, l := range ls {
-		x, err := layer.Scan(bytes.NewReader(l.Blob()), l.MustDigest())
+		x, err := layer.Scan(bytes.NewReader(l.Blob()), l.MustDigest(), 0)
 		if err != nil {
 			t.Fatalf("scan: %v", err)
 		}

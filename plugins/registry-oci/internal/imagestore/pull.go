@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -89,9 +90,18 @@ func (s *Store) Pull(ctx context.Context, reference string, opts PullOptions) (I
 	if explicit && !source.PlatformMatches(imgPlat.v1(), plat.v1()) {
 		return Image{}, fmt.Errorf("%w: %s is an image for %s, not the requested %s", ErrNotFound, canonical, imgPlat, plat)
 	}
+	if err := runnable(canonical, imgPlat, len(man.Layers)); err != nil {
+		return Image{}, err
+	}
 
 	if err := s.fetchLayers(ctx, src, man.Layers, cfg.RootFS.DiffIDs, opts.Progress); err != nil {
 		return Image{}, err
+	}
+	img := s.newRecord(res, man, cfg, int64(len(cfgBytes)))
+	// Each layer was checked against the limit on its own as it arrived;
+	// now the whole stack, before the image becomes visible.
+	if _, err := s.stack(ctx, img); err != nil {
+		return Image{}, fmt.Errorf("%s: %w", canonical, err)
 	}
 
 	// The manifest last, so a failed pull leaves none behind.
@@ -103,7 +113,6 @@ func (s *Store) Pull(ctx context.Context, reference string, opts PullOptions) (I
 			return Image{}, err
 		}
 	}
-	img := s.newRecord(res, man, cfg, int64(len(cfgBytes)))
 	if old, err := s.readRecord(res.ManifestDigest); err == nil {
 		img.PulledAt = old.PulledAt
 	} else if err := s.writeJSON(s.recordPath(res.ManifestDigest), img); err != nil {
@@ -159,7 +168,7 @@ func (s *Store) newSource(ctx context.Context, r ref.Reference) (source.Source, 
 	case ref.OCILayout:
 		return source.NewLayout(r)
 	case ref.DockerArchive:
-		return source.NewArchive(ctx, r, s.blobs.TmpDir())
+		return source.NewArchive(ctx, r, s.blobs.TmpDir(), s.maxUnpacked)
 	}
 	return source.NewRegistry(r.Name, s.reg)
 }
@@ -233,7 +242,7 @@ func (s *Store) fetchLayers(ctx context.Context, src source.Source, layers []v1.
 func (s *Store) fetchLayer(ctx context.Context, src source.Source, i int, l v1.Descriptor, diffID v1.Hash, pm *progressMux) error {
 	var idx *layer.Index
 	check := func(r io.Reader) error {
-		x, err := layer.Scan(r, l.Digest)
+		x, err := layer.Scan(r, l.Digest, s.maxUnpacked)
 		if err != nil {
 			return err
 		}
@@ -312,6 +321,27 @@ func layerState(st blobstore.State) LayerState {
 		return LayerDone
 	}
 	return LayerCached
+}
+
+// runnable refuses images no box can run, before anything is downloaded:
+// boxes are Linux guests and need a root file system.
+func runnable(canonical string, p Platform, layers int) error {
+	switch {
+	case p.OS == "":
+		return fmt.Errorf("%w: %s: the image config declares no os; boxes run Linux guests, so only images for linux can run", ErrBadImage, canonical)
+	case p.OS != "linux":
+		return fmt.Errorf("%w: %s is an image for %s; boxes run Linux guests, so only images for linux can run: choose a linux image (or platform, e.g. --platform linux/%s)", ErrBadImage, canonical, p, orDefault(p.Architecture, runtime.GOARCH))
+	case layers == 0:
+		return fmt.Errorf("%w: %s has no layers, so there is no root file system to boot; build the image FROM a base image (or add at least one layer)", ErrBadImage, canonical)
+	}
+	return nil
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 func parseConfig(b []byte) (*v1.ConfigFile, error) {

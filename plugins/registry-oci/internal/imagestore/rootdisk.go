@@ -2,10 +2,13 @@ package imagestore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -56,10 +59,27 @@ func (s *Store) RootDisk(ctx context.Context, digest string) (RootDisk, error) {
 		return RootDisk{}, err
 	}
 	size, err := s.buildRootDisk(ctx, img, dst)
+	if isNoSpace(err) {
+		return RootDisk{}, fmt.Errorf("%w on device while building the root disk of %s in %s: free space there (`boxctl image prune` removes images no box uses) or move boxctl's home to a larger file system, then try again; the partial disk was removed (%v)",
+			ErrNoSpace, imageName(img), filepath.Dir(dst), err)
+	}
 	if err != nil {
 		return RootDisk{}, fmt.Errorf("build root disk for %s: %w", img.Digest, err)
 	}
 	return RootDisk{Path: dst, Size: size, Image: img, Built: true}, nil
+}
+
+// isNoSpace reports a full file system (or an exhausted quota).
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// imageName names an image in messages: its reference and digest.
+func imageName(img Image) string {
+	if r := orDefault(img.Ref, strings.Join(img.Refs, ", ")); r != "" {
+		return r + " (" + img.Digest + ")"
+	}
+	return img.Digest
 }
 
 func mustHash(s string) v1.Hash {
@@ -68,9 +88,23 @@ func mustHash(s string) v1.Hash {
 }
 
 // LayerPlan computes the flattening plan of a cached image (building any
-// missing layer index); exposed for diagnostics and benchmarks.
+// missing layer index); exposed for diagnostics and benchmarks. An image
+// over the limit on unpacked size is refused.
 func (s *Store) LayerPlan(ctx context.Context, img Image) (*flatten.Plan, error) {
+	layers, err := s.stack(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	return flatten.NewPlan(layers)
+}
+
+// stack returns an image's layers with their indexes (building any that
+// is missing), checked against the diff IDs of the image config and, as a
+// whole, against the limit on unpacked size.
+func (s *Store) stack(ctx context.Context, img Image) ([]flatten.Layer, error) {
 	layers := make([]flatten.Layer, len(img.Layers))
+	digests := make([]v1.Hash, len(img.Layers))
+	indexes := make([]*layer.Index, len(img.Layers))
 	for i, l := range img.Layers {
 		d, err := v1.NewHash(l.Digest)
 		if err != nil {
@@ -84,8 +118,12 @@ func (s *Store) LayerPlan(ctx context.Context, img Image) (*flatten.Plan, error)
 			return nil, &layer.BadLayerError{Layer: d, Err: fmt.Errorf("uncompressed content hashes to %s but the image config lists diff_id %s", x.DiffID, l.DiffID)}
 		}
 		layers[i] = flatten.Layer{Digest: d, Index: x, Open: func() (io.ReadCloser, error) { return s.blobs.Open(d) }}
+		digests[i], indexes[i] = d, x
 	}
-	return flatten.NewPlan(layers)
+	if err := layer.CheckDeclared(digests, indexes, s.maxUnpacked); err != nil {
+		return nil, err
+	}
+	return layers, nil
 }
 
 func (s *Store) buildRootDisk(ctx context.Context, img Image, dst string) (int64, error) {
@@ -157,7 +195,7 @@ func (s *Store) layerIndex(ctx context.Context, d v1.Hash) (*layer.Index, error)
 		return nil, err
 	}
 	defer f.Close()
-	x, err := layer.Scan(f, d)
+	x, err := layer.Scan(f, d, s.maxUnpacked)
 	if err != nil {
 		return nil, err
 	}

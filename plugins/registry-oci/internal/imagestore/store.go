@@ -55,8 +55,13 @@ type Store struct {
 	reg         RegistryConfig
 	concurrency int
 	platform    Platform
+	maxUnpacked int64
 	now         func() time.Time
 }
+
+// DefaultMaxUnpackedSize is the default limit on an image's unpacked
+// size: far above any real image, far below what fills a host.
+const DefaultMaxUnpackedSize = 64 << 30
 
 // Option configures Open.
 type Option func(*Store)
@@ -73,6 +78,19 @@ func WithConcurrency(n int) Option {
 	}
 }
 
+// WithMaxUnpackedSize limits an image's unpacked size: the sizes its
+// layers' entries declare, summed over all layers (see
+// layer.DeclaredSize). Pulls and root disk builds of images over it fail
+// with ErrTooLarge, naming the layer that crosses it. Default
+// DefaultMaxUnpackedSize.
+func WithMaxUnpackedSize(n int64) Option {
+	return func(s *Store) {
+		if n > 0 {
+			s.maxUnpacked = n
+		}
+	}
+}
+
 // WithDefaultPlatform sets the platform used when PullOptions.Platform is
 // empty (default: HostPlatform()).
 func WithDefaultPlatform(p Platform) Option { return func(s *Store) { s.platform = p } }
@@ -83,7 +101,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image store %s: %w", dir, err)
 	}
-	s := &Store{dir: abs, concurrency: 3, platform: HostPlatform(), now: time.Now}
+	s := &Store{dir: abs, concurrency: 3, platform: HostPlatform(), maxUnpacked: DefaultMaxUnpackedSize, now: time.Now}
 	for _, o := range opts {
 		o(s)
 	}

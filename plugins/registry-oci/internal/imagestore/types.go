@@ -21,6 +21,8 @@ var (
 	ErrBadImage       = errdefs.ErrBadImage
 	ErrBadReference   = errdefs.ErrBadReference
 	ErrUnsupported    = errdefs.ErrUnsupported
+	ErrTooLarge       = errdefs.ErrTooLarge
+	ErrNoSpace        = errdefs.ErrNoSpace
 )
 
 // RegistryConfig says how registries are reached: mirrors, plain-HTTP hosts

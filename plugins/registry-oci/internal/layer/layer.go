@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"path"
 	"strings"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/blobstore"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/errdefs"
 )
@@ -143,6 +145,114 @@ type Index struct {
 	Entries          []Entry
 }
 
+// EntryOverhead is what every entry counts towards a layer's declared
+// size besides its data: about what its tar header, inode and directory
+// entry take, so that millions of empty files count too.
+const EntryOverhead = 512
+
+func (e Entry) declared() int64 { return addSize(max(e.Size, 0), EntryOverhead) }
+
+// addSize adds sizes without overflowing.
+func addSize(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
+// DeclaredSize is what the layer unpacks to by its own account: the sizes
+// its tar headers declare for regular files (a sparse file counts its full
+// size, holes included) plus EntryOverhead per entry. Nothing in the layer
+// is counted twice and nothing is left out, so it bounds what building a
+// root file system from the layer can write.
+func (x *Index) DeclaredSize() int64 {
+	var n int64
+	for _, e := range x.Entries {
+		n = addSize(n, e.declared())
+	}
+	return n
+}
+
+// LargestEntry returns the regular file with the largest declared size.
+func (x *Index) LargestEntry() (Entry, bool) {
+	var best Entry
+	found := false
+	for _, e := range x.Entries {
+		if e.Type == Reg && (!found || e.Size > best.Size) {
+			best, found = e, true
+		}
+	}
+	return best, found
+}
+
+// TooLargeError: a layer (or the stack of layers up to it) declares more
+// unpacked content than the limit allows. It wraps errdefs.ErrTooLarge.
+type TooLargeError struct {
+	Layer v1.Hash
+	// Position is the layer's 1-based place in its image and Layers the
+	// image's layer count; both 0 when checked one layer at a time.
+	Position, Layers int
+	// Size is the declared size counted when the limit was crossed:
+	// this layer's, plus the layers below it when Position is set.
+	Size  int64
+	Limit int64
+	// Entry is the layer's largest file (so far, when Scan stopped early).
+	Entry     string
+	EntrySize int64
+}
+
+func (e *TooLargeError) Error() string {
+	var b strings.Builder
+	if e.Position > 0 {
+		fmt.Fprintf(&b, "layer %d of %d (%s) brings the image's unpacked size to %s", e.Position, e.Layers, e.Layer, formatSize(e.Size))
+	} else {
+		fmt.Fprintf(&b, "layer %s unpacks to at least %s", e.Layer, formatSize(e.Size))
+	}
+	if e.Entry != "" {
+		fmt.Fprintf(&b, " (its largest file, %q, declares %s)", e.Entry, formatSize(e.EntrySize))
+	}
+	fmt.Fprintf(&b, ", more than the limit of %s on an image's unpacked size (max_unpacked_size). "+
+		"If you trust this image, raise the limit in the oci plugin's config: plugin \"oci\" { config { max_unpacked_size = %q } }",
+		formatSize(e.Limit), suggestLimit(e.Size))
+	return b.String()
+}
+
+func (e *TooLargeError) Unwrap() error { return errdefs.ErrTooLarge }
+
+// suggestLimit is a limit that would admit size: the next power of two
+// GiB above it.
+func suggestLimit(size int64) string {
+	lim := int64(1 << 30)
+	for lim <= size && lim < 1<<61 {
+		lim <<= 1
+	}
+	return formatSize(lim)
+}
+
+func formatSize(n int64) string { return config.FormatSize(uint64(max(n, 0))) }
+
+// CheckDeclared refuses a stack of layers (bottom first, each with its
+// index) whose declared sizes add up to more than limit, naming the layer
+// that crosses it. A limit of 0 or less means none.
+func CheckDeclared(digests []v1.Hash, indexes []*Index, limit int64) error {
+	if limit <= 0 {
+		return nil
+	}
+	var total int64
+	for i, x := range indexes {
+		total = addSize(total, x.DeclaredSize())
+		if total <= limit {
+			continue
+		}
+		e := &TooLargeError{Layer: digests[i], Position: i + 1, Layers: len(indexes), Size: total, Limit: limit}
+		if big, ok := x.LargestEntry(); ok {
+			e.Entry, e.EntrySize = big.Name, big.Size
+		}
+		return e
+	}
+	return nil
+}
+
 // BadLayerError says which layer and entry are wrong. It wraps
 // errdefs.ErrBadImage.
 type BadLayerError struct {
@@ -161,8 +271,10 @@ func (e *BadLayerError) Error() string {
 func (e *BadLayerError) Unwrap() []error { return []error{errdefs.ErrBadImage, e.Err} }
 
 // Scan reads a whole layer blob, validates every entry and returns its index.
-// It reads r to the end, so the caller's hashing of r sees all bytes.
-func Scan(r io.Reader, digest v1.Hash) (*Index, error) {
+// It reads r to the end, so the caller's hashing of r sees all bytes. If
+// limit is positive, a layer whose declared size (see DeclaredSize) exceeds
+// it is refused with a *TooLargeError as soon as an entry crosses it.
+func Scan(r io.Reader, digest v1.Hash, limit int64) (*Index, error) {
 	bad := func(entry string, err error) error { return &BadLayerError{Layer: digest, Entry: entry, Err: err} }
 	dr, comp, err := Decompress(r)
 	if err != nil {
@@ -174,6 +286,7 @@ func Scan(r io.Reader, digest v1.Hash) (*Index, error) {
 	tr := tar.NewReader(cr)
 	x := &Index{Compression: comp}
 	last := ""
+	var declared int64
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -191,6 +304,14 @@ func Scan(r io.Reader, digest v1.Hash) (*Index, error) {
 		}
 		last = hdr.Name
 		x.Entries = append(x.Entries, e)
+		declared = addSize(declared, e.declared())
+		if limit > 0 && declared > limit {
+			te := &TooLargeError{Layer: digest, Size: declared, Limit: limit}
+			if big, ok := x.LargestEntry(); ok {
+				te.Entry, te.EntrySize = big.Name, big.Size
+			}
+			return nil, te
+		}
 	}
 	// The digest covers the whole uncompressed stream, including the padding
 	// after the end-of-archive marker.

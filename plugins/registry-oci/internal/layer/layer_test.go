@@ -4,7 +4,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -45,7 +47,7 @@ func TestScanAndEncode(t *testing.T) {
 			ti.Opaque("etc"),
 			ti.File(".wh..wh.plnk/123", ""),
 		}, c)
-		x, err := layer.Scan(bytes.NewReader(l.Blob()), l.MustDigest())
+		x, err := layer.Scan(bytes.NewReader(l.Blob()), l.MustDigest(), 0)
 		if err != nil {
 			t.Fatalf("%v: %v", c, err)
 		}
@@ -85,13 +87,71 @@ func TestScanRejects(t *testing.T) {
 		"garbage":       bytes.Repeat([]byte{7}, 1024),
 		"empty symlink": ti.Tar([]ti.Entry{{Name: "s", Type: tar.TypeSymlink}}),
 	} {
-		_, err := layer.Scan(bytes.NewReader(blob), d)
+		_, err := layer.Scan(bytes.NewReader(blob), d, 0)
 		var bad *layer.BadLayerError
 		if !errors.Is(err, errdefs.ErrBadImage) || !errors.As(err, &bad) {
 			t.Errorf("%s: %v, want a BadLayerError", name, err)
 		}
 	}
-	if x, err := layer.Scan(bytes.NewReader(nil), d); err != nil || len(x.Entries) != 0 {
+	if x, err := layer.Scan(bytes.NewReader(nil), d, 0); err != nil || len(x.Entries) != 0 {
 		t.Errorf("empty layer: %v %v", x, err)
+	}
+}
+
+// A PAX sparse entry counts with the size it declares, holes included,
+// although the layer is tiny; Scan refuses it once over the limit.
+func TestDeclaredSizeAndLimit(t *testing.T) {
+	l := ti.FromTar(ti.SparseBomb("big", 8<<30), ti.Gzip)
+	if n := len(l.Blob()); n > 2048 {
+		t.Fatalf("the sparse layer is %d bytes; the test wants a tiny one", n)
+	}
+	x, err := layer.Scan(bytes.NewReader(l.Blob()), l.MustDigest(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(x.Entries) != 1 || x.Entries[0].Name != "big" || x.Entries[0].Type != layer.Reg || x.Entries[0].Size != 8<<30 {
+		t.Fatalf("entries %+v, want one 8 GiB file named big", x.Entries)
+	}
+	if got, want := x.DeclaredSize(), int64(8<<30+layer.EntryOverhead); got != want {
+		t.Errorf("declared size %d, want %d", got, want)
+	}
+
+	_, err = layer.Scan(bytes.NewReader(l.Blob()), l.MustDigest(), 1<<30)
+	var tl *layer.TooLargeError
+	if !errors.As(err, &tl) || !errors.Is(err, errdefs.ErrTooLarge) {
+		t.Fatalf("scan with a 1 GiB limit: %v, want a TooLargeError", err)
+	}
+	for _, want := range []string{l.MustDigest().String(), `"big"`, "8GiB", "1GiB", "max_unpacked_size", `max_unpacked_size = "16GiB"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+
+	// Across layers: each alone is under the limit, together they are not;
+	// the layer that crosses it is named.
+	small := func(n int) *layer.Index {
+		var es []ti.Entry
+		for i := 0; i < n; i++ {
+			es = append(es, ti.File(fmt.Sprintf("f%d", i), strings.Repeat("x", 4096)))
+		}
+		l := ti.NewLayer(es, ti.Gzip)
+		x, err := layer.Scan(bytes.NewReader(l.Blob()), l.MustDigest(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	xs := []*layer.Index{small(100), small(100), small(100)}
+	ds := []v1.Hash{{Algorithm: "sha256", Hex: "11"}, {Algorithm: "sha256", Hex: "22"}, {Algorithm: "sha256", Hex: "33"}}
+	limit := 2*xs[0].DeclaredSize() + 1
+	err = layer.CheckDeclared(ds, xs, limit)
+	if !errors.As(err, &tl) || tl.Position != 3 || tl.Layer != ds[2] {
+		t.Fatalf("three layers over the limit: %v, want layer 3 named", err)
+	}
+	if !strings.Contains(err.Error(), "layer 3 of 3 (sha256:33)") {
+		t.Errorf("error %q does not name layer 3", err)
+	}
+	if err := layer.CheckDeclared(ds[:2], xs[:2], limit); err != nil {
+		t.Errorf("two layers under the limit: %v", err)
 	}
 }

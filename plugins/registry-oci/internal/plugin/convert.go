@@ -76,6 +76,8 @@ func layerState(s imagestore.LayerState) pluginv1.LayerProgress_State {
 // cannot read (xz) is both a bad layer and unsupported; it is reported as
 // unsupported, the more precise of the two.
 var storeErrors = []struct{ store, sdk error }{
+	{imagestore.ErrTooLarge, sdk.ErrInvalidArgument},
+	{imagestore.ErrNoSpace, sdk.ErrFailedPrecondition},
 	{imagestore.ErrNotFound, sdk.ErrNotFound},
 	{imagestore.ErrUnauthorized, sdk.ErrUnauthenticated},
 	{imagestore.ErrUnsupported, sdk.ErrUnsupported},

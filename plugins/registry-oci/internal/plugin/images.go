@@ -70,6 +70,26 @@ func (p *Plugin) Pull(ctx context.Context, req *pluginv1.PullRequest, progress f
 	return imageToProto(img), nil
 }
 
+// CheckReference implements sdk.ReferenceChecker: the reference's syntax,
+// the platform, and that a local layout (with its tag and platform) or
+// archive exists, all without network access.
+func (p *Plugin) CheckReference(ctx context.Context, req *pluginv1.PullRequest) (*pluginv1.CheckReferenceResponse, error) {
+	st, err := p.current()
+	if err != nil {
+		return nil, err
+	}
+	platform, err := platformString(req.GetPlatform())
+	if err != nil {
+		return nil, err
+	}
+	canonical, err := st.CheckReference(ctx, req.GetReference(), platform)
+	if err != nil {
+		p.log.Debug("reference check failed", "reference", req.GetReference(), "error", err)
+		return nil, mapError(err)
+	}
+	return &pluginv1.CheckReferenceResponse{Canonical: canonical}, nil
+}
+
 // platformString turns a requested platform into the store's
 // "os/arch[/variant]"; nil or empty means the configured default.
 func platformString(pl *pluginv1.Platform) (string, error) {

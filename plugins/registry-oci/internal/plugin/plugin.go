@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2"
 
+	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/imagestore"
 	"github.com/boxctl/boxctl/sdk"
 	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
@@ -45,7 +46,10 @@ type Plugin struct {
 	store *imagestore.Store
 }
 
-var _ sdk.ImageSource = (*Plugin)(nil)
+var (
+	_ sdk.ImageSource      = (*Plugin)(nil)
+	_ sdk.ReferenceChecker = (*Plugin)(nil)
+)
 
 // Option configures New.
 type Option func(*Plugin)
@@ -80,16 +84,18 @@ func (p *Plugin) Info(context.Context) (*pluginv1.InfoResponse, error) {
 //
 //	plugin "oci" {
 //	  config {
-//	    concurrency = 3              # layers downloaded at once
-//	    platform    = "linux/arm64"  # default platform of pulls
+//	    concurrency       = 3              # layers downloaded at once
+//	    platform          = "linux/arm64"  # default platform of pulls
+//	    max_unpacked_size = "64GiB"        # limit on an image's unpacked size
 //	  }
 //	}
 //
 // The fields are expressions so that a bad value is reported at its
 // position in the file.
 type settings struct {
-	Concurrency hcl.Expression `hcl:"concurrency,optional"`
-	Platform    hcl.Expression `hcl:"platform,optional"`
+	Concurrency     hcl.Expression `hcl:"concurrency,optional"`
+	Platform        hcl.Expression `hcl:"platform,optional"`
+	MaxUnpackedSize hcl.Expression `hcl:"max_unpacked_size,optional"`
 }
 
 // Configure implements sdk.Plugin: it validates the config block, maps the
@@ -128,6 +134,22 @@ func (p *Plugin) Configure(_ context.Context, cfg *sdk.Config) error {
 		platform = pl
 	}
 	opts = append(opts, imagestore.WithDefaultPlatform(platform))
+	if rng, set, err := sdk.DecodeOptional(raw.MaxUnpackedSize, &s); err != nil {
+		return err
+	} else if set {
+		n, err := config.ParseSize(s)
+		if err != nil || n == 0 {
+			detail := fmt.Sprintf("max_unpacked_size = %q: ", s)
+			if err != nil {
+				detail += err.Error()
+			} else {
+				detail += "the limit must be more than 0"
+			}
+			return sdk.ConfigError(rng, "Invalid max_unpacked_size",
+				detail+". It limits how much an image may unpack to (the sizes of all files in all its layers); write e.g. \"64GiB\" (the default) or \"200GiB\".")
+		}
+		opts = append(opts, imagestore.WithMaxUnpackedSize(int64(n)))
+	}
 
 	if cfg.StateDir == "" {
 		return errors.New("no state directory: boxctl passes <home>/plugins-data/oci; this plugin cannot keep an image cache without it")

@@ -180,6 +180,9 @@ func TestConfigBlock(t *testing.T) {
 		{"platform without architecture", "\n  platform = \"linux\"\n", 11, "Invalid platform", "linux/amd64"},
 		{"non-Linux platform", "\n  platform = \"windows/amd64\"\n", 11, "Invalid platform", "Linux guests"},
 		{"syntax error", "\n  concurrency = \n", 11, "", ""},
+		{"unpacked size without a number", "\n  max_unpacked_size = \"lots\"\n", 11, "Invalid max_unpacked_size", "512MiB"},
+		{"zero unpacked size", "\n\n  max_unpacked_size = \"0\"\n", 12, "Invalid max_unpacked_size", "more than 0"},
+		{"unpacked size of the wrong type", "\n  max_unpacked_size = [1]\n", 11, "Unsuitable value type", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := configure(tc.body)
@@ -196,7 +199,7 @@ func TestConfigBlock(t *testing.T) {
 			}
 		})
 	}
-	if err := configure("\n  concurrency = 5\n  platform = \"linux/arm64/v8\"\n"); err != nil {
+	if err := configure("\n  concurrency = 5\n  platform = \"linux/arm64/v8\"\n  max_unpacked_size = \"200GiB\"\n"); err != nil {
 		t.Errorf("a good block: %v", err)
 	}
 	if err := configure(""); err != nil {

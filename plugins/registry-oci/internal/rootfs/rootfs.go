@@ -14,6 +14,7 @@ package rootfs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -38,13 +39,20 @@ type Stats struct {
 }
 
 // Build writes an ext4 image of the tar stream produced by write into f,
-// which must be empty. write runs in its own goroutine and gets the writing
+// which must be empty. The image is a sparse file: blocks of zeros (in file
+// data or in metadata) are holes, so an image full of zeros takes little
+// space on the host. write runs in its own goroutine and gets the writing
 // end of a pipe; its error, if any, takes precedence because it names the
-// layer and entry at fault.
+// layer and entry at fault, unless it only
+// reports that the ext4 writer stopped reading.
 func Build(ctx context.Context, f *os.File, write func(ctx context.Context, w io.Writer) error, opts Options) (Stats, error) {
 	maxSize := opts.MaxSize
 	if maxSize <= 0 {
 		maxSize = DefaultMaxSize
+	}
+	out, err := newSparseFile(f)
+	if err != nil {
+		return Stats{}, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -56,7 +64,7 @@ func Build(ctx context.Context, f *os.File, write func(ctx context.Context, w io
 		werr <- err
 	}()
 	// A generous read buffer keeps pipe hand-offs large.
-	cerr := tar2ext4.ConvertTarToExt4(bufReader(pr), f, tar2ext4.MaximumDiskSize(maxSize))
+	cerr := tar2ext4.ConvertTarToExt4(bufReader(pr), out, tar2ext4.MaximumDiskSize(maxSize))
 	if cerr != nil {
 		cancel()
 		pr.CloseWithError(cerr)
@@ -65,11 +73,14 @@ func Build(ctx context.Context, f *os.File, write func(ctx context.Context, w io
 		// the writer to finish.
 		io.Copy(io.Discard, pr)
 	}
-	if err := <-werr; err != nil {
+	if err := <-werr; err != nil && (cerr == nil || !errors.Is(err, cerr)) {
 		return Stats{}, err
 	}
 	if cerr != nil {
 		return Stats{}, fmt.Errorf("write ext4: %w", cerr)
+	}
+	if err := out.finish(); err != nil {
+		return Stats{}, fmt.Errorf("write ext4: %w", err)
 	}
 	if err := fixup(f); err != nil {
 		return Stats{}, fmt.Errorf("fix up ext4 image: %w", err)
@@ -101,8 +112,12 @@ func (b *bigBufReader) Read(p []byte) (int, error) {
 		if len(p) >= len(b.buf) {
 			return b.r.Read(p)
 		}
-		b.pos = 0
-		b.end, b.err = b.r.Read(b.buf)
+		b.pos, b.end = 0, 0
+		// An empty write into the pipe arrives as an empty read; like
+		// bufio, retry a few times before calling it no progress.
+		for try := 0; b.end == 0 && b.err == nil && try < 100; try++ {
+			b.end, b.err = b.r.Read(b.buf)
+		}
 		if b.end == 0 {
 			err := b.err
 			if err == nil {

@@ -35,17 +35,23 @@ var manyXattrs = func() map[string]string {
 
 func buildTar(t *testing.T, tarball []byte) string {
 	t.Helper()
+	return build(t, func(ctx context.Context, w io.Writer) error {
+		_, err := w.Write(tarball)
+		return err
+	})
+}
+
+// build writes the tar stream that write produces as an ext4 image in a
+// temp dir and returns its path.
+func build(t *testing.T, write func(ctx context.Context, w io.Writer) error) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "fs.ext4")
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	_, err = rootfs.Build(context.Background(), f, func(ctx context.Context, w io.Writer) error {
-		_, err := w.Write(tarball)
-		return err
-	}, rootfs.Options{})
-	if err != nil {
+	if _, err := rootfs.Build(context.Background(), f, write, rootfs.Options{}); err != nil {
 		t.Fatalf("build: %v", err)
 	}
 	return path
@@ -136,6 +142,7 @@ func TestKernelMount(t *testing.T) {
 		ti.CharDev("null", 1, 3),
 		ti.File("sub/g", "gg").With(0o4750, 12, 34),
 		ti.Hardlink("sub/h", "sub/g"),
+		ti.File("zeros", strings.Repeat("\x00", 1<<20)+"end"), // its zeros are holes in the image
 	}))
 	mnt := t.TempDir()
 	if out, err := exec.Command("mount", "-o", "loop,ro", "-t", "ext4", path, mnt).CombinedOutput(); err != nil {
@@ -165,5 +172,8 @@ func TestKernelMount(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(mnt, "sub/h")); err != nil || string(b) != "gg" {
 		t.Errorf("sub/h: %q %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "zeros")); err != nil || string(b) != strings.Repeat("\x00", 1<<20)+"end" {
+		t.Errorf("zeros: %d bytes, %v", len(b), err)
 	}
 }

@@ -45,17 +45,18 @@ type archiveManifest struct {
 }
 
 // NewArchive opens a docker-archive: reference. tmpDir receives the
-// decompressed copy of a compressed archive; Close removes it.
-func NewArchive(ctx context.Context, r ref.Reference, tmpDir string) (*Archive, error) {
-	f, err := os.Open(r.Path)
+// decompressed copy of a compressed archive, which may be at most
+// maxSize bytes (0: no limit); Close removes it.
+func NewArchive(ctx context.Context, r ref.Reference, tmpDir string, maxSize int64) (*Archive, error) {
+	f, err := openRegular(r.Path, "docker archive")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: docker archive %s does not exist", errdefs.ErrNotFound, r.Path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open docker archive: %w", err)
+		return nil, err
 	}
 	a := &Archive{ref: r, f: f, files: map[string]section{}, blobs: map[v1.Hash]section{}}
-	if err := a.decompressIfNeeded(ctx, tmpDir); err != nil {
+	if err := a.decompressIfNeeded(ctx, tmpDir, maxSize); err != nil {
 		a.Close()
 		return nil, err
 	}
@@ -66,7 +67,7 @@ func NewArchive(ctx context.Context, r ref.Reference, tmpDir string) (*Archive, 
 	return a, nil
 }
 
-func (a *Archive) decompressIfNeeded(ctx context.Context, tmpDir string) error {
+func (a *Archive) decompressIfNeeded(ctx context.Context, tmpDir string, maxSize int64) error {
 	dr, comp, err := layer.Decompress(a.f)
 	if err != nil {
 		return fmt.Errorf("%w: docker archive %s: %v", errdefs.ErrBadImage, a.ref.Path, err)
@@ -81,9 +82,18 @@ func (a *Archive) decompressIfNeeded(ctx context.Context, tmpDir string) error {
 		return fmt.Errorf("decompress docker archive: %w", err)
 	}
 	a.tmp = t.Name()
-	if _, err := io.Copy(t, ctxReader{ctx, dr}); err != nil {
+	var src io.Reader = ctxReader{ctx, dr}
+	if maxSize > 0 {
+		src = io.LimitReader(src, maxSize+1)
+	}
+	n, err := io.Copy(t, src)
+	if err != nil {
 		t.Close()
 		return fmt.Errorf("%w: decompress docker archive %s: %v", errdefs.ErrBadImage, a.ref.Path, err)
+	}
+	if maxSize > 0 && n > maxSize {
+		t.Close()
+		return fmt.Errorf("%w: docker archive %s decompresses to more than %d bytes, the limit on an image's unpacked size (max_unpacked_size in the oci plugin's config block); decompress it yourself if you trust it, or raise the limit", errdefs.ErrTooLarge, a.ref.Path, maxSize)
 	}
 	if _, err := t.Seek(0, io.SeekStart); err != nil {
 		t.Close()

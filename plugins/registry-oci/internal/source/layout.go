@@ -29,9 +29,11 @@ type Layout struct {
 
 // NewLayout prepares a source for an oci-layout: reference.
 func NewLayout(r ref.Reference) (*Layout, error) {
-	b, err := os.ReadFile(filepath.Join(r.Path, "oci-layout"))
+	b, err := readRegular(filepath.Join(r.Path, "oci-layout"), "the oci-layout marker of OCI layout "+r.Path, maxManifestSize)
 	if errors.Is(err, fs.ErrNotExist) {
-		if _, serr := os.Stat(r.Path); serr != nil {
+		if _, serr := os.Stat(r.Path); errors.Is(serr, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: OCI layout directory %s does not exist: check the path, or write the layout there first (e.g. skopeo copy docker://IMAGE oci:%s)", errdefs.ErrNotFound, r.Path, r.Path)
+		} else if serr != nil {
 			return nil, fmt.Errorf("%w: OCI layout %s: %v", errdefs.ErrNotFound, r.Path, serr)
 		}
 		return nil, fmt.Errorf("%w: %s is not an OCI image layout (it has no oci-layout file)", errdefs.ErrBadImage, r.Path)
@@ -58,24 +60,20 @@ func (l *Layout) blobPath(d v1.Hash) string {
 	return filepath.Join(l.ref.Path, "blobs", d.Algorithm, d.Hex)
 }
 
+func (l *Layout) blobName(d v1.Hash) string {
+	return "blob " + d.String() + " of OCI layout " + l.ref.Path
+}
+
 func (l *Layout) readBlob(d v1.Hash) ([]byte, error) {
 	if d.Algorithm != "sha256" {
 		return nil, fmt.Errorf("%w: digest %s", errdefs.ErrUnsupported, d)
 	}
-	f, err := os.Open(l.blobPath(d))
+	b, err := readRegular(l.blobPath(d), l.blobName(d), maxManifestSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: blob %s is missing from OCI layout %s", errdefs.ErrBadImage, d, l.ref.Path)
 	}
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxManifestSize {
-		return nil, fmt.Errorf("%w: manifest %s is larger than %d bytes", errdefs.ErrBadImage, d, maxManifestSize)
 	}
 	if got := DigestOf(b); got != d {
 		return nil, fmt.Errorf("%w: blob %s in OCI layout %s hashes to %s", errdefs.ErrDigestMismatch, d, l.ref.Path, got)
@@ -85,7 +83,10 @@ func (l *Layout) readBlob(d v1.Hash) ([]byte, error) {
 
 // Resolve implements Source.
 func (l *Layout) Resolve(ctx context.Context, want v1.Platform) (*Resolved, error) {
-	top, err := os.ReadFile(filepath.Join(l.ref.Path, "index.json"))
+	top, err := readRegular(filepath.Join(l.ref.Path, "index.json"), "the index.json of OCI layout "+l.ref.Path, maxManifestSize)
+	if errors.Is(err, errdefs.ErrBadImage) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: OCI layout %s: %v", errdefs.ErrBadImage, l.ref.Path, err)
 	}
@@ -189,7 +190,7 @@ func (l *Layout) Resolve(ctx context.Context, want v1.Platform) (*Resolved, erro
 // Fetcher implements Source.
 func (l *Layout) Fetcher(desc v1.Descriptor) blobstore.Fetcher {
 	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
-		f, err := os.Open(l.blobPath(desc.Digest))
+		f, err := openRegular(l.blobPath(desc.Digest), l.blobName(desc.Digest))
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, 0, fmt.Errorf("%w: blob %s is missing from OCI layout %s", errdefs.ErrBadImage, desc.Digest, l.ref.Path)
 		}

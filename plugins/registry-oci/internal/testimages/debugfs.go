@@ -3,12 +3,14 @@ package testimages
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -188,6 +190,32 @@ func (x *Ext4) Cat(path string) string {
 		x.t.Fatalf("%v", err)
 	}
 	return out
+}
+
+// CatTo streams a file's content to w, for files too large to hold in
+// memory.
+func (x *Ext4) CatTo(path string, w io.Writer) {
+	x.t.Helper()
+	c := exec.Command("debugfs", "-R", "cat "+quote(path), x.path)
+	var errb bytes.Buffer
+	c.Stdout, c.Stderr = w, &errb
+	if err := c.Run(); err != nil {
+		x.t.Fatalf("debugfs cat %s: %v: %s", path, err, errb.String())
+	}
+	if strings.Contains(errb.String(), "File not found") {
+		x.t.Fatalf("debugfs cat %s: %s", path, errb.String())
+	}
+}
+
+// Allocated is how much space a file takes on its file system (its
+// blocks, not its size): a sparse file's holes take none.
+func Allocated(t testing.TB, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Blocks * 512
 }
 
 // DirEntry is one line of `ls -p`.

@@ -183,6 +183,10 @@ func (l *Layer) Compressed() (io.ReadCloser, error) {
 	return io.NopCloser(bytes.NewReader(l.blob)), nil
 }
 func (l *Layer) Uncompressed() (io.ReadCloser, error) {
+	if l.tar == nil && l.mt == types.OCILayer {
+		// A layer too large to keep uncompressed (ZeroBomb).
+		return gzip.NewReader(bytes.NewReader(l.blob))
+	}
 	return io.NopCloser(bytes.NewReader(l.tar)), nil
 }
 func (l *Layer) Size() (int64, error)                { return int64(len(l.blob)), nil }
