@@ -51,22 +51,22 @@ func exitWithHost() {
 	signal.Notify(term, syscall.SIGTERM)
 	go func() {
 		<-term
-		hostGone()
+		quit()
 	}()
 
 	h, ok := currentHost()
 	if !ok {
-		hostGone()
+		quit()
 	}
 	go func() {
 		h.wait()
-		hostGone()
+		quit()
 	}()
 }
 
-// hostGone ends the plugin: it removes its go-plugin sockets and exits.
-// It logs nothing: stderr is a pipe to the host, and the host is gone.
-func hostGone() {
+// quit ends the plugin: it removes its go-plugin sockets and exits.
+// It logs nothing: stderr is a pipe to the host, which may be gone.
+func quit() {
 	removeSockets(listeningUnixSockets(), socketDir())
 	os.Exit(0)
 }

@@ -55,7 +55,7 @@ func TestMain(m *testing.M) {
 		}
 		fmt.Printf("1|1|unix|%s|grpc|\n", ln.Addr())
 		h.poll()
-		hostGone()
+		quit()
 	}
 	os.Exit(0)
 }

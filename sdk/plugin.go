@@ -75,8 +75,8 @@ func NewLogger(name string) hclog.Logger {
 }
 
 // Serve runs the plugin until boxctl disconnects, or until the process
-// that started it is gone, however it ended (then the plugin removes its
-// socket and exits).
+// that started it is gone, however it ended, or SIGTERM: then the plugin
+// removes its go-plugin socket and exits.
 func Serve(cfg ServeConfig) {
 	hs := Handshake()
 	if os.Getenv(hs.MagicCookieKey) == hs.MagicCookieValue {
