@@ -134,6 +134,8 @@ func Open(ctx context.Context, opts ...Option) (*Runtime, error) {
 	if r.pluginDirs != nil {
 		hostOpts = append(hostOpts, pluginhost.WithSearchDirs(r.pluginDirs...))
 	}
+	// Plugins of a boxctl that was killed can leave their sockets behind.
+	pluginhost.SweepSocketDirs(home)
 	r.plugins = pluginhost.New(r.cfg, hostOpts...)
 	if err := r.recover(ctx); err != nil {
 		r.plugins.Close()

@@ -74,8 +74,15 @@ func NewLogger(name string) hclog.Logger {
 	})
 }
 
-// Serve runs the plugin until boxctl disconnects. It does not return.
+// Serve runs the plugin until boxctl disconnects, or until the process
+// that started it is gone, however it ended, or SIGTERM: then the plugin
+// removes its go-plugin socket and exits.
 func Serve(cfg ServeConfig) {
+	hs := Handshake()
+	if os.Getenv(hs.MagicCookieKey) == hs.MagicCookieValue {
+		// Run by a host, not by hand (go-plugin explains that case).
+		exitWithHost()
+	}
 	logger := cfg.Logger
 	if logger == nil {
 		logger = NewLogger(pluginNameFromArgs())
@@ -85,7 +92,7 @@ func Serve(cfg ServeConfig) {
 		version = ProtocolVersion
 	}
 	plugin.Serve(&plugin.ServeConfig{
-		HandshakeConfig:  Handshake(),
+		HandshakeConfig:  hs,
 		VersionedPlugins: map[int]plugin.PluginSet{version: cfg.PluginSet()},
 		GRPCServer:       plugin.DefaultGRPCServer,
 		Logger:           logger,

@@ -2,7 +2,8 @@
 // processes. Plugins start lazily, on the first call a command makes to a
 // role, and are stopped when the command ends (Close). Every call is
 // bounded: a plugin that crashes or hangs mid-call yields a CallError naming
-// the plugin, the call and the last lines it logged.
+// the plugin, the call and the last lines it logged. It also owns the
+// directories the plugins' go-plugin sockets live in (sockets.go).
 package pluginhost
 
 import (
@@ -16,8 +17,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -47,6 +51,9 @@ type Host struct {
 	mu     sync.Mutex
 	slots  map[string]*slot
 	closed bool
+
+	sockOnce sync.Once
+	sockDir  string // see sockets.go
 }
 
 // slot serializes the start of one plugin, so different plugins start in
@@ -118,7 +125,8 @@ func (h *Host) Images(ctx context.Context) (sdk.ImageSource, error) {
 	return dispense[sdk.ImageSource](ctx, h, h.cfg.Images, sdk.RoleImages)
 }
 
-// Close stops every plugin this host started. Calls after Close fail.
+// Close stops every plugin this host started and removes their socket
+// directory. Calls after Close fail.
 func (h *Host) Close() {
 	h.mu.Lock()
 	h.closed = true
@@ -133,12 +141,13 @@ func (h *Host) Close() {
 			sl.mu.Lock()
 			defer sl.mu.Unlock()
 			if sl.inst != nil {
-				sl.inst.client.Kill()
+				sl.inst.stop()
 				sl.inst = nil
 			}
 		}()
 	}
 	wg.Wait()
+	h.removeSocketDir()
 }
 
 func dispense[T any](ctx context.Context, h *Host, name, role string) (T, error) {
@@ -269,6 +278,11 @@ func (h *Host) instance(ctx context.Context, name string) (*instance, error) {
 	if sl.inst != nil && !sl.inst.client.Exited() {
 		return sl.inst, nil
 	}
+	if sl.inst != nil {
+		// It exited (crashed, or was killed for hanging): start anew.
+		sl.inst.release()
+		sl.inst = nil
+	}
 	inst, err := h.start(ctx, name)
 	if err != nil {
 		return nil, err
@@ -277,7 +291,7 @@ func (h *Host) instance(ctx context.Context, name string) (*instance, error) {
 	closed := h.closed
 	h.mu.Unlock()
 	if closed {
-		inst.client.Kill()
+		inst.stop()
 		return nil, fmt.Errorf("plugin %q: the plugin host is closed", name)
 	}
 	sl.inst = inst
@@ -454,7 +468,15 @@ func (h *Host) start(ctx context.Context, name string) (*instance, error) {
 	}))
 
 	cmd := exec.Command(path)
-	cmd.Env = append(os.Environ(), "BOXCTL_PLUGIN_NAME="+name)
+	cmd.Env = append(os.Environ(), "BOXCTL_PLUGIN_NAME="+name, sdk.HostPIDEnv+"="+strconv.Itoa(os.Getpid()))
+	if dir := h.socketDir(); dir != "" {
+		cmd.Env = append(cmd.Env, plugin.EnvUnixSocketDir+"="+dir)
+	}
+	// The plugin exits by itself when this process dies (sdk.Serve
+	// watches it). As a second line of defence, for plugins not built with
+	// the sdk, the kernel sends it SIGTERM when the thread that started it
+	// exits: connect starts it from a thread kept for its lifetime.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	inst.client = plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake(),
 		VersionedPlugins: map[int]plugin.PluginSet{sdk.ProtocolVersion: sdk.ClientPluginSet()},
@@ -469,9 +491,9 @@ func (h *Host) start(ctx context.Context, name string) (*instance, error) {
 		},
 	})
 	started := time.Now()
-	rpc, err := inst.client.Client()
+	rpc, err := inst.connect()
 	if err != nil {
-		inst.client.Kill()
+		inst.stop()
 		return nil, inst.startError(err)
 	}
 	inst.rpc = rpc
@@ -488,10 +510,54 @@ type instance struct {
 	client      *plugin.Client
 	rpc         plugin.ClientProtocol
 	ring        *logRing
+	// done ends the goroutine that holds the thread the plugin was
+	// started from (see connect).
+	done     chan struct{}
+	doneOnce sync.Once
 
 	mu         sync.Mutex
 	configured map[string]error
 	roles      map[string]any
+}
+
+// connect starts the plugin process and connects to it. PR_SET_PDEATHSIG
+// fires when the *thread* that forked the child exits, and Go forks from
+// whatever thread the calling goroutine runs on and may end threads (a
+// goroutine that returns while locked to one). So the start runs on a
+// goroutine locked to its thread, which then waits, holding the thread,
+// until the instance is stopped or released.
+func (inst *instance) connect() (plugin.ClientProtocol, error) {
+	type result struct {
+		rpc plugin.ClientProtocol
+		err error
+	}
+	inst.done = make(chan struct{})
+	res := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		rpc, err := inst.client.Client()
+		res <- result{rpc, err}
+		<-inst.done
+	}()
+	r := <-res
+	return r.rpc, r.err
+}
+
+// stop stops the plugin process and releases its thread.
+func (inst *instance) stop() {
+	inst.client.Kill()
+	inst.release()
+}
+
+// release lets go of the thread the plugin was started from. Call it only
+// when the plugin process is gone (stopped or exited by itself).
+func (inst *instance) release() {
+	inst.doneOnce.Do(func() {
+		if inst.done != nil {
+			close(inst.done)
+		}
+	})
 }
 
 func (inst *instance) startError(err error) error {
