@@ -37,6 +37,9 @@ type stateWriter struct {
 }
 
 func newStateWriter(path string, log *slog.Logger) *stateWriter {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &stateWriter{path: path, log: log}
 }
 
