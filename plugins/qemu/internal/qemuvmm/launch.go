@@ -63,12 +63,17 @@ func Launch(cfgFile string, stderr io.Writer) int {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	defer removeSockets(lc)
 	files, events, err := openFDs(lc.FDs)
 	if err != nil {
 		fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: %v\n", err)
 		return 125
 	}
-	defer removeSockets(lc)
+	closeEvents := func() {
+		if events != nil {
+			events.Close()
+		}
+	}
 	cmd := exec.Command(lc.QEMU, lc.Args...)
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	cmd.ExtraFiles = files
@@ -80,6 +85,10 @@ func Launch(cfgFile string, stderr io.Writer) int {
 	if lc.Jail.Cgroup != "" {
 		cg, err := os.Open(lc.Jail.Cgroup)
 		if err != nil {
+			closeEvents()
+			for _, f := range files {
+				f.Close()
+			}
 			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: the box's cgroup: %v\n", err)
 			return 125
 		}
@@ -96,7 +105,7 @@ func Launch(cfgFile string, stderr io.Writer) int {
 		f.Close() // QEMU has its copies
 	}
 	if err != nil {
-		events.Close()
+		closeEvents()
 		fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: start %s: %v\n", lc.QEMU, err)
 		return 126
 	}
