@@ -18,6 +18,15 @@ const (
 	DefaultMemoryMiB   = 512
 	DefaultDiskSize    = 10 << 30
 	DefaultCallTimeout = 30 * time.Second
+	// DefaultSandboxUIDBase is where per-box hypervisor user IDs start:
+	// far above the IDs of real users and of the usual subordinate ID
+	// ranges (/etc/subuid starts at 100000).
+	DefaultSandboxUIDBase = 0x70000000
+	// MinSandboxUIDBase and MaxSandboxUID bound the per-box IDs: below the
+	// first lie real users; 4294967295 is (uid_t)-1 and 4294967294 is
+	// often nobody.
+	MinSandboxUIDBase = 1 << 16
+	MaxSandboxUID     = 0xFFFFFFFD
 )
 
 // Config is boxctl's effective configuration.
@@ -38,6 +47,7 @@ type Config struct {
 	Plugins  map[string]*Plugin
 	Defaults BoxDefaults
 	Registry Registry
+	Sandbox  Sandbox
 
 	// files holds the parsed sources, for rendering diagnostics with
 	// snippets.
@@ -104,6 +114,21 @@ type Credential struct {
 	Token    string
 }
 
+// Sandbox is the `sandbox { ... }` block: how the hypervisor process is
+// confined (docs/security.md).
+type Sandbox struct {
+	// Enabled confines the hypervisor: a syscall filter and no new
+	// privileges always, and, when boxctl runs as root, a per-box
+	// unprivileged user. false turns all of it off (for debugging).
+	Enabled bool
+	// UIDBase: box number n (counted per home) runs as user and group
+	// UIDBase+n.
+	UIDBase uint32
+	// Cgroups gives each box a cgroup v2 with memory and CPU limits, where
+	// the host lets boxctl create one.
+	Cgroups bool
+}
+
 // Default returns the built-in configuration.
 func Default() *Config {
 	return &Config{
@@ -119,6 +144,7 @@ func Default() *Config {
 			DiskSize:  DefaultDiskSize,
 		},
 		Registry: Registry{DockerCredentials: true},
+		Sandbox:  Sandbox{Enabled: true, UIDBase: DefaultSandboxUIDBase, Cgroups: true},
 		files:    map[string]*hcl.File{},
 	}
 }

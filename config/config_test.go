@@ -21,7 +21,8 @@ func TestDefaultsWithoutFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.File != "" || cfg.VMM != DefaultVMM || cfg.Storage != DefaultStorage || cfg.Images != DefaultImages ||
-		cfg.Defaults.CPUs != DefaultCPUs || cfg.Defaults.MemoryMiB != DefaultMemoryMiB || !cfg.Registry.DockerCredentials {
+		cfg.Defaults.CPUs != DefaultCPUs || cfg.Defaults.MemoryMiB != DefaultMemoryMiB || !cfg.Registry.DockerCredentials ||
+		cfg.Sandbox != (Sandbox{Enabled: true, UIDBase: DefaultSandboxUIDBase, Cgroups: true}) {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 }
@@ -85,6 +86,12 @@ defaults {
   detach      = true
 }
 
+sandbox {
+  enabled  = false
+  uid_base = 1000000000
+  cgroups  = false
+}
+
 registry {
   insecure           = ["localhost:5000"]
   docker_credentials = false
@@ -110,6 +117,9 @@ registry {
 	if d := cfg.Defaults; d.CPUs != 2 || d.MemoryMiB != 1024 || d.DiskSize != 20<<30 || !d.AutoRemove || !d.Detach {
 		t.Fatalf("defaults %+v", d)
 	}
+	if sb := cfg.Sandbox; sb.Enabled || sb.UIDBase != 1000000000 || sb.Cgroups {
+		t.Fatalf("sandbox %+v", sb)
+	}
 	r := cfg.Registry
 	if len(r.Insecure) != 1 || r.DockerCredentials || len(r.Mirrors) != 1 || r.Mirrors[0].Endpoints[0] != "https://mirror.example.com" ||
 		len(r.Credentials) != 1 || r.Credentials[0].Password != "secret" {
@@ -124,7 +134,7 @@ registry {
 	if err != nil {
 		t.Fatalf("Format output does not parse: %v\n%s", err, shown)
 	}
-	if again.Defaults != cfg.Defaults || again.VMM != cfg.VMM || string(again.Plugins["qemu"].ConfigBody) == "" {
+	if again.Defaults != cfg.Defaults || again.Sandbox != cfg.Sandbox || again.VMM != cfg.VMM || string(again.Plugins["qemu"].ConfigBody) == "" {
 		t.Fatalf("round trip changed the config:\n%s", shown)
 	}
 }
@@ -144,6 +154,10 @@ func TestDiagnosticsNameFileLineAndFix(t *testing.T) {
 		{"bad plugin name", "vmm = \"Q E M U\"\n", []string{"bad.hcl:1:7", "Invalid plugin name"}},
 		{"duplicate plugin", "plugin \"a\" {}\nplugin \"a\" {}\n", []string{"bad.hcl:2:1", "Duplicate plugin block", "merge"}},
 		{"bad timeout", "plugin \"a\" {\n  call_timeout = \"soon\"\n}\n", []string{"bad.hcl:2:18", "like \"30s\""}},
+		{"bad uid_base", "sandbox {\n  uid_base = 1000\n}\n", []string{"bad.hcl:2:14: error: Invalid uid_base", "stay clear of real users", "1879048192"}},
+		{"sandbox typo", "sandbox {\n  enable = false\n}\n", []string{"bad.hcl:2:3: error: Unsupported argument", `Did you mean "enabled"?`}},
+		{"sandbox type", "sandbox {\n  cgroups = \"maybe\"\n}\n", []string{"bad.hcl:2:", "a bool is required"}},
+		{"duplicate sandbox", "sandbox {}\nsandbox {}\n", []string{"bad.hcl:2:1", "Duplicate sandbox block"}},
 		{"empty credential", "registry {\n  credential \"r.example\" {\n  }\n}\n", []string{"bad.hcl:2:3", "needs username and password, or token"}},
 	}
 	for _, c := range cases {

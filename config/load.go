@@ -202,7 +202,12 @@ var rootSchema = &hcl.BodySchema{
 		{Type: "plugin", LabelNames: []string{"name"}},
 		{Type: "defaults"},
 		{Type: "registry"},
+		{Type: "sandbox"},
 	},
+}
+
+var sandboxSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{{Name: "enabled"}, {Name: "uid_base"}, {Name: "cgroups"}},
 }
 
 var pluginSchema = &hcl.BodySchema{
@@ -285,16 +290,19 @@ func (c *Config) decodeRoot(body hcl.Body, sources map[string][]byte) hcl.Diagno
 				continue
 			}
 			c.Plugins[name] = d.plugin(name, blk)
-		case "defaults", "registry":
+		case "defaults", "registry", "sandbox":
 			if prev, dup := seen[blk.Type]; dup {
 				d.errorf(blk.DefRange, "Duplicate "+blk.Type+" block", "A %s block was already given at %s; merge the two blocks.", blk.Type, prev)
 				continue
 			}
 			seen[blk.Type] = blk.DefRange.String()
-			if blk.Type == "defaults" {
+			switch blk.Type {
+			case "defaults":
 				d.defaults(&c.Defaults, blk.Body)
-			} else {
+			case "registry":
 				d.registry(&c.Registry, blk.Body)
+			case "sandbox":
+				d.sandbox(&c.Sandbox, blk.Body)
 			}
 		}
 	}
@@ -397,6 +405,30 @@ func (d *decoder) defaults(out *BoxDefaults, body hcl.Body) {
 	}{{"auto_remove", &out.AutoRemove}, {"detach", &out.Detach}, {"allow_host_loopback", &out.AllowHostLoopback}} {
 		if a := content.Attributes[b.name]; a != nil {
 			d.decode(a, b.dst)
+		}
+	}
+}
+
+func (d *decoder) sandbox(out *Sandbox, body hcl.Body) {
+	content, diags := body.Content(sandboxSchema)
+	d.diags = append(d.diags, diags...)
+	for _, b := range []struct {
+		name string
+		dst  *bool
+	}{{"enabled", &out.Enabled}, {"cgroups", &out.Cgroups}} {
+		if a := content.Attributes[b.name]; a != nil {
+			d.decode(a, b.dst)
+		}
+	}
+	if a := content.Attributes["uid_base"]; a != nil {
+		var n int64
+		if d.decode(a, &n) {
+			if n < MinSandboxUIDBase || n > MaxSandboxUID-MinSandboxUIDBase {
+				d.errorf(a.Expr.Range(), "Invalid uid_base", "uid_base = %d: per-box user IDs must stay clear of real users and leave room for boxes; use a number from %d to %d, e.g. the default %d.",
+					n, MinSandboxUIDBase, MaxSandboxUID-MinSandboxUIDBase, DefaultSandboxUIDBase)
+			} else {
+				out.UIDBase = uint32(n)
+			}
 		}
 	}
 }

@@ -35,6 +35,12 @@ func (c *Config) Format() []byte {
 	d.SetAttributeValue("allow_host_loopback", cty.BoolVal(c.Defaults.AllowHostLoopback))
 
 	root.AppendNewline()
+	sb := root.AppendNewBlock("sandbox", nil).Body()
+	sb.SetAttributeValue("enabled", cty.BoolVal(c.Sandbox.Enabled))
+	sb.SetAttributeValue("uid_base", cty.NumberIntVal(int64(c.Sandbox.UIDBase)))
+	sb.SetAttributeValue("cgroups", cty.BoolVal(c.Sandbox.Cgroups))
+
+	root.AppendNewline()
 	r := root.AppendNewBlock("registry", nil).Body()
 	r.SetAttributeValue("docker_credentials", cty.BoolVal(c.Registry.DockerCredentials))
 	r.SetAttributeValue("insecure", stringList(c.Registry.Insecure))

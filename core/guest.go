@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -82,11 +84,70 @@ func (r *Runtime) prepareGuest(ctx context.Context, b *model.Box, spec *pluginv1
 	if err != nil {
 		return err
 	}
-	spec.Disks = []*pluginv1.DiskSpec{
-		{Path: root.GetPath(), Format: orString(root.GetFormat(), "raw"), Role: pluginv1.DiskRole_DISK_ROLE_IMAGE, ReadOnly: true},
-		{Path: disk.GetPath(), Format: disk.GetFormat(), Role: pluginv1.DiskRole_DISK_ROLE_WRITABLE},
+	// The VMM opens exactly these files (resolved, checked to lie in the
+	// store of the plugin that made them) and no backing-file name found
+	// inside them.
+	rootDisk, err := r.checkedDisk(b, r.cfg.Images, "image root disk", root.GetPath(), orString(root.GetFormat(), "raw"), nil)
+	if err != nil {
+		return err
 	}
+	rootDisk.Role, rootDisk.ReadOnly = pluginv1.DiskRole_DISK_ROLE_IMAGE, true
+	dataDisk, err := r.checkedDisk(b, r.cfg.Storage, "writable disk", disk.GetPath(), disk.GetFormat(), disk.GetBackingChain())
+	if err != nil {
+		return err
+	}
+	dataDisk.Role = pluginv1.DiskRole_DISK_ROLE_WRITABLE
+	spec.Disks = []*pluginv1.DiskSpec{rootDisk, dataDisk}
 	return nil
+}
+
+// checkedDisk resolves a disk file and its backing chain, as the plugin
+// named plugin reported them, and refuses any file that is not a regular
+// file inside that plugin's store (<home>/plugins-data/<plugin>): a disk
+// file's header can name any file on the host, /etc/shadow or another
+// user's disk, and a root boxctl would hand it to the VM.
+func (r *Runtime) checkedDisk(b *model.Box, plugin, what, path, format string, chain []*pluginv1.BackingFile) (*pluginv1.DiskSpec, error) {
+	store := filepath.Join(r.cfg.Home, "plugins-data", plugin)
+	realStore, err := filepath.EvalSymlinks(store)
+	if err != nil {
+		return nil, fmt.Errorf("box %s: the %s plugin's store %s: %w", b.Name, plugin, store, err)
+	}
+	check := func(file, role string) (string, error) {
+		if !filepath.IsAbs(file) {
+			return "", fmt.Errorf("box %s: %s %q is not an absolute path (the %s plugin reported it): %w", b.Name, role, file, plugin, ErrInvalidState)
+		}
+		real, err := filepath.EvalSymlinks(file)
+		if err != nil {
+			return "", fmt.Errorf("box %s: %s %s: %w; remove the box (boxctl rm %s) if its disk is lost", b.Name, role, file, err, b.Name)
+		}
+		if !strings.HasPrefix(real, realStore+string(filepath.Separator)) {
+			return "", fmt.Errorf("box %s: %s %s resolves to %s, outside the %s plugin's store %s: refusing to start, because a disk file may name any host file; "+
+				"the box's disk was tampered with: restore it, or remove the box (boxctl rm %s): %w", b.Name, role, file, real, plugin, realStore, b.Name, ErrInvalidState)
+		}
+		st, err := os.Lstat(real)
+		if err != nil {
+			return "", fmt.Errorf("box %s: %s %s: %w", b.Name, role, real, err)
+		}
+		if !st.Mode().IsRegular() {
+			return "", fmt.Errorf("box %s: %s %s is not a regular file (%s): the %s plugin's store was tampered with; remove the box (boxctl rm %s): %w", b.Name, role, real, st.Mode().Type(), plugin, b.Name, ErrInvalidState)
+		}
+		return real, nil
+	}
+	top, err := check(path, what)
+	if err != nil {
+		return nil, err
+	}
+	d := &pluginv1.DiskSpec{Path: top, Format: format}
+	above := top
+	for _, c := range chain {
+		real, err := check(c.GetPath(), "backing file of "+above)
+		if err != nil {
+			return nil, err
+		}
+		d.BackingChain = append(d.BackingChain, &pluginv1.ChainFile{Path: real, Format: c.GetFormat()})
+		above = real
+	}
+	return d, nil
 }
 
 func orString(s, def string) string {

@@ -169,6 +169,9 @@ func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
 			return err
 		}
 	}
+	if spec.Sandbox, err = r.sandboxSpec(ctx, b, info); err != nil {
+		return err
+	}
 	plan, err := vmm.Plan(ctx, spec)
 	if err != nil {
 		return fmt.Errorf("plan the VM: %w", err)

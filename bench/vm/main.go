@@ -3,7 +3,9 @@
 //
 //	(a) `boxctl run --rm IMAGE -- true` wall time, against a bare QEMU boot
 //	    of the same kernel, initramfs and disks to agent-ready (target: at
-//	    most 1.15x);
+//	    most 1.15x); and the same run with the hypervisor's confinement
+//	    turned off (`sandbox { enabled = false }`), runs interleaved, for
+//	    the cost of the confinement;
 //	(b) exec round trip of `true` in a running box through the Go API and
 //	    through the CLI, against the raw channel round trip (the same exec
 //	    sent straight over the box's agent socket) (target for the API: at
@@ -20,11 +22,13 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -83,13 +87,24 @@ func run(binDir, guestDir string, runs, execs int) error {
 	if _, err := cli("run", "--rm", image, "--", "true"); err != nil {
 		return err
 	}
-	var runTimes []time.Duration
+	// The same runs unconfined, interleaved with the confined ones so that
+	// load from other work on the machine hits both alike.
+	unconfined := filepath.Join(dir, "unconfined.hcl")
+	if err := os.WriteFile(unconfined, []byte("sandbox {\n  enabled = false\n}\n"), 0o644); err != nil {
+		return err
+	}
+	var runTimes, offTimes []time.Duration
 	for i := 0; i < runs; i++ {
 		start := time.Now()
 		if _, err := cli("run", "--rm", image, "--", "true"); err != nil {
 			return err
 		}
 		runTimes = append(runTimes, time.Since(start))
+		start = time.Now()
+		if _, err := cli("--config", unconfined, "run", "--rm", image, "--", "true"); err != nil {
+			return err
+		}
+		offTimes = append(offTimes, time.Since(start))
 	}
 
 	// A long-lived box for (b) and (c), and its QEMU command line for the
@@ -129,6 +144,9 @@ func run(binDir, guestDir string, runs, execs int) error {
 	fmt.Printf("(a) boxctl run --rm IMAGE -- true:   median %s (min %s) over %d runs\n", mr, stat.Min(runTimes).Round(10*time.Microsecond), runs)
 	fmt.Printf("    bare qemu boot to agent ready:   median %s (min %s) over %d boots\n", mb, stat.Min(bare).Round(10*time.Microsecond), runs)
 	fmt.Printf("    ratio run/bare:                  %.2fx (target <= 1.15x)\n", float64(mr)/float64(mb))
+	mo := stat.Median(offTimes).Round(10 * time.Microsecond)
+	fmt.Printf("    same run, confinement off:       median %s (min %s); confinement costs %s (%+.1f%%)%s\n", mo, stat.Min(offTimes).Round(10*time.Microsecond),
+		(mr - mo).Round(10*time.Microsecond), 100*(float64(mr)/float64(mo)-1), confinedNote())
 
 	// (b) exec round trips.
 	c, err := agentclient.Dial(ctx, box.Run.AgentSocket)
@@ -165,8 +183,9 @@ func run(binDir, guestDir string, runs, execs int) error {
 }
 
 // bareBoots boots QEMU with exactly the command line boxctl used for the
-// box (its own disks copied aside), and times each boot until the guest
-// agent answers with its root mounted.
+// box, opening the files and sockets the launcher hands it (the box's own
+// writable disk copied aside), without the launcher's confinement, and
+// times each boot until the guest agent answers with its root mounted.
 func bareBoots(ctx context.Context, boxDir, tmp string, n int) ([]time.Duration, error) {
 	raw, err := os.ReadFile(filepath.Join(boxDir, "qemu-launch.json"))
 	if err != nil {
@@ -175,6 +194,10 @@ func bareBoots(ctx context.Context, boxDir, tmp string, n int) ([]time.Duration,
 	var lc struct {
 		QEMU string   `json:"qemu"`
 		Args []string `json:"args"`
+		FDs  []struct {
+			Kind string `json:"kind"`
+			Path string `json:"path"`
+		} `json:"fds"`
 	}
 	if err := json.Unmarshal(raw, &lc); err != nil {
 		return nil, err
@@ -186,12 +209,58 @@ func bareBoots(ctx context.Context, boxDir, tmp string, n int) ([]time.Duration,
 		if err := os.MkdirAll(run, 0o700); err != nil {
 			return nil, err
 		}
-		args := rewrite(lc.Args, boxDir, run)
 		serial := filepath.Join(run, "agent-serial.sock")
 		agent := filepath.Join(run, "agent.sock")
+		var files []*os.File
+		closeAll := func() {
+			for _, f := range files {
+				f.Close()
+			}
+		}
+		for _, fd := range lc.FDs {
+			var f *os.File
+			var err error
+			switch fd.Kind {
+			case "disk-ro":
+				f, err = os.Open(fd.Path)
+			case "disk-rw":
+				// A copy, so the box's disk is not touched.
+				cp := filepath.Join(run, filepath.Base(fd.Path))
+				if out, cerr := exec.Command("cp", "--sparse=always", fd.Path, cp).CombinedOutput(); cerr != nil {
+					err = fmt.Errorf("copy %s: %v: %s", fd.Path, cerr, out)
+					break
+				}
+				f, err = os.OpenFile(cp, os.O_RDWR, 0)
+			case "log":
+				// Write-only: QEMU takes a descriptor from an fd set only
+				// when its access mode matches the open it would do.
+				f, err = os.OpenFile(filepath.Join(run, "console.log"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+			case "listen":
+				f, err = listenFile(filepath.Join(run, filepath.Base(fd.Path)))
+			case "events":
+				var fds [2]int
+				if fds, err = syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0); err == nil {
+					// QEMU's end only: the launcher's event monitor is not part of a bare boot.
+					syscall.Close(fds[1])
+					f = os.NewFile(uintptr(fds[0]), "events")
+				}
+			default:
+				err = fmt.Errorf("launch config: descriptor kind %q", fd.Kind)
+			}
+			if err != nil {
+				closeAll()
+				return nil, err
+			}
+			files = append(files, f)
+		}
 		start := time.Now()
-		cmd := exec.Command(lc.QEMU, args...)
-		if err := cmd.Start(); err != nil {
+		cmd := exec.Command(lc.QEMU, lc.Args...)
+		cmd.ExtraFiles = files
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Start()
+		closeAll()
+		if err != nil {
 			return nil, err
 		}
 		mctx, cancel := context.WithCancel(ctx)
@@ -211,28 +280,30 @@ func bareBoots(ctx context.Context, boxDir, tmp string, n int) ([]time.Duration,
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		if err != nil {
-			return nil, fmt.Errorf("bare boot: %w", err)
+			console, _ := os.ReadFile(filepath.Join(run, "console.log"))
+			return nil, fmt.Errorf("bare boot: %w\nQEMU: %s\nconsole: %s", err, stderr.String(), console)
 		}
 	}
 	return times, nil
 }
 
-// rewrite points the box's runtime paths (sockets, logs, pid file) at dir,
-// and makes the writable disk a snapshot so the running box's disk is not
-// touched.
-func rewrite(args []string, boxDir, dir string) []string {
-	out := make([]string, len(args))
-	for i, a := range args {
-		a = strings.ReplaceAll(a, boxDir, dir)
-		if strings.HasPrefix(a, "file=") && strings.Contains(a, "format=qcow2") {
-			a += ",snapshot=on"
-		}
-		if a == "boxctl-"+filepath.Base(boxDir) {
-			a = "boxctl-bare"
-		}
-		out[i] = a
+// listenFile returns a listening unix socket at path as a file.
+func listenFile(path string) (*os.File, error) {
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
 	}
-	return out
+	defer l.Close()
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	return l.(*net.UnixListener).File()
+}
+
+// confinedNote says what the confined runs were confined by.
+func confinedNote() string {
+	if os.Geteuid() != 0 {
+		return " (not root: confinement is QEMU's seccomp filter and no-new-privileges only)"
+	}
+	return " (root: per-box user, seccomp filter, no-new-privileges)"
 }
 
 func measure(n int, fn func() error) []time.Duration {

@@ -211,6 +211,10 @@ type Box struct {
 	// Pending names an operation in progress that recovery must finish or
 	// roll back if the process doing it dies ("removing", "cloning").
 	Pending string `json:"pending,omitempty"`
+	// SandboxUID is the unprivileged user (and group) the box's
+	// hypervisor runs as, allocated at its first start by a root boxctl;
+	// 0 when none was needed.
+	SandboxUID uint32 `json:"sandbox_uid,omitempty"`
 }
 
 // ShortID is the 12-character prefix shown in listings.

@@ -86,6 +86,7 @@ func boxToPB(b *model.Box) *statepb.Box {
 		ClonedFrom:  b.ClonedFrom,
 		Error:       b.Error,
 		Pending:     b.Pending,
+		SandboxUid:  b.SandboxUID,
 	}
 	for _, pm := range c.Ports {
 		pb.Config.Ports = append(pb.Config.Ports, &statepb.PortMapping{HostIp: pm.HostIP, HostPort: uint32(pm.HostPort), GuestPort: uint32(pm.GuestPort), Protocol: pm.Protocol})
@@ -150,6 +151,7 @@ func boxFromPB(pb *statepb.Box) *model.Box {
 		ClonedFrom:  pb.GetClonedFrom(),
 		Error:       pb.GetError(),
 		Pending:     pb.GetPending(),
+		SandboxUID:  pb.GetSandboxUid(),
 	}
 	if c.GetEntrypointSet() {
 		b.Config.Entrypoint = append([]string{}, c.GetEntrypoint()...)

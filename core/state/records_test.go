@@ -28,7 +28,7 @@ func TestBoxRecordRoundTrip(t *testing.T) {
 			Pause: &model.Pause{Cause: model.PauseIOError, Reason: "no space left on device", Device: "vdb", At: now}},
 		ImageDigest: "sha256:x", Image: &model.ImageConfig{Entrypoint: []string{"/e"}, Cmd: []string{"c"}, Env: []string{"P=1"}, WorkingDir: "/w", User: "u", StopSignal: "SIGTERM"}, DiskID: "d", DiskCreated: true, ClonedFrom: "src", Error: "e",
 		Health:  model.Health{Status: "healthy", FailingStreak: 1, LastOutput: "ok", LastCheck: now},
-		Pending: "removing",
+		Pending: "removing", SandboxUID: 0x70000003,
 	}
 	for _, b := range []*model.Box{full, {ID: "min", Name: "min"}} {
 		v, err := encodeBox(b)

@@ -22,6 +22,7 @@ import (
 	"github.com/creack/pty"
 
 	"github.com/boxctl/boxctl/guest/agentclient"
+	"github.com/boxctl/boxctl/test/testbin"
 )
 
 func TestRunCommandOutputExitCodeAndStdin(t *testing.T) {
@@ -383,7 +384,12 @@ func TestBox(t *testing.T) {
 
 func TestStartFailureSaysWhatFailedAndCleansUp(t *testing.T) {
 	e := newEnv(t)
-	junk := filepath.Join(t.TempDir(), "not-a-kernel")
+	// Readable by others: a root boxctl's QEMU runs as the box's own user.
+	junkDir := testbin.ShortTempDir(t)
+	if err := os.Chmod(junkDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	junk := filepath.Join(junkDir, "not-a-kernel")
 	if err := os.WriteFile(junk, []byte("this is not a kernel\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}

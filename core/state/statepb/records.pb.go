@@ -852,6 +852,7 @@ type Box struct {
 	Health          *Health                `protobuf:"bytes,12,opt,name=health,proto3" json:"health,omitempty"`
 	Pending         string                 `protobuf:"bytes,13,opt,name=pending,proto3" json:"pending,omitempty"`
 	Image           *ImageConfig           `protobuf:"bytes,14,opt,name=image,proto3" json:"image,omitempty"`
+	SandboxUid      uint32                 `protobuf:"varint,15,opt,name=sandbox_uid,json=sandboxUid,proto3" json:"sandbox_uid,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -984,6 +985,13 @@ func (x *Box) GetImage() *ImageConfig {
 	return nil
 }
 
+func (x *Box) GetSandboxUid() uint32 {
+	if x != nil {
+		return x.SandboxUid
+	}
+	return 0
+}
+
 var File_core_state_statepb_records_proto protoreflect.FileDescriptor
 
 const file_core_state_statepb_records_proto_rawDesc = "" +
@@ -1081,7 +1089,7 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"workingDir\x12\x12\n" +
 	"\x04user\x18\x05 \x01(\tR\x04user\x12\x1f\n" +
 	"\vstop_signal\x18\x06 \x01(\tR\n" +
-	"stopSignal\"\xdf\x03\n" +
+	"stopSignal\"\x80\x04\n" +
 	"\x03Box\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12+\n" +
@@ -1098,7 +1106,9 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x05error\x18\v \x01(\tR\x05error\x12/\n" +
 	"\x06health\x18\f \x01(\v2\x17.boxctl.state.v1.HealthR\x06health\x12\x18\n" +
 	"\apending\x18\r \x01(\tR\apending\x122\n" +
-	"\x05image\x18\x0e \x01(\v2\x1c.boxctl.state.v1.ImageConfigR\x05imageB5Z3github.com/boxctl/boxctl/core/state/statepb;statepbb\x06proto3"
+	"\x05image\x18\x0e \x01(\v2\x1c.boxctl.state.v1.ImageConfigR\x05image\x12\x1f\n" +
+	"\vsandbox_uid\x18\x0f \x01(\rR\n" +
+	"sandboxUidB5Z3github.com/boxctl/boxctl/core/state/statepb;statepbb\x06proto3"
 
 var (
 	file_core_state_statepb_records_proto_rawDescOnce sync.Once

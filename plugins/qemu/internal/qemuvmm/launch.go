@@ -10,29 +10,43 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
+	"strconv"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/boxctl/boxctl/guest/hostmux"
 )
 
 // launchConfig is what Plan writes for the launcher.
 type launchConfig struct {
-	QEMU        string   `json:"qemu"`
-	Args        []string `json:"args"`
-	RunDir      string   `json:"run_dir"`
-	SerialSock  string   `json:"serial_sock"`
-	AgentSock   string   `json:"agent_sock"`
-	QMPSock     string   `json:"qmp_sock"`
-	ConsoleLog  string   `json:"console_log"`
-	QEMUPIDFile string   `json:"qemu_pid_file"`
+	QEMU string `json:"qemu"`
+	// Args refer to FDs by number (fd 3 is FDs[0]).
+	Args       []string `json:"args"`
+	FDs        []fdSpec `json:"fds"`
+	RunDir     string   `json:"run_dir"`
+	SerialSock string   `json:"serial_sock"`
+	AgentSock  string   `json:"agent_sock"`
+	QMPSock    string   `json:"qmp_sock"`
+	ConsoleLog string   `json:"console_log"`
+	// PIDFile is where the launcher records QEMU's PID.
+	PIDFile string `json:"qemu_pid_file"`
+	// StateFile is kept current with the VM's run state (see state.go).
+	StateFile string `json:"state_file"`
+	Jail      jail   `json:"jail"`
 }
 
 // Launch runs QEMU as described by the config file and serves the agent
 // socket until QEMU exits. It returns QEMU's exit code (128+N when QEMU was
 // killed by signal N), so the box monitor records how the VM ended.
 //
-// QEMU dies with the launcher (parent-death signal), so killing the
-// launcher — which is what the core sees as the VM process — stops the VM.
+// The launcher keeps the privileges of whoever started it (root, for a
+// root boxctl): it opens every file and socket QEMU needs and hands them
+// over as descriptors, then starts QEMU confined (an unprivileged user, no
+// new privileges, QEMU's syscall filter, the box's cgroup). QEMU dies with
+// the launcher (parent-death signal), so killing the launcher — which is
+// what the core sees as the VM process — stops the VM.
 func Launch(cfgFile string, stderr io.Writer) int {
 	b, err := os.ReadFile(cfgFile)
 	if err != nil {
@@ -44,34 +58,74 @@ func Launch(cfgFile string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: %s: %v\n", cfgFile, err)
 		return 125
 	}
-	for _, s := range []string{lc.SerialSock, lc.AgentSock, lc.QMPSock} {
-		_ = os.Remove(s)
-	}
-	cmd := exec.Command(lc.QEMU, lc.Args...)
-	cmd.Stdout, cmd.Stderr = stderr, stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	// The launcher's SIGTERM means "stop now"; QEMU gets it too via the
-	// forwarding below, not via the process group.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	if err := cmd.Start(); err != nil {
-		fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: start %s: %v\n", lc.QEMU, err)
-		return 126
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	level := slog.LevelWarn
 	if os.Getenv("BOXCTL_LOG") == "debug" || os.Getenv("BOXCTL_LOG") == "trace" {
 		level = slog.LevelDebug
 	}
-	mux := hostmux.New(hostmux.UnixDialer(lc.SerialSock), lc.AgentSock, hostmux.Options{
-		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
-	})
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	defer removeSockets(lc)
+	files, events, err := openFDs(lc.FDs)
+	if err != nil {
+		fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: %v\n", err)
+		return 125
+	}
+	closeEvents := func() {
+		if events != nil {
+			events.Close()
+		}
+	}
+	cmd := exec.Command(lc.QEMU, lc.Args...)
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	cmd.ExtraFiles = files
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if lc.Jail.UID != 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: lc.Jail.UID, Gid: lc.Jail.GID, Groups: append([]uint32{}, lc.Jail.Groups...)}
+	}
+	if lc.Jail.Cgroup != "" {
+		cg, err := os.Open(lc.Jail.Cgroup)
+		if err != nil {
+			closeEvents()
+			for _, f := range files {
+				f.Close()
+			}
+			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: the box's cgroup: %v\n", err)
+			return 125
+		}
+		defer cg.Close()
+		defer func() { _ = os.Remove(lc.Jail.Cgroup) }() // empty once QEMU is gone
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cg.Fd())
+	}
+	// The launcher's SIGTERM means "stop now"; QEMU gets it too via the
+	// forwarding below, not via the process group.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	waited, err := startLocked(cmd, !lc.Jail.Disabled)
+	for _, f := range files {
+		f.Close() // QEMU has its copies
+	}
+	if err != nil {
+		closeEvents()
+		fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: start %s: %v\n", lc.QEMU, err)
+		return 126
+	}
+	if lc.PIDFile != "" {
+		if err := writeFileAtomic(lc.PIDFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n")); err != nil {
+			log.Warn("record QEMU's PID", "err", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	states := newStateWriter(lc.StateFile, log)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		watchEvents(ctx, events, states, log)
+	}()
+	mux := hostmux.New(hostmux.UnixDialer(lc.SerialSock), lc.AgentSock, hostmux.Options{Logger: log})
 	muxDone := make(chan error, 1)
 	go func() { muxDone <- mux.Run(ctx) }()
 
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
 	for {
 		select {
 		case s := <-sigs:
@@ -83,12 +137,65 @@ func Launch(cfgFile string, stderr io.Writer) int {
 			muxDone = nil
 		case err := <-waited:
 			cancel()
-			for _, s := range []string{lc.SerialSock, lc.AgentSock, lc.QMPSock} {
-				_ = os.Remove(s)
+			<-watchDone
+			states.exited()
+			if lc.PIDFile != "" {
+				_ = os.Remove(lc.PIDFile)
 			}
 			return exitCode(err)
 		}
 	}
+}
+
+// startLocked starts cmd from a thread of its own and waits for it there.
+// no-new-privileges is set on that thread only, and it must stay alive
+// while QEMU runs: the parent-death signal fires when the thread that
+// forked the child exits, not the process.
+func startLocked(cmd *exec.Cmd, noNewPrivs bool) (<-chan error, error) {
+	started := make(chan error, 1)
+	waited := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread ends with this goroutine, and with it
+		// the no-new-privileges flag that the rest of the launcher lacks.
+		runtime.LockOSThread()
+		if noNewPrivs {
+			if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+				started <- fmt.Errorf("set no-new-privileges: %w", err)
+				return
+			}
+		}
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		waited <- cmd.Wait()
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return waited, nil
+}
+
+func removeSockets(lc launchConfig) {
+	for _, s := range []string{lc.SerialSock, lc.AgentSock, lc.QMPSock} {
+		if s != "" {
+			_ = os.Remove(s)
+		}
+	}
+}
+
+// writeFileAtomic replaces path with data (temp file + rename).
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
 }
 
 func exitCode(err error) int {

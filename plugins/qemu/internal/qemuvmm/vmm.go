@@ -81,7 +81,7 @@ func (v *VMM) Info(context.Context) (*pluginv1.InfoResponse, error) {
 		Name:         "qemu",
 		Version:      Version,
 		Description:  "QEMU VMM: KVM where usable, TCG software emulation otherwise",
-		Capabilities: []string{"pause", "graceful-stop", "metrics", "agent-serial"},
+		Capabilities: []string{"pause", "graceful-stop", "metrics", "agent-serial", "state-file", "sandbox", "explicit-chain"},
 	}, nil
 }
 
@@ -145,7 +145,8 @@ func (v *VMM) settings() settings {
 type handle struct {
 	QMP    string `json:"qmp"`
 	RunDir string `json:"run_dir"`
-	// QEMUPIDFile holds the PID of QEMU itself (the launcher's child).
+	// QEMUPIDFile holds the PID of QEMU itself (the launcher's child),
+	// written by the launcher.
 	QEMUPIDFile string `json:"qemu_pid_file"`
 }
 
@@ -171,21 +172,44 @@ func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPl
 	if err != nil {
 		return nil, err
 	}
-	accel, notice := chooseAccel(s.Accel)
-	lc := launchConfig{
-		QEMU:        qemuPath,
-		RunDir:      run,
-		SerialSock:  filepath.Join(run, "agent-serial.sock"),
-		AgentSock:   filepath.Join(run, "agent.sock"),
-		QMPSock:     filepath.Join(run, "qmp.sock"),
-		ConsoleLog:  filepath.Join(run, "console.log"),
-		QEMUPIDFile: filepath.Join(run, "qemu.pid"),
-	}
-	args, err := qemuArgs(spec, s, accel, kernel, initrd, lc)
+	jail, err := confinement(spec.GetSandbox())
 	if err != nil {
 		return nil, err
 	}
-	lc.Args = args
+	accel, notice := chooseAccel(s.Accel)
+	if accel == "kvm" && jail.UID != 0 {
+		gid, ok, why := kvmAccess(kvmDevice, jail.UID, jail.GID)
+		switch {
+		case ok && gid >= 0:
+			jail.Groups = []uint32{uint32(gid)}
+		case !ok && s.Accel == "kvm":
+			return nil, fmt.Errorf("accel = \"kvm\", but the confined QEMU (uid %d) cannot use KVM: %s; give %s to a kvm group with mode 0660 (Debian's udev rules do), or turn confinement off with sandbox { enabled = false }: %w",
+				jail.UID, why, kvmDevice, sdk.ErrFailedPrecondition)
+		case !ok:
+			accel, notice = "tcg", "KVM is not usable by the confined QEMU ("+why+"): running the VM under TCG software emulation, which is much slower"
+		}
+	}
+	if jail.UID != 0 {
+		for _, f := range []struct{ what, path string }{{"kernel", kernel}, {"initramfs", initrd}} {
+			if err := readableBy(f.path, jail.UID, jail.GID, jail.Groups); err != nil {
+				return nil, fmt.Errorf("guest %s: %w; make it readable by others (chmod o+r, and o+x on its directories), or set kernel and initrd in the plugin's config to readable copies: %w", f.what, err, sdk.ErrFailedPrecondition)
+			}
+		}
+	}
+	lc := launchConfig{
+		QEMU:       qemuPath,
+		RunDir:     run,
+		SerialSock: filepath.Join(run, "agent-serial.sock"),
+		AgentSock:  filepath.Join(run, "agent.sock"),
+		QMPSock:    filepath.Join(run, "qmp.sock"),
+		ConsoleLog: filepath.Join(run, "console.log"),
+		PIDFile:    filepath.Join(run, "qemu.pid"),
+		StateFile:  filepath.Join(run, "vm-state.json"),
+		Jail:       jail,
+	}
+	if err := qemuArgs(&lc, spec, s, accel, kernel, initrd); err != nil {
+		return nil, err
+	}
 	b, err := json.MarshalIndent(lc, "", "  ")
 	if err != nil {
 		return nil, err
@@ -194,7 +218,7 @@ func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPl
 	if err := os.WriteFile(cfgFile, b, 0o600); err != nil {
 		return nil, fmt.Errorf("write launch config: %w", err)
 	}
-	h, _ := json.Marshal(handle{QMP: lc.QMPSock, RunDir: run, QEMUPIDFile: lc.QEMUPIDFile})
+	h, _ := json.Marshal(handle{QMP: lc.QMPSock, RunDir: run, QEMUPIDFile: lc.PIDFile})
 	return &pluginv1.LaunchPlan{
 		Argv:        []string{v.exe, "launch", cfgFile},
 		Env:         []string{"PATH=" + os.Getenv("PATH"), "BOXCTL_LOG=" + os.Getenv("BOXCTL_LOG")},
@@ -203,6 +227,7 @@ func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPl
 		AgentSocket: lc.AgentSock,
 		ConsoleLog:  lc.ConsoleLog,
 		Notice:      notice,
+		StateFile:   lc.StateFile,
 	}, nil
 }
 
@@ -238,6 +263,9 @@ func fileExists(p string) bool {
 	return err == nil && !st.IsDir()
 }
 
+// kvmDevice is the KVM device node.
+const kvmDevice = "/dev/kvm"
+
 // chooseAccel picks KVM only when it can really run guests: /dev/kvm must
 // open and the CPU must advertise vmx or svm (a paravirtual nested KVM
 // without them cannot boot ordinary kernels).
@@ -254,7 +282,7 @@ func chooseAccel(want string) (accel, notice string) {
 	return "kvm", ""
 }
 
-func kvmUsable() (bool, string) { return kvmUsableAt("/dev/kvm", "/proc/cpuinfo") }
+func kvmUsable() (bool, string) { return kvmUsableAt(kvmDevice, "/proc/cpuinfo") }
 
 func kvmUsableAt(dev, cpuinfoPath string) (bool, string) {
 	f, err := os.OpenFile(dev, os.O_RDWR, 0)
@@ -279,81 +307,6 @@ func kvmUsableAt(dev, cpuinfoPath string) (bool, string) {
 	}
 	return false, "the CPU advertises neither vmx nor svm"
 }
-
-// baseKernelArgs keep boot fast and quiet; see guest/README.md.
-var baseKernelArgs = []string{"console=ttyS0", "quiet", "panic=-1", "reboot=t", "tsc=reliable", "no_timer_check",
-	"i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"}
-
-func qemuArgs(spec *pluginv1.VMSpec, s settings, accel, kernel, initrd string, lc launchConfig) ([]string, error) {
-	cpu := "max"
-	if accel == "kvm" {
-		cpu = "host"
-	}
-	args := []string{
-		"-name", "boxctl-" + spec.GetBoxId(),
-		"-machine", s.Machine + ",accel=" + accel,
-		"-cpu", cpu,
-		"-smp", strconv.Itoa(int(spec.GetVcpus())),
-		"-m", strconv.FormatUint(spec.GetMemoryMib(), 10) + "M",
-		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-kernel", kernel, "-initrd", initrd,
-		"-chardev", "file,id=console,path=" + lc.ConsoleLog,
-		"-serial", "chardev:console",
-		"-chardev", "socket,id=agent,path=" + lc.SerialSock + ",server=on,wait=off",
-		"-device", "virtio-serial-pci",
-		"-device", "virtserialport,chardev=agent,name=boxctl.agent",
-		"-qmp", "unix:" + lc.QMPSock + ",server=on,wait=off",
-		"-pidfile", lc.QEMUPIDFile,
-	}
-	cmdline := append([]string{}, baseKernelArgs...)
-	letter := 'a'
-	for i, d := range spec.GetDisks() {
-		format := d.GetFormat()
-		if format != "raw" && format != "qcow2" {
-			return nil, fmt.Errorf("disk %d (%s): format %q is not raw or qcow2: %w", i, d.GetPath(), format, sdk.ErrInvalidArgument)
-		}
-		if !fileExists(d.GetPath()) {
-			return nil, fmt.Errorf("disk %d: %s does not exist: %w", i, d.GetPath(), sdk.ErrInvalidArgument)
-		}
-		drive := fmt.Sprintf("file=%s,format=%s,if=virtio,cache=unsafe", escapeComma(d.GetPath()), format)
-		if d.GetReadOnly() {
-			drive += ",readonly=on"
-		} else {
-			drive = strings.Replace(drive, "cache=unsafe", "cache=writeback,discard=unmap", 1)
-		}
-		args = append(args, "-drive", drive)
-		dev := "vd" + string(letter)
-		switch d.GetRole() {
-		case pluginv1.DiskRole_DISK_ROLE_IMAGE:
-			cmdline = append(cmdline, "boxctl.root="+dev)
-		case pluginv1.DiskRole_DISK_ROLE_WRITABLE:
-			cmdline = append(cmdline, "boxctl.data="+dev)
-		}
-		letter++
-	}
-	switch spec.GetNetwork().GetMode() {
-	case pluginv1.NetworkSpec_MODE_USER:
-		netdev := "user,id=net0"
-		for _, p := range spec.GetNetwork().GetPorts() {
-			proto := p.GetProtocol()
-			if proto == "" {
-				proto = "tcp"
-			}
-			netdev += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", proto, p.GetHostIp(), p.GetHostPort(), p.GetGuestPort())
-		}
-		args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile=")
-		// QEMU's user-mode network is fixed: the guest is 10.0.2.15, the
-		// host (and its loopback) is reachable as 10.0.2.2, DNS at 10.0.2.3.
-		cmdline = append(cmdline, "boxctl.ip=10.0.2.15/24", "boxctl.gw=10.0.2.2", "boxctl.dns=10.0.2.3")
-	}
-	cmdline = append(cmdline, spec.GetKernelArgs()...)
-	cmdline = append(cmdline, s.KernelArgs...)
-	args = append(args, "-append", strings.Join(cmdline, " "))
-	return args, nil
-}
-
-// escapeComma doubles commas, QEMU's escape inside option values.
-func escapeComma(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 func decodeHandle(b []byte) (handle, error) {
 	var h handle
@@ -422,12 +375,36 @@ func (v *VMM) Metrics(_ context.Context, req *pluginv1.ControlRequest) (*pluginv
 		return nil, err
 	}
 	pid := int(req.GetPid())
+	// The launcher writes QEMU's PID (QEMU itself runs unprivileged and is
+	// not trusted to); it counts only while it is still the launcher's child.
 	if b, err := os.ReadFile(h.QEMUPIDFile); err == nil {
-		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && (pid <= 0 || parentOf(p) == pid) {
 			pid = p
 		}
 	}
 	return procMetrics(pid)
+}
+
+// parentOf returns the parent PID of pid, or -1.
+func parentOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 > len(s) {
+		return -1
+	}
+	fields := strings.Fields(s[i+2:])
+	if len(fields) < 2 {
+		return -1
+	}
+	ppid, err := strconv.Atoi(fields[1])
+	if err != nil {
+		return -1
+	}
+	return ppid
 }
 
 func procMetrics(pid int) (*pluginv1.MetricsResponse, error) {

@@ -2,7 +2,9 @@ package qemuvmm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,7 +64,7 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 	if err := os.MkdirAll(guest, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"vmlinuz", "initramfs", "root.ext4", "disk.qcow2"} {
+	for _, f := range []string{"vmlinuz", "initramfs", "root.ext4", "disk.qcow2", "mid.qcow2", "base.raw", "data.qcow2"} {
 		p := filepath.Join(dir, f)
 		if f == "vmlinuz" || f == "initramfs" {
 			p = filepath.Join(guest, f)
@@ -84,7 +86,10 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 		BoxId: "b1", Vcpus: 2, MemoryMib: 256, RunDir: run,
 		Disks: []*pluginv1.DiskSpec{
 			{Path: filepath.Join(dir, "root.ext4"), Format: "raw", Role: pluginv1.DiskRole_DISK_ROLE_IMAGE, ReadOnly: true},
-			{Path: filepath.Join(dir, "disk.qcow2"), Format: "qcow2", Role: pluginv1.DiskRole_DISK_ROLE_WRITABLE},
+			{Path: filepath.Join(dir, "disk.qcow2"), Format: "qcow2", Role: pluginv1.DiskRole_DISK_ROLE_WRITABLE, BackingChain: []*pluginv1.ChainFile{
+				{Path: filepath.Join(dir, "mid.qcow2"), Format: "qcow2"}, {Path: filepath.Join(dir, "base.raw"), Format: "raw"},
+			}},
+			{Path: filepath.Join(dir, "data.qcow2"), Format: "qcow2", Role: pluginv1.DiskRole_DISK_ROLE_DATA},
 		},
 		Network: &pluginv1.NetworkSpec{Mode: pluginv1.NetworkSpec_MODE_USER, Ports: []*pluginv1.PortForward{{HostPort: 8080, GuestPort: 80}}},
 	}
@@ -102,21 +107,74 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 	args := string(raw)
 	for _, want := range []string{
 		`"q35,accel=tcg"`, `"-smp"`, `"2"`, `"256M"`,
-		`root.ext4,format=raw,if=virtio,cache=unsafe,readonly=on`,
-		`disk.qcow2,format=qcow2,if=virtio,cache=writeback,discard=unmap`,
 		`boxctl.root=vda`, `boxctl.data=vdb`, `extra=1`,
 		`hostfwd=tcp::8080-:80`, `name=boxctl.agent`,
 		`boxctl.ip=10.0.2.15/24 boxctl.gw=10.0.2.2 boxctl.dns=10.0.2.3`,
+		`"-sandbox"`, `"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"`,
+		`virtio-blk-pci,drive=vda"`, `virtio-blk-pci,drive=vdb,werror=enospc,rerror=report"`,
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("launch config lacks %s:\n%s", want, args)
 		}
+	}
+	if strings.Contains(args, `"-drive"`) || strings.Contains(args, "-pidfile") {
+		t.Errorf("launch config still lets QEMU open paths itself:\n%s", args)
+	}
+	// Every file reaches QEMU as a descriptor; the chain is explicit, with
+	// the image and the backing file read-only, and the last qcow2 node
+	// without a backing file whatever its header says.
+	var lc launchConfig
+	if err := json.Unmarshal(raw, &lc); err != nil {
+		t.Fatal(err)
+	}
+	nodes := blockdevs(t, lc)
+	for name, want := range map[string]string{
+		"vda-f":    `{"cache":{"direct":false,"no-flush":true},"driver":"file","filename":"/dev/fdset/%d","node-name":"vda-f","read-only":true}`,
+		"vda":      `{"cache":{"direct":false,"no-flush":true},"driver":"raw","file":"vda-f","node-name":"vda","read-only":true}`,
+		"vdb-b1-f": `{"cache":{"direct":false,"no-flush":false},"driver":"file","filename":"/dev/fdset/%d","node-name":"vdb-b1-f","read-only":true}`,
+		"vdb-b1":   `{"backing":"vdb-b2","cache":{"direct":false,"no-flush":false},"driver":"qcow2","file":"vdb-b1-f","node-name":"vdb-b1","read-only":true}`,
+		"vdb-b2":   `{"cache":{"direct":false,"no-flush":false},"driver":"raw","file":"vdb-b2-f","node-name":"vdb-b2","read-only":true}`,
+		"vdb-f":    `{"cache":{"direct":false,"no-flush":false},"discard":"unmap","driver":"file","filename":"/dev/fdset/%d","node-name":"vdb-f","read-only":false}`,
+		"vdc":      `{"backing":null,"cache":{"direct":false,"no-flush":false},"discard":"unmap","driver":"qcow2","file":"vdc-f","node-name":"vdc","read-only":false}`,
+		"vdb":      `{"backing":"vdb-b1","cache":{"direct":false,"no-flush":false},"discard":"unmap","driver":"qcow2","file":"vdb-f","node-name":"vdb","read-only":false}`,
+	} {
+		got, ok := nodes[name]
+		if !ok {
+			t.Errorf("no block node %s in %v", name, nodes)
+			continue
+		}
+		if strings.Contains(want, "%d") {
+			want = fmt.Sprintf(want, fdOf(t, lc, got))
+		}
+		if got != want {
+			t.Errorf("node %s:\n got %s\nwant %s", name, got, want)
+		}
+	}
+	kinds := map[string]string{}
+	for _, f := range lc.FDs {
+		kinds[filepath.Base(f.Path)] = f.Kind
+	}
+	for file, kind := range map[string]string{"root.ext4": fdDiskRO, "mid.qcow2": fdDiskRO, "base.raw": fdDiskRO, "disk.qcow2": fdDiskRW,
+		"console.log": fdLog, "agent-serial.sock": fdListen, "qmp.sock": fdListen, ".": fdEvents, "data.qcow2": fdDiskRW} {
+		if kinds[file] != kind {
+			t.Errorf("%q is passed as %q, want %q (%v)", file, kinds[file], kind, lc.FDs)
+		}
+	}
+	if plan.GetStateFile() != filepath.Join(run, "vm-state.json") || lc.StateFile != plan.GetStateFile() {
+		t.Errorf("state file: plan %q, launcher %q", plan.GetStateFile(), lc.StateFile)
 	}
 	// Bad specs are refused with the field named.
 	bad := []*pluginv1.VMSpec{
 		{BoxId: "b", Vcpus: 0, MemoryMib: 256, RunDir: run},
 		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Disks: []*pluginv1.DiskSpec{{Path: "/nope", Format: "raw"}}},
 		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Disks: []*pluginv1.DiskSpec{{Path: filepath.Join(dir, "root.ext4"), Format: "vmdk"}}},
+		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Disks: []*pluginv1.DiskSpec{{Path: filepath.Join(dir, "disk.qcow2"), Format: "qcow2",
+			BackingChain: []*pluginv1.ChainFile{{Path: "/nope", Format: "raw"}}}}},
+		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Disks: []*pluginv1.DiskSpec{{Path: filepath.Join(dir, "disk.qcow2"), Format: "qcow2",
+			BackingChain: []*pluginv1.ChainFile{{Path: filepath.Join(dir, "base.raw"), Format: "raw"}, {Path: filepath.Join(dir, "mid.qcow2"), Format: "qcow2"}}}}},
+		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Sandbox: &pluginv1.Sandbox{Uid: 0x70000001}},
+		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Sandbox: &pluginv1.Sandbox{Cgroup: "/tmp/evil"}},
+		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Sandbox: &pluginv1.Sandbox{Cgroup: "/sys/fs/cgroup/../../etc"}},
 	}
 	for _, s := range bad {
 		if _, err := vmm.Plan(context.Background(), s); !errors.Is(err, sdk.ErrInvalidArgument) {
@@ -230,4 +288,42 @@ func TestControlThroughQMP(t *testing.T) {
 	if err := vmm.Stop(ctx, &pluginv1.StopRequest{Handle: h, Pid: int64(cmd.Process.Pid), Force: true}); err != nil {
 		t.Fatalf("second stop: %v", err)
 	}
+}
+
+// blockdevs returns the plan's -blockdev nodes by node name, as JSON.
+func blockdevs(t *testing.T, lc launchConfig) map[string]string {
+	t.Helper()
+	nodes := map[string]string{}
+	for i, a := range lc.Args {
+		if a != "-blockdev" {
+			continue
+		}
+		var n struct {
+			Name string `json:"node-name"`
+		}
+		if err := json.Unmarshal([]byte(lc.Args[i+1]), &n); err != nil {
+			t.Fatalf("-blockdev %s is not JSON: %v", lc.Args[i+1], err)
+		}
+		nodes[n.Name] = lc.Args[i+1]
+	}
+	return nodes
+}
+
+// fdOf returns the descriptor number a file node's /dev/fdset name refers
+// to, after checking the plan adds that descriptor as an fd set.
+func fdOf(t *testing.T, lc launchConfig, node string) int {
+	t.Helper()
+	_, after, _ := strings.Cut(node, `"/dev/fdset/`)
+	var fd int
+	fmt.Sscanf(after, "%d", &fd)
+	found := false
+	for i, a := range lc.Args {
+		if a == "-add-fd" && lc.Args[i+1] == fmt.Sprintf("fd=%d,set=%d", fd, fd) {
+			found = true
+		}
+	}
+	if !found || fd < firstFD || fd-firstFD >= len(lc.FDs) {
+		t.Errorf("node %s: fd %d is not an added fd set", node, fd)
+	}
+	return fd
 }

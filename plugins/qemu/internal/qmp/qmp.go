@@ -1,5 +1,5 @@
-// Package qmp is a minimal client for QEMU's machine protocol (QMP) over a
-// unix socket: connect, negotiate capabilities, run one command.
+// Package qmp is a minimal client for QEMU's machine protocol (QMP): connect,
+// negotiate capabilities, run commands and read asynchronous events.
 package qmp
 
 import (
@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 )
@@ -20,69 +21,171 @@ type Error struct {
 
 func (e *Error) Error() string { return fmt.Sprintf("qmp: %s: %s", e.Class, e.Desc) }
 
-type response struct {
+// Event is an asynchronous QMP event, e.g. STOP or BLOCK_IO_ERROR.
+type Event struct {
+	Name string          `json:"event"`
+	Data json.RawMessage `json:"data"`
+	// Timestamp is when QEMU emitted it.
+	Timestamp struct {
+		Seconds      int64 `json:"seconds"`
+		Microseconds int64 `json:"microseconds"`
+	} `json:"timestamp"`
+}
+
+// ErrClosed reports that QEMU closed the connection, as it does when it
+// exits.
+var ErrClosed = errors.New("qmp: connection closed")
+
+type message struct {
 	Return json.RawMessage `json:"return"`
 	Error  *Error          `json:"error"`
-	Event  string          `json:"event"`
+	Event
+}
+
+// Conn is one QMP session. It is not safe for concurrent use: one goroutine
+// runs commands and reads events. Events that arrive while a command waits
+// for its answer are kept for Next.
+type Conn struct {
+	c       net.Conn
+	r       *bufio.Reader
+	pending []Event
+}
+
+// NewConn reads QEMU's greeting on c and negotiates capabilities. The
+// context bounds the handshake only.
+func NewConn(ctx context.Context, c net.Conn) (*Conn, error) {
+	q := &Conn{c: c, r: bufio.NewReader(c)}
+	stop := q.bound(ctx)
+	defer stop()
+	if _, err := q.r.ReadBytes('\n'); err != nil {
+		return nil, fmt.Errorf("qmp: read greeting: %w", q.wrap(err))
+	}
+	if _, err := q.execute("qmp_capabilities", nil); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// Dial connects to the QMP unix socket at path.
+func Dial(ctx context.Context, path string) (*Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("connect to QMP %s: %w", path, err)
+	}
+	q, err := NewConn(ctx, c)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("QMP %s: %w", path, err)
+	}
+	return q, nil
+}
+
+// Close closes the connection.
+func (q *Conn) Close() error { return q.c.Close() }
+
+// bound applies ctx's deadline and cancellation to the connection until the
+// returned function is called.
+func (q *Conn) bound(ctx context.Context) func() {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = q.c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = q.c.SetDeadline(time.Unix(1, 0)) })
+	return func() {
+		stop()
+		_ = q.c.SetDeadline(time.Time{})
+	}
+}
+
+func (q *Conn) wrap(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return ErrClosed
+	}
+	return err
+}
+
+// Execute runs command with args and returns the raw "return" value.
+func (q *Conn) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
+	stop := q.bound(ctx)
+	defer stop()
+	return q.execute(command, args)
+}
+
+func (q *Conn) execute(command string, args any) (json.RawMessage, error) {
+	req := map[string]any{"execute": command}
+	if args != nil {
+		req["arguments"] = args
+	}
+	if err := json.NewEncoder(q.c).Encode(req); err != nil {
+		return nil, fmt.Errorf("qmp: send %s: %w", command, q.wrap(err))
+	}
+	for {
+		m, err := q.read()
+		if err != nil {
+			return nil, fmt.Errorf("qmp: %s: %w", command, err)
+		}
+		if m.Name != "" {
+			q.pending = append(q.pending, m.Event)
+			continue
+		}
+		if m.Error != nil {
+			return nil, m.Error
+		}
+		return m.Return, nil
+	}
+}
+
+func (q *Conn) read() (*message, error) {
+	line, err := q.r.ReadBytes('\n')
+	if err != nil {
+		return nil, q.wrap(err)
+	}
+	var m message
+	if err := json.Unmarshal(line, &m); err != nil {
+		return nil, fmt.Errorf("bad message %q: %w", line, err)
+	}
+	return &m, nil
+}
+
+// Next returns the next event, waiting until one arrives, ctx ends or QEMU
+// closes the connection (ErrClosed).
+func (q *Conn) Next(ctx context.Context) (Event, error) {
+	if len(q.pending) > 0 {
+		ev := q.pending[0]
+		q.pending = q.pending[1:]
+		return ev, nil
+	}
+	stop := q.bound(ctx)
+	defer stop()
+	for {
+		m, err := q.read()
+		if err != nil {
+			if ctx.Err() != nil {
+				return Event{}, ctx.Err()
+			}
+			return Event{}, err
+		}
+		if m.Name != "" {
+			return m.Event, nil
+		}
+		// A stray reply (no command is outstanding): ignore it.
+	}
 }
 
 // Run connects to socket, negotiates capabilities and runs command with
 // args, returning the raw "return" value. Each call uses its own
 // connection: QMP sockets accept one client at a time, and VMM plugins are
-// stateless.
+// stateless. Without a deadline in ctx the call is bounded by 10s.
 func Run(ctx context.Context, socket, command string, args any) (json.RawMessage, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", socket)
+	q, err := Dial(ctx, socket)
 	if err != nil {
-		return nil, fmt.Errorf("connect to QMP %s: %w", socket, err)
-	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
-	r := bufio.NewReader(conn)
-	// Greeting.
-	if _, err := r.ReadBytes('\n'); err != nil {
-		return nil, fmt.Errorf("qmp %s: read greeting: %w", socket, err)
-	}
-	if _, err := exec(conn, r, "qmp_capabilities", nil); err != nil {
 		return nil, err
 	}
-	return exec(conn, r, command, args)
+	defer q.Close()
+	return q.Execute(ctx, command, args)
 }
-
-func exec(conn net.Conn, r *bufio.Reader, command string, args any) (json.RawMessage, error) {
-	req := map[string]any{"execute": command}
-	if args != nil {
-		req["arguments"] = args
-	}
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return nil, fmt.Errorf("qmp: send %s: %w", command, err)
-	}
-	for {
-		line, err := r.ReadBytes('\n')
-		if err != nil {
-			return nil, fmt.Errorf("qmp: %s: %w", command, err)
-		}
-		var resp response
-		if err := json.Unmarshal(line, &resp); err != nil {
-			return nil, fmt.Errorf("qmp: %s: bad reply %q: %w", command, line, err)
-		}
-		if resp.Event != "" {
-			continue
-		}
-		if resp.Error != nil {
-			return nil, resp.Error
-		}
-		return resp.Return, nil
-	}
-}
-
-// ErrClosed reports that QEMU closed the connection, as it does when it
-// exits in answer to "quit".
-var ErrClosed = errors.New("qmp: connection closed")

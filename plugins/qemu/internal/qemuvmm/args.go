@@ -1,0 +1,210 @@
+package qemuvmm
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/boxctl/boxctl/sdk"
+	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+)
+
+// What the launcher opens for QEMU (fdSpec.Kind).
+const (
+	fdDiskRO = "disk-ro" // a disk file, read-only
+	fdDiskRW = "disk-rw" // a disk file, read-write
+	fdLog    = "log"     // the console log, created and truncated
+	fdListen = "listen"  // a listening unix socket bound at Path
+	fdEvents = "events"  // QEMU's end of the launcher's private QMP connection
+)
+
+// fdSpec is one file descriptor the launcher hands QEMU. QEMU opens no path
+// of its own: it may run as a user that cannot reach the box's files, and
+// a path is something an attacker can swap between check and use.
+type fdSpec struct {
+	Kind string `json:"kind"`
+	Path string `json:"path,omitempty"`
+	// Format of a disk file ("raw" or "qcow2"), checked by the launcher.
+	Format string `json:"format,omitempty"`
+}
+
+// firstFD is the number of the first descriptor in cmd.ExtraFiles.
+const firstFD = 3
+
+// add appends a descriptor and returns the number QEMU will see it as.
+func (lc *launchConfig) add(kind, path, format string) int {
+	lc.FDs = append(lc.FDs, fdSpec{Kind: kind, Path: path, Format: format})
+	return firstFD + len(lc.FDs) - 1
+}
+
+// addFdset passes a file as an fd set of its own and returns the name
+// QEMU opens it by.
+func (lc *launchConfig) addFdset(kind, path, format string) string {
+	fd := lc.add(kind, path, format)
+	lc.Args = append(lc.Args, "-add-fd", fmt.Sprintf("fd=%d,set=%d", fd, fd))
+	return "/dev/fdset/" + strconv.Itoa(fd)
+}
+
+// sandboxArg is QEMU's syscall filter: no obsolete syscalls, no setuid and
+// friends, no fork/exec, no scheduler or affinity changes.
+const sandboxArg = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// baseKernelArgs keep boot fast and quiet; see guest/README.md.
+var baseKernelArgs = []string{"console=ttyS0", "quiet", "panic=-1", "reboot=t", "tsc=reliable", "no_timer_check",
+	"i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"}
+
+// qemuArgs fills lc.Args and lc.FDs for spec.
+func qemuArgs(lc *launchConfig, spec *pluginv1.VMSpec, s settings, accel, kernel, initrd string) error {
+	cpu := "max"
+	if accel == "kvm" {
+		cpu = "host"
+	}
+	lc.Args = []string{
+		"-name", "boxctl-" + spec.GetBoxId(),
+		"-machine", s.Machine + ",accel=" + accel,
+		"-cpu", cpu,
+		"-smp", strconv.Itoa(int(spec.GetVcpus())),
+		"-m", strconv.FormatUint(spec.GetMemoryMib(), 10) + "M",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-kernel", kernel, "-initrd", initrd,
+	}
+	if !lc.Jail.Disabled {
+		lc.Args = append(lc.Args, "-sandbox", sandboxArg)
+	}
+	console := lc.addFdset(fdLog, lc.ConsoleLog, "")
+	lc.Args = append(lc.Args,
+		"-chardev", "file,id=console,path="+console,
+		"-serial", "chardev:console",
+		"-chardev", fmt.Sprintf("socket,id=agent,fd=%d,server=on,wait=off", lc.add(fdListen, lc.SerialSock, "")),
+		"-device", "virtio-serial-pci",
+		"-device", "virtserialport,chardev=agent,name=boxctl.agent",
+		// The plugin's monitor, for Stop/Pause/Resume from any process.
+		"-chardev", fmt.Sprintf("socket,id=qmp,fd=%d,server=on,wait=off", lc.add(fdListen, lc.QMPSock, "")),
+		"-mon", "chardev=qmp,mode=control",
+		// The launcher's own monitor, for events: a connected socket pair,
+		// so nobody else can take it.
+		"-chardev", fmt.Sprintf("socket,id=events,fd=%d", lc.add(fdEvents, "", "")),
+		"-mon", "chardev=events,mode=control",
+	)
+	cmdline := append([]string{}, baseKernelArgs...)
+	for i, d := range spec.GetDisks() {
+		dev := "vd" + string(rune('a'+i))
+		if i >= 26 {
+			return fmt.Errorf("disk %d: at most 26 disks: %w", i, sdk.ErrInvalidArgument)
+		}
+		if err := lc.disk(dev, i, d); err != nil {
+			return err
+		}
+		switch d.GetRole() {
+		case pluginv1.DiskRole_DISK_ROLE_IMAGE:
+			cmdline = append(cmdline, "boxctl.root="+dev)
+		case pluginv1.DiskRole_DISK_ROLE_WRITABLE:
+			cmdline = append(cmdline, "boxctl.data="+dev)
+		}
+	}
+	netArgs, netCmdline := networkArgs(spec.GetNetwork())
+	lc.Args = append(lc.Args, netArgs...)
+	cmdline = append(cmdline, netCmdline...)
+	cmdline = append(cmdline, spec.GetKernelArgs()...)
+	cmdline = append(cmdline, s.KernelArgs...)
+	lc.Args = append(lc.Args, "-append", strings.Join(cmdline, " "))
+	return nil
+}
+
+// disk adds disk d as guest device dev: one file node and one format node
+// for each file of its chain, each named explicitly, so QEMU never follows
+// a backing-file name found in a file (a qcow2 header may name any file on
+// the host). The image disk and all backing files are read-only.
+func (lc *launchConfig) disk(dev string, i int, d *pluginv1.DiskSpec) error {
+	type layer struct{ path, format string }
+	layers := []layer{{d.GetPath(), d.GetFormat()}}
+	for _, c := range d.GetBackingChain() {
+		layers = append(layers, layer{c.GetPath(), c.GetFormat()})
+	}
+	for j, l := range layers {
+		what := fmt.Sprintf("disk %d (%s)", i, d.GetPath())
+		if j > 0 {
+			what = fmt.Sprintf("disk %d: backing file %d (%s)", i, j, l.path)
+		}
+		if l.format != "raw" && l.format != "qcow2" {
+			return fmt.Errorf("%s: format %q is not raw or qcow2: %w", what, l.format, sdk.ErrInvalidArgument)
+		}
+		if l.path == "" || !fileExists(l.path) {
+			return fmt.Errorf("%s: %q does not exist: %w", what, l.path, sdk.ErrInvalidArgument)
+		}
+		if l.format == "raw" && j < len(layers)-1 {
+			return fmt.Errorf("%s: a raw file cannot have a backing file, but the chain continues with %s: %w", what, layers[j+1].path, sdk.ErrInvalidArgument)
+		}
+	}
+	writable := !d.GetReadOnly()
+	// Today's cache modes: the shared read-only image disk never flushes
+	// (cache=unsafe); the writable disk is write-back with discard.
+	cache := map[string]any{"direct": false, "no-flush": !writable}
+	node := func(j int) string {
+		if j == 0 {
+			return dev
+		}
+		return fmt.Sprintf("%s-b%d", dev, j)
+	}
+	// Backing nodes first: a node must exist before another refers to it.
+	for j := len(layers) - 1; j >= 0; j-- {
+		l := layers[j]
+		rw := writable && j == 0
+		kind := fdDiskRO
+		if rw {
+			kind = fdDiskRW
+		}
+		file := map[string]any{
+			"driver": "file", "node-name": node(j) + "-f",
+			"filename": lc.addFdset(kind, l.path, l.format), "read-only": !rw, "cache": cache,
+		}
+		format := map[string]any{
+			"driver": l.format, "node-name": node(j), "file": node(j) + "-f", "read-only": !rw, "cache": cache,
+		}
+		if rw {
+			file["discard"], format["discard"] = "unmap", "unmap"
+		}
+		if l.format == "qcow2" {
+			format["backing"] = nil // null: no backing file, whatever the header says
+			if j < len(layers)-1 {
+				format["backing"] = node(j + 1)
+			}
+		}
+		for _, n := range []map[string]any{file, format} {
+			b, err := json.Marshal(n)
+			if err != nil {
+				return err
+			}
+			lc.Args = append(lc.Args, "-blockdev", string(b))
+		}
+	}
+	device := "virtio-blk-pci,drive=" + dev
+	if writable {
+		// A full host filesystem pauses the VM (the launcher reports it in
+		// the state file) instead of failing the guest's writes.
+		device += ",werror=enospc,rerror=report"
+	}
+	lc.Args = append(lc.Args, "-device", device)
+	return nil
+}
+
+// networkArgs returns QEMU's network arguments and the guest's kernel
+// command line for them.
+func networkArgs(n *pluginv1.NetworkSpec) (args, cmdline []string) {
+	if n.GetMode() != pluginv1.NetworkSpec_MODE_USER {
+		return nil, nil
+	}
+	netdev := "user,id=net0"
+	for _, p := range n.GetPorts() {
+		proto := p.GetProtocol()
+		if proto == "" {
+			proto = "tcp"
+		}
+		netdev += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", proto, p.GetHostIp(), p.GetHostPort(), p.GetGuestPort())
+	}
+	// QEMU's user-mode network is fixed: the guest is 10.0.2.15, the host
+	// (and its loopback) is reachable as 10.0.2.2, DNS at 10.0.2.3.
+	return []string{"-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile="},
+		[]string{"boxctl.ip=10.0.2.15/24", "boxctl.gw=10.0.2.2", "boxctl.dns=10.0.2.3"}
+}
