@@ -451,8 +451,7 @@ func TestHealthCheck(t *testing.T) {
 
 func TestNetworking(t *testing.T) {
 	e := newEnv(t)
-	// A server on the host's loopback, which QEMU's user network shows the
-	// guest as 10.0.2.2.
+	// A server only on the host's loopback: not for boxes unless allowed.
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprint(w, "hello-from-host")
 	}))
@@ -466,8 +465,33 @@ func TestNetworking(t *testing.T) {
 	l.Close()
 
 	e.ok("run", "-d", "--name", "net", "-p", fmt.Sprintf("127.0.0.1:%d:8000", published), e.image)
-	if out := e.ok("exec", "net", "--", "wget", "-qO-", fmt.Sprintf("http://10.0.2.2:%d/", hostPort)); out != "hello-from-host" {
-		t.Fatalf("box to host: %q", out)
+	// Closed by default: through the gateway, and through the host's own
+	// addresses. A root shell in the guest cannot get around it: the
+	// connections are made by the host side's network stack.
+	if out, errs, code := e.run(nil, "exec", "net", "--", "wget", "-qO-", fmt.Sprintf("http://10.0.2.2:%d/", hostPort)); code == 0 || strings.Contains(out, "hello-from-host") {
+		t.Fatalf("box reached a service on the host's loopback without --allow-host-loopback: exit %d %q %q", code, out, errs)
+	}
+	for _, addr := range hostAddrs(t) {
+		l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+		if err != nil {
+			continue
+		}
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Fprint(c, "host-address-reached\n")
+				c.Close()
+			}
+		}()
+		port := l.Addr().(*net.TCPAddr).Port
+		out, _, code := e.run(nil, "exec", "net", "--", "sh", "-c", fmt.Sprintf("nc -w 5 %s %d </dev/null", addr, port))
+		l.Close()
+		if code == 0 && strings.Contains(out, "host-address-reached") {
+			t.Fatalf("box reached the host's own address %s", addr)
+		}
 	}
 	if out := e.ok("exec", "net", "--", "cat", "/etc/resolv.conf"); !strings.Contains(out, "10.0.2.3") {
 		t.Fatalf("resolv.conf: %q", out)
@@ -489,8 +513,36 @@ func TestNetworking(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// The published port is taken now: a second box asking for it fails
+	// to start and says so.
+	_, errs, code := e.run(nil, "run", "--rm", "-p", fmt.Sprintf("127.0.0.1:%d:80", published), e.image, "--", "true")
+	if code != 125 || !strings.Contains(errs, "already in use") {
+		t.Fatalf("run with a published port in use: exit %d: %s", code, errs)
+	}
 	if _, errs, code := e.run(nil, "create", "-p", "80", e.image); code != 125 || !strings.Contains(errs, "HOSTPORT:BOXPORT") {
 		t.Fatalf("bad -p: %d %s", code, errs)
 	}
 	e.ok("rm", "-f", "net")
+
+	// Opened on request.
+	out := e.ok("run", "--rm", "--allow-host-loopback", e.image, "--", "wget", "-qO-", fmt.Sprintf("http://10.0.2.2:%d/", hostPort))
+	if out != "hello-from-host" {
+		t.Fatalf("box to host with --allow-host-loopback: %q", out)
+	}
+}
+
+// hostAddrs lists this host's own non-loopback IPv4 addresses.
+func hostAddrs(t *testing.T) []string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() {
+			out = append(out, ipn.IP.String())
+		}
+	}
+	return out
 }

@@ -3,11 +3,13 @@ package qemuvmm
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 
 	"github.com/boxctl/boxctl/sdk"
 	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk/usernet"
 )
 
 // What the launcher opens for QEMU (fdSpec.Kind).
@@ -17,6 +19,7 @@ const (
 	fdLog    = "log"     // the console log, created and truncated
 	fdListen = "listen"  // a listening unix socket bound at Path
 	fdEvents = "events"  // QEMU's end of the launcher's private QMP connection
+	fdNet    = "net"     // QEMU's end of the guest's link to the user-mode network
 )
 
 // fdSpec is one file descriptor the launcher hands QEMU. QEMU opens no path
@@ -103,9 +106,7 @@ func qemuArgs(lc *launchConfig, spec *pluginv1.VMSpec, s settings, accel, kernel
 			cmdline = append(cmdline, "boxctl.data="+dev)
 		}
 	}
-	netArgs, netCmdline := networkArgs(spec.GetNetwork())
-	lc.Args = append(lc.Args, netArgs...)
-	cmdline = append(cmdline, netCmdline...)
+	cmdline = append(cmdline, lc.network(spec.GetNetwork())...)
 	cmdline = append(cmdline, spec.GetKernelArgs()...)
 	cmdline = append(cmdline, s.KernelArgs...)
 	lc.Args = append(lc.Args, "-append", strings.Join(cmdline, " "))
@@ -189,22 +190,35 @@ func (lc *launchConfig) disk(dev string, i int, d *pluginv1.DiskSpec) error {
 	return nil
 }
 
-// networkArgs returns QEMU's network arguments and the guest's kernel
-// command line for them.
-func networkArgs(n *pluginv1.NetworkSpec) (args, cmdline []string) {
+// network adds the guest's NIC, attached to the launcher's user-mode
+// network (sdk/usernet) over a socket pair, and returns the guest's kernel
+// command line for it. The launcher's stack, not QEMU's slirp, makes the
+// guest's connections, so the host's loopback and own addresses stay closed
+// unless the spec allows them. Without a network the guest has only
+// loopback.
+func (lc *launchConfig) network(n *pluginv1.NetworkSpec) (cmdline []string) {
 	if n.GetMode() != pluginv1.NetworkSpec_MODE_USER {
-		return nil, nil
+		return nil
 	}
-	netdev := "user,id=net0"
+	ns := &netSettings{AllowHostLoopback: n.GetAllowHostLoopback()}
 	for _, p := range n.GetPorts() {
-		proto := p.GetProtocol()
-		if proto == "" {
-			proto = "tcp"
-		}
-		netdev += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", proto, p.GetHostIp(), p.GetHostPort(), p.GetGuestPort())
+		ns.Ports = append(ns.Ports, usernet.PortForward{
+			Protocol: p.GetProtocol(), HostIP: p.GetHostIp(), HostPort: uint16(p.GetHostPort()), GuestPort: uint16(p.GetGuestPort()),
+		})
 	}
-	// QEMU's user-mode network is fixed: the guest is 10.0.2.15, the host
-	// (and its loopback) is reachable as 10.0.2.2, DNS at 10.0.2.3.
-	return []string{"-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile="},
-		[]string{"boxctl.ip=10.0.2.15/24", "boxctl.gw=10.0.2.2", "boxctl.dns=10.0.2.3"}
+	lc.Network = ns
+	lc.Args = append(lc.Args,
+		"-netdev", fmt.Sprintf("socket,id=net0,fd=%d", lc.add(fdNet, "", "")),
+		"-device", "virtio-net-pci,netdev=net0,romfile=")
+	return []string{
+		"boxctl.ip=" + netip.PrefixFrom(usernet.GuestAddr, usernet.Subnet.Bits()).String(),
+		"boxctl.gw=" + usernet.GatewayAddr.String(),
+		"boxctl.dns=" + usernet.DNSAddr.String(),
+	}
+}
+
+// netSettings is what the launcher's user-mode network needs.
+type netSettings struct {
+	AllowHostLoopback bool                  `json:"allow_host_loopback,omitempty"`
+	Ports             []usernet.PortForward `json:"ports,omitempty"`
 }

@@ -11,19 +11,34 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// openFDs opens what specs name, in order, for QEMU. events is the
-// launcher's end of the fdEvents socket pair (nil without one). On error
-// nothing stays open.
-func openFDs(specs []fdSpec) (files []*os.File, events net.Conn, err error) {
+// peers are the launcher's ends of the socket pairs it hands QEMU.
+type peers struct {
+	// events is the launcher's private QMP connection (fdEvents).
+	events net.Conn
+	// net carries the guest's ethernet frames to the user-mode network
+	// (fdNet).
+	net net.Conn
+}
+
+func (p *peers) close() {
+	for _, c := range []net.Conn{p.events, p.net} {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+// openFDs opens what specs name, in order, for QEMU, and returns the
+// launcher's ends of the socket pairs among them. On error nothing stays
+// open.
+func openFDs(specs []fdSpec) (files []*os.File, ends peers, err error) {
 	defer func() {
 		if err != nil {
 			for _, f := range files {
 				f.Close()
 			}
-			if events != nil {
-				events.Close()
-			}
-			files, events = nil, nil
+			ends.close()
+			files, ends = nil, peers{}
 		}
 	}()
 	for _, s := range specs {
@@ -35,21 +50,25 @@ func openFDs(specs []fdSpec) (files []*os.File, events net.Conn, err error) {
 			f, err = os.OpenFile(s.Path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
 		case fdListen:
 			f, err = listenUnix(s.Path)
-		case fdEvents:
-			if events != nil {
-				err = errors.New("launch config: more than one events descriptor")
+		case fdEvents, fdNet:
+			mine := &ends.events
+			if s.Kind == fdNet {
+				mine = &ends.net
+			}
+			if *mine != nil {
+				err = fmt.Errorf("launch config: more than one %s descriptor", s.Kind)
 				break
 			}
-			f, events, err = socketPair()
+			f, *mine, err = socketPair(s.Kind)
 		default:
 			err = fmt.Errorf("launch config: unknown descriptor kind %q", s.Kind)
 		}
 		if err != nil {
-			return files, events, err
+			return files, ends, err
 		}
 		files = append(files, f)
 	}
-	return files, events, nil
+	return files, ends, nil
 }
 
 // openDisk opens a disk file of a validated chain. The core passes paths
@@ -133,18 +152,19 @@ func listenUnix(path string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), path), nil
 }
 
-// socketPair returns QEMU's end and the launcher's end of a connected pair.
-func socketPair() (*os.File, net.Conn, error) {
+// socketPair returns QEMU's end and the launcher's end of a connected
+// stream pair.
+func socketPair(name string) (*os.File, net.Conn, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("socketpair: %w", err)
 	}
-	mine := os.NewFile(uintptr(fds[1]), "qmp-events")
+	mine := os.NewFile(uintptr(fds[1]), name)
 	defer mine.Close() // FileConn dups it
 	c, err := net.FileConn(mine)
 	if err != nil {
 		unix.Close(fds[0])
 		return nil, nil, fmt.Errorf("socketpair: %w", err)
 	}
-	return os.NewFile(uintptr(fds[0]), "qmp-events-qemu"), c, nil
+	return os.NewFile(uintptr(fds[0]), name+"-qemu"), c, nil
 }

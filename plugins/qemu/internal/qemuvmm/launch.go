@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/boxctl/boxctl/guest/hostmux"
+	"github.com/boxctl/boxctl/sdk/usernet"
 )
 
 // launchConfig is what Plan writes for the launcher.
@@ -35,6 +36,8 @@ type launchConfig struct {
 	// StateFile is kept current with the VM's run state (see state.go).
 	StateFile string `json:"state_file"`
 	Jail      jail   `json:"jail"`
+	// Network is the guest's user-mode network; nil for none.
+	Network *netSettings `json:"network,omitempty"`
 }
 
 // Launch runs QEMU as described by the config file and serves the agent
@@ -64,16 +67,24 @@ func Launch(cfgFile string, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	defer removeSockets(lc)
-	files, events, err := openFDs(lc.FDs)
+	// The network first: a published port that is in use fails the start
+	// before QEMU runs, with the reason in vm.log.
+	var network *usernet.Network
+	if lc.Network != nil {
+		network, err = usernet.New(usernet.Config{AllowHostLoopback: lc.Network.AllowHostLoopback, Ports: lc.Network.Ports, Logger: log})
+		if err != nil {
+			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: network: %v\n", err)
+			return 125
+		}
+		defer network.Close()
+	}
+	files, ends, err := openFDs(lc.FDs)
 	if err != nil {
 		fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: %v\n", err)
 		return 125
 	}
-	closeEvents := func() {
-		if events != nil {
-			events.Close()
-		}
-	}
+	events := ends.events
+	closeEvents := func() { ends.close() }
 	cmd := exec.Command(lc.QEMU, lc.Args...)
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	cmd.ExtraFiles = files
@@ -122,6 +133,13 @@ func Launch(cfgFile string, stderr io.Writer) int {
 		defer close(watchDone)
 		watchEvents(ctx, events, states, log)
 	}()
+	if network != nil && ends.net != nil {
+		go func() {
+			if err := network.Serve(ctx, ends.net); err != nil && !errors.Is(err, context.Canceled) {
+				log.Warn("user-mode network", "err", err)
+			}
+		}()
+	}
 	mux := hostmux.New(hostmux.UnixDialer(lc.SerialSock), lc.AgentSock, hostmux.Options{Logger: log})
 	muxDone := make(chan error, 1)
 	go func() { muxDone <- mux.Run(ctx) }()

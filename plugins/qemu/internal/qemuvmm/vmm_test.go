@@ -108,7 +108,7 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 	for _, want := range []string{
 		`"q35,accel=tcg"`, `"-smp"`, `"2"`, `"256M"`,
 		`boxctl.root=vda`, `boxctl.data=vdb`, `extra=1`,
-		`hostfwd=tcp::8080-:80`, `name=boxctl.agent`,
+		`"HostPort": 8080`, `"GuestPort": 80`, `name=boxctl.agent`,
 		`boxctl.ip=10.0.2.15/24 boxctl.gw=10.0.2.2 boxctl.dns=10.0.2.3`,
 		`"-sandbox"`, `"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"`,
 		`virtio-blk-pci,drive=vda"`, `virtio-blk-pci,drive=vdb,werror=enospc,rerror=report"`,
@@ -119,6 +119,11 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 	}
 	if strings.Contains(args, `"-drive"`) || strings.Contains(args, "-pidfile") {
 		t.Errorf("launch config still lets QEMU open paths itself:\n%s", args)
+	}
+	// The guest's NIC goes to the launcher's user-mode network, never to
+	// QEMU's slirp (which cannot keep the host's loopback closed).
+	if strings.Contains(args, `"user,`) || !strings.Contains(args, `"socket,id=net0,fd=`) {
+		t.Errorf("network is not the launcher's user-mode network:\n%s", args)
 	}
 	// Every file reaches QEMU as a descriptor; the chain is explicit, with
 	// the image and the backing file read-only, and the last qcow2 node
@@ -152,10 +157,14 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 	}
 	kinds := map[string]string{}
 	for _, f := range lc.FDs {
-		kinds[filepath.Base(f.Path)] = f.Kind
+		name := filepath.Base(f.Path)
+		if f.Path == "" {
+			name = "pair:" + f.Kind // socket pairs have no path
+		}
+		kinds[name] = f.Kind
 	}
 	for file, kind := range map[string]string{"root.ext4": fdDiskRO, "mid.qcow2": fdDiskRO, "base.raw": fdDiskRO, "disk.qcow2": fdDiskRW,
-		"console.log": fdLog, "agent-serial.sock": fdListen, "qmp.sock": fdListen, ".": fdEvents, "data.qcow2": fdDiskRW} {
+		"console.log": fdLog, "agent-serial.sock": fdListen, "qmp.sock": fdListen, "pair:events": fdEvents, "pair:net": fdNet, "data.qcow2": fdDiskRW} {
 		if kinds[file] != kind {
 			t.Errorf("%q is passed as %q, want %q (%v)", file, kinds[file], kind, lc.FDs)
 		}
