@@ -41,9 +41,9 @@ func ReadVMState(path string) (VMState, error) {
 	return st, nil
 }
 
-// stateFilePoll is how often the monitor looks at the VM's state file. A
-// stat every quarter second costs nothing and bounds how long `boxctl ls`
-// shows a VM the hypervisor paused as running.
+// stateFilePoll is how often the monitor reads the VM's state file. A
+// small read every quarter second costs nothing and bounds how long
+// `boxctl ls` shows a VM the hypervisor paused as running.
 const stateFilePoll = 250 * time.Millisecond
 
 // watchVMState follows the VM's state file until the VM exits and records
@@ -52,8 +52,6 @@ const stateFilePoll = 250 * time.Millisecond
 // continues.
 func (m *monitor) watchVMState(ctx context.Context) {
 	path := m.o.Launch.StateFile
-	var lastMod time.Time
-	var lastSize int64 = -1
 	t := time.NewTicker(stateFilePoll)
 	defer t.Stop()
 	for {
@@ -64,20 +62,14 @@ func (m *monitor) watchVMState(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		fi, err := os.Stat(path)
-		if err != nil {
-			if !errors.Is(err, fs.ErrNotExist) {
-				m.log.Debug("stat VM state file", "error", err)
-			}
-			continue
-		}
-		if fi.ModTime().Equal(lastMod) && fi.Size() == lastSize {
-			continue
-		}
-		lastMod, lastSize = fi.ModTime(), fi.Size()
+		// Read it every time rather than trusting its mtime: VMMs update
+		// the file in place (no new file can be made on a full disk), and
+		// a read racing a write sees the new mtime with the old content.
 		st, err := ReadVMState(path)
 		if err != nil {
-			m.log.Debug("read VM state file", "error", err)
+			if !errors.Is(err, fs.ErrNotExist) {
+				m.log.Debug("read VM state file", "error", err)
+			}
 			continue
 		}
 		m.applyVMState(ctx, st)
@@ -122,7 +114,12 @@ func (m *monitor) applyVMState(ctx context.Context, st VMState) {
 		}
 	})
 	if err != nil {
-		m.log.Debug("record vm state", "error", err)
+		// Try again on the next read (the store may be on the disk that
+		// just filled up).
+		m.log.Warn("record vm state", "state", st.State, "error", err)
+		m.mu.Lock()
+		m.vmState = VMState{}
+		m.mu.Unlock()
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 
 	"github.com/boxctl/boxctl/core/lockfile"
 )
@@ -61,7 +62,38 @@ func (d *DB) run(ctx context.Context, write bool, fn func(*bolt.Tx) error) error
 	}
 	defer db.Close()
 	if write {
-		return db.Update(fn)
+		if err := db.Update(fn); err != nil {
+			return err
+		}
+		reserve(d.Path)
+		return nil
 	}
 	return db.View(fn)
+}
+
+// reserveSlack is how much space beyond the database's current size is
+// kept allocated for it.
+const reserveSlack = 1 << 20
+
+// reserve keeps disk space allocated for the database file and some room
+// to grow. bbolt grows its file by truncating it larger, which leaves a
+// hole: on a full filesystem, the next commit that writes there fails.
+// That is exactly when the store must still work — to record that a box's
+// VM was stopped because the disk is full. Best effort: it does nothing
+// where the filesystem cannot preallocate or has no room.
+func reserve(path string) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &st) != nil {
+		return
+	}
+	want := st.Size + reserveSlack
+	if st.Blocks*512 >= want {
+		return
+	}
+	_ = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, want)
 }

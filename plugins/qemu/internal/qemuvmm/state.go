@@ -1,13 +1,17 @@
 package qemuvmm
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
 )
@@ -30,35 +34,68 @@ type vmState struct {
 
 // stateWriter keeps the state file current. Only the events goroutine
 // writes, until exited.
+//
+// The file matters most when the host filesystem is full (QEMU stops the
+// guest on a failed disk write): then no new file can be created, so the
+// file is made once, at a fixed size, while there is room, and every
+// update overwrites it in place. Readers parse the JSON and ignore the
+// space padding.
 type stateWriter struct {
 	path string
 	log  *slog.Logger
 	cur  vmState
+	f    *os.File
 }
+
+// stateFileSize is the state file's fixed size; a state is far smaller.
+const stateFileSize = 512
 
 func newStateWriter(path string, log *slog.Logger) *stateWriter {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &stateWriter{path: path, log: log}
+	w := &stateWriter{path: path, log: log}
+	if path == "" {
+		return w
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o644)
+	if err != nil {
+		log.Warn("create the VM state file", "file", path, "err", err)
+		return w
+	}
+	if err := f.Truncate(stateFileSize); err != nil {
+		log.Warn("size the VM state file", "file", path, "err", err)
+	}
+	w.f = f
+	return w
 }
 
 // set records a state; an unchanged one is not rewritten.
 func (w *stateWriter) set(state, reason, device string) {
-	if w.path == "" || (w.cur.State == state && w.cur.Reason == reason && w.cur.Device == device) {
+	if w.f == nil || (w.cur.State == state && w.cur.Reason == reason && w.cur.Device == device) {
 		return
 	}
 	w.cur = vmState{State: state, Reason: reason, Device: device, At: time.Now().UTC().Format(time.RFC3339Nano)}
 	b, _ := json.Marshal(w.cur)
-	if err := writeFileAtomic(w.path, append(b, '\n')); err != nil {
+	if len(b) >= stateFileSize {
+		b, _ = json.Marshal(vmState{State: state, Device: device, At: w.cur.At})
+	}
+	buf := bytes.Repeat([]byte(" "), stateFileSize)
+	copy(buf, b)
+	buf[stateFileSize-1] = '\n'
+	if _, err := w.f.WriteAt(buf, 0); err != nil {
 		w.log.Warn("write the VM state file", "file", w.path, "err", err)
 	}
 }
 
-// exited records that QEMU is gone.
+// exited records that QEMU is gone and closes the file.
 func (w *stateWriter) exited() {
 	if w.cur.State != stateShutdown {
 		w.set(stateShutdown, "qemu exited", "")
+	}
+	if w.f != nil {
+		w.f.Close()
+		w.f = nil
 	}
 }
 
