@@ -237,12 +237,13 @@ func bareBoots(ctx context.Context, boxDir, tmp string, n int) ([]time.Duration,
 				f, err = os.OpenFile(filepath.Join(run, "console.log"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 			case "listen":
 				f, err = listenFile(filepath.Join(run, filepath.Base(fd.Path)))
-			case "events":
+			case "events", "net":
 				var fds [2]int
 				if fds, err = syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0); err == nil {
-					// QEMU's end only: the launcher's event monitor is not part of a bare boot.
+					// QEMU's end only: the launcher's event monitor and
+					// user-mode network are not part of a bare boot.
 					syscall.Close(fds[1])
-					f = os.NewFile(uintptr(fds[0]), "events")
+					f = os.NewFile(uintptr(fds[0]), fd.Kind)
 				}
 			default:
 				err = fmt.Errorf("launch config: descriptor kind %q", fd.Kind)
