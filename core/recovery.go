@@ -8,10 +8,10 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/boxctl/boxctl/core/lockfile"
+	"github.com/boxctl/boxctl/internal/lockfile"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/monitor"
-	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/core/state"
 )
 

@@ -19,10 +19,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/boxctl/boxctl/config"
-	"github.com/boxctl/boxctl/core/lockfile"
+	"github.com/boxctl/boxctl/internal/lockfile"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/pluginhost"
-	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/core/state"
 )
 

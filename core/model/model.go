@@ -8,7 +8,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/internal/proc"
 )
 
 // Errors the runtime returns; match them with errors.Is.

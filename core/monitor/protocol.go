@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/boxctl/boxctl/core/model"
-	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/internal/proc"
 )
 
 // Launch is what the runtime writes to the box directory for the monitor.

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/internal/proc"
 )
 
 // Plugin sockets. go-plugin makes each plugin's listening socket in

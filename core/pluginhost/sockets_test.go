@@ -14,7 +14,7 @@ import (
 
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core/pluginhost"
-	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/test/testbin"
 )
 

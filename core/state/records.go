@@ -7,7 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/boxctl/boxctl/core/model"
-	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/core/state/statepb"
 )
 

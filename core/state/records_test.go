@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/boxctl/boxctl/core/model"
-	"github.com/boxctl/boxctl/core/proc"
+	"github.com/boxctl/boxctl/internal/proc"
 )
 
 func TestBoxRecordRoundTrip(t *testing.T) {

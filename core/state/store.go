@@ -24,7 +24,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/boxctl/boxctl/core/model"
-	"github.com/boxctl/boxctl/core/txdb"
+	"github.com/boxctl/boxctl/internal/txdb"
 )
 
 // SchemaVersion is the schema this code reads and writes.

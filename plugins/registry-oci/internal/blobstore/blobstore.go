@@ -34,7 +34,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/errdefs"
-	"github.com/boxctl/boxctl/plugins/registry-oci/internal/filelock"
+	"github.com/boxctl/boxctl/internal/lockfile"
 )
 
 // Store is a content-addressed blob store rooted at a directory.
@@ -250,23 +250,23 @@ func (s *Store) Ingest(ctx context.Context, d v1.Hash, fetch Fetcher, opts Inges
 		return r, err
 	}
 
-	lock, err := filelock.TryExclusive(s.lockPath(d))
+	lock, ok, err := lockfile.TryAcquire(s.lockPath(d), false)
 	if err != nil {
 		return Result{}, err
 	}
-	if lock == nil {
+	if !ok {
 		progress(Waiting, 0, opts.Size)
-		if lock, err = filelock.Exclusive(ctx, s.lockPath(d)); err != nil {
+		if lock, err = lockfile.Acquire(ctx, s.lockPath(d), false); err != nil {
 			return Result{}, err
 		}
 	}
 	defer func() {
 		// Once the blob exists its lock file is garbage; removing it is safe
-		// (see package filelock).
+		// (see package lockfile).
 		if _, ok, _ := s.Stat(d); ok {
-			lock.UnlockAndRemove()
+			lock.Remove()
 		} else {
-			lock.Unlock()
+			lock.Release()
 		}
 	}()
 	// Someone may have finished it while we waited for the lock.

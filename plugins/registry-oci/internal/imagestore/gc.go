@@ -12,7 +12,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/boxctl/boxctl/plugins/registry-oci/internal/filelock"
+	"github.com/boxctl/boxctl/internal/lockfile"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/ref"
 )
 
@@ -66,11 +66,11 @@ func (s *Store) Untag(ctx context.Context, reference, digest string) (PruneRepor
 	}
 	// Exclusive, so no pull can tag the image between the decision that
 	// no reference is left and the removal.
-	gc, err := filelock.Exclusive(ctx, s.gcLockPath())
+	gc, err := lockfile.Acquire(ctx, s.gcLockPath(), false)
 	if err != nil {
 		return PruneReport{}, err
 	}
-	defer gc.Unlock()
+	defer gc.Release()
 
 	refs, err := s.readRefs()
 	if err != nil {
@@ -100,11 +100,11 @@ func (s *Store) Untag(ctx context.Context, reference, digest string) (PruneRepor
 }
 
 func (s *Store) collect(ctx context.Context, keep func(Image) bool, mustExist string) (PruneReport, error) {
-	gc, err := filelock.Exclusive(ctx, s.gcLockPath())
+	gc, err := lockfile.Acquire(ctx, s.gcLockPath(), false)
 	if err != nil {
 		return PruneReport{}, err
 	}
-	defer gc.Unlock()
+	defer gc.Release()
 	return s.collectLocked(keep, mustExist)
 }
 
@@ -231,9 +231,9 @@ func (s *Store) cleanLocks() {
 		return
 	}
 	for _, e := range ents {
-		l, err := filelock.TryExclusive(filepath.Join(dir, e.Name()))
-		if err == nil && l != nil {
-			l.UnlockAndRemove()
+		l, ok, err := lockfile.TryAcquire(filepath.Join(dir, e.Name()), false)
+		if err == nil && ok {
+			_ = l.Remove()
 		}
 	}
 }

@@ -59,7 +59,7 @@ func (s *Store) Pull(ctx context.Context, reference string, opts PullOptions) (I
 	if err != nil {
 		return Image{}, err
 	}
-	defer gc.Unlock()
+	defer gc.Release()
 
 	src, err := s.newSource(ctx, r)
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/boxctl/boxctl/plugins/registry-oci/internal/filelock"
+	"github.com/boxctl/boxctl/internal/lockfile"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/flatten"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/layer"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/rootfs"
@@ -38,16 +38,16 @@ func (s *Store) RootDisk(ctx context.Context, digest string) (RootDisk, error) {
 	if err != nil {
 		return RootDisk{}, err
 	}
-	defer gc.Unlock()
-	lock, err := filelock.Exclusive(ctx, filepath.Join(s.blobs.LockDir(), "rootfs-"+key+".lock"))
+	defer gc.Release()
+	lock, err := lockfile.Acquire(ctx, filepath.Join(s.blobs.LockDir(), "rootfs-"+key+".lock"), false)
 	if err != nil {
 		return RootDisk{}, err
 	}
 	defer func() {
 		if _, err := os.Stat(dst); err == nil {
-			lock.UnlockAndRemove()
+			lock.Remove()
 		} else {
-			lock.Unlock()
+			lock.Release()
 		}
 	}()
 	if fi, err := os.Stat(dst); err == nil {
@@ -182,11 +182,11 @@ func (s *Store) layerIndex(ctx context.Context, d v1.Hash) (*layer.Index, error)
 	if x, err := s.readIndex(d); err == nil {
 		return x, nil
 	}
-	lock, err := filelock.Exclusive(ctx, filepath.Join(s.blobs.LockDir(), "index-"+d.Hex+".lock"))
+	lock, err := lockfile.Acquire(ctx, filepath.Join(s.blobs.LockDir(), "index-"+d.Hex+".lock"), false)
 	if err != nil {
 		return nil, err
 	}
-	defer lock.UnlockAndRemove()
+	defer lock.Remove()
 	if x, err := s.readIndex(d); err == nil {
 		return x, nil
 	}

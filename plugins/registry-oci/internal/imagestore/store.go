@@ -44,7 +44,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/blobstore"
-	"github.com/boxctl/boxctl/plugins/registry-oci/internal/filelock"
+	"github.com/boxctl/boxctl/internal/lockfile"
 )
 
 // Store is an image cache in one directory. It is safe for concurrent use by
@@ -301,6 +301,6 @@ func (img Image) chainID() string {
 	return chainID(ids)
 }
 
-func (s *Store) sharedLock(ctx context.Context) (*filelock.Lock, error) {
-	return filelock.Shared(ctx, s.gcLockPath())
+func (s *Store) sharedLock(ctx context.Context) (*lockfile.Lock, error) {
+	return lockfile.Acquire(ctx, s.gcLockPath(), true)
 }

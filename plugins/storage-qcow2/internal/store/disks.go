@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/boxctl/boxctl/core/lockfile"
+	"github.com/boxctl/boxctl/internal/lockfile"
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/internal/filecopy"
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/qcow2"
 	"github.com/boxctl/boxctl/sdk"

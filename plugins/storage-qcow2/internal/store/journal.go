@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/boxctl/boxctl/core/lockfile"
+	"github.com/boxctl/boxctl/internal/lockfile"
 )
 
 // Operations recorded in the journal.

@@ -11,7 +11,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/boxctl/boxctl/core/txdb"
+	"github.com/boxctl/boxctl/internal/txdb"
 )
 
 // schemaVersion is the metadata schema this code reads and writes.

@@ -17,7 +17,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
-	"github.com/boxctl/boxctl/core/lockfile"
+	"github.com/boxctl/boxctl/internal/lockfile"
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/qcow2"
 	"github.com/boxctl/boxctl/sdk"
 	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"

@@ -105,3 +105,31 @@ func TestRemoveWakesWaitersWithErrRemoved(t *testing.T) {
 		t.Fatalf("AcquireExisting on removed file: %v", err)
 	}
 }
+
+// A waiter that may create the file ends up holding the lock on a fresh
+// file, never on the removed one: removal must not let two holders in.
+func TestRemoveWhileHeldNeverAdmitsTwoHolders(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.lock")
+	held, err := Acquire(context.Background(), path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *Lock, 1)
+	go func() {
+		l, err := Acquire(context.Background(), path, false)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	time.Sleep(20 * time.Millisecond)
+	if err := held.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	waiter := <-got
+	defer waiter.Release()
+	// The waiter holds the file now at the path: a third party is locked out.
+	if _, ok, err := TryAcquire(path, false); err != nil || ok {
+		t.Fatalf("a third holder got in after the removal: ok=%v err=%v", ok, err)
+	}
+}

@@ -14,7 +14,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
-	"github.com/boxctl/boxctl/core/lockfile"
+	"github.com/boxctl/boxctl/internal/lockfile"
 )
 
 // ErrNoDatabase is returned by View when the database file does not exist
