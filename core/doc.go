@@ -24,4 +24,5 @@ var (
 	ErrAmbiguous       = model.ErrAmbiguous
 	ErrInvalidArgument = model.ErrInvalidArgument
 	ErrPermission      = model.ErrPermission
+	ErrUnsupported     = model.ErrUnsupported
 )

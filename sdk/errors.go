@@ -8,32 +8,73 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Errors a plugin returns so that the core can branch on them. They cross the
-// process boundary as gRPC status codes and come back out of the client
-// adapters as errors that match with errors.Is.
+// The errors of boxctl: plugins return them, the core returns them (it
+// re-exports these very values), and callers branch on them with
+// errors.Is. They cross the process boundary as gRPC status codes and come
+// back out of the client adapters as errors that match again, so
+// errors.Is(err, ErrNotFound) holds for an image the image plugin does not
+// have as much as for a box the core does not know.
+//
+// A plugin with finer-grained errors of its own makes each one match the
+// kind it should cross the wire as (see Kind).
 var (
-	ErrNotFound           = errors.New("not found")
-	ErrAlreadyExists      = errors.New("already exists")
-	ErrFailedPrecondition = errors.New("failed precondition")
-	ErrInvalidArgument    = errors.New("invalid argument")
-	ErrUnsupported        = errors.New("not supported by this plugin")
-	ErrUnavailable        = errors.New("unavailable")
-	ErrUnauthenticated    = errors.New("unauthenticated")
-	ErrPermissionDenied   = errors.New("permission denied")
+	// ErrNotFound: the named object (box, disk, snapshot, image) does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists: the object to create exists (a name in use).
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrInvalidState: the object's state refuses the call (removing a
+	// running box without force, a snapshot others depend on, a plugin not
+	// configured yet).
+	ErrInvalidState = errors.New("invalid state")
+	// ErrInvalidArgument: the request is malformed or names something
+	// unusable; retrying cannot help.
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrUnsupported: the plugin (or the VMM, storage or image format) lacks
+	// the capability.
+	ErrUnsupported = errors.New("not supported")
+	// ErrUnavailable: a remote the plugin needs cannot be reached.
+	ErrUnavailable = errors.New("unavailable")
+	// ErrUnauthenticated: credentials were refused or are missing.
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrPermissionDenied: something is not permitted, or not safe to use
+	// (a home another user can write).
+	ErrPermissionDenied = errors.New("permission denied")
+	// ErrShutDown: the runtime was shut down and refuses new work.
+	ErrShutDown = errors.New("runtime is shut down")
+	// ErrAmbiguous: an ID prefix matches more than one object.
+	ErrAmbiguous = errors.New("ambiguous")
 )
 
+// Kind returns a sentinel error of its own (for errors.Is within a plugin)
+// that also matches kind, one of the errors above, so it crosses the wire
+// as that kind.
+func Kind(kind error, text string) error { return &kindError{text: text, kind: kind} }
+
+type kindError struct {
+	text string
+	kind error
+}
+
+func (e *kindError) Error() string { return e.text }
+func (e *kindError) Unwrap() error { return e.kind }
+
+// codeOfError maps errors to gRPC codes, first match wins: the more
+// precise kinds come first (a layer in a format nobody reads is both
+// malformed and unsupported; it is reported as unsupported).
 var codeOfError = []struct {
 	err  error
 	code codes.Code
 }{
 	{ErrNotFound, codes.NotFound},
 	{ErrAlreadyExists, codes.AlreadyExists},
-	{ErrFailedPrecondition, codes.FailedPrecondition},
-	{ErrInvalidArgument, codes.InvalidArgument},
 	{ErrUnsupported, codes.Unimplemented},
+	{ErrInvalidState, codes.FailedPrecondition},
+	{ErrInvalidArgument, codes.InvalidArgument},
 	{ErrUnavailable, codes.Unavailable},
 	{ErrUnauthenticated, codes.Unauthenticated},
 	{ErrPermissionDenied, codes.PermissionDenied},
+	{ErrShutDown, codes.Aborted},
+	{ErrAmbiguous, codes.InvalidArgument},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }

@@ -5,30 +5,25 @@
 package model
 
 import (
-	"errors"
 	"time"
 
 	"github.com/boxctl/boxctl/internal/proc"
+	"github.com/boxctl/boxctl/sdk"
 )
 
-// Errors the runtime returns; match them with errors.Is.
+// Errors the runtime returns; match them with errors.Is. They are the
+// sdk's errors, the one vocabulary core, sdk and plugins share: a missing
+// image reported by the image plugin matches ErrNotFound as a missing box
+// does.
 var (
-	// ErrNotFound: no box (or other object) with that ID, name or prefix.
-	ErrNotFound = errors.New("not found")
-	// ErrAlreadyExists: the name is taken.
-	ErrAlreadyExists = errors.New("already exists")
-	// ErrInvalidState: the box's status refuses the operation (removing a
-	// running box without force, for one).
-	ErrInvalidState = errors.New("invalid state")
-	// ErrShutDown: the runtime was shut down and refuses new work.
-	ErrShutDown = errors.New("runtime is shut down")
-	// ErrAmbiguous: an ID prefix matches more than one box.
-	ErrAmbiguous = errors.New("ambiguous")
-	// ErrInvalidArgument: the request is malformed.
-	ErrInvalidArgument = errors.New("invalid argument")
-	// ErrPermission: something boxctl relies on is not safe to use (a home
-	// another user can write, say) or not permitted.
-	ErrPermission = errors.New("permission denied")
+	ErrNotFound        = sdk.ErrNotFound
+	ErrAlreadyExists   = sdk.ErrAlreadyExists
+	ErrInvalidState    = sdk.ErrInvalidState
+	ErrShutDown        = sdk.ErrShutDown
+	ErrAmbiguous       = sdk.ErrAmbiguous
+	ErrInvalidArgument = sdk.ErrInvalidArgument
+	ErrPermission      = sdk.ErrPermissionDenied
+	ErrUnsupported     = sdk.ErrUnsupported
 )
 
 // Status is a box's lifecycle status.

@@ -51,7 +51,7 @@ func (e *exampleImages) ListImages(context.Context) ([]*pluginv1.Image, error) {
 }
 
 func (e *exampleImages) RemoveImage(context.Context, string) (*pluginv1.RemoveImageResponse, error) {
-	return nil, fmt.Errorf("in use: %w", sdk.ErrFailedPrecondition)
+	return nil, fmt.Errorf("in use: %w", sdk.ErrInvalidState)
 }
 
 func (e *exampleImages) Prune(context.Context, *pluginv1.PruneRequest) (*pluginv1.PruneResponse, error) {
@@ -79,7 +79,7 @@ func TestImageSourceOverTheWire(t *testing.T) {
 	if _, err := c.Images.Pull(ctx, &pluginv1.PullRequest{Reference: "missing"}, nil); !errors.Is(err, sdk.ErrNotFound) || !strings.Contains(err.Error(), `image "missing"`) {
 		t.Fatalf("typed error lost on the wire: %v", err)
 	}
-	if _, err := c.Images.RemoveImage(ctx, "x"); !errors.Is(err, sdk.ErrFailedPrecondition) {
+	if _, err := c.Images.RemoveImage(ctx, "x"); !errors.Is(err, sdk.ErrInvalidState) {
 		t.Fatalf("remove: %v", err)
 	}
 	if _, err := c.Images.RootDisk(ctx, "x"); !errors.Is(err, sdk.ErrUnsupported) {

@@ -636,7 +636,7 @@ func SnapshotBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ..
 		wantErr(t, "Clone from a missing snapshot", err, sdk.ErrNotFound)
 
 		err = e.snaps.RemoveSnapshot(e.ctx, "src", "s1")
-		wantErr(t, "RemoveSnapshot while a clone depends on it", err, sdk.ErrFailedPrecondition)
+		wantErr(t, "RemoveSnapshot while a clone depends on it", err, sdk.ErrInvalidState)
 		if !strings.Contains(err.Error(), "dst") {
 			t.Errorf("the refusal %q does not name the dependent disk dst", err)
 		}

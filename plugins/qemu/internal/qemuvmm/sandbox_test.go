@@ -143,7 +143,7 @@ func TestPlanWithSandboxDisabledOrConfined(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = plan(&pluginv1.Sandbox{Uid: 0x70000001, Gid: 0x70000001})
-	if !errors.Is(err, sdk.ErrFailedPrecondition) || !strings.Contains(err.Error(), "vmlinuz") || !strings.Contains(err.Error(), "chmod o+r") {
+	if !errors.Is(err, sdk.ErrInvalidState) || !strings.Contains(err.Error(), "vmlinuz") || !strings.Contains(err.Error(), "chmod o+r") {
 		t.Errorf("unreadable kernel: %v", err)
 	}
 }

@@ -166,7 +166,7 @@ func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPl
 	}
 	qemuPath, err := exec.LookPath(qemuBin)
 	if err != nil {
-		return nil, fmt.Errorf("%s not found: install Debian's qemu-system-x86 or set qemu_binary in the plugin's config: %w", qemuBin, sdk.ErrFailedPrecondition)
+		return nil, fmt.Errorf("%s not found: install Debian's qemu-system-x86 or set qemu_binary in the plugin's config: %w", qemuBin, sdk.ErrInvalidState)
 	}
 	kernel, initrd, err := v.guestFiles(s)
 	if err != nil {
@@ -184,7 +184,7 @@ func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPl
 			jail.Groups = []uint32{uint32(gid)}
 		case !ok && s.Accel == "kvm":
 			return nil, fmt.Errorf("accel = \"kvm\", but the confined QEMU (uid %d) cannot use KVM: %s; give %s to a kvm group with mode 0660 (Debian's udev rules do), or turn confinement off with sandbox { enabled = false }: %w",
-				jail.UID, why, kvmDevice, sdk.ErrFailedPrecondition)
+				jail.UID, why, kvmDevice, sdk.ErrInvalidState)
 		case !ok:
 			accel, notice = "tcg", "KVM is not usable by the confined QEMU ("+why+"): running the VM under TCG software emulation, which is much slower"
 		}
@@ -192,7 +192,7 @@ func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPl
 	if jail.UID != 0 {
 		for _, f := range []struct{ what, path string }{{"kernel", kernel}, {"initramfs", initrd}} {
 			if err := readableBy(f.path, jail.UID, jail.GID, jail.Groups); err != nil {
-				return nil, fmt.Errorf("guest %s: %w; make it readable by others (chmod o+r, and o+x on its directories), or set kernel and initrd in the plugin's config to readable copies: %w", f.what, err, sdk.ErrFailedPrecondition)
+				return nil, fmt.Errorf("guest %s: %w; make it readable by others (chmod o+r, and o+x on its directories), or set kernel and initrd in the plugin's config to readable copies: %w", f.what, err, sdk.ErrInvalidState)
 			}
 		}
 	}
@@ -255,7 +255,7 @@ func (v *VMM) guestFiles(s settings) (string, string, error) {
 		}
 	}
 	return "", "", fmt.Errorf("guest kernel and initramfs not found in %s: build them with `make guest`, or set kernel and initrd in plugin \"qemu\" { config { ... } }: %w",
-		strings.Join(dirs, ", "), sdk.ErrFailedPrecondition)
+		strings.Join(dirs, ", "), sdk.ErrInvalidState)
 }
 
 func fileExists(p string) bool {
@@ -361,7 +361,7 @@ func (v *VMM) qmpCommand(ctx context.Context, req *pluginv1.ControlRequest, cmd 
 	}
 	if _, err := qmp.Run(ctx, h.QMP, cmd, nil); err != nil {
 		if gone(req.GetPid()) {
-			return fmt.Errorf("the VM is not running: %w", sdk.ErrFailedPrecondition)
+			return fmt.Errorf("the VM is not running: %w", sdk.ErrInvalidState)
 		}
 		return err
 	}

@@ -1,11 +1,9 @@
 package plugin
 
 import (
-	"errors"
 	"maps"
 
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/imagestore"
-	"github.com/boxctl/boxctl/sdk"
 	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
@@ -71,43 +69,6 @@ func layerState(s imagestore.LayerState) pluginv1.LayerProgress_State {
 	return pluginv1.LayerProgress_STATE_UNSPECIFIED
 }
 
-// storeErrors maps the store's sentinels to the sdk's, in priority order:
-// an error wrapping several gets the first. A layer in a format the store
-// cannot read (xz) is both a bad layer and unsupported; it is reported as
-// unsupported, the more precise of the two.
-var storeErrors = []struct{ store, sdk error }{
-	{imagestore.ErrTooLarge, sdk.ErrInvalidArgument},
-	{imagestore.ErrNoSpace, sdk.ErrFailedPrecondition},
-	{imagestore.ErrNotFound, sdk.ErrNotFound},
-	{imagestore.ErrUnauthorized, sdk.ErrUnauthenticated},
-	{imagestore.ErrUnsupported, sdk.ErrUnsupported},
-	{imagestore.ErrDigestMismatch, sdk.ErrInvalidArgument},
-	{imagestore.ErrBadImage, sdk.ErrInvalidArgument},
-	{imagestore.ErrBadReference, sdk.ErrInvalidArgument},
-	{imagestore.ErrUnreachable, sdk.ErrUnavailable},
-}
-
-// typedError carries the store's message unchanged and matches both the
-// store's sentinel and the sdk's, so the sdk sends the right gRPC code.
-type typedError struct {
-	err  error
-	kind error
-}
-
-func (e *typedError) Error() string   { return e.err.Error() }
-func (e *typedError) Unwrap() []error { return []error{e.kind, e.err} }
-
-// mapError gives a store error the sdk error kind it crosses the wire as.
-// Errors that already have an sdk kind (the plugin's own), context errors
-// and internal failures pass unchanged.
-func mapError(err error) error {
-	if err == nil {
-		return nil
-	}
-	for _, m := range storeErrors {
-		if errors.Is(err, m.store) {
-			return &typedError{err: err, kind: m.sdk}
-		}
-	}
-	return err
-}
+// mapError is where store errors reach the wire. They already match the sdk
+// error kind they cross as (package errdefs), so they pass unchanged.
+func mapError(err error) error { return err }

@@ -34,7 +34,7 @@ func TestInfo(t *testing.T) {
 	}
 	// Role calls before Configure are refused, typed.
 	_, err = c.ListImages(testCtx(t))
-	wantRemote(t, "list before configure", err, sdk.ErrFailedPrecondition, "not configured")
+	wantRemote(t, "list before configure", err, sdk.ErrInvalidState, "not configured")
 }
 
 func TestPullProgressAndImage(t *testing.T) {

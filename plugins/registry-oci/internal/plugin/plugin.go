@@ -37,7 +37,7 @@ var capabilities = []string{"registry", "oci-layout", "docker-archive", "rootfs-
 const maxConcurrency = 32
 
 // Plugin implements sdk.ImageSource over an image store. Role calls before a
-// successful Configure fail with sdk.ErrFailedPrecondition.
+// successful Configure fail with sdk.ErrInvalidState.
 type Plugin struct {
 	log       hclog.Logger
 	transport http.RoundTripper
@@ -223,7 +223,7 @@ func (p *Plugin) current() (*imagestore.Store, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.store == nil {
-		return nil, fmt.Errorf("%w: the oci plugin is not configured (Configure must succeed before any other call)", sdk.ErrFailedPrecondition)
+		return nil, fmt.Errorf("%w: the oci plugin is not configured (Configure must succeed before any other call)", sdk.ErrInvalidState)
 	}
 	return p.store, nil
 }

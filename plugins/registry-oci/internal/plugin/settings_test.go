@@ -213,5 +213,5 @@ func TestConfigBlock(t *testing.T) {
 		t.Errorf("no state dir: %v", err)
 	}
 	_, err = c.ListImages(testCtx(t))
-	wantRemote(t, "list after a failed configure", err, sdk.ErrFailedPrecondition)
+	wantRemote(t, "list after a failed configure", err, sdk.ErrInvalidState)
 }

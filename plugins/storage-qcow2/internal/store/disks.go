@@ -39,7 +39,7 @@ func (s *Store) CreateDisk(ctx context.Context, req *pluginv1.CreateDiskRequest)
 		return nil, fmt.Errorf("create disk %s: size %d bytes is outside 1MiB..%d bytes (max_virtual_size): %w", id, req.GetSizeBytes(), cfg.maxVirtualSize, sdk.ErrInvalidArgument)
 	}
 	if cfg.mkfs == "" {
-		return nil, fmt.Errorf("create disk %s: mkfs.ext4 not found: install e2fsprogs, or set mkfs = \"/path/to/mkfs.ext4\" in the qcow2 plugin's config block: %w", id, sdk.ErrFailedPrecondition)
+		return nil, fmt.Errorf("create disk %s: mkfs.ext4 not found: install e2fsprogs, or set mkfs = \"/path/to/mkfs.ext4\" in the qcow2 plugin's config block: %w", id, sdk.ErrInvalidState)
 	}
 	locks, err := s.lockDisks(ctx, cfg, []string{id}, false)
 	if err != nil {

@@ -211,7 +211,7 @@ func (s *Store) RestoreSnapshot(ctx context.Context, id, name string) (*pluginv1
 			return fmt.Errorf("disk %s: %w", id, sdk.ErrNotFound)
 		}
 		if _, cur := d.snapshot(name); cur == nil || cur.Base != sn.Base {
-			return fmt.Errorf("snapshot %q of disk %s changed meanwhile; retry: %w", name, id, sdk.ErrFailedPrecondition)
+			return fmt.Errorf("snapshot %q of disk %s changed meanwhile; retry: %w", name, id, sdk.ErrInvalidState)
 		}
 		return t.putIntent(in)
 	}); err != nil {
@@ -306,7 +306,7 @@ func (s *Store) RemoveSnapshot(ctx context.Context, id, name string) error {
 		}
 		if dep, err := cloneOf(t, id, sn); err != nil || dep != "" {
 			if err == nil {
-				err = fmt.Errorf("remove snapshot %q of disk %s: disk %s was cloned from it and depends on it; remove that disk first: %w", name, id, dep, sdk.ErrFailedPrecondition)
+				err = fmt.Errorf("remove snapshot %q of disk %s: disk %s was cloned from it and depends on it; remove that disk first: %w", name, id, dep, sdk.ErrInvalidState)
 			}
 			return err
 		}
@@ -545,7 +545,7 @@ func checkFreezable(t *tx, d *diskRecord) error {
 	if layers := len(chain) + 1; layers+1 > maxLayers {
 		return fmt.Errorf("disk %s already has %d layers, the most a backing chain may have is %d: "+
 			"another snapshot or clone of its current state would exceed that; export the disk and import the export to flatten it: %w",
-			d.ID, layers, maxLayers, sdk.ErrFailedPrecondition)
+			d.ID, layers, maxLayers, sdk.ErrInvalidState)
 	}
 	return nil
 }

@@ -200,7 +200,7 @@ func (s *Store) settings() (*settings, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cfg == nil {
-		return nil, fmt.Errorf("qcow2 storage is not configured (Configure was not called): %w", sdk.ErrFailedPrecondition)
+		return nil, fmt.Errorf("qcow2 storage is not configured (Configure was not called): %w", sdk.ErrInvalidState)
 	}
 	return s.cfg, nil
 }
@@ -327,7 +327,7 @@ func (s *Store) acquire(ctx context.Context, cfg *settings, ids []string, shared
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			return nil, fmt.Errorf("disk %s is busy: another operation on it is still running: %w (%v)", id, sdk.ErrFailedPrecondition, err)
+			return nil, fmt.Errorf("disk %s is busy: another operation on it is still running: %w (%v)", id, sdk.ErrInvalidState, err)
 		}
 		h.locks[id] = l
 	}
@@ -394,7 +394,7 @@ func (s *Store) lockDisks(ctx context.Context, cfg *settings, ids []string, shar
 		}
 		return h, nil
 	}
-	return nil, fmt.Errorf("lock disks %v: the journal keeps changing: %w", ids, sdk.ErrFailedPrecondition)
+	return nil, fmt.Errorf("lock disks %v: the journal keeps changing: %w", ids, sdk.ErrInvalidState)
 }
 
 func keys(m map[string]bool) []string {

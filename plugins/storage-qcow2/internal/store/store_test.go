@@ -505,7 +505,7 @@ func TestConcurrentProcesses(t *testing.T) {
 		return
 	}
 	err := first.snaps.RemoveSnapshot(first.ctx, "shared", "s")
-	if !errors.Is(err, sdk.ErrFailedPrecondition) {
+	if !errors.Is(err, sdk.ErrInvalidState) {
 		t.Fatalf("RemoveSnapshot with clones made from it: %v", err)
 	}
 	list, err := first.disks.ListDisks(first.ctx)
@@ -579,7 +579,7 @@ func TestOperationsWaitForEachOtherOnOneDisk(t *testing.T) {
 			case 2:
 				_, err = e.disks.GetDisk(e.ctx, "d")
 			}
-			if err != nil && !errors.Is(err, sdk.ErrFailedPrecondition) {
+			if err != nil && !errors.Is(err, sdk.ErrInvalidState) {
 				t.Errorf("op %d: %v", i, err)
 			}
 		}()
@@ -589,7 +589,7 @@ func TestOperationsWaitForEachOtherOnOneDisk(t *testing.T) {
 
 func TestUnconfigured(t *testing.T) {
 	s := store.New()
-	if _, err := s.GetDisk(context.Background(), "x"); !errors.Is(err, sdk.ErrFailedPrecondition) {
+	if _, err := s.GetDisk(context.Background(), "x"); !errors.Is(err, sdk.ErrInvalidState) {
 		t.Fatalf("GetDisk before Configure: %v", err)
 	}
 }
@@ -690,13 +690,13 @@ func TestChainDepthLimit(t *testing.T) {
 		t.Fatalf("GetDisk: %d layers below the overlay, %v; want 63", len(info.GetBackingChain()), err)
 	}
 	_, err = e.snaps.CreateSnapshot(e.ctx, "d", "one-too-many")
-	if !errors.Is(err, sdk.ErrFailedPrecondition) || !strings.Contains(err.Error(), "flatten") {
+	if !errors.Is(err, sdk.ErrInvalidState) || !strings.Contains(err.Error(), "flatten") {
 		t.Fatalf("CreateSnapshot beyond the chain limit: %v", err)
 	}
 	e.clone("d", "empty-overlay", "") // shares the current base: no new layer
 	qemuWrite(t, info.GetPath(), 0, mib, 0x64)
 	_, err = e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: "d", NewDiskId: "c"})
-	if !errors.Is(err, sdk.ErrFailedPrecondition) {
+	if !errors.Is(err, sdk.ErrInvalidState) {
 		t.Fatalf("Clone beyond the chain limit: %v", err)
 	}
 	e.clone("d", "c", "s3")
