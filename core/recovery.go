@@ -8,11 +8,11 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/boxctl/boxctl/internal/lockfile"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/monitor"
-	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/core/state"
+	"github.com/boxctl/boxctl/internal/lockfile"
+	"github.com/boxctl/boxctl/internal/proc"
 )
 
 // recover brings the home back to a consistent state when a runtime opens:

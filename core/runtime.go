@@ -19,11 +19,11 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/boxctl/boxctl/config"
-	"github.com/boxctl/boxctl/internal/lockfile"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/pluginhost"
-	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/core/state"
+	"github.com/boxctl/boxctl/internal/lockfile"
+	"github.com/boxctl/boxctl/internal/proc"
 )
 
 // DefaultShutdownTimeout is how long Shutdown waits for each box by default.

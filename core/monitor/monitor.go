@@ -18,8 +18,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/boxctl/boxctl/core/model"
-	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/core/state"
+	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/sdk"
 	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )

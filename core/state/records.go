@@ -7,8 +7,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/boxctl/boxctl/core/model"
-	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/core/state/statepb"
+	"github.com/boxctl/boxctl/internal/proc"
 )
 
 // Box records are stored as protobuf (statepb.Box): listing ten thousand

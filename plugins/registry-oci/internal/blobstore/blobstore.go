@@ -33,8 +33,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/boxctl/boxctl/plugins/registry-oci/internal/errdefs"
 	"github.com/boxctl/boxctl/internal/lockfile"
+	"github.com/boxctl/boxctl/plugins/registry-oci/internal/errdefs"
 )
 
 // Store is a content-addressed blob store rooted at a directory.

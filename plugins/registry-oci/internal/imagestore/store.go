@@ -43,8 +43,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/boxctl/boxctl/plugins/registry-oci/internal/blobstore"
 	"github.com/boxctl/boxctl/internal/lockfile"
+	"github.com/boxctl/boxctl/plugins/registry-oci/internal/blobstore"
 )
 
 // Store is an image cache in one directory. It is safe for concurrent use by
