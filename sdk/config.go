@@ -24,7 +24,62 @@ type Config struct {
 	// Home is boxctl's home directory.
 	Home string
 	// Registry holds the core's registry settings (ImageSource only).
-	Registry *pluginv1.RegistrySettings
+	Registry *RegistrySettings
+}
+
+// RegistrySettings are the core's `registry { ... }` settings, handed to the
+// image plugin.
+type RegistrySettings struct {
+	Mirrors []RegistryMirror
+	// Insecure hosts are reached over plain http (and https without
+	// verification).
+	Insecure    []string
+	Credentials []RegistryCredential
+	// UseDockerCredentials: Docker's config file and credential helpers are
+	// consulted for hosts without an explicit credential.
+	UseDockerCredentials bool
+}
+
+// RegistryMirror lists endpoints tried, in order, before a registry host.
+type RegistryMirror struct {
+	Registry  string
+	Endpoints []string
+}
+
+// RegistryCredential is an explicit credential for one registry host: a
+// username and password, or a bearer token.
+type RegistryCredential struct {
+	Registry           string
+	Username, Password string
+	Token              string
+}
+
+func registryToProto(r *RegistrySettings) *pluginv1.RegistrySettings {
+	if r == nil {
+		return nil
+	}
+	out := &pluginv1.RegistrySettings{Insecure: r.Insecure, UseDockerCredentials: r.UseDockerCredentials}
+	for _, m := range r.Mirrors {
+		out.Mirrors = append(out.Mirrors, &pluginv1.RegistrySettings_Mirror{Registry: m.Registry, Endpoints: m.Endpoints})
+	}
+	for _, c := range r.Credentials {
+		out.Credentials = append(out.Credentials, &pluginv1.RegistrySettings_Credential{Registry: c.Registry, Username: c.Username, Password: c.Password, Token: c.Token})
+	}
+	return out
+}
+
+func registryFromProto(p *pluginv1.RegistrySettings) *RegistrySettings {
+	if p == nil {
+		return nil
+	}
+	out := &RegistrySettings{Insecure: p.GetInsecure(), UseDockerCredentials: p.GetUseDockerCredentials()}
+	for _, m := range p.GetMirrors() {
+		out.Mirrors = append(out.Mirrors, RegistryMirror{Registry: m.GetRegistry(), Endpoints: m.GetEndpoints()})
+	}
+	for _, c := range p.GetCredentials() {
+		out.Credentials = append(out.Credentials, RegistryCredential{Registry: c.GetRegistry(), Username: c.GetUsername(), Password: c.GetPassword(), Token: c.GetToken()})
+	}
+	return out
 }
 
 // Decode decodes the plugin's config block into target, a pointer to a
@@ -72,7 +127,7 @@ func configFromRequest(req *pluginv1.ConfigureRequest) *Config {
 		Body:     req.GetBody(),
 		StateDir: req.GetStateDir(),
 		Home:     req.GetHome(),
-		Registry: req.GetRegistry(),
+		Registry: registryFromProto(req.GetRegistry()),
 	}
 	if p := req.GetBodyStart(); p != nil {
 		cfg.BodyStart = hcl.Pos{Line: int(p.Line), Column: int(p.Column), Byte: int(p.Byte)}
@@ -89,7 +144,7 @@ func configToRequest(cfg *Config) *pluginv1.ConfigureRequest {
 		BodyStart: posToProto(cfg.BodyStart),
 		StateDir:  cfg.StateDir,
 		Home:      cfg.Home,
-		Registry:  cfg.Registry,
+		Registry:  registryToProto(cfg.Registry),
 	}
 }
 

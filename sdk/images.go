@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
+	"time"
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -13,35 +15,160 @@ import (
 )
 
 // ImageSource pulls images, keeps the cache and builds root disks. See
-// image.proto for the contract.
+// image.proto for the contract (references, concurrency, errors).
 type ImageSource interface {
 	Plugin
-	// Pull resolves and downloads ref. Progress events (layer progress and
-	// status lines) go to progress, which may be nil; the pulled image is
-	// returned.
-	Pull(ctx context.Context, req *pluginv1.PullRequest, progress func(*pluginv1.PullEvent)) (*pluginv1.Image, error)
-	GetImage(ctx context.Context, image string) (*pluginv1.Image, error)
-	RootDisk(ctx context.Context, image string) (*pluginv1.RootDiskResponse, error)
-	ListImages(ctx context.Context) ([]*pluginv1.Image, error)
-	RemoveImage(ctx context.Context, image string) (*pluginv1.RemoveImageResponse, error)
-	Prune(ctx context.Context, req *pluginv1.PruneRequest) (*pluginv1.PruneResponse, error)
+	// Pull resolves and downloads req.Reference. Progress events go to
+	// progress, which may be nil; the pulled image is returned.
+	Pull(ctx context.Context, req PullRequest, progress func(PullEvent)) (Image, error)
+	// GetImage looks an image up in the cache (by reference or digest)
+	// without network access. ErrNotFound if it is not cached.
+	GetImage(ctx context.Context, image string) (Image, error)
+	// RootDisk returns the read-only root filesystem disk of a cached
+	// image, building it on first use.
+	RootDisk(ctx context.Context, image string) (RootDisk, error)
+	// ListImages lists cached images, newest first.
+	ListImages(ctx context.Context) ([]Image, error)
+	// RemoveImage removes a cached image (by reference: that tag; by
+	// digest: the image and all its tags).
+	RemoveImage(ctx context.Context, image string) (Removed, error)
 }
 
-// ReferenceChecker is an optional ImageSource feature: validate a
-// reference (and platform) without pulling and without network access.
-// The client returned by NewImageSourceClient always has it; a plugin that
-// does not implement it answers ErrUnsupported.
+// Pruner is an optional ImageSource feature: remove cached images not in
+// Keep, and unreferenced blobs.
+type Pruner interface {
+	Prune(ctx context.Context, req PruneRequest) (Removed, error)
+}
+
+// ReferenceChecker is an optional ImageSource feature: validate a reference
+// (and platform) without pulling and without network access — the syntax,
+// and that a local layout or archive exists. It returns the reference in
+// canonical form.
 type ReferenceChecker interface {
-	CheckReference(ctx context.Context, req *pluginv1.PullRequest) (*pluginv1.CheckReferenceResponse, error)
+	CheckReference(ctx context.Context, req PullRequest) (string, error)
+}
+
+// Platform is an OS and CPU architecture, as in OCI image indexes.
+type Platform struct {
+	OS, Architecture, Variant string
+}
+
+func (p Platform) String() string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
+}
+
+// ParsePlatform parses "os/arch[/variant]".
+func ParsePlatform(s string) (Platform, error) {
+	parts := strings.Split(s, "/")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+		return Platform{}, fmt.Errorf("platform %q: use os/arch[/variant], e.g. linux/arm64: %w", s, ErrInvalidArgument)
+	}
+	p := Platform{OS: parts[0], Architecture: parts[1]}
+	if len(parts) == 3 {
+		p.Variant = parts[2]
+	}
+	return p, nil
+}
+
+// PullRequest names an image to pull; a nil Platform means the host's.
+type PullRequest struct {
+	Reference string
+	Platform  *Platform
+}
+
+// PullEvent is progress during a pull: a layer's progress or a status line.
+type PullEvent struct {
+	Layer  *LayerProgress
+	Status string
+}
+
+// LayerState is where a layer is in a pull.
+type LayerState int
+
+const (
+	LayerUnspecified LayerState = iota
+	LayerWaiting
+	LayerDownloading
+	LayerVerifying
+	LayerDone
+	// LayerCached: already in the cache, nothing downloaded.
+	LayerCached
+)
+
+func (s LayerState) String() string {
+	return [...]string{"unspecified", "waiting", "downloading", "verifying", "done", "cached"}[s]
+}
+
+// LayerProgress is one layer's progress.
+type LayerProgress struct {
+	Digest string
+	Total  uint64
+	Done   uint64
+	State  LayerState
+}
+
+// Image is a cached image.
+type Image struct {
+	// Digest is the manifest digest, "sha256:...".
+	Digest string
+	// References that point at this image in the cache.
+	References []string
+	Platform   Platform
+	// Size is the sum of compressed layer sizes.
+	Size      uint64
+	CreatedAt time.Time
+	PulledAt  time.Time
+	Config    ImageConfig
+}
+
+// ImageConfig is what an image says about running it.
+type ImageConfig struct {
+	Entrypoint   []string
+	Cmd          []string
+	Env          []string
+	WorkingDir   string
+	User         string
+	ExposedPorts []string
+	Labels       map[string]string
+	StopSignal   string
+}
+
+// RootDisk is an image's read-only root filesystem disk.
+type RootDisk struct {
+	Path string
+	// Format is "raw" (a filesystem image); Filesystem "ext4".
+	Format     string
+	Filesystem string
+	Size       uint64
+	Image      Image
+}
+
+// Removed is what RemoveImage and Prune removed.
+type Removed struct {
+	// Images are the digests of images removed entirely (not only
+	// untagged).
+	Images    []string
+	Reclaimed uint64
+}
+
+// PruneRequest keeps the images boxes use; All removes tagged images too.
+type PruneRequest struct {
+	Keep []string
+	All  bool
 }
 
 type imagePlugin struct {
 	plugin.NetRPCUnsupportedPlugin
 	impl ImageSource
+	life *lifecycles
 }
 
 func (p *imagePlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
-	pluginv1.RegisterImageSourceServer(s, &imageServer{baseServer: baseServer{p.impl}, impl: p.impl})
+	pluginv1.RegisterImageSourceServer(s, &imageServer{baseServer: newBaseServer(p.impl, p.life, imageCapabilities), impl: p.impl})
 	return nil
 }
 
@@ -49,8 +176,25 @@ func (p *imagePlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, conn *
 	return NewImageSourceClient(conn), nil
 }
 
+func imageCapabilities(impl Plugin, c *Capabilities) {
+	if _, ok := impl.(Pruner); ok {
+		c.Prune = true
+	}
+	if _, ok := impl.(ReferenceChecker); ok {
+		c.CheckReferences = true
+	}
+}
+
+// ImageSourceClient is an ImageSource served by a plugin process, with
+// every optional method (ErrUnsupported where the plugin lacks it).
+type ImageSourceClient interface {
+	ImageSource
+	Pruner
+	ReferenceChecker
+}
+
 // NewImageSourceClient returns an ImageSource that calls a plugin over conn.
-func NewImageSourceClient(conn grpc.ClientConnInterface) ImageSource {
+func NewImageSourceClient(conn grpc.ClientConnInterface) ImageSourceClient {
 	c := pluginv1.NewImageSourceClient(conn)
 	return &imageClient{baseClient: baseClient{c}, c: c}
 }
@@ -60,53 +204,74 @@ type imageClient struct {
 	c pluginv1.ImageSourceClient
 }
 
-func (i *imageClient) Pull(ctx context.Context, req *pluginv1.PullRequest, progress func(*pluginv1.PullEvent)) (*pluginv1.Image, error) {
+func (i *imageClient) Pull(ctx context.Context, req PullRequest, progress func(PullEvent)) (Image, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := i.c.Pull(ctx, req)
+	stream, err := i.c.Pull(ctx, pullToProto(req))
 	if err != nil {
-		return nil, fromStatus(err)
+		return Image{}, fromStatus(err)
 	}
 	for {
 		ev, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("pull %s: the plugin ended the pull without an image", req.GetReference())
+			return Image{}, fmt.Errorf("pull %s: the plugin ended the pull without an image", req.Reference)
 		}
 		if err != nil {
-			return nil, fromStatus(err)
+			return Image{}, fromStatus(err)
 		}
 		if img := ev.GetImage(); img != nil {
-			return img, nil
+			return imageFromProto(img), nil
 		}
 		if progress != nil {
-			progress(ev)
+			progress(eventFromProto(ev))
 		}
 	}
 }
 
-func (i *imageClient) CheckReference(ctx context.Context, req *pluginv1.PullRequest) (*pluginv1.CheckReferenceResponse, error) {
-	return call(ctx, i.c.CheckReference, req)
+func (i *imageClient) CheckReference(ctx context.Context, req PullRequest) (string, error) {
+	resp, err := call(ctx, i.c.CheckReference, pullToProto(req))
+	return resp.GetCanonical(), err
 }
 
-func (i *imageClient) GetImage(ctx context.Context, image string) (*pluginv1.Image, error) {
-	return call(ctx, i.c.GetImage, &pluginv1.ImageRequest{Image: image})
+func imageResult(p *pluginv1.Image, err error) (Image, error) {
+	if err != nil {
+		return Image{}, err
+	}
+	return imageFromProto(p), nil
 }
 
-func (i *imageClient) RootDisk(ctx context.Context, image string) (*pluginv1.RootDiskResponse, error) {
-	return call(ctx, i.c.RootDisk, &pluginv1.ImageRequest{Image: image})
+func (i *imageClient) GetImage(ctx context.Context, image string) (Image, error) {
+	return imageResult(call(ctx, i.c.GetImage, &pluginv1.ImageRequest{Image: image}))
 }
 
-func (i *imageClient) ListImages(ctx context.Context) ([]*pluginv1.Image, error) {
+func (i *imageClient) RootDisk(ctx context.Context, image string) (RootDisk, error) {
+	resp, err := call(ctx, i.c.RootDisk, &pluginv1.ImageRequest{Image: image})
+	if err != nil {
+		return RootDisk{}, err
+	}
+	return RootDisk{Path: resp.GetPath(), Format: resp.GetFormat(), Filesystem: resp.GetFilesystem(), Size: resp.GetSizeBytes(), Image: imageFromProto(resp.GetImage())}, nil
+}
+
+func (i *imageClient) ListImages(ctx context.Context) ([]Image, error) {
 	resp, err := call(ctx, i.c.ListImages, &pluginv1.ListImagesRequest{})
-	return resp.GetImages(), err
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Image, 0, len(resp.GetImages()))
+	for _, img := range resp.GetImages() {
+		out = append(out, imageFromProto(img))
+	}
+	return out, nil
 }
 
-func (i *imageClient) RemoveImage(ctx context.Context, image string) (*pluginv1.RemoveImageResponse, error) {
-	return call(ctx, i.c.RemoveImage, &pluginv1.ImageRequest{Image: image})
+func (i *imageClient) RemoveImage(ctx context.Context, image string) (Removed, error) {
+	resp, err := call(ctx, i.c.RemoveImage, &pluginv1.ImageRequest{Image: image})
+	return Removed{Images: resp.GetRemoved(), Reclaimed: resp.GetReclaimedBytes()}, err
 }
 
-func (i *imageClient) Prune(ctx context.Context, req *pluginv1.PruneRequest) (*pluginv1.PruneResponse, error) {
-	return call(ctx, i.c.Prune, req)
+func (i *imageClient) Prune(ctx context.Context, req PruneRequest) (Removed, error) {
+	resp, err := call(ctx, i.c.Prune, &pluginv1.PruneRequest{Keep: req.Keep, All: req.All})
+	return Removed{Images: resp.GetRemoved(), Reclaimed: resp.GetReclaimedBytes()}, err
 }
 
 type imageServer struct {
@@ -124,10 +289,13 @@ func (s *imageServer) Configure(ctx context.Context, req *pluginv1.ConfigureRequ
 }
 
 func (s *imageServer) Pull(req *pluginv1.PullRequest, stream grpc.ServerStreamingServer[pluginv1.PullEvent]) error {
+	if err := s.ready(); err != nil {
+		return err
+	}
 	var sendErr error
-	img, err := s.impl.Pull(stream.Context(), req, func(ev *pluginv1.PullEvent) {
-		if sendErr == nil && ev != nil {
-			sendErr = stream.Send(ev)
+	img, err := s.impl.Pull(stream.Context(), pullFromProto(req), func(ev PullEvent) {
+		if sendErr == nil {
+			sendErr = stream.Send(eventToProto(ev))
 		}
 	})
 	if err != nil {
@@ -136,34 +304,138 @@ func (s *imageServer) Pull(req *pluginv1.PullRequest, stream grpc.ServerStreamin
 	if sendErr != nil {
 		return sendErr
 	}
-	return stream.Send(&pluginv1.PullEvent{Event: &pluginv1.PullEvent_Image{Image: img}})
+	return stream.Send(&pluginv1.PullEvent{Event: &pluginv1.PullEvent_Image{Image: imageToProto(img)}})
 }
 
 func (s *imageServer) CheckReference(ctx context.Context, req *pluginv1.PullRequest) (*pluginv1.CheckReferenceResponse, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
 	rc, ok := s.impl.(ReferenceChecker)
 	if !ok {
-		return nil, toStatus(fmt.Errorf("CheckReference: %w", ErrUnsupported))
+		return nil, unsupported("CheckReference")
 	}
-	return handle(rc.CheckReference(ctx, req))
+	canonical, err := rc.CheckReference(ctx, pullFromProto(req))
+	return handle(&pluginv1.CheckReferenceResponse{Canonical: canonical}, err)
 }
 
 func (s *imageServer) GetImage(ctx context.Context, req *pluginv1.ImageRequest) (*pluginv1.Image, error) {
-	return handle(s.impl.GetImage(ctx, req.GetImage()))
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	img, err := s.impl.GetImage(ctx, req.GetImage())
+	return handle(imageToProto(img), err)
 }
 
 func (s *imageServer) RootDisk(ctx context.Context, req *pluginv1.ImageRequest) (*pluginv1.RootDiskResponse, error) {
-	return handle(s.impl.RootDisk(ctx, req.GetImage()))
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	rd, err := s.impl.RootDisk(ctx, req.GetImage())
+	return handle(&pluginv1.RootDiskResponse{Path: rd.Path, Format: rd.Format, Filesystem: rd.Filesystem, SizeBytes: rd.Size, Image: imageToProto(rd.Image)}, err)
 }
 
 func (s *imageServer) ListImages(ctx context.Context, _ *pluginv1.ListImagesRequest) (*pluginv1.ListImagesResponse, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
 	imgs, err := s.impl.ListImages(ctx)
-	return handle(&pluginv1.ListImagesResponse{Images: imgs}, err)
+	resp := &pluginv1.ListImagesResponse{}
+	for _, img := range imgs {
+		resp.Images = append(resp.Images, imageToProto(img))
+	}
+	return handle(resp, err)
 }
 
 func (s *imageServer) RemoveImage(ctx context.Context, req *pluginv1.ImageRequest) (*pluginv1.RemoveImageResponse, error) {
-	return handle(s.impl.RemoveImage(ctx, req.GetImage()))
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	r, err := s.impl.RemoveImage(ctx, req.GetImage())
+	return handle(&pluginv1.RemoveImageResponse{Removed: r.Images, ReclaimedBytes: r.Reclaimed}, err)
 }
 
 func (s *imageServer) Prune(ctx context.Context, req *pluginv1.PruneRequest) (*pluginv1.PruneResponse, error) {
-	return handle(s.impl.Prune(ctx, req))
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	p, ok := s.impl.(Pruner)
+	if !ok {
+		return nil, unsupported("Prune")
+	}
+	r, err := p.Prune(ctx, PruneRequest{Keep: req.GetKeep(), All: req.GetAll()})
+	return handle(&pluginv1.PruneResponse{Removed: r.Images, ReclaimedBytes: r.Reclaimed}, err)
+}
+
+func pullToProto(r PullRequest) *pluginv1.PullRequest {
+	out := &pluginv1.PullRequest{Reference: r.Reference}
+	if r.Platform != nil {
+		out.Platform = &pluginv1.Platform{Os: r.Platform.OS, Architecture: r.Platform.Architecture, Variant: r.Platform.Variant}
+	}
+	return out
+}
+
+func pullFromProto(p *pluginv1.PullRequest) PullRequest {
+	r := PullRequest{Reference: p.GetReference()}
+	if pl := p.GetPlatform(); pl != nil {
+		r.Platform = &Platform{OS: pl.GetOs(), Architecture: pl.GetArchitecture(), Variant: pl.GetVariant()}
+	}
+	return r
+}
+
+func eventToProto(ev PullEvent) *pluginv1.PullEvent {
+	if l := ev.Layer; l != nil {
+		return &pluginv1.PullEvent{Event: &pluginv1.PullEvent_Layer{Layer: &pluginv1.LayerProgress{
+			Digest: l.Digest, TotalBytes: l.Total, DoneBytes: l.Done, State: pluginv1.LayerProgress_State(l.State),
+		}}}
+	}
+	return &pluginv1.PullEvent{Event: &pluginv1.PullEvent_Status{Status: ev.Status}}
+}
+
+func eventFromProto(p *pluginv1.PullEvent) PullEvent {
+	if l := p.GetLayer(); l != nil {
+		return PullEvent{Layer: &LayerProgress{Digest: l.GetDigest(), Total: l.GetTotalBytes(), Done: l.GetDoneBytes(), State: LayerState(l.GetState())}}
+	}
+	return PullEvent{Status: p.GetStatus()}
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
+}
+
+func imageToProto(i Image) *pluginv1.Image {
+	c := i.Config
+	return &pluginv1.Image{
+		Digest: i.Digest, References: i.References, SizeBytes: i.Size,
+		Platform:  &pluginv1.Platform{Os: i.Platform.OS, Architecture: i.Platform.Architecture, Variant: i.Platform.Variant},
+		CreatedAt: unixNano(i.CreatedAt), PulledAt: unixNano(i.PulledAt),
+		Config: &pluginv1.ImageConfig{
+			Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User,
+			ExposedPorts: c.ExposedPorts, Labels: c.Labels, StopSignal: c.StopSignal,
+		},
+	}
+}
+
+func imageFromProto(p *pluginv1.Image) Image {
+	c := p.GetConfig()
+	pl := p.GetPlatform()
+	return Image{
+		Digest: p.GetDigest(), References: p.GetReferences(), Size: p.GetSizeBytes(),
+		Platform:  Platform{OS: pl.GetOs(), Architecture: pl.GetArchitecture(), Variant: pl.GetVariant()},
+		CreatedAt: fromUnixNano(p.GetCreatedAt()), PulledAt: fromUnixNano(p.GetPulledAt()),
+		Config: ImageConfig{
+			Entrypoint: c.GetEntrypoint(), Cmd: c.GetCmd(), Env: c.GetEnv(), WorkingDir: c.GetWorkingDir(), User: c.GetUser(),
+			ExposedPorts: c.GetExposedPorts(), Labels: c.GetLabels(), StopSignal: c.GetStopSignal(),
+		},
+	}
 }

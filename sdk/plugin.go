@@ -2,7 +2,9 @@ package sdk
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"sync"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -38,10 +40,17 @@ func Handshake() plugin.HandshakeConfig {
 }
 
 // Plugin is the part every role implementation has.
+//
+// Call order, which the sdk's server enforces: Info may be called any
+// time; Configure exactly once per process (an implementation serving two
+// roles is configured once), before any role call; role calls before a
+// successful Configure fail with ErrInvalidState and never reach the
+// implementation.
 type Plugin interface {
-	// Info describes the plugin. It must not depend on configuration.
-	// The sdk fills in ProtocolVersions.
-	Info(ctx context.Context) (*pluginv1.InfoResponse, error)
+	// Info describes the plugin. It must not depend on configuration. The
+	// sdk fills in ProtocolVersions and the capabilities the implementation's
+	// optional interfaces prove.
+	Info(ctx context.Context) (Info, error)
 	// Configure validates and applies the plugin's config block. Return the
 	// error from Config.Decode (or ConfigError) unchanged so the user sees
 	// the file, line and column.
@@ -102,17 +111,18 @@ func Serve(cfg ServeConfig) {
 // PluginSet is the go-plugin set that serves the configured roles.
 func (cfg ServeConfig) PluginSet() plugin.PluginSet {
 	set := plugin.PluginSet{}
+	life := &lifecycles{m: map[Plugin]*lifecycle{}}
 	if cfg.VMM != nil {
-		set[RoleVMM] = &vmmPlugin{impl: cfg.VMM}
+		set[RoleVMM] = &vmmPlugin{impl: cfg.VMM, life: life}
 	}
 	if cfg.Disks != nil {
-		set[RoleDisks] = &diskPlugin{impl: cfg.Disks}
+		set[RoleDisks] = &diskPlugin{impl: cfg.Disks, life: life}
 	}
 	if cfg.Snapshots != nil {
-		set[RoleSnapshots] = &snapshotPlugin{impl: cfg.Snapshots}
+		set[RoleSnapshots] = &snapshotPlugin{impl: cfg.Snapshots, life: life}
 	}
 	if cfg.Images != nil {
-		set[RoleImages] = &imagePlugin{impl: cfg.Images}
+		set[RoleImages] = &imagePlugin{impl: cfg.Images, life: life}
 	}
 	return set
 }
@@ -151,9 +161,12 @@ type infoConfigureClient interface {
 // baseClient implements Plugin over a generated gRPC client.
 type baseClient struct{ c infoConfigureClient }
 
-func (b baseClient) Info(ctx context.Context) (*pluginv1.InfoResponse, error) {
+func (b baseClient) Info(ctx context.Context) (Info, error) {
 	resp, err := b.c.Info(ctx, &pluginv1.InfoRequest{})
-	return resp, fromStatus(err)
+	if err != nil {
+		return Info{}, fromStatus(err)
+	}
+	return infoFromProto(resp), nil
 }
 
 func (b baseClient) Configure(ctx context.Context, cfg *Config) error {
@@ -164,26 +177,96 @@ func (b baseClient) Configure(ctx context.Context, cfg *Config) error {
 	return diagnosticsFromProto(resp.GetDiagnostics())
 }
 
-// baseServer implements the Info and Configure handlers over a Plugin.
-type baseServer struct{ impl Plugin }
+// lifecycle is where one implementation is in the call order.
+type lifecycle struct {
+	mu         sync.Mutex
+	called     bool
+	configured bool
+	result     []*pluginv1.Diagnostic
+}
+
+// lifecycles tracks every implementation a process serves: one value may
+// serve two roles (a storage plugin's disks and snapshots) and is
+// configured once.
+type lifecycles struct {
+	mu sync.Mutex
+	m  map[Plugin]*lifecycle
+}
+
+func (l *lifecycles) of(impl Plugin) *lifecycle {
+	if l == nil {
+		return &lifecycle{}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lc, ok := l.m[impl]
+	if !ok {
+		lc = &lifecycle{}
+		l.m[impl] = lc
+	}
+	return lc
+}
+
+// baseServer implements the Info and Configure handlers over a Plugin and
+// enforces the call order.
+type baseServer struct {
+	impl Plugin
+	life *lifecycle
+	// caps marks the capabilities impl proves with optional interfaces of
+	// this role.
+	caps func(impl Plugin, c *Capabilities)
+}
+
+func newBaseServer(impl Plugin, life *lifecycles, caps func(Plugin, *Capabilities)) baseServer {
+	return baseServer{impl: impl, life: life.of(impl), caps: caps}
+}
 
 func (b baseServer) Info(ctx context.Context, _ *pluginv1.InfoRequest) (*pluginv1.InfoResponse, error) {
-	resp, err := b.impl.Info(ctx)
+	info, err := b.impl.Info(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if resp == nil {
-		resp = &pluginv1.InfoResponse{}
+	if len(info.ProtocolVersions) == 0 {
+		info.ProtocolVersions = []int{ProtocolVersion}
 	}
-	if len(resp.ProtocolVersions) == 0 {
-		resp.ProtocolVersions = []uint32{ProtocolVersion}
+	if b.caps != nil {
+		b.caps(b.impl, &info.Capabilities)
 	}
-	return resp, nil
+	return infoToProto(info), nil
 }
 
+// Configure passes the first call to the implementation and answers later
+// ones (another role of the same implementation, or a confused host) with
+// the first result.
 func (b baseServer) Configure(ctx context.Context, req *pluginv1.ConfigureRequest) (*pluginv1.ConfigureResponse, error) {
-	err := b.impl.Configure(ctx, configFromRequest(req))
-	return &pluginv1.ConfigureResponse{Diagnostics: diagnosticsToProto(err)}, nil
+	b.life.mu.Lock()
+	defer b.life.mu.Unlock()
+	if !b.life.called {
+		err := b.impl.Configure(ctx, configFromRequest(req))
+		b.life.called = true
+		b.life.result = diagnosticsToProto(err)
+		b.life.configured = err == nil
+	}
+	return &pluginv1.ConfigureResponse{Diagnostics: b.life.result}, nil
+}
+
+// ready refuses role calls until Configure succeeded.
+func (b baseServer) ready() error {
+	b.life.mu.Lock()
+	defer b.life.mu.Unlock()
+	if b.life.configured {
+		return nil
+	}
+	why := "Configure has not been called"
+	if b.life.called {
+		why = "Configure failed"
+	}
+	return toStatus(fmt.Errorf("the plugin is not configured (%s; it must succeed before any other call): %w", why, ErrInvalidState))
+}
+
+// unsupported is the answer to an optional call the implementation lacks.
+func unsupported(call string) error {
+	return toStatus(fmt.Errorf("%s: %w by this plugin", call, ErrUnsupported))
 }
 
 // call adapts a unary client call: it converts the status error back into

@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"time"
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -9,25 +10,202 @@ import (
 	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
-// VMM turns a VM spec into a launch plan and controls running VMs through
-// the handle in that plan. Implementations are stateless; see vmm.proto for
-// the call-order contract. Methods a plugin lacks return ErrUnsupported.
+// VMM turns a VM spec into a launch plan and stops the VM it planned. Its
+// implementations are stateless: everything needed to control a VM later is
+// in the plan's Handle, which the core persists and passes back, possibly
+// from another boxctl process and another plugin process. See vmm.proto for
+// the call-order contract.
 type VMM interface {
 	Plugin
-	Plan(ctx context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPlan, error)
-	Stop(ctx context.Context, req *pluginv1.StopRequest) error
-	Pause(ctx context.Context, req *pluginv1.ControlRequest) error
-	Resume(ctx context.Context, req *pluginv1.ControlRequest) error
-	Metrics(ctx context.Context, req *pluginv1.ControlRequest) (*pluginv1.MetricsResponse, error)
+	// Plan returns how to launch the VM described by spec. It has no side
+	// effects beyond files under spec.RunDir. ErrInvalidArgument (naming
+	// the field) when the spec asks for something this VMM cannot do.
+	Plan(ctx context.Context, spec VMSpec) (LaunchPlan, error)
+	// Stop asks the VM to stop: with force, at once; without, the guest is
+	// asked to power off and Stop returns once that request is delivered
+	// (the core waits for the process and forces after its timeout). Stop of
+	// a VM whose process is gone succeeds.
+	Stop(ctx context.Context, vm VM, force bool) error
+}
+
+// Pauser is an optional VMM feature: stop and restart a running VM's
+// vCPUs. Pause of a paused VM and Resume of a running one succeed; Resume
+// also continues a VM the hypervisor stopped after a disk error, once the
+// cause is fixed.
+type Pauser interface {
+	Pause(ctx context.Context, vm VM) error
+	Resume(ctx context.Context, vm VM) error
+}
+
+// MetricsReporter is an optional VMM feature: resource use of a running VM.
+type MetricsReporter interface {
+	Metrics(ctx context.Context, vm VM) (Metrics, error)
+}
+
+// VM names a VM to control: the handle from its launch plan and the
+// process the core started from that plan (plan.Argv; for the qemu plugin
+// its launcher, whose child is QEMU). The core checks that PID is still
+// that process (PID reuse) before it calls; plugins may trust it.
+type VM struct {
+	Handle []byte
+	PID    int
+}
+
+// VMSpec is what the core asks a VMM to run.
+type VMSpec struct {
+	BoxID     string
+	VCPUs     int
+	MemoryMiB uint64
+	// Disks in guest order: the guest sees them as vda, vdb, ... (see
+	// package guestboot): the image's read-only root disk first, then the
+	// box's writable disk, then data disks.
+	Disks   []DiskSpec
+	Network NetworkSpec
+	// RunDir is a directory owned by this VM for sockets, logs and other
+	// runtime files. It exists when Plan is called. Keep socket paths in it
+	// short: unix socket paths are limited to 107 bytes.
+	RunDir string
+	// KernelArgs is the guest boot contract rendered by the core (package
+	// guestboot): append it to the guest kernel's command line as it is.
+	KernelArgs []string
+	// Sandbox says how to confine the hypervisor process.
+	Sandbox Sandbox
+}
+
+// DiskRole says what a disk is to the guest.
+type DiskRole int
+
+const (
+	DiskRoleUnspecified DiskRole = iota
+	// DiskRoleImage is the image's read-only root filesystem.
+	DiskRoleImage
+	// DiskRoleWritable is the box's writable disk.
+	DiskRoleWritable
+	// DiskRoleData is a further disk (a volume).
+	DiskRoleData
+)
+
+func (r DiskRole) String() string {
+	switch r {
+	case DiskRoleImage:
+		return "image"
+	case DiskRoleWritable:
+		return "writable"
+	case DiskRoleData:
+		return "data"
+	}
+	return "unspecified"
+}
+
+// DiskSpec is one disk of a VM.
+type DiskSpec struct {
+	Path string
+	// Format is "raw" or "qcow2".
+	Format   string
+	Role     DiskRole
+	ReadOnly bool
+	// BackingChain lists the backing files below Path, nearest first, as
+	// validated by the core (each lies inside its plugin's store). Open
+	// exactly these, read-only, with these formats; a qcow2 file's own
+	// backing-file name must be ignored: it could name /etc/shadow.
+	BackingChain []ChainFile
+}
+
+// ChainFile is one backing file of a disk.
+type ChainFile struct {
+	Path   string
+	Format string
+}
+
+// NetworkMode is how a VM is networked.
+type NetworkMode int
+
+const (
+	// NetworkNone: no network device; the agent channel still works.
+	NetworkNone NetworkMode = iota
+	// NetworkUser: user-mode networking (NAT through the host), with the
+	// guest addresses of package guestboot; package usernet implements it.
+	NetworkUser
+)
+
+// NetworkSpec is a VM's network.
+type NetworkSpec struct {
+	Mode  NetworkMode
+	Ports []PortForward
+	// AllowHostLoopback: the host's loopback (through the gateway address)
+	// and the host's own addresses are reachable from the guest. Off by
+	// default: a service listening only on 127.0.0.1 must not be exposed to
+	// a box.
+	AllowHostLoopback bool
+}
+
+// PortForward publishes a guest port on the host.
+type PortForward struct {
+	// Protocol is "tcp" (the default when empty) or "udp".
+	Protocol string
+	// HostIP is the host address to listen on; "" means all.
+	HostIP    string
+	HostPort  uint16
+	GuestPort uint16
+}
+
+// Sandbox says how the hypervisor process is confined. The core sets UID
+// and GID only when it runs as root: then run the hypervisor as that
+// unprivileged user and hand it disk files as open descriptors. Unless
+// Disabled, also apply a syscall filter and no-new-privileges.
+type Sandbox struct {
+	Disabled bool
+	UID, GID uint32
+	// Cgroup is a cgroup v2 directory the core made with the box's memory
+	// and CPU limits; move the hypervisor into it. Empty when the host has
+	// no usable cgroup v2.
+	Cgroup string
+}
+
+// LaunchPlan is how to start a VM: the core starts Argv as a child of the
+// box's monitor.
+type LaunchPlan struct {
+	// Argv is the process to start; Argv[0] is an absolute path.
+	Argv []string
+	// Env is its complete environment (KEY=VALUE) and Dir its working
+	// directory.
+	Env []string
+	Dir string
+	// Handle is opaque to the core, which persists it and passes it back
+	// in VM. It must hold everything the plugin needs to find the VM again.
+	Handle []byte
+	// AgentSocket is a unix socket through which the guest agent is reached;
+	// it must accept several connections at once. It may appear after the
+	// process starts: the core polls it.
+	AgentSocket string
+	// ConsoleLog is the file the guest console is written to.
+	ConsoleLog string
+	// Notice is a one-line notice for the user (say, that KVM is not usable
+	// and TCG is used); may be empty.
+	Notice string
+	// StateFile, when set, is a file the plan's process keeps current with
+	// the VM's run state (see vmm.proto); the box monitor watches it.
+	StateFile string
+}
+
+// Metrics is a running VM's resource use.
+type Metrics struct {
+	// CPUUser and CPUSystem are the CPU time the VM process used.
+	CPUUser, CPUSystem time.Duration
+	// RSS is the VM process's resident memory in bytes.
+	RSS uint64
+	// Extra holds further plugin-specific numbers, e.g. "vcpus_halted".
+	Extra map[string]float64
 }
 
 type vmmPlugin struct {
 	plugin.NetRPCUnsupportedPlugin
 	impl VMM
+	life *lifecycles
 }
 
 func (p *vmmPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
-	pluginv1.RegisterVMMServer(s, &vmmServer{baseServer: baseServer{p.impl}, impl: p.impl})
+	pluginv1.RegisterVMMServer(s, &vmmServer{baseServer: newBaseServer(p.impl, p.life, vmmCapabilities), impl: p.impl})
 	return nil
 }
 
@@ -35,8 +213,27 @@ func (p *vmmPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, conn *gr
 	return NewVMMClient(conn), nil
 }
 
+// vmmCapabilities marks what impl proves by its optional interfaces.
+func vmmCapabilities(impl Plugin, c *Capabilities) {
+	if _, ok := impl.(Pauser); ok {
+		c.Pause = true
+	}
+	if _, ok := impl.(MetricsReporter); ok {
+		c.Metrics = true
+	}
+}
+
+// VMMClient is a VMM served by a plugin process. It has every optional
+// method; those the plugin lacks return ErrUnsupported (check the
+// plugin's Capabilities first).
+type VMMClient interface {
+	VMM
+	Pauser
+	MetricsReporter
+}
+
 // NewVMMClient returns a VMM that calls a plugin over conn.
-func NewVMMClient(conn grpc.ClientConnInterface) VMM {
+func NewVMMClient(conn grpc.ClientConnInterface) VMMClient {
 	c := pluginv1.NewVMMClient(conn)
 	return &vmmClient{baseClient: baseClient{c}, c: c}
 }
@@ -46,28 +243,40 @@ type vmmClient struct {
 	c pluginv1.VMMClient
 }
 
-func (v *vmmClient) Plan(ctx context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPlan, error) {
-	resp, err := call(ctx, v.c.Plan, &pluginv1.PlanRequest{Spec: spec})
-	return resp.GetPlan(), err
+func (v *vmmClient) Plan(ctx context.Context, spec VMSpec) (LaunchPlan, error) {
+	resp, err := call(ctx, v.c.Plan, &pluginv1.PlanRequest{Spec: specToProto(spec)})
+	if err != nil {
+		return LaunchPlan{}, err
+	}
+	return planFromProto(resp.GetPlan()), nil
 }
 
-func (v *vmmClient) Stop(ctx context.Context, req *pluginv1.StopRequest) error {
-	_, err := call(ctx, v.c.Stop, req)
+func (v *vmmClient) Stop(ctx context.Context, vm VM, force bool) error {
+	_, err := call(ctx, v.c.Stop, &pluginv1.StopRequest{Handle: vm.Handle, Pid: int64(vm.PID), Force: force})
 	return err
 }
 
-func (v *vmmClient) Pause(ctx context.Context, req *pluginv1.ControlRequest) error {
-	_, err := call(ctx, v.c.Pause, req)
+func (v *vmmClient) Pause(ctx context.Context, vm VM) error {
+	_, err := call(ctx, v.c.Pause, controlToProto(vm))
 	return err
 }
 
-func (v *vmmClient) Resume(ctx context.Context, req *pluginv1.ControlRequest) error {
-	_, err := call(ctx, v.c.Resume, req)
+func (v *vmmClient) Resume(ctx context.Context, vm VM) error {
+	_, err := call(ctx, v.c.Resume, controlToProto(vm))
 	return err
 }
 
-func (v *vmmClient) Metrics(ctx context.Context, req *pluginv1.ControlRequest) (*pluginv1.MetricsResponse, error) {
-	return call(ctx, v.c.Metrics, req)
+func (v *vmmClient) Metrics(ctx context.Context, vm VM) (Metrics, error) {
+	resp, err := call(ctx, v.c.Metrics, controlToProto(vm))
+	if err != nil {
+		return Metrics{}, err
+	}
+	return Metrics{
+		CPUUser:   time.Duration(resp.GetCpuUserNs()),
+		CPUSystem: time.Duration(resp.GetCpuSystemNs()),
+		RSS:       resp.GetRssBytes(),
+		Extra:     resp.GetExtra(),
+	}, nil
 }
 
 type vmmServer struct {
@@ -85,22 +294,128 @@ func (s *vmmServer) Configure(ctx context.Context, req *pluginv1.ConfigureReques
 }
 
 func (s *vmmServer) Plan(ctx context.Context, req *pluginv1.PlanRequest) (*pluginv1.PlanResponse, error) {
-	plan, err := s.impl.Plan(ctx, req.GetSpec())
-	return handle(&pluginv1.PlanResponse{Plan: plan}, err)
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	plan, err := s.impl.Plan(ctx, specFromProto(req.GetSpec()))
+	return handle(&pluginv1.PlanResponse{Plan: planToProto(plan)}, err)
 }
 
 func (s *vmmServer) Stop(ctx context.Context, req *pluginv1.StopRequest) (*pluginv1.StopResponse, error) {
-	return handle(&pluginv1.StopResponse{}, s.impl.Stop(ctx, req))
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	return handle(&pluginv1.StopResponse{}, s.impl.Stop(ctx, VM{Handle: req.GetHandle(), PID: int(req.GetPid())}, req.GetForce()))
 }
 
 func (s *vmmServer) Pause(ctx context.Context, req *pluginv1.ControlRequest) (*pluginv1.ControlResponse, error) {
-	return handle(&pluginv1.ControlResponse{}, s.impl.Pause(ctx, req))
+	p, err := s.pauser()
+	if err != nil {
+		return nil, err
+	}
+	return handle(&pluginv1.ControlResponse{}, p.Pause(ctx, controlFromProto(req)))
 }
 
 func (s *vmmServer) Resume(ctx context.Context, req *pluginv1.ControlRequest) (*pluginv1.ControlResponse, error) {
-	return handle(&pluginv1.ControlResponse{}, s.impl.Resume(ctx, req))
+	p, err := s.pauser()
+	if err != nil {
+		return nil, err
+	}
+	return handle(&pluginv1.ControlResponse{}, p.Resume(ctx, controlFromProto(req)))
+}
+
+func (s *vmmServer) pauser() (Pauser, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	p, ok := s.impl.(Pauser)
+	if !ok {
+		return nil, unsupported("Pause/Resume")
+	}
+	return p, nil
 }
 
 func (s *vmmServer) Metrics(ctx context.Context, req *pluginv1.ControlRequest) (*pluginv1.MetricsResponse, error) {
-	return handle(s.impl.Metrics(ctx, req))
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	m, ok := s.impl.(MetricsReporter)
+	if !ok {
+		return nil, unsupported("Metrics")
+	}
+	res, err := m.Metrics(ctx, controlFromProto(req))
+	return handle(&pluginv1.MetricsResponse{
+		CpuUserNs: uint64(res.CPUUser), CpuSystemNs: uint64(res.CPUSystem), RssBytes: res.RSS, Extra: res.Extra,
+	}, err)
+}
+
+func controlToProto(vm VM) *pluginv1.ControlRequest {
+	return &pluginv1.ControlRequest{Handle: vm.Handle, Pid: int64(vm.PID)}
+}
+
+func controlFromProto(r *pluginv1.ControlRequest) VM {
+	return VM{Handle: r.GetHandle(), PID: int(r.GetPid())}
+}
+
+func specToProto(s VMSpec) *pluginv1.VMSpec {
+	out := &pluginv1.VMSpec{
+		BoxId: s.BoxID, Vcpus: uint32(s.VCPUs), MemoryMib: s.MemoryMiB, RunDir: s.RunDir, KernelArgs: s.KernelArgs,
+		Network: &pluginv1.NetworkSpec{AllowHostLoopback: s.Network.AllowHostLoopback},
+		Sandbox: &pluginv1.Sandbox{Disabled: s.Sandbox.Disabled, Uid: s.Sandbox.UID, Gid: s.Sandbox.GID, Cgroup: s.Sandbox.Cgroup},
+	}
+	switch s.Network.Mode {
+	case NetworkUser:
+		out.Network.Mode = pluginv1.NetworkSpec_MODE_USER
+	default:
+		out.Network.Mode = pluginv1.NetworkSpec_MODE_NONE
+	}
+	for _, p := range s.Network.Ports {
+		out.Network.Ports = append(out.Network.Ports, &pluginv1.PortForward{Protocol: p.Protocol, HostIp: p.HostIP, HostPort: uint32(p.HostPort), GuestPort: uint32(p.GuestPort)})
+	}
+	for _, d := range s.Disks {
+		pd := &pluginv1.DiskSpec{Path: d.Path, Format: d.Format, Role: pluginv1.DiskRole(d.Role), ReadOnly: d.ReadOnly}
+		for _, c := range d.BackingChain {
+			pd.BackingChain = append(pd.BackingChain, &pluginv1.ChainFile{Path: c.Path, Format: c.Format})
+		}
+		out.Disks = append(out.Disks, pd)
+	}
+	return out
+}
+
+func specFromProto(p *pluginv1.VMSpec) VMSpec {
+	s := VMSpec{
+		BoxID: p.GetBoxId(), VCPUs: int(p.GetVcpus()), MemoryMiB: p.GetMemoryMib(), RunDir: p.GetRunDir(), KernelArgs: p.GetKernelArgs(),
+		Network: NetworkSpec{AllowHostLoopback: p.GetNetwork().GetAllowHostLoopback()},
+	}
+	if sb := p.GetSandbox(); sb != nil {
+		s.Sandbox = Sandbox{Disabled: sb.GetDisabled(), UID: sb.GetUid(), GID: sb.GetGid(), Cgroup: sb.GetCgroup()}
+	}
+	if p.GetNetwork().GetMode() == pluginv1.NetworkSpec_MODE_USER {
+		s.Network.Mode = NetworkUser
+	}
+	for _, pf := range p.GetNetwork().GetPorts() {
+		s.Network.Ports = append(s.Network.Ports, PortForward{Protocol: pf.GetProtocol(), HostIP: pf.GetHostIp(), HostPort: uint16(pf.GetHostPort()), GuestPort: uint16(pf.GetGuestPort())})
+	}
+	for _, d := range p.GetDisks() {
+		ds := DiskSpec{Path: d.GetPath(), Format: d.GetFormat(), Role: DiskRole(d.GetRole()), ReadOnly: d.GetReadOnly()}
+		for _, c := range d.GetBackingChain() {
+			ds.BackingChain = append(ds.BackingChain, ChainFile{Path: c.GetPath(), Format: c.GetFormat()})
+		}
+		s.Disks = append(s.Disks, ds)
+	}
+	return s
+}
+
+func planToProto(p LaunchPlan) *pluginv1.LaunchPlan {
+	return &pluginv1.LaunchPlan{
+		Argv: p.Argv, Env: p.Env, Dir: p.Dir, Handle: p.Handle, AgentSocket: p.AgentSocket,
+		ConsoleLog: p.ConsoleLog, Notice: p.Notice, StateFile: p.StateFile,
+	}
+}
+
+func planFromProto(p *pluginv1.LaunchPlan) LaunchPlan {
+	return LaunchPlan{
+		Argv: p.GetArgv(), Env: p.GetEnv(), Dir: p.GetDir(), Handle: p.GetHandle(), AgentSocket: p.GetAgentSocket(),
+		ConsoleLog: p.GetConsoleLog(), Notice: p.GetNotice(), StateFile: p.GetStateFile(),
+	}
 }

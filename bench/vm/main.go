@@ -37,7 +37,7 @@ import (
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core"
 	"github.com/boxctl/boxctl/guest/agentclient"
-	"github.com/boxctl/boxctl/guest/hostmux"
+	"github.com/boxctl/boxctl/sdk/agentmux"
 	"github.com/boxctl/boxctl/test/images/busybox"
 )
 
@@ -265,7 +265,7 @@ func bareBoots(ctx context.Context, boxDir, tmp string, n int) ([]time.Duration,
 			return nil, err
 		}
 		mctx, cancel := context.WithCancel(ctx)
-		mux := hostmux.New(hostmux.UnixDialer(serial), agent, hostmux.Options{})
+		mux := agentmux.New(agentmux.UnixDialer(serial), agent, agentmux.Options{})
 		go func() { _ = mux.Run(mctx) }()
 		c, err := agentclient.Dial(ctx, agent)
 		if err == nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,6 +16,8 @@ import (
 	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+
+	"github.com/boxctl/boxctl/sdk/guestboot"
 )
 
 // Paths inside the guest's initramfs.
@@ -28,101 +29,13 @@ const (
 	generatedEtc = runDir + "/etc"   // hostname, hosts, resolv.conf bind-mounted into the box
 )
 
-// BootConfig is what the agent reads from the kernel command line (boxctl.* parameters).
-type BootConfig struct {
-	// RootDev is the image's read-only root disk (boxctl.root=, default "vda"; a name under
-	// /dev or an absolute path).
-	RootDev string
-	// RootFSType is its filesystem (boxctl.rootfstype=, default "ext4").
-	RootFSType string
-	// DataDev is the box's writable disk (boxctl.data=, default "vdb"); "none" keeps the
-	// overlay's upper layer in memory (nothing persists).
-	DataDev string
-	// DataFSType is its filesystem (boxctl.datafstype=, default "ext4").
-	DataFSType string
-	// Hostname is the guest's host name (boxctl.hostname=, default "box").
-	Hostname string
-	// DNS servers written to the box's /etc/resolv.conf (boxctl.dns=IP[,IP...]); when empty
-	// the image's resolv.conf is left alone.
-	DNS []string
-	// VsockPort is the vsock port the agent listens on when /dev/vsock exists
-	// (boxctl.vsock_port=, default 1024).
-	VsockPort uint32
-	// SerialPort is the name of the virtio-serial port (boxctl.serial=, default
-	// "boxctl.agent"); "none" disables the serial transport.
-	SerialPort string
-	// Debug turns on verbose logging (boxctl.debug=1).
-	Debug bool
-	// Addr and Gateway configure the first ethernet interface
-	// (boxctl.ip=ADDR/PREFIX, boxctl.gw=ADDR); without Addr the VM has
-	// only loopback.
-	Addr    netip.Prefix
-	Gateway netip.Addr
-}
+// BootConfig is what the agent reads from the kernel command line: the
+// guest boot contract of package sdk/guestboot.
+type BootConfig = guestboot.Config
 
 // ParseCmdline reads the boxctl.* parameters of a kernel command line; unknown ones are
 // returned as warnings, not errors, so an older agent boots with a newer host.
-func ParseCmdline(cmdline string) (BootConfig, []string) {
-	c := BootConfig{
-		RootDev: "vda", RootFSType: "ext4", DataDev: "vdb", DataFSType: "ext4",
-		Hostname: "box", VsockPort: 1024, SerialPort: "boxctl.agent",
-	}
-	var warnings []string
-	for _, f := range strings.Fields(cmdline) {
-		key, val, _ := strings.Cut(f, "=")
-		name, ok := strings.CutPrefix(key, "boxctl.")
-		if !ok {
-			continue
-		}
-		switch name {
-		case "root":
-			c.RootDev = val
-		case "rootfstype":
-			c.RootFSType = val
-		case "data":
-			c.DataDev = val
-		case "datafstype":
-			c.DataFSType = val
-		case "hostname":
-			c.Hostname = val
-		case "dns":
-			c.DNS = nil
-			for _, s := range strings.Split(val, ",") {
-				if s != "" {
-					c.DNS = append(c.DNS, s)
-				}
-			}
-		case "vsock_port":
-			p, err := strconv.ParseUint(val, 10, 32)
-			if err != nil {
-				warnings = append(warnings, fmt.Sprintf("ignoring %s: not a port number", f))
-				continue
-			}
-			c.VsockPort = uint32(p)
-		case "serial":
-			c.SerialPort = val
-		case "debug":
-			c.Debug = val == "" || val == "1" || val == "true"
-		case "ip":
-			pfx, err := netip.ParsePrefix(val)
-			if err != nil || !pfx.Addr().Is4() {
-				warnings = append(warnings, fmt.Sprintf("ignoring %s: not an IPv4 ADDR/PREFIX", f))
-				continue
-			}
-			c.Addr = pfx
-		case "gw":
-			a, err := netip.ParseAddr(val)
-			if err != nil || !a.Is4() {
-				warnings = append(warnings, fmt.Sprintf("ignoring %s: not an IPv4 address", f))
-				continue
-			}
-			c.Gateway = a
-		default:
-			warnings = append(warnings, fmt.Sprintf("ignoring unknown parameter %s", f))
-		}
-	}
-	return c, warnings
-}
+func ParseCmdline(cmdline string) (BootConfig, []string) { return guestboot.Parse(cmdline) }
 
 func devPath(dev string) string {
 	if strings.HasPrefix(dev, "/") {

@@ -15,7 +15,7 @@ import (
 	"github.com/hashicorp/yamux"
 	"google.golang.org/grpc"
 
-	"github.com/boxctl/boxctl/guest/internal/handshake"
+	"github.com/boxctl/boxctl/sdk/agentmux/handshake"
 )
 
 // SerialConn is the agent's end of the serial byte pipe.
@@ -36,7 +36,7 @@ func OpenDevice(path string) SerialOpener {
 }
 
 // ServeSerial serves s over the serial pipe that open returns, one yamux session at a time
-// (the host side is a yamux client: see guest/hostmux), until ctx ends.
+// (the host side is a yamux client: see sdk/agentmux), until ctx ends.
 //
 // Each session starts with the handshake (package handshake). When the session ends —
 // the host disconnected (EOF), the host sent garbage, the pipe failed — the pipe is closed,

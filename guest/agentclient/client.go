@@ -1,5 +1,5 @@
 // Package agentclient is the host's client for the guest agent (boxctl.agent.v1): it dials
-// the unix socket that reaches a box's agent (hostmux's agent.sock for QEMU, libkrun's vsock
+// the unix socket that reaches a box's agent (agentmux's agent.sock for QEMU, libkrun's vsock
 // socket) and wraps the gRPC calls in plain Go types for the core.
 package agentclient
 

@@ -111,7 +111,7 @@ func BenchmarkBoot(b *testing.B) {
 	}
 }
 
-// BenchmarkExecRoundTrip measures one Exec of `true` (start to exit status) through hostmux
+// BenchmarkExecRoundTrip measures one Exec of `true` (start to exit status) through agentmux
 // and virtio-serial on a running VM.
 func BenchmarkExecRoundTrip(b *testing.B) {
 	ctx := context.Background()

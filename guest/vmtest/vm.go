@@ -1,7 +1,7 @@
 // Package vmtest boots the boxctl guest (build/guest: kernel + initramfs with the agent) in
 // a real QEMU VM for tests and benchmarks: it builds the guest if needed, makes the disks a
 // box has (a read-only ext4 image root and a qcow2 writable disk over blank ext4), starts
-// QEMU with the agent's virtio-serial port, and connects through hostmux and agentclient.
+// QEMU with the agent's virtio-serial port, and connects through agentmux and agentclient.
 //
 // It is test support, not product code: the QEMU VMM plugin owns the real command line.
 // QEMUArgs documents the one measured fastest under TCG here.
@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"github.com/boxctl/boxctl/guest/agentclient"
-	"github.com/boxctl/boxctl/guest/hostmux"
+	"github.com/boxctl/boxctl/sdk/agentmux"
 	"github.com/boxctl/boxctl/test/images/busybox"
 )
 
@@ -208,11 +208,11 @@ func QEMUArgs(cfg Config) []string {
 	return append(args, cfg.ExtraArgs...)
 }
 
-// VM is a running QEMU with a hostmux in front of the agent.
+// VM is a running QEMU with a agentmux in front of the agent.
 type VM struct {
 	Config
 	Started time.Time
-	// AgentSocket is hostmux's socket; Client is connected to it.
+	// AgentSocket is agentmux's socket; Client is connected to it.
 	AgentSocket string
 	Client      *agentclient.Client
 
@@ -225,7 +225,7 @@ type VM struct {
 	stopOnce  sync.Once
 }
 
-// Boot starts QEMU and the hostmux for cfg; it does not wait for the agent (see
+// Boot starts QEMU and the agentmux for cfg; it does not wait for the agent (see
 // Client.WaitReady).
 func Boot(cfg Config) (*VM, error) {
 	if err := need("qemu-system-x86_64"); err != nil {
@@ -249,11 +249,11 @@ func Boot(cfg Config) (*VM, error) {
 	return vm, nil
 }
 
-// startMux (re)starts the hostmux and the client, as the monitor would after a restart.
+// startMux (re)starts the agentmux and the client, as the monitor would after a restart.
 func (vm *VM) startMux() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	mux := hostmux.New(hostmux.UnixDialer(filepath.Join(vm.Dir, "serial.sock")), vm.AgentSocket, hostmux.Options{Logger: log})
+	mux := agentmux.New(agentmux.UnixDialer(filepath.Join(vm.Dir, "serial.sock")), vm.AgentSocket, agentmux.Options{Logger: log})
 	l, err := listenUnix(vm.AgentSocket)
 	if err != nil {
 		cancel()
@@ -274,7 +274,7 @@ func (vm *VM) startMux() error {
 	return nil
 }
 
-// RestartMux stops the hostmux and the client and starts new ones on the same VM (a host
+// RestartMux stops the agentmux and the client and starts new ones on the same VM (a host
 // reconnecting to a running guest).
 func (vm *VM) RestartMux() error {
 	vm.stopMux()
@@ -304,7 +304,7 @@ func (vm *VM) Wait(ctx context.Context) error {
 	}
 }
 
-// Kill stops QEMU (if still running) and the hostmux.
+// Kill stops QEMU (if still running) and the agentmux.
 func (vm *VM) Kill() {
 	vm.stopOnce.Do(func() {
 		if vm.cmd.Process != nil {

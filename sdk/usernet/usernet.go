@@ -21,14 +21,18 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/boxctl/boxctl/sdk"
+	"github.com/boxctl/boxctl/sdk/guestboot"
 )
 
-// The guest-visible addresses (QEMU slirp's layout).
+// The guest-visible addresses: the guest boot contract's (QEMU slirp's
+// layout).
 var (
-	Subnet      = netip.MustParsePrefix("10.0.2.0/24")
-	GatewayAddr = netip.MustParseAddr("10.0.2.2")
-	DNSAddr     = netip.MustParseAddr("10.0.2.3")
-	GuestAddr   = netip.MustParseAddr("10.0.2.15")
+	Subnet      = guestboot.Subnet
+	GatewayAddr = guestboot.GatewayAddr
+	DNSAddr     = guestboot.DNSAddr
+	GuestAddr   = guestboot.GuestAddr
 )
 
 // MTU is the guest link's IP MTU.
@@ -65,13 +69,10 @@ var ErrPortInUse = errors.New("host port already in use")
 // served.
 var ErrClosed = errors.New("usernet: network closed or already served")
 
-// PortForward forwards HostIP:HostPort on the host to GuestPort on the guest.
-type PortForward struct {
-	Protocol  string // "tcp" (also when empty) or "udp"
-	HostIP    string // empty: every host address, IPv4 and IPv6
-	HostPort  uint16
-	GuestPort uint16
-}
+// PortForward forwards HostIP:HostPort on the host to GuestPort on the
+// guest: the VM spec's (Protocol "tcp" also when empty; HostIP empty means
+// every host address, IPv4 and IPv6).
+type PortForward = sdk.PortForward
 
 // Config configures a Network.
 type Config struct {

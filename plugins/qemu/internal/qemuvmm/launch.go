@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/boxctl/boxctl/guest/hostmux"
+	"github.com/boxctl/boxctl/sdk/agentmux"
 	"github.com/boxctl/boxctl/sdk/usernet"
 )
 
@@ -140,7 +140,7 @@ func Launch(cfgFile string, stderr io.Writer) int {
 			}
 		}()
 	}
-	mux := hostmux.New(hostmux.UnixDialer(lc.SerialSock), lc.AgentSock, hostmux.Options{Logger: log})
+	mux := agentmux.New(agentmux.UnixDialer(lc.SerialSock), lc.AgentSock, agentmux.Options{Logger: log})
 	muxDone := make(chan error, 1)
 	go func() { muxDone <- mux.Run(ctx) }()
 

@@ -4,7 +4,7 @@
 //
 // The launcher (`boxctl-plugin-qemu launch FILE`) is the process the box
 // monitor starts. It starts QEMU as its child and runs the agent channel
-// multiplexer (guest/hostmux): QEMU exposes the guest agent's virtio-serial
+// multiplexer (sdk/agentmux): QEMU exposes the guest agent's virtio-serial
 // port as a single byte pipe, and the launcher turns it into agent.sock,
 // which accepts any number of connections.
 package qemuvmm

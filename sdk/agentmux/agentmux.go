@@ -1,6 +1,9 @@
-// Package hostmux owns the host end of the virtio-serial agent channel: it turns the single
-// byte pipe QEMU exposes for the guest's "boxctl.agent" port into a unix socket that accepts
-// any number of connections, each carried as one yamux stream to the guest agent.
+// Package agentmux owns the host end of the guest agent's virtio-serial channel: it turns
+// the single byte pipe a VMM exposes for the guest's "boxctl.agent" port (guestboot.SerialPort)
+// into a unix socket that accepts any number of connections, each carried as one yamux stream
+// to the guest agent. A VMM plugin whose hypervisor has no vsock runs a Mux next to the VM
+// and names its socket as LaunchPlan.AgentSocket; the protocol on the pipe (the handshake in
+// package agentmux/handshake, then yamux) is part of the guest boot contract.
 //
 // QEMU side:
 //
@@ -8,7 +11,7 @@
 //	-device virtio-serial-pci
 //	-device virtserialport,chardev=agent,name=boxctl.agent
 //
-// A Mux connects to SERIAL.sock as the client, runs the handshake (guest/internal/handshake)
+// A Mux connects to SERIAL.sock as the client, runs the handshake (agentmux/handshake)
 // and a yamux client session, and listens on agent.sock. Whoever dials agent.sock (the core,
 // with agentclient) speaks gRPC to the agent as if connected directly.
 //
@@ -16,7 +19,7 @@
 // the session instead of failing: a client polling Ping gets its answer as soon as the agent
 // is up. When the session breaks (QEMU gone, guest rebooted, agent restarted) the open
 // streams end and the Mux reconnects and handshakes again; new connections wait for that.
-package hostmux
+package agentmux
 
 import (
 	"context"
@@ -32,11 +35,11 @@ import (
 
 	"github.com/hashicorp/yamux"
 
-	"github.com/boxctl/boxctl/guest/internal/handshake"
+	"github.com/boxctl/boxctl/sdk/agentmux/handshake"
 )
 
 // ErrNoSession is returned by WaitSession when the context ends before a session exists.
-var ErrNoSession = errors.New("hostmux: no session with the guest agent")
+var ErrNoSession = errors.New("agentmux: no session with the guest agent")
 
 // Dialer opens the byte pipe to the guest (QEMU's chardev socket, or anything else in tests).
 type Dialer func(ctx context.Context) (net.Conn, error)
@@ -98,7 +101,7 @@ func (m *Mux) Run(ctx context.Context) error {
 	}
 	l, err := net.Listen("unix", m.socketPath)
 	if err != nil {
-		return fmt.Errorf("hostmux: listen on %s: %w", m.socketPath, err)
+		return fmt.Errorf("agentmux: listen on %s: %w", m.socketPath, err)
 	}
 	return m.Serve(ctx, l)
 }
@@ -169,7 +172,7 @@ func (m *Mux) sessions(ctx context.Context) {
 			return
 		}
 		if err != nil {
-			m.log.Debug("hostmux: no session", "err", err)
+			m.log.Debug("agentmux: no session", "err", err)
 			select {
 			case <-ctx.Done():
 				return
@@ -204,11 +207,11 @@ func (m *Mux) session1(ctx context.Context) error {
 		conn.Close()
 		return fmt.Errorf("yamux: %w", err)
 	}
-	m.log.Debug("hostmux: session with the guest agent established")
+	m.log.Debug("agentmux: session with the guest agent established")
 	m.setSession(sess)
 	select {
 	case <-sess.CloseChan():
-		m.log.Debug("hostmux: session ended")
+		m.log.Debug("agentmux: session ended")
 	case <-ctx.Done():
 	}
 	m.setSession(nil)
@@ -229,7 +232,7 @@ func (m *Mux) accept(ctx context.Context, l net.Listener) {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			m.log.Error("hostmux: accept", "err", err)
+			m.log.Error("agentmux: accept", "err", err)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
@@ -248,12 +251,12 @@ func (m *Mux) proxy(ctx context.Context, c net.Conn) {
 	sess, err := m.current(wctx)
 	cancel()
 	if err != nil {
-		m.log.Debug("hostmux: dropping connection", "err", err)
+		m.log.Debug("agentmux: dropping connection", "err", err)
 		return
 	}
 	st, err := sess.OpenStream()
 	if err != nil {
-		m.log.Debug("hostmux: open stream", "err", err)
+		m.log.Debug("agentmux: open stream", "err", err)
 		return
 	}
 	defer st.Close()

@@ -1,4 +1,4 @@
-package hostmux_test
+package agentmux_test
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 
 	"github.com/boxctl/boxctl/guest/agent"
 	"github.com/boxctl/boxctl/guest/agentclient"
-	"github.com/boxctl/boxctl/guest/hostmux"
+	"github.com/boxctl/boxctl/sdk/agentmux"
 )
 
 // fakeSerialPort stands in for QEMU's virtio-serial chardev (the real one is exercised by
@@ -135,10 +135,10 @@ func startGuest(t *testing.T, port *fakeSerialPort, version string) (stop func()
 	return stop
 }
 
-func startMux(t *testing.T, port *fakeSerialPort, opts hostmux.Options) (sock string, m *hostmux.Mux, stop func()) {
+func startMux(t *testing.T, port *fakeSerialPort, opts agentmux.Options) (sock string, m *agentmux.Mux, stop func()) {
 	t.Helper()
 	sock = filepath.Join(t.TempDir(), "agent.sock")
-	m = hostmux.New(port.dial, sock, opts)
+	m = agentmux.New(port.dial, sock, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
@@ -190,7 +190,7 @@ func ping(t *testing.T, c *agentclient.Client) string {
 func TestManyClientsAtOnce(t *testing.T) {
 	port := newFakeSerialPort()
 	startGuest(t, port, "v1")
-	sock, _, _ := startMux(t, port, hostmux.Options{})
+	sock, _, _ := startMux(t, port, agentmux.Options{})
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 40)
@@ -220,12 +220,12 @@ func TestManyClientsAtOnce(t *testing.T) {
 
 func TestConnectionsWaitForTheGuest(t *testing.T) {
 	port := newFakeSerialPort()
-	sock, m, _ := startMux(t, port, hostmux.Options{HandshakeResend: 20 * time.Millisecond})
+	sock, m, _ := startMux(t, port, agentmux.Options{HandshakeResend: 20 * time.Millisecond})
 	c := dial(t, sock)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if err := m.WaitSession(ctx); !errors.Is(err, hostmux.ErrNoSession) {
+	if err := m.WaitSession(ctx); !errors.Is(err, agentmux.ErrNoSession) {
 		t.Errorf("WaitSession without a guest: %v", err)
 	}
 
@@ -241,13 +241,13 @@ func TestConnectionsWaitForTheGuest(t *testing.T) {
 func TestHostReconnects(t *testing.T) {
 	port := newFakeSerialPort()
 	startGuest(t, port, "v1")
-	sock, _, stopMux := startMux(t, port, hostmux.Options{})
+	sock, _, stopMux := startMux(t, port, agentmux.Options{})
 	if v := ping(t, dial(t, sock)); v != "v1" {
 		t.Fatalf("version %q", v)
 	}
 	// The monitor (and its mux) goes away and a new one connects to the same guest.
 	stopMux()
-	sock2, _, _ := startMux(t, port, hostmux.Options{})
+	sock2, _, _ := startMux(t, port, agentmux.Options{})
 	if v := ping(t, dial(t, sock2)); v != "v1" {
 		t.Errorf("after reconnect: version %q", v)
 	}
@@ -256,7 +256,7 @@ func TestHostReconnects(t *testing.T) {
 func TestGuestRestarts(t *testing.T) {
 	port := newFakeSerialPort()
 	stopGuest := startGuest(t, port, "v1")
-	sock, _, _ := startMux(t, port, hostmux.Options{HandshakeResend: 20 * time.Millisecond})
+	sock, _, _ := startMux(t, port, agentmux.Options{HandshakeResend: 20 * time.Millisecond})
 	c := dial(t, sock)
 	if v := ping(t, c); v != "v1" {
 		t.Fatalf("version %q", v)

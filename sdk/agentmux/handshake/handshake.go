@@ -2,7 +2,7 @@
 // virtio-serial agent port.
 //
 // A virtio-serial port is one byte pipe that outlives both of its users: the host side
-// (hostmux) may reconnect, and the guest may reboot, while the other side still holds bytes
+// (agentmux) may reconnect, and the guest may reboot, while the other side still holds bytes
 // of an old session. Before yamux starts, the host sends a line with a fresh nonce and the
 // guest answers with the same nonce; each side discards whatever else it reads until then,
 // so stale bytes never reach a new yamux session. The guest also announces itself with a

@@ -1,0 +1,202 @@
+// Package guestboot is the guest boot contract: what a VMM gives the boxctl
+// guest so that its agent (PID 1 of every box VM) finds its disks, its
+// network and its channel to the host. The core renders it into
+// VMSpec.KernelArgs; a VMM plugin appends those arguments to the guest
+// kernel's command line unchanged and keeps the rest of the contract:
+//
+//   - Disks: the spec's disks appear in the guest in spec order as virtio
+//     block devices vda, vdb, ... (DeviceName): the image's read-only root
+//     filesystem first, the box's writable disk second, data disks after.
+//   - Agent channel: either a virtio-serial port named SerialPort ("boxctl.agent"),
+//     whose host end speaks the protocol of package sdk/agentmux (a Mux turns
+//     it into the plan's agent socket), or a vsock port (VsockPort, 1024 by
+//     default) the VMM maps to the plan's agent socket.
+//   - Network: with NetworkUser the guest is GuestAddr in Subnet, with
+//     GatewayAddr as its gateway and DNSAddr as its resolver (QEMU slirp's
+//     layout, which package sdk/usernet serves).
+//   - Console: the guest kernel's console goes to the plan's console log
+//     (console=ttyS0 on x86 QEMU; the VMM chooses the device).
+//
+// The agent parses the same keys with Parse; unknown boxctl.* keys are
+// warnings there, so an older agent boots with a newer host.
+package guestboot
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Kernel command-line keys.
+const (
+	KeyRoot       = "boxctl.root"       // device of the image's read-only root filesystem
+	KeyRootFSType = "boxctl.rootfstype" // its filesystem
+	KeyData       = "boxctl.data"       // device of the box's writable disk ("none": in memory)
+	KeyDataFSType = "boxctl.datafstype" // its filesystem
+	KeyHostname   = "boxctl.hostname"   // the guest's host name
+	KeyDNS        = "boxctl.dns"        // resolvers for the box's resolv.conf, comma separated
+	KeyVsockPort  = "boxctl.vsock_port" // vsock port the agent listens on
+	KeySerial     = "boxctl.serial"     // name of the agent's virtio-serial port ("none": off)
+	KeyDebug      = "boxctl.debug"      // verbose agent logging
+	KeyIP         = "boxctl.ip"         // the first NIC's ADDR/PREFIX
+	KeyGateway    = "boxctl.gw"         // its default gateway
+)
+
+// Defaults of the contract.
+const (
+	// SerialPort is the name of the agent's virtio-serial port.
+	SerialPort = "boxctl.agent"
+	// VsockPort is the vsock port the agent listens on.
+	VsockPort = 1024
+	// Hostname is the guest's host name when none is given.
+	Hostname = "box"
+	// FSType is the filesystem of the root and writable disks.
+	FSType = "ext4"
+)
+
+// The user-mode network's addresses (QEMU slirp's layout).
+var (
+	Subnet      = netip.MustParsePrefix("10.0.2.0/24")
+	GuestAddr   = netip.MustParseAddr("10.0.2.15")
+	GatewayAddr = netip.MustParseAddr("10.0.2.2")
+	DNSAddr     = netip.MustParseAddr("10.0.2.3")
+)
+
+// DeviceName is the guest device name of the i-th disk of a VM spec: vda,
+// vdb, ... vdz.
+func DeviceName(i int) (string, error) {
+	if i < 0 || i >= 26 {
+		return "", fmt.Errorf("disk %d: a VM has at most 26 disks", i)
+	}
+	return "vd" + string(rune('a'+i)), nil
+}
+
+// Config is what the guest agent reads from the kernel command line.
+type Config struct {
+	// RootDev is the image's read-only root disk: a name under /dev or an
+	// absolute path.
+	RootDev    string
+	RootFSType string
+	// DataDev is the box's writable disk; "none" keeps the overlay's upper
+	// layer in memory (nothing persists).
+	DataDev    string
+	DataFSType string
+	Hostname   string
+	// DNS servers written to the box's /etc/resolv.conf; when empty the
+	// image's resolv.conf is left alone.
+	DNS []string
+	// VsockPort is the vsock port the agent listens on when /dev/vsock exists.
+	VsockPort uint32
+	// SerialPort is the name of the virtio-serial port; "none" disables the
+	// serial transport.
+	SerialPort string
+	Debug      bool
+	// Addr and Gateway configure the first ethernet interface; without Addr
+	// the VM has only loopback.
+	Addr    netip.Prefix
+	Gateway netip.Addr
+}
+
+// Default is the configuration a guest assumes for keys not given.
+func Default() Config {
+	return Config{
+		RootDev: "vda", RootFSType: FSType, DataDev: "vdb", DataFSType: FSType,
+		Hostname: Hostname, VsockPort: VsockPort, SerialPort: SerialPort,
+	}
+}
+
+// UserNetwork sets the guest side of the user-mode network: the address,
+// gateway and resolver of package sdk/usernet (and QEMU's slirp).
+func (c *Config) UserNetwork() {
+	c.Addr = netip.PrefixFrom(GuestAddr, Subnet.Bits())
+	c.Gateway = GatewayAddr
+	c.DNS = []string{DNSAddr.String()}
+}
+
+// Args renders c as kernel command-line arguments. Every key is written,
+// so the guest never depends on its own defaults matching the host's.
+func (c Config) Args() []string {
+	args := []string{
+		KeyRoot + "=" + c.RootDev,
+		KeyRootFSType + "=" + c.RootFSType,
+		KeyData + "=" + c.DataDev,
+		KeyDataFSType + "=" + c.DataFSType,
+		KeyHostname + "=" + c.Hostname,
+		KeyVsockPort + "=" + strconv.FormatUint(uint64(c.VsockPort), 10),
+		KeySerial + "=" + c.SerialPort,
+	}
+	if len(c.DNS) > 0 {
+		args = append(args, KeyDNS+"="+strings.Join(c.DNS, ","))
+	}
+	if c.Addr.IsValid() {
+		args = append(args, KeyIP+"="+c.Addr.String())
+	}
+	if c.Gateway.IsValid() {
+		args = append(args, KeyGateway+"="+c.Gateway.String())
+	}
+	if c.Debug {
+		args = append(args, KeyDebug+"=1")
+	}
+	return args
+}
+
+// Parse reads the boxctl.* keys of a kernel command line over Default; later
+// keys win. Unknown or malformed keys are returned as warnings, not errors.
+func Parse(cmdline string) (Config, []string) {
+	c := Default()
+	var warnings []string
+	for _, f := range strings.Fields(cmdline) {
+		key, val, _ := strings.Cut(f, "=")
+		if !strings.HasPrefix(key, "boxctl.") {
+			continue
+		}
+		switch key {
+		case KeyRoot:
+			c.RootDev = val
+		case KeyRootFSType:
+			c.RootFSType = val
+		case KeyData:
+			c.DataDev = val
+		case KeyDataFSType:
+			c.DataFSType = val
+		case KeyHostname:
+			c.Hostname = val
+		case KeyDNS:
+			c.DNS = nil
+			for _, s := range strings.Split(val, ",") {
+				if s != "" {
+					c.DNS = append(c.DNS, s)
+				}
+			}
+		case KeyVsockPort:
+			p, err := strconv.ParseUint(val, 10, 32)
+			if err != nil {
+				warnings = append(warnings, fmt.Sprintf("ignoring %s: not a port number", f))
+				continue
+			}
+			c.VsockPort = uint32(p)
+		case KeySerial:
+			c.SerialPort = val
+		case KeyDebug:
+			c.Debug = val == "" || val == "1" || val == "true"
+		case KeyIP:
+			pfx, err := netip.ParsePrefix(val)
+			if err != nil || !pfx.Addr().Is4() {
+				warnings = append(warnings, fmt.Sprintf("ignoring %s: not an IPv4 ADDR/PREFIX", f))
+				continue
+			}
+			c.Addr = pfx
+		case KeyGateway:
+			a, err := netip.ParseAddr(val)
+			if err != nil || !a.Is4() {
+				warnings = append(warnings, fmt.Sprintf("ignoring %s: not an IPv4 address", f))
+				continue
+			}
+			c.Gateway = a
+		default:
+			warnings = append(warnings, fmt.Sprintf("ignoring unknown parameter %s", f))
+		}
+	}
+	return c, warnings
+}
