@@ -13,7 +13,6 @@ import (
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // BoxOptions are what Create takes: a name (optional; one is generated)
@@ -245,23 +244,18 @@ func (r *Runtime) checkStartable(ctx context.Context, b *model.Box) error {
 	if err := r.plugins.Ready(ctx, sdk.RoleVMM, sdk.RoleImages); err != nil {
 		return fmt.Errorf("create box: the box could never start: %w", err)
 	}
-	req := &pluginv1.PullRequest{Reference: b.Config.Image}
-	if b.Config.Platform != "" {
-		p, err := parsePlatform(b.Config.Platform)
-		if err != nil {
-			return fmt.Errorf("create box: %w", err)
-		}
-		req.Platform = p
+	req, err := pullRequest(b.Config.Image, b.Config.Platform)
+	if err != nil {
+		return fmt.Errorf("create box: %w", err)
 	}
 	images, err := r.plugins.Images(ctx)
 	if err != nil {
 		return fmt.Errorf("create box: image plugin: %w", err)
 	}
-	rc, ok := images.(sdk.ReferenceChecker)
-	if !ok {
-		return nil
+	if info, err := r.plugins.Info(ctx, sdk.RoleImages); err != nil || !info.Capabilities.CheckReferences {
+		return nil // plugins without the check are trusted until the first start
 	}
-	_, err = rc.CheckReference(ctx, req)
+	_, err = images.CheckReference(ctx, req)
 	image := b.Config.Image
 	if b.Config.Platform != "" {
 		image += " (platform " + b.Config.Platform + ")"
@@ -494,7 +488,7 @@ func (r *Runtime) Clone(ctx context.Context, srcRef string, opts BoxOptions) (*B
 	}
 	snaps, err := r.plugins.Snapshots(ctx)
 	if err == nil {
-		_, err = snaps.Clone(ctx, &pluginv1.CloneRequest{DiskId: src.DiskID, NewDiskId: b.DiskID})
+		_, err = snaps.Clone(ctx, sdk.CloneRequest{ID: src.DiskID, NewID: b.DiskID})
 	}
 	if err != nil {
 		_ = r.store.Update(context.WithoutCancel(ctx), func(tx *state.Tx) error { return tx.DeleteBox(b.ID) })

@@ -18,7 +18,7 @@ import (
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/guest/agentclient"
 	"github.com/boxctl/boxctl/guest/tarsafe"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk"
 )
 
 // TermSize is a terminal size.
@@ -339,7 +339,7 @@ func (r *Runtime) CopyOut(ctx context.Context, ref, src, dest string, opts CopyO
 type Stats struct {
 	Box   *model.Box
 	Guest *agentclient.Stats
-	VM    *pluginv1.MetricsResponse
+	VM    *sdk.Metrics
 	// CommandsExecuted counts the commands run in this box.
 	CommandsExecuted uint64
 }
@@ -369,8 +369,12 @@ func (r *Runtime) Stats(ctx context.Context, ref string) (*Stats, error) {
 			return nil, fmt.Errorf("stats of %s: %w", b.Name, err)
 		}
 	}
-	if vmm, err := r.plugins.VMM(ctx); err == nil {
-		st.VM, _ = vmm.Metrics(ctx, &pluginv1.ControlRequest{Handle: b.Run.Handle, Pid: int64(b.Run.VM.PID)})
+	if info, err := r.plugins.Info(ctx, sdk.RoleVMM); err == nil && info.Capabilities.Metrics {
+		if vmm, err := r.plugins.VMM(ctx); err == nil {
+			if m, err := vmm.Metrics(ctx, vmRef(b.Run)); err == nil {
+				st.VM = &m
+			}
+		}
 	}
 	_ = r.store.View(ctx, func(tx *state.Tx) error {
 		st.CommandsExecuted = tx.Counter(boxCommandsCounter(b.ID))

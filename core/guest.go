@@ -13,7 +13,6 @@ import (
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/guest/agentclient"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // imageBase is the base key under which boxes reference an image's root
@@ -23,12 +22,12 @@ func imageBase(digest string) string { return "image:" + digest }
 // prepareGuest readies the image's read-only root disk and the box's
 // writable disk, and adds them to the VM spec. A box that already ran keeps
 // the image it was created from (by digest) and its disk.
-func (r *Runtime) prepareGuest(ctx context.Context, b *model.Box, spec *pluginv1.VMSpec) error {
+func (r *Runtime) prepareGuest(ctx context.Context, b *model.Box, spec *sdk.VMSpec) error {
 	images, err := r.plugins.Images(ctx)
 	if err != nil {
 		return fmt.Errorf("image plugin: %w", err)
 	}
-	var img *pluginv1.Image
+	var img sdk.Image
 	if b.ImageDigest != "" {
 		img, err = images.GetImage(ctx, b.ImageDigest)
 		if errors.Is(err, sdk.ErrNotFound) {
@@ -40,7 +39,7 @@ func (r *Runtime) prepareGuest(ctx context.Context, b *model.Box, spec *pluginv1
 	if err != nil {
 		return err
 	}
-	root, err := images.RootDisk(ctx, img.GetDigest())
+	root, err := images.RootDisk(ctx, img.Digest)
 	if err != nil {
 		return fmt.Errorf("root disk of %s: %w", b.Config.Image, err)
 	}
@@ -48,14 +47,14 @@ func (r *Runtime) prepareGuest(ctx context.Context, b *model.Box, spec *pluginv1
 	if err != nil {
 		return fmt.Errorf("storage plugin: %w", err)
 	}
-	var disk *pluginv1.DiskInfo
+	var disk sdk.Disk
 	if b.DiskCreated {
 		disk, err = disks.GetDisk(ctx, b.DiskID)
 		if errors.Is(err, sdk.ErrNotFound) {
 			return fmt.Errorf("the writable disk of box %s is missing from the storage plugin (%w); its data is lost: remove the box", b.Name, err)
 		}
 	} else {
-		disk, err = disks.CreateDisk(ctx, &pluginv1.CreateDiskRequest{DiskId: b.DiskID, SizeBytes: b.Config.DiskSize, Filesystem: "ext4"})
+		disk, err = disks.CreateDisk(ctx, sdk.CreateDiskRequest{ID: b.DiskID, Size: b.Config.DiskSize, Filesystem: "ext4"})
 		if errors.Is(err, sdk.ErrAlreadyExists) {
 			// A start that died after creating the disk: adopt it.
 			disk, err = disks.GetDisk(ctx, b.DiskID)
@@ -64,22 +63,22 @@ func (r *Runtime) prepareGuest(ctx context.Context, b *model.Box, spec *pluginv1
 	if err != nil {
 		return fmt.Errorf("writable disk: %w", err)
 	}
-	cfg := img.GetConfig()
+	cfg := img.Config
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
 		cur, err := tx.Box(b.ID)
 		if err != nil {
 			return err
 		}
 		cur.DiskCreated = true
-		cur.ImageDigest = img.GetDigest()
+		cur.ImageDigest = img.Digest
 		cur.Image = &model.ImageConfig{
-			Entrypoint: cfg.GetEntrypoint(), Cmd: cfg.GetCmd(), Env: cfg.GetEnv(),
-			WorkingDir: cfg.GetWorkingDir(), User: cfg.GetUser(), StopSignal: cfg.GetStopSignal(),
+			Entrypoint: cfg.Entrypoint, Cmd: cfg.Cmd, Env: cfg.Env,
+			WorkingDir: cfg.WorkingDir, User: cfg.User, StopSignal: cfg.StopSignal,
 		}
 		if err := tx.PutBox(cur); err != nil {
 			return err
 		}
-		return tx.Ref(imageBase(img.GetDigest()), b.ID)
+		return tx.Ref(imageBase(img.Digest), b.ID)
 	})
 	if err != nil {
 		return err
@@ -87,17 +86,17 @@ func (r *Runtime) prepareGuest(ctx context.Context, b *model.Box, spec *pluginv1
 	// The VMM opens exactly these files (resolved, checked to lie in the
 	// store of the plugin that made them) and no backing-file name found
 	// inside them.
-	rootDisk, err := r.checkedDisk(b, r.cfg.Images, "image root disk", root.GetPath(), orString(root.GetFormat(), "raw"), nil)
+	rootDisk, err := r.checkedDisk(b, r.cfg.Images, "image root disk", root.Path, orString(root.Format, "raw"), nil)
 	if err != nil {
 		return err
 	}
-	rootDisk.Role, rootDisk.ReadOnly = pluginv1.DiskRole_DISK_ROLE_IMAGE, true
-	dataDisk, err := r.checkedDisk(b, r.cfg.Storage, "writable disk", disk.GetPath(), disk.GetFormat(), disk.GetBackingChain())
+	rootDisk.Role, rootDisk.ReadOnly = sdk.DiskRoleImage, true
+	dataDisk, err := r.checkedDisk(b, r.cfg.Storage, "writable disk", disk.Path, disk.Format, disk.BackingChain)
 	if err != nil {
 		return err
 	}
-	dataDisk.Role = pluginv1.DiskRole_DISK_ROLE_WRITABLE
-	spec.Disks = []*pluginv1.DiskSpec{rootDisk, dataDisk}
+	dataDisk.Role = sdk.DiskRoleWritable
+	spec.Disks = []sdk.DiskSpec{rootDisk, dataDisk}
 	return nil
 }
 
@@ -106,11 +105,11 @@ func (r *Runtime) prepareGuest(ctx context.Context, b *model.Box, spec *pluginv1
 // file inside that plugin's store (<home>/plugins-data/<plugin>): a disk
 // file's header can name any file on the host, /etc/shadow or another
 // user's disk, and a root boxctl would hand it to the VM.
-func (r *Runtime) checkedDisk(b *model.Box, plugin, what, path, format string, chain []*pluginv1.BackingFile) (*pluginv1.DiskSpec, error) {
+func (r *Runtime) checkedDisk(b *model.Box, plugin, what, path, format string, chain []sdk.BackingFile) (sdk.DiskSpec, error) {
 	store := filepath.Join(r.cfg.Home, "plugins-data", plugin)
 	realStore, err := filepath.EvalSymlinks(store)
 	if err != nil {
-		return nil, fmt.Errorf("box %s: the %s plugin's store %s: %w", b.Name, plugin, store, err)
+		return sdk.DiskSpec{}, fmt.Errorf("box %s: the %s plugin's store %s: %w", b.Name, plugin, store, err)
 	}
 	check := func(file, role string) (string, error) {
 		if !filepath.IsAbs(file) {
@@ -135,16 +134,16 @@ func (r *Runtime) checkedDisk(b *model.Box, plugin, what, path, format string, c
 	}
 	top, err := check(path, what)
 	if err != nil {
-		return nil, err
+		return sdk.DiskSpec{}, err
 	}
-	d := &pluginv1.DiskSpec{Path: top, Format: format}
+	d := sdk.DiskSpec{Path: top, Format: format}
 	above := top
 	for _, c := range chain {
-		real, err := check(c.GetPath(), "backing file of "+above)
+		real, err := check(c.Path, "backing file of "+above)
 		if err != nil {
-			return nil, err
+			return sdk.DiskSpec{}, err
 		}
-		d.BackingChain = append(d.BackingChain, &pluginv1.ChainFile{Path: real, Format: c.GetFormat()})
+		d.BackingChain = append(d.BackingChain, sdk.ChainFile{Path: real, Format: c.Format})
 		above = real
 	}
 	return d, nil
@@ -159,10 +158,10 @@ func orString(s, def string) string {
 
 // resolveImage returns the cached image for ref, pulling it when it is not
 // cached. progress may be nil.
-func (r *Runtime) resolveImage(ctx context.Context, ref, platform string, progress func(*pluginv1.PullEvent)) (*pluginv1.Image, error) {
+func (r *Runtime) resolveImage(ctx context.Context, ref, platform string, progress func(sdk.PullEvent)) (sdk.Image, error) {
 	images, err := r.plugins.Images(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("image plugin: %w", err)
+		return sdk.Image{}, fmt.Errorf("image plugin: %w", err)
 	}
 	if platform == "" {
 		img, err := images.GetImage(ctx, ref)
@@ -170,55 +169,52 @@ func (r *Runtime) resolveImage(ctx context.Context, ref, platform string, progre
 			return img, nil
 		}
 		if !errors.Is(err, sdk.ErrNotFound) {
-			return nil, err
+			return sdk.Image{}, err
 		}
 	}
 	return r.pull(ctx, images, ref, platform, progress)
 }
 
-func (r *Runtime) pull(ctx context.Context, images sdk.ImageSource, ref, platform string, progress func(*pluginv1.PullEvent)) (*pluginv1.Image, error) {
-	req := &pluginv1.PullRequest{Reference: ref}
-	if platform != "" {
-		p, err := parsePlatform(platform)
-		if err != nil {
-			return nil, err
-		}
-		req.Platform = p
+func (r *Runtime) pull(ctx context.Context, images sdk.ImageSource, ref, platform string, progress func(sdk.PullEvent)) (sdk.Image, error) {
+	req, err := pullRequest(ref, platform)
+	if err != nil {
+		return sdk.Image{}, err
 	}
 	img, err := images.Pull(ctx, req, progress)
 	if err != nil {
-		return nil, fmt.Errorf("pull %s: %w", ref, err)
+		return sdk.Image{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	return img, nil
 }
 
-func parsePlatform(s string) (*pluginv1.Platform, error) {
-	parts := strings.Split(s, "/")
-	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
-		return nil, fmt.Errorf("platform %q: use os/arch[/variant], e.g. linux/arm64: %w", s, ErrInvalidArgument)
+// pullRequest asks for ref on platform ("" for the host's).
+func pullRequest(ref, platform string) (sdk.PullRequest, error) {
+	req := sdk.PullRequest{Reference: ref}
+	if platform != "" {
+		p, err := sdk.ParsePlatform(platform)
+		if err != nil {
+			return sdk.PullRequest{}, err
+		}
+		req.Platform = &p
 	}
-	p := &pluginv1.Platform{Os: parts[0], Architecture: parts[1]}
-	if len(parts) == 3 {
-		p.Variant = parts[2]
-	}
-	return p, nil
+	return req, nil
 }
 
 // Pull pulls an image into the cache, reporting progress events.
-func (r *Runtime) Pull(ctx context.Context, ref, platform string, progress func(*pluginv1.PullEvent)) (*pluginv1.Image, error) {
+func (r *Runtime) Pull(ctx context.Context, ref, platform string, progress func(sdk.PullEvent)) (sdk.Image, error) {
 	if err := r.checkOpen(); err != nil {
-		return nil, err
+		return sdk.Image{}, err
 	}
 	images, err := r.plugins.Images(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("image plugin: %w", err)
+		return sdk.Image{}, fmt.Errorf("image plugin: %w", err)
 	}
 	return r.pull(ctx, images, ref, platform, progress)
 }
 
 // ImageInfo is a cached image and the boxes using it.
 type ImageInfo struct {
-	*pluginv1.Image
+	sdk.Image
 	UsedBy []string
 }
 
@@ -235,7 +231,7 @@ func (r *Runtime) Images(ctx context.Context) ([]ImageInfo, error) {
 	out := make([]ImageInfo, len(list))
 	err = r.store.View(ctx, func(tx *state.Tx) error {
 		for i, img := range list {
-			out[i] = ImageInfo{Image: img, UsedBy: tx.Refs(imageBase(img.GetDigest()))}
+			out[i] = ImageInfo{Image: img, UsedBy: tx.Refs(imageBase(img.Digest))}
 		}
 		return nil
 	})
@@ -244,55 +240,55 @@ func (r *Runtime) Images(ctx context.Context) ([]ImageInfo, error) {
 
 // RemoveImage removes a cached image (by reference or digest). It is
 // refused while a box uses the image, unless force.
-func (r *Runtime) RemoveImage(ctx context.Context, ref string, force bool) (*pluginv1.RemoveImageResponse, error) {
+func (r *Runtime) RemoveImage(ctx context.Context, ref string, force bool) (sdk.Removed, error) {
 	images, err := r.plugins.Images(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("image plugin: %w", err)
+		return sdk.Removed{}, fmt.Errorf("image plugin: %w", err)
 	}
 	img, err := images.GetImage(ctx, ref)
 	if err != nil {
-		return nil, err
+		return sdk.Removed{}, err
 	}
 	var users []string
 	if err := r.store.View(ctx, func(tx *state.Tx) error {
-		for _, id := range tx.Refs(imageBase(img.GetDigest())) {
+		for _, id := range tx.Refs(imageBase(img.Digest)) {
 			if b, err := tx.Box(id); err == nil {
 				users = append(users, b.Name)
 			}
 		}
 		return nil
 	}); err != nil {
-		return nil, err
+		return sdk.Removed{}, err
 	}
 	if len(users) > 0 && !force {
-		return nil, fmt.Errorf("image %s is used by box(es) %s: remove them first, or force: %w", ref, strings.Join(users, ", "), ErrInvalidState)
+		return sdk.Removed{}, fmt.Errorf("image %s is used by box(es) %s: remove them first, or force: %w", ref, strings.Join(users, ", "), ErrInvalidState)
 	}
 	return images.RemoveImage(ctx, ref)
 }
 
 // PruneImages removes cached images no box uses (only untagged ones unless
 // all).
-func (r *Runtime) PruneImages(ctx context.Context, all bool) (*pluginv1.PruneResponse, error) {
+func (r *Runtime) PruneImages(ctx context.Context, all bool) (sdk.Removed, error) {
 	images, err := r.plugins.Images(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("image plugin: %w", err)
+		return sdk.Removed{}, fmt.Errorf("image plugin: %w", err)
 	}
 	list, err := images.ListImages(ctx)
 	if err != nil {
-		return nil, err
+		return sdk.Removed{}, err
 	}
 	var keep []string
 	if err := r.store.View(ctx, func(tx *state.Tx) error {
 		for _, img := range list {
-			if len(tx.Refs(imageBase(img.GetDigest()))) > 0 {
-				keep = append(keep, img.GetDigest())
+			if len(tx.Refs(imageBase(img.Digest))) > 0 {
+				keep = append(keep, img.Digest)
 			}
 		}
 		return nil
 	}); err != nil {
-		return nil, err
+		return sdk.Removed{}, err
 	}
-	return images.Prune(ctx, &pluginv1.PruneRequest{Keep: keep, All: all})
+	return images.Prune(ctx, sdk.PruneRequest{Keep: keep, All: all})
 }
 
 // guestAgent adapts agentclient to what the box monitor needs.

@@ -18,12 +18,8 @@ import (
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk/guestboot"
 )
-
-// CapabilityNoGuest is the VMM capability of test doubles whose "VM" runs
-// no guest OS: the core prepares no disks and expects no guest agent.
-const CapabilityNoGuest = "no-guest"
 
 // DefaultStopTimeout is the grace period of a stop before it is forced.
 const DefaultStopTimeout = 10 * time.Second
@@ -147,28 +143,26 @@ func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
 	if err != nil {
 		return fmt.Errorf("vmm plugin: %w", err)
 	}
-	info, err := vmm.Info(ctx)
+	info, err := r.plugins.Info(ctx, sdk.RoleVMM)
 	if err != nil {
 		return fmt.Errorf("vmm plugin: %w", err)
 	}
-	spec := &pluginv1.VMSpec{
-		BoxId:     b.ID,
-		Vcpus:     uint32(b.Config.CPUs),
-		MemoryMib: b.Config.MemoryMiB,
+	spec := sdk.VMSpec{
+		BoxID:     b.ID,
+		VCPUs:     b.Config.CPUs,
+		MemoryMiB: b.Config.MemoryMiB,
 		RunDir:    r.paths.boxDir(b.ID),
-		Network:   &pluginv1.NetworkSpec{Mode: pluginv1.NetworkSpec_MODE_USER, AllowHostLoopback: b.Config.AllowHostLoopback},
+		Network:   sdk.NetworkSpec{Mode: sdk.NetworkUser, AllowHostLoopback: b.Config.AllowHostLoopback},
 	}
 	for _, p := range b.Config.Ports {
-		spec.Network.Ports = append(spec.Network.Ports, &pluginv1.PortForward{
-			Protocol: orString(p.Protocol, "tcp"), HostIp: p.HostIP, HostPort: uint32(p.HostPort), GuestPort: uint32(p.GuestPort),
+		spec.Network.Ports = append(spec.Network.Ports, sdk.PortForward{
+			Protocol: orString(p.Protocol, "tcp"), HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort,
 		})
 	}
-	guest := !hasCapability(info, CapabilityNoGuest)
-	if guest {
-		if err := r.prepareGuest(ctx, b, spec); err != nil {
-			return err
-		}
+	if err := r.prepareGuest(ctx, b, &spec); err != nil {
+		return err
 	}
+	spec.KernelArgs = bootArgs(spec)
 	if spec.Sandbox, err = r.sandboxSpec(ctx, b, info); err != nil {
 		return err
 	}
@@ -176,19 +170,19 @@ func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
 	if err != nil {
 		return fmt.Errorf("plan the VM: %w", err)
 	}
-	if plan.GetNotice() != "" {
-		r.log.Info(plan.GetNotice())
+	if plan.Notice != "" {
+		r.log.Info(plan.Notice)
 	}
 	l := &monitor.Launch{
 		BoxID:       b.ID,
 		RunID:       run.ID,
-		Argv:        plan.GetArgv(),
-		Env:         plan.GetEnv(),
-		Dir:         plan.GetDir(),
-		Handle:      plan.GetHandle(),
-		AgentSocket: plan.GetAgentSocket(),
-		ConsoleLog:  plan.GetConsoleLog(),
-		StateFile:   plan.GetStateFile(),
+		Argv:        plan.Argv,
+		Env:         plan.Env,
+		Dir:         plan.Dir,
+		Handle:      plan.Handle,
+		AgentSocket: plan.AgentSocket,
+		ConsoleLog:  plan.ConsoleLog,
+		StateFile:   plan.StateFile,
 		VMM:         r.cfg.VMM,
 		Detached:    run.Detached,
 		Owner:       run.Owner,
@@ -197,9 +191,6 @@ func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
 		StopTimeout: DefaultStopTimeout,
 		Health:      b.Config.Health,
 		LogLevel:    r.cfg.LogLevel,
-	}
-	if !guest {
-		l.AgentSocket = ""
 	}
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
 		cur, err := tx.Box(b.ID)
@@ -224,14 +215,32 @@ func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
 	return r.spawnMonitor(ctx, b, l)
 }
 
-func hasCapability(info *pluginv1.InfoResponse, cap string) bool {
-	for _, c := range info.GetCapabilities() {
-		if c == cap {
-			return true
+// bootArgs renders the guest boot contract for spec: the disks in spec
+// order (vda is the image's root, vdb the box's writable disk) and, with a
+// user-mode network, its addresses. The VMM appends them to the kernel
+// command line as they are.
+func bootArgs(spec sdk.VMSpec) []string {
+	c := guestboot.Default()
+	for i, d := range spec.Disks {
+		dev, err := guestboot.DeviceName(i)
+		if err != nil {
+			break // the VMM refuses the spec, naming the disk
+		}
+		switch d.Role {
+		case sdk.DiskRoleImage:
+			c.RootDev = dev
+		case sdk.DiskRoleWritable:
+			c.DataDev = dev
 		}
 	}
-	return false
+	if spec.Network.Mode == sdk.NetworkUser {
+		c.UserNetwork()
+	}
+	return c.Args()
 }
+
+// vmRef names a run's VM to the VMM plugin.
+func vmRef(run *model.Run) sdk.VM { return sdk.VM{Handle: run.Handle, PID: run.VM.PID} }
 
 // spawnMonitor starts `boxctl monitor` for the run, detached in its own
 // session, and waits for its ready line.
@@ -461,17 +470,15 @@ func (r *Runtime) stopViaVMM(ctx context.Context, b *model.Box, timeout time.Dur
 		_ = syscall.Kill(vm.PID, syscall.SIGKILL)
 		return waitGone(ctx, vm, 10*time.Second)
 	}
-	req := &pluginv1.StopRequest{Handle: b.Run.Handle, Pid: int64(vm.PID)}
 	if timeout > 0 {
-		if err := vmm.Stop(ctx, req); err != nil {
+		if err := vmm.Stop(ctx, vmRef(b.Run), false); err != nil {
 			r.log.Warn("graceful stop through the VMM failed", "error", err)
 		}
 		if waitGone(ctx, vm, timeout) == nil {
 			return nil
 		}
 	}
-	req.Force = true
-	if err := vmm.Stop(ctx, req); err != nil {
+	if err := vmm.Stop(ctx, vmRef(b.Run), true); err != nil {
 		r.log.Warn("forced stop through the VMM failed", "error", err)
 	}
 	if waitGone(ctx, vm, 5*time.Second) == nil {

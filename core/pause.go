@@ -8,7 +8,7 @@ import (
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/monitor"
 	"github.com/boxctl/boxctl/core/state"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk"
 )
 
 // Pause stops a running box's vCPUs (through the VMM plugin). The guest
@@ -41,15 +41,14 @@ func (r *Runtime) setPaused(ctx context.Context, ref string, pause bool) error {
 	if b.Status != from || b.Run == nil {
 		return fmt.Errorf("box %s is %s, not %s: %w", b.Name, b.Status, from, ErrInvalidState)
 	}
-	vmm, err := r.plugins.VMM(ctx)
+	vmm, err := r.pauser(ctx)
 	if err != nil {
-		return fmt.Errorf("vmm plugin: %w", err)
+		return err
 	}
-	req := &pluginv1.ControlRequest{Handle: b.Run.Handle, Pid: int64(b.Run.VM.PID)}
 	if pause {
-		err = vmm.Pause(ctx, req)
+		err = vmm.Pause(ctx, vmRef(b.Run))
 	} else {
-		err = vmm.Resume(ctx, req)
+		err = vmm.Resume(ctx, vmRef(b.Run))
 	}
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", map[bool]string{true: "pause", false: "resume"}[pause], b.Name, err)
@@ -69,6 +68,22 @@ func (r *Runtime) setPaused(ctx context.Context, ref string, pause bool) error {
 	})
 }
 
+// pauser returns the VMM plugin when it can pause and resume VMs.
+func (r *Runtime) pauser(ctx context.Context) (sdk.Pauser, error) {
+	info, err := r.plugins.Info(ctx, sdk.RoleVMM)
+	if err != nil {
+		return nil, fmt.Errorf("vmm plugin: %w", err)
+	}
+	if !info.Capabilities.Pause {
+		return nil, fmt.Errorf("the %s VMM (plugin %q) cannot pause and resume VMs: %w", info.Name, r.cfg.VMM, ErrUnsupported)
+	}
+	vmm, err := r.plugins.VMM(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("vmm plugin: %w", err)
+	}
+	return vmm, nil
+}
+
 // resumeLocked continues a paused box: paused by request, or by the
 // hypervisor after a disk error (once the cause is fixed). The caller holds
 // the box lock.
@@ -79,11 +94,11 @@ func (r *Runtime) resumeLocked(ctx context.Context, b *model.Box) error {
 	if b.Status != model.StatusPaused || b.Run == nil {
 		return fmt.Errorf("box %s is %s, not paused: %w", b.Name, b.Status, ErrInvalidState)
 	}
-	vmm, err := r.plugins.VMM(ctx)
+	vmm, err := r.pauser(ctx)
 	if err != nil {
-		return fmt.Errorf("vmm plugin: %w", err)
+		return err
 	}
-	if err := vmm.Resume(ctx, &pluginv1.ControlRequest{Handle: b.Run.Handle, Pid: int64(b.Run.VM.PID)}); err != nil {
+	if err := vmm.Resume(ctx, vmRef(b.Run)); err != nil {
 		return fmt.Errorf("resume %s: %w", b.Name, err)
 	}
 	ioError := b.PausedByIOError()

@@ -16,12 +16,8 @@ import (
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk"
 )
-
-// CapabilitySandbox is the VMM capability of plugins that honour
-// VMSpec.sandbox.
-const CapabilitySandbox = "sandbox"
 
 // counterSandboxUIDs counts the per-box hypervisor users handed out in
 // this home; box n runs as sandbox.uid_base + n.
@@ -35,22 +31,22 @@ const cgroupMount = "/sys/fs/cgroup"
 // filter and no new privileges, plus, for a root boxctl, the box's own
 // unprivileged user, and a cgroup with the box's limits where the host
 // allows one.
-func (r *Runtime) sandboxSpec(ctx context.Context, b *model.Box, info *pluginv1.InfoResponse) (*pluginv1.Sandbox, error) {
+func (r *Runtime) sandboxSpec(ctx context.Context, b *model.Box, info sdk.Info) (sdk.Sandbox, error) {
 	sc := r.cfg.Sandbox
 	if !sc.Enabled {
-		return &pluginv1.Sandbox{Disabled: true}, nil
+		return sdk.Sandbox{Disabled: true}, nil
 	}
-	if !hasCapability(info, CapabilitySandbox) {
+	if !info.Capabilities.Sandbox {
 		r.log.Debug("the VMM plugin does not confine the hypervisor (no \"sandbox\" capability)", "vmm", r.cfg.VMM)
-		return &pluginv1.Sandbox{}, nil
+		return sdk.Sandbox{}, nil
 	}
-	sb := &pluginv1.Sandbox{}
+	var sb sdk.Sandbox
 	if os.Geteuid() == 0 {
 		uid, err := r.sandboxUID(ctx, b.ID, sc)
 		if err != nil {
-			return nil, err
+			return sdk.Sandbox{}, err
 		}
-		sb.Uid, sb.Gid = uid, uid
+		sb.UID, sb.GID = uid, uid
 	}
 	if sc.Cgroups {
 		cg := cgroupV2{root: cgroupMount, isCgroup2: isCgroup2}

@@ -103,13 +103,21 @@ func (c Capabilities) Strings() []string {
 	return out
 }
 
+// CapabilitiesOf parses capabilities from their wire names (Strings).
+func CapabilitiesOf(names []string) Capabilities { return capabilitiesFromStrings(names) }
+
 func capabilitiesFromStrings(in []string) Capabilities {
 	var c Capabilities
 	flags := map[string]*bool{}
 	for _, f := range c.flags() {
 		flags[f.name] = f.v
 	}
+	seen := map[string]bool{}
 	for _, s := range in {
+		if seen[s] {
+			continue
+		}
+		seen[s] = true
 		if v, ok := flags[s]; ok {
 			*v = true
 			continue

@@ -213,7 +213,7 @@ func statsRow(a, b *core.Stats) string {
 	}
 	rss := "-"
 	if b.VM != nil {
-		rss = config.HumanSize(b.VM.GetRssBytes())
+		rss = config.HumanSize(b.VM.RSS)
 	}
 	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%d", b.Box.Name, cpu, mem, memPct, rss, procs, b.CommandsExecuted)
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 func (a *app) pullCommand() *cobra.Command {
@@ -40,7 +39,7 @@ printed line by line (-q prints only the digest).`,
 				return err
 			}
 			var prog *progress
-			var fn func(*pluginv1.PullEvent)
+			var fn func(sdk.PullEvent)
 			if !quiet {
 				prog = newProgress(a.stderr)
 				fn = prog.event
@@ -53,9 +52,9 @@ printed line by line (-q prints only the digest).`,
 				return err
 			}
 			if quiet {
-				fmt.Fprintln(a.stdout, img.GetDigest())
+				fmt.Fprintln(a.stdout, img.Digest)
 			} else {
-				fmt.Fprintf(a.stdout, "Pulled %s (%s)\n", args[0], img.GetDigest())
+				fmt.Fprintf(a.stdout, "Pulled %s (%s)\n", args[0], img.Digest)
 			}
 			return nil
 		},
@@ -109,7 +108,7 @@ func (a *app) imagesCommand() *cobra.Command {
 func (a *app) printImages(list []core.ImageInfo, quiet bool) error {
 	if quiet {
 		for _, img := range list {
-			fmt.Fprintln(a.stdout, shortDigest(img.GetDigest()))
+			fmt.Fprintln(a.stdout, shortDigest(img.Digest))
 		}
 		return nil
 	}
@@ -117,18 +116,14 @@ func (a *app) printImages(list []core.ImageInfo, quiet bool) error {
 	fmt.Fprintln(tw, "REFERENCE\tDIGEST\tPLATFORM\tSIZE\tPULLED\tBOXES")
 	now := time.Now()
 	for _, img := range list {
-		refs := img.GetReferences()
+		refs := img.References
 		if len(refs) == 0 {
 			refs = []string{"<none>"}
 		}
-		p := img.GetPlatform()
-		plat := p.GetOs() + "/" + p.GetArchitecture()
-		if p.GetVariant() != "" {
-			plat += "/" + p.GetVariant()
-		}
+		plat := img.Platform.String()
 		for _, ref := range refs {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", ref, shortDigest(img.GetDigest()), plat,
-				config.HumanSize(img.GetSizeBytes()), ago(time.Unix(0, img.GetPulledAt()), now), len(img.UsedBy))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", ref, shortDigest(img.Digest), plat,
+				config.HumanSize(img.Size), ago(img.PulledAt, now), len(img.UsedBy))
 		}
 	}
 	return tw.Flush()
@@ -166,7 +161,7 @@ they are removed).`,
 					return err
 				}
 				fmt.Fprintf(a.stdout, "Untagged %s", ref)
-				for _, d := range resp.GetRemoved() {
+				for _, d := range resp.Images {
 					fmt.Fprintf(a.stdout, "\nDeleted %s", d)
 				}
 				fmt.Fprintln(a.stdout)
@@ -196,10 +191,10 @@ func (a *app) imageCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			for _, d := range resp.GetRemoved() {
+			for _, d := range resp.Images {
 				fmt.Fprintf(a.stdout, "Deleted %s\n", d)
 			}
-			fmt.Fprintf(a.stdout, "Reclaimed %s\n", config.HumanSize(resp.GetReclaimedBytes()))
+			fmt.Fprintf(a.stdout, "Reclaimed %s\n", config.HumanSize(resp.Reclaimed))
 			return nil
 		},
 	}
@@ -217,7 +212,7 @@ type progress struct {
 	w      io.Writer
 	tty    bool
 	mu     sync.Mutex
-	layers map[string]*pluginv1.LayerProgress
+	layers map[string]*sdk.LayerProgress
 	order  []string
 	drawn  int
 	last   map[string]string
@@ -228,66 +223,60 @@ func newProgress(w io.Writer) *progress {
 	if f, ok := w.(*os.File); ok {
 		tty = term.IsTerminal(int(f.Fd()))
 	}
-	return &progress{w: w, tty: tty, layers: map[string]*pluginv1.LayerProgress{}, last: map[string]string{}}
+	return &progress{w: w, tty: tty, layers: map[string]*sdk.LayerProgress{}, last: map[string]string{}}
 }
 
-func (p *progress) event(ev *pluginv1.PullEvent) {
+func (p *progress) event(ev sdk.PullEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s := ev.GetStatus(); s != "" {
+	if s := ev.Status; s != "" {
 		p.clear()
 		fmt.Fprintln(p.w, s)
 		p.redraw()
 		return
 	}
-	l := ev.GetLayer()
+	l := ev.Layer
 	if l == nil {
 		return
 	}
-	if _, ok := p.layers[l.GetDigest()]; !ok {
-		p.order = append(p.order, l.GetDigest())
+	if _, ok := p.layers[l.Digest]; !ok {
+		p.order = append(p.order, l.Digest)
 	}
-	p.layers[l.GetDigest()] = l
+	p.layers[l.Digest] = l
 	if p.tty {
 		p.clear()
 		p.redraw()
 		return
 	}
 	// Lines: one per state change, and one per quarter of a download.
-	line := stateName(l.GetState())
-	if l.GetState() == pluginv1.LayerProgress_STATE_DOWNLOADING && l.GetTotalBytes() > 0 {
-		line += fmt.Sprintf(" %d%%", l.GetDoneBytes()*100/l.GetTotalBytes()/25*25)
+	line := stateName(l.State)
+	if l.State == sdk.LayerDownloading && l.Total > 0 {
+		line += fmt.Sprintf(" %d%%", l.Done*100/l.Total/25*25)
 	}
-	if p.last[l.GetDigest()] != line {
-		p.last[l.GetDigest()] = line
-		fmt.Fprintf(p.w, "%s: %s\n", shortDigest(l.GetDigest()), p.describe(l))
+	if p.last[l.Digest] != line {
+		p.last[l.Digest] = line
+		fmt.Fprintf(p.w, "%s: %s\n", shortDigest(l.Digest), p.describe(l))
 	}
 }
 
-func (p *progress) describe(l *pluginv1.LayerProgress) string {
-	s := stateName(l.GetState())
-	if l.GetTotalBytes() > 0 && l.GetState() == pluginv1.LayerProgress_STATE_DOWNLOADING {
-		s += fmt.Sprintf(" %s/%s", config.HumanSize(l.GetDoneBytes()), config.HumanSize(l.GetTotalBytes()))
-	} else if l.GetTotalBytes() > 0 {
-		s += " " + config.HumanSize(l.GetTotalBytes())
+func (p *progress) describe(l *sdk.LayerProgress) string {
+	s := stateName(l.State)
+	if l.Total > 0 && l.State == sdk.LayerDownloading {
+		s += fmt.Sprintf(" %s/%s", config.HumanSize(l.Done), config.HumanSize(l.Total))
+	} else if l.Total > 0 {
+		s += " " + config.HumanSize(l.Total)
 	}
 	return s
 }
 
-func stateName(s pluginv1.LayerProgress_State) string {
-	switch s {
-	case pluginv1.LayerProgress_STATE_WAITING:
-		return "waiting"
-	case pluginv1.LayerProgress_STATE_DOWNLOADING:
-		return "downloading"
-	case pluginv1.LayerProgress_STATE_VERIFYING:
-		return "verifying"
-	case pluginv1.LayerProgress_STATE_DONE:
-		return "done"
-	case pluginv1.LayerProgress_STATE_CACHED:
+func stateName(s sdk.LayerState) string {
+	if s == sdk.LayerCached {
 		return "already cached"
 	}
-	return "unknown"
+	if s == sdk.LayerUnspecified {
+		return "unknown"
+	}
+	return s.String()
 }
 
 // clear erases the bars drawn last time (terminal only).
@@ -307,9 +296,9 @@ func (p *progress) redraw() {
 	for _, d := range p.order {
 		l := p.layers[d]
 		bar := strings.Repeat(" ", width)
-		if t := l.GetTotalBytes(); t > 0 {
-			n := int(l.GetDoneBytes() * width / t)
-			if l.GetState() == pluginv1.LayerProgress_STATE_DONE || l.GetState() == pluginv1.LayerProgress_STATE_CACHED {
+		if t := l.Total; t > 0 {
+			n := int(l.Done * width / t)
+			if l.State == sdk.LayerDone || l.State == sdk.LayerCached {
 				n = width
 			}
 			n = min(max(n, 0), width)

@@ -193,7 +193,7 @@ show which role the config selects it for.`,
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n, sel, "-", "-", "error: "+msg, orDash(path))
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n, sel, strings.Join(roles, ","), info.GetVersion(), orDash(strings.Join(info.GetCapabilities(), ",")), path)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n, sel, strings.Join(roles, ","), info.Version, orDash(strings.Join(info.Capabilities.Strings(), ",")), path)
 			}
 			return tw.Flush()
 		},

@@ -18,7 +18,6 @@ import (
 	"github.com/boxctl/boxctl/core/monitor"
 	"github.com/boxctl/boxctl/core/pluginhost"
 	"github.com/boxctl/boxctl/core/state"
-	"github.com/boxctl/boxctl/sdk"
 )
 
 // monitorCommand is the hidden per-box supervisor. The runtime starts it
@@ -93,7 +92,7 @@ func runMonitor(home, boxID, runID string) error {
 		VMLog:   filepath.Join(boxDir, "vm.log"),
 		Ready:   ready,
 		Logger:  logger,
-		VMM:     func(ctx context.Context) (sdk.VMM, error) { return host.VMM(ctx) },
+		VMM:     func(ctx context.Context) (monitor.VMM, error) { return host.VMM(ctx) },
 		OnExit: func(ctx context.Context, b *model.Box) {
 			if !b.Config.AutoRemove {
 				return

@@ -21,8 +21,14 @@ import (
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
+
+// VMM is what the monitor needs from the box's VMM plugin: stop the VM, and
+// continue a paused one so that it can shut down cleanly.
+type VMM interface {
+	Stop(ctx context.Context, vm sdk.VM, force bool) error
+	Resume(ctx context.Context, vm sdk.VM) error
+}
 
 // Agent is what the monitor needs from the guest agent: to know when the
 // guest is ready, and to ask it to power off cleanly.
@@ -43,7 +49,7 @@ type Options struct {
 	Ready  io.WriteCloser
 	Logger hclog.Logger
 	// VMM returns the box's VMM plugin (started lazily: only a stop needs it).
-	VMM func(ctx context.Context) (sdk.VMM, error)
+	VMM func(ctx context.Context) (VMM, error)
 	// Agent is nil when the VM has no guest agent.
 	Agent Agent
 	// OnExit runs after the exit is recorded, with the final record (for
@@ -432,7 +438,7 @@ func (m *monitor) resumeForStop(ctx context.Context) bool {
 	defer cancel()
 	vmm, err := m.o.VMM(rctx)
 	if err == nil {
-		err = vmm.Resume(rctx, &pluginv1.ControlRequest{Handle: m.o.Launch.Handle, Pid: int64(m.vm.PID)})
+		err = vmm.Resume(rctx, m.vmRef())
 	}
 	if err != nil {
 		m.log.Warn("resume a paused VM to stop it cleanly", "error", err)
@@ -444,6 +450,9 @@ func (m *monitor) resumeForStop(ctx context.Context) bool {
 	return true
 }
 
+// vmRef names the VM to the VMM plugin.
+func (m *monitor) vmRef() sdk.VM { return sdk.VM{Handle: m.o.Launch.Handle, PID: m.vm.PID} }
+
 // forceViaVMM has the VMM force the VM off (QEMU: "quit", which flushes
 // its disks) and reports whether the VM exited within a few seconds.
 func (m *monitor) forceViaVMM(ctx context.Context) bool {
@@ -454,7 +463,7 @@ func (m *monitor) forceViaVMM(ctx context.Context) bool {
 		m.log.Warn("vmm plugin unavailable for a forced stop", "error", err)
 		return false
 	}
-	if err := vmm.Stop(fctx, &pluginv1.StopRequest{Handle: m.o.Launch.Handle, Pid: int64(m.vm.PID), Force: true}); err != nil {
+	if err := vmm.Stop(fctx, m.vmRef(), true); err != nil {
 		m.log.Warn("vmm forced stop failed", "error", err)
 		return false
 	}
@@ -482,7 +491,7 @@ func (m *monitor) graceful(ctx context.Context) {
 		m.log.Warn("vmm plugin unavailable for a graceful stop", "error", err)
 		return
 	}
-	if err := vmm.Stop(ctx, &pluginv1.StopRequest{Handle: m.o.Launch.Handle, Pid: int64(m.vm.PID)}); err != nil && !errors.Is(err, sdk.ErrUnsupported) {
+	if err := vmm.Stop(ctx, m.vmRef(), false); err != nil && !errors.Is(err, sdk.ErrUnsupported) {
 		m.log.Warn("vmm graceful stop failed", "error", err)
 	}
 }

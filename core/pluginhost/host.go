@@ -31,7 +31,6 @@ import (
 
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // BinaryPrefix is the file name prefix of plugin binaries.
@@ -105,24 +104,52 @@ func New(cfg *config.Config, opts ...Option) *Host {
 	return h
 }
 
-// VMM returns the configured VMM plugin, starting it if needed.
-func (h *Host) VMM(ctx context.Context) (sdk.VMM, error) {
-	return dispense[sdk.VMM](ctx, h, h.cfg.VMM, sdk.RoleVMM)
+// VMM returns the configured VMM plugin, starting it if needed. Its
+// optional methods answer sdk.ErrUnsupported when the plugin lacks them:
+// check Info's capabilities first.
+func (h *Host) VMM(ctx context.Context) (sdk.VMMClient, error) {
+	return dispense[sdk.VMMClient](ctx, h, h.cfg.VMM, sdk.RoleVMM)
 }
 
 // Disks returns the configured storage plugin's DiskBackend.
-func (h *Host) Disks(ctx context.Context) (sdk.DiskBackend, error) {
-	return dispense[sdk.DiskBackend](ctx, h, h.cfg.Storage, sdk.RoleDisks)
+func (h *Host) Disks(ctx context.Context) (sdk.DiskBackendClient, error) {
+	return dispense[sdk.DiskBackendClient](ctx, h, h.cfg.Storage, sdk.RoleDisks)
 }
 
 // Snapshots returns the configured storage plugin's SnapshotBackend.
-func (h *Host) Snapshots(ctx context.Context) (sdk.SnapshotBackend, error) {
-	return dispense[sdk.SnapshotBackend](ctx, h, h.cfg.Storage, sdk.RoleSnapshots)
+func (h *Host) Snapshots(ctx context.Context) (sdk.SnapshotBackendClient, error) {
+	return dispense[sdk.SnapshotBackendClient](ctx, h, h.cfg.Storage, sdk.RoleSnapshots)
 }
 
 // Images returns the configured ImageSource plugin.
-func (h *Host) Images(ctx context.Context) (sdk.ImageSource, error) {
-	return dispense[sdk.ImageSource](ctx, h, h.cfg.Images, sdk.RoleImages)
+func (h *Host) Images(ctx context.Context) (sdk.ImageSourceClient, error) {
+	return dispense[sdk.ImageSourceClient](ctx, h, h.cfg.Images, sdk.RoleImages)
+}
+
+// Info returns what the plugin configured for role (sdk.RoleVMM, ...)
+// told about itself when it was started, starting it if needed.
+func (h *Host) Info(ctx context.Context, role string) (sdk.Info, error) {
+	name := h.roleName(role)
+	if _, err := h.Role(ctx, role); err != nil {
+		return sdk.Info{}, err
+	}
+	inst, err := h.instance(ctx, name)
+	if err != nil {
+		return sdk.Info{}, err
+	}
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	return inst.infos[role], nil
+}
+
+func (h *Host) roleName(role string) string {
+	switch role {
+	case sdk.RoleVMM:
+		return h.cfg.VMM
+	case sdk.RoleDisks, sdk.RoleSnapshots:
+		return h.cfg.Storage
+	}
+	return h.cfg.Images
 }
 
 // Close stops every plugin this host started and removes their socket
@@ -169,13 +196,13 @@ func dispense[T any](ctx context.Context, h *Host, name, role string) (T, error)
 
 // Describe starts the named plugin (if needed) and returns its Info from
 // the first role it serves, plus the roles it serves. Used by `plugins ls`.
-func (h *Host) Describe(ctx context.Context, name string) (*pluginv1.InfoResponse, []string, string, error) {
+func (h *Host) Describe(ctx context.Context, name string) (sdk.Info, []string, string, error) {
 	inst, err := h.instance(ctx, name)
 	if err != nil {
-		return nil, nil, "", err
+		return sdk.Info{}, nil, "", err
 	}
 	var roles []string
-	var info *pluginv1.InfoResponse
+	var info *sdk.Info
 	for _, role := range sdk.Roles() {
 		raw, err := inst.rpc.Dispense(role)
 		if err != nil {
@@ -191,17 +218,20 @@ func (h *Host) Describe(ctx context.Context, name string) (*pluginv1.InfoRespons
 			if errors.Is(err, sdk.ErrUnsupported) {
 				continue
 			}
-			return nil, nil, inst.path, err
+			return sdk.Info{}, nil, inst.path, err
 		}
 		roles = append(roles, role)
 		if info == nil {
-			info = i
+			info = &i
+		} else {
+			// Capabilities are per role; show them all.
+			info.Capabilities = mergeCapabilities(info.Capabilities, i.Capabilities)
 		}
 	}
 	if info == nil {
-		return nil, nil, inst.path, fmt.Errorf("plugin %q (%s) serves no boxctl role", name, inst.path)
+		return sdk.Info{}, nil, inst.path, fmt.Errorf("plugin %q (%s) serves no boxctl role", name, inst.path)
 	}
-	return info, roles, inst.path, nil
+	return *info, roles, inst.path, nil
 }
 
 // Discover lists plugin names found in the search directories and the
@@ -248,13 +278,18 @@ func (h *Host) configFor(inst *instance) *sdk.Config {
 	return cfg
 }
 
-func registrySettings(r config.Registry) *pluginv1.RegistrySettings {
-	out := &pluginv1.RegistrySettings{Insecure: r.Insecure, UseDockerCredentials: r.DockerCredentials}
+// mergeCapabilities is the union of two roles' capabilities.
+func mergeCapabilities(a, b sdk.Capabilities) sdk.Capabilities {
+	return sdk.CapabilitiesOf(append(a.Strings(), b.Strings()...))
+}
+
+func registrySettings(r config.Registry) *sdk.RegistrySettings {
+	out := &sdk.RegistrySettings{Insecure: r.Insecure, UseDockerCredentials: r.DockerCredentials}
 	for _, m := range r.Mirrors {
-		out.Mirrors = append(out.Mirrors, &pluginv1.RegistrySettings_Mirror{Registry: m.Registry, Endpoints: m.Endpoints})
+		out.Mirrors = append(out.Mirrors, sdk.RegistryMirror{Registry: m.Registry, Endpoints: m.Endpoints})
 	}
 	for _, c := range r.Credentials {
-		out.Credentials = append(out.Credentials, &pluginv1.RegistrySettings_Credential{Registry: c.Registry, Username: c.Username, Password: c.Password, Token: c.Token})
+		out.Credentials = append(out.Credentials, sdk.RegistryCredential{Registry: c.Registry, Username: c.Username, Password: c.Password, Token: c.Token})
 	}
 	return out
 }
@@ -518,6 +553,8 @@ type instance struct {
 	mu         sync.Mutex
 	configured map[string]error
 	roles      map[string]any
+	// infos is what each role's Info said, asked once at dispense.
+	infos map[string]sdk.Info
 }
 
 // connect starts the plugin process and connects to it. PR_SET_PDEATHSIG
@@ -612,10 +649,11 @@ func (inst *instance) role(ctx context.Context, role string, cfg *sdk.Config, cf
 	}
 	if inst.roles == nil {
 		inst.roles = map[string]any{}
+		inst.infos = map[string]sdk.Info{}
 	}
 	inst.roles[role] = raw
+	inst.infos[role] = info
 	inst.configured[role] = err
-	_ = info
 	return raw, err
 }
 

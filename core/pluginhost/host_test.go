@@ -14,7 +14,6 @@ import (
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core/pluginhost"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 	"github.com/boxctl/boxctl/test/testbin"
 )
 
@@ -49,7 +48,7 @@ func TestLazyStartAndCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan, err := vmm.Plan(ctx, &pluginv1.VMSpec{BoxId: "x", RunDir: cfg.Home})
+	plan, err := vmm.Plan(ctx, sdk.VMSpec{BoxID: "x", RunDir: cfg.Home})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +56,7 @@ func TestLazyStartAndCall(t *testing.T) {
 		t.Fatalf("unexpected plan argv %v", plan.Argv)
 	}
 	// A refusal by the plugin crosses the wire as a typed error.
-	_, err = vmm.Plan(ctx, &pluginv1.VMSpec{BoxId: "x"})
+	_, err = vmm.Plan(ctx, sdk.VMSpec{BoxID: "x"})
 	if !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), "run_dir") {
 		t.Fatalf("empty run dir: got %v, want ErrInvalidArgument naming run_dir", err)
 	}
@@ -69,11 +68,11 @@ func TestDescribeReportsRolesAndCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.GetName() != "procvmm" || len(roles) != 1 || roles[0] != sdk.RoleVMM || !strings.HasSuffix(path, "boxctl-plugin-procvmm") {
+	if info.Name != "procvmm" || len(roles) != 1 || roles[0] != sdk.RoleVMM || !strings.HasSuffix(path, "boxctl-plugin-procvmm") {
 		t.Fatalf("describe: info=%v roles=%v path=%s", info, roles, path)
 	}
-	if len(info.GetProtocolVersions()) != 1 || info.GetProtocolVersions()[0] != sdk.ProtocolVersion {
-		t.Fatalf("protocol versions %v", info.GetProtocolVersions())
+	if len(info.ProtocolVersions) != 1 || info.ProtocolVersions[0] != sdk.ProtocolVersion {
+		t.Fatalf("protocol versions %v", info.ProtocolVersions)
 	}
 }
 
@@ -88,7 +87,7 @@ func TestPluginCrashMidCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = vmm.Plan(ctx, &pluginv1.VMSpec{BoxId: "x", RunDir: cfg.Home})
+	_, err = vmm.Plan(ctx, sdk.VMSpec{BoxID: "x", RunDir: cfg.Home})
 	var ce *pluginhost.CallError
 	if !errors.As(err, &ce) || !errors.Is(err, pluginhost.ErrPluginCrashed) {
 		t.Fatalf("got %v, want a crash CallError", err)
@@ -104,7 +103,7 @@ func TestPluginCrashMidCall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("restart after crash: %v", err)
 	}
-	if _, err := vmm.Metrics(ctx, &pluginv1.ControlRequest{Pid: int64(os.Getpid())}); err != nil {
+	if _, err := vmm.Metrics(ctx, sdk.VM{PID: os.Getpid()}); err != nil {
 		t.Fatalf("call after restart: %v", err)
 	}
 }
@@ -123,7 +122,7 @@ func TestPluginHangIsBounded(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := vmm.Plan(ctx, &pluginv1.VMSpec{BoxId: "x", RunDir: cfg.Home})
+		_, err := vmm.Plan(ctx, sdk.VMSpec{BoxID: "x", RunDir: cfg.Home})
 		done <- err
 	}()
 	select {
