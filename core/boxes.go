@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/boxctl/boxctl/config"
+	"github.com/boxctl/boxctl/core/boxstatus"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/sdk"
@@ -496,14 +497,8 @@ func (r *Runtime) Clone(ctx context.Context, srcRef string, opts BoxOptions) (*B
 		return nil, fmt.Errorf("clone %s: copy its disk: %w", src.Name, err)
 	}
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
-		cur, err := tx.Box(b.ID)
-		if err != nil {
-			return err
-		}
-		cur.Pending = ""
-		cur.DiskCreated = true
-		cur.Status = model.StatusStopped
-		return tx.PutBox(cur)
+		_, err := boxstatus.Cloned(tx, b.ID)
+		return err
 	})
 	if err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/boxctl/boxctl/core/boxstatus"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/monitor"
 	"github.com/boxctl/boxctl/core/state"
@@ -71,7 +72,6 @@ func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) er
 			return err
 		}
 	}
-	prevStatus := b.Status
 	detached := b.Config.Detach
 	if so.detach != nil {
 		detached = *so.detach
@@ -81,36 +81,18 @@ func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) er
 		run.Owner = r.self
 	}
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
-		cur, err := tx.Box(b.ID)
-		if err != nil {
-			return err
-		}
-		cur.Status = model.StatusStarting
-		cur.Run = run
-		cur.Error = ""
-		return tx.PutBox(cur)
+		_, err := boxstatus.Start(tx, b.ID, run)
+		return err
 	})
 	if err != nil {
 		return err
 	}
 	if err := r.launch(ctx, b.ID, run); err != nil {
-		r.count(context.WithoutCancel(ctx), CounterBoxesFailed)
 		_ = r.store.Update(context.WithoutCancel(ctx), func(tx *state.Tx) error {
-			cur, terr := tx.Box(b.ID)
-			if terr != nil {
-				return terr
+			if _, err := boxstatus.StartFailed(tx, b.ID, run.ID, err); err != nil && !errors.Is(err, boxstatus.ErrSuperseded) {
+				return err
 			}
-			if cur.Run != nil && cur.Run.ID == run.ID {
-				cur.Status = prevStatus
-				if prevStatus == model.StatusConfigured && cur.DiskCreated {
-					cur.Status = model.StatusStopped
-				}
-				cur.Error = "start failed: " + err.Error()
-				if cur.Run.Exit == nil {
-					cur.Run.Exit = &model.Exit{Code: -1, Reason: "start failed", At: time.Now().UTC()}
-				}
-			}
-			return tx.PutBox(cur)
+			return tx.AddCounter(CounterBoxesFailed, 1)
 		})
 		return fmt.Errorf("start %s: %w", b.Name, err)
 	}
@@ -355,21 +337,8 @@ func (r *Runtime) runAlive(ctx context.Context, b *model.Box) bool {
 func (r *Runtime) markGone(ctx context.Context, b *model.Box, reason string) error {
 	_ = os.Remove(r.paths.pidFile(b.ID))
 	return r.store.Update(ctx, func(tx *state.Tx) error {
-		cur, err := tx.Box(b.ID)
-		if err != nil {
-			return err
-		}
-		if !cur.Status.Active() {
-			return nil
-		}
-		cur.Status = model.StatusStopped
-		if cur.Run != nil && cur.Run.Exit == nil {
-			cur.Run.Exit = &model.Exit{Code: -1, Reason: reason, At: time.Now().UTC()}
-		}
-		if err := tx.PutBox(cur); err != nil {
-			return err
-		}
-		return tx.AddCounter(CounterBoxesStopped, 1)
+		_, err := boxstatus.Exit(tx, b.ID, "", &model.Exit{Code: -1, Reason: reason, At: time.Now().UTC()})
+		return err
 	})
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/boxctl/boxctl/core/boxstatus"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/monitor"
 	"github.com/boxctl/boxctl/core/state"
@@ -28,43 +29,25 @@ func (r *Runtime) setPaused(ctx context.Context, ref string, pause bool) error {
 		return err
 	}
 	defer lock.Release()
-	from, to := model.StatusRunning, model.StatusPaused
-	if !pause {
-		from, to = to, from
-	}
 	if !pause {
 		return r.resumeLocked(ctx, b)
 	}
-	if b.Status == to {
+	if b.Status == model.StatusPaused {
 		return nil
 	}
-	if b.Status != from || b.Run == nil {
-		return fmt.Errorf("box %s is %s, not %s: %w", b.Name, b.Status, from, ErrInvalidState)
+	if b.Status != model.StatusRunning || b.Run == nil {
+		return fmt.Errorf("box %s is %s, not running: %w", b.Name, b.Status, ErrInvalidState)
 	}
 	vmm, err := r.pauser(ctx)
 	if err != nil {
 		return err
 	}
-	if pause {
-		err = vmm.Pause(ctx, vmRef(b.Run))
-	} else {
-		err = vmm.Resume(ctx, vmRef(b.Run))
-	}
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", map[bool]string{true: "pause", false: "resume"}[pause], b.Name, err)
+	if err := vmm.Pause(ctx, vmRef(b.Run)); err != nil {
+		return fmt.Errorf("pause %s: %w", b.Name, err)
 	}
 	return r.store.Update(ctx, func(tx *state.Tx) error {
-		cur, err := tx.Box(b.ID)
-		if err != nil {
-			return err
-		}
-		if cur.Status == from {
-			cur.Status = to
-			if cur.Run != nil {
-				cur.Run.Pause = &model.Pause{Cause: model.PauseRequested, At: time.Now().UTC()}
-			}
-		}
-		return tx.PutBox(cur)
+		_, err := boxstatus.Pause(tx, b.ID, b.Run.ID, model.Pause{Cause: model.PauseRequested, At: time.Now().UTC()})
+		return err
 	})
 }
 
@@ -103,15 +86,8 @@ func (r *Runtime) resumeLocked(ctx context.Context, b *model.Box) error {
 	}
 	ioError := b.PausedByIOError()
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
-		cur, err := tx.Box(b.ID)
-		if err != nil {
-			return err
-		}
-		if cur.Status == model.StatusPaused && cur.Run != nil && cur.Run.ID == b.Run.ID {
-			cur.Status = model.StatusRunning
-			cur.Run.Pause = nil
-		}
-		return tx.PutBox(cur)
+		_, err := boxstatus.Resume(tx, b.ID, b.Run.ID)
+		return err
 	})
 	if err != nil || !ioError || b.Run.StateFile == "" {
 		return err
@@ -125,19 +101,11 @@ func (r *Runtime) resumeLocked(ctx context.Context, b *model.Box) error {
 	}
 	var still *model.Box
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
-		cur, err := tx.Box(b.ID)
-		if err != nil {
-			return err
-		}
-		if cur.Run == nil || cur.Run.ID != b.Run.ID || !cur.Status.Active() {
-			return nil
-		}
-		cur.Status = model.StatusPaused
-		cur.Run.Pause = &model.Pause{Cause: model.PauseIOError, Reason: st.Reason, Device: st.Device, At: time.Now().UTC()}
-		still = cur
-		return tx.PutBox(cur)
+		var err error
+		still, err = boxstatus.Pause(tx, b.ID, b.Run.ID, model.Pause{Cause: model.PauseIOError, Reason: st.Reason, Device: st.Device, At: time.Now().UTC()})
+		return err
 	})
-	if err != nil || still == nil {
+	if err != nil {
 		return err
 	}
 	return pausedError(still)

@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/boxctl/boxctl/config"
+	"github.com/boxctl/boxctl/core/boxstatus"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/pluginhost"
 	"github.com/boxctl/boxctl/core/state"
@@ -34,7 +35,7 @@ const DefaultShutdownTimeout = 10 * time.Second
 const (
 	CounterBoxesCreated     = "boxes_created"
 	CounterBoxesFailed      = "boxes_failed"
-	CounterBoxesStopped     = "boxes_stopped"
+	CounterBoxesStopped     = boxstatus.CounterBoxesStopped
 	CounterCommandsExecuted = "commands_executed"
 	CounterExecErrors       = "exec_errors"
 )

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/boxctl/boxctl/core/boxstatus"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/internal/proc"
@@ -181,11 +182,19 @@ func (m *monitor) fail(ctx context.Context, err error) error {
 	if m.ready(Ready{Error: err.Error()}) {
 		return err
 	}
-	_ = m.update(ctx, func(b *model.Box) {
-		b.Status = model.StatusStopped
-		b.Error = "start failed: " + err.Error()
+	_ = m.transition(ctx, func(tx *state.Tx) (*model.Box, error) {
+		return boxstatus.StartFailed(tx, m.o.Launch.BoxID, m.o.Launch.RunID, err)
 	})
 	return err
+}
+
+// transition applies a status transition of this run (package boxstatus)
+// in one store transaction.
+func (m *monitor) transition(ctx context.Context, t func(tx *state.Tx) (*model.Box, error)) error {
+	return m.o.Store.Update(ctx, func(tx *state.Tx) error {
+		_, err := t(tx)
+		return err
+	})
 }
 
 // update changes the box record if it still belongs to this run; an older
@@ -300,20 +309,12 @@ func (m *monitor) waitVM() {
 	}
 	var final *model.Box
 	err = m.o.Store.Update(ctx, func(tx *state.Tx) error {
-		b, err := tx.Box(m.o.Launch.BoxID)
-		if err != nil {
-			return err
-		}
-		if b.Run == nil || b.Run.ID != m.o.Launch.RunID {
-			return nil // superseded: a newer run owns the record
-		}
-		b.Status = model.StatusStopped
-		b.Run.Exit = exit
-		if err := tx.PutBox(b); err != nil {
-			return err
+		b, err := boxstatus.Exit(tx, m.o.Launch.BoxID, m.o.Launch.RunID, exit)
+		if errors.Is(err, boxstatus.ErrSuperseded) {
+			return nil // a newer run owns the record
 		}
 		final = b
-		return tx.AddCounter("boxes_stopped", 1)
+		return err
 	})
 	if err != nil {
 		m.log.Error("record vm exit", "error", err)
@@ -351,12 +352,12 @@ func (m *monitor) waitAgent(ctx context.Context) error {
 }
 
 func (m *monitor) markRunning(ctx context.Context) error {
-	return m.update(ctx, func(b *model.Box) {
-		b.Status = model.StatusRunning
-		b.Error = ""
-		b.Run.Monitor = m.self
-		b.Run.VM = m.vm
-		b.Run.StartedAt = m.start
+	return m.transition(ctx, func(tx *state.Tx) (*model.Box, error) {
+		return boxstatus.Ready(tx, m.o.Launch.BoxID, m.o.Launch.RunID, func(run *model.Run) {
+			run.Monitor = m.self
+			run.VM = m.vm
+			run.StartedAt = m.start
+		})
 	})
 }
 
@@ -390,10 +391,8 @@ func (m *monitor) requestStop(timeout time.Duration, reason string) {
 // child, and nothing of it is kept.
 func (m *monitor) stopVM(timeout time.Duration) {
 	ctx := context.Background()
-	_ = m.update(ctx, func(b *model.Box) {
-		if b.Status.Active() {
-			b.Status = model.StatusStopping
-		}
+	_ = m.transition(ctx, func(tx *state.Tx) (*model.Box, error) {
+		return boxstatus.Stopping(tx, m.o.Launch.BoxID, m.o.Launch.RunID)
 	})
 	if timeout > 0 && m.vmHalted() && !m.resumeForStop(ctx) {
 		// A guest the hypervisor stopped after a disk error cannot shut

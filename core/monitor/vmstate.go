@@ -9,7 +9,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/boxctl/boxctl/core/boxstatus"
 	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/state"
 )
 
 // VM run states a VMM reports in its state file (LaunchPlan.state_file).
@@ -94,25 +96,25 @@ func (m *monitor) applyVMState(ctx context.Context, st VMState) {
 	if at.IsZero() {
 		at = time.Now().UTC()
 	}
-	err := m.update(ctx, func(b *model.Box) {
+	id, runID := m.o.Launch.BoxID, m.o.Launch.RunID
+	err := m.transition(ctx, func(tx *state.Tx) (*model.Box, error) {
 		switch st.State {
 		case VMIOError:
-			if b.Status == model.StatusRunning || b.Status == model.StatusPaused {
-				b.Status = model.StatusPaused
-				b.Run.Pause = &model.Pause{Cause: model.PauseIOError, Reason: st.Reason, Device: st.Device, At: at}
-			}
+			return boxstatus.Pause(tx, id, runID, model.Pause{Cause: model.PauseIOError, Reason: st.Reason, Device: st.Device, At: at})
 		case VMPaused:
-			if b.Status == model.StatusRunning {
-				b.Status = model.StatusPaused
-				b.Run.Pause = &model.Pause{Cause: model.PauseRequested, At: at}
-			}
+			return boxstatus.Pause(tx, id, runID, model.Pause{Cause: model.PauseRequested, At: at})
 		case VMRunning:
-			if b.Status == model.StatusPaused {
-				b.Status = model.StatusRunning
-				b.Run.Pause = nil
+			b, err := tx.Box(id)
+			if err != nil || b.Status != model.StatusPaused {
+				return b, err // running already (or starting, stopping)
 			}
+			return boxstatus.Resume(tx, id, runID)
 		}
+		return nil, nil
 	})
+	if errors.Is(err, model.ErrInvalidState) || errors.Is(err, boxstatus.ErrSuperseded) {
+		err = nil // starting, stopping or gone: the exit or the start records the rest
+	}
 	if err != nil {
 		// Try again on the next read (the store may be on the disk that
 		// just filled up).
