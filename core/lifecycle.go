@@ -88,12 +88,16 @@ func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) er
 		return err
 	}
 	if err := r.launch(ctx, b.ID, run); err != nil {
-		_ = r.store.Update(context.WithoutCancel(ctx), func(tx *state.Tx) error {
+		ctx := context.WithoutCancel(ctx)
+		_ = r.store.Update(ctx, func(tx *state.Tx) error {
 			if _, err := boxstatus.StartFailed(tx, b.ID, run.ID, err); err != nil && !errors.Is(err, boxstatus.ErrSuperseded) {
 				return err
 			}
 			return tx.AddCounter(CounterBoxesFailed, 1)
 		})
+		if rerr := r.autoRemoveLocked(ctx, b.ID); rerr != nil {
+			r.log.Warn("auto-remove after a failed start", "box", b.ID, "error", rerr)
+		}
 		return fmt.Errorf("start %s: %w", b.Name, err)
 	}
 	return nil
@@ -362,14 +366,26 @@ func (r *Runtime) stop(ctx context.Context, id string, timeout time.Duration) er
 	if err := r.stopLocked(ctx, id, timeout); err != nil {
 		return err
 	}
+	return r.autoRemoveLocked(ctx, id)
+}
+
+// autoRemoveLocked removes the box if it is an auto-remove (--rm) box whose
+// VM is gone. It is the one place boxes are auto-removed: after a stop, a
+// failed start, a VM that exited on its own (the monitor calls AutoRemove)
+// and in recovery. The caller holds the box lock.
+func (r *Runtime) autoRemoveLocked(ctx context.Context, id string) error {
 	b, err := r.reload(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	if b.Config.AutoRemove && !b.Status.Active() {
-		if err := r.removeLocked(ctx, id); err != nil {
-			return fmt.Errorf("auto-remove %s: %w", b.Name, err)
-		}
+	if !b.Config.AutoRemove || b.Status.Active() {
+		return nil
+	}
+	if err := r.removeLocked(ctx, id); err != nil {
+		return fmt.Errorf("auto-remove %s: %w", b.Name, err)
 	}
 	return nil
 }
@@ -471,7 +487,7 @@ func waitGone(ctx context.Context, id proc.Ident, d time.Duration) error {
 // AutoRemove removes the box if it is an auto-remove box that is no longer
 // active. The box monitor calls it after the VM exits on its own.
 func (r *Runtime) AutoRemove(ctx context.Context, id string) error {
-	b, lock, err := r.lockAndLoad(ctx, id)
+	_, lock, err := r.lockAndLoad(ctx, id)
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
@@ -479,8 +495,5 @@ func (r *Runtime) AutoRemove(ctx context.Context, id string) error {
 		return err
 	}
 	defer lock.Release()
-	if !b.Config.AutoRemove || b.Status.Active() {
-		return nil
-	}
-	return r.removeLocked(ctx, id)
+	return r.autoRemoveLocked(ctx, id)
 }

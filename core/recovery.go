@@ -165,9 +165,11 @@ func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
 			return
 		}
 	}
-	if b.Config.AutoRemove && b.Status == model.StatusStopped {
+	if b.Config.AutoRemove && !b.Status.Active() {
 		log.Info("recovery: removing a stopped auto-remove box")
-		r.recoverRemove(ctx, b)
+		if err := r.autoRemoveLocked(ctx, b.ID); err != nil {
+			log.Warn("recovery: auto-remove", "error", err)
+		}
 	}
 }
 

@@ -52,6 +52,7 @@ type Runtime struct {
 	monitorBin string
 	pluginDirs []string
 	lockWait   time.Duration
+	noRecovery bool
 
 	mu       sync.Mutex
 	shutdown bool
@@ -81,6 +82,11 @@ func WithMonitorBinary(path string) Option { return func(r *Runtime) { r.monitor
 
 // WithPluginDirs replaces the directories searched for plugin binaries.
 func WithPluginDirs(dirs ...string) Option { return func(r *Runtime) { r.pluginDirs = dirs } }
+
+// WithoutRecovery opens the runtime without repairing the home (see
+// Runtime's recovery rules): for a box's monitor, which records its own
+// box's exit and auto-removal only.
+func WithoutRecovery() Option { return func(r *Runtime) { r.noRecovery = true } }
 
 // WithLockTimeout bounds how long an operation waits for a box that another
 // process is starting, stopping or removing (default 2 minutes).
@@ -138,6 +144,9 @@ func Open(ctx context.Context, opts ...Option) (*Runtime, error) {
 	// Plugins of a boxctl that was killed can leave their sockets behind.
 	pluginhost.SweepSocketDirs(home)
 	r.plugins = pluginhost.New(r.cfg, hostOpts...)
+	if r.noRecovery {
+		return r, nil
+	}
 	if err := r.recover(ctx); err != nil {
 		r.plugins.Close()
 		return nil, fmt.Errorf("recover state in %s: %w", home, err)

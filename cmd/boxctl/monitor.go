@@ -110,7 +110,9 @@ func runMonitor(home, boxID, runID string) error {
 func autoRemove(ctx context.Context, cfg *config.Config, pluginDirs []string, id string, logger hclog.Logger) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
-	opts := []core.Option{core.WithConfig(cfg), core.WithLogger(logger, os.Stderr)}
+	// No recovery: the monitor removes its own box and must not repair
+	// (or wait for the locks of) every other box of the home.
+	opts := []core.Option{core.WithConfig(cfg), core.WithLogger(logger, os.Stderr), core.WithoutRecovery()}
 	if pluginDirs != nil {
 		opts = append(opts, core.WithPluginDirs(pluginDirs...))
 	}

@@ -103,10 +103,7 @@ ID is printed.`,
 				return err
 			}
 			if err := rt.Start(ctx, box.ID(), core.Detach(detach)); err != nil {
-				if opts.Config.AutoRemove {
-					_ = rt.Remove(context.WithoutCancel(ctx), box.ID(), core.RemoveOptions{Force: true})
-				}
-				return err
+				return err // a --rm box that cannot start is removed by the runtime
 			}
 			if detach {
 				// The box's command runs in the background; its output
@@ -127,9 +124,10 @@ ID is printed.`,
 			// closes the runtime, whatever happens below.
 			code, err := a.execInteractive(ctx, rt, box.ID(), core.ExecOptions{}, io)
 			if opts.Config.AutoRemove {
-				// Its disk is about to be deleted: no clean shutdown needed.
-				if rerr := rt.Remove(context.WithoutCancel(ctx), box.ID(), core.RemoveOptions{Force: true}); rerr != nil && err == nil {
-					err = rerr
+				// Its disk is about to be deleted: no clean shutdown
+				// needed. The runtime removes it once it is stopped.
+				if serr := rt.Stop(context.WithoutCancel(ctx), box.ID(), 0); serr != nil && err == nil {
+					err = serr
 				}
 			}
 			if err != nil {
