@@ -241,6 +241,8 @@ func (r *Runtime) Shutdown(ctx context.Context, timeout time.Duration) (Shutdown
 // Close shuts the runtime down (see Shutdown) and stops its plugins.
 func (r *Runtime) Close() error {
 	_, err := r.Shutdown(context.Background(), 0)
+	starts, calls := r.plugins.Counts()
+	r.log.Debug("runtime closed", "plugin_starts", starts, "plugin_calls", calls, "state_transactions", r.store.Transactions())
 	r.plugins.Close()
 	r.agents.closeAll()
 	return err

@@ -83,6 +83,7 @@ func (inst *instance) unaryInterceptor(ctx context.Context, method string, req, 
 	if !ownMethod(method) {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
+	inst.calls.Add(1)
 	timeout := inst.timeoutFor(method)
 	callCtx, cancel := context.WithTimeoutCause(ctx, timeout, ErrPluginHung)
 	defer cancel()
@@ -130,6 +131,7 @@ func (inst *instance) streamInterceptor(ctx context.Context, desc *grpc.StreamDe
 	if !ownMethod(method) {
 		return streamer(ctx, desc, cc, method, opts...)
 	}
+	inst.calls.Add(1)
 	timeout := inst.timeoutFor(method)
 	callCtx, cancel := context.WithCancelCause(ctx)
 	cs, err := streamer(callCtx, desc, cc, method, opts...)

@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -50,6 +51,9 @@ type Host struct {
 	mu     sync.Mutex
 	slots  map[string]*slot
 	closed bool
+
+	// starts and calls count plugin processes started and calls made.
+	starts, calls atomic.Int64
 
 	sockOnce sync.Once
 	sockDir  string // see sockets.go
@@ -151,6 +155,10 @@ func (h *Host) roleName(role string) string {
 	}
 	return h.cfg.Images
 }
+
+// Counts returns how many plugin processes this host started and how many
+// calls it made to them.
+func (h *Host) Counts() (starts, calls int64) { return h.starts.Load(), h.calls.Load() }
 
 // Close stops every plugin this host started and removes their socket
 // directory. Calls after Close fail.
@@ -489,7 +497,8 @@ func (h *Host) start(ctx context.Context, name string) (*instance, error) {
 		return nil, fmt.Errorf("plugin %q: create state dir: %w", name, err)
 	}
 	p := h.cfg.Plugin(name)
-	inst := &instance{name: name, path: path, callTimeout: p.CallTimeout, ring: newLogRing(20), configured: map[string]error{}}
+	inst := &instance{name: name, path: path, callTimeout: p.CallTimeout, ring: newLogRing(20), configured: map[string]error{}, calls: &h.calls}
+	h.starts.Add(1)
 
 	logger := hclog.NewInterceptLogger(&hclog.LoggerOptions{
 		Name:   "plugin",
@@ -539,6 +548,8 @@ func (h *Host) start(ctx context.Context, name string) (*instance, error) {
 
 // instance is one running plugin process.
 type instance struct {
+	// calls counts the calls made to any plugin of the host.
+	calls       *atomic.Int64
 	name        string
 	path        string
 	callTimeout time.Duration

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -57,7 +58,8 @@ var migrations = []migration{}
 
 // Store is the state database of one home directory.
 type Store struct {
-	db txdb.DB
+	db   txdb.DB
+	txns atomic.Int64
 }
 
 // Option configures Open.
@@ -131,8 +133,12 @@ func (s *Store) initSchema(btx *bolt.Tx) error {
 	return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, version))
 }
 
+// Transactions is the number of transactions this Store ran.
+func (s *Store) Transactions() int64 { return s.txns.Load() }
+
 // View runs fn in a read-only transaction.
 func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
+	s.txns.Add(1)
 	return s.db.View(ctx, func(btx *bolt.Tx) error {
 		if btx.Bucket(bucketMeta) == nil {
 			return txdb.ErrNoDatabase
@@ -147,6 +153,7 @@ func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
 
 // Update runs fn in a read-write transaction; it commits when fn returns nil.
 func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
+	s.txns.Add(1)
 	return s.db.Update(ctx, func(btx *bolt.Tx) error { return fn(&Tx{btx: btx}) })
 }
 
