@@ -249,6 +249,9 @@ func (r *Runtime) checkStartable(ctx context.Context, b *model.Box) error {
 	if err != nil {
 		return fmt.Errorf("create box: %w", err)
 	}
+	if _, ok := r.resolved.get(b.Config.Image + "\x00" + b.Config.Platform); ok {
+		return nil // resolved in this process already: the reference is good
+	}
 	images, err := r.plugins.Images(ctx)
 	if err != nil {
 		return fmt.Errorf("create box: image plugin: %w", err)
@@ -378,7 +381,7 @@ func (r *Runtime) Remove(ctx context.Context, ref string, opts RemoveOptions) er
 		if !opts.Force {
 			return fmt.Errorf("box %s (%s) is %s: stop it first or remove it with force: %w", b.Name, shortID(b.ID), b.Status, ErrInvalidState)
 		}
-		if err := r.stopLocked(ctx, b.ID, 0); err != nil {
+		if _, err := r.stopLocked(ctx, b, 0); err != nil {
 			return fmt.Errorf("remove %s: kill its VM: %w", b.Name, err)
 		}
 	}

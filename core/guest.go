@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/boxctl/boxctl/core/model"
@@ -156,9 +157,24 @@ func orString(s, def string) string {
 	return s
 }
 
+// EnsureImage returns the cached image for ref (and platform, "" for the
+// host's), pulling it when it is not cached; progress may be nil. The
+// runtime remembers the answer, so a start in the same process does not
+// ask the image plugin again.
+func (r *Runtime) EnsureImage(ctx context.Context, ref, platform string, progress func(sdk.PullEvent)) (sdk.Image, error) {
+	if err := r.checkOpen(); err != nil {
+		return sdk.Image{}, err
+	}
+	return r.resolveImage(ctx, ref, platform, progress)
+}
+
 // resolveImage returns the cached image for ref, pulling it when it is not
 // cached. progress may be nil.
 func (r *Runtime) resolveImage(ctx context.Context, ref, platform string, progress func(sdk.PullEvent)) (sdk.Image, error) {
+	key := ref + "\x00" + platform
+	if img, ok := r.resolved.get(key); ok {
+		return img, nil
+	}
 	images, err := r.plugins.Images(ctx)
 	if err != nil {
 		return sdk.Image{}, fmt.Errorf("image plugin: %w", err)
@@ -166,13 +182,48 @@ func (r *Runtime) resolveImage(ctx context.Context, ref, platform string, progre
 	if platform == "" {
 		img, err := images.GetImage(ctx, ref)
 		if err == nil {
+			r.resolved.put(key, img)
 			return img, nil
 		}
 		if !errors.Is(err, sdk.ErrNotFound) {
 			return sdk.Image{}, err
 		}
 	}
-	return r.pull(ctx, images, ref, platform, progress)
+	img, err := r.pull(ctx, images, ref, platform, progress)
+	if err == nil {
+		r.resolved.put(key, img)
+	}
+	return img, err
+}
+
+// imageMemo remembers which image a reference resolved to, for the life of
+// one runtime: a command that resolves an image and then starts a box asks
+// the image plugin once. Removing or pruning images forgets everything.
+type imageMemo struct {
+	mu sync.Mutex
+	m  map[string]sdk.Image
+}
+
+func (m *imageMemo) get(key string) (sdk.Image, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	img, ok := m.m[key]
+	return img, ok
+}
+
+func (m *imageMemo) put(key string, img sdk.Image) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.m == nil {
+		m.m = map[string]sdk.Image{}
+	}
+	m.m[key] = img
+}
+
+func (m *imageMemo) forget() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.m = nil
 }
 
 func (r *Runtime) pull(ctx context.Context, images sdk.ImageSource, ref, platform string, progress func(sdk.PullEvent)) (sdk.Image, error) {
@@ -260,6 +311,7 @@ func (r *Runtime) RemoveImage(ctx context.Context, ref string, force bool) (sdk.
 	}); err != nil {
 		return sdk.Removed{}, err
 	}
+	r.resolved.forget()
 	if len(users) > 0 && !force {
 		return sdk.Removed{}, fmt.Errorf("image %s is used by box(es) %s: remove them first, or force: %w", ref, strings.Join(users, ", "), ErrInvalidState)
 	}
@@ -288,6 +340,7 @@ func (r *Runtime) PruneImages(ctx context.Context, all bool) (sdk.Removed, error
 	}); err != nil {
 		return sdk.Removed{}, err
 	}
+	r.resolved.forget()
 	return images.Prune(ctx, sdk.PruneRequest{Keep: keep, All: all})
 }
 

@@ -65,10 +65,7 @@ func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) er
 			}
 			return nil
 		}
-		if err := r.markGone(ctx, b, "vm process vanished"); err != nil {
-			return err
-		}
-		if b, err = r.reload(ctx, b.ID); err != nil {
+		if b, err = r.markGone(ctx, b, "vm process vanished"); err != nil {
 			return err
 		}
 	}
@@ -81,13 +78,13 @@ func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) er
 		run.Owner = r.self
 	}
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
-		_, err := boxstatus.Start(tx, b.ID, run)
+		b, err = boxstatus.Start(tx, b.ID, run)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	if err := r.launch(ctx, b.ID, run); err != nil {
+	if err := r.launch(ctx, b, run); err != nil {
 		ctx := context.WithoutCancel(ctx)
 		_ = r.store.Update(ctx, func(tx *state.Tx) error {
 			if _, err := boxstatus.StartFailed(tx, b.ID, run.ID, err); err != nil && !errors.Is(err, boxstatus.ErrSuperseded) {
@@ -95,7 +92,8 @@ func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) er
 			}
 			return tx.AddCounter(CounterBoxesFailed, 1)
 		})
-		if rerr := r.autoRemoveLocked(ctx, b.ID); rerr != nil {
+		cur, _ := r.reload(ctx, b.ID)
+		if rerr := r.autoRemoveLocked(ctx, cur); rerr != nil {
 			r.log.Warn("auto-remove after a failed start", "box", b.ID, "error", rerr)
 		}
 		return fmt.Errorf("start %s: %w", b.Name, err)
@@ -115,11 +113,8 @@ func (r *Runtime) reload(ctx context.Context, id string) (*model.Box, error) {
 
 // launch prepares the VM, has the VMM plugin plan it, and starts the box
 // monitor, which starts the VM and reports when it is ready.
-func (r *Runtime) launch(ctx context.Context, id string, run *model.Run) error {
-	b, err := r.reload(ctx, id)
-	if err != nil {
-		return err
-	}
+func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run) error {
+	id := b.ID
 	if err := os.MkdirAll(r.paths.boxDir(id), 0o700); err != nil {
 		return fmt.Errorf("box directory: %w", err)
 	}
@@ -337,13 +332,16 @@ func (r *Runtime) runAlive(ctx context.Context, b *model.Box) bool {
 }
 
 // markGone records that a box's VM is gone without its monitor having
-// recorded the exit.
-func (r *Runtime) markGone(ctx context.Context, b *model.Box, reason string) error {
+// recorded the exit, and returns the record.
+func (r *Runtime) markGone(ctx context.Context, b *model.Box, reason string) (*model.Box, error) {
 	_ = os.Remove(r.paths.pidFile(b.ID))
-	return r.store.Update(ctx, func(tx *state.Tx) error {
-		_, err := boxstatus.Exit(tx, b.ID, "", &model.Exit{Code: -1, Reason: reason, At: time.Now().UTC()})
+	var cur *model.Box
+	err := r.store.Update(ctx, func(tx *state.Tx) error {
+		var err error
+		cur, err = boxstatus.Exit(tx, b.ID, "", &model.Exit{Code: -1, Reason: reason, At: time.Now().UTC()})
 		return err
 	})
+	return cur, err
 }
 
 // Stop stops the box's VM: a graceful power-off first, forced after
@@ -358,64 +356,56 @@ func (r *Runtime) Stop(ctx context.Context, ref string, timeout time.Duration) e
 }
 
 func (r *Runtime) stop(ctx context.Context, id string, timeout time.Duration) error {
-	lock, err := r.lockBox(ctx, id)
+	lock, b, err := r.lockBox(ctx, id)
 	if err != nil {
 		return err
 	}
 	defer lock.Release() // removeLocked deletes the lock file with the box
-	if err := r.stopLocked(ctx, id, timeout); err != nil {
+	if b, err = r.stopLocked(ctx, b, timeout); err != nil {
 		return err
 	}
-	return r.autoRemoveLocked(ctx, id)
+	return r.autoRemoveLocked(ctx, b)
 }
 
 // autoRemoveLocked removes the box if it is an auto-remove (--rm) box whose
 // VM is gone. It is the one place boxes are auto-removed: after a stop, a
 // failed start, a VM that exited on its own (the monitor calls AutoRemove)
-// and in recovery. The caller holds the box lock.
-func (r *Runtime) autoRemoveLocked(ctx context.Context, id string) error {
-	b, err := r.reload(ctx, id)
-	if errors.Is(err, ErrNotFound) {
+// and in recovery. The caller holds the box lock and passes the box's
+// current record.
+func (r *Runtime) autoRemoveLocked(ctx context.Context, b *model.Box) error {
+	if b == nil || !b.Config.AutoRemove || b.Status.Active() {
 		return nil
 	}
-	if err != nil {
-		return err
-	}
-	if !b.Config.AutoRemove || b.Status.Active() {
-		return nil
-	}
-	if err := r.removeLocked(ctx, id); err != nil {
+	if err := r.removeLocked(ctx, b.ID); err != nil {
 		return fmt.Errorf("auto-remove %s: %w", b.Name, err)
 	}
 	return nil
 }
 
-// stopLocked stops the VM of a box whose lock the caller holds: through
-// its monitor, or, when the monitor is gone, through the VMM plugin with
-// the persisted handle.
-func (r *Runtime) stopLocked(ctx context.Context, id string, timeout time.Duration) error {
-	b, err := r.reload(ctx, id)
-	if err != nil {
-		return err
-	}
+// stopLocked stops the VM of box b, whose lock the caller holds: through
+// its monitor, or, when the monitor is gone, without it. It returns the
+// box's record after the stop.
+func (r *Runtime) stopLocked(ctx context.Context, b *model.Box, timeout time.Duration) (*model.Box, error) {
 	if !b.Status.Active() || b.Run == nil {
-		return nil
+		return b, nil
 	}
-	_, err = monitor.Stop(ctx, r.paths.monitorSocket(id), timeout)
-	if err == nil {
-		return nil
+	_, err := monitor.Stop(ctx, r.paths.monitorSocket(b.ID), timeout)
+	// The monitor recorded the exit (or recorded it and went before it
+	// answered).
+	cur, rerr := r.reload(ctx, b.ID)
+	if rerr != nil {
+		return nil, rerr
 	}
-	// The monitor may have recorded the exit and gone before it answered.
-	if cur, rerr := r.reload(ctx, id); rerr == nil && !cur.Status.Active() {
-		return nil
+	if err == nil || !cur.Status.Active() {
+		return cur, nil
 	}
 	if !errors.Is(err, monitor.ErrNoMonitor) && b.Run.Monitor.Alive() {
-		return fmt.Errorf("stop %s: %w", b.Name, err)
+		return nil, fmt.Errorf("stop %s: %w", b.Name, err)
 	}
 	r.log.Debug("monitor gone; stopping the VM without it", "box", b.ID)
 	if b.Run.VM.Alive() {
 		if err := r.stopUnsupervised(ctx, b, timeout); err != nil {
-			return fmt.Errorf("stop %s: %w", b.Name, err)
+			return nil, fmt.Errorf("stop %s: %w", b.Name, err)
 		}
 	}
 	return r.markGone(ctx, b, "stopped (its monitor was gone)")
@@ -487,7 +477,7 @@ func waitGone(ctx context.Context, id proc.Ident, d time.Duration) error {
 // AutoRemove removes the box if it is an auto-remove box that is no longer
 // active. The box monitor calls it after the VM exits on its own.
 func (r *Runtime) AutoRemove(ctx context.Context, id string) error {
-	_, lock, err := r.lockAndLoad(ctx, id)
+	b, lock, err := r.lockAndLoad(ctx, id)
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
@@ -495,5 +485,5 @@ func (r *Runtime) AutoRemove(ctx context.Context, id string) error {
 		return err
 	}
 	defer lock.Release()
-	return r.autoRemoveLocked(ctx, id)
+	return r.autoRemoveLocked(ctx, b)
 }

@@ -167,7 +167,7 @@ func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
 	}
 	if b.Config.AutoRemove && !b.Status.Active() {
 		log.Info("recovery: removing a stopped auto-remove box")
-		if err := r.autoRemoveLocked(ctx, b.ID); err != nil {
+		if err := r.autoRemoveLocked(ctx, b); err != nil {
 			log.Warn("recovery: auto-remove", "error", err)
 		}
 	}
@@ -208,7 +208,7 @@ func (r *Runtime) recoverRun(ctx context.Context, b *model.Box) bool {
 		reason = "vm process vanished"
 	}
 	r.log.Info("recovery: marking box stopped", "box", b.ID, "reason", reason)
-	if err := r.markGone(ctx, b, reason); err != nil {
+	if _, err := r.markGone(ctx, b, reason); err != nil {
 		r.log.Warn("recovery: mark stopped", "box", b.ID, "error", err)
 	}
 	return false

@@ -58,6 +58,7 @@ type Runtime struct {
 	shutdown bool
 	monitors sync.WaitGroup
 	agents   agentPool
+	resolved imageMemo
 }
 
 // Option configures Open.
@@ -296,21 +297,17 @@ func (r *Runtime) lockAndLoad(ctx context.Context, ref string) (*model.Box, *loc
 	if err != nil {
 		return nil, nil, err
 	}
-	lock, err := r.lockBox(ctx, info.ID)
+	lock, b, err := r.lockBox(ctx, info.ID)
 	if err != nil {
-		return nil, nil, err
-	}
-	b, err := r.reload(ctx, info.ID)
-	if err != nil {
-		_ = lock.Release()
 		return nil, nil, err
 	}
 	return b, lock, nil
 }
 
-// lockBox takes the per-box lifecycle lock. The lock file is made with
-// the box and deleted with it, so a box removed meanwhile is ErrNotFound.
-func (r *Runtime) lockBox(ctx context.Context, id string) (*lockfile.Lock, error) {
+// lockBox takes the per-box lifecycle lock and returns the box's record as
+// it is under the lock. The lock file is made with the box and deleted
+// with it, so a box removed meanwhile is ErrNotFound.
+func (r *Runtime) lockBox(ctx context.Context, id string) (*lockfile.Lock, *model.Box, error) {
 	lctx, cancel := context.WithTimeout(ctx, r.lockWait)
 	defer cancel()
 	path := r.paths.lockPath(id)
@@ -318,23 +315,28 @@ func (r *Runtime) lockBox(ctx context.Context, id string) (*lockfile.Lock, error
 	if errors.Is(err, fs.ErrNotExist) {
 		// A box whose lock file was lost (say, by hand) gets a new one.
 		if _, gerr := r.reload(ctx, id); gerr != nil {
-			return nil, gerr
+			return nil, nil, gerr
 		}
 		l, err = lockfile.Acquire(lctx, path, false)
 	}
 	if errors.Is(err, lockfile.ErrRemoved) {
-		return nil, fmt.Errorf("box %s was removed: %w", shortID(id), ErrNotFound)
+		return nil, nil, fmt.Errorf("box %s was removed: %w", shortID(id), ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("box %s is busy with another operation (start, stop or remove in another boxctl): %w", shortID(id), err)
+		return nil, nil, fmt.Errorf("box %s is busy with another operation (start, stop or remove in another boxctl): %w", shortID(id), err)
 	}
 	// The box may have been removed while we waited; then the lock file
 	// (perhaps one we just made) must not outlive it.
-	if _, err := r.reload(ctx, id); errors.Is(err, ErrNotFound) {
+	b, err := r.reload(ctx, id)
+	if errors.Is(err, ErrNotFound) {
 		_ = l.Remove()
-		return nil, fmt.Errorf("box %s was removed: %w", shortID(id), ErrNotFound)
+		return nil, nil, fmt.Errorf("box %s was removed: %w", shortID(id), ErrNotFound)
 	}
-	return l, nil
+	if err != nil {
+		_ = l.Release()
+		return nil, nil, err
+	}
+	return l, b, nil
 }
 
 func newID() string {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -66,19 +65,8 @@ printed line by line (-q prints only the digest).`,
 
 // ensureImage pulls ref with progress on stderr unless it is cached.
 func (a *app) ensureImage(ctx context.Context, rt *core.Runtime, ref, platform string) error {
-	if platform == "" {
-		images, err := rt.Plugins().Images(ctx)
-		if err != nil {
-			return err
-		}
-		if _, err := images.GetImage(ctx, ref); err == nil {
-			return nil
-		} else if !errors.Is(err, sdk.ErrNotFound) {
-			return err
-		}
-	}
 	prog := newProgress(a.stderr)
-	_, err := rt.Pull(ctx, ref, platform, prog.event)
+	_, err := rt.EnsureImage(ctx, ref, platform, prog.event)
 	prog.finish()
 	return err
 }
