@@ -119,7 +119,7 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run) erro
 		return fmt.Errorf("box directory: %w", err)
 	}
 	// A guest start needs all three plugins: start them side by side.
-	r.plugins.Prestart(ctx, sdk.RoleVMM, sdk.RoleImages, sdk.RoleDisks)
+	r.Prestart(ctx, sdk.RoleVMM, sdk.RoleImages, sdk.RoleDisks)
 	vmm, err := r.plugins.VMM(ctx)
 	if err != nil {
 		return fmt.Errorf("vmm plugin: %w", err)

@@ -45,7 +45,7 @@ type Runtime struct {
 	cfg        *config.Config
 	paths      layout
 	store      *state.Store
-	plugins    *pluginhost.Host
+	plugins    Plugins
 	log        hclog.Logger
 	logOut     io.Writer
 	self       proc.Ident
@@ -139,12 +139,22 @@ func Open(ctx context.Context, opts ...Option) (*Runtime, error) {
 		return nil, err
 	}
 	hostOpts := []pluginhost.Option{pluginhost.WithLogger(r.log.Named("plugin"), r.logOut)}
+	if r.pluginDirs == nil {
+		// Plugins are installed next to boxctl: an embedding program that
+		// names (or finds) the boxctl binary for its monitors finds them
+		// there, then next to itself, then in <home>/plugins.
+		if bin, err := r.findMonitorBinary(); err == nil {
+			r.pluginDirs = pluginSearchDirs(filepath.Dir(bin), home)
+		}
+	}
 	if r.pluginDirs != nil {
 		hostOpts = append(hostOpts, pluginhost.WithSearchDirs(r.pluginDirs...))
 	}
 	// Plugins of a boxctl that was killed can leave their sockets behind.
 	pluginhost.SweepSocketDirs(home)
-	r.plugins = pluginhost.New(r.cfg, hostOpts...)
+	if r.plugins == nil {
+		r.plugins = pluginhost.New(r.cfg, hostOpts...)
+	}
 	if r.noRecovery {
 		return r, nil
 	}
@@ -157,9 +167,6 @@ func Open(ctx context.Context, opts ...Option) (*Runtime, error) {
 
 // Config returns the runtime's effective configuration.
 func (r *Runtime) Config() *config.Config { return r.cfg }
-
-// Plugins returns the runtime's plugin host.
-func (r *Runtime) Plugins() *pluginhost.Host { return r.plugins }
 
 // Home returns the home directory.
 func (r *Runtime) Home() string { return r.paths.home }
@@ -337,6 +344,21 @@ func (r *Runtime) lockBox(ctx context.Context, id string) (*lockfile.Lock, *mode
 		return nil, nil, err
 	}
 	return l, b, nil
+}
+
+// pluginSearchDirs are where plugin binaries are looked for: binDir (where
+// boxctl is), the running executable's directory, <home>/plugins.
+func pluginSearchDirs(binDir, home string) []string {
+	dirs := []string{binDir}
+	if exe, err := os.Executable(); err == nil {
+		if resolved, err := filepath.EvalSymlinks(exe); err == nil {
+			exe = resolved
+		}
+		if d := filepath.Dir(exe); d != binDir {
+			dirs = append(dirs, d)
+		}
+	}
+	return append(dirs, filepath.Join(home, "plugins"))
 }
 
 func newID() string {

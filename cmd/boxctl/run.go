@@ -94,7 +94,7 @@ ID is printed.`,
 			}
 			// run needs every plugin: start them side by side now rather
 			// than one after the other as each step first needs it.
-			rt.Plugins().Prestart(ctx, sdk.RoleImages, sdk.RoleVMM, sdk.RoleDisks)
+			rt.Prestart(ctx, sdk.RoleImages, sdk.RoleVMM, sdk.RoleDisks)
 			if err := a.ensureImage(ctx, rt, opts.Config.Image, opts.Config.Platform); err != nil {
 				return err
 			}
