@@ -20,7 +20,7 @@ help:
 	@echo "make test    install test dependencies, then run every test with -race"
 	@echo "make fuzz    a bounded fuzz run of the qcow2 parser (FUZZTIME, default 30s)"
 	@echo "make bench   run the benchmarks under bench/ and print their numbers"
-	@echo "make lint    gofmt check and go vet"
+	@echo "make lint    gofmt check, go vet and staticcheck (pinned in go.mod)"
 	@echo "make proto   regenerate the protobuf code"
 	@echo "make clean   remove build output"
 
@@ -62,6 +62,7 @@ fuzz:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 
 $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc: go.mod
 	@mkdir -p $(TOOLS)

@@ -223,7 +223,7 @@ func (x *extractor) entry(ctx context.Context, hdr *tar.Header, r io.Reader) err
 			return err
 		}
 		x.dirs = append(x.dirs, dirMeta{name: name, hdr: hdr})
-	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old archives still carry TypeRegA
+	case tar.TypeReg: // tar.Reader turns legacy TypeRegA entries into TypeReg (or TypeDir)
 		if err := x.clear(pfd, base); err != nil {
 			return err
 		}
