@@ -443,7 +443,9 @@ type VMSpec struct {
 	// It exists when Plan is called. Keep paths short: unix socket paths are
 	// limited to 107 bytes.
 	RunDir string `protobuf:"bytes,6,opt,name=run_dir,json=runDir,proto3" json:"run_dir,omitempty"`
-	// Extra guest kernel command line arguments from the core.
+	// The guest boot contract (sdk/guestboot) rendered by the core: disks,
+	// agent channel and network addresses for the boxctl guest. Append them
+	// to the guest kernel's command line unchanged.
 	KernelArgs []string `protobuf:"bytes,7,rep,name=kernel_args,json=kernelArgs,proto3" json:"kernel_args,omitempty"`
 	// How to confine the hypervisor process.
 	Sandbox       *Sandbox `protobuf:"bytes,8,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
@@ -827,7 +829,9 @@ func (x *PlanResponse) GetPlan() *LaunchPlan {
 type StopRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Handle []byte                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
-	// The process started from the launch plan.
+	// The process the core started from the launch plan (plan.argv: a
+	// launcher, say, whose child is the hypervisor), checked by the core to
+	// be that process still.
 	Pid           int64 `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
 	Force         bool  `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
