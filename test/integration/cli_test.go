@@ -13,7 +13,7 @@ import (
 
 func TestCLIFormatsAndInspect(t *testing.T) {
 	e := newEnv(t, "")
-	id := strings.TrimSpace(e.ok("create", "--name", "fmt", "-e", "A=1", "--memory", "128MiB", "test-image", "--", "echo", "hi"))
+	id := strings.TrimSpace(e.ok("create", "--name", "fmt", "-e", "A=1", "--memory", "128MiB", testImage, "--", "echo", "hi"))
 	if len(id) != 32 {
 		t.Fatalf("create printed %q, want a 32-character ID", id)
 	}
@@ -21,7 +21,7 @@ func TestCLIFormatsAndInspect(t *testing.T) {
 		t.Fatalf("ls without -a shows a configured box:\n%s", out)
 	}
 	table := e.ok("ls", "-a")
-	for _, want := range []string{"BOX ID", "NAME", "STATUS", id[:12], "fmt", "test-image", "Created"} {
+	for _, want := range []string{"BOX ID", "NAME", "STATUS", id[:12], "fmt", testImage, "Created"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("ls -a table lacks %q:\n%s", want, table)
 		}

@@ -22,17 +22,35 @@ import (
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core"
 	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/test/images/busybox"
 	"github.com/boxctl/boxctl/test/testbin"
 )
 
 var bins testbin.Set
 
+// testImage is the image boxes of these tests run: the busybox test image
+// as an OCI layout, built once for the test binary. The procvmm VMM test
+// double gets its real root disk and writable disk from the oci and qcow2
+// plugins, as a real VMM would.
+var testImage string
+
 func TestMain(m *testing.M) {
 	if os.Getenv(ownerEnv) != "" {
 		os.Exit(runOwner())
 	}
+	dir, err := os.MkdirTemp("", "bximg")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if _, err := busybox.BuildLayout(filepath.Join(dir, "busybox"), busybox.Options{}); err != nil {
+		fmt.Fprintf(os.Stderr, "build the busybox test image: %v\n", err)
+		os.Exit(1)
+	}
+	testImage = "oci-layout:" + filepath.Join(dir, "busybox")
 	code := m.Run()
 	bins.Cleanup()
+	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }
 
@@ -48,7 +66,7 @@ type env struct {
 
 func newEnv(t *testing.T, extraHCL string) *env {
 	t.Helper()
-	bin := bins.Dir(t, "boxctl", "boxctl-plugin-procvmm", "boxctl-plugin-badproto", "boxctl-plugin-oci")
+	bin := bins.Dir(t, "boxctl", "boxctl-plugin-procvmm", "boxctl-plugin-badproto", "boxctl-plugin-oci", "boxctl-plugin-qcow2")
 	home := testbin.ShortTempDir(t)
 	cfg := testbin.WriteFile(t, home, "config.hcl", fmt.Sprintf("vmm = %q\n%s\n", "procvmm", extraHCL))
 	e := &env{t: t, bin: bin, home: filepath.Join(home, "h"), config: cfg}

@@ -14,23 +14,23 @@ import (
 // issue 8: each is refused with a clear error, and nothing is created.
 func TestCLIRefusesBadSizesLevelsAndTimeouts(t *testing.T) {
 	e := newEnv(t, "")
-	e.ok("create", "--name", "ok", "test-image")
+	e.ok("create", "--name", "ok", testImage)
 	cases := []struct {
 		args []string
 		want string
 	}{
 		// An explicit 0 is not "the default".
-		{[]string{"create", "--memory", "0", "test-image"}, "--memory 0: memory must be at least 64MiB"},
-		{[]string{"create", "--cpus", "0", "test-image"}, "--cpus 0: a box needs between 1 and 256 vCPUs"},
-		{[]string{"create", "--cpus", "257", "test-image"}, "between 1 and 256"},
-		{[]string{"create", "--disk-size", "0", "test-image"}, "--disk-size 0: the writable disk must be at least 64MiB"},
+		{[]string{"create", "--memory", "0", testImage}, "--memory 0: memory must be at least 64MiB"},
+		{[]string{"create", "--cpus", "0", testImage}, "--cpus 0: a box needs between 1 and 256 vCPUs"},
+		{[]string{"create", "--cpus", "257", testImage}, "between 1 and 256"},
+		{[]string{"create", "--disk-size", "0", testImage}, "--disk-size 0: the writable disk must be at least 64MiB"},
 		// 100 bytes used to round to 0MiB and then to the default.
-		{[]string{"create", "--memory", "100", "test-image"}, "memory must be at least 64MiB"},
-		{[]string{"create", "--memory", "64MiB-1", "test-image"}, "--memory 64MiB-1"},
-		{[]string{"create", "--disk-size", "1MiB", "test-image"}, "at least 64MiB"},
-		{[]string{"create", "--disk-size", "1PiB", "test-image"}, "1PiB is too large: the writable disk can be at most 16TiB"},
-		{[]string{"create", "--disk-size", "100000EiB", "test-image"}, "too large"},
-		{[]string{"run", "--memory", "0", "test-image"}, "memory must be at least 64MiB"},
+		{[]string{"create", "--memory", "100", testImage}, "memory must be at least 64MiB"},
+		{[]string{"create", "--memory", "64MiB-1", testImage}, "--memory 64MiB-1"},
+		{[]string{"create", "--disk-size", "1MiB", testImage}, "at least 64MiB"},
+		{[]string{"create", "--disk-size", "1PiB", testImage}, "1PiB is too large: the writable disk can be at most 16TiB"},
+		{[]string{"create", "--disk-size", "100000EiB", testImage}, "too large"},
+		{[]string{"run", "--memory", "0", testImage}, "memory must be at least 64MiB"},
 		{[]string{"exec", "--timeout", "-1s", "ok", "--", "true"}, "--timeout -1s: the timeout cannot be negative"},
 		{[]string{"--log-level", "bogus", "ls"}, "--log-level: unknown log level \"bogus\": use one of trace, debug, info, warn, error, off"},
 	}
@@ -57,7 +57,7 @@ func TestCLIRefusesBadSizesLevelsAndTimeouts(t *testing.T) {
 		t.Errorf("boxes after refused commands: %q", got)
 	}
 	// Sizes that are whole MiB are kept; others are rounded down.
-	e.ok("create", "--name", "odd", "--memory", "1GB", "--disk-size", "64MiB", "test-image")
+	e.ok("create", "--name", "odd", "--memory", "1GB", "--disk-size", "64MiB", testImage)
 	if b := e.info(e.runtime(), "odd"); b.Config.MemoryMiB != 953 || b.Config.DiskSize != 64<<20 {
 		t.Errorf("--memory 1GB --disk-size 64MiB gave %dMiB and %d bytes", b.Config.MemoryMiB, b.Config.DiskSize)
 	}
@@ -67,15 +67,15 @@ func TestCLIRefusesBadSizesLevelsAndTimeouts(t *testing.T) {
 // would make that ID resolve to the new box.
 func TestNamesCannotShadowBoxIDs(t *testing.T) {
 	e := newEnv(t, "")
-	id := strings.TrimSpace(e.ok("create", "--name", "first", "test-image"))
+	id := strings.TrimSpace(e.ok("create", "--name", "first", testImage))
 	for _, name := range []string{id, id[:12], id[:20]} {
-		_, errs, code := e.cli("create", "--name", name, "test-image")
+		_, errs, code := e.cli("create", "--name", name, testImage)
 		if code != 125 || !strings.Contains(errs, "is the ID of box "+id[:12]) {
 			t.Errorf("create --name %s: exit %d %s", name, code, errs)
 		}
 	}
 	rt := e.runtime()
-	if _, _, err := rt.GetOrCreate(t.Context(), core.BoxOptions{Name: id[:12], Config: model.BoxConfig{Image: "test-image"}}); err == nil {
+	if _, _, err := rt.GetOrCreate(t.Context(), core.BoxOptions{Name: id[:12], Config: model.BoxConfig{Image: testImage}}); err == nil {
 		t.Error("GetOrCreate with a name equal to another box's short ID succeeded")
 	}
 	for _, ref := range []string{id, id[:12]} {
@@ -84,7 +84,7 @@ func TestNamesCannotShadowBoxIDs(t *testing.T) {
 		}
 	}
 	// A shorter prefix stays a valid name, as in Docker.
-	e.ok("create", "--name", id[:4], "test-image")
+	e.ok("create", "--name", id[:4], testImage)
 }
 
 // TestCreateRecordsNoCommandAsNone is defect 2 of issue 8: without a command
@@ -92,11 +92,11 @@ func TestNamesCannotShadowBoxIDs(t *testing.T) {
 // --entrypoint follows Docker.
 func TestCreateRecordsNoCommandAsNone(t *testing.T) {
 	e := newEnv(t, "")
-	e.ok("create", "--name", "plain", "test-image")
-	e.ok("create", "--name", "args", "test-image", "--", "echo", "hi")
-	e.ok("create", "--name", "ep", "--entrypoint", "/bin/echo", "test-image")
-	e.ok("create", "--name", "ep-args", "--entrypoint", "/bin/echo", "test-image", "--", "a", "b")
-	e.ok("create", "--name", "ep-clear", "--entrypoint", "", "test-image")
+	e.ok("create", "--name", "plain", testImage)
+	e.ok("create", "--name", "args", testImage, "--", "echo", "hi")
+	e.ok("create", "--name", "ep", "--entrypoint", "/bin/echo", testImage)
+	e.ok("create", "--name", "ep-args", "--entrypoint", "/bin/echo", testImage, "--", "a", "b")
+	e.ok("create", "--name", "ep-clear", "--entrypoint", "", testImage)
 	rt := e.runtime()
 	image := &model.ImageConfig{Entrypoint: []string{"/entry"}, Cmd: []string{"/bin/sh", "-c", "default"}}
 	for name, want := range map[string]string{

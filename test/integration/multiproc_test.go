@@ -32,7 +32,7 @@ func TestConcurrentCreatesWithDistinctNames(t *testing.T) {
 	e := newEnv(t, "")
 	const n = 16
 	_, errs, codes := parallelCLI(e, n, func(i int) []string {
-		return []string{"create", "--name", fmt.Sprintf("n%d", i), "test-image"}
+		return []string{"create", "--name", fmt.Sprintf("n%d", i), testImage}
 	})
 	for i := range codes {
 		if codes[i] != 0 {
@@ -60,7 +60,7 @@ func TestConcurrentCreatesWithOneName(t *testing.T) {
 	e := newEnv(t, "")
 	const n = 16
 	_, errs, codes := parallelCLI(e, n, func(int) []string {
-		return []string{"create", "--name", "same", "test-image"}
+		return []string{"create", "--name", "same", testImage}
 	})
 	okCount, exists := 0, 0
 	for i := range codes {
@@ -135,7 +135,7 @@ func TestConcurrentCreateRemoveListLoops(t *testing.T) {
 			var args []string
 			switch kind {
 			case "create":
-				args = []string{"create", "--name", name, "test-image"}
+				args = []string{"create", "--name", name, testImage}
 			case "rm":
 				args = []string{"rm", name}
 			case "ls":

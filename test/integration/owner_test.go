@@ -25,7 +25,7 @@ const ownerEnv = "BOXCTL_TEST_OWNER"
 
 func runOwner() int {
 	var home, cfgPath, bin, name string
-	_, _ = fmt.Sscan(os.Getenv(ownerEnv), &home, &cfgPath, &bin, &name)
+	_, _ = fmt.Sscan(os.Getenv(ownerEnv), &home, &cfgPath, &bin, &name, &testImage)
 	ctx := context.Background()
 	cfg, err := config.LoadFile(cfgPath)
 	if err != nil {
@@ -39,7 +39,7 @@ func runOwner() int {
 		fmt.Println("error", err)
 		return 1
 	}
-	box, err := rt.Create(ctx, core.BoxOptions{Name: name, Config: model.BoxConfig{Image: "test-image"}})
+	box, err := rt.Create(ctx, core.BoxOptions{Name: name, Config: model.BoxConfig{Image: testImage}})
 	if err == nil {
 		err = box.Start(ctx)
 	}
@@ -58,7 +58,7 @@ func TestNonDetachedBoxStopsWhenOwnerIsKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s %s", ownerEnv, e.home, e.config, e.bin, "owned"))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s %s %s", ownerEnv, e.home, e.config, e.bin, "owned", testImage))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +96,7 @@ func startOwned(t *testing.T, e *env, name string) (*exec.Cmd, *model.Box) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s %s", ownerEnv, e.home, e.config, e.bin, name))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s %s %s", ownerEnv, e.home, e.config, e.bin, name, testImage))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

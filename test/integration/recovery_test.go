@@ -18,7 +18,7 @@ import (
 // startDetached creates and starts a detached box and returns its record.
 func startDetached(t *testing.T, e *env, name string) *model.Box {
 	t.Helper()
-	e.ok("create", "--name", name, "test-image")
+	e.ok("create", "--name", name, testImage)
 	e.ok("start", name)
 	b := e.info(e.runtime(), name)
 	if b.Status != model.StatusRunning {
@@ -196,7 +196,7 @@ func TestActiveBoxWhoseDirectoryVanishedIsRemoved(t *testing.T) {
 func TestAutoRemoveBoxes(t *testing.T) {
 	e := newEnv(t, "plugin \"procvmm\" {\n  config {\n    exit_after = \"1s\"\n  }\n}\n")
 	// The VM exits by itself: its monitor removes the box.
-	e.ok("create", "--rm", "--name", "ephemeral", "test-image")
+	e.ok("create", "--rm", "--name", "ephemeral", testImage)
 	e.ok("start", "ephemeral")
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -223,7 +223,7 @@ func TestAutoRemoveBoxes(t *testing.T) {
 	}
 	e2.assertConsistent(rt)
 	// Stop removes an auto-remove box.
-	e2.ok("create", "--rm", "--name", "ephemeral3", "test-image")
+	e2.ok("create", "--rm", "--name", "ephemeral3", testImage)
 	e2.ok("start", "ephemeral3")
 	e2.ok("stop", "ephemeral3")
 	if ok, _ := e2.runtime().Exists(context.Background(), "ephemeral3"); ok {
@@ -233,7 +233,7 @@ func TestAutoRemoveBoxes(t *testing.T) {
 
 func TestInterruptedRemovalIsFinished(t *testing.T) {
 	e := newEnv(t, "")
-	id := strings.TrimSpace(e.ok("create", "--name", "half", "test-image"))
+	id := strings.TrimSpace(e.ok("create", "--name", "half", testImage))
 	editRecord(t, e, id, func(x *model.Box) { x.Pending = "removing" })
 	rt := e.runtime()
 	if ok, _ := rt.Exists(context.Background(), "half"); ok {

@@ -16,7 +16,7 @@ import (
 )
 
 func opts(name string) core.BoxOptions {
-	return core.BoxOptions{Name: name, Config: model.BoxConfig{Image: "test-image"}}
+	return core.BoxOptions{Name: name, Config: model.BoxConfig{Image: testImage}}
 }
 
 func TestCreatePersistsConfiguredWithDefaults(t *testing.T) {
