@@ -10,7 +10,6 @@ import (
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 	"github.com/boxctl/boxctl/sdk/sdktest"
 )
 
@@ -20,42 +19,42 @@ type exampleImages struct {
 	Tag string `hcl:"tag,optional"`
 }
 
-func (e *exampleImages) Info(context.Context) (*pluginv1.InfoResponse, error) {
-	return &pluginv1.InfoResponse{Name: "example", Version: "1.2.3", Capabilities: []string{"registry"}}, nil
+func (e *exampleImages) Info(context.Context) (sdk.Info, error) {
+	return sdk.Info{Name: "example", Version: "1.2.3", Capabilities: sdk.Capabilities{Registry: true}}, nil
 }
 
 func (e *exampleImages) Configure(_ context.Context, cfg *sdk.Config) error {
 	return cfg.Decode(e)
 }
 
-func (e *exampleImages) Pull(_ context.Context, req *pluginv1.PullRequest, progress func(*pluginv1.PullEvent)) (*pluginv1.Image, error) {
-	if req.GetReference() == "missing" {
-		return nil, fmt.Errorf("image %q: %w", req.GetReference(), sdk.ErrNotFound)
+func (e *exampleImages) Pull(_ context.Context, req sdk.PullRequest, progress func(sdk.PullEvent)) (sdk.Image, error) {
+	if req.Reference == "missing" {
+		return sdk.Image{}, fmt.Errorf("image %q: %w", req.Reference, sdk.ErrNotFound)
 	}
 	for i := 0; i < 3; i++ {
-		progress(&pluginv1.PullEvent{Event: &pluginv1.PullEvent_Layer{Layer: &pluginv1.LayerProgress{Digest: "sha256:l", DoneBytes: uint64(i)}}})
+		progress(sdk.PullEvent{Layer: &sdk.LayerProgress{Digest: "sha256:l", Done: uint64(i)}})
 	}
-	return &pluginv1.Image{Digest: "sha256:abc", References: []string{req.GetReference() + ":" + e.Tag}}, nil
+	return sdk.Image{Digest: "sha256:abc", References: []string{req.Reference + ":" + e.Tag}}, nil
 }
 
-func (e *exampleImages) GetImage(context.Context, string) (*pluginv1.Image, error) {
-	return nil, errors.New("disk on fire")
+func (e *exampleImages) GetImage(context.Context, string) (sdk.Image, error) {
+	return sdk.Image{}, errors.New("disk on fire")
 }
 
-func (e *exampleImages) RootDisk(context.Context, string) (*pluginv1.RootDiskResponse, error) {
-	return nil, sdk.ErrUnsupported
+func (e *exampleImages) RootDisk(context.Context, string) (sdk.RootDisk, error) {
+	return sdk.RootDisk{}, sdk.ErrUnsupported
 }
 
-func (e *exampleImages) ListImages(context.Context) ([]*pluginv1.Image, error) {
-	return []*pluginv1.Image{{Digest: "sha256:1"}, {Digest: "sha256:2"}}, nil
+func (e *exampleImages) ListImages(context.Context) ([]sdk.Image, error) {
+	return []sdk.Image{{Digest: "sha256:1"}, {Digest: "sha256:2"}}, nil
 }
 
-func (e *exampleImages) RemoveImage(context.Context, string) (*pluginv1.RemoveImageResponse, error) {
-	return nil, fmt.Errorf("in use: %w", sdk.ErrInvalidState)
+func (e *exampleImages) RemoveImage(context.Context, string) (sdk.Removed, error) {
+	return sdk.Removed{}, fmt.Errorf("in use: %w", sdk.ErrInvalidState)
 }
 
-func (e *exampleImages) Prune(context.Context, *pluginv1.PruneRequest) (*pluginv1.PruneResponse, error) {
-	return &pluginv1.PruneResponse{ReclaimedBytes: 7}, nil
+func (e *exampleImages) Prune(context.Context, sdk.PruneRequest) (sdk.Removed, error) {
+	return sdk.Removed{Reclaimed: 7}, nil
 }
 
 func TestImageSourceOverTheWire(t *testing.T) {
@@ -64,7 +63,7 @@ func TestImageSourceOverTheWire(t *testing.T) {
 	ctx := context.Background()
 
 	info, err := c.Images.Info(ctx)
-	if err != nil || info.GetName() != "example" || len(info.GetProtocolVersions()) != 1 {
+	if err != nil || info.Name != "example" || len(info.ProtocolVersions) != 1 {
 		t.Fatalf("info: %v %v", info, err)
 	}
 	src := []byte("\n  tag = \"v1\"\n")
@@ -72,11 +71,11 @@ func TestImageSourceOverTheWire(t *testing.T) {
 		t.Fatal(err)
 	}
 	var events int
-	img, err := c.Images.Pull(ctx, &pluginv1.PullRequest{Reference: "alpine"}, func(*pluginv1.PullEvent) { events++ })
-	if err != nil || events != 3 || img.GetReferences()[0] != "alpine:v1" {
+	img, err := c.Images.Pull(ctx, sdk.PullRequest{Reference: "alpine"}, func(sdk.PullEvent) { events++ })
+	if err != nil || events != 3 || img.References[0] != "alpine:v1" {
 		t.Fatalf("pull: %v events=%d img=%v", err, events, img)
 	}
-	if _, err := c.Images.Pull(ctx, &pluginv1.PullRequest{Reference: "missing"}, nil); !errors.Is(err, sdk.ErrNotFound) || !strings.Contains(err.Error(), `image "missing"`) {
+	if _, err := c.Images.Pull(ctx, sdk.PullRequest{Reference: "missing"}, nil); !errors.Is(err, sdk.ErrNotFound) || !strings.Contains(err.Error(), `image "missing"`) {
 		t.Fatalf("typed error lost on the wire: %v", err)
 	}
 	if _, err := c.Images.RemoveImage(ctx, "x"); !errors.Is(err, sdk.ErrInvalidState) {

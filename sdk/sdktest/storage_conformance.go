@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // NewStorageFunc returns a fresh, empty, configured storage plugin (both
@@ -29,9 +28,9 @@ type NewStorageFunc func(t *testing.T) (sdk.DiskBackend, sdk.SnapshotBackend)
 // without knowing the plugin's file format.
 type DiskContent interface {
 	// Fill writes length bytes of pattern at guest offset off of the disk.
-	Fill(ctx context.Context, disk *pluginv1.DiskInfo, off, length int64, pattern byte) error
+	Fill(ctx context.Context, disk sdk.Disk, off, length int64, pattern byte) error
 	// Expect returns an error unless [off, off+length) reads as pattern.
-	Expect(ctx context.Context, disk *pluginv1.DiskInfo, off, length int64, pattern byte) error
+	Expect(ctx context.Context, disk sdk.Disk, off, length int64, pattern byte) error
 }
 
 // QemuIO is a DiskContent that uses QEMU's qemu-io tool (qemu-utils),
@@ -43,16 +42,16 @@ type QemuIO struct {
 }
 
 // Fill implements DiskContent.
-func (q QemuIO) Fill(ctx context.Context, disk *pluginv1.DiskInfo, off, length int64, pattern byte) error {
+func (q QemuIO) Fill(ctx context.Context, disk sdk.Disk, off, length int64, pattern byte) error {
 	return q.run(ctx, disk, false, fmt.Sprintf("write -P %d %d %d", pattern, off, length))
 }
 
 // Expect implements DiskContent.
-func (q QemuIO) Expect(ctx context.Context, disk *pluginv1.DiskInfo, off, length int64, pattern byte) error {
+func (q QemuIO) Expect(ctx context.Context, disk sdk.Disk, off, length int64, pattern byte) error {
 	return q.run(ctx, disk, true, fmt.Sprintf("read -P %d %d %d", pattern, off, length))
 }
 
-func (q QemuIO) run(ctx context.Context, disk *pluginv1.DiskInfo, readOnly bool, command string) error {
+func (q QemuIO) run(ctx context.Context, disk sdk.Disk, readOnly bool, command string) error {
 	bin := q.Path
 	if bin == "" {
 		var err error
@@ -60,14 +59,14 @@ func (q QemuIO) run(ctx context.Context, disk *pluginv1.DiskInfo, readOnly bool,
 			return fmt.Errorf("qemu-io not found (install qemu-utils): %w", err)
 		}
 	}
-	args := []string{"-f", disk.GetFormat()}
+	args := []string{"-f", disk.Format}
 	if readOnly {
 		args = append(args, "-r")
 	}
-	args = append(args, "-c", command, disk.GetPath())
+	args = append(args, "-c", command, disk.Path)
 	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
 	if err != nil || strings.Contains(string(out), "failed") || strings.Contains(string(out), "error") {
-		return fmt.Errorf("qemu-io %s on %s: %v: %s", command, disk.GetPath(), err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("qemu-io %s on %s: %v: %s", command, disk.Path, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
@@ -133,7 +132,7 @@ func (s *storageSuite) env(t *testing.T) *storageEnv {
 		t.Fatalf("Info: %v", err)
 	}
 	caps := map[string]bool{}
-	for _, c := range info.GetCapabilities() {
+	for _, c := range info.Capabilities.Strings() {
 		caps[c] = true
 	}
 	return &storageEnv{t: t, ctx: ctx, disks: d, snaps: sn, caps: caps, suite: s}
@@ -151,16 +150,33 @@ func (e *storageEnv) need(caps ...string) {
 	}
 }
 
-func (e *storageEnv) create(id string) *pluginv1.DiskInfo {
+// The optional interfaces; a check calls them only after need or a
+// capability test, so a plugin that advertises one without implementing it
+// fails here.
+func (e *storageEnv) resizer() sdk.Resizer   { return optional[sdk.Resizer](e.t, e.disks, "resize") }
+func (e *storageEnv) exporter() sdk.Exporter { return optional[sdk.Exporter](e.t, e.disks, "export") }
+func (e *storageEnv) importer() sdk.Importer { return optional[sdk.Importer](e.t, e.disks, "import") }
+func (e *storageEnv) cloner() sdk.Cloner     { return optional[sdk.Cloner](e.t, e.snaps, "snapshots") }
+
+func optional[T any](t *testing.T, impl any, capability string) T {
+	t.Helper()
+	v, ok := impl.(T)
+	if !ok {
+		t.Fatalf("the plugin advertises %q but its client %T does not implement %T", capability, impl, (*T)(nil))
+	}
+	return v
+}
+
+func (e *storageEnv) create(id string) sdk.Disk {
 	e.t.Helper()
-	info, err := e.disks.CreateDisk(e.ctx, &pluginv1.CreateDiskRequest{DiskId: id, SizeBytes: e.suite.size})
+	info, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: id, Size: e.suite.size})
 	if err != nil {
 		e.t.Fatalf("CreateDisk %s: %v", id, err)
 	}
 	return info
 }
 
-func (e *storageEnv) get(id string) *pluginv1.DiskInfo {
+func (e *storageEnv) get(id string) sdk.Disk {
 	e.t.Helper()
 	info, err := e.disks.GetDisk(e.ctx, id)
 	if err != nil {
@@ -181,14 +197,14 @@ func (e *storageEnv) expect(id string, off int64, p byte) {
 	e.expectInfo(e.get(id), off, p)
 }
 
-func (e *storageEnv) expectInfo(info *pluginv1.DiskInfo, off int64, p byte) {
+func (e *storageEnv) expectInfo(info sdk.Disk, off int64, p byte) {
 	e.t.Helper()
 	if err := e.suite.content.Expect(e.ctx, info, off, regionLen, p); err != nil {
-		e.t.Fatalf("disk %s (%s) at %d should read %#x: %v", info.GetDiskId(), info.GetPath(), off, p, err)
+		e.t.Fatalf("disk %s (%s) at %d should read %#x: %v", info.ID, info.Path, off, p, err)
 	}
 }
 
-func (e *storageEnv) snapshot(id, name string) *pluginv1.Snapshot {
+func (e *storageEnv) snapshot(id, name string) sdk.Snapshot {
 	e.t.Helper()
 	sn, err := e.snaps.CreateSnapshot(e.ctx, id, name)
 	if err != nil {
@@ -204,9 +220,9 @@ func (e *storageEnv) restore(id, name string) {
 	}
 }
 
-func (e *storageEnv) clone(id, newID, snap string) *pluginv1.DiskInfo {
+func (e *storageEnv) clone(id, newID, snap string) sdk.Disk {
 	e.t.Helper()
-	info, err := e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: id, NewDiskId: newID, Snapshot: snap})
+	info, err := e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: id, NewID: newID, Snapshot: snap})
 	if err != nil {
 		e.t.Fatalf("Clone %s -> %s (snapshot %q): %v", id, newID, snap, err)
 	}
@@ -228,7 +244,7 @@ func (e *storageEnv) snapshotNames(id string) []string {
 	}
 	var names []string
 	for _, sn := range list {
-		names = append(names, sn.GetName())
+		names = append(names, sn.Name)
 	}
 	return names
 }
@@ -253,21 +269,21 @@ func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...Sto
 	t.Run("Info", func(t *testing.T) {
 		e := s.env(t)
 		info, err := e.disks.Info(e.ctx)
-		if err != nil || info.GetName() == "" || len(info.GetProtocolVersions()) == 0 {
+		if err != nil || info.Name == "" || len(info.ProtocolVersions) == 0 {
 			t.Fatalf("Info = %v, %v; want a name and protocol versions", info, err)
 		}
 	})
 	t.Run("CreateGetList", func(t *testing.T) {
 		e := s.env(t)
 		created := e.create("disk-a")
-		if created.GetDiskId() != "disk-a" || created.GetPath() == "" || created.GetFormat() == "" || created.GetVirtualSize() < s.size {
+		if created.ID != "disk-a" || created.Path == "" || created.Format == "" || created.VirtualSize < s.size {
 			t.Fatalf("CreateDisk returned %v; want disk_id, path, format and virtual_size >= %d", created, s.size)
 		}
-		if _, err := os.Stat(created.GetPath()); err != nil {
+		if _, err := os.Stat(created.Path); err != nil {
 			t.Fatalf("the disk's path: %v", err)
 		}
 		got := e.get("disk-a")
-		if got.GetPath() != created.GetPath() || got.GetVirtualSize() != created.GetVirtualSize() || got.GetFormat() != created.GetFormat() {
+		if got.Path != created.Path || got.VirtualSize != created.VirtualSize || got.Format != created.Format {
 			t.Fatalf("GetDisk = %v, CreateDisk returned %v", got, created)
 		}
 		e.create("disk-b")
@@ -277,7 +293,7 @@ func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...Sto
 		}
 		var ids []string
 		for _, d := range list {
-			ids = append(ids, d.GetDiskId())
+			ids = append(ids, d.ID)
 		}
 		slices.Sort(ids)
 		if !slices.Equal(ids, []string{"disk-a", "disk-b"}) {
@@ -292,7 +308,7 @@ func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...Sto
 		e := s.env(t)
 		e.create("disk-a")
 		e.fill("disk-a", regionA, 0x11)
-		_, err := e.disks.CreateDisk(e.ctx, &pluginv1.CreateDiskRequest{DiskId: "disk-a", SizeBytes: s.size})
+		_, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: "disk-a", Size: s.size})
 		wantErr(t, "CreateDisk of an existing disk", err, sdk.ErrAlreadyExists)
 		e.expect("disk-a", regionA, 0x11)
 	})
@@ -301,11 +317,11 @@ func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...Sto
 		_, err := e.disks.GetDisk(e.ctx, "missing")
 		wantErr(t, "GetDisk", err, sdk.ErrNotFound)
 		if e.caps["resize"] {
-			_, err = e.disks.Resize(e.ctx, &pluginv1.ResizeRequest{DiskId: "missing", SizeBytes: s.size * 2})
+			_, err = e.resizer().Resize(e.ctx, "missing", s.size*2)
 			wantErr(t, "Resize", err, sdk.ErrNotFound)
 		}
 		if e.caps["export"] {
-			_, err = e.disks.Export(e.ctx, &pluginv1.ExportRequest{DiskId: "missing", Dest: filepath.Join(t.TempDir(), "out")})
+			_, err = e.exporter().Export(e.ctx, sdk.ExportRequest{ID: "missing", Dest: filepath.Join(t.TempDir(), "out")})
 			wantErr(t, "Export", err, sdk.ErrNotFound)
 		}
 		if e.caps["snapshots"] && e.snaps != nil {
@@ -317,19 +333,19 @@ func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...Sto
 			wantErr(t, "RestoreSnapshot", err, sdk.ErrNotFound)
 			err = e.snaps.RemoveSnapshot(e.ctx, "missing", "s1")
 			wantErr(t, "RemoveSnapshot", err, sdk.ErrNotFound)
-			_, err = e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: "missing", NewDiskId: "new"})
+			_, err = e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: "missing", NewID: "new"})
 			wantErr(t, "Clone", err, sdk.ErrNotFound)
 		}
 	})
 	t.Run("InvalidArguments", func(t *testing.T) {
 		e := s.env(t)
 		for _, id := range []string{"", "Upper", "../escape", "a/b", ".hidden", strings.Repeat("x", 200)} {
-			_, err := e.disks.CreateDisk(e.ctx, &pluginv1.CreateDiskRequest{DiskId: id, SizeBytes: s.size})
+			_, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: id, Size: s.size})
 			wantErr(t, fmt.Sprintf("CreateDisk(%q)", id), err, sdk.ErrInvalidArgument)
 		}
-		_, err := e.disks.CreateDisk(e.ctx, &pluginv1.CreateDiskRequest{DiskId: "zero", SizeBytes: 0})
+		_, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: "zero", Size: 0})
 		wantErr(t, "CreateDisk of size 0", err, sdk.ErrInvalidArgument)
-		_, err = e.disks.CreateDisk(e.ctx, &pluginv1.CreateDiskRequest{DiskId: "fs", SizeBytes: s.size, Filesystem: "no-such-fs"})
+		_, err = e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: "fs", Size: s.size, Filesystem: "no-such-fs"})
 		wantErr(t, "CreateDisk with an unknown filesystem", err, sdk.ErrInvalidArgument, sdk.ErrUnsupported)
 		list, err := e.disks.ListDisks(e.ctx)
 		if err != nil || len(list) != 0 {
@@ -343,8 +359,8 @@ func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...Sto
 		e.remove("disk-a")
 		_, err := e.disks.GetDisk(e.ctx, "disk-a")
 		wantErr(t, "GetDisk after RemoveDisk", err, sdk.ErrNotFound)
-		if _, err := os.Stat(info.GetPath()); !errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("the removed disk's file %s: %v; want it gone", info.GetPath(), err)
+		if _, err := os.Stat(info.Path); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("the removed disk's file %s: %v; want it gone", info.Path, err)
 		}
 		e.remove("disk-a")
 		e.remove("never-existed")
@@ -363,18 +379,18 @@ func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...Sto
 		e.need("resize")
 		e.create("disk-a")
 		e.fill("disk-a", regionA, 0x77)
-		info, err := e.disks.Resize(e.ctx, &pluginv1.ResizeRequest{DiskId: "disk-a", SizeBytes: s.size * 2})
-		if err != nil || info.GetVirtualSize() < s.size*2 {
+		info, err := e.resizer().Resize(e.ctx, "disk-a", s.size*2)
+		if err != nil || info.VirtualSize < s.size*2 {
 			t.Fatalf("Resize to %d = %v, %v", s.size*2, info, err)
 		}
-		if got := e.get("disk-a").GetVirtualSize(); got < s.size*2 {
+		if got := e.get("disk-a").VirtualSize; got < s.size*2 {
 			t.Fatalf("after Resize GetDisk virtual_size = %d", got)
 		}
 		e.expect("disk-a", regionA, 0x77)
 		if err := s.content.Fill(e.ctx, e.get("disk-a"), int64(s.size*2)-regionLen, regionLen, 0x78); err != nil {
 			t.Fatalf("write into the grown range: %v", err)
 		}
-		_, err = e.disks.Resize(e.ctx, &pluginv1.ResizeRequest{DiskId: "disk-a", SizeBytes: s.size})
+		_, err = e.resizer().Resize(e.ctx, "disk-a", s.size)
 		wantErr(t, "Resize to a smaller size", err, sdk.ErrInvalidArgument)
 		e.expect("disk-a", regionA, 0x77)
 	})
@@ -386,18 +402,18 @@ func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...Sto
 		dir := t.TempDir()
 		for _, format := range []string{"qcow2", "raw"} {
 			dest := filepath.Join(dir, "export."+format)
-			info, err := e.disks.Export(e.ctx, &pluginv1.ExportRequest{DiskId: "disk-a", Dest: dest, Format: format})
+			info, err := e.exporter().Export(e.ctx, sdk.ExportRequest{ID: "disk-a", Dest: dest, Format: format})
 			if err != nil {
 				t.Fatalf("Export %s: %v", format, err)
 			}
-			if info.GetFormat() != format || len(info.GetBackingChain()) != 0 || info.GetVirtualSize() < s.size {
+			if info.Format != format || len(info.BackingChain) != 0 || info.VirtualSize < s.size {
 				t.Fatalf("Export %s returned %v; want a standalone %s file of the disk's size", format, info, format)
 			}
-			e.expectInfo(&pluginv1.DiskInfo{Path: dest, Format: format}, regionA, 0x42)
-			_, err = e.disks.Export(e.ctx, &pluginv1.ExportRequest{DiskId: "disk-a", Dest: dest, Format: format})
+			e.expectInfo(sdk.Disk{Path: dest, Format: format}, regionA, 0x42)
+			_, err = e.exporter().Export(e.ctx, sdk.ExportRequest{ID: "disk-a", Dest: dest, Format: format})
 			wantErr(t, "Export onto an existing file", err, sdk.ErrAlreadyExists)
 		}
-		_, err := e.disks.Export(e.ctx, &pluginv1.ExportRequest{DiskId: "disk-a", Dest: filepath.Join(dir, "x"), Format: "no-such-format"})
+		_, err := e.exporter().Export(e.ctx, sdk.ExportRequest{ID: "disk-a", Dest: filepath.Join(dir, "x"), Format: "no-such-format"})
 		wantErr(t, "Export to an unknown format", err, sdk.ErrInvalidArgument, sdk.ErrUnsupported)
 		e.fill("disk-a", regionA, 0x43) // the disk stays usable
 		e.expect("disk-a", regionA, 0x43)
@@ -408,32 +424,32 @@ func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...Sto
 		e.create("disk-a")
 		e.fill("disk-a", regionA, 0x24)
 		dest := filepath.Join(t.TempDir(), "export.img")
-		if _, err := e.disks.Export(e.ctx, &pluginv1.ExportRequest{DiskId: "disk-a", Dest: dest}); err != nil {
+		if _, err := e.exporter().Export(e.ctx, sdk.ExportRequest{ID: "disk-a", Dest: dest}); err != nil {
 			t.Fatal(err)
 		}
-		v, err := e.disks.Validate(e.ctx, &pluginv1.ValidateRequest{Path: dest})
-		if err != nil || len(v.GetProblems()) != 0 {
+		v, err := e.importer().Validate(e.ctx, dest, 0)
+		if err != nil || len(v.Problems) != 0 {
 			t.Fatalf("Validate of an export = %v, %v; want no problems", v, err)
 		}
-		info, err := e.disks.Import(e.ctx, &pluginv1.ImportRequest{DiskId: "imported", Source: dest})
-		if err != nil || info.GetDiskId() != "imported" {
+		info, err := e.importer().Import(e.ctx, sdk.ImportRequest{ID: "imported", Source: dest})
+		if err != nil || info.ID != "imported" {
 			t.Fatalf("Import = %v, %v", info, err)
 		}
 		e.expect("imported", regionA, 0x24)
 		e.fill("imported", regionA, 0x25)
 		e.expect("disk-a", regionA, 0x24)
-		_, err = e.disks.Import(e.ctx, &pluginv1.ImportRequest{DiskId: "imported", Source: dest})
+		_, err = e.importer().Import(e.ctx, sdk.ImportRequest{ID: "imported", Source: dest})
 		wantErr(t, "Import onto an existing disk", err, sdk.ErrAlreadyExists)
 
 		junk := filepath.Join(t.TempDir(), "junk")
 		if err := os.WriteFile(junk, []byte(strings.Repeat("not a disk image\n", 4096)), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		v, err = e.disks.Validate(e.ctx, &pluginv1.ValidateRequest{Path: junk})
-		if err != nil || len(v.GetProblems()) == 0 {
+		v, err = e.importer().Validate(e.ctx, junk, 0)
+		if err != nil || len(v.Problems) == 0 {
 			t.Fatalf("Validate of junk = %v, %v; want problems", v, err)
 		}
-		_, err = e.disks.Import(e.ctx, &pluginv1.ImportRequest{DiskId: "junk", Source: junk})
+		_, err = e.importer().Import(e.ctx, sdk.ImportRequest{ID: "junk", Source: junk})
 		wantErr(t, "Import of junk", err, sdk.ErrInvalidArgument)
 		_, err = e.disks.GetDisk(e.ctx, "junk")
 		wantErr(t, "GetDisk after a refused import", err, sdk.ErrNotFound)
@@ -448,7 +464,7 @@ func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...Sto
 			go func() {
 				defer wg.Done()
 				id := fmt.Sprintf("disk-%d", i)
-				if _, err := e.disks.CreateDisk(e.ctx, &pluginv1.CreateDiskRequest{DiskId: id, SizeBytes: s.size}); err != nil {
+				if _, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: id, Size: s.size}); err != nil {
 					errs <- fmt.Errorf("create %s: %w", id, err)
 					return
 				}
@@ -478,7 +494,7 @@ func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...Sto
 		}
 		var ids []string
 		for _, d := range list {
-			ids = append(ids, d.GetDiskId())
+			ids = append(ids, d.ID)
 		}
 		slices.Sort(ids)
 		if !slices.Equal(ids, []string{"disk-0", "disk-2", "disk-4"}) {
@@ -504,11 +520,11 @@ func SnapshotBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ..
 		if names := e.snapshotNames("disk-a"); len(names) != 0 {
 			t.Fatalf("a new disk has snapshots %v", names)
 		}
-		before := time.Now().Add(-time.Minute).UnixNano()
+		before := time.Now().Add(-time.Minute)
 		e.snapshot("disk-a", "s1")
 		e.fill("disk-a", regionA, 0x01)
 		sn2 := e.snapshot("disk-a", "s2")
-		if sn2.GetDiskId() != "disk-a" || sn2.GetName() != "s2" || sn2.GetCreatedAt() < before || sn2.GetVirtualSize() < s.size {
+		if sn2.DiskID != "disk-a" || sn2.Name != "s2" || sn2.CreatedAt.Before(before) || sn2.VirtualSize < s.size {
 			t.Fatalf("CreateSnapshot returned %v", sn2)
 		}
 		e.snapshot("disk-a", "s0")
@@ -518,8 +534,8 @@ func SnapshotBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ..
 		}
 		var names []string
 		for i, sn := range list {
-			names = append(names, sn.GetName())
-			if i > 0 && sn.GetCreatedAt() < list[i-1].GetCreatedAt() {
+			names = append(names, sn.Name)
+			if i > 0 && sn.CreatedAt.Before(list[i-1].CreatedAt) {
 				t.Fatalf("ListSnapshots not oldest first: %v", list)
 			}
 		}
@@ -598,7 +614,7 @@ func SnapshotBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ..
 		e.create("src")
 		e.fill("src", regionA, 0x51)
 		info := e.clone("src", "dst", "")
-		if info.GetDiskId() != "dst" || info.GetVirtualSize() < s.size {
+		if info.ID != "dst" || info.VirtualSize < s.size {
 			t.Fatalf("Clone returned %v", info)
 		}
 		e.expect("dst", regionA, 0x51)
@@ -609,9 +625,9 @@ func SnapshotBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ..
 		if err := s.content.Expect(e.ctx, e.get("src"), regionB, regionLen, 0x62); err == nil {
 			t.Fatal("a write into the clone shows in the source")
 		}
-		_, err := e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: "src", NewDiskId: "dst"})
+		_, err := e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: "src", NewID: "dst"})
 		wantErr(t, "Clone onto an existing disk", err, sdk.ErrAlreadyExists)
-		_, err = e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: "src", NewDiskId: "src"})
+		_, err = e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: "src", NewID: "src"})
 		wantErr(t, "Clone onto itself", err, sdk.ErrAlreadyExists, sdk.ErrInvalidArgument)
 		// Clones of clones, and clones of untouched disks.
 		e.clone("dst", "dst2", "")
@@ -632,7 +648,7 @@ func SnapshotBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ..
 		e.clone("src", "dst", "s1")
 		e.expect("dst", regionA, 0x81)
 		e.expect("src", regionA, 0x82)
-		_, err := e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: "src", NewDiskId: "other", Snapshot: "nope"})
+		_, err := e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: "src", NewID: "other", Snapshot: "nope"})
 		wantErr(t, "Clone from a missing snapshot", err, sdk.ErrNotFound)
 
 		err = e.snaps.RemoveSnapshot(e.ctx, "src", "s1")
@@ -700,11 +716,11 @@ func SnapshotBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ..
 					errs <- err
 					return
 				}
-				if _, err := e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: id, NewDiskId: id + "-clone", Snapshot: "s"}); err != nil {
+				if _, err := e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: id, NewID: id + "-clone", Snapshot: "s"}); err != nil {
 					errs <- err
 					return
 				}
-				if _, err := e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: id, NewDiskId: id + "-now"}); err != nil {
+				if _, err := e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: id, NewID: id + "-now"}); err != nil {
 					errs <- err
 				}
 			}()

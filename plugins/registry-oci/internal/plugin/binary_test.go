@@ -9,13 +9,12 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/hcl/v2"
 
 	"github.com/boxctl/boxctl/config"
-	"github.com/boxctl/boxctl/core/pluginhost"
 	ti "github.com/boxctl/boxctl/plugins/registry-oci/internal/testimages"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk/sdktest"
 	"github.com/boxctl/boxctl/test/testbin"
 )
 
@@ -27,10 +26,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// The real binary, started and configured by boxctl's plugin host the way
-// the CLI does it: pull from a loopback registry and build a root disk.
-func TestBinaryThroughPluginHost(t *testing.T) {
-	dir := bins.Dir(t, "boxctl-plugin-oci")
+// startBinary starts the real boxctl-plugin-oci as boxctl does and
+// configures it with cfg.
+func startBinary(t *testing.T, cfg *sdk.Config) (sdk.ImageSource, error) {
+	t.Helper()
+	bin := filepath.Join(bins.Dir(t, "boxctl-plugin-oci"), "boxctl-plugin-oci")
+	imgs := sdktest.ServeBinary(t, bin, sdk.RoleImages).Images
+	return imgs, imgs.Configure(testCtx(t), cfg)
+}
+
+// The real binary, started and configured the way boxctl does it: pull from
+// a loopback registry and build a root disk.
+func TestBinary(t *testing.T) {
 	noAmbientCredentials(t)
 	r := newRegistry(t)
 	img := mustImage(t, []*ti.Layer{
@@ -39,46 +46,42 @@ func TestBinaryThroughPluginHost(t *testing.T) {
 	ref := push(t, r, "bin/app:1", img)
 
 	home := testbin.ShortTempDir(t)
-	cfg := config.Default()
-	cfg.Home = home
-	cfg.Images = "oci"
-	host := pluginhost.New(cfg, pluginhost.WithSearchDirs(dir), pluginhost.WithLogger(hclog.NewNullLogger(), nil))
-	t.Cleanup(host.Close)
-	imgs, err := host.Images(testCtx(t))
+	stateDir := filepath.Join(home, "plugins-data", "oci")
+	imgs, err := startBinary(t, &sdk.Config{StateDir: stateDir, Home: home, Registry: &sdk.RegistrySettings{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	info, err := imgs.Info(testCtx(t))
-	if err != nil || info.GetName() != "oci" {
-		t.Fatalf("info: %v, %v", info, err)
+	if err != nil || info.Name != "oci" || !info.Capabilities.Prune || !info.Capabilities.CheckReferences || !info.Capabilities.OCILayout {
+		t.Fatalf("info: %+v, %v", info, err)
 	}
 
 	var layers, statuses int
-	got, err := imgs.Pull(testCtx(t), &pluginv1.PullRequest{
+	got, err := imgs.Pull(testCtx(t), sdk.PullRequest{
 		Reference: ref,
-		Platform:  &pluginv1.Platform{Os: "linux", Architecture: "amd64"},
-	}, func(ev *pluginv1.PullEvent) {
-		if ev.GetLayer() != nil {
+		Platform:  &sdk.Platform{OS: "linux", Architecture: "amd64"},
+	}, func(ev sdk.PullEvent) {
+		if ev.Layer != nil {
 			layers++
 		}
-		if ev.GetStatus() != "" {
+		if ev.Status != "" {
 			statuses++
 		}
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.GetDigest() != digestOf(t, img) || layers == 0 || statuses == 0 {
-		t.Errorf("pull: %v with %d layer and %d status events", got, layers, statuses)
+	if got.Digest != digestOf(t, img) || layers == 0 || statuses == 0 {
+		t.Errorf("pull: %+v with %d layer and %d status events", got, layers, statuses)
 	}
-	rd, err := imgs.RootDisk(testCtx(t), got.GetDigest())
+	rd, err := imgs.RootDisk(testCtx(t), got.Digest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := filepath.Join(home, "plugins-data", "oci") + string(filepath.Separator); !strings.HasPrefix(rd.GetPath(), want) {
-		t.Errorf("root disk %s is not under %s", rd.GetPath(), want)
+	if want := stateDir + string(filepath.Separator); !strings.HasPrefix(rd.Path, want) {
+		t.Errorf("root disk %s is not under %s", rd.Path, want)
 	}
-	x := ti.OpenExt4(t, rd.GetPath())
+	x := ti.OpenExt4(t, rd.Path)
 	x.Fsck()
 	if st := x.MustStat("/bin/hello"); st.Mode != 0o755 {
 		t.Errorf("/bin/hello mode %o", st.Mode)
@@ -86,19 +89,20 @@ func TestBinaryThroughPluginHost(t *testing.T) {
 	if list, err := imgs.ListImages(testCtx(t)); err != nil || len(list) != 1 {
 		t.Errorf("list: %v, %v", list, err)
 	}
-	// Typed errors survive the process boundary and the host.
+	// Typed errors survive the process boundary.
 	_, err = imgs.GetImage(testCtx(t), r.Ref("bin/app:2"))
 	if !errors.Is(err, sdk.ErrNotFound) {
-		t.Errorf("unknown image through the host: %v", err)
+		t.Errorf("unknown image through the process boundary: %v", err)
 	}
-	_, err = imgs.Pull(testCtx(t), &pluginv1.PullRequest{Reference: closedPort(t) + "/x/y:1"}, nil)
+	_, err = imgs.Pull(testCtx(t), sdk.PullRequest{Reference: closedPort(t) + "/x/y:1"}, nil)
 	if !errors.Is(err, sdk.ErrUnavailable) || !strings.Contains(err.Error(), "is there a network?") {
-		t.Errorf("unreachable registry through the host: %v", err)
+		t.Errorf("unreachable registry through the process boundary: %v", err)
 	}
 }
 
-func TestBinaryConfigErrorThroughPluginHost(t *testing.T) {
-	dir := bins.Dir(t, "boxctl-plugin-oci")
+// A bad config block comes back from the process as a diagnostic at its
+// place in the user's file.
+func TestBinaryConfigError(t *testing.T) {
 	home := testbin.ShortTempDir(t)
 	file := testbin.WriteFile(t, home, "boxctl.hcl", fmt.Sprintf(`home = %q
 images = "oci"
@@ -113,17 +117,16 @@ plugin "oci" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host := pluginhost.New(cfg, pluginhost.WithSearchDirs(dir), pluginhost.WithLogger(hclog.NewNullLogger(), nil))
-	t.Cleanup(host.Close)
-	_, err = host.Images(testCtx(t))
-	var ce *pluginhost.ConfigureError
-	if !errors.As(err, &ce) {
-		t.Fatalf("got %v, want a ConfigureError", err)
+	p := cfg.Plugin("oci")
+	_, err = startBinary(t, &sdk.Config{
+		Filename: cfg.File, Body: p.ConfigBody, BodyStart: p.ConfigStart,
+		StateDir: filepath.Join(home, "plugins-data", "oci"), Home: home,
+	})
+	var diags hcl.Diagnostics
+	if !errors.As(err, &diags) || len(diags) != 1 {
+		t.Fatalf("got %v, want one diagnostic", err)
 	}
-	if d := ce.Diags[0]; d.Subject == nil || d.Subject.Filename != file || d.Subject.Start.Line != 6 || d.Summary != "Invalid concurrency" {
+	if d := diags[0]; d.Subject == nil || d.Subject.Filename != file || d.Subject.Start.Line != 6 || d.Summary != "Invalid concurrency" {
 		t.Errorf("diagnostic %+v at %+v, want Invalid concurrency at %s:6", d, d.Subject, file)
-	}
-	if !strings.Contains(err.Error(), "concurrency = 0") {
-		t.Errorf("the rendered error does not show the offending line:\n%v", err)
 	}
 }

@@ -2,27 +2,33 @@ package plugin
 
 import (
 	"maps"
+	"slices"
 
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/imagestore"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk"
 )
 
-func imageToProto(img imagestore.Image) *pluginv1.Image {
+// imageToSDK is a store record as the sdk describes images: Size is the
+// compressed layers alone (what the image weighs in a registry listing), not
+// the manifest and config the store counts too.
+func imageToSDK(img imagestore.Image) sdk.Image {
 	var layerBytes int64
 	for _, l := range img.Layers {
 		layerBytes += l.Size
 	}
 	c := img.Config
-	out := &pluginv1.Image{
+	return sdk.Image{
 		Digest:     img.Digest,
-		References: append([]string(nil), img.Refs...),
-		Platform: &pluginv1.Platform{
-			Os:           img.Platform.OS,
+		References: slices.Clone(img.Refs),
+		Platform: sdk.Platform{
+			OS:           img.Platform.OS,
 			Architecture: img.Platform.Architecture,
 			Variant:      img.Platform.Variant,
 		},
-		SizeBytes: uint64(max(layerBytes, 0)),
-		Config: &pluginv1.ImageConfig{
+		Size:      uint64(max(layerBytes, 0)),
+		CreatedAt: c.Created,
+		PulledAt:  img.PulledAt,
+		Config: sdk.ImageConfig{
 			Entrypoint:   c.Entrypoint,
 			Cmd:          c.Cmd,
 			Env:          c.Env,
@@ -33,42 +39,33 @@ func imageToProto(img imagestore.Image) *pluginv1.Image {
 			StopSignal:   c.StopSignal,
 		},
 	}
-	// Images built for reproducibility say 1970-01-01; only an absent
-	// date is left as 0.
-	if !c.Created.IsZero() {
-		out.CreatedAt = c.Created.UnixNano()
-	}
-	if !img.PulledAt.IsZero() {
-		out.PulledAt = img.PulledAt.UnixNano()
-	}
-	return out
 }
 
-func layerProgress(ev imagestore.ProgressEvent) *pluginv1.LayerProgress {
-	return &pluginv1.LayerProgress{
-		Digest:     ev.Layer,
-		TotalBytes: uint64(max(ev.Total, 0)),
-		DoneBytes:  uint64(max(ev.Done, 0)),
-		State:      layerState(ev.State),
+func layerProgress(ev imagestore.ProgressEvent) *sdk.LayerProgress {
+	return &sdk.LayerProgress{
+		Digest: ev.Layer,
+		Total:  uint64(max(ev.Total, 0)),
+		Done:   uint64(max(ev.Done, 0)),
+		State:  layerState(ev.State),
 	}
 }
 
-func layerState(s imagestore.LayerState) pluginv1.LayerProgress_State {
+func layerState(s imagestore.LayerState) sdk.LayerState {
 	switch s {
 	case imagestore.LayerWaiting:
-		return pluginv1.LayerProgress_STATE_WAITING
+		return sdk.LayerWaiting
 	case imagestore.LayerDownloading:
-		return pluginv1.LayerProgress_STATE_DOWNLOADING
+		return sdk.LayerDownloading
 	case imagestore.LayerVerifying:
-		return pluginv1.LayerProgress_STATE_VERIFYING
+		return sdk.LayerVerifying
 	case imagestore.LayerDone:
-		return pluginv1.LayerProgress_STATE_DONE
+		return sdk.LayerDone
 	case imagestore.LayerCached:
-		return pluginv1.LayerProgress_STATE_CACHED
+		return sdk.LayerCached
 	}
-	return pluginv1.LayerProgress_STATE_UNSPECIFIED
+	return sdk.LayerUnspecified
 }
 
-// mapError is where store errors reach the wire. They already match the sdk
-// error kind they cross as (package errdefs), so they pass unchanged.
-func mapError(err error) error { return err }
+func removedToSDK(rep imagestore.PruneReport) sdk.Removed {
+	return sdk.Removed{Images: rep.Images, Reclaimed: uint64(max(rep.BytesFreed, 0))}
+}

@@ -10,7 +10,6 @@ import (
 
 	ti "github.com/boxctl/boxctl/plugins/registry-oci/internal/testimages"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 func closedPort(t *testing.T) string {
@@ -70,7 +69,7 @@ func TestPullErrorsOverTheWire(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var events int
-			_, err := imgs.Pull(testCtx(t), &pluginv1.PullRequest{Reference: tc.ref}, func(*pluginv1.PullEvent) { events++ })
+			_, err := imgs.Pull(testCtx(t), sdk.PullRequest{Reference: tc.ref}, func(sdk.PullEvent) { events++ })
 			wantRemote(t, "pull "+tc.ref, err, tc.kind, tc.parts...)
 		})
 	}

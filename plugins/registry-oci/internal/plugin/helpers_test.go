@@ -15,7 +15,6 @@ import (
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/plugin"
 	ti "github.com/boxctl/boxctl/plugins/registry-oci/internal/testimages"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 	"github.com/boxctl/boxctl/sdk/sdktest"
 )
 
@@ -34,7 +33,7 @@ func noAmbientCredentials(t *testing.T) {
 // setup describes one plugin under test.
 type setup struct {
 	body     string // the plugin's config block body
-	registry *pluginv1.RegistrySettings
+	registry *sdk.RegistrySettings
 	opts     []plugin.Option
 	stateDir string // default: a fresh temp dir
 }
@@ -54,7 +53,7 @@ func serve(t *testing.T, s setup) (sdk.ImageSource, string) {
 		body += "\nplatform = \"linux/amd64\"\n"
 	}
 	if s.registry == nil {
-		s.registry = &pluginv1.RegistrySettings{}
+		s.registry = &sdk.RegistrySettings{}
 	}
 	cfg := &sdk.Config{
 		Filename:  "boxctl.hcl",
@@ -115,9 +114,9 @@ func push(t *testing.T, r *ti.Registry, repoTag string, img v1.Image) string {
 	return r.Ref(repoTag)
 }
 
-func pull(t *testing.T, imgs sdk.ImageSource, ref string) *pluginv1.Image {
+func pull(t *testing.T, imgs sdk.ImageSource, ref string) sdk.Image {
 	t.Helper()
-	img, err := imgs.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref}, nil)
+	img, err := imgs.Pull(testCtx(t), sdk.PullRequest{Reference: ref}, nil)
 	if err != nil {
 		t.Fatalf("pull %s: %v", ref, err)
 	}
@@ -157,4 +156,13 @@ func codeOf(err error) string {
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+func pruner(t *testing.T, imgs sdk.ImageSource) sdk.Pruner {
+	t.Helper()
+	p, ok := imgs.(sdk.Pruner)
+	if !ok {
+		t.Fatalf("the image source client %T has no Prune", imgs)
+	}
+	return p
 }

@@ -10,7 +10,6 @@ import (
 
 	ti "github.com/boxctl/boxctl/plugins/registry-oci/internal/testimages"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 func writeLayout(t *testing.T, imgs map[string]v1.Image) string {
@@ -22,13 +21,13 @@ func writeLayout(t *testing.T, imgs map[string]v1.Image) string {
 	return dir
 }
 
-func checkRef(imgs sdk.ImageSource, t *testing.T, ref string, plat *pluginv1.Platform) (*pluginv1.CheckReferenceResponse, error) {
+func checkRef(imgs sdk.ImageSource, t *testing.T, ref string, plat *sdk.Platform) (string, error) {
 	t.Helper()
 	rc, ok := imgs.(sdk.ReferenceChecker)
 	if !ok {
 		t.Fatal("the image source client has no CheckReference")
 	}
-	return rc.CheckReference(testCtx(t), &pluginv1.PullRequest{Reference: ref, Platform: plat})
+	return rc.CheckReference(testCtx(t), sdk.PullRequest{Reference: ref, Platform: plat})
 }
 
 // CheckReference refuses what a pull would refuse before it reaches the
@@ -48,11 +47,11 @@ func TestCheckReference(t *testing.T) {
 	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	linux := func(arch string) *pluginv1.Platform { return &pluginv1.Platform{Os: "linux", Architecture: arch} }
+	linux := func(arch string) *sdk.Platform { return &sdk.Platform{OS: "linux", Architecture: arch} }
 
 	for _, tc := range []struct {
 		name, ref string
-		plat      *pluginv1.Platform
+		plat      *sdk.Platform
 		kind      error
 		parts     []string
 	}{
@@ -64,11 +63,11 @@ func TestCheckReference(t *testing.T) {
 		{"windows layout", "oci-layout:" + windows, nil, sdk.ErrInvalidArgument, []string{"windows/amd64", "Linux guests"}},
 		{"missing archive", "docker-archive:/nonexistent.tar", nil, sdk.ErrNotFound, []string{"/nonexistent.tar does not exist"}},
 		{"archive is a FIFO", "docker-archive:" + fifo, nil, sdk.ErrInvalidArgument, []string{fifo, "named pipe"}},
-		{"windows platform", "alpine", &pluginv1.Platform{Os: "windows", Architecture: "amd64"}, sdk.ErrInvalidArgument, []string{"windows/amd64", "must be linux"}},
+		{"windows platform", "alpine", &sdk.Platform{OS: "windows", Architecture: "amd64"}, sdk.ErrInvalidArgument, []string{"windows/amd64", "must be linux"}},
 		{"unknown architecture", "alpine", linux("bogus"), sdk.ErrInvalidArgument, []string{`unknown architecture "bogus"`, "one of 386, amd64, arm, arm64"}},
 		{"architecture alias", "alpine", linux("x86_64"), sdk.ErrInvalidArgument, []string{"linux/amd64"}},
-		{"no architecture", "alpine", &pluginv1.Platform{Os: "linux"}, sdk.ErrInvalidArgument, []string{"both os and architecture"}},
-		{"bad variant", "alpine", &pluginv1.Platform{Os: "linux", Architecture: "arm", Variant: "v7/x"}, sdk.ErrInvalidArgument, []string{"variant"}},
+		{"no architecture", "alpine", &sdk.Platform{OS: "linux"}, sdk.ErrInvalidArgument, []string{"both os and architecture"}},
+		{"bad variant", "alpine", &sdk.Platform{OS: "linux", Architecture: "arm", Variant: "v7/x"}, sdk.ErrInvalidArgument, []string{"variant"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			done := make(chan error, 1)
@@ -94,7 +93,7 @@ func TestCheckReference(t *testing.T) {
 		"docker-archive:" + archive + ":app:1": "docker-archive:" + archive + ":docker.io/library/app:1",
 	} {
 		got, err := checkRef(imgs, t, ref, linux("amd64"))
-		if err != nil || got.GetCanonical() != want {
+		if err != nil || got != want {
 			t.Errorf("check %s: %v, %v; want %s", ref, got, err, want)
 		}
 	}
@@ -125,7 +124,7 @@ func TestHostileImagesOverTheWire(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ref := "oci-layout:" + writeLayout(t, map[string]v1.Image{"": tc.img})
-			_, err := imgs.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref}, nil)
+			_, err := imgs.Pull(testCtx(t), sdk.PullRequest{Reference: ref}, nil)
 			wantRemote(t, "pull "+tc.name, err, sdk.ErrInvalidArgument, tc.parts...)
 		})
 	}

@@ -12,27 +12,26 @@ import (
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/imagestore"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/ref"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // Pull implements sdk.ImageSource. It always resolves the reference at its
 // source (a digest reference already cached excepted) and downloads only
 // what the cache lacks; whether to pull at all is the core's decision.
-func (p *Plugin) Pull(ctx context.Context, req *pluginv1.PullRequest, progress func(*pluginv1.PullEvent)) (*pluginv1.Image, error) {
+func (p *Plugin) Pull(ctx context.Context, req sdk.PullRequest, progress func(sdk.PullEvent)) (sdk.Image, error) {
 	st, err := p.current()
 	if err != nil {
-		return nil, err
+		return sdk.Image{}, err
 	}
-	platform, err := platformString(req.GetPlatform())
+	platform, err := platformString(req.Platform)
 	if err != nil {
-		return nil, err
+		return sdk.Image{}, err
 	}
 	var (
 		mu     sync.Mutex
 		cached int
 		layers = map[string]bool{}
 	)
-	send := func(ev *pluginv1.PullEvent) {
+	send := func(ev sdk.PullEvent) {
 		if progress == nil {
 			return
 		}
@@ -44,7 +43,7 @@ func (p *Plugin) Pull(ctx context.Context, req *pluginv1.PullRequest, progress f
 		Platform: platform,
 		Status: func(line string) {
 			p.log.Info(line)
-			send(&pluginv1.PullEvent{Event: &pluginv1.PullEvent_Status{Status: line}})
+			send(sdk.PullEvent{Status: line})
 		},
 		Progress: func(ev imagestore.ProgressEvent) {
 			mu.Lock()
@@ -53,13 +52,13 @@ func (p *Plugin) Pull(ctx context.Context, req *pluginv1.PullRequest, progress f
 				cached++
 			}
 			mu.Unlock()
-			send(&pluginv1.PullEvent{Event: &pluginv1.PullEvent_Layer{Layer: layerProgress(ev)}})
+			send(sdk.PullEvent{Layer: layerProgress(ev)})
 		},
 	}
-	img, err := st.Pull(ctx, req.GetReference(), opts)
+	img, err := st.Pull(ctx, req.Reference, opts)
 	if err != nil {
-		p.log.Debug("pull failed", "reference", req.GetReference(), "error", err)
-		return nil, mapError(err)
+		p.log.Debug("pull failed", "reference", req.Reference, "error", err)
+		return sdk.Image{}, err
 	}
 	if len(layers) > 0 {
 		mu.Lock()
@@ -67,98 +66,94 @@ func (p *Plugin) Pull(ctx context.Context, req *pluginv1.PullRequest, progress f
 		mu.Unlock()
 		opts.Status(line)
 	}
-	return imageToProto(img), nil
+	return imageToSDK(img), nil
 }
 
 // CheckReference implements sdk.ReferenceChecker: the reference's syntax,
 // the platform, and that a local layout (with its tag and platform) or
 // archive exists, all without network access.
-func (p *Plugin) CheckReference(ctx context.Context, req *pluginv1.PullRequest) (*pluginv1.CheckReferenceResponse, error) {
+func (p *Plugin) CheckReference(ctx context.Context, req sdk.PullRequest) (string, error) {
 	st, err := p.current()
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	platform, err := platformString(req.GetPlatform())
+	platform, err := platformString(req.Platform)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	canonical, err := st.CheckReference(ctx, req.GetReference(), platform)
+	canonical, err := st.CheckReference(ctx, req.Reference, platform)
 	if err != nil {
-		p.log.Debug("reference check failed", "reference", req.GetReference(), "error", err)
-		return nil, mapError(err)
+		p.log.Debug("reference check failed", "reference", req.Reference, "error", err)
+		return "", err
 	}
-	return &pluginv1.CheckReferenceResponse{Canonical: canonical}, nil
+	return canonical, nil
 }
 
 // platformString turns a requested platform into the store's
 // "os/arch[/variant]"; nil or empty means the configured default.
-func platformString(pl *pluginv1.Platform) (string, error) {
-	if pl.GetOs() == "" && pl.GetArchitecture() == "" && pl.GetVariant() == "" {
+func platformString(pl *sdk.Platform) (string, error) {
+	if pl == nil || *pl == (sdk.Platform{}) {
 		return "", nil
 	}
-	if pl.GetOs() == "" || pl.GetArchitecture() == "" {
+	if pl.OS == "" || pl.Architecture == "" {
 		return "", fmt.Errorf("%w: platform os=%q architecture=%q variant=%q: both os and architecture are needed (e.g. linux/arm64)",
-			sdk.ErrInvalidArgument, pl.GetOs(), pl.GetArchitecture(), pl.GetVariant())
+			sdk.ErrInvalidArgument, pl.OS, pl.Architecture, pl.Variant)
 	}
-	s := pl.GetOs() + "/" + pl.GetArchitecture()
-	if pl.GetVariant() != "" {
-		s += "/" + pl.GetVariant()
-	}
-	return s, nil
+	return pl.String(), nil
 }
 
 // GetImage implements sdk.ImageSource.
-func (p *Plugin) GetImage(_ context.Context, image string) (*pluginv1.Image, error) {
+func (p *Plugin) GetImage(_ context.Context, image string) (sdk.Image, error) {
 	st, err := p.current()
 	if err != nil {
-		return nil, err
+		return sdk.Image{}, err
 	}
 	img, _, err := find(st, image)
 	if err != nil {
-		return nil, mapError(err)
+		return sdk.Image{}, err
 	}
-	return imageToProto(img), nil
+	return imageToSDK(img), nil
 }
 
 // RootDisk implements sdk.ImageSource.
-func (p *Plugin) RootDisk(ctx context.Context, image string) (*pluginv1.RootDiskResponse, error) {
+func (p *Plugin) RootDisk(ctx context.Context, image string) (sdk.RootDisk, error) {
 	st, err := p.current()
 	if err != nil {
-		return nil, err
+		return sdk.RootDisk{}, err
 	}
 	img, _, err := find(st, image)
 	if err != nil {
-		return nil, mapError(err)
+		return sdk.RootDisk{}, err
 	}
 	rd, err := st.RootDisk(ctx, img.Digest)
 	if err != nil {
-		return nil, mapError(err)
+		return sdk.RootDisk{}, err
 	}
 	if rd.Built {
 		p.log.Info("built root disk", "image", img.Digest, "path", rd.Path, "size", rd.Size)
 	}
-	return &pluginv1.RootDiskResponse{
+	return sdk.RootDisk{
 		Path:       rd.Path,
 		Format:     "raw",
 		Filesystem: "ext4",
-		SizeBytes:  uint64(max(rd.Size, 0)),
-		Image:      imageToProto(rd.Image),
+		Size:       uint64(max(rd.Size, 0)),
+		Image:      imageToSDK(rd.Image),
 	}, nil
 }
 
 // ListImages implements sdk.ImageSource: newest pull first.
-func (p *Plugin) ListImages(context.Context) ([]*pluginv1.Image, error) {
+func (p *Plugin) ListImages(context.Context) ([]sdk.Image, error) {
 	st, err := p.current()
 	if err != nil {
 		return nil, err
 	}
 	imgs, err := st.List()
 	if err != nil {
-		return nil, mapError(err)
+		return nil, err
 	}
-	out := make([]*pluginv1.Image, len(imgs))
+	out := make([]sdk.Image, len(imgs))
 	for i, img := range imgs {
-		out[i] = imageToProto(img)
+		out[i] = imageToSDK(img)
 	}
 	return out, nil
 }
@@ -166,14 +161,14 @@ func (p *Plugin) ListImages(context.Context) ([]*pluginv1.Image, error) {
 // RemoveImage implements sdk.ImageSource. By reference it removes that
 // reference from the image it names (the image goes once no reference is
 // left); by digest it removes the image and every reference to it.
-func (p *Plugin) RemoveImage(ctx context.Context, image string) (*pluginv1.RemoveImageResponse, error) {
+func (p *Plugin) RemoveImage(ctx context.Context, image string) (sdk.Removed, error) {
 	st, err := p.current()
 	if err != nil {
-		return nil, err
+		return sdk.Removed{}, err
 	}
 	img, byRef, err := find(st, image)
 	if err != nil {
-		return nil, mapError(err)
+		return sdk.Removed{}, err
 	}
 	var rep imagestore.PruneReport
 	if byRef != "" && slices.Contains(img.Refs, byRef) {
@@ -184,37 +179,36 @@ func (p *Plugin) RemoveImage(ctx context.Context, image string) (*pluginv1.Remov
 		rep, err = st.Remove(ctx, img.Digest)
 	}
 	if err != nil {
-		return nil, mapError(err)
+		return sdk.Removed{}, err
 	}
 	p.log.Info("removed", "image", image, "digest", img.Digest, "removed", rep.Images, "freed", rep.BytesFreed)
-	return &pluginv1.RemoveImageResponse{Removed: rep.Images, ReclaimedBytes: uint64(max(rep.BytesFreed, 0))}, nil
+	return removedToSDK(rep), nil
 }
 
-// Prune implements sdk.ImageSource: it removes every image not in keep that
+// Prune implements sdk.Pruner: it removes every image not in keep that
 // has no reference (or every image not in keep with all), then blobs,
 // indexes and root disks nothing uses.
-func (p *Plugin) Prune(ctx context.Context, req *pluginv1.PruneRequest) (*pluginv1.PruneResponse, error) {
+func (p *Plugin) Prune(ctx context.Context, req sdk.PruneRequest) (sdk.Removed, error) {
 	st, err := p.current()
 	if err != nil {
-		return nil, err
+		return sdk.Removed{}, err
 	}
 	keep := map[string]bool{}
-	for _, k := range req.GetKeep() {
+	for _, k := range req.Keep {
 		d, err := fullDigest(k)
 		if err != nil {
-			return nil, fmt.Errorf("%w: keep: %v", sdk.ErrInvalidArgument, err)
+			return sdk.Removed{}, fmt.Errorf("%w: keep: %v", sdk.ErrInvalidArgument, err)
 		}
 		keep[d] = true
 	}
-	all := req.GetAll()
 	rep, err := st.PruneImages(ctx, func(img imagestore.Image) bool {
-		return keep[img.Digest] || (!all && len(img.Refs) > 0)
+		return keep[img.Digest] || (!req.All && len(img.Refs) > 0)
 	})
 	if err != nil {
-		return nil, mapError(err)
+		return sdk.Removed{}, err
 	}
 	p.log.Info("pruned", "removed", rep.Images, "blobs", rep.Blobs, "freed", rep.BytesFreed)
-	return &pluginv1.PruneResponse{Removed: rep.Images, ReclaimedBytes: uint64(max(rep.BytesFreed, 0))}, nil
+	return removedToSDK(rep), nil
 }
 
 const digestPrefix = "sha256:"

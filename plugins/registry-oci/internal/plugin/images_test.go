@@ -14,7 +14,6 @@ import (
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/plugin"
 	ti "github.com/boxctl/boxctl/plugins/registry-oci/internal/testimages"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 	"github.com/boxctl/boxctl/sdk/sdktest"
 )
 
@@ -24,13 +23,14 @@ func TestInfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.GetName() != "oci" || info.GetVersion() == "" {
+	if info.Name != "oci" || info.Version == "" {
 		t.Errorf("info %v", info)
 	}
-	for _, c := range []string{"registry", "oci-layout", "docker-archive", "rootfs-ext4"} {
-		if !slices.Contains(info.GetCapabilities(), c) {
-			t.Errorf("capability %q missing from %v", c, info.GetCapabilities())
-		}
+	// Declared by the plugin, and Prune and CheckReferences set by the sdk
+	// from its optional interfaces.
+	want := sdk.Capabilities{Registry: true, OCILayout: true, DockerArchive: true, RootFSExt4: true, Prune: true, CheckReferences: true}
+	if got := info.Capabilities; !slices.Equal(got.Strings(), want.Strings()) {
+		t.Errorf("capabilities %v, want %v", got.Strings(), want.Strings())
 	}
 	// Role calls before Configure are refused, typed.
 	_, err = c.ListImages(testCtx(t))
@@ -56,9 +56,9 @@ func TestPullProgressAndImage(t *testing.T) {
 	digest := digestOf(t, img)
 	imgs, stateDir := serve(t, setup{})
 
-	var events []*pluginv1.PullEvent
+	var events []sdk.PullEvent
 	before := time.Now()
-	got, err := imgs.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref}, func(ev *pluginv1.PullEvent) {
+	got, err := imgs.Pull(testCtx(t), sdk.PullRequest{Reference: ref}, func(ev sdk.PullEvent) {
 		events = append(events, ev)
 	})
 	after := time.Now()
@@ -69,21 +69,21 @@ func TestPullProgressAndImage(t *testing.T) {
 	// Progress: a status line naming the digest before any layer is done;
 	// per layer, waiting first and done last with all bytes counted.
 	resolved, firstDone := -1, -1
-	states := map[string][]pluginv1.LayerProgress_State{}
-	var last *pluginv1.LayerProgress
+	states := map[string][]sdk.LayerState{}
+	var last *sdk.LayerProgress
 	for i, ev := range events {
-		if s := ev.GetStatus(); s == "resolved "+ref+" to "+digest && resolved < 0 {
+		if s := ev.Status; s == "resolved "+ref+" to "+digest && resolved < 0 {
 			resolved = i
 		}
-		if l := ev.GetLayer(); l != nil {
-			states[l.GetDigest()] = append(states[l.GetDigest()], l.GetState())
-			if l.GetState() == pluginv1.LayerProgress_STATE_DONE {
+		if l := ev.Layer; l != nil {
+			states[l.Digest] = append(states[l.Digest], l.State)
+			if l.State == sdk.LayerDone {
 				if firstDone < 0 {
 					firstDone = i
 				}
 				last = l
-				if l.GetDoneBytes() != l.GetTotalBytes() || l.GetTotalBytes() == 0 {
-					t.Errorf("layer %s done with %d of %d bytes", l.GetDigest(), l.GetDoneBytes(), l.GetTotalBytes())
+				if l.Done != l.Total || l.Total == 0 {
+					t.Errorf("layer %s done with %d of %d bytes", l.Digest, l.Done, l.Total)
 				}
 			}
 		}
@@ -96,54 +96,54 @@ func TestPullProgressAndImage(t *testing.T) {
 	}
 	for _, l := range []*ti.Layer{base, top} {
 		s := states[l.MustDigest().String()]
-		if len(s) < 2 || s[0] != pluginv1.LayerProgress_STATE_WAITING || s[len(s)-1] != pluginv1.LayerProgress_STATE_DONE {
+		if len(s) < 2 || s[0] != sdk.LayerWaiting || s[len(s)-1] != sdk.LayerDone {
 			t.Errorf("layer %s went through %v, want waiting ... done", l.MustDigest(), s)
 		}
 	}
-	if s := events[len(events)-1].GetStatus(); !strings.HasPrefix(s, "pulled "+ref) {
+	if s := events[len(events)-1].Status; !strings.HasPrefix(s, "pulled "+ref) {
 		t.Errorf("last event %v, want a pulled status line", events[len(events)-1])
 	}
 
 	// The image.
-	if got.GetDigest() != digest || !slices.Equal(got.GetReferences(), []string{ref}) {
-		t.Errorf("image digest %s refs %v, want %s [%s]", got.GetDigest(), got.GetReferences(), digest, ref)
+	if got.Digest != digest || !slices.Equal(got.References, []string{ref}) {
+		t.Errorf("image digest %s refs %v, want %s [%s]", got.Digest, got.References, digest, ref)
 	}
-	if p := got.GetPlatform(); p.GetOs() != "linux" || p.GetArchitecture() != "amd64" {
+	if p := got.Platform; p.OS != "linux" || p.Architecture != "amd64" {
 		t.Errorf("platform %v", p)
 	}
 	bs, _ := base.Size()
 	ts, _ := top.Size()
-	if got.GetSizeBytes() != uint64(bs+ts) {
-		t.Errorf("size %d, want the compressed layers' %d", got.GetSizeBytes(), bs+ts)
+	if got.Size != uint64(bs+ts) {
+		t.Errorf("size %d, want the compressed layers' %d", got.Size, bs+ts)
 	}
-	if got.GetCreatedAt() != ti.Epoch.UnixNano() {
-		t.Errorf("created %v, want %v", time.Unix(0, got.GetCreatedAt()), ti.Epoch)
+	if !got.CreatedAt.Equal(ti.Epoch) {
+		t.Errorf("created %v, want %v", got.CreatedAt, ti.Epoch)
 	}
-	if pa := time.Unix(0, got.GetPulledAt()); pa.Before(before.Add(-time.Second)) || pa.After(after.Add(time.Second)) {
+	if pa := got.PulledAt; pa.Before(before.Add(-time.Second)) || pa.After(after.Add(time.Second)) {
 		t.Errorf("pulled at %v, not during the pull (%v .. %v)", pa, before, after)
 	}
-	c := got.GetConfig()
-	if !slices.Equal(c.GetEntrypoint(), cfg.Entrypoint) || !slices.Equal(c.GetCmd(), cfg.Cmd) || !slices.Equal(c.GetEnv(), cfg.Env) ||
-		c.GetWorkingDir() != "/srv" || c.GetUser() != "1000:1000" || c.GetStopSignal() != "SIGQUIT" ||
-		!slices.Equal(c.GetExposedPorts(), []string{"53/udp", "80/tcp"}) || c.GetLabels()["org.example.role"] != "web" {
+	c := got.Config
+	if !slices.Equal(c.Entrypoint, cfg.Entrypoint) || !slices.Equal(c.Cmd, cfg.Cmd) || !slices.Equal(c.Env, cfg.Env) ||
+		c.WorkingDir != "/srv" || c.User != "1000:1000" || c.StopSignal != "SIGQUIT" ||
+		!slices.Equal(c.ExposedPorts, []string{"53/udp", "80/tcp"}) || c.Labels["org.example.role"] != "web" {
 		t.Errorf("config %v does not match %+v", c, cfg)
 	}
 
 	// A second pull downloads nothing and says so.
 	gets := r.TotalBlobGets()
 	events = nil
-	again, err := imgs.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref}, func(ev *pluginv1.PullEvent) { events = append(events, ev) })
+	again, err := imgs.Pull(testCtx(t), sdk.PullRequest{Reference: ref}, func(ev sdk.PullEvent) { events = append(events, ev) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again.GetDigest() != digest || again.GetPulledAt() != got.GetPulledAt() {
+	if again.Digest != digest || !again.PulledAt.Equal(got.PulledAt) {
 		t.Errorf("second pull: %v", again)
 	}
 	if r.TotalBlobGets() != gets {
 		t.Errorf("second pull fetched %d blobs", r.TotalBlobGets()-gets)
 	}
 	for _, ev := range events {
-		if l := ev.GetLayer(); l != nil && l.GetState() != pluginv1.LayerProgress_STATE_WAITING && l.GetState() != pluginv1.LayerProgress_STATE_CACHED {
+		if l := ev.Layer; l != nil && l.State != sdk.LayerWaiting && l.State != sdk.LayerCached {
 			t.Errorf("second pull: layer event %v, want waiting/cached only", l)
 		}
 	}
@@ -156,7 +156,7 @@ func TestPullProgressAndImage(t *testing.T) {
 			t.Errorf("GetImage(%q): %v", name, err)
 			continue
 		}
-		if gi.GetDigest() != digest || !slices.Equal(gi.GetReferences(), []string{ref}) || gi.GetConfig().GetWorkingDir() != "/srv" {
+		if gi.Digest != digest || !slices.Equal(gi.References, []string{ref}) || gi.Config.WorkingDir != "/srv" {
 			t.Errorf("GetImage(%q) = %v", name, gi)
 		}
 	}
@@ -166,21 +166,21 @@ func TestPullProgressAndImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rd.GetFormat() != "raw" || rd.GetFilesystem() != "ext4" || rd.GetImage().GetDigest() != digest ||
-		!slices.Equal(rd.GetImage().GetReferences(), []string{ref}) {
+	if rd.Format != "raw" || rd.Filesystem != "ext4" || rd.Image.Digest != digest ||
+		!slices.Equal(rd.Image.References, []string{ref}) {
 		t.Errorf("root disk %v", rd)
 	}
-	if !strings.HasPrefix(rd.GetPath(), stateDir+string(filepath.Separator)) {
-		t.Errorf("root disk %s is outside the state dir %s", rd.GetPath(), stateDir)
+	if !strings.HasPrefix(rd.Path, stateDir+string(filepath.Separator)) {
+		t.Errorf("root disk %s is outside the state dir %s", rd.Path, stateDir)
 	}
-	fi, err := os.Stat(rd.GetPath())
+	fi, err := os.Stat(rd.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if uint64(fi.Size()) != rd.GetSizeBytes() {
-		t.Errorf("root disk size %d, file has %d", rd.GetSizeBytes(), fi.Size())
+	if uint64(fi.Size()) != rd.Size {
+		t.Errorf("root disk size %d, file has %d", rd.Size, fi.Size())
 	}
-	x := ti.OpenExt4(t, rd.GetPath())
+	x := ti.OpenExt4(t, rd.Path)
 	x.Fsck()
 	if got := x.Cat("/hello"); got != "world" {
 		t.Errorf("/hello = %q", got)
@@ -190,7 +190,7 @@ func TestPullProgressAndImage(t *testing.T) {
 	}
 	// By digest prefix: the same disk, not rebuilt.
 	rd2, err := imgs.RootDisk(testCtx(t), hx[:10])
-	if err != nil || rd2.GetPath() != rd.GetPath() {
+	if err != nil || rd2.Path != rd.Path {
 		t.Errorf("root disk by prefix: %v, %v", rd2, err)
 	}
 
@@ -202,7 +202,7 @@ func TestPullProgressAndImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list) != 2 || !slices.Equal(list[0].GetReferences(), []string{other}) || list[1].GetDigest() != digest {
+	if len(list) != 2 || !slices.Equal(list[0].References, []string{other}) || list[1].Digest != digest {
 		t.Errorf("list = %v, want %s then %s", list, other, ref)
 	}
 }
@@ -216,7 +216,7 @@ func TestAmbiguousDigestPrefix(t *testing.T) {
 	var prefix string
 	for i := 0; prefix == ""; i++ {
 		id := strings.Repeat("x", i+1)
-		d := pull(t, imgs, push(t, r, "many/app:"+id, simpleImage(t, id))).GetDigest()
+		d := pull(t, imgs, push(t, r, "many/app:"+id, simpleImage(t, id))).Digest
 		c := strings.TrimPrefix(d, "sha256:")[0]
 		if _, ok := seen[c]; ok {
 			prefix = string(c)
@@ -248,12 +248,12 @@ func TestRemoveAndPrune(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.GetRemoved()) != 0 || rep.GetReclaimedBytes() != 0 {
+	if len(rep.Images) != 0 || rep.Reclaimed != 0 {
 		t.Errorf("untag with a tag left: %v", rep)
 	}
 	_, err = imgs.GetImage(testCtx(t), a1)
 	wantRemote(t, "removed tag", err, sdk.ErrNotFound, a1)
-	if gi, err := imgs.GetImage(testCtx(t), a2); err != nil || !slices.Equal(gi.GetReferences(), []string{a2}) {
+	if gi, err := imgs.GetImage(testCtx(t), a2); err != nil || !slices.Equal(gi.References, []string{a2}) {
 		t.Errorf("remaining tag: %v, %v", gi, err)
 	}
 	// The last tag takes the image, its root disk and its own blobs.
@@ -261,10 +261,10 @@ func TestRemoveAndPrune(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(rep.GetRemoved(), []string{digestOf(t, a)}) || rep.GetReclaimedBytes() < uint64(1) {
+	if !slices.Equal(rep.Images, []string{digestOf(t, a)}) || rep.Reclaimed < uint64(1) {
 		t.Errorf("removing the last tag: %v", rep)
 	}
-	if exists(rdA.GetPath()) {
+	if exists(rdA.Path) {
 		t.Error("the root disk survived its image")
 	}
 	_, err = imgs.GetImage(testCtx(t), digestOf(t, a))
@@ -279,7 +279,7 @@ func TestRemoveAndPrune(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(rep.GetRemoved(), []string{digestOf(t, b)}) || rep.GetReclaimedBytes() == 0 {
+	if !slices.Equal(rep.Images, []string{digestOf(t, b)}) || rep.Reclaimed == 0 {
 		t.Errorf("remove by digest prefix: %v", rep)
 	}
 	for _, ref := range []string{b1, b2} {
@@ -296,25 +296,25 @@ func TestRemoveAndPrune(t *testing.T) {
 	keptRef := push(t, r, "rm/kept:1", kept)
 	pull(t, imgs, keptRef)
 
-	pr, err := imgs.Prune(testCtx(t), &pluginv1.PruneRequest{})
+	pr, err := pruner(t, imgs).Prune(testCtx(t), sdk.PruneRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(pr.GetRemoved(), []string{digestOf(t, oldImg)}) || pr.GetReclaimedBytes() == 0 {
+	if !slices.Equal(pr.Images, []string{digestOf(t, oldImg)}) || pr.Reclaimed == 0 {
 		t.Errorf("prune: %v, want only the untagged %s", pr, digestOf(t, oldImg))
 	}
-	pr, err = imgs.Prune(testCtx(t), &pluginv1.PruneRequest{All: true, Keep: []string{strings.TrimPrefix(digestOf(t, kept), "sha256:")}})
+	pr, err = pruner(t, imgs).Prune(testCtx(t), sdk.PruneRequest{All: true, Keep: []string{strings.TrimPrefix(digestOf(t, kept), "sha256:")}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(pr.GetRemoved(), []string{digestOf(t, newImg)}) {
+	if !slices.Equal(pr.Images, []string{digestOf(t, newImg)}) {
 		t.Errorf("prune all keeping one: %v, want %s removed", pr, digestOf(t, newImg))
 	}
 	list, err := imgs.ListImages(testCtx(t))
-	if err != nil || len(list) != 1 || list[0].GetDigest() != digestOf(t, kept) {
+	if err != nil || len(list) != 1 || list[0].Digest != digestOf(t, kept) {
 		t.Errorf("after prune: %v, %v", list, err)
 	}
-	_, err = imgs.Prune(testCtx(t), &pluginv1.PruneRequest{Keep: []string{"sha256:abc"}})
+	_, err = pruner(t, imgs).Prune(testCtx(t), sdk.PruneRequest{Keep: []string{"sha256:abc"}})
 	wantRemote(t, "prune with a bad keep digest", err, sdk.ErrInvalidArgument, "sha256:abc")
 }
 
@@ -332,45 +332,45 @@ func TestPlatforms(t *testing.T) {
 	ref := r.Ref("multi/app:1")
 
 	imgs, _ := serve(t, setup{})
-	if got := pull(t, imgs, ref); got.GetDigest() != digestOf(t, amd) || got.GetPlatform().GetArchitecture() != "amd64" {
+	if got := pull(t, imgs, ref); got.Digest != digestOf(t, amd) || got.Platform.Architecture != "amd64" {
 		t.Errorf("default platform pulled %v", got)
 	}
-	got, err := imgs.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref, Platform: &pluginv1.Platform{Os: "linux", Architecture: "arm64"}}, nil)
+	got, err := imgs.Pull(testCtx(t), sdk.PullRequest{Reference: ref, Platform: &sdk.Platform{OS: "linux", Architecture: "arm64"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.GetDigest() != digestOf(t, arm) || got.GetPlatform().GetArchitecture() != "arm64" || got.GetPlatform().GetVariant() != "v8" {
+	if got.Digest != digestOf(t, arm) || got.Platform.Architecture != "arm64" || got.Platform.Variant != "v8" {
 		t.Errorf("arm64 pull: %v", got)
 	}
 	// The reference names the default platform's image in the cache.
-	if gi, err := imgs.GetImage(testCtx(t), ref); err != nil || gi.GetDigest() != digestOf(t, amd) {
+	if gi, err := imgs.GetImage(testCtx(t), ref); err != nil || gi.Digest != digestOf(t, amd) {
 		t.Errorf("GetImage(ref) = %v, %v; want the amd64 image", gi, err)
 	}
 	rd, err := imgs.RootDisk(testCtx(t), digestOf(t, arm))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := ti.OpenExt4(t, rd.GetPath()).Cat("/arch"); got != "arm64" {
+	if got := ti.OpenExt4(t, rd.Path).Cat("/arch"); got != "arm64" {
 		t.Errorf("arm64 root disk has /arch = %q", got)
 	}
 
-	_, err = imgs.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref, Platform: &pluginv1.Platform{Os: "linux", Architecture: "s390x"}}, nil)
+	_, err = imgs.Pull(testCtx(t), sdk.PullRequest{Reference: ref, Platform: &sdk.Platform{OS: "linux", Architecture: "s390x"}}, nil)
 	wantRemote(t, "missing platform", err, sdk.ErrNotFound, "linux/s390x", "linux/amd64", "linux/arm64/v8")
-	_, err = imgs.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref, Platform: &pluginv1.Platform{Os: "linux"}}, nil)
+	_, err = imgs.Pull(testCtx(t), sdk.PullRequest{Reference: ref, Platform: &sdk.Platform{OS: "linux"}}, nil)
 	wantRemote(t, "platform without architecture", err, sdk.ErrInvalidArgument, "architecture")
 
 	// The config block's platform is the default.
 	armDefault, _ := serve(t, setup{body: `platform = "linux/arm64"`})
-	if got := pull(t, armDefault, ref); got.GetDigest() != digestOf(t, arm) {
+	if got := pull(t, armDefault, ref); got.Digest != digestOf(t, arm) {
 		t.Errorf("platform = linux/arm64 pulled %v", got)
 	}
 	// An image pulled only for another platform is still found by its
 	// reference when it is the only one.
 	onlyArm, _ := serve(t, setup{})
-	if _, err := onlyArm.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref, Platform: &pluginv1.Platform{Os: "linux", Architecture: "arm64"}}, nil); err != nil {
+	if _, err := onlyArm.Pull(testCtx(t), sdk.PullRequest{Reference: ref, Platform: &sdk.Platform{OS: "linux", Architecture: "arm64"}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if gi, err := onlyArm.GetImage(testCtx(t), ref); err != nil || gi.GetDigest() != digestOf(t, arm) {
+	if gi, err := onlyArm.GetImage(testCtx(t), ref); err != nil || gi.Digest != digestOf(t, arm) {
 		t.Errorf("GetImage of the only (arm64) image with the reference: %v, %v", gi, err)
 	}
 }
@@ -389,18 +389,18 @@ func TestLayoutAndArchive(t *testing.T) {
 	imgs, _ := serve(t, setup{})
 	for _, ref := range []string{"oci-layout:" + layoutDir + ":v1", "docker-archive:" + archive} {
 		got := pull(t, imgs, ref)
-		if !slices.Contains(got.GetReferences(), ref) {
-			t.Errorf("pull %s: references %v", ref, got.GetReferences())
+		if !slices.Contains(got.References, ref) {
+			t.Errorf("pull %s: references %v", ref, got.References)
 		}
 		rd, err := imgs.RootDisk(testCtx(t), ref)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := ti.OpenExt4(t, rd.GetPath()).Cat("/id"); got != "local" {
+		if got := ti.OpenExt4(t, rd.Path).Cat("/id"); got != "local" {
 			t.Errorf("%s: /id = %q", ref, got)
 		}
 	}
-	_, err := imgs.Pull(testCtx(t), &pluginv1.PullRequest{Reference: "docker-archive:" + filepath.Join(dir, "missing.tar")}, nil)
+	_, err := imgs.Pull(testCtx(t), sdk.PullRequest{Reference: "docker-archive:" + filepath.Join(dir, "missing.tar")}, nil)
 	wantRemote(t, "missing archive", err, sdk.ErrNotFound, "missing.tar")
 }
 
@@ -412,8 +412,8 @@ func TestCancelledPull(t *testing.T) {
 	defer release()
 	imgs, _ := serve(t, setup{})
 	ctx, cancel := context.WithCancel(testCtx(t))
-	_, err := imgs.Pull(ctx, &pluginv1.PullRequest{Reference: ref}, func(ev *pluginv1.PullEvent) {
-		if ev.GetLayer().GetState() == pluginv1.LayerProgress_STATE_DOWNLOADING {
+	_, err := imgs.Pull(ctx, sdk.PullRequest{Reference: ref}, func(ev sdk.PullEvent) {
+		if ev.Layer != nil && ev.Layer.State == sdk.LayerDownloading {
 			cancel()
 		}
 	})
@@ -425,7 +425,7 @@ func TestCancelledPull(t *testing.T) {
 	}
 	release()
 	// The next pull finishes it.
-	if got := pull(t, imgs, ref); len(got.GetReferences()) != 1 {
+	if got := pull(t, imgs, ref); len(got.References) != 1 {
 		t.Errorf("pull after cancel: %v", got)
 	}
 }

@@ -2,8 +2,9 @@
 // (package imagestore) over the plugin protocol. It owns the translation
 // between the two: the plugin's config block and the core's registry
 // settings into store options, references and digest prefixes into cached
-// images, store records into protocol messages, and the store's sentinel
-// errors into the sdk's typed errors (which cross the wire as gRPC codes).
+// images, and store records into the sdk's image types. The store's errors
+// already match the sdk error kinds (package errdefs), so they are returned
+// as they are and cross the wire as the sdk maps them.
 package plugin
 
 import (
@@ -20,7 +21,6 @@ import (
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/imagestore"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // Name is the plugin's name (its binary is boxctl-plugin-oci).
@@ -28,9 +28,6 @@ const Name = "oci"
 
 // Version is the plugin's own version.
 const Version = "0.1.0"
-
-// Capabilities are the ImageSource capability flags this plugin announces.
-var capabilities = []string{"registry", "oci-layout", "docker-archive", "rootfs-ext4"}
 
 // maxConcurrency bounds the concurrency setting: more parallel layer
 // downloads than this only add memory and open connections.
@@ -48,6 +45,7 @@ type Plugin struct {
 
 var (
 	_ sdk.ImageSource      = (*Plugin)(nil)
+	_ sdk.Pruner           = (*Plugin)(nil)
 	_ sdk.ReferenceChecker = (*Plugin)(nil)
 )
 
@@ -70,13 +68,20 @@ func New(opts ...Option) *Plugin {
 	return p
 }
 
-// Info implements sdk.Plugin.
-func (p *Plugin) Info(context.Context) (*pluginv1.InfoResponse, error) {
-	return &pluginv1.InfoResponse{
-		Name:         Name,
-		Version:      Version,
-		Capabilities: append([]string(nil), capabilities...),
-		Description:  "images from OCI registries, OCI layouts and docker archives; read-only ext4 root disks",
+// Info implements sdk.Plugin. Prune and CheckReferences are not declared
+// here: the sdk sets them because Plugin implements sdk.Pruner and
+// sdk.ReferenceChecker.
+func (p *Plugin) Info(context.Context) (sdk.Info, error) {
+	return sdk.Info{
+		Name:        Name,
+		Version:     Version,
+		Description: "images from OCI registries, OCI layouts and docker archives; read-only ext4 root disks",
+		Capabilities: sdk.Capabilities{
+			Registry:      true,
+			OCILayout:     true,
+			DockerArchive: true,
+			RootFSExt4:    true,
+		},
 	}, nil
 }
 
@@ -168,7 +173,7 @@ func (p *Plugin) Configure(_ context.Context, cfg *sdk.Config) error {
 // registryConfig maps the core's registry settings. Without settings (an
 // embedder that sent none) Docker's credentials are used, the documented
 // default.
-func (p *Plugin) registryConfig(rs *pluginv1.RegistrySettings) imagestore.RegistryConfig {
+func (p *Plugin) registryConfig(rs *sdk.RegistrySettings) imagestore.RegistryConfig {
 	rc := imagestore.RegistryConfig{
 		Transport: p.transport,
 		UserAgent: "boxctl-plugin-oci/" + Version,
@@ -176,28 +181,28 @@ func (p *Plugin) registryConfig(rs *pluginv1.RegistrySettings) imagestore.Regist
 	if rs == nil {
 		return rc
 	}
-	rc.NoDefaultKeychain = !rs.GetUseDockerCredentials()
-	for _, m := range rs.GetMirrors() {
-		if len(m.GetEndpoints()) == 0 {
+	rc.NoDefaultKeychain = !rs.UseDockerCredentials
+	for _, m := range rs.Mirrors {
+		if len(m.Endpoints) == 0 {
 			continue
 		}
 		if rc.Mirrors == nil {
 			rc.Mirrors = map[string][]string{}
 		}
-		host := hostOnly(m.GetRegistry())
-		rc.Mirrors[host] = append(rc.Mirrors[host], m.GetEndpoints()...)
+		host := hostOnly(m.Registry)
+		rc.Mirrors[host] = append(rc.Mirrors[host], m.Endpoints...)
 	}
-	for _, h := range rs.GetInsecure() {
+	for _, h := range rs.Insecure {
 		rc.Insecure = append(rc.Insecure, hostOnly(h))
 	}
-	for _, c := range rs.GetCredentials() {
+	for _, c := range rs.Credentials {
 		if rc.Credentials == nil {
 			rc.Credentials = map[string]imagestore.Credential{}
 		}
-		rc.Credentials[hostOnly(c.GetRegistry())] = imagestore.Credential{
-			Username: c.GetUsername(),
-			Password: c.GetPassword(),
-			Token:    c.GetToken(),
+		rc.Credentials[hostOnly(c.Registry)] = imagestore.Credential{
+			Username: c.Username,
+			Password: c.Password,
+			Token:    c.Token,
 		}
 	}
 	return rc

@@ -20,7 +20,6 @@ import (
 
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/plugin"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 	"github.com/boxctl/boxctl/sdk/sdktest"
 )
 
@@ -52,15 +51,15 @@ func TestInsecureHost(t *testing.T) {
 	tr := plugin.WithTransport(testDomainTransport(r.Host))
 
 	secure, _ := serve(t, setup{opts: []plugin.Option{tr}})
-	_, err = secure.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref}, nil)
+	_, err = secure.Pull(testCtx(t), sdk.PullRequest{Reference: ref}, nil)
 	wantRemote(t, "plain-HTTP registry not listed as insecure", err, sdk.ErrUnavailable, host, "insecure registry")
 
-	insecure, _ := serve(t, setup{opts: []plugin.Option{tr}, registry: &pluginv1.RegistrySettings{Insecure: []string{host}}})
-	if got := pull(t, insecure, ref); !slices.Equal(got.GetReferences(), []string{ref}) {
+	insecure, _ := serve(t, setup{opts: []plugin.Option{tr}, registry: &sdk.RegistrySettings{Insecure: []string{host}}})
+	if got := pull(t, insecure, ref); !slices.Equal(got.References, []string{ref}) {
 		t.Errorf("insecure pull: %v", got)
 	}
 	// Written the way users paste it, with a scheme.
-	schemed, _ := serve(t, setup{opts: []plugin.Option{tr}, registry: &pluginv1.RegistrySettings{Insecure: []string{"http://" + host + "/"}}})
+	schemed, _ := serve(t, setup{opts: []plugin.Option{tr}, registry: &sdk.RegistrySettings{Insecure: []string{"http://" + host + "/"}}})
 	pull(t, schemed, ref)
 }
 
@@ -68,24 +67,24 @@ func TestExplicitAndDockerCredentials(t *testing.T) {
 	r := newRegistry(t)
 	ref := push(t, r, "private/app:1", simpleImage(t, "secret"))
 	r.RequireBasicAuth("alice", "s3cret")
-	cred := func(user, pass string) *pluginv1.RegistrySettings {
-		return &pluginv1.RegistrySettings{Credentials: []*pluginv1.RegistrySettings_Credential{{Registry: r.Host, Username: user, Password: pass}}}
+	cred := func(user, pass string) *sdk.RegistrySettings {
+		return &sdk.RegistrySettings{Credentials: []sdk.RegistryCredential{{Registry: r.Host, Username: user, Password: pass}}}
 	}
 
 	anon, _ := serve(t, setup{})
-	_, err := anon.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref}, nil)
+	_, err := anon.Pull(testCtx(t), sdk.PullRequest{Reference: ref}, nil)
 	wantRemote(t, "no credentials", err, sdk.ErrUnauthenticated, "401", "docker login "+r.Host, "credentials for "+r.Host)
 
 	wrong, _ := serve(t, setup{registry: cred("alice", "wrong")})
-	_, err = wrong.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref}, nil)
+	_, err = wrong.Pull(testCtx(t), sdk.PullRequest{Reference: ref}, nil)
 	wantRemote(t, "wrong password", err, sdk.ErrUnauthenticated, "401")
 
 	right, _ := serve(t, setup{registry: cred("alice", "s3cret")})
 	pull(t, right, ref)
 
 	// Docker's config.json is used only with use_docker_credentials.
-	withDocker, _ := serve(t, setup{registry: &pluginv1.RegistrySettings{UseDockerCredentials: true}})
-	withoutDocker, _ := serve(t, setup{registry: &pluginv1.RegistrySettings{UseDockerCredentials: false}})
+	withDocker, _ := serve(t, setup{registry: &sdk.RegistrySettings{UseDockerCredentials: true}})
+	withoutDocker, _ := serve(t, setup{registry: &sdk.RegistrySettings{UseDockerCredentials: false}})
 	cfgDir := t.TempDir()
 	auth := base64.StdEncoding.EncodeToString([]byte("alice:s3cret"))
 	if err := os.WriteFile(filepath.Join(cfgDir, "config.json"), []byte(`{"auths":{"`+r.Host+`":{"auth":"`+auth+`"}}}`), 0o600); err != nil {
@@ -93,7 +92,7 @@ func TestExplicitAndDockerCredentials(t *testing.T) {
 	}
 	t.Setenv("DOCKER_CONFIG", cfgDir)
 	pull(t, withDocker, ref)
-	_, err = withoutDocker.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref}, nil)
+	_, err = withoutDocker.Pull(testCtx(t), sdk.PullRequest{Reference: ref}, nil)
 	wantRemote(t, "docker credentials disabled", err, sdk.ErrUnauthenticated)
 }
 
@@ -119,12 +118,12 @@ func TestTokenCredential(t *testing.T) {
 	host := strings.TrimPrefix(front.URL, "http://")
 	ref := host + "/tok/app:1"
 
-	withToken, _ := serve(t, setup{registry: &pluginv1.RegistrySettings{
-		Credentials: []*pluginv1.RegistrySettings_Credential{{Registry: host, Token: "tok-123"}},
+	withToken, _ := serve(t, setup{registry: &sdk.RegistrySettings{
+		Credentials: []sdk.RegistryCredential{{Registry: host, Token: "tok-123"}},
 	}})
 	pull(t, withToken, ref)
 	without, _ := serve(t, setup{})
-	_, err = without.Pull(testCtx(t), &pluginv1.PullRequest{Reference: ref}, nil)
+	_, err = without.Pull(testCtx(t), sdk.PullRequest{Reference: ref}, nil)
 	wantRemote(t, "no token", err, sdk.ErrUnauthenticated)
 }
 
@@ -132,23 +131,23 @@ func TestMirror(t *testing.T) {
 	r := newRegistry(t)
 	img := simpleImage(t, "mirrored")
 	push(t, r, "library/busybox:1.36", img)
-	imgs, _ := serve(t, setup{registry: &pluginv1.RegistrySettings{
-		Mirrors: []*pluginv1.RegistrySettings_Mirror{{Registry: "docker.io", Endpoints: []string{"http://" + r.Host}}},
+	imgs, _ := serve(t, setup{registry: &sdk.RegistrySettings{
+		Mirrors: []sdk.RegistryMirror{{Registry: "docker.io", Endpoints: []string{"http://" + r.Host}}},
 	}})
 	got := pull(t, imgs, "busybox:1.36")
-	if got.GetDigest() != digestOf(t, img) || !slices.Equal(got.GetReferences(), []string{"docker.io/library/busybox:1.36"}) {
+	if got.Digest != digestOf(t, img) || !slices.Equal(got.References, []string{"docker.io/library/busybox:1.36"}) {
 		t.Errorf("pull through the mirror: %v", got)
 	}
 	if r.ManifestGets() == 0 {
 		t.Error("the mirror was not asked")
 	}
-	if gi, err := imgs.GetImage(testCtx(t), "busybox:1.36"); err != nil || gi.GetDigest() != got.GetDigest() {
+	if gi, err := imgs.GetImage(testCtx(t), "busybox:1.36"); err != nil || gi.Digest != got.Digest {
 		t.Errorf("GetImage by the short name: %v, %v", gi, err)
 	}
 	// Docker Hub under another of its names, as users write it.
 	gets := r.ManifestGets()
-	hub, _ := serve(t, setup{registry: &pluginv1.RegistrySettings{
-		Mirrors: []*pluginv1.RegistrySettings_Mirror{{Registry: "https://index.docker.io/", Endpoints: []string{"http://" + r.Host}}},
+	hub, _ := serve(t, setup{registry: &sdk.RegistrySettings{
+		Mirrors: []sdk.RegistryMirror{{Registry: "https://index.docker.io/", Endpoints: []string{"http://" + r.Host}}},
 	}})
 	pull(t, hub, "docker.io/library/busybox:1.36")
 	if r.ManifestGets() == gets {
