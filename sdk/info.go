@@ -50,6 +50,7 @@ type Capabilities struct {
 
 	// DiskBackend and SnapshotBackend.
 	Snapshots bool // the SnapshotBackend role is served
+	Clone     bool // Cloner: Clone works
 	CloneO1   bool // Cloner.Clone takes constant time whatever the data size
 	Resize    bool // Resizer
 	Export    bool // Exporter
@@ -79,7 +80,7 @@ func (c *Capabilities) flags() []struct {
 	}{
 		{"pause", &c.Pause}, {"graceful-stop", &c.GracefulStop}, {"metrics", &c.Metrics},
 		{"state-file", &c.StateFile}, {"sandbox", &c.Sandbox}, {"explicit-chain", &c.ExplicitChain},
-		{"snapshots", &c.Snapshots}, {"clone-o1", &c.CloneO1}, {"resize", &c.Resize},
+		{"snapshots", &c.Snapshots}, {"clone", &c.Clone}, {"clone-o1", &c.CloneO1}, {"resize", &c.Resize},
 		{"export", &c.Export}, {"import", &c.Import},
 		{"registry", &c.Registry}, {"oci-layout", &c.OCILayout}, {"docker-archive", &c.DockerArchive},
 		{"rootfs-ext4", &c.RootFSExt4}, {"check-reference", &c.CheckReferences}, {"prune", &c.Prune},

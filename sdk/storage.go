@@ -65,7 +65,8 @@ type SnapshotBackend interface {
 
 // Cloner is an optional SnapshotBackend feature: a new disk with another
 // disk's current content (or a snapshot's), in constant time where the
-// plugin declares CloneO1.
+// plugin declares CloneO1. The sdk sets Capabilities.Clone for an
+// implementation that has it, so the host knows before it calls.
 type Cloner interface {
 	Clone(ctx context.Context, req CloneRequest) (Disk, error)
 }
@@ -165,6 +166,9 @@ func diskCapabilities(impl Plugin, c *Capabilities) {
 	}
 	if _, ok := impl.(SnapshotBackend); ok {
 		c.Snapshots = true
+	}
+	if _, ok := impl.(Cloner); ok {
+		c.Clone = true
 	}
 }
 
@@ -391,7 +395,12 @@ func (p *snapshotPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, con
 	return NewSnapshotBackendClient(conn), nil
 }
 
-func snapshotCapabilities(_ Plugin, c *Capabilities) { c.Snapshots = true }
+func snapshotCapabilities(impl Plugin, c *Capabilities) {
+	c.Snapshots = true
+	if _, ok := impl.(Cloner); ok {
+		c.Clone = true
+	}
+}
 
 // SnapshotBackendClient is a SnapshotBackend served by a plugin process,
 // with every optional method (ErrUnsupported where the plugin lacks it).

@@ -26,7 +26,6 @@ import (
 	"github.com/boxctl/boxctl/bench/internal/stat"
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/qcow2"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 const mib = 1 << 20
@@ -79,8 +78,8 @@ type bench struct {
 	n      int
 	ctx    context.Context
 	client *plugin.Client
-	disks  sdk.DiskBackend
-	snaps  sdk.SnapshotBackend
+	disks  sdk.DiskBackendClient
+	snaps  sdk.SnapshotBackendClient
 	seq    int
 }
 
@@ -97,13 +96,14 @@ func (b *bench) start(path string) {
 	must(err)
 	raw, err := rpc.Dispense(sdk.RoleDisks)
 	must(err)
-	b.disks = raw.(sdk.DiskBackend)
+	b.disks = raw.(sdk.DiskBackendClient)
 	raw, err = rpc.Dispense(sdk.RoleSnapshots)
 	must(err)
-	b.snaps = raw.(sdk.SnapshotBackend)
+	b.snaps = raw.(sdk.SnapshotBackendClient)
 	cfg := &sdk.Config{StateDir: filepath.Join(b.tmp, "state")}
+	// One Configure configures both roles (one implementation serves
+	// them).
 	must(b.disks.Configure(b.ctx, cfg))
-	must(b.snaps.Configure(b.ctx, cfg))
 }
 
 func (b *bench) close() {
@@ -117,8 +117,8 @@ func (b *bench) id(prefix string) string {
 	return fmt.Sprintf("%s-%d", prefix, b.seq)
 }
 
-func (b *bench) create(id string) *pluginv1.DiskInfo {
-	info, err := b.disks.CreateDisk(b.ctx, &pluginv1.CreateDiskRequest{DiskId: id, SizeBytes: b.size})
+func (b *bench) create(id string) sdk.Disk {
+	info, err := b.disks.CreateDisk(b.ctx, sdk.CreateDiskRequest{ID: id, Size: b.size})
 	must(err)
 	return info
 }
@@ -134,7 +134,7 @@ func (b *bench) createDisks() {
 		b.create(b.id("create"))
 		cached = append(cached, time.Since(start))
 	}
-	blank := first.GetBackingChain()[0].GetPath()
+	blank := first.BackingChain[0].Path
 	for i := range b.n {
 		out := filepath.Join(b.tmp, fmt.Sprintf("qemu-overlay-%d.qcow2", i))
 		start := time.Now()
@@ -175,18 +175,18 @@ func (b *bench) clones(sizes []int64) {
 	for _, size := range sizes {
 		src := b.id("src")
 		info := b.create(src)
-		fill(info.GetPath(), 0, size, 1)
+		fill(info.Path, 0, size, 1)
 		var freeze, shared, snap []time.Duration
 		var firstFreeze, firstSnap time.Duration
 		for i := range b.n + 1 {
 			// A freeze clone: the overlay holds data.
 			start := time.Now()
-			_, err := b.snaps.Clone(b.ctx, &pluginv1.CloneRequest{DiskId: src, NewDiskId: b.id("clone")})
+			_, err := b.snaps.Clone(b.ctx, sdk.CloneRequest{ID: src, NewID: b.id("clone")})
 			took := time.Since(start)
 			must(err)
 			// The overlay is empty now: the next clone shares the base.
 			start = time.Now()
-			_, err = b.snaps.Clone(b.ctx, &pluginv1.CloneRequest{DiskId: src, NewDiskId: b.id("clone")})
+			_, err = b.snaps.Clone(b.ctx, sdk.CloneRequest{ID: src, NewID: b.id("clone")})
 			tookShared := time.Since(start)
 			must(err)
 			if i == 0 {
@@ -194,11 +194,11 @@ func (b *bench) clones(sizes []int64) {
 			} else {
 				freeze, shared = append(freeze, took), append(shared, tookShared)
 			}
-			fill(info.GetPath(), 0, min(size, 4*mib), byte(2+i))
+			fill(info.Path, 0, min(size, 4*mib), byte(2+i))
 		}
 		snapSrc := b.id("snap")
 		sinfo := b.create(snapSrc)
-		fill(sinfo.GetPath(), 0, size, 3)
+		fill(sinfo.Path, 0, size, 3)
 		for i := range b.n + 1 {
 			start := time.Now()
 			_, err := b.snaps.CreateSnapshot(b.ctx, snapSrc, fmt.Sprintf("s%d", i))
@@ -209,7 +209,7 @@ func (b *bench) clones(sizes []int64) {
 			} else {
 				snap = append(snap, took)
 			}
-			fill(sinfo.GetPath(), 0, min(size, 4*mib), byte(4+i))
+			fill(sinfo.Path, 0, min(size, 4*mib), byte(4+i))
 		}
 		fmt.Printf("  %5d MiB  clone (freeze): first %8s, then %8s   clone (empty overlay, shares the base) %8s\n",
 			size/mib, ms(firstFreeze), ms(stat.Median(freeze)), ms(stat.Median(shared)))
@@ -218,7 +218,7 @@ func (b *bench) clones(sizes []int64) {
 		list, err := b.disks.ListDisks(b.ctx)
 		must(err)
 		for _, d := range list {
-			must(b.disks.RemoveDisk(b.ctx, d.GetDiskId()))
+			must(b.disks.RemoveDisk(b.ctx, d.ID))
 		}
 	}
 	fmt.Println()
@@ -229,14 +229,14 @@ func (b *bench) export(data int64) {
 	info := b.create(id)
 	// Three layers of data over the blank base: each snapshot freezes one.
 	third := data / 3 / mib * mib
-	fill(info.GetPath(), 0, third, 1)
+	fill(info.Path, 0, third, 1)
 	_, err := b.snaps.CreateSnapshot(b.ctx, id, "s1")
 	must(err)
-	fill(info.GetPath(), third/2, third, 2)
+	fill(info.Path, third/2, third, 2)
 	_, err = b.snaps.CreateSnapshot(b.ctx, id, "s2")
 	must(err)
-	fill(info.GetPath(), 2*third, data-2*third, 3)
-	path := b.get(id).GetPath()
+	fill(info.Path, 2*third, data-2*third, 3)
+	path := b.get(id).Path
 	rounds := max(3, b.n/3)
 	fmt.Printf("Export (flatten a 4-layer chain, %d MiB of guest data; page cache warm; median of %d)\n", data/mib, rounds)
 
@@ -246,7 +246,7 @@ func (b *bench) export(data int64) {
 	}
 	variants := []variant{
 		{"plugin Export -> qcow2 (fsync, the default)", func(out string) {
-			_, err := b.disks.Export(b.ctx, &pluginv1.ExportRequest{DiskId: id, Dest: out, Format: "qcow2"})
+			_, err := b.disks.Export(b.ctx, sdk.ExportRequest{ID: id, Dest: out, Format: "qcow2"})
 			must(err)
 		}},
 		{"qemu-img convert -O qcow2 (default: no flush)", func(out string) {
@@ -256,7 +256,7 @@ func (b *bench) export(data int64) {
 			runQemu("qemu-img", "convert", "-t", "writeback", "-O", "qcow2", path, out)
 		}},
 		{"plugin Export -> raw (fsync, the default)", func(out string) {
-			_, err := b.disks.Export(b.ctx, &pluginv1.ExportRequest{DiskId: id, Dest: out, Format: "raw"})
+			_, err := b.disks.Export(b.ctx, sdk.ExportRequest{ID: id, Dest: out, Format: "raw"})
 			must(err)
 		}},
 		{"qemu-img convert -O raw (default: no flush)", func(out string) {
@@ -281,7 +281,7 @@ func (b *bench) export(data int64) {
 	fmt.Println()
 }
 
-func (b *bench) get(id string) *pluginv1.DiskInfo {
+func (b *bench) get(id string) sdk.Disk {
 	info, err := b.disks.GetDisk(b.ctx, id)
 	must(err)
 	return info

@@ -21,7 +21,7 @@ import (
 
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/internal/store"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk/sdktest"
 )
 
 // pluginBin is the plugin binary built once for the tests in this package.
@@ -69,16 +69,28 @@ func (b *syncBuffer) String() string {
 // proc is one plugin process, started by go-plugin as boxctl starts it.
 type proc struct {
 	client *plugin.Client
-	disks  sdk.DiskBackend
-	snaps  sdk.SnapshotBackend
+	disks  sdk.DiskBackendClient
+	snaps  sdk.SnapshotBackendClient
 	log    *syncBuffer
 	ctx    context.Context
 }
 
-// startPlugin starts the plugin binary on stateDir and configures both
-// roles (which recovers unfinished operations). A non-empty crashAt
-// installs the crash hook.
+// startPlugin starts the plugin binary on stateDir and configures it
+// (which recovers unfinished operations). A non-empty crashAt installs the
+// crash hook.
 func startPlugin(t *testing.T, stateDir, crashAt string) *proc {
+	t.Helper()
+	p := launchPlugin(t, crashAt)
+	// One Configure configures both roles: one Store serves them.
+	if err := p.disks.Configure(p.ctx, &sdk.Config{StateDir: stateDir}); err != nil {
+		t.Fatalf("Configure: %v\n%s", err, p.log)
+	}
+	return p
+}
+
+// launchPlugin starts the plugin binary, as boxctl starts it, and
+// dispenses its roles, unconfigured.
+func launchPlugin(t *testing.T, crashAt string) *proc {
 	t.Helper()
 	cmd := exec.Command(pluginBin)
 	cmd.Env = os.Environ()
@@ -106,17 +118,68 @@ func startPlugin(t *testing.T, stateDir, crashAt string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.disks = raw.(sdk.DiskBackend)
+	p.disks = raw.(sdk.DiskBackendClient)
 	if raw, err = rpc.Dispense(sdk.RoleSnapshots); err != nil {
 		t.Fatal(err)
 	}
-	p.snaps = raw.(sdk.SnapshotBackend)
-	for _, role := range []sdk.Plugin{p.disks, p.snaps} {
-		if err := role.Configure(ctx, &sdk.Config{StateDir: stateDir}); err != nil {
-			t.Fatalf("Configure: %v\n%s", err, logs)
-		}
-	}
+	p.snaps = raw.(sdk.SnapshotBackendClient)
 	return p
+}
+
+// newBinaryStorage is the conformance suites' fresh root over the real
+// binary: a new plugin process per check.
+func newBinaryStorage(t *testing.T, stateDir string) sdktest.Storage {
+	p := launchPlugin(t, "")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("plugin log:\n%s", p.log)
+		}
+	})
+	return sdktest.Storage{Disks: p.disks, Snapshots: p.snaps, Served: true}
+}
+
+// TestBinaryDiskBackendConformance runs the DiskBackend suite against the
+// plugin binary, as boxctl talks to it.
+func TestBinaryDiskBackendConformance(t *testing.T) {
+	sdktest.DiskBackendConformance(t, newBinaryStorage)
+}
+
+// TestBinarySnapshotBackendConformance runs the SnapshotBackend suite
+// against the plugin binary.
+func TestBinarySnapshotBackendConformance(t *testing.T) {
+	sdktest.SnapshotBackendConformance(t, newBinaryStorage)
+}
+
+// TestBinaryCallOrder: the binary refuses role calls before Configure and
+// configures its one Store once, whichever role is configured.
+func TestBinaryCallOrder(t *testing.T) {
+	p := launchPlugin(t, "")
+	if _, err := p.disks.ListDisks(p.ctx); !errors.Is(err, sdk.ErrInvalidState) {
+		t.Fatalf("ListDisks before Configure: %v; want ErrInvalidState", err)
+	}
+	if _, err := p.snaps.ListSnapshots(p.ctx, "d"); !errors.Is(err, sdk.ErrInvalidState) {
+		t.Fatalf("ListSnapshots before Configure: %v; want ErrInvalidState", err)
+	}
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := p.snaps.Configure(p.ctx, &sdk.Config{StateDir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	// A second Configure, naming another directory, is answered with the
+	// first result and changes nothing.
+	other := filepath.Join(t.TempDir(), "other")
+	if err := p.disks.Configure(p.ctx, &sdk.Config{StateDir: other}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := p.disks.CreateDisk(p.ctx, sdk.CreateDiskRequest{ID: "d", Size: 64 * mib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(d.Path, dir+"/") {
+		t.Fatalf("disk at %s; want it under the first Configure's state dir %s", d.Path, dir)
+	}
+	if _, err := os.Stat(other); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the second Configure's state dir was touched: %v", err)
+	}
 }
 
 func (p *proc) path(t *testing.T, id string) string {
@@ -125,7 +188,7 @@ func (p *proc) path(t *testing.T, id string) string {
 	if err != nil {
 		t.Fatalf("GetDisk %s: %v", id, err)
 	}
-	return info.GetPath()
+	return info.Path
 }
 
 func (p *proc) exists(t *testing.T, id string) bool {
@@ -148,7 +211,7 @@ func (p *proc) snapshots(t *testing.T, id string) []string {
 	}
 	var names []string
 	for _, sn := range list {
-		names = append(names, sn.GetName())
+		names = append(names, sn.Name)
 	}
 	return names
 }
@@ -198,7 +261,7 @@ type scenario struct {
 func scenarios() map[string]scenario {
 	create := func(t *testing.T, p *proc, id string) {
 		t.Helper()
-		_, err := p.disks.CreateDisk(p.ctx, &pluginv1.CreateDiskRequest{DiskId: id, SizeBytes: 64 * mib})
+		_, err := p.disks.CreateDisk(p.ctx, sdk.CreateDiskRequest{ID: id, Size: 64 * mib})
 		must(t, "CreateDisk", err)
 	}
 	snapshot := func(t *testing.T, p *proc, id, name string) {
@@ -210,7 +273,7 @@ func scenarios() map[string]scenario {
 		"create": {
 			setup: func(*testing.T, *proc, string) {},
 			op: func(p *proc, _ string) error {
-				_, err := p.disks.CreateDisk(p.ctx, &pluginv1.CreateDiskRequest{DiskId: "d1", SizeBytes: 64 * mib})
+				_, err := p.disks.CreateDisk(p.ctx, sdk.CreateDiskRequest{ID: "d1", Size: 64 * mib})
 				return err
 			},
 			state: func(t *testing.T, p *proc) string {
@@ -279,7 +342,7 @@ func scenarios() map[string]scenario {
 				write(t, p.path(t, "d1"), 0x11)
 			},
 			op: func(p *proc, _ string) error {
-				_, err := p.snaps.Clone(p.ctx, &pluginv1.CloneRequest{DiskId: "d1", NewDiskId: "d2"})
+				_, err := p.snaps.Clone(p.ctx, sdk.CloneRequest{ID: "d1", NewID: "d2"})
 				return err
 			},
 			state: func(t *testing.T, p *proc) string {
@@ -307,7 +370,7 @@ func scenarios() map[string]scenario {
 				write(t, p.path(t, "d1"), 0x22)
 			},
 			op: func(p *proc, _ string) error {
-				_, err := p.snaps.Clone(p.ctx, &pluginv1.CloneRequest{DiskId: "d1", NewDiskId: "d2", Snapshot: "s1"})
+				_, err := p.snaps.Clone(p.ctx, sdk.CloneRequest{ID: "d1", NewID: "d2", Snapshot: "s1"})
 				return err
 			},
 			state: func(t *testing.T, p *proc) string {
@@ -334,7 +397,7 @@ func scenarios() map[string]scenario {
 				snapshot(t, p, "d1", "s1")
 				write(t, p.path(t, "d1"), 0x22)
 				snapshot(t, p, "d1", "s2")
-				_, err := p.snaps.Clone(p.ctx, &pluginv1.CloneRequest{DiskId: "d1", NewDiskId: "d2", Snapshot: "s1"})
+				_, err := p.snaps.Clone(p.ctx, sdk.CloneRequest{ID: "d1", NewID: "d2", Snapshot: "s1"})
 				must(t, "Clone", err)
 			},
 			op: func(p *proc, _ string) error { return p.disks.RemoveDisk(p.ctx, "d1") },
@@ -384,7 +447,7 @@ func scenarios() map[string]scenario {
 				write(t, src, 0x44)
 			},
 			op: func(p *proc, dir string) error {
-				_, err := p.disks.Import(p.ctx, &pluginv1.ImportRequest{DiskId: "d1", Source: filepath.Join(dir, "import.qcow2")})
+				_, err := p.disks.Import(p.ctx, sdk.ImportRequest{ID: "d1", Source: filepath.Join(dir, "import.qcow2")})
 				return err
 			},
 			state: func(t *testing.T, p *proc) string {
@@ -459,7 +522,7 @@ func TestCrashRecovery(t *testing.T) {
 				list, err := recovered.disks.ListDisks(recovered.ctx)
 				must(t, "ListDisks", err)
 				for _, d := range list {
-					must(t, "RemoveDisk", recovered.disks.RemoveDisk(recovered.ctx, d.GetDiskId()))
+					must(t, "RemoveDisk", recovered.disks.RemoveDisk(recovered.ctx, d.ID))
 				}
 				checkStore(t, stateDir)
 				for _, sub := range []string{"disks", "bases"} {
@@ -511,7 +574,7 @@ func checkStore(t *testing.T, dir string) {
 func TestConcurrentPluginProcesses(t *testing.T) {
 	stateDir := filepath.Join(t.TempDir(), "qcow2")
 	first := startPlugin(t, stateDir, "")
-	_, err := first.disks.CreateDisk(first.ctx, &pluginv1.CreateDiskRequest{DiskId: "shared", SizeBytes: 64 * mib})
+	_, err := first.disks.CreateDisk(first.ctx, sdk.CreateDiskRequest{ID: "shared", Size: 64 * mib})
 	must(t, "CreateDisk", err)
 	write(t, first.path(t, "shared"), 0x5a)
 	_, err = first.snaps.CreateSnapshot(first.ctx, "shared", "s")
@@ -528,16 +591,16 @@ func TestConcurrentPluginProcesses(t *testing.T) {
 				id := fmt.Sprintf("p%d-%d", n, i)
 				steps := []func() error{
 					func() error {
-						_, err := p.snaps.Clone(p.ctx, &pluginv1.CloneRequest{DiskId: "shared", NewDiskId: id, Snapshot: "s"})
+						_, err := p.snaps.Clone(p.ctx, sdk.CloneRequest{ID: "shared", NewID: id, Snapshot: "s"})
 						return err
 					},
 					func() error {
-						_, err := p.disks.CreateDisk(p.ctx, &pluginv1.CreateDiskRequest{DiskId: id + "-new", SizeBytes: 64 * mib})
+						_, err := p.disks.CreateDisk(p.ctx, sdk.CreateDiskRequest{ID: id + "-new", Size: 64 * mib})
 						return err
 					},
 					func() error { _, err := p.snaps.CreateSnapshot(p.ctx, id, "x"); return err },
 					func() error {
-						_, err := p.snaps.Clone(p.ctx, &pluginv1.CloneRequest{DiskId: id, NewDiskId: id + "-c"})
+						_, err := p.snaps.Clone(p.ctx, sdk.CloneRequest{ID: id, NewID: id + "-c"})
 						return err
 					},
 					func() error { _, err := p.snaps.RestoreSnapshot(p.ctx, id, "x"); return err },
@@ -566,8 +629,8 @@ func TestConcurrentPluginProcesses(t *testing.T) {
 		t.Fatalf("%d disks, want %d", len(list), 1+3*5*2)
 	}
 	for _, d := range list {
-		if !reads(t, d.GetPath(), 0x5a) {
-			t.Errorf("disk %s lost the shared data", d.GetDiskId())
+		if !reads(t, d.Path, 0x5a) {
+			t.Errorf("disk %s lost the shared data", d.ID)
 		}
 	}
 	checkStore(t, stateDir)

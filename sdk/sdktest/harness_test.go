@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/hashicorp/hcl/v2"
@@ -31,7 +33,7 @@ func (e *exampleImages) Pull(_ context.Context, req sdk.PullRequest, progress fu
 	if req.Reference == "missing" {
 		return sdk.Image{}, fmt.Errorf("image %q: %w", req.Reference, sdk.ErrNotFound)
 	}
-	for i := 0; i < 3; i++ {
+	for i := range 3 {
 		progress(sdk.PullEvent{Layer: &sdk.LayerProgress{Digest: "sha256:l", Done: uint64(i)}})
 	}
 	return sdk.Image{Digest: "sha256:abc", References: []string{req.Reference + ":" + e.Tag}}, nil
@@ -63,8 +65,8 @@ func TestImageSourceOverTheWire(t *testing.T) {
 	ctx := context.Background()
 
 	info, err := c.Images.Info(ctx)
-	if err != nil || info.Name != "example" || len(info.ProtocolVersions) != 1 {
-		t.Fatalf("info: %v %v", info, err)
+	if err != nil || info.Name != "example" || len(info.ProtocolVersions) != 1 || !info.Capabilities.Registry || !info.Capabilities.Prune {
+		t.Fatalf("info: %+v %v", info, err)
 	}
 	src := []byte("\n  tag = \"v1\"\n")
 	if err := c.Images.Configure(ctx, &sdk.Config{Filename: "c.hcl", Body: src, BodyStart: hcl.Pos{Line: 3, Column: 11, Byte: 40}}); err != nil {
@@ -73,7 +75,7 @@ func TestImageSourceOverTheWire(t *testing.T) {
 	var events int
 	img, err := c.Images.Pull(ctx, sdk.PullRequest{Reference: "alpine"}, func(sdk.PullEvent) { events++ })
 	if err != nil || events != 3 || img.References[0] != "alpine:v1" {
-		t.Fatalf("pull: %v events=%d img=%v", err, events, img)
+		t.Fatalf("pull: %v events=%d img=%+v", err, events, img)
 	}
 	if _, err := c.Images.Pull(ctx, sdk.PullRequest{Reference: "missing"}, nil); !errors.Is(err, sdk.ErrNotFound) || !strings.Contains(err.Error(), `image "missing"`) {
 		t.Fatalf("typed error lost on the wire: %v", err)
@@ -92,6 +94,9 @@ func TestImageSourceOverTheWire(t *testing.T) {
 	if imgs, err := c.Images.ListImages(ctx); err != nil || len(imgs) != 2 {
 		t.Fatalf("list: %v %v", imgs, err)
 	}
+	if r, err := c.Images.Prune(ctx, sdk.PruneRequest{}); err != nil || r.Reclaimed != 7 {
+		t.Fatalf("prune: %+v %v", r, err)
+	}
 }
 
 func TestConfigDiagnosticsKeepTheirPosition(t *testing.T) {
@@ -105,5 +110,299 @@ func TestConfigDiagnosticsKeepTheirPosition(t *testing.T) {
 	d := diags[0]
 	if d.Subject == nil || d.Subject.Filename != "/etc/boxctl/config.hcl" || d.Subject.Start.Line != 8 || d.Subject.Start.Column != 5 || !strings.Contains(d.Detail, `Did you mean "tag"?`) {
 		t.Fatalf("diagnostic %+v subject %+v", d, d.Subject)
+	}
+}
+
+// recordingStorage is a storage implementation that records every call
+// that reaches it and otherwise does nothing useful: the subject under
+// test is the sdk's server (the call order it enforces, the capabilities
+// it derives), and the record is what shows which calls got through.
+type recordingStorage struct {
+	mu           sync.Mutex
+	calls        []string
+	disks        []sdk.Disk
+	configureErr error
+}
+
+func (r *recordingStorage) record(call string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, call)
+}
+
+func (r *recordingStorage) recorded() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
+}
+
+func (r *recordingStorage) Info(context.Context) (sdk.Info, error) {
+	r.record("Info")
+	return sdk.Info{Name: "recording", Version: "0.0.1"}, nil
+}
+
+func (r *recordingStorage) Configure(context.Context, *sdk.Config) error {
+	r.record("Configure")
+	return r.configureErr
+}
+
+func (r *recordingStorage) CreateDisk(_ context.Context, req sdk.CreateDiskRequest) (sdk.Disk, error) {
+	r.record("CreateDisk")
+	d := sdk.Disk{ID: req.ID, Format: "raw", VirtualSize: req.Size}
+	r.mu.Lock()
+	r.disks = append(r.disks, d)
+	r.mu.Unlock()
+	return d, nil
+}
+
+func (r *recordingStorage) GetDisk(_ context.Context, id string) (sdk.Disk, error) {
+	r.record("GetDisk")
+	return sdk.Disk{ID: id}, nil
+}
+
+func (r *recordingStorage) RemoveDisk(context.Context, string) error {
+	r.record("RemoveDisk")
+	return nil
+}
+
+func (r *recordingStorage) ListDisks(context.Context) ([]sdk.Disk, error) {
+	r.record("ListDisks")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.disks), nil
+}
+
+func (r *recordingStorage) CreateSnapshot(_ context.Context, id, name string) (sdk.Snapshot, error) {
+	r.record("CreateSnapshot")
+	return sdk.Snapshot{DiskID: id, Name: name}, nil
+}
+
+func (r *recordingStorage) ListSnapshots(context.Context, string) ([]sdk.Snapshot, error) {
+	r.record("ListSnapshots")
+	return nil, nil
+}
+
+func (r *recordingStorage) RestoreSnapshot(_ context.Context, id, name string) (sdk.Snapshot, error) {
+	r.record("RestoreSnapshot")
+	return sdk.Snapshot{DiskID: id, Name: name}, nil
+}
+
+func (r *recordingStorage) RemoveSnapshot(context.Context, string, string) error {
+	r.record("RemoveSnapshot")
+	return nil
+}
+
+// cloningStorage adds the optional storage interfaces.
+type cloningStorage struct{ recordingStorage }
+
+func (c *cloningStorage) Info(context.Context) (sdk.Info, error) {
+	c.record("Info")
+	return sdk.Info{Name: "cloning", Version: "0.0.1", Capabilities: sdk.Capabilities{CloneO1: true}}, nil
+}
+
+func (c *cloningStorage) Clone(_ context.Context, req sdk.CloneRequest) (sdk.Disk, error) {
+	c.record("Clone")
+	return sdk.Disk{ID: req.NewID}, nil
+}
+
+func (c *cloningStorage) Resize(_ context.Context, id string, _ uint64) (sdk.Disk, error) {
+	c.record("Resize")
+	return sdk.Disk{ID: id}, nil
+}
+
+func (c *cloningStorage) Export(_ context.Context, req sdk.ExportRequest) (sdk.Disk, error) {
+	c.record("Export")
+	return sdk.Disk{ID: req.ID}, nil
+}
+
+func (c *cloningStorage) Validate(context.Context, string, uint64) (sdk.Validation, error) {
+	c.record("Validate")
+	return sdk.Validation{}, nil
+}
+
+func (c *cloningStorage) Import(_ context.Context, req sdk.ImportRequest) (sdk.Disk, error) {
+	c.record("Import")
+	return sdk.Disk{ID: req.ID}, nil
+}
+
+// roleCalls makes one call of each required storage role method through
+// the clients and returns their errors by name.
+func roleCalls(ctx context.Context, c sdktest.Clients) map[string]error {
+	errs := map[string]error{}
+	_, errs["CreateDisk"] = c.Disks.CreateDisk(ctx, sdk.CreateDiskRequest{ID: "d", Size: 1 << 20})
+	_, errs["GetDisk"] = c.Disks.GetDisk(ctx, "d")
+	errs["RemoveDisk"] = c.Disks.RemoveDisk(ctx, "d")
+	_, errs["ListDisks"] = c.Disks.ListDisks(ctx)
+	_, errs["Resize"] = c.Disks.Resize(ctx, "d", 2<<20)
+	_, errs["CreateSnapshot"] = c.Snapshots.CreateSnapshot(ctx, "d", "s")
+	_, errs["ListSnapshots"] = c.Snapshots.ListSnapshots(ctx, "d")
+	_, errs["RestoreSnapshot"] = c.Snapshots.RestoreSnapshot(ctx, "d", "s")
+	errs["RemoveSnapshot"] = c.Snapshots.RemoveSnapshot(ctx, "d", "s")
+	_, errs["Clone"] = c.Snapshots.Clone(ctx, sdk.CloneRequest{ID: "d", NewID: "e"})
+	return errs
+}
+
+// TestRoleCallsBeforeConfigureAreRefused: over the wire, every role call
+// before Configure fails with ErrInvalidState and the implementation never
+// sees it; Info is allowed.
+func TestRoleCallsBeforeConfigureAreRefused(t *testing.T) {
+	impl := &cloningStorage{}
+	c := sdktest.Serve(t, sdk.ServeConfig{Disks: impl, Snapshots: impl})
+	ctx := context.Background()
+	if _, err := c.Disks.Info(ctx); err != nil {
+		t.Fatalf("Info before Configure: %v", err)
+	}
+	for call, err := range roleCalls(ctx, c) {
+		if !errors.Is(err, sdk.ErrInvalidState) || !strings.Contains(err.Error(), "Configure has not been called") {
+			t.Errorf("%s before Configure: %v; want ErrInvalidState saying Configure has not been called", call, err)
+		}
+	}
+	if got := impl.recorded(); !slices.Equal(got, []string{"Info"}) {
+		t.Fatalf("calls that reached the implementation: %v; want only Info", got)
+	}
+	if err := c.Disks.Configure(ctx, &sdk.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	for call, err := range roleCalls(ctx, c) {
+		if err != nil {
+			t.Errorf("%s after Configure: %v", call, err)
+		}
+	}
+	if n := len(impl.recorded()); n != 2+10 {
+		t.Fatalf("after Configure %d calls reached the implementation (%v); want Info, Configure and the 10 role calls", n, impl.recorded())
+	}
+}
+
+// TestSecondConfigureIsAnsweredWithTheFirstResult: a second Configure, a
+// successful or a failed one, does not reach the implementation; after a
+// failed one role calls stay refused.
+func TestSecondConfigureIsAnsweredWithTheFirstResult(t *testing.T) {
+	ctx := context.Background()
+	t.Run("success", func(t *testing.T) {
+		impl := &recordingStorage{}
+		c := sdktest.Serve(t, sdk.ServeConfig{Disks: impl})
+		for i := range 3 {
+			if err := c.Disks.Configure(ctx, &sdk.Config{StateDir: fmt.Sprint("dir", i)}); err != nil {
+				t.Fatalf("Configure #%d: %v", i+1, err)
+			}
+		}
+		if got := impl.recorded(); !slices.Equal(got, []string{"Configure"}) {
+			t.Fatalf("calls that reached the implementation: %v; want one Configure", got)
+		}
+	})
+	t.Run("failure", func(t *testing.T) {
+		impl := &recordingStorage{configureErr: fmt.Errorf("state dir unusable: %w", sdk.ErrInvalidArgument)}
+		c := sdktest.Serve(t, sdk.ServeConfig{Disks: impl})
+		for i := range 2 {
+			if err := c.Disks.Configure(ctx, &sdk.Config{}); err == nil || !strings.Contains(err.Error(), "state dir unusable") {
+				t.Fatalf("Configure #%d: %v; want the first Configure's error", i+1, err)
+			}
+		}
+		if _, err := c.Disks.GetDisk(ctx, "d"); !errors.Is(err, sdk.ErrInvalidState) || !strings.Contains(err.Error(), "Configure failed") {
+			t.Fatalf("GetDisk after a failed Configure: %v; want ErrInvalidState saying Configure failed", err)
+		}
+		if got := impl.recorded(); !slices.Equal(got, []string{"Configure"}) {
+			t.Fatalf("calls that reached the implementation: %v; want one Configure", got)
+		}
+	})
+}
+
+// TestTwoRolesOneImplementationConfiguredOnce: a storage implementation
+// serving disks and snapshots is configured once, through either role, and
+// both roles then work.
+func TestTwoRolesOneImplementationConfiguredOnce(t *testing.T) {
+	ctx := context.Background()
+	impl := &recordingStorage{}
+	c := sdktest.Serve(t, sdk.ServeConfig{Disks: impl, Snapshots: impl})
+	if err := c.Snapshots.Configure(ctx, &sdk.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Disks.GetDisk(ctx, "d"); err != nil {
+		t.Fatalf("the disk role after configuring the snapshot role: %v", err)
+	}
+	if err := c.Disks.Configure(ctx, &sdk.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Snapshots.ListSnapshots(ctx, "d"); err != nil {
+		t.Fatal(err)
+	}
+	if got := impl.recorded(); !slices.Equal(got, []string{"Configure", "GetDisk", "ListSnapshots"}) {
+		t.Fatalf("calls that reached the implementation: %v; want one Configure", got)
+	}
+
+	// Two implementations are configured one each.
+	disks, snaps := &recordingStorage{}, &recordingStorage{}
+	c = sdktest.Serve(t, sdk.ServeConfig{Disks: disks, Snapshots: snaps})
+	if err := c.Disks.Configure(ctx, &sdk.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Snapshots.ListSnapshots(ctx, "d"); !errors.Is(err, sdk.ErrInvalidState) {
+		t.Fatalf("a snapshot role served by another, unconfigured implementation: %v; want ErrInvalidState", err)
+	}
+	if err := c.Snapshots.Configure(ctx, &sdk.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Snapshots.ListSnapshots(ctx, "d"); err != nil {
+		t.Fatal(err)
+	}
+	if d, s := disks.recorded(), snaps.recorded(); !slices.Equal(d, []string{"Configure"}) || !slices.Equal(s, []string{"Configure", "ListSnapshots"}) {
+		t.Fatalf("disks saw %v, snapshots saw %v", d, s)
+	}
+}
+
+// TestStorageCapabilitiesFromInterfaces: the sdk declares the optional
+// storage features an implementation has (and only those); the plugin's
+// own declarations pass through; a missing optional call is
+// ErrUnsupported without reaching the implementation.
+func TestStorageCapabilitiesFromInterfaces(t *testing.T) {
+	ctx := context.Background()
+	plain := &recordingStorage{}
+	c := sdktest.Serve(t, sdk.ServeConfig{Disks: plain, Snapshots: plain})
+	for role, p := range map[string]sdk.Plugin{"disks": c.Disks, "snapshots": c.Snapshots} {
+		info, err := p.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := info.Capabilities.Strings(); !slices.Equal(got, []string{"snapshots"}) {
+			t.Errorf("%s role of a plain storage: capabilities %v, want [snapshots]", role, got)
+		}
+	}
+	if err := c.Disks.Configure(ctx, &sdk.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Disks.Resize(ctx, "d", 1); !errors.Is(err, sdk.ErrUnsupported) {
+		t.Errorf("Resize of a storage without Resizer: %v; want ErrUnsupported", err)
+	}
+	if _, err := c.Snapshots.Clone(ctx, sdk.CloneRequest{ID: "d", NewID: "e"}); !errors.Is(err, sdk.ErrUnsupported) {
+		t.Errorf("Clone of a storage without Cloner: %v; want ErrUnsupported", err)
+	}
+
+	full := &cloningStorage{}
+	c = sdktest.Serve(t, sdk.ServeConfig{Disks: full, Snapshots: full})
+	for _, r := range []struct {
+		role string
+		p    sdk.Plugin
+		want []string
+	}{
+		{"disks", c.Disks, []string{"clone", "clone-o1", "export", "import", "resize", "snapshots"}},
+		// The snapshot role proves only its own interfaces.
+		{"snapshots", c.Snapshots, []string{"clone", "clone-o1", "snapshots"}},
+	} {
+		info, err := r.p.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := info.Capabilities.Strings(); !slices.Equal(got, r.want) {
+			t.Errorf("%s role: capabilities %v, want %v", r.role, got, r.want)
+		}
+	}
+	// Disks without a snapshot role.
+	c = sdktest.Serve(t, sdk.ServeConfig{Disks: full})
+	info, err := c.Disks.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Capabilities.Resize || !info.Capabilities.CloneO1 {
+		t.Errorf("capabilities %v", info.Capabilities.Strings())
 	}
 }

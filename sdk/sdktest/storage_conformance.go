@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -16,12 +16,28 @@ import (
 	"github.com/boxctl/boxctl/sdk"
 )
 
-// NewStorageFunc returns a fresh, empty, configured storage plugin (both
-// roles, served however the caller likes: in-process through Serve, or a
-// real binary). Every conformance subtest calls it once, so subtests never
-// see each other's disks. The SnapshotBackend may be nil for a plugin that
-// does not advertise "snapshots".
-type NewStorageFunc func(t *testing.T) (sdk.DiskBackend, sdk.SnapshotBackend)
+// Storage is a storage plugin under test, as a NewStorageFunc returns it.
+type Storage struct {
+	// Disks is required.
+	Disks sdk.DiskBackend
+	// Snapshots is nil for a plugin without the SnapshotBackend role.
+	Snapshots sdk.SnapshotBackend
+	// Served says Disks and Snapshots are clients of a plugin that is
+	// served already (a plugin process the NewStorageFunc started and
+	// dispensed with sdk.ClientPluginSet); the suite uses them as they
+	// are. Otherwise they are the implementation, and the suite serves it
+	// in-process through Serve, so every call crosses the sdk's gRPC
+	// adapters as it does in boxctl.
+	Served bool
+}
+
+// NewStorageFunc returns a fresh storage plugin for one conformance check:
+// a new instance, not yet configured, that is to keep its state in
+// stateDir, an empty directory of that check's own. The suite configures
+// it (sdk.Config.StateDir is stateDir) and calls it once per check, so
+// checks never see each other's disks. Use t.Cleanup to stop what it
+// started.
+type NewStorageFunc func(t *testing.T, stateDir string) Storage
 
 // DiskContent reads and writes a disk's guest-visible content, so the
 // conformance suite can check what snapshots, clones and exports contain
@@ -81,15 +97,23 @@ func WithDiskContent(c DiskContent) StorageOption { return func(s *storageSuite)
 // WithDiskSize sets the size of the disks the suite creates (default 64 MiB).
 func WithDiskSize(n uint64) StorageOption { return func(s *storageSuite) { s.size = n } }
 
+// WithPluginConfig sets the body of the plugin's config block (HCL) the
+// suite configures every instance with (default: empty, the plugin's
+// defaults).
+func WithPluginConfig(body string) StorageOption {
+	return func(s *storageSuite) { s.config = body }
+}
+
 type storageSuite struct {
-	newBackend NewStorageFunc
+	newStorage NewStorageFunc
 	content    DiskContent
 	size       uint64
+	config     string
 }
 
 func newStorageSuite(t *testing.T, nb NewStorageFunc, opts []StorageOption) *storageSuite {
 	t.Helper()
-	s := &storageSuite{newBackend: nb, size: 64 << 20}
+	s := &storageSuite{newStorage: nb, size: 64 << 20}
 	for _, o := range opts {
 		o(s)
 	}
@@ -102,6 +126,44 @@ func newStorageSuite(t *testing.T, nb NewStorageFunc, opts []StorageOption) *sto
 	return s
 }
 
+// capability is a feature a check needs, named as sdk.Capabilities names
+// it, with what gives a plugin the feature.
+type capability struct {
+	name string
+	how  string
+	has  func(sdk.Capabilities) bool
+}
+
+var (
+	capSnapshots = capability{"Snapshots", "serve a sdk.SnapshotBackend", func(c sdk.Capabilities) bool { return c.Snapshots }}
+	capClone     = capability{"Clone", "implement sdk.Cloner", func(c sdk.Capabilities) bool { return c.Clone }}
+	capResize    = capability{"Resize", "implement sdk.Resizer", func(c sdk.Capabilities) bool { return c.Resize }}
+	capExport    = capability{"Export", "implement sdk.Exporter", func(c sdk.Capabilities) bool { return c.Export }}
+	capImport    = capability{"Import", "implement sdk.Importer", func(c sdk.Capabilities) bool { return c.Import }}
+)
+
+// storageCheck is one named conformance check.
+type storageCheck struct {
+	name  string
+	needs []capability
+	run   func(e *storageEnv)
+}
+
+// run runs every check as a subtest on a fresh root.
+func (s *storageSuite) run(t *testing.T, checks []storageCheck) {
+	for _, c := range checks {
+		t.Run(c.name, func(t *testing.T) {
+			e := s.env(t)
+			for _, need := range c.needs {
+				if !need.has(e.caps) {
+					t.Skipf("the plugin lacks capability %s (%s)", need.name, need.how)
+				}
+			}
+			c.run(e)
+		})
+	}
+}
+
 // Regions of the disks the suite writes patterns into: [off, off+len).
 const (
 	regionA   = 1 << 20
@@ -109,131 +171,302 @@ const (
 	regionLen = 256 << 10
 )
 
-// storageEnv is one subtest's plugin and helpers.
+// storageEnv is one check's plugin, what it did to it, and helpers that
+// fail the check when a step fails.
 type storageEnv struct {
-	t     *testing.T
-	ctx   context.Context
-	disks sdk.DiskBackend
-	snaps sdk.SnapshotBackend
-	caps  map[string]bool
-	suite *storageSuite
+	t        *testing.T
+	ctx      context.Context
+	stateDir string
+	disks    sdk.DiskBackendClient
+	snaps    sdk.SnapshotBackendClient // nil without the role
+	info     sdk.Info
+	caps     sdk.Capabilities
+	suite    *storageSuite
+
+	mu    sync.Mutex
+	steps []string
 }
 
+// env makes a fresh root for t: a state directory, a plugin instance
+// served (unless it is already) and configured with it, and the failure
+// dump.
 func (s *storageSuite) env(t *testing.T) *storageEnv {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
-	d, sn := s.newBackend(t)
-	if d == nil {
-		t.Fatal("newBackend returned a nil DiskBackend")
+	stateDir := filepath.Join(t.TempDir(), "state")
+	st := s.newStorage(t, stateDir)
+	if st.Disks == nil {
+		t.Fatal("the NewStorageFunc returned no DiskBackend")
 	}
-	info, err := d.Info(ctx)
-	if err != nil {
-		t.Fatalf("Info: %v", err)
+	e := &storageEnv{t: t, ctx: ctx, stateDir: stateDir, suite: s}
+	if st.Served {
+		var ok bool
+		if e.disks, ok = st.Disks.(sdk.DiskBackendClient); !ok {
+			t.Fatalf("Storage.Served is set but Disks (%T) is no sdk.DiskBackendClient: return the role client go-plugin dispensed", st.Disks)
+		}
+		if st.Snapshots != nil {
+			if e.snaps, ok = st.Snapshots.(sdk.SnapshotBackendClient); !ok {
+				t.Fatalf("Storage.Served is set but Snapshots (%T) is no sdk.SnapshotBackendClient: return the role client go-plugin dispensed", st.Snapshots)
+			}
+		}
+	} else {
+		c := Serve(t, sdk.ServeConfig{Disks: st.Disks, Snapshots: st.Snapshots})
+		e.disks, e.snaps = c.Disks, c.Snapshots
 	}
-	caps := map[string]bool{}
-	for _, c := range info.Capabilities.Strings() {
-		caps[c] = true
-	}
-	return &storageEnv{t: t, ctx: ctx, disks: d, snaps: sn, caps: caps, suite: s}
-}
+	// Registered after the plugin's own cleanups, so it runs while the
+	// plugin still answers.
+	t.Cleanup(e.dumpOnFailure)
 
-func (e *storageEnv) need(caps ...string) {
-	e.t.Helper()
-	for _, c := range caps {
-		if !e.caps[c] {
-			e.t.Skipf("the plugin does not advertise %q", c)
+	cfg := &sdk.Config{StateDir: stateDir, Filename: "sdktest-storage.hcl", Body: []byte(s.config)}
+	e.logf("Configure with state dir %s", stateDir)
+	if err := e.disks.Configure(ctx, cfg); err != nil {
+		t.Fatalf("Configure (DiskBackend): %v", err)
+	}
+	if e.snaps != nil {
+		// One implementation serving both roles is configured once: the
+		// sdk answers this with the first result.
+		if err := e.snaps.Configure(ctx, cfg); err != nil {
+			t.Fatalf("Configure (SnapshotBackend): %v", err)
 		}
 	}
-	if slices.Contains(caps, "snapshots") && e.snaps == nil {
-		e.t.Fatal(`the plugin advertises "snapshots" but newBackend returned no SnapshotBackend`)
+	info, err := e.disks.Info(ctx)
+	if err != nil {
+		t.Fatalf("Info (DiskBackend): %v", err)
 	}
+	e.info, e.caps = info, info.Capabilities
+	if e.snaps != nil {
+		sinfo, err := e.snaps.Info(ctx)
+		if err != nil {
+			t.Fatalf("Info (SnapshotBackend): %v", err)
+		}
+		// The snapshot role's own features, when another implementation
+		// serves it.
+		e.caps.Snapshots = e.caps.Snapshots || sinfo.Capabilities.Snapshots
+		e.caps.Clone = e.caps.Clone || sinfo.Capabilities.Clone
+		e.caps.CloneO1 = e.caps.CloneO1 || sinfo.Capabilities.CloneO1
+	}
+	if e.caps.Snapshots && e.snaps == nil {
+		t.Fatal("the plugin declares Snapshots but the NewStorageFunc returned no SnapshotBackend")
+	}
+	return e
 }
 
-// The optional interfaces; a check calls them only after need or a
-// capability test, so a plugin that advertises one without implementing it
-// fails here.
-func (e *storageEnv) resizer() sdk.Resizer   { return optional[sdk.Resizer](e.t, e.disks, "resize") }
-func (e *storageEnv) exporter() sdk.Exporter { return optional[sdk.Exporter](e.t, e.disks, "export") }
-func (e *storageEnv) importer() sdk.Importer { return optional[sdk.Importer](e.t, e.disks, "import") }
-func (e *storageEnv) cloner() sdk.Cloner     { return optional[sdk.Cloner](e.t, e.snaps, "snapshots") }
+// logf records a step of the check for the failure dump.
+func (e *storageEnv) logf(format string, args ...any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.steps = append(e.steps, fmt.Sprintf(format, args...))
+}
 
-func optional[T any](t *testing.T, impl any, capability string) T {
-	t.Helper()
-	v, ok := impl.(T)
-	if !ok {
-		t.Fatalf("the plugin advertises %q but its client %T does not implement %T", capability, impl, (*T)(nil))
+// dumpOnFailure logs what a failed check had set up: its steps, the
+// plugin's capabilities, the disks and snapshots the plugin lists now, and
+// the state directory's files.
+func (e *storageEnv) dumpOnFailure() {
+	if !e.t.Failed() {
+		return
 	}
-	return v
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var b strings.Builder
+	fmt.Fprintf(&b, "storage conformance: %s failed; what it had set up:\n", e.t.Name())
+	fmt.Fprintf(&b, "plugin %s %s, capabilities %v\n", e.info.Name, e.info.Version, e.caps.Strings())
+	e.mu.Lock()
+	fmt.Fprintf(&b, "steps (%d):\n", len(e.steps))
+	for i, s := range e.steps {
+		fmt.Fprintf(&b, "  %2d. %s\n", i+1, s)
+	}
+	e.mu.Unlock()
+	disks, err := e.disks.ListDisks(ctx)
+	if err != nil {
+		fmt.Fprintf(&b, "ListDisks now: %v\n", err)
+	} else {
+		fmt.Fprintf(&b, "ListDisks now (%d):\n", len(disks))
+	}
+	slices.SortFunc(disks, func(a, b sdk.Disk) int { return strings.Compare(a.ID, b.ID) })
+	for _, d := range disks {
+		fmt.Fprintf(&b, "  %s: %s %s, %s allocated, %s\n", d.ID, d.Format, sizeString(d.VirtualSize), sizeString(d.AllocatedSize), d.Path)
+		for _, bf := range d.BackingChain {
+			fmt.Fprintf(&b, "      backed by %s %s %s\n", bf.Format, sizeString(bf.VirtualSize), bf.Path)
+		}
+		if e.snaps == nil {
+			continue
+		}
+		snaps, err := e.snaps.ListSnapshots(ctx, d.ID)
+		if err != nil {
+			fmt.Fprintf(&b, "      ListSnapshots: %v\n", err)
+		}
+		for _, sn := range snaps {
+			fmt.Fprintf(&b, "      snapshot %q taken %s, %s\n", sn.Name, sn.CreatedAt.Format(time.RFC3339Nano), sizeString(sn.Size))
+		}
+	}
+	fmt.Fprintf(&b, "state dir %s:\n", e.stateDir)
+	const maxFiles = 60
+	n := 0
+	_ = filepath.WalkDir(e.stateDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if n++; n > maxFiles {
+			return filepath.SkipAll
+		}
+		rel, _ := filepath.Rel(e.stateDir, path)
+		var size int64
+		if fi, err := d.Info(); err == nil {
+			size = fi.Size()
+		}
+		fmt.Fprintf(&b, "  %s (%d bytes)\n", rel, size)
+		return nil
+	})
+	switch {
+	case n == 0:
+		fmt.Fprintf(&b, "  (no files)\n")
+	case n > maxFiles:
+		fmt.Fprintf(&b, "  ... (more files)\n")
+	}
+	e.t.Log(b.String())
+}
+
+func sizeString(n uint64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 func (e *storageEnv) create(id string) sdk.Disk {
 	e.t.Helper()
-	info, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: id, Size: e.suite.size})
+	e.logf("CreateDisk %s of %s", id, sizeString(e.suite.size))
+	d, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: id, Size: e.suite.size})
 	if err != nil {
 		e.t.Fatalf("CreateDisk %s: %v", id, err)
 	}
-	return info
+	return d
 }
 
 func (e *storageEnv) get(id string) sdk.Disk {
 	e.t.Helper()
-	info, err := e.disks.GetDisk(e.ctx, id)
+	d, err := e.disks.GetDisk(e.ctx, id)
 	if err != nil {
 		e.t.Fatalf("GetDisk %s: %v", id, err)
 	}
-	return info
+	return d
+}
+
+// ids lists the IDs ListDisks returns, sorted.
+func (e *storageEnv) ids() []string {
+	e.t.Helper()
+	list, err := e.disks.ListDisks(e.ctx)
+	if err != nil {
+		e.t.Fatalf("ListDisks: %v", err)
+	}
+	ids := []string{}
+	for _, d := range list {
+		ids = append(ids, d.ID)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func (e *storageEnv) wantIDs(when string, want ...string) {
+	e.t.Helper()
+	if want == nil {
+		want = []string{}
+	}
+	if got := e.ids(); !slices.Equal(got, want) {
+		e.t.Fatalf("%s ListDisks = %v, want %v", when, got, want)
+	}
 }
 
 func (e *storageEnv) fill(id string, off int64, p byte) {
 	e.t.Helper()
-	if err := e.suite.content.Fill(e.ctx, e.get(id), off, regionLen, p); err != nil {
-		e.t.Fatalf("write %#x into disk %s at %d: %v", p, id, off, err)
+	e.fillAt(e.get(id), off, regionLen, p)
+}
+
+func (e *storageEnv) fillAt(d sdk.Disk, off, length int64, p byte) {
+	e.t.Helper()
+	e.logf("write %#x into %s at [%s, +%s)", p, d.ID, sizeString(uint64(off)), sizeString(uint64(length)))
+	if err := e.suite.content.Fill(e.ctx, d, off, length, p); err != nil {
+		e.t.Fatalf("write %#x into disk %s at %d: %v", p, d.ID, off, err)
 	}
 }
 
 func (e *storageEnv) expect(id string, off int64, p byte) {
 	e.t.Helper()
-	e.expectInfo(e.get(id), off, p)
+	e.expectDisk(e.get(id), off, p)
 }
 
-func (e *storageEnv) expectInfo(info sdk.Disk, off int64, p byte) {
+func (e *storageEnv) expectDisk(d sdk.Disk, off int64, p byte) {
 	e.t.Helper()
-	if err := e.suite.content.Expect(e.ctx, info, off, regionLen, p); err != nil {
-		e.t.Fatalf("disk %s (%s) at %d should read %#x: %v", info.ID, info.Path, off, p, err)
+	if err := e.suite.content.Expect(e.ctx, d, off, regionLen, p); err != nil {
+		e.t.Fatalf("disk %s (%s) at %d should read %#x: %v", d.ID, d.Path, off, p, err)
 	}
+}
+
+// reads reports whether disk id reads as p at off (for checks that want
+// content gone).
+func (e *storageEnv) reads(id string, off int64, p byte) bool {
+	e.t.Helper()
+	return e.suite.content.Expect(e.ctx, e.get(id), off, regionLen, p) == nil
 }
 
 func (e *storageEnv) snapshot(id, name string) sdk.Snapshot {
 	e.t.Helper()
+	e.logf("CreateSnapshot %s %q", id, name)
 	sn, err := e.snaps.CreateSnapshot(e.ctx, id, name)
 	if err != nil {
-		e.t.Fatalf("CreateSnapshot %s %s: %v", id, name, err)
+		e.t.Fatalf("CreateSnapshot %s %q: %v", id, name, err)
 	}
 	return sn
 }
 
 func (e *storageEnv) restore(id, name string) {
 	e.t.Helper()
+	e.logf("RestoreSnapshot %s %q", id, name)
 	if _, err := e.snaps.RestoreSnapshot(e.ctx, id, name); err != nil {
-		e.t.Fatalf("RestoreSnapshot %s %s: %v", id, name, err)
+		e.t.Fatalf("RestoreSnapshot %s %q: %v", id, name, err)
+	}
+}
+
+func (e *storageEnv) removeSnapshot(id, name string) {
+	e.t.Helper()
+	e.logf("RemoveSnapshot %s %q", id, name)
+	if err := e.snaps.RemoveSnapshot(e.ctx, id, name); err != nil {
+		e.t.Fatalf("RemoveSnapshot %s %q: %v", id, name, err)
 	}
 }
 
 func (e *storageEnv) clone(id, newID, snap string) sdk.Disk {
 	e.t.Helper()
-	info, err := e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: id, NewID: newID, Snapshot: snap})
+	e.logf("Clone %s (snapshot %q) to %s", id, snap, newID)
+	d, err := e.snaps.Clone(e.ctx, sdk.CloneRequest{ID: id, NewID: newID, Snapshot: snap})
 	if err != nil {
 		e.t.Fatalf("Clone %s -> %s (snapshot %q): %v", id, newID, snap, err)
 	}
-	return info
+	return d
 }
 
 func (e *storageEnv) remove(id string) {
 	e.t.Helper()
+	e.logf("RemoveDisk %s", id)
 	if err := e.disks.RemoveDisk(e.ctx, id); err != nil {
 		e.t.Fatalf("RemoveDisk %s: %v", id, err)
 	}
+}
+
+func (e *storageEnv) export(id, dest, format string) sdk.Disk {
+	e.t.Helper()
+	e.logf("Export %s to %s as %q", id, dest, format)
+	d, err := e.disks.Export(e.ctx, sdk.ExportRequest{ID: id, Dest: dest, Format: format})
+	if err != nil {
+		e.t.Fatalf("Export %s to %s (%q): %v", id, dest, format, err)
+	}
+	return d
 }
 
 func (e *storageEnv) snapshotNames(id string) []string {
@@ -242,501 +475,75 @@ func (e *storageEnv) snapshotNames(id string) []string {
 	if err != nil {
 		e.t.Fatalf("ListSnapshots %s: %v", id, err)
 	}
-	var names []string
+	names := []string{}
 	for _, sn := range list {
 		names = append(names, sn.Name)
 	}
 	return names
 }
 
-// wantErr fails unless err matches one of kinds.
-func wantErr(t *testing.T, what string, err error, kinds ...error) {
-	t.Helper()
+func (e *storageEnv) wantSnapshots(when, id string, want ...string) {
+	e.t.Helper()
+	if want == nil {
+		want = []string{}
+	}
+	if got := e.snapshotNames(id); !slices.Equal(got, want) {
+		e.t.Fatalf("%s ListSnapshots %s = %v, want %v (oldest first)", when, id, got, want)
+	}
+}
+
+// concurrently runs fn(0) .. fn(n-1) at the same time and fails the check
+// (after all returned) with every error.
+func (e *storageEnv) concurrently(n int, fn func(i int) error) {
+	e.t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(i)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			e.t.Error(err)
+		}
+	}
+	if e.t.Failed() {
+		e.t.FailNow()
+	}
+}
+
+// wantErr records a call the check expects to fail and fails the check
+// unless err matches one of kinds.
+func (e *storageEnv) wantErr(what string, err error, kinds ...error) {
+	e.t.Helper()
+	e.logf("%s: %v", what, err)
 	for _, k := range kinds {
 		if errors.Is(err, k) {
 			return
 		}
 	}
-	t.Fatalf("%s: got error %v, want one of %v", what, err, kinds)
+	e.t.Fatalf("%s: got error %v, want one of %v", what, err, kinds)
 }
 
 // DiskBackendConformance runs the DiskBackend contract (storage.proto)
-// against a plugin: create/get/list/remove and their idempotency and
-// errors, resize, export and import (where advertised), and concurrent
-// operations on different disks.
-func DiskBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...StorageOption) {
-	s := newStorageSuite(t, newBackend, opts)
-	t.Run("Info", func(t *testing.T) {
-		e := s.env(t)
-		info, err := e.disks.Info(e.ctx)
-		if err != nil || info.Name == "" || len(info.ProtocolVersions) == 0 {
-			t.Fatalf("Info = %v, %v; want a name and protocol versions", info, err)
-		}
-	})
-	t.Run("CreateGetList", func(t *testing.T) {
-		e := s.env(t)
-		created := e.create("disk-a")
-		if created.ID != "disk-a" || created.Path == "" || created.Format == "" || created.VirtualSize < s.size {
-			t.Fatalf("CreateDisk returned %v; want disk_id, path, format and virtual_size >= %d", created, s.size)
-		}
-		if _, err := os.Stat(created.Path); err != nil {
-			t.Fatalf("the disk's path: %v", err)
-		}
-		got := e.get("disk-a")
-		if got.Path != created.Path || got.VirtualSize != created.VirtualSize || got.Format != created.Format {
-			t.Fatalf("GetDisk = %v, CreateDisk returned %v", got, created)
-		}
-		e.create("disk-b")
-		list, err := e.disks.ListDisks(e.ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ids []string
-		for _, d := range list {
-			ids = append(ids, d.ID)
-		}
-		slices.Sort(ids)
-		if !slices.Equal(ids, []string{"disk-a", "disk-b"}) {
-			t.Fatalf("ListDisks = %v, want [disk-a disk-b]", ids)
-		}
-		e.fill("disk-a", regionA, 0xa1)
-		e.fill("disk-b", regionA, 0xb1)
-		e.expect("disk-a", regionA, 0xa1)
-		e.expect("disk-b", regionA, 0xb1)
-	})
-	t.Run("CreateExisting", func(t *testing.T) {
-		e := s.env(t)
-		e.create("disk-a")
-		e.fill("disk-a", regionA, 0x11)
-		_, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: "disk-a", Size: s.size})
-		wantErr(t, "CreateDisk of an existing disk", err, sdk.ErrAlreadyExists)
-		e.expect("disk-a", regionA, 0x11)
-	})
-	t.Run("NotFound", func(t *testing.T) {
-		e := s.env(t)
-		_, err := e.disks.GetDisk(e.ctx, "missing")
-		wantErr(t, "GetDisk", err, sdk.ErrNotFound)
-		if e.caps["resize"] {
-			_, err = e.resizer().Resize(e.ctx, "missing", s.size*2)
-			wantErr(t, "Resize", err, sdk.ErrNotFound)
-		}
-		if e.caps["export"] {
-			_, err = e.exporter().Export(e.ctx, sdk.ExportRequest{ID: "missing", Dest: filepath.Join(t.TempDir(), "out")})
-			wantErr(t, "Export", err, sdk.ErrNotFound)
-		}
-		if e.caps["snapshots"] && e.snaps != nil {
-			_, err = e.snaps.CreateSnapshot(e.ctx, "missing", "s1")
-			wantErr(t, "CreateSnapshot", err, sdk.ErrNotFound)
-			_, err = e.snaps.ListSnapshots(e.ctx, "missing")
-			wantErr(t, "ListSnapshots", err, sdk.ErrNotFound)
-			_, err = e.snaps.RestoreSnapshot(e.ctx, "missing", "s1")
-			wantErr(t, "RestoreSnapshot", err, sdk.ErrNotFound)
-			err = e.snaps.RemoveSnapshot(e.ctx, "missing", "s1")
-			wantErr(t, "RemoveSnapshot", err, sdk.ErrNotFound)
-			_, err = e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: "missing", NewID: "new"})
-			wantErr(t, "Clone", err, sdk.ErrNotFound)
-		}
-	})
-	t.Run("InvalidArguments", func(t *testing.T) {
-		e := s.env(t)
-		for _, id := range []string{"", "Upper", "../escape", "a/b", ".hidden", strings.Repeat("x", 200)} {
-			_, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: id, Size: s.size})
-			wantErr(t, fmt.Sprintf("CreateDisk(%q)", id), err, sdk.ErrInvalidArgument)
-		}
-		_, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: "zero", Size: 0})
-		wantErr(t, "CreateDisk of size 0", err, sdk.ErrInvalidArgument)
-		_, err = e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: "fs", Size: s.size, Filesystem: "no-such-fs"})
-		wantErr(t, "CreateDisk with an unknown filesystem", err, sdk.ErrInvalidArgument, sdk.ErrUnsupported)
-		list, err := e.disks.ListDisks(e.ctx)
-		if err != nil || len(list) != 0 {
-			t.Fatalf("after refused creates ListDisks = %v, %v; want none", list, err)
-		}
-	})
-	t.Run("RemoveIdempotent", func(t *testing.T) {
-		e := s.env(t)
-		info := e.create("disk-a")
-		e.fill("disk-a", regionA, 0x5a)
-		e.remove("disk-a")
-		_, err := e.disks.GetDisk(e.ctx, "disk-a")
-		wantErr(t, "GetDisk after RemoveDisk", err, sdk.ErrNotFound)
-		if _, err := os.Stat(info.Path); !errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("the removed disk's file %s: %v; want it gone", info.Path, err)
-		}
-		e.remove("disk-a")
-		e.remove("never-existed")
-		list, err := e.disks.ListDisks(e.ctx)
-		if err != nil || len(list) != 0 {
-			t.Fatalf("ListDisks after remove = %v, %v", list, err)
-		}
-		// The ID can be reused and the new disk does not see the old data.
-		e.create("disk-a")
-		if err := s.content.Expect(e.ctx, e.get("disk-a"), regionA, regionLen, 0x5a); err == nil {
-			t.Fatal("a re-created disk still holds the removed disk's data")
-		}
-	})
-	t.Run("Resize", func(t *testing.T) {
-		e := s.env(t)
-		e.need("resize")
-		e.create("disk-a")
-		e.fill("disk-a", regionA, 0x77)
-		info, err := e.resizer().Resize(e.ctx, "disk-a", s.size*2)
-		if err != nil || info.VirtualSize < s.size*2 {
-			t.Fatalf("Resize to %d = %v, %v", s.size*2, info, err)
-		}
-		if got := e.get("disk-a").VirtualSize; got < s.size*2 {
-			t.Fatalf("after Resize GetDisk virtual_size = %d", got)
-		}
-		e.expect("disk-a", regionA, 0x77)
-		if err := s.content.Fill(e.ctx, e.get("disk-a"), int64(s.size*2)-regionLen, regionLen, 0x78); err != nil {
-			t.Fatalf("write into the grown range: %v", err)
-		}
-		_, err = e.resizer().Resize(e.ctx, "disk-a", s.size)
-		wantErr(t, "Resize to a smaller size", err, sdk.ErrInvalidArgument)
-		e.expect("disk-a", regionA, 0x77)
-	})
-	t.Run("Export", func(t *testing.T) {
-		e := s.env(t)
-		e.need("export")
-		e.create("disk-a")
-		e.fill("disk-a", regionA, 0x42)
-		dir := t.TempDir()
-		for _, format := range []string{"qcow2", "raw"} {
-			dest := filepath.Join(dir, "export."+format)
-			info, err := e.exporter().Export(e.ctx, sdk.ExportRequest{ID: "disk-a", Dest: dest, Format: format})
-			if err != nil {
-				t.Fatalf("Export %s: %v", format, err)
-			}
-			if info.Format != format || len(info.BackingChain) != 0 || info.VirtualSize < s.size {
-				t.Fatalf("Export %s returned %v; want a standalone %s file of the disk's size", format, info, format)
-			}
-			e.expectInfo(sdk.Disk{Path: dest, Format: format}, regionA, 0x42)
-			_, err = e.exporter().Export(e.ctx, sdk.ExportRequest{ID: "disk-a", Dest: dest, Format: format})
-			wantErr(t, "Export onto an existing file", err, sdk.ErrAlreadyExists)
-		}
-		_, err := e.exporter().Export(e.ctx, sdk.ExportRequest{ID: "disk-a", Dest: filepath.Join(dir, "x"), Format: "no-such-format"})
-		wantErr(t, "Export to an unknown format", err, sdk.ErrInvalidArgument, sdk.ErrUnsupported)
-		e.fill("disk-a", regionA, 0x43) // the disk stays usable
-		e.expect("disk-a", regionA, 0x43)
-	})
-	t.Run("ImportRoundTrip", func(t *testing.T) {
-		e := s.env(t)
-		e.need("export", "import")
-		e.create("disk-a")
-		e.fill("disk-a", regionA, 0x24)
-		dest := filepath.Join(t.TempDir(), "export.img")
-		if _, err := e.exporter().Export(e.ctx, sdk.ExportRequest{ID: "disk-a", Dest: dest}); err != nil {
-			t.Fatal(err)
-		}
-		v, err := e.importer().Validate(e.ctx, dest, 0)
-		if err != nil || len(v.Problems) != 0 {
-			t.Fatalf("Validate of an export = %v, %v; want no problems", v, err)
-		}
-		info, err := e.importer().Import(e.ctx, sdk.ImportRequest{ID: "imported", Source: dest})
-		if err != nil || info.ID != "imported" {
-			t.Fatalf("Import = %v, %v", info, err)
-		}
-		e.expect("imported", regionA, 0x24)
-		e.fill("imported", regionA, 0x25)
-		e.expect("disk-a", regionA, 0x24)
-		_, err = e.importer().Import(e.ctx, sdk.ImportRequest{ID: "imported", Source: dest})
-		wantErr(t, "Import onto an existing disk", err, sdk.ErrAlreadyExists)
-
-		junk := filepath.Join(t.TempDir(), "junk")
-		if err := os.WriteFile(junk, []byte(strings.Repeat("not a disk image\n", 4096)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		v, err = e.importer().Validate(e.ctx, junk, 0)
-		if err != nil || len(v.Problems) == 0 {
-			t.Fatalf("Validate of junk = %v, %v; want problems", v, err)
-		}
-		_, err = e.importer().Import(e.ctx, sdk.ImportRequest{ID: "junk", Source: junk})
-		wantErr(t, "Import of junk", err, sdk.ErrInvalidArgument)
-		_, err = e.disks.GetDisk(e.ctx, "junk")
-		wantErr(t, "GetDisk after a refused import", err, sdk.ErrNotFound)
-	})
-	t.Run("ConcurrentDisks", func(t *testing.T) {
-		e := s.env(t)
-		const n = 6
-		var wg sync.WaitGroup
-		errs := make(chan error, n)
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				id := fmt.Sprintf("disk-%d", i)
-				if _, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: id, Size: s.size}); err != nil {
-					errs <- fmt.Errorf("create %s: %w", id, err)
-					return
-				}
-				info, err := e.disks.GetDisk(e.ctx, id)
-				if err == nil {
-					err = s.content.Fill(e.ctx, info, regionA, regionLen, byte(i+1))
-				}
-				if err == nil && i%2 == 1 {
-					err = e.disks.RemoveDisk(e.ctx, id)
-				}
-				if err != nil {
-					errs <- fmt.Errorf("%s: %w", id, err)
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
-		if t.Failed() {
-			return
-		}
-		list, err := e.disks.ListDisks(e.ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ids []string
-		for _, d := range list {
-			ids = append(ids, d.ID)
-		}
-		slices.Sort(ids)
-		if !slices.Equal(ids, []string{"disk-0", "disk-2", "disk-4"}) {
-			t.Fatalf("ListDisks = %v, want [disk-0 disk-2 disk-4]", ids)
-		}
-		for _, i := range []int{0, 2, 4} {
-			e.expect(fmt.Sprintf("disk-%d", i), regionA, byte(i+1))
-		}
-	})
+// against a plugin: create, get, list and remove with their idempotency
+// and errors, resize, export and import where the plugin has them, and
+// concurrent operations on different disks. Each check is a subtest on a
+// fresh root (see the package doc).
+func DiskBackendConformance(t *testing.T, newStorage NewStorageFunc, opts ...StorageOption) {
+	newStorageSuite(t, newStorage, opts).run(t, diskChecks())
 }
 
 // SnapshotBackendConformance runs the SnapshotBackend contract
 // (storage.proto), modelled on containerd's snapshotter semantics:
 // snapshots are immutable points in time, restore discards later changes
 // and keeps the snapshot, clones are independent copies, and a snapshot
-// cannot be removed while a clone made from it depends on it.
-func SnapshotBackendConformance(t *testing.T, newBackend NewStorageFunc, opts ...StorageOption) {
-	s := newStorageSuite(t, newBackend, opts)
-	t.Run("CreateList", func(t *testing.T) {
-		e := s.env(t)
-		e.need("snapshots")
-		e.create("disk-a")
-		if names := e.snapshotNames("disk-a"); len(names) != 0 {
-			t.Fatalf("a new disk has snapshots %v", names)
-		}
-		before := time.Now().Add(-time.Minute)
-		e.snapshot("disk-a", "s1")
-		e.fill("disk-a", regionA, 0x01)
-		sn2 := e.snapshot("disk-a", "s2")
-		if sn2.DiskID != "disk-a" || sn2.Name != "s2" || sn2.CreatedAt.Before(before) || sn2.VirtualSize < s.size {
-			t.Fatalf("CreateSnapshot returned %v", sn2)
-		}
-		e.snapshot("disk-a", "s0")
-		list, err := e.snaps.ListSnapshots(e.ctx, "disk-a")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var names []string
-		for i, sn := range list {
-			names = append(names, sn.Name)
-			if i > 0 && sn.CreatedAt.Before(list[i-1].CreatedAt) {
-				t.Fatalf("ListSnapshots not oldest first: %v", list)
-			}
-		}
-		if !slices.Equal(names, []string{"s1", "s2", "s0"}) {
-			t.Fatalf("ListSnapshots = %v, want [s1 s2 s0] (oldest first)", names)
-		}
-		_, err = e.snaps.CreateSnapshot(e.ctx, "disk-a", "s1")
-		wantErr(t, "CreateSnapshot with a taken name", err, sdk.ErrAlreadyExists)
-		e.create("disk-b")
-		if names := e.snapshotNames("disk-b"); len(names) != 0 {
-			t.Fatalf("snapshots leak between disks: disk-b has %v", names)
-		}
-		e.snapshot("disk-b", "s1") // names are per disk
-		e.expect("disk-a", regionA, 0x01)
-	})
-	t.Run("RestoreDiscardsChanges", func(t *testing.T) {
-		e := s.env(t)
-		e.need("snapshots")
-		e.create("disk-a")
-		e.fill("disk-a", regionA, 0xa0)
-		e.snapshot("disk-a", "s1")
-		e.fill("disk-a", regionA, 0xa1)
-		e.fill("disk-a", regionB, 0xb1)
-		e.snapshot("disk-a", "s2")
-		e.fill("disk-a", regionA, 0xa2)
-
-		e.restore("disk-a", "s1")
-		e.expect("disk-a", regionA, 0xa0)
-		if err := s.content.Expect(e.ctx, e.get("disk-a"), regionB, regionLen, 0xb1); err == nil {
-			t.Fatal("restoring s1 kept data written after it")
-		}
-		e.fill("disk-a", regionA, 0xa3)
-		e.restore("disk-a", "s2")
-		e.expect("disk-a", regionA, 0xa1)
-		e.expect("disk-a", regionB, 0xb1)
-		e.restore("disk-a", "s1") // a snapshot survives being restored
-		e.expect("disk-a", regionA, 0xa0)
-		if names := e.snapshotNames("disk-a"); !slices.Equal(names, []string{"s1", "s2"}) {
-			t.Fatalf("after restores ListSnapshots = %v, want [s1 s2]", names)
-		}
-		_, err := e.snaps.RestoreSnapshot(e.ctx, "disk-a", "nope")
-		wantErr(t, "RestoreSnapshot of a missing snapshot", err, sdk.ErrNotFound)
-		e.expect("disk-a", regionA, 0xa0)
-	})
-	t.Run("RemoveSnapshot", func(t *testing.T) {
-		e := s.env(t)
-		e.need("snapshots")
-		e.create("disk-a")
-		e.fill("disk-a", regionA, 0x10)
-		e.snapshot("disk-a", "s1")
-		e.fill("disk-a", regionA, 0x20)
-		e.snapshot("disk-a", "s2")
-		e.fill("disk-a", regionA, 0x30)
-		if err := e.snaps.RemoveSnapshot(e.ctx, "disk-a", "s1"); err != nil {
-			t.Fatalf("RemoveSnapshot s1: %v", err)
-		}
-		if names := e.snapshotNames("disk-a"); !slices.Equal(names, []string{"s2"}) {
-			t.Fatalf("after removing s1 ListSnapshots = %v, want [s2]", names)
-		}
-		err := e.snaps.RemoveSnapshot(e.ctx, "disk-a", "s1")
-		wantErr(t, "RemoveSnapshot twice", err, sdk.ErrNotFound)
-		_, err = e.snaps.RestoreSnapshot(e.ctx, "disk-a", "s1")
-		wantErr(t, "RestoreSnapshot of a removed snapshot", err, sdk.ErrNotFound)
-		e.expect("disk-a", regionA, 0x30) // removing a snapshot leaves the disk alone
-		e.restore("disk-a", "s2")         // and later snapshots whole
-		e.expect("disk-a", regionA, 0x20)
-		if err := e.snaps.RemoveSnapshot(e.ctx, "disk-a", "s2"); err != nil {
-			t.Fatalf("RemoveSnapshot of the restored snapshot: %v", err)
-		}
-		e.expect("disk-a", regionA, 0x20)
-		e.snapshot("disk-a", "s1") // a removed name can be reused
-	})
-	t.Run("CloneCurrentState", func(t *testing.T) {
-		e := s.env(t)
-		e.need("snapshots")
-		e.create("src")
-		e.fill("src", regionA, 0x51)
-		info := e.clone("src", "dst", "")
-		if info.ID != "dst" || info.VirtualSize < s.size {
-			t.Fatalf("Clone returned %v", info)
-		}
-		e.expect("dst", regionA, 0x51)
-		e.fill("src", regionA, 0x52)
-		e.fill("dst", regionB, 0x62)
-		e.expect("dst", regionA, 0x51)
-		e.expect("src", regionA, 0x52)
-		if err := s.content.Expect(e.ctx, e.get("src"), regionB, regionLen, 0x62); err == nil {
-			t.Fatal("a write into the clone shows in the source")
-		}
-		_, err := e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: "src", NewID: "dst"})
-		wantErr(t, "Clone onto an existing disk", err, sdk.ErrAlreadyExists)
-		_, err = e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: "src", NewID: "src"})
-		wantErr(t, "Clone onto itself", err, sdk.ErrAlreadyExists, sdk.ErrInvalidArgument)
-		// Clones of clones, and clones of untouched disks.
-		e.clone("dst", "dst2", "")
-		e.expect("dst2", regionA, 0x51)
-		e.expect("dst2", regionB, 0x62)
-		e.clone("dst2", "dst3", "")
-		e.fill("dst3", regionA, 0x71)
-		e.expect("dst2", regionA, 0x51)
-		e.expect("dst", regionA, 0x51)
-	})
-	t.Run("CloneFromSnapshot", func(t *testing.T) {
-		e := s.env(t)
-		e.need("snapshots")
-		e.create("src")
-		e.fill("src", regionA, 0x81)
-		e.snapshot("src", "s1")
-		e.fill("src", regionA, 0x82)
-		e.clone("src", "dst", "s1")
-		e.expect("dst", regionA, 0x81)
-		e.expect("src", regionA, 0x82)
-		_, err := e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: "src", NewID: "other", Snapshot: "nope"})
-		wantErr(t, "Clone from a missing snapshot", err, sdk.ErrNotFound)
-
-		err = e.snaps.RemoveSnapshot(e.ctx, "src", "s1")
-		wantErr(t, "RemoveSnapshot while a clone depends on it", err, sdk.ErrInvalidState)
-		if !strings.Contains(err.Error(), "dst") {
-			t.Errorf("the refusal %q does not name the dependent disk dst", err)
-		}
-		if names := e.snapshotNames("src"); !slices.Equal(names, []string{"s1"}) {
-			t.Fatalf("after a refused remove ListSnapshots = %v", names)
-		}
-		e.remove("dst")
-		if err := e.snaps.RemoveSnapshot(e.ctx, "src", "s1"); err != nil {
-			t.Fatalf("RemoveSnapshot once the clone is gone: %v", err)
-		}
-		e.expect("src", regionA, 0x82)
-	})
-	t.Run("RemoveSourceKeepsClones", func(t *testing.T) {
-		e := s.env(t)
-		e.need("snapshots")
-		e.create("src")
-		e.fill("src", regionA, 0x91)
-		e.snapshot("src", "s1")
-		e.fill("src", regionA, 0x92)
-		e.clone("src", "from-snap", "s1")
-		e.clone("src", "from-now", "")
-		e.remove("src")
-		e.expect("from-snap", regionA, 0x91)
-		e.expect("from-now", regionA, 0x92)
-		e.fill("from-now", regionA, 0x93)
-		e.expect("from-snap", regionA, 0x91)
-		e.remove("from-snap")
-		e.expect("from-now", regionA, 0x93)
-	})
-	t.Run("RemoveDiskRemovesSnapshots", func(t *testing.T) {
-		e := s.env(t)
-		e.need("snapshots")
-		e.create("disk-a")
-		e.snapshot("disk-a", "s1")
-		e.snapshot("disk-a", "s2")
-		e.remove("disk-a")
-		_, err := e.snaps.ListSnapshots(e.ctx, "disk-a")
-		wantErr(t, "ListSnapshots of a removed disk", err, sdk.ErrNotFound)
-		e.create("disk-a")
-		if names := e.snapshotNames("disk-a"); len(names) != 0 {
-			t.Fatalf("a re-created disk inherited snapshots %v", names)
-		}
-	})
-	t.Run("ConcurrentSnapshotsAndClones", func(t *testing.T) {
-		e := s.env(t)
-		e.need("snapshots")
-		const n = 4
-		for i := range n {
-			id := fmt.Sprintf("src-%d", i)
-			e.create(id)
-			e.fill(id, regionA, byte(0x40+i))
-		}
-		var wg sync.WaitGroup
-		errs := make(chan error, n)
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				id := fmt.Sprintf("src-%d", i)
-				if _, err := e.snaps.CreateSnapshot(e.ctx, id, "s"); err != nil {
-					errs <- err
-					return
-				}
-				if _, err := e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: id, NewID: id + "-clone", Snapshot: "s"}); err != nil {
-					errs <- err
-					return
-				}
-				if _, err := e.cloner().Clone(e.ctx, sdk.CloneRequest{ID: id, NewID: id + "-now"}); err != nil {
-					errs <- err
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
-		if t.Failed() {
-			return
-		}
-		for i := range n {
-			id := fmt.Sprintf("src-%d", i)
-			e.expect(id+"-clone", regionA, byte(0x40+i))
-			e.expect(id+"-now", regionA, byte(0x40+i))
-		}
-	})
+// cannot be removed while a clone made from it depends on it. Each check
+// is a subtest on a fresh root (see the package doc).
+func SnapshotBackendConformance(t *testing.T, newStorage NewStorageFunc, opts ...StorageOption) {
+	newStorageSuite(t, newStorage, opts).run(t, snapshotChecks())
 }

@@ -78,15 +78,20 @@ func (img *Image) openBacking(seen []os.FileInfo, depth int) error {
 }
 
 // openLayer opens path read-only as a chain element in the given format
-// ("" probes).
+// ("" probes). Depth 0 is the top of a chain (a conversion source, which
+// may be a block device); deeper elements are backing files.
 func openLayer(path, format string, depth int, seen []os.FileInfo) (layer, string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, "", err
+	var (
+		f   *os.File
+		fi  os.FileInfo
+		err error
+	)
+	if depth > 0 {
+		f, fi, err = openBackingFile(path)
+	} else {
+		f, fi, err = openStat(path)
 	}
-	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
 		return nil, "", err
 	}
 	for _, s := range seen {
@@ -127,6 +132,63 @@ func openLayer(path, format string, depth int, seen []os.FileInfo) (layer, strin
 		f.Close()
 		return nil, "", fmt.Errorf("%w: backing format %q (only raw and qcow2)", ErrUnsupported, format)
 	}
+}
+
+func openStat(path string) (*os.File, os.FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, fi, nil
+}
+
+// openBackingFile opens a file a backing reference names, read-only. The
+// name comes from an image header, which the store's caller may have
+// crafted: a FIFO there would block the open (and every read after it), a
+// device would be read as a disk and a final symbolic link could point
+// anywhere. So the open neither blocks nor follows a final link, and
+// anything but a regular file is refused. The errors do not repeat the
+// path: callers wrap them with ErrBackingFile and the path.
+func openBackingFile(path string) (*os.File, os.FileInfo, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW, 0)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, nil, errors.New("a symbolic link, and backing files are opened without following links")
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s, not a regular file (a backing file must be one)", describeMode(fi.Mode()))
+	}
+	return f, fi, nil
+}
+
+// describeMode names the type of a file that is not a regular file.
+func describeMode(m os.FileMode) string {
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m.IsDir():
+		return "a directory"
+	}
+	return "a " + m.Type().String() + " file"
 }
 
 func fileSize(f *os.File, fi os.FileInfo) (int64, error) {

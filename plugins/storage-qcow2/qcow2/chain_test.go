@@ -5,7 +5,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/boxctl/boxctl/sdk"
 )
 
 // makeBase creates a base image of the given format with a known pattern
@@ -220,5 +226,99 @@ func TestBackingChainErrors(t *testing.T) {
 	}
 	if _, err := Create(filepath.Join(dir, "d.qcow2"), CreateOptions{BackingFile: "json:{}"}); !errors.Is(err, ErrBackingFile) {
 		t.Fatalf("json backing: %v", err)
+	}
+}
+
+// TestBackingFileNotRegular: a header may name any host file as its
+// backing file. Info (what the store's GetDisk runs, as root), Open and
+// Create read the named file's header; a FIFO there must not hang them,
+// and a device, a directory or a symbolic link must be refused, not read.
+func TestBackingFileNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	regular := filepath.Join(dir, "regular.raw")
+	if err := os.WriteFile(regular, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.raw")
+	if err := os.Symlink(regular, link); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct{ name, backing, want string }{
+		{"fifo", fifo, "a named pipe (FIFO), not a regular file"},
+		{"char-device", "/dev/zero", "a character device, not a regular file"},
+		{"directory", dir, "a directory, not a regular file"},
+		{"symlink", link, "a symbolic link"},
+	}
+	// within fails the test if fn does not return promptly (a blocked
+	// open never returns; the goroutine is left behind).
+	within := func(t *testing.T, what string, fn func() error) error {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- fn() }()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s did not return: it blocks on the backing file", what)
+			return nil
+		}
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			top := filepath.Join(t.TempDir(), "top.qcow2")
+			mustClose(t, mustCreate(t, top, CreateOptions{BackingFile: regular, BackingFormat: FormatRaw}))
+			if err := SetBacking(top, c.backing, FormatRaw); err != nil {
+				t.Fatal(err)
+			}
+			check := func(what string, err error) {
+				t.Helper()
+				if !errors.Is(err, ErrBackingFile) || !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.backing) {
+					t.Errorf("%s with backing file %s: %v; want ErrBackingFile (InvalidArgument) naming it and saying %q", what, c.backing, err, c.want)
+				}
+			}
+			check("Info", within(t, "Info", func() error { _, err := Info(top); return err }))
+			check("Open", within(t, "Open", func() error {
+				img, err := Open(top, OpenOptions{})
+				if err == nil {
+					img.Close()
+				}
+				return err
+			}))
+			check("Create", within(t, "Create", func() error {
+				img, err := Create(filepath.Join(t.TempDir(), "new.qcow2"), CreateOptions{BackingFile: c.backing, BackingFormat: FormatRaw})
+				if err == nil {
+					img.Close()
+				}
+				return err
+			}))
+		})
+	}
+	// The same files as the top image of a conversion keep working where
+	// they did (a symlink to a regular file is followed there).
+	if info, err := Info(link); err != nil || info.VirtualSize != 1<<20 {
+		t.Fatalf("Info of a symlink as the top image: %v %v", info, err)
+	}
+}
+
+// TestValidateFIFO: Validate's path is untrusted (an import source); a
+// FIFO there is refused at once rather than waited on.
+func TestValidateFIFO(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- Validate(fifo, ValidateOptions{}) }()
+	select {
+	case err := <-done:
+		if !isProblem(err, ProblemHeader) || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("Validate of a FIFO: %v; want a problem saying it is not a regular file", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Validate of a FIFO blocks")
 	}
 }

@@ -179,18 +179,14 @@ func create(path string, opts CreateOptions) (*Image, error) {
 	return img, nil
 }
 
-// probeSize returns the virtual size and format of an image from its
-// header alone.
+// probeSize returns the virtual size and format of a backing file from
+// its header alone.
 func probeSize(path, format string) (int64, string, error) {
-	f, err := os.Open(path)
+	f, fi, err := openBackingFile(path)
 	if err != nil {
 		return 0, "", err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, "", err
-	}
 	if format == "" {
 		if format, err = probeFormat(f); err != nil {
 			return 0, "", err

@@ -37,7 +37,7 @@ type ImageInfo struct {
 // Info describes the image at path (qcow2 or raw, probed) and its backing
 // chain, like `qemu-img info --backing-chain`. Only headers are read.
 func Info(path string) (*ImageInfo, error) {
-	top, err := layerInfo(path, "")
+	top, err := layerInfo(path, "", false)
 	if err != nil {
 		return nil, fmt.Errorf("info %s: %w", path, err)
 	}
@@ -52,7 +52,7 @@ func Info(path string) (*ImageInfo, error) {
 			return nil, fmt.Errorf("info %s: %w: backing chain deeper than %d", path, ErrBackingFile, maxChainDepth)
 		}
 		bpath := ResolveBacking(cur.Path, cur.BackingFile)
-		next, err := layerInfo(bpath, cur.BackingFormat)
+		next, err := layerInfo(bpath, cur.BackingFormat, true)
 		if err != nil {
 			return nil, fmt.Errorf("info %s: %w %s: %w", path, ErrBackingFile, bpath, err)
 		}
@@ -73,16 +73,18 @@ type layerStat struct {
 	fi os.FileInfo
 }
 
-func layerInfo(path, format string) (layerStat, error) {
-	f, err := os.Open(path)
+// layerInfo reads one chain element's header; backing says it is a
+// backing file (opened as openBackingFile does), not the top image.
+func layerInfo(path, format string, backing bool) (layerStat, error) {
+	open := openStat
+	if backing {
+		open = openBackingFile
+	}
+	f, fi, err := open(path)
 	if err != nil {
 		return layerStat{}, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return layerStat{}, err
-	}
 	li := layerStat{LayerInfo: LayerInfo{Path: path}, fi: fi}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		li.ActualSize = st.Blocks * 512

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultMaxVirtualSize is Validate's default cap on the virtual size.
@@ -29,7 +31,9 @@ type ValidateOptions struct {
 // metadata cluster once and never allocates more than a small fraction of
 // the file's size, whatever the file contains.
 func Validate(path string, opts ValidateOptions) error {
-	f, err := os.Open(path)
+	// Non-blocking: path is untrusted, and opening a FIFO for reading
+	// would wait for a writer.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("validate %s: %w", path, err)
 	}

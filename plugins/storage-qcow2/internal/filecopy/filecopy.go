@@ -64,7 +64,9 @@ func copyFile(ctx context.Context, dst, src string, first Method) (m Method, err
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	in, err := os.Open(src)
+	// Non-blocking, so that a FIFO put where src was is refused below
+	// instead of waiting for a writer.
+	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return 0, err
 	}

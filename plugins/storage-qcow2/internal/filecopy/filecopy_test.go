@@ -7,8 +7,10 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -164,5 +166,31 @@ func BenchmarkCopy(b *testing.B) {
 			b.Fatal(err)
 		}
 		os.Remove(dst)
+	}
+}
+
+// TestCopyFIFO: an import source swapped for a FIFO after it was validated
+// is refused at once; the copy does not wait for a writer.
+func TestCopyFIFO(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Copy(context.Background(), filepath.Join(dir, "dst"), fifo)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("Copy of a FIFO: %v; want it refused as not a regular file", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Copy of a FIFO blocks")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "dst")); !os.IsNotExist(err) {
+		t.Fatalf("a refused copy left its destination: %v", err)
 	}
 }

@@ -17,33 +17,32 @@ import (
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/internal/filecopy"
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/qcow2"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // CreateDisk implements sdk.DiskBackend: a qcow2 overlay of the requested
 // size over the cached blank ext4 base of that size.
-func (s *Store) CreateDisk(ctx context.Context, req *pluginv1.CreateDiskRequest) (*pluginv1.DiskInfo, error) {
+func (s *Store) CreateDisk(ctx context.Context, req sdk.CreateDiskRequest) (sdk.Disk, error) {
 	cfg, err := s.settings()
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
-	id := req.GetDiskId()
+	id := req.ID
 	if err := checkDiskID("disk ID", id); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
-	if fs := req.GetFilesystem(); fs != "" && fs != "ext4" {
-		return nil, fmt.Errorf("create disk %s: filesystem %q is not supported (only ext4): %w", id, fs, sdk.ErrInvalidArgument)
+	if fs := req.Filesystem; fs != "" && fs != "ext4" {
+		return sdk.Disk{}, fmt.Errorf("create disk %s: filesystem %q is not supported (only ext4): %w", id, fs, sdk.ErrInvalidArgument)
 	}
-	size := (min(req.GetSizeBytes(), 1<<62) + 511) &^ 511
+	size := (min(req.Size, 1<<62) + 511) &^ 511
 	if size < minDiskSize || size > cfg.maxVirtualSize {
-		return nil, fmt.Errorf("create disk %s: size %d bytes is outside 1MiB..%d bytes (max_virtual_size): %w", id, req.GetSizeBytes(), cfg.maxVirtualSize, sdk.ErrInvalidArgument)
+		return sdk.Disk{}, fmt.Errorf("create disk %s: size %d bytes is outside 1MiB..%d bytes (max_virtual_size): %w", id, req.Size, cfg.maxVirtualSize, sdk.ErrInvalidArgument)
 	}
 	if cfg.mkfs == "" {
-		return nil, fmt.Errorf("create disk %s: mkfs.ext4 not found: install e2fsprogs, or set mkfs = \"/path/to/mkfs.ext4\" in the qcow2 plugin's config block: %w", id, sdk.ErrInvalidState)
+		return sdk.Disk{}, fmt.Errorf("create disk %s: mkfs.ext4 not found: install e2fsprogs, or set mkfs = \"/path/to/mkfs.ext4\" in the qcow2 plugin's config block: %w", id, sdk.ErrInvalidState)
 	}
 	locks, err := s.lockDisks(ctx, cfg, []string{id}, false)
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	defer locks.release()
 
@@ -60,21 +59,21 @@ func (s *Store) CreateDisk(ctx context.Context, req *pluginv1.CreateDiskRequest)
 		}
 		return t.putIntent(in)
 	}); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	s.crashPoint(opCreate, "journaled")
 	done := false
 	defer s.rollbackUnless(ctx, cfg, in, &done)
 
 	if err := s.ensureBlank(ctx, cfg, size, op); err != nil {
-		return nil, fmt.Errorf("create disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("create disk %s: %w", id, err)
 	}
 	if err := createOverlay(cfg, tmp, bid, int64(size)); err != nil {
-		return nil, fmt.Errorf("create disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("create disk %s: %w", id, err)
 	}
 	s.crashPoint(opCreate, "overlay-created")
 	if err := renameDurable(cfg.path(tmp), cfg.path(diskFile(id))); err != nil {
-		return nil, fmt.Errorf("create disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("create disk %s: %w", id, err)
 	}
 	s.crashPoint(opCreate, "renamed")
 	if err := cfg.db.update(ctx, func(t *tx) error {
@@ -86,7 +85,7 @@ func (s *Store) CreateDisk(ctx context.Context, req *pluginv1.CreateDiskRequest)
 		}
 		return t.deleteIntent(op)
 	}); err != nil {
-		return nil, fmt.Errorf("create disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("create disk %s: %w", id, err)
 	}
 	done = true
 	s.crashPoint(opCreate, "committed")
@@ -201,21 +200,21 @@ func (s *Store) buildBlank(ctx context.Context, cfg *settings, size uint64, tmp,
 }
 
 // GetDisk implements sdk.DiskBackend.
-func (s *Store) GetDisk(ctx context.Context, id string) (*pluginv1.DiskInfo, error) {
+func (s *Store) GetDisk(ctx context.Context, id string) (sdk.Disk, error) {
 	cfg, err := s.settings()
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	if err := checkDiskID("disk ID", id); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	locks, err := s.lockDisks(ctx, cfg, []string{id}, true)
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	defer locks.release()
 	if _, err := getDisk(ctx, cfg, id); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	return diskInfo(cfg, id)
 }
@@ -239,26 +238,26 @@ func getDisk(ctx context.Context, cfg *settings, id string) (*diskRecord, error)
 
 // diskInfo describes disk id's overlay and its backing chain as
 // `qemu-img info --backing-chain` does.
-func diskInfo(cfg *settings, id string) (*pluginv1.DiskInfo, error) {
+func diskInfo(cfg *settings, id string) (sdk.Disk, error) {
 	info, err := qcow2.Info(cfg.path(diskFile(id)))
 	if err != nil {
-		return nil, fmt.Errorf("disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("disk %s: %w", id, err)
 	}
-	out := &pluginv1.DiskInfo{
-		DiskId:        id,
+	out := sdk.Disk{
+		ID:            id,
 		Path:          info.Path,
 		Format:        info.Format,
 		VirtualSize:   uint64(info.VirtualSize),
 		AllocatedSize: uint64(info.ActualSize),
 	}
 	for _, l := range info.BackingChain {
-		out.BackingChain = append(out.BackingChain, &pluginv1.BackingFile{Path: l.Path, Format: l.Format, VirtualSize: uint64(l.VirtualSize)})
+		out.BackingChain = append(out.BackingChain, sdk.BackingFile{Path: l.Path, Format: l.Format, VirtualSize: uint64(l.VirtualSize)})
 	}
 	return out, nil
 }
 
 // ListDisks implements sdk.DiskBackend.
-func (s *Store) ListDisks(ctx context.Context) ([]*pluginv1.DiskInfo, error) {
+func (s *Store) ListDisks(ctx context.Context) ([]sdk.Disk, error) {
 	cfg, err := s.settings()
 	if err != nil {
 		return nil, err
@@ -273,7 +272,7 @@ func (s *Store) ListDisks(ctx context.Context) ([]*pluginv1.DiskInfo, error) {
 	}); err != nil {
 		return nil, err
 	}
-	out := make([]*pluginv1.DiskInfo, 0, len(ids))
+	out := make([]sdk.Disk, 0, len(ids))
 	for _, id := range ids {
 		info, err := s.GetDisk(ctx, id)
 		if errors.Is(err, sdk.ErrNotFound) {
@@ -287,39 +286,39 @@ func (s *Store) ListDisks(ctx context.Context) ([]*pluginv1.DiskInfo, error) {
 	return out, nil
 }
 
-// FileInfo implements sdk.DiskBackend. The file is not trusted: its
+// FileInfo implements sdk.DiskInspector. The file is not trusted: its
 // backing file reference is reported as recorded, never opened.
-func (s *Store) FileInfo(ctx context.Context, path string) (*pluginv1.DiskInfo, error) {
+func (s *Store) FileInfo(ctx context.Context, path string) (sdk.Disk, error) {
 	return fileInfo(path)
 }
 
-func fileInfo(path string) (*pluginv1.DiskInfo, error) {
+func fileInfo(path string) (sdk.Disk, error) {
 	if !filepath.IsAbs(path) {
-		return nil, fmt.Errorf("file info: %q is not an absolute path: %w", path, sdk.ErrInvalidArgument)
+		return sdk.Disk{}, fmt.Errorf("file info: %q is not an absolute path: %w", path, sdk.ErrInvalidArgument)
 	}
 	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("file info %s: %w", path, sdk.ErrNotFound)
+		return sdk.Disk{}, fmt.Errorf("file info %s: %w", path, sdk.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("file info %s: %w", path, err)
+		return sdk.Disk{}, fmt.Errorf("file info %s: %w", path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("file info %s: not a regular file: %w", path, sdk.ErrInvalidArgument)
+		return sdk.Disk{}, fmt.Errorf("file info %s: not a regular file: %w", path, sdk.ErrInvalidArgument)
 	}
-	out := &pluginv1.DiskInfo{Path: path, Format: qcow2.FormatRaw, VirtualSize: uint64(fi.Size()), AllocatedSize: allocated(fi)}
+	out := sdk.Disk{Path: path, Format: qcow2.FormatRaw, VirtualSize: uint64(fi.Size()), AllocatedSize: allocated(fi)}
 	img, err := qcow2.Open(path, qcow2.OpenOptions{NoBacking: true, L2CacheBytes: 1 << 20})
 	if errors.Is(err, qcow2.ErrNotQcow2) {
 		return out, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("file info: %w: %w", err, sdk.ErrInvalidArgument)
+		return sdk.Disk{}, fmt.Errorf("file info: %w: %w", err, sdk.ErrInvalidArgument)
 	}
 	defer img.Close()
 	out.Format = qcow2.FormatQcow2
 	out.VirtualSize = uint64(img.Size())
 	if name, format := img.Backing(); name != "" {
-		out.BackingChain = []*pluginv1.BackingFile{{Path: qcow2.ResolveBacking(path, name), Format: format}}
+		out.BackingChain = []sdk.BackingFile{{Path: qcow2.ResolveBacking(path, name), Format: format}}
 	}
 	return out, nil
 }
@@ -331,96 +330,95 @@ func allocated(fi os.FileInfo) uint64 {
 	return 0
 }
 
-// Resize implements sdk.DiskBackend: it grows the overlay's virtual size.
-func (s *Store) Resize(ctx context.Context, req *pluginv1.ResizeRequest) (*pluginv1.DiskInfo, error) {
+// Resize implements sdk.Resizer: it grows the overlay's virtual size.
+func (s *Store) Resize(ctx context.Context, id string, size uint64) (sdk.Disk, error) {
 	cfg, err := s.settings()
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
-	id := req.GetDiskId()
 	if err := checkDiskID("disk ID", id); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
-	if req.GetSizeBytes() > cfg.maxVirtualSize {
-		return nil, fmt.Errorf("resize disk %s to %d bytes: above max_virtual_size (%d bytes): %w", id, req.GetSizeBytes(), cfg.maxVirtualSize, sdk.ErrInvalidArgument)
+	if size > cfg.maxVirtualSize {
+		return sdk.Disk{}, fmt.Errorf("resize disk %s to %d bytes: above max_virtual_size (%d bytes): %w", id, size, cfg.maxVirtualSize, sdk.ErrInvalidArgument)
 	}
 	locks, err := s.lockDisks(ctx, cfg, []string{id}, false)
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	defer locks.release()
 	if _, err := getDisk(ctx, cfg, id); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	img, err := qcow2.Open(cfg.path(diskFile(id)), qcow2.OpenOptions{Writable: true})
 	if err != nil {
-		return nil, fmt.Errorf("resize disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("resize disk %s: %w", id, err)
 	}
-	if cur := uint64(img.Size()); req.GetSizeBytes() < cur {
+	if cur := uint64(img.Size()); size < cur {
 		img.Close()
-		return nil, fmt.Errorf("resize disk %s from %d to %d bytes: shrinking is not supported: %w", id, cur, req.GetSizeBytes(), sdk.ErrInvalidArgument)
+		return sdk.Disk{}, fmt.Errorf("resize disk %s from %d to %d bytes: shrinking is not supported: %w", id, cur, size, sdk.ErrInvalidArgument)
 	}
-	err = img.Resize(int64(req.GetSizeBytes()))
+	err = img.Resize(int64(size))
 	if cerr := img.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("resize disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("resize disk %s: %w", id, err)
 	}
 	return diskInfo(cfg, id)
 }
 
-// Export implements sdk.DiskBackend: it flattens the disk's chain into a
+// Export implements sdk.Exporter: it flattens the disk's chain into a
 // standalone sparse file at dest, durably, without ever replacing a file.
-func (s *Store) Export(ctx context.Context, req *pluginv1.ExportRequest) (*pluginv1.DiskInfo, error) {
+func (s *Store) Export(ctx context.Context, req sdk.ExportRequest) (sdk.Disk, error) {
 	cfg, err := s.settings()
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
-	id, dest := req.GetDiskId(), req.GetDest()
+	id, dest := req.ID, req.Dest
 	if err := checkDiskID("disk ID", id); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
-	format := req.GetFormat()
+	format := req.Format
 	if format == "" {
 		format = qcow2.FormatQcow2
 	}
 	if format != qcow2.FormatQcow2 && format != qcow2.FormatRaw {
-		return nil, fmt.Errorf("export disk %s: format %q (want qcow2 or raw): %w", id, format, sdk.ErrInvalidArgument)
+		return sdk.Disk{}, fmt.Errorf("export disk %s: format %q (want qcow2 or raw): %w", id, format, sdk.ErrInvalidArgument)
 	}
 	if !filepath.IsAbs(dest) {
-		return nil, fmt.Errorf("export disk %s: destination %q is not an absolute path: %w", id, dest, sdk.ErrInvalidArgument)
+		return sdk.Disk{}, fmt.Errorf("export disk %s: destination %q is not an absolute path: %w", id, dest, sdk.ErrInvalidArgument)
 	}
 	if fi, err := os.Stat(filepath.Dir(dest)); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("export disk %s: the directory of %s does not exist: %w", id, dest, sdk.ErrInvalidArgument)
+		return sdk.Disk{}, fmt.Errorf("export disk %s: the directory of %s does not exist: %w", id, dest, sdk.ErrInvalidArgument)
 	}
 	if ok, err := exists(dest); err != nil || ok {
 		if err == nil {
 			err = fmt.Errorf("export disk %s: %s: %w", id, dest, sdk.ErrAlreadyExists)
 		}
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	locks, err := s.lockDisks(ctx, cfg, []string{id}, true)
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	defer locks.release()
 	if _, err := getDisk(ctx, cfg, id); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	tmp := filepath.Join(filepath.Dir(dest), "."+filepath.Base(dest)+"."+newID()[:12]+".tmp")
 	if err := qcow2.Convert(ctx, cfg.path(diskFile(id)), tmp, qcow2.ConvertOptions{Format: format, ClusterSize: cfg.clusterSize, SourceFormat: qcow2.FormatQcow2}); err != nil {
-		return nil, fmt.Errorf("export disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("export disk %s: %w", id, err)
 	}
 	if err := renameNoReplace(tmp, dest); err != nil {
 		os.Remove(tmp)
 		if errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("export disk %s: %s: %w", id, dest, sdk.ErrAlreadyExists)
+			return sdk.Disk{}, fmt.Errorf("export disk %s: %s: %w", id, dest, sdk.ErrAlreadyExists)
 		}
-		return nil, fmt.Errorf("export disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("export disk %s: %w", id, err)
 	}
 	if err := syncDir(filepath.Dir(dest)); err != nil {
-		return nil, fmt.Errorf("export disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("export disk %s: %w", id, err)
 	}
 	return fileInfo(dest)
 }
@@ -455,19 +453,19 @@ func (cfg *settings) maxSize(req uint64) uint64 {
 	return req
 }
 
-// Validate implements sdk.DiskBackend. It never follows backing files.
-func (s *Store) Validate(ctx context.Context, req *pluginv1.ValidateRequest) (*pluginv1.ValidateResponse, error) {
+// Validate implements sdk.Importer. It never follows backing files.
+func (s *Store) Validate(ctx context.Context, path string, maxVirtualSize uint64) (sdk.Validation, error) {
 	cfg, err := s.settings()
 	if err != nil {
-		return nil, err
+		return sdk.Validation{}, err
 	}
-	problems, err := validateFile(req.GetPath(), cfg.maxSize(req.GetMaxVirtualSize()))
+	problems, err := validateFile(path, cfg.maxSize(maxVirtualSize))
 	if err != nil {
-		return nil, err
+		return sdk.Validation{}, err
 	}
-	resp := &pluginv1.ValidateResponse{Problems: problems}
-	if info, err := fileInfo(req.GetPath()); err == nil {
-		resp.Info = info
+	resp := sdk.Validation{Problems: problems}
+	if info, err := fileInfo(path); err == nil {
+		resp.Disk = info
 	}
 	return resp, nil
 }
@@ -492,32 +490,32 @@ func validateFile(path string, maxSize uint64) ([]string, error) {
 	return nil, err
 }
 
-// Import implements sdk.DiskBackend: it validates source, copies it in
+// Import implements sdk.Importer: it validates source, copies it in
 // (reflink where possible), validates the copy (the source may change
 // under us) and adopts it as a standalone disk.
-func (s *Store) Import(ctx context.Context, req *pluginv1.ImportRequest) (*pluginv1.DiskInfo, error) {
+func (s *Store) Import(ctx context.Context, req sdk.ImportRequest) (sdk.Disk, error) {
 	cfg, err := s.settings()
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
-	id, src := req.GetDiskId(), req.GetSource()
+	id, src := req.ID, req.Source
 	if err := checkDiskID("disk ID", id); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
-	maxSize := cfg.maxSize(req.GetMaxVirtualSize())
+	maxSize := cfg.maxSize(req.MaxVirtualSize)
 	refuse := func(problems []string) error {
 		return fmt.Errorf("import %s as disk %s: %w: %s", src, id, sdk.ErrInvalidArgument, strings.Join(problems, "; "))
 	}
 	problems, err := validateFile(src, maxSize)
 	if err != nil {
-		return nil, fmt.Errorf("import disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("import disk %s: %w", id, err)
 	}
 	if len(problems) > 0 {
-		return nil, refuse(problems)
+		return sdk.Disk{}, refuse(problems)
 	}
 	locks, err := s.lockDisks(ctx, cfg, []string{id}, false)
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	defer locks.release()
 	op := newID()
@@ -533,27 +531,27 @@ func (s *Store) Import(ctx context.Context, req *pluginv1.ImportRequest) (*plugi
 		}
 		return t.putIntent(in)
 	}); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	s.crashPoint(opImport, "journaled")
 	done := false
 	defer s.rollbackUnless(ctx, cfg, in, &done)
 
 	if _, err := filecopy.Copy(ctx, cfg.path(tmp), src); err != nil {
-		return nil, fmt.Errorf("import disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("import disk %s: %w", id, err)
 	}
 	if err := chmodDurable(cfg.path(tmp), 0o644); err != nil {
-		return nil, fmt.Errorf("import disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("import disk %s: %w", id, err)
 	}
 	if problems, err := validateFile(cfg.path(tmp), maxSize); err != nil || len(problems) > 0 {
 		if err != nil {
-			return nil, fmt.Errorf("import disk %s: %w", id, err)
+			return sdk.Disk{}, fmt.Errorf("import disk %s: %w", id, err)
 		}
-		return nil, refuse(problems)
+		return sdk.Disk{}, refuse(problems)
 	}
 	s.crashPoint(opImport, "copied")
 	if err := renameDurable(cfg.path(tmp), cfg.path(diskFile(id))); err != nil {
-		return nil, fmt.Errorf("import disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("import disk %s: %w", id, err)
 	}
 	s.crashPoint(opImport, "renamed")
 	if err := cfg.db.update(ctx, func(t *tx) error {
@@ -562,7 +560,7 @@ func (s *Store) Import(ctx context.Context, req *pluginv1.ImportRequest) (*plugi
 		}
 		return t.deleteIntent(op)
 	}); err != nil {
-		return nil, fmt.Errorf("import disk %s: %w", id, err)
+		return sdk.Disk{}, fmt.Errorf("import disk %s: %w", id, err)
 	}
 	done = true
 	s.crashPoint(opImport, "committed")

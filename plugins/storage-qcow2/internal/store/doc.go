@@ -1,6 +1,9 @@
 // Package store is the qcow2 storage plugin's implementation of
-// sdk.DiskBackend and sdk.SnapshotBackend: the boxes' writable disks, their
-// snapshots and clones, kept under the plugin's state directory.
+// sdk.DiskBackend and sdk.SnapshotBackend, with every optional storage
+// feature (sdk.DiskInspector, Resizer, Exporter, Importer, Cloner): the
+// boxes' writable disks, their snapshots and clones, kept under the
+// plugin's state directory. Its errors are the sdk's (or match their sdk
+// kind, as the qcow2 package's do), so the sdk maps them to the wire.
 //
 // # On-disk layout
 //

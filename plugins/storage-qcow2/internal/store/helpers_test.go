@@ -53,8 +53,8 @@ type testEnv struct {
 	t     *testing.T
 	ctx   context.Context
 	dir   string
-	disks sdk.DiskBackend
-	snaps sdk.SnapshotBackend
+	disks sdk.DiskBackendClient
+	snaps sdk.SnapshotBackendClient
 }
 
 // newEnv serves a fresh store on dir (a new temp dir when "") and checks
@@ -71,11 +71,9 @@ func newEnv(t *testing.T, dir string, body string, opts ...store.Option) *testEn
 	s := store.New(opts...)
 	c := sdktest.Serve(t, sdk.ServeConfig{Disks: s, Snapshots: s})
 	cfg := &sdk.Config{StateDir: dir, Body: []byte(body), Filename: "test.hcl"}
+	// One Configure serves both roles: they are one implementation.
 	if err := c.Disks.Configure(ctx, cfg); err != nil {
 		t.Fatalf("Configure: %v", err)
-	}
-	if err := c.Snapshots.Configure(ctx, cfg); err != nil {
-		t.Fatalf("Configure snapshots: %v", err)
 	}
 	e := &testEnv{t: t, ctx: ctx, dir: dir, disks: c.Disks, snaps: c.Snapshots}
 	t.Cleanup(func() {

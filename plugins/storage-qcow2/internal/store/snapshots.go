@@ -8,7 +8,6 @@ import (
 
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/qcow2"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // overlayUsage reads an overlay's own allocation: the guest bytes it holds
@@ -36,38 +35,38 @@ func overlayUsage(path string) (data uint64, size uint64, empty bool, err error)
 	return data, uint64(img.Size()), empty, nil
 }
 
-func snapshotProto(diskID string, sn *snapshotRecord) *pluginv1.Snapshot {
-	return &pluginv1.Snapshot{DiskId: diskID, Name: sn.Name, CreatedAt: sn.CreatedAt, SizeBytes: sn.Size, VirtualSize: sn.VirtualSize}
+func snapshotOf(diskID string, sn *snapshotRecord) sdk.Snapshot {
+	return sdk.Snapshot{DiskID: diskID, Name: sn.Name, CreatedAt: time.Unix(0, sn.CreatedAt).UTC(), Size: sn.Size, VirtualSize: sn.VirtualSize}
 }
 
 // CreateSnapshot implements sdk.SnapshotBackend: the overlay is frozen into
 // a new immutable base (a rename) and a fresh overlay is put on top.
-func (s *Store) CreateSnapshot(ctx context.Context, id, name string) (*pluginv1.Snapshot, error) {
+func (s *Store) CreateSnapshot(ctx context.Context, id, name string) (sdk.Snapshot, error) {
 	cfg, err := s.settings()
 	if err != nil {
-		return nil, err
+		return sdk.Snapshot{}, err
 	}
 	if err := checkDiskID("disk ID", id); err != nil {
-		return nil, err
+		return sdk.Snapshot{}, err
 	}
 	if err := checkSnapshotName(name); err != nil {
-		return nil, err
+		return sdk.Snapshot{}, err
 	}
 	locks, err := s.lockDisks(ctx, cfg, []string{id}, false)
 	if err != nil {
-		return nil, err
+		return sdk.Snapshot{}, err
 	}
 	defer locks.release()
 	d, err := getDisk(ctx, cfg, id)
 	if err != nil {
-		return nil, err
+		return sdk.Snapshot{}, err
 	}
 	if _, sn := d.snapshot(name); sn != nil {
-		return nil, fmt.Errorf("snapshot %q of disk %s: %w", name, id, sdk.ErrAlreadyExists)
+		return sdk.Snapshot{}, fmt.Errorf("snapshot %q of disk %s: %w", name, id, sdk.ErrAlreadyExists)
 	}
 	data, vsize, _, err := overlayUsage(cfg.path(diskFile(id)))
 	if err != nil {
-		return nil, fmt.Errorf("snapshot disk %s: %w", id, err)
+		return sdk.Snapshot{}, fmt.Errorf("snapshot disk %s: %w", id, err)
 	}
 	op, frozen := newID(), newID()
 	tmp := tempDiskFile(id, op)
@@ -88,14 +87,14 @@ func (s *Store) CreateSnapshot(ctx context.Context, id, name string) (*pluginv1.
 		}
 		return t.putIntent(in)
 	}); err != nil {
-		return nil, err
+		return sdk.Snapshot{}, err
 	}
 	s.crashPoint(opSnapshot, "journaled")
 	done := false
 	defer s.rollbackUnless(ctx, cfg, in, &done)
 
 	if err := s.freeze(cfg, opSnapshot, id, frozen, tmp, int64(vsize)); err != nil {
-		return nil, fmt.Errorf("snapshot disk %s: %w", id, err)
+		return sdk.Snapshot{}, fmt.Errorf("snapshot disk %s: %w", id, err)
 	}
 	sn := snapshotRecord{Name: name, Base: frozen, CreatedAt: time.Now().UnixNano(), Size: data, VirtualSize: vsize}
 	if err := cfg.db.update(ctx, func(t *tx) error {
@@ -115,11 +114,11 @@ func (s *Store) CreateSnapshot(ctx context.Context, id, name string) (*pluginv1.
 		}
 		return t.deleteIntent(op)
 	}); err != nil {
-		return nil, fmt.Errorf("snapshot disk %s: %w", id, err)
+		return sdk.Snapshot{}, fmt.Errorf("snapshot disk %s: %w", id, err)
 	}
 	done = true
 	s.crashPoint(opSnapshot, "committed")
-	return snapshotProto(id, &sn), nil
+	return snapshotOf(id, &sn), nil
 }
 
 // freeze moves disk id's overlay to bases/<frozen>.qcow2, makes it
@@ -146,7 +145,7 @@ func (s *Store) freeze(cfg *settings, op, id, frozen, tmp string, size int64) er
 }
 
 // ListSnapshots implements sdk.SnapshotBackend, oldest first.
-func (s *Store) ListSnapshots(ctx context.Context, id string) ([]*pluginv1.Snapshot, error) {
+func (s *Store) ListSnapshots(ctx context.Context, id string) ([]sdk.Snapshot, error) {
 	cfg, err := s.settings()
 	if err != nil {
 		return nil, err
@@ -164,40 +163,40 @@ func (s *Store) ListSnapshots(ctx context.Context, id string) ([]*pluginv1.Snaps
 		return nil, err
 	}
 	sort.SliceStable(d.Snapshots, func(i, j int) bool { return d.Snapshots[i].CreatedAt < d.Snapshots[j].CreatedAt })
-	out := make([]*pluginv1.Snapshot, 0, len(d.Snapshots))
+	out := make([]sdk.Snapshot, 0, len(d.Snapshots))
 	for i := range d.Snapshots {
-		out = append(out, snapshotProto(id, &d.Snapshots[i]))
+		out = append(out, snapshotOf(id, &d.Snapshots[i]))
 	}
 	return out, nil
 }
 
 // RestoreSnapshot implements sdk.SnapshotBackend: a new empty overlay over
 // the snapshot's base replaces the disk's overlay.
-func (s *Store) RestoreSnapshot(ctx context.Context, id, name string) (*pluginv1.Snapshot, error) {
+func (s *Store) RestoreSnapshot(ctx context.Context, id, name string) (sdk.Snapshot, error) {
 	cfg, err := s.settings()
 	if err != nil {
-		return nil, err
+		return sdk.Snapshot{}, err
 	}
 	if err := checkDiskID("disk ID", id); err != nil {
-		return nil, err
+		return sdk.Snapshot{}, err
 	}
 	locks, err := s.lockDisks(ctx, cfg, []string{id}, false)
 	if err != nil {
-		return nil, err
+		return sdk.Snapshot{}, err
 	}
 	defer locks.release()
 	d, err := getDisk(ctx, cfg, id)
 	if err != nil {
-		return nil, err
+		return sdk.Snapshot{}, err
 	}
 	_, sn := d.snapshot(name)
 	if sn == nil {
-		return nil, fmt.Errorf("snapshot %q of disk %s: %w", name, id, sdk.ErrNotFound)
+		return sdk.Snapshot{}, fmt.Errorf("snapshot %q of disk %s: %w", name, id, sdk.ErrNotFound)
 	}
 	overlay := cfg.path(diskFile(id))
 	ino, err := inode(overlay)
 	if err != nil {
-		return nil, fmt.Errorf("restore disk %s: %w", id, err)
+		return sdk.Snapshot{}, fmt.Errorf("restore disk %s: %w", id, err)
 	}
 	op := newID()
 	tmp := tempDiskFile(id, op)
@@ -215,30 +214,30 @@ func (s *Store) RestoreSnapshot(ctx context.Context, id, name string) (*pluginv1
 		}
 		return t.putIntent(in)
 	}); err != nil {
-		return nil, err
+		return sdk.Snapshot{}, err
 	}
 	s.crashPoint(opRestore, "journaled")
 	done := false
 	defer s.rollbackUnless(ctx, cfg, in, &done)
 
 	if err := createOverlay(cfg, tmp, sn.Base, int64(sn.VirtualSize)); err != nil {
-		return nil, fmt.Errorf("restore disk %s: %w", id, err)
+		return sdk.Snapshot{}, fmt.Errorf("restore disk %s: %w", id, err)
 	}
 	s.crashPoint(opRestore, "overlay-created")
 	if err := renameDurable(cfg.path(tmp), overlay); err != nil {
-		return nil, fmt.Errorf("restore disk %s: %w", id, err)
+		return sdk.Snapshot{}, fmt.Errorf("restore disk %s: %w", id, err)
 	}
 	s.crashPoint(opRestore, "renamed")
 	cleanup, err := s.commitRestore(ctx, cfg, in)
 	if err != nil {
-		return nil, fmt.Errorf("restore disk %s: %w", id, err)
+		return sdk.Snapshot{}, fmt.Errorf("restore disk %s: %w", id, err)
 	}
 	done = true
 	s.crashPoint(opRestore, "committed")
 	if err := s.finishCleanup(ctx, cfg, cleanup, opRestore); err != nil {
-		return nil, fmt.Errorf("restore disk %s: %w", id, err)
+		return sdk.Snapshot{}, fmt.Errorf("restore disk %s: %w", id, err)
 	}
-	return snapshotProto(id, sn), nil
+	return snapshotOf(id, sn), nil
 }
 
 // commitRestore records that disk in.Disk now overlays base in.Base. It
@@ -355,68 +354,68 @@ func cloneOf(t *tx, id string, sn *snapshotRecord) (string, error) {
 	return "", nil
 }
 
-// Clone implements sdk.SnapshotBackend in constant time: the new disk is
+// Clone implements sdk.Cloner in constant time: the new disk is
 // an empty overlay over the snapshot's base, or over the source's current
 // state frozen into a new base that both disks then overlay.
-func (s *Store) Clone(ctx context.Context, req *pluginv1.CloneRequest) (*pluginv1.DiskInfo, error) {
+func (s *Store) Clone(ctx context.Context, req sdk.CloneRequest) (sdk.Disk, error) {
 	cfg, err := s.settings()
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
-	src, dst, snap := req.GetDiskId(), req.GetNewDiskId(), req.GetSnapshot()
+	src, dst, snap := req.ID, req.NewID, req.Snapshot
 	if err := checkDiskID("disk ID", src); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	if err := checkDiskID("new disk ID", dst); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	if src == dst {
-		return nil, fmt.Errorf("clone disk %s onto itself: %w", src, sdk.ErrInvalidArgument)
+		return sdk.Disk{}, fmt.Errorf("clone disk %s onto itself: %w", src, sdk.ErrInvalidArgument)
 	}
 	locks, err := s.lockDisks(ctx, cfg, []string{src, dst}, false)
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	defer locks.release()
 	d, err := getDisk(ctx, cfg, src)
 	if err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	if _, err := getDisk(ctx, cfg, dst); err == nil {
-		return nil, fmt.Errorf("clone disk %s to %s: %w", src, dst, sdk.ErrAlreadyExists)
+		return sdk.Disk{}, fmt.Errorf("clone disk %s to %s: %w", src, dst, sdk.ErrAlreadyExists)
 	}
 	var base string
 	var size uint64
 	if snap != "" {
 		_, sn := d.snapshot(snap)
 		if sn == nil {
-			return nil, fmt.Errorf("snapshot %q of disk %s: %w", snap, src, sdk.ErrNotFound)
+			return sdk.Disk{}, fmt.Errorf("snapshot %q of disk %s: %w", snap, src, sdk.ErrNotFound)
 		}
 		base, size = sn.Base, sn.VirtualSize
 	} else {
 		_, vsize, empty, err := overlayUsage(cfg.path(diskFile(src)))
 		if err != nil {
-			return nil, fmt.Errorf("clone disk %s: %w", src, err)
+			return sdk.Disk{}, fmt.Errorf("clone disk %s: %w", src, err)
 		}
 		size = vsize
 		if empty && d.Base != "" {
 			base = d.Base // nothing to freeze: share the current base
 		}
 	}
-	var info *pluginv1.DiskInfo
+	var info sdk.Disk
 	if base != "" {
 		info, err = s.cloneShared(ctx, cfg, src, dst, snap, base, size)
 	} else {
 		info, err = s.cloneFrozen(ctx, cfg, src, dst, size)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("clone disk %s to %s: %w", src, dst, err)
+		return sdk.Disk{}, fmt.Errorf("clone disk %s to %s: %w", src, dst, err)
 	}
 	return info, nil
 }
 
 // cloneShared creates dst as an overlay over an existing base.
-func (s *Store) cloneShared(ctx context.Context, cfg *settings, src, dst, snap, base string, size uint64) (*pluginv1.DiskInfo, error) {
+func (s *Store) cloneShared(ctx context.Context, cfg *settings, src, dst, snap, base string, size uint64) (sdk.Disk, error) {
 	op := newID()
 	tmp := tempDiskFile(dst, op)
 	in := &intent{ID: op, Op: opCloneShared, Disks: []string{src, dst}, Disk: src, NewDisk: dst, Base: base, Name: snap, Temps: []string{tmp}}
@@ -426,17 +425,17 @@ func (s *Store) cloneShared(ctx context.Context, cfg *settings, src, dst, snap, 
 		}
 		return t.putIntent(in)
 	}); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	s.crashPoint(opCloneShared, "journaled")
 	done := false
 	defer s.rollbackUnless(ctx, cfg, in, &done)
 	if err := createOverlay(cfg, tmp, base, int64(size)); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	s.crashPoint(opCloneShared, "clone-created")
 	if err := renameDurable(cfg.path(tmp), cfg.path(diskFile(dst))); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	s.crashPoint(opCloneShared, "clone-renamed")
 	if err := cfg.db.update(ctx, func(t *tx) error {
@@ -448,7 +447,7 @@ func (s *Store) cloneShared(ctx context.Context, cfg *settings, src, dst, snap, 
 		}
 		return t.deleteIntent(op)
 	}); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	done = true
 	s.crashPoint(opCloneShared, "committed")
@@ -456,7 +455,7 @@ func (s *Store) cloneShared(ctx context.Context, cfg *settings, src, dst, snap, 
 }
 
 // cloneFrozen freezes src's overlay into a new base and overlays it twice.
-func (s *Store) cloneFrozen(ctx context.Context, cfg *settings, src, dst string, size uint64) (*pluginv1.DiskInfo, error) {
+func (s *Store) cloneFrozen(ctx context.Context, cfg *settings, src, dst string, size uint64) (sdk.Disk, error) {
 	op, frozen := newID(), newID()
 	tmpSrc, tmpDst := tempDiskFile(src, op), tempDiskFile(dst, op)
 	in := &intent{ID: op, Op: opClone, Disks: []string{src, dst}, Disk: src, NewDisk: dst, Base: frozen, Temps: []string{tmpSrc, tmpDst}}
@@ -473,20 +472,20 @@ func (s *Store) cloneFrozen(ctx context.Context, cfg *settings, src, dst string,
 		}
 		return t.putIntent(in)
 	}); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	s.crashPoint(opClone, "journaled")
 	done := false
 	defer s.rollbackUnless(ctx, cfg, in, &done)
 	if err := s.freeze(cfg, opClone, src, frozen, tmpSrc, int64(size)); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	if err := createOverlay(cfg, tmpDst, frozen, int64(size)); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	s.crashPoint(opClone, "clone-created")
 	if err := renameDurable(cfg.path(tmpDst), cfg.path(diskFile(dst))); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	s.crashPoint(opClone, "clone-renamed")
 	if err := cfg.db.update(ctx, func(t *tx) error {
@@ -506,7 +505,7 @@ func (s *Store) cloneFrozen(ctx context.Context, cfg *settings, src, dst string,
 		}
 		return t.deleteIntent(op)
 	}); err != nil {
-		return nil, err
+		return sdk.Disk{}, err
 	}
 	done = true
 	s.crashPoint(opClone, "committed")

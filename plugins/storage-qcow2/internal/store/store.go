@@ -20,7 +20,6 @@ import (
 	"github.com/boxctl/boxctl/internal/lockfile"
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/qcow2"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // Version is the plugin's version.
@@ -46,6 +45,19 @@ type Store struct {
 	mu  sync.Mutex
 	cfg *settings
 }
+
+// Store serves every storage feature; the sdk advertises the optional
+// ones from these interfaces, so losing one to a changed signature would
+// silently drop a capability.
+var (
+	_ sdk.DiskBackend     = (*Store)(nil)
+	_ sdk.DiskInspector   = (*Store)(nil)
+	_ sdk.Resizer         = (*Store)(nil)
+	_ sdk.Exporter        = (*Store)(nil)
+	_ sdk.Importer        = (*Store)(nil)
+	_ sdk.SnapshotBackend = (*Store)(nil)
+	_ sdk.Cloner          = (*Store)(nil)
+)
 
 // settings is the applied configuration.
 type settings struct {
@@ -112,13 +124,15 @@ func (s *Store) crashPoint(op, step string) {
 	}
 }
 
-// Info implements sdk.Plugin.
-func (s *Store) Info(context.Context) (*pluginv1.InfoResponse, error) {
-	return &pluginv1.InfoResponse{
+// Info implements sdk.Plugin. The sdk adds Snapshots, Clone, Resize,
+// Export and Import from the interfaces Store implements; constant-time
+// clones are a property only the plugin can declare.
+func (s *Store) Info(context.Context) (sdk.Info, error) {
+	return sdk.Info{
 		Name:         "qcow2",
 		Version:      Version,
 		Description:  "qcow2 copy-on-write disks with snapshots and constant-time clones (pure Go)",
-		Capabilities: []string{"snapshots", "clone-o1", "resize", "export", "import"},
+		Capabilities: sdk.Capabilities{CloneO1: true},
 	}, nil
 }
 
@@ -131,8 +145,9 @@ type configBlock struct {
 
 // Configure implements sdk.Plugin: it validates the config block, prepares
 // the state directory, and finishes or rolls back every operation a dead
-// process left unfinished. It is called once per role with the same
-// config; calling it again is harmless.
+// process left unfinished. The sdk calls it once per process, however many
+// roles Store serves; a Store used without the sdk may be configured again
+// (it applies the new config and recovers again).
 func (s *Store) Configure(ctx context.Context, cfg *sdk.Config) error {
 	var blk configBlock
 	if err := cfg.Decode(&blk); err != nil {

@@ -8,42 +8,55 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/boxctl/boxctl/plugins/storage-qcow2/internal/store"
+	"github.com/boxctl/boxctl/plugins/storage-qcow2/qcow2"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 	"github.com/boxctl/boxctl/sdk/sdktest"
 )
 
 const mib = 1 << 20
 
-func newBackend(t *testing.T) (sdk.DiskBackend, sdk.SnapshotBackend) {
-	e := newEnv(t, "", "")
-	return e.disks, e.snaps
+// newStorage is the conformance suites' fresh root: a new Store, checked
+// when the check ends like every store the tests make.
+func newStorage(t *testing.T, stateDir string) sdktest.Storage {
+	needTools(t, "qemu-img", "qemu-io", "mkfs.ext4")
+	t.Cleanup(func() {
+		if !t.Failed() {
+			checkStore(t, stateDir)
+		}
+	})
+	s := store.New()
+	return sdktest.Storage{Disks: s, Snapshots: s}
 }
 
 func TestDiskBackendConformance(t *testing.T) {
-	sdktest.DiskBackendConformance(t, newBackend)
+	sdktest.DiskBackendConformance(t, newStorage)
 }
 
 func TestSnapshotBackendConformance(t *testing.T) {
-	sdktest.SnapshotBackendConformance(t, newBackend)
+	sdktest.SnapshotBackendConformance(t, newStorage)
 }
 
+// TestInfo: the plugin declares constant-time clones; the sdk adds the
+// features Store implements.
 func TestInfo(t *testing.T) {
 	e := newEnv(t, "", "")
 	info, err := e.disks.Info(e.ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"snapshots", "clone-o1", "resize", "export", "import"}
-	if info.GetName() != "qcow2" || strings.Join(info.GetCapabilities(), ",") != strings.Join(want, ",") {
-		t.Fatalf("Info = %v", info)
+	want := []string{"clone", "clone-o1", "export", "import", "resize", "snapshots"}
+	if info.Name != "qcow2" || info.Version != store.Version || !slices.Equal(info.Capabilities.Strings(), want) {
+		t.Fatalf("Info = %+v (capabilities %v); want qcow2 %s with %v", info, info.Capabilities.Strings(), store.Version, want)
 	}
 }
 
@@ -84,19 +97,19 @@ func TestConfigure(t *testing.T) {
 func TestConfiguredLimitsApply(t *testing.T) {
 	e := newEnv(t, "", `cluster_size = "128KiB"
 max_virtual_size = "128MiB"`)
-	_, err := e.disks.CreateDisk(e.ctx, &pluginv1.CreateDiskRequest{DiskId: "big", SizeBytes: 256 * mib})
+	_, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: "big", Size: 256 * mib})
 	if !errors.Is(err, sdk.ErrInvalidArgument) {
 		t.Fatalf("CreateDisk above max_virtual_size: %v", err)
 	}
-	info, err := e.disks.CreateDisk(e.ctx, &pluginv1.CreateDiskRequest{DiskId: "ok", SizeBytes: 64 * mib})
+	info, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: "ok", Size: 64 * mib})
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := run(t, "qemu-img", "info", "--output=json", info.GetPath())
+	out := run(t, "qemu-img", "info", "--output=json", info.Path)
 	if !strings.Contains(out, `"cluster-size": 131072`) {
 		t.Fatalf("overlay does not use cluster_size 128KiB:\n%s", out)
 	}
-	if _, err := e.disks.Resize(e.ctx, &pluginv1.ResizeRequest{DiskId: "ok", SizeBytes: 256 * mib}); !errors.Is(err, sdk.ErrInvalidArgument) {
+	if _, err := e.disks.Resize(e.ctx, "ok", 256*mib); !errors.Is(err, sdk.ErrInvalidArgument) {
 		t.Fatalf("Resize above max_virtual_size: %v", err)
 	}
 }
@@ -113,7 +126,7 @@ func TestDiskInfoMatchesQemu(t *testing.T) {
 	e.snapshot("snapped", "s2")
 	e.clone("snapped", "cloned", "")
 	e.clone("snapped", "from-s1", "s1")
-	if _, err := e.disks.Resize(e.ctx, &pluginv1.ResizeRequest{DiskId: "cloned", SizeBytes: 100 * mib}); err != nil {
+	if _, err := e.disks.Resize(e.ctx, "cloned", 100*mib); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"plain", "snapped", "cloned", "from-s1"} {
@@ -121,21 +134,21 @@ func TestDiskInfoMatchesQemu(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		chain := qemuChain(t, info.GetPath())
-		if len(chain) != len(info.GetBackingChain())+1 {
-			t.Fatalf("%s: qemu-img sees %d layers, GetDisk %d: %+v vs %v", id, len(chain), len(info.GetBackingChain())+1, chain, info)
+		chain := qemuChain(t, info.Path)
+		if len(chain) != len(info.BackingChain)+1 {
+			t.Fatalf("%s: qemu-img sees %d layers, GetDisk %d: %+v vs %v", id, len(chain), len(info.BackingChain)+1, chain, info)
 		}
 		top := chain[0]
-		if top.Filename != info.GetPath() || top.Format != info.GetFormat() || top.VirtualSize != info.GetVirtualSize() || top.ActualSize != info.GetAllocatedSize() {
+		if top.Filename != info.Path || top.Format != info.Format || top.VirtualSize != info.VirtualSize || top.ActualSize != info.AllocatedSize {
 			t.Errorf("%s: qemu-img %+v, GetDisk %v", id, top, info)
 		}
-		for i, b := range info.GetBackingChain() {
+		for i, b := range info.BackingChain {
 			q := chain[i+1]
-			if q.Filename != b.GetPath() || q.Format != b.GetFormat() || q.VirtualSize != b.GetVirtualSize() {
+			if q.Filename != b.Path || q.Format != b.Format || q.VirtualSize != b.VirtualSize {
 				t.Errorf("%s layer %d: qemu-img %+v, GetDisk %v", id, i+1, q, b)
 			}
-			if chain[i].FullBackingFilename != b.GetPath() {
-				t.Errorf("%s layer %d: qemu-img full-backing-filename %q, GetDisk %q", id, i, chain[i].FullBackingFilename, b.GetPath())
+			if chain[i].FullBackingFilename != b.Path {
+				t.Errorf("%s layer %d: qemu-img full-backing-filename %q, GetDisk %q", id, i, chain[i].FullBackingFilename, b.Path)
 			}
 		}
 	}
@@ -154,13 +167,13 @@ func TestCreatedDiskIsExt4(t *testing.T) {
 	e.create("b", 96*mib)
 	e.create("c", 64*mib)
 	raw := filepath.Join(t.TempDir(), "a.raw")
-	run(t, "qemu-img", "convert", "-O", "raw", a.GetPath(), raw)
+	run(t, "qemu-img", "convert", "-O", "raw", a.Path, raw)
 	run(t, "e2fsck", "-fn", raw)
 	out := run(t, "debugfs", "-R", "stats", raw)
 	if !strings.Contains(out, "Filesystem features:") || !strings.Contains(out, "has_journal") || !strings.Contains(out, "extent") {
 		t.Fatalf("debugfs stats: not an ext4 with a journal:\n%s", out)
 	}
-	if got := a.GetBackingChain(); len(got) != 1 || got[0].GetFormat() != "raw" || got[0].GetVirtualSize() != 96*mib {
+	if got := a.BackingChain; len(got) != 1 || got[0].Format != "raw" || got[0].VirtualSize != 96*mib {
 		t.Fatalf("backing chain %v; want the 96 MiB raw blank base", got)
 	}
 	blanks, _ := filepath.Glob(filepath.Join(e.dir, "blank", "*"))
@@ -186,7 +199,7 @@ func TestBlankBaseBuiltOnceConcurrently(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				id := fmt.Sprintf("d-%d-%d", i, j)
-				if _, err := e.disks.CreateDisk(e.ctx, &pluginv1.CreateDiskRequest{DiskId: id, SizeBytes: 80 * mib}); err != nil {
+				if _, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: id, Size: 80 * mib}); err != nil {
 					t.Errorf("CreateDisk %s: %v", id, err)
 				}
 			}()
@@ -210,8 +223,8 @@ func TestSnapshotRestoreThroughQemu(t *testing.T) {
 	p := e.path("d")
 	qemuWrite(t, p, 5*mib, mib, 0xaa)
 	sn := e.snapshot("d", "before")
-	if sn.GetSizeBytes() < mib {
-		t.Fatalf("snapshot size %d; want at least the 1 MiB written", sn.GetSizeBytes())
+	if sn.Size < mib {
+		t.Fatalf("snapshot size %d; want at least the 1 MiB written", sn.Size)
 	}
 	qemuWrite(t, p, 5*mib, mib, 0xbb)
 	qemuWrite(t, p, 9*mib, mib, 0xcc)
@@ -223,7 +236,7 @@ func TestSnapshotRestoreThroughQemu(t *testing.T) {
 		t.Fatal("data written after the snapshot survived the restore")
 	}
 	list, err := e.snaps.ListSnapshots(e.ctx, "d")
-	if err != nil || len(list) != 1 || list[0].GetSizeBytes() != sn.GetSizeBytes() {
+	if err != nil || len(list) != 1 || list[0].Size != sn.Size {
 		t.Fatalf("ListSnapshots = %v, %v", list, err)
 	}
 }
@@ -271,26 +284,26 @@ func TestExportMatchesQemuConvert(t *testing.T) {
 	run(t, "qemu-img", "convert", "-O", "raw", p, ref)
 	for _, format := range []string{"qcow2", "raw"} {
 		dest := filepath.Join(dir, "out."+format)
-		info, err := e.disks.Export(e.ctx, &pluginv1.ExportRequest{DiskId: "d", Dest: dest, Format: format})
+		info, err := e.disks.Export(e.ctx, sdk.ExportRequest{ID: "d", Dest: dest, Format: format})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.GetPath() != dest || info.GetFormat() != format || len(info.GetBackingChain()) != 0 {
+		if info.Path != dest || info.Format != format || len(info.BackingChain) != 0 {
 			t.Fatalf("Export info %v", info)
 		}
 		run(t, "qemu-img", "compare", "-f", format, "-F", "raw", dest, ref)
 		if format == "qcow2" {
 			run(t, "qemu-img", "check", dest)
 		}
-		v, err := e.disks.Validate(e.ctx, &pluginv1.ValidateRequest{Path: dest})
-		if format == "qcow2" && (err != nil || len(v.GetProblems()) != 0) {
+		v, err := e.disks.Validate(e.ctx, dest, 0)
+		if format == "qcow2" && (err != nil || len(v.Problems) != 0) {
 			t.Fatalf("Validate of the export: %v, %v", v, err)
 		}
 	}
 	// Sparse: the raw export allocates about what was written, not 64 MiB.
 	info, err := e.disks.FileInfo(e.ctx, filepath.Join(dir, "out.raw"))
-	if err != nil || info.GetAllocatedSize() > 32*mib {
-		t.Fatalf("raw export allocates %d bytes (%v); want it sparse", info.GetAllocatedSize(), err)
+	if err != nil || info.AllocatedSize > 32*mib {
+		t.Fatalf("raw export allocates %d bytes (%v); want it sparse", info.AllocatedSize, err)
 	}
 }
 
@@ -322,6 +335,14 @@ func badImages(t *testing.T) map[string]struct {
 	huge := filepath.Join(dir, "huge.qcow2")
 	run(t, "qemu-img", "create", "-f", "qcow2", "-o", "cluster_size=2M", huge, "1P") // a 6 MiB file claiming 1 PiB
 	out["absurd virtual size"] = struct{ path, problem string }{huge, "too large"}
+
+	// Opening a FIFO for reading waits for a writer: Validate and Import
+	// must refuse it instead.
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out["fifo"] = struct{ path, problem string }{fifo, "not a regular file"}
 	return out
 }
 
@@ -343,11 +364,11 @@ func TestImportRefusesBadInput(t *testing.T) {
 	e := newEnv(t, "", "")
 	for name, bad := range badImages(t) {
 		t.Run(name, func(t *testing.T) {
-			v, err := e.disks.Validate(e.ctx, &pluginv1.ValidateRequest{Path: bad.path})
-			if err != nil || len(v.GetProblems()) == 0 || !strings.Contains(v.GetProblems()[0], bad.problem) {
+			v, err := e.disks.Validate(e.ctx, bad.path, 0)
+			if err != nil || len(v.Problems) == 0 || !strings.Contains(v.Problems[0], bad.problem) {
 				t.Fatalf("Validate = %v, %v; want a problem naming %q", v, err, bad.problem)
 			}
-			_, err = e.disks.Import(e.ctx, &pluginv1.ImportRequest{DiskId: "imported", Source: bad.path})
+			_, err = e.disks.Import(e.ctx, sdk.ImportRequest{ID: "imported", Source: bad.path})
 			if !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), bad.problem) {
 				t.Fatalf("Import = %v; want INVALID_ARGUMENT naming %q", err, bad.problem)
 			}
@@ -362,15 +383,15 @@ func TestImportRefusesBadInput(t *testing.T) {
 	// A request cap below the store's applies.
 	src := filepath.Join(t.TempDir(), "ok.qcow2")
 	run(t, "qemu-img", "create", "-f", "qcow2", src, "64M")
-	_, err := e.disks.Import(e.ctx, &pluginv1.ImportRequest{DiskId: "capped", Source: src, MaxVirtualSize: 32 * mib})
+	_, err := e.disks.Import(e.ctx, sdk.ImportRequest{ID: "capped", Source: src, MaxVirtualSize: 32 * mib})
 	if !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), "too large") {
 		t.Fatalf("Import above the request's cap: %v", err)
 	}
-	_, err = e.disks.Import(e.ctx, &pluginv1.ImportRequest{DiskId: "missing", Source: "/nonexistent/disk.qcow2"})
+	_, err = e.disks.Import(e.ctx, sdk.ImportRequest{ID: "missing", Source: "/nonexistent/disk.qcow2"})
 	if !errors.Is(err, sdk.ErrNotFound) {
 		t.Fatalf("Import of a missing file: %v", err)
 	}
-	_, err = e.disks.Import(e.ctx, &pluginv1.ImportRequest{DiskId: "relative", Source: "disk.qcow2"})
+	_, err = e.disks.Import(e.ctx, sdk.ImportRequest{ID: "relative", Source: "disk.qcow2"})
 	if !errors.Is(err, sdk.ErrInvalidArgument) {
 		t.Fatalf("Import of a relative path: %v", err)
 	}
@@ -381,11 +402,11 @@ func TestImportedDiskWorks(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "in.qcow2")
 	run(t, "qemu-img", "create", "-f", "qcow2", src, "32M")
 	qemuWrite(t, src, mib, mib, 0x5e)
-	info, err := e.disks.Import(e.ctx, &pluginv1.ImportRequest{DiskId: "imp", Source: src})
+	info, err := e.disks.Import(e.ctx, sdk.ImportRequest{ID: "imp", Source: src})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(info.GetBackingChain()) != 0 || info.GetVirtualSize() != 32*mib {
+	if len(info.BackingChain) != 0 || info.VirtualSize != 32*mib {
 		t.Fatalf("imported disk %v; want a standalone 32 MiB disk", info)
 	}
 	qemuWrite(t, src, mib, mib, 0x00) // the import is a copy
@@ -407,8 +428,8 @@ func TestFileInfoDoesNotFollowBacking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chain := info.GetBackingChain()
-	if info.GetFormat() != "qcow2" || info.GetVirtualSize() != 16*mib || len(chain) != 1 || chain[0].GetPath() != "/etc/shadow" || chain[0].GetVirtualSize() != 0 {
+	chain := info.BackingChain
+	if info.Format != "qcow2" || info.VirtualSize != 16*mib || len(chain) != 1 || chain[0].Path != "/etc/shadow" || chain[0].VirtualSize != 0 {
 		t.Fatalf("FileInfo = %v; want the claimed backing file, not opened", info)
 	}
 	if _, err := e.disks.FileInfo(e.ctx, "/nonexistent"); !errors.Is(err, sdk.ErrNotFound) {
@@ -475,12 +496,12 @@ func TestConcurrentProcesses(t *testing.T) {
 				id := fmt.Sprintf("p%d-%d", p, i)
 				steps := []func() error{
 					func() error {
-						_, err := e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: "shared", NewDiskId: id, Snapshot: "s"})
+						_, err := e.snaps.Clone(e.ctx, sdk.CloneRequest{ID: "shared", NewID: id, Snapshot: "s"})
 						return err
 					},
 					func() error { _, err := e.snaps.CreateSnapshot(e.ctx, id, "x"); return err },
 					func() error {
-						_, err := e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: id, NewDiskId: id + "-c"})
+						_, err := e.snaps.Clone(e.ctx, sdk.CloneRequest{ID: id, NewID: id + "-c"})
 						return err
 					},
 					func() error { _, err := e.snaps.RestoreSnapshot(e.ctx, id, "x"); return err },
@@ -513,8 +534,8 @@ func TestConcurrentProcesses(t *testing.T) {
 		t.Fatalf("ListDisks: %d disks, %v; want %d", len(list), err, 1+3*4+3*2)
 	}
 	for _, d := range list {
-		if !qemuReads(t, d.GetPath(), 0, mib, 0x99) {
-			t.Errorf("disk %s lost the shared data", d.GetDiskId())
+		if !qemuReads(t, d.Path, 0, mib, 0x99) {
+			t.Errorf("disk %s lost the shared data", d.ID)
 		}
 	}
 }
@@ -575,7 +596,7 @@ func TestOperationsWaitForEachOtherOnOneDisk(t *testing.T) {
 			case 0:
 				_, err = e.snaps.CreateSnapshot(e.ctx, "d", fmt.Sprintf("s%d", i))
 			case 1:
-				_, err = e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: "d", NewDiskId: fmt.Sprintf("c%d", i)})
+				_, err = e.snaps.Clone(e.ctx, sdk.CloneRequest{ID: "d", NewID: fmt.Sprintf("c%d", i)})
 			case 2:
 				_, err = e.disks.GetDisk(e.ctx, "d")
 			}
@@ -620,9 +641,9 @@ func TestCheckFindsDamage(t *testing.T) {
 
 // helpers
 
-func (e *testEnv) create(id string, size uint64) *pluginv1.DiskInfo {
+func (e *testEnv) create(id string, size uint64) sdk.Disk {
 	e.t.Helper()
-	info, err := e.disks.CreateDisk(e.ctx, &pluginv1.CreateDiskRequest{DiskId: id, SizeBytes: size})
+	info, err := e.disks.CreateDisk(e.ctx, sdk.CreateDiskRequest{ID: id, Size: size})
 	if err != nil {
 		e.t.Fatalf("CreateDisk %s: %v", id, err)
 	}
@@ -635,10 +656,10 @@ func (e *testEnv) path(id string) string {
 	if err != nil {
 		e.t.Fatalf("GetDisk %s: %v", id, err)
 	}
-	return info.GetPath()
+	return info.Path
 }
 
-func (e *testEnv) snapshot(id, name string) *pluginv1.Snapshot {
+func (e *testEnv) snapshot(id, name string) sdk.Snapshot {
 	e.t.Helper()
 	sn, err := e.snaps.CreateSnapshot(e.ctx, id, name)
 	if err != nil {
@@ -656,7 +677,7 @@ func (e *testEnv) restore(id, name string) {
 
 func (e *testEnv) clone(id, newID, snap string) {
 	e.t.Helper()
-	if _, err := e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: id, NewDiskId: newID, Snapshot: snap}); err != nil {
+	if _, err := e.snaps.Clone(e.ctx, sdk.CloneRequest{ID: id, NewID: newID, Snapshot: snap}); err != nil {
 		e.t.Fatalf("Clone %s -> %s: %v", id, newID, err)
 	}
 }
@@ -686,25 +707,25 @@ func TestChainDepthLimit(t *testing.T) {
 		e.snapshot("d", fmt.Sprintf("s%d", i))
 	}
 	info, err := e.disks.GetDisk(e.ctx, "d")
-	if err != nil || len(info.GetBackingChain()) != 63 {
-		t.Fatalf("GetDisk: %d layers below the overlay, %v; want 63", len(info.GetBackingChain()), err)
+	if err != nil || len(info.BackingChain) != 63 {
+		t.Fatalf("GetDisk: %d layers below the overlay, %v; want 63", len(info.BackingChain), err)
 	}
 	_, err = e.snaps.CreateSnapshot(e.ctx, "d", "one-too-many")
 	if !errors.Is(err, sdk.ErrInvalidState) || !strings.Contains(err.Error(), "flatten") {
 		t.Fatalf("CreateSnapshot beyond the chain limit: %v", err)
 	}
 	e.clone("d", "empty-overlay", "") // shares the current base: no new layer
-	qemuWrite(t, info.GetPath(), 0, mib, 0x64)
-	_, err = e.snaps.Clone(e.ctx, &pluginv1.CloneRequest{DiskId: "d", NewDiskId: "c"})
+	qemuWrite(t, info.Path, 0, mib, 0x64)
+	_, err = e.snaps.Clone(e.ctx, sdk.CloneRequest{ID: "d", NewID: "c"})
 	if !errors.Is(err, sdk.ErrInvalidState) {
 		t.Fatalf("Clone beyond the chain limit: %v", err)
 	}
 	e.clone("d", "c", "s3")
 	dest := filepath.Join(t.TempDir(), "flat.qcow2")
-	if _, err := e.disks.Export(e.ctx, &pluginv1.ExportRequest{DiskId: "d", Dest: dest}); err != nil {
+	if _, err := e.disks.Export(e.ctx, sdk.ExportRequest{ID: "d", Dest: dest}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.disks.Import(e.ctx, &pluginv1.ImportRequest{DiskId: "flat", Source: dest}); err != nil {
+	if _, err := e.disks.Import(e.ctx, sdk.ImportRequest{ID: "flat", Source: dest}); err != nil {
 		t.Fatal(err)
 	}
 	e.snapshot("flat", "s")
@@ -742,5 +763,49 @@ func TestSweepRemovesOrphans(t *testing.T) {
 	os.Chmod(blank, 0o444) // as the store makes them, for the final check
 	if _, err := os.Stat(e.path("kept")); err != nil {
 		t.Fatalf("the recorded disk did not survive the sweep: %v", err)
+	}
+}
+
+// TestGetDiskRefusesNonRegularBacking: GetDisk reads the header of every
+// file the disk's chain names (as root, in production). A header that
+// names a FIFO or a device must get a clear error at once, not a hang or
+// a device read as a disk.
+func TestGetDiskRefusesNonRegularBacking(t *testing.T) {
+	e := newEnv(t, "", "")
+	d := e.create("d", 64*mib)
+	orig := d.BackingChain[0].Path
+	name := run(t, "qemu-img", "info", "--output=json", d.Path)
+	if !strings.Contains(name, `"backing-filename": "../blank/`) {
+		t.Fatalf("unexpected backing reference:\n%s", name)
+	}
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{fifo, "/dev/zero"} {
+		if err := qcow2.SetBacking(d.Path, target, qcow2.FormatRaw); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { _, err := e.disks.GetDisk(e.ctx, "d"); done <- err }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), target) || !strings.Contains(err.Error(), "not a regular file") {
+				t.Errorf("GetDisk with backing file %s: %v; want InvalidArgument naming it as not a regular file", target, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("GetDisk with backing file %s does not return", target)
+		}
+	}
+	// Put the reference back so the cleanup check passes.
+	rel, err := filepath.Rel(filepath.Dir(d.Path), orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := qcow2.SetBacking(d.Path, rel, qcow2.FormatRaw); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.disks.GetDisk(e.ctx, "d"); err != nil || got.BackingChain[0].Path != orig {
+		t.Fatalf("after restoring the reference: %+v, %v", got, err)
 	}
 }
