@@ -46,13 +46,13 @@ func ServeBinary(t testing.TB, path string, roles ...string) Clients {
 		}
 		switch role {
 		case sdk.RoleVMM:
-			out.VMM = raw.(sdk.VMM)
+			out.VMM = raw.(sdk.VMMClient)
 		case sdk.RoleDisks:
-			out.Disks = raw.(sdk.DiskBackend)
+			out.Disks = raw.(sdk.DiskBackendClient)
 		case sdk.RoleSnapshots:
-			out.Snapshots = raw.(sdk.SnapshotBackend)
+			out.Snapshots = raw.(sdk.SnapshotBackendClient)
 		case sdk.RoleImages:
-			out.Images = raw.(sdk.ImageSource)
+			out.Images = raw.(sdk.ImageSourceClient)
 		}
 	}
 	return out
