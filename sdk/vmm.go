@@ -360,14 +360,8 @@ func controlFromProto(r *pluginv1.ControlRequest) VM {
 func specToProto(s VMSpec) *pluginv1.VMSpec {
 	out := &pluginv1.VMSpec{
 		BoxId: s.BoxID, Vcpus: uint32(s.VCPUs), MemoryMib: s.MemoryMiB, RunDir: s.RunDir, KernelArgs: s.KernelArgs,
-		Network: &pluginv1.NetworkSpec{AllowHostLoopback: s.Network.AllowHostLoopback},
+		Network: &pluginv1.NetworkSpec{Mode: networkModeToProto(s.Network.Mode), AllowHostLoopback: s.Network.AllowHostLoopback},
 		Sandbox: &pluginv1.Sandbox{Disabled: s.Sandbox.Disabled, Uid: s.Sandbox.UID, Gid: s.Sandbox.GID, Cgroup: s.Sandbox.Cgroup},
-	}
-	switch s.Network.Mode {
-	case NetworkUser:
-		out.Network.Mode = pluginv1.NetworkSpec_MODE_USER
-	default:
-		out.Network.Mode = pluginv1.NetworkSpec_MODE_NONE
 	}
 	for _, p := range s.Network.Ports {
 		out.Network.Ports = append(out.Network.Ports, &pluginv1.PortForward{Protocol: p.Protocol, HostIp: p.HostIP, HostPort: uint32(p.HostPort), GuestPort: uint32(p.GuestPort)})
@@ -385,13 +379,10 @@ func specToProto(s VMSpec) *pluginv1.VMSpec {
 func specFromProto(p *pluginv1.VMSpec) VMSpec {
 	s := VMSpec{
 		BoxID: p.GetBoxId(), VCPUs: int(p.GetVcpus()), MemoryMiB: p.GetMemoryMib(), RunDir: p.GetRunDir(), KernelArgs: p.GetKernelArgs(),
-		Network: NetworkSpec{AllowHostLoopback: p.GetNetwork().GetAllowHostLoopback()},
+		Network: NetworkSpec{Mode: networkModeFromProto(p.GetNetwork().GetMode()), AllowHostLoopback: p.GetNetwork().GetAllowHostLoopback()},
 	}
 	if sb := p.GetSandbox(); sb != nil {
 		s.Sandbox = Sandbox{Disabled: sb.GetDisabled(), UID: sb.GetUid(), GID: sb.GetGid(), Cgroup: sb.GetCgroup()}
-	}
-	if p.GetNetwork().GetMode() == pluginv1.NetworkSpec_MODE_USER {
-		s.Network.Mode = NetworkUser
 	}
 	for _, pf := range p.GetNetwork().GetPorts() {
 		s.Network.Ports = append(s.Network.Ports, PortForward{Protocol: pf.GetProtocol(), HostIP: pf.GetHostIp(), HostPort: uint16(pf.GetHostPort()), GuestPort: uint16(pf.GetGuestPort())})
@@ -404,6 +395,27 @@ func specFromProto(p *pluginv1.VMSpec) VMSpec {
 		s.Disks = append(s.Disks, ds)
 	}
 	return s
+}
+
+// The wire's network modes are the Go ones shifted by one (0 is the
+// protobuf's unspecified, read as NetworkNone). A mode this sdk does not
+// know, from a newer core, crosses unchanged so that the plugin refuses it
+// (ErrInvalidArgument) instead of running the VM without a network.
+func networkModeToProto(m NetworkMode) pluginv1.NetworkSpec_Mode {
+	if m < 0 {
+		return pluginv1.NetworkSpec_Mode(m)
+	}
+	return pluginv1.NetworkSpec_Mode(m + 1)
+}
+
+func networkModeFromProto(m pluginv1.NetworkSpec_Mode) NetworkMode {
+	switch {
+	case m == pluginv1.NetworkSpec_MODE_UNSPECIFIED:
+		return NetworkNone
+	case m < 0:
+		return NetworkMode(m)
+	}
+	return NetworkMode(m - 1)
 }
 
 func planToProto(p LaunchPlan) *pluginv1.LaunchPlan {

@@ -4,7 +4,8 @@
 // QEMU with the agent's virtio-serial port, and connects through agentmux and agentclient.
 //
 // It is test support, not product code: the QEMU VMM plugin owns the real command line.
-// QEMUArgs documents the one measured fastest under TCG here.
+// QEMUArgs documents the one measured fastest under TCG here. The guest boot contract
+// (kernel arguments, the agent's port name) is sdk/guestboot's, as for every VMM.
 package vmtest
 
 import (
@@ -24,6 +25,7 @@ import (
 
 	"github.com/boxctl/boxctl/guest/agentclient"
 	"github.com/boxctl/boxctl/sdk/agentmux"
+	"github.com/boxctl/boxctl/sdk/guestboot"
 	"github.com/boxctl/boxctl/test/images/busybox"
 )
 
@@ -155,11 +157,25 @@ type Config struct {
 	// Machine is "q35" (default), "pc" or "microvm".
 	Machine string
 	// CPU is QEMU's -cpu model; "max" if empty.
-	CPU       string
-	MemoryMB  int // 256 if zero
-	CPUs      int // 1 if zero
-	Cmdline   string
+	CPU      string
+	MemoryMB int // 256 if zero
+	CPUs     int // 1 if zero
+	// Cmdline is the kernel command line before the guest boot contract (console, quiet...:
+	// Guest.Cmdline).
+	Cmdline string
+	// Boot is the guest boot contract appended to Cmdline; guestboot.Default() (root vda,
+	// writable disk vdb, no network) if nil.
+	Boot      *guestboot.Config
 	ExtraArgs []string
+}
+
+// KernelCmdline is the guest's whole kernel command line for cfg.
+func (cfg Config) KernelCmdline() string {
+	boot := guestboot.Default()
+	if cfg.Boot != nil {
+		boot = *cfg.Boot
+	}
+	return strings.TrimSpace(cfg.Cmdline + " " + strings.Join(boot.Args(), " "))
 }
 
 // QEMUArgs returns QEMU's arguments for cfg (TCG; serial console to a file; the agent's
@@ -194,7 +210,7 @@ func QEMUArgs(cfg Config) []string {
 		"-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
 		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
 		"-kernel", cfg.Guest.Kernel, "-initrd", cfg.Guest.Initramfs,
-		"-append", cfg.Cmdline,
+		"-append", cfg.KernelCmdline(),
 		"-chardev", "file,id=console,path=" + filepath.Join(cfg.Dir, "console.log"),
 		"-serial", "chardev:console",
 		"-drive", "file=" + cfg.RootDisk + ",if=none,id=root,format=raw,readonly=on,cache=unsafe",
@@ -203,7 +219,7 @@ func QEMUArgs(cfg Config) []string {
 		"-device", "virtio-blk-" + bus + ",drive=data",
 		"-device", "virtio-serial-" + bus + ",max_ports=2",
 		"-chardev", "socket,id=agent,path=" + filepath.Join(cfg.Dir, "serial.sock") + ",server=on,wait=off",
-		"-device", "virtserialport,chardev=agent,name=boxctl.agent",
+		"-device", "virtserialport,chardev=agent,name=" + guestboot.SerialPort,
 	}
 	return append(args, cfg.ExtraArgs...)
 }

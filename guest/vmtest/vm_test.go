@@ -15,7 +15,27 @@ import (
 
 	"github.com/boxctl/boxctl/guest/agentclient"
 	"github.com/boxctl/boxctl/guest/tarsafe"
+	"github.com/boxctl/boxctl/sdk/guestboot"
 )
+
+// TestQEMUArgsCarryTheBootContract: the command line is the guest's console arguments, then
+// sdk/guestboot's rendering, and the agent's port has the contract's name.
+func TestQEMUArgsCarryTheBootContract(t *testing.T) {
+	boot := guestboot.Default()
+	boot.Hostname = "h1"
+	args := QEMUArgs(Config{Guest: &Guest{Kernel: "k", Initramfs: "i"}, Dir: "/d", Cmdline: "console=ttyS0", Boot: &boot})
+	joined := strings.Join(args, " ")
+	want := "console=ttyS0 " + strings.Join(boot.Args(), " ")
+	if !strings.Contains(joined, "-append "+want+" ") || !strings.Contains(joined, "boxctl.hostname=h1") {
+		t.Errorf("QEMU args %q lack the command line %q", joined, want)
+	}
+	if !strings.Contains(joined, "name="+guestboot.SerialPort) {
+		t.Errorf("QEMU args %q lack the agent port %s", joined, guestboot.SerialPort)
+	}
+	if got := (Config{}).KernelCmdline(); got != strings.Join(guestboot.Default().Args(), " ") {
+		t.Errorf("default command line %q", got)
+	}
+}
 
 // TestVM boots the real guest under QEMU (TCG) twice: once for everything the agent does,
 // and once more to see that what was written before a Shutdown persisted on the writable
@@ -35,7 +55,9 @@ func TestVM(t *testing.T) {
 	if err := MakeDataDisk(ctx, dataDisk, 256); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Guest: g, RootDisk: rootDisk, DataDisk: dataDisk, Dir: dir, Cmdline: g.Cmdline + " boxctl.hostname=testbox"}
+	bootArgs := guestboot.Default()
+	bootArgs.Hostname = "testbox"
+	cfg := Config{Guest: g, RootDisk: rootDisk, DataDisk: dataDisk, Dir: dir, Cmdline: g.Cmdline, Boot: &bootArgs}
 
 	vm := boot(t, ctx, cfg)
 	c := vm.Client

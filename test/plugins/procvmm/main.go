@@ -1,8 +1,19 @@
 // Command boxctl-plugin-procvmm is a TEST DOUBLE of a VMM plugin: a real
 // plugin binary served over go-plugin whose "VM" is an ordinary host process
-// (this same binary in `vm` mode). It lets the lifecycle, monitor and
-// recovery paths run fast in tests. It boots no kernel and isolates nothing;
-// real VMs come from the qemu and libkrun plugins.
+// (this same binary in `vm` mode). It boots no kernel and isolates nothing;
+// real VMs come from the qemu and libkrun plugins. It lets the lifecycle,
+// monitor and recovery paths run fast in tests, the guest side included: the
+// "VM" serves the guest agent's protocol on the plan's agent socket with the
+// agent double of package test/agentdouble (commands run as host processes
+// in a scratch directory, files are copied in and out of it).
+//
+// Plan takes a spec like a real VMM and checks it as one would (disks that
+// exist, in a format it knows; enough vCPUs and memory; a network mode it
+// knows), but it only reads the disks' names: the image is never mounted, so
+// a box's files are the scratch directory (RunDir/root), which lives as long
+// as the box. A user-mode network is accepted and not provided. The "VM"
+// writes the kernel command line it was given (the core's rendering of the
+// guest boot contract) to its console log.
 //
 // Its config block can make it misbehave on purpose, for the plugin failure
 // tests:
@@ -11,7 +22,7 @@
 //	  config {
 //	    crash_on       = "Plan"   # exit(3) in the middle of this call
 //	    hang_on        = "Plan"   # never answer this call
-//	    ignore_sigterm = true     # the "VM" ignores graceful stop requests
+//	    ignore_sigterm = true     # the "VM" ignores graceful stop requests (SIGTERM and the agent's Shutdown)
 //	    exit_after     = "1s"     # the "VM" exits by itself after this long
 //	    exit_code      = 7        # ... with this code
 //	  }
@@ -25,7 +36,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -38,7 +52,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk/guestboot"
+	"github.com/boxctl/boxctl/test/agentdouble"
 )
 
 func main() {
@@ -68,12 +83,27 @@ type procVMM struct {
 	cfg settings
 }
 
-func (p *procVMM) Info(context.Context) (*pluginv1.InfoResponse, error) {
-	return &pluginv1.InfoResponse{
-		Name:         "procvmm",
-		Version:      "0.1.0",
-		Description:  "test double: the VM is a host process",
-		Capabilities: []string{"pause", "graceful-stop", "metrics", "no-guest", "state-file"},
+var (
+	_ sdk.VMM             = (*procVMM)(nil)
+	_ sdk.Pauser          = (*procVMM)(nil)
+	_ sdk.MetricsReporter = (*procVMM)(nil)
+)
+
+func (p *procVMM) Info(context.Context) (sdk.Info, error) {
+	return sdk.Info{
+		Name:        "procvmm",
+		Version:     "0.1.0",
+		Description: "test double: the VM is a host process",
+		Capabilities: sdk.Capabilities{
+			GracefulStop: true,
+			StateFile:    true,
+			// It opens no disk file at all, and checks that each file of
+			// a disk's chain exists.
+			ExplicitChain: true,
+			// The agent socket speaks the agent's gRPC directly, as a VMM's
+			// vsock-mapped socket does.
+			AgentTransport: sdk.AgentVsock,
+		},
 	}, nil
 }
 
@@ -93,11 +123,15 @@ func (p *procVMM) Configure(_ context.Context, cfg *sdk.Config) error {
 	return nil
 }
 
-// misbehave crashes or hangs when the config asks for it in call.
-func (p *procVMM) misbehave(ctx context.Context, call string) {
+func (p *procVMM) settings() settings {
 	p.mu.Lock()
-	cfg := p.cfg
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	return p.cfg
+}
+
+// misbehave crashes or hangs when the config asks for it in call.
+func (p *procVMM) misbehave(call string) {
+	cfg := p.settings()
 	if strings.EqualFold(cfg.CrashOn, call) {
 		p.log.Error("crashing on purpose", "call", call)
 		time.Sleep(50 * time.Millisecond) // let the log line reach the host
@@ -107,145 +141,253 @@ func (p *procVMM) misbehave(ctx context.Context, call string) {
 		p.log.Warn("hanging on purpose", "call", call)
 		<-make(chan struct{})
 	}
-	_ = ctx
 }
 
-func (p *procVMM) Plan(ctx context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPlan, error) {
-	p.misbehave(ctx, "Plan")
-	if spec.GetRunDir() == "" {
-		return nil, fmt.Errorf("spec.run_dir is empty: %w", sdk.ErrInvalidArgument)
+// minMemoryMiB is what the real guest needs; the double asks as much.
+const minMemoryMiB = 64
+
+// checkSpec refuses what a real VMM would refuse, naming the field.
+func checkSpec(spec sdk.VMSpec) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf(format+": %w", append(args, sdk.ErrInvalidArgument)...)
+	}
+	switch {
+	case spec.RunDir == "" || !filepath.IsAbs(spec.RunDir):
+		return bad("spec.RunDir %q: want the absolute path of the VM's run directory", spec.RunDir)
+	case spec.VCPUs < 1:
+		return bad("spec.VCPUs = %d: a VM needs at least 1 vCPU", spec.VCPUs)
+	case spec.MemoryMiB < minMemoryMiB:
+		return bad("spec.MemoryMiB = %d: the guest needs at least %d MiB", spec.MemoryMiB, minMemoryMiB)
+	case spec.Network.Mode != sdk.NetworkNone && spec.Network.Mode != sdk.NetworkUser:
+		return bad("spec.Network.Mode %d: procvmm knows NetworkNone and NetworkUser", spec.Network.Mode)
+	}
+	for i, d := range spec.Disks {
+		if _, err := guestboot.DeviceName(i); err != nil {
+			return bad("spec.Disks[%d]: %v", i, err)
+		}
+		files := append([]sdk.ChainFile{{Path: d.Path, Format: d.Format}}, d.BackingChain...)
+		for j, f := range files {
+			what := fmt.Sprintf("spec.Disks[%d] (%s)", i, f.Path)
+			if j > 0 {
+				what = fmt.Sprintf("spec.Disks[%d].BackingChain[%d] (%s)", i, j-1, f.Path)
+			}
+			if f.Format != "raw" && f.Format != "qcow2" {
+				return bad("%s: format %q is not raw or qcow2", what, f.Format)
+			}
+			if st, err := os.Stat(f.Path); err != nil || !st.Mode().IsRegular() {
+				return bad("%s: not a disk file: %v", what, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (p *procVMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
+	p.misbehave("Plan")
+	if err := checkSpec(spec); err != nil {
+		return sdk.LaunchPlan{}, err
 	}
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return sdk.LaunchPlan{}, err
 	}
-	p.mu.Lock()
-	cfg := p.cfg
-	p.mu.Unlock()
-	stateFile := filepath.Join(spec.GetRunDir(), "vm-state.json")
-	args := []string{exe, "vm", "--console", filepath.Join(spec.GetRunDir(), "console.log"), "--state-file", stateFile}
+	cfg := p.settings()
+	run := spec.RunDir
+	console, stateFile, agentSock := filepath.Join(run, "console.log"), filepath.Join(run, "vm-state.json"), filepath.Join(run, "agent.sock")
+	args := []string{exe, "vm", "--console", console, "--state-file", stateFile, "--agent-socket", agentSock,
+		"--root", filepath.Join(run, "root"), "--cmdline", strings.Join(spec.KernelArgs, " ")}
 	if cfg.IgnoreSigterm {
 		args = append(args, "--ignore-sigterm")
 	}
 	if cfg.ExitAfter != "" {
 		args = append(args, "--exit-after", cfg.ExitAfter, "--exit-code", strconv.Itoa(cfg.ExitCode))
 	}
-	h, _ := json.Marshal(handle{RunDir: spec.GetRunDir()})
-	return &pluginv1.LaunchPlan{
-		Argv:       args,
-		Env:        []string{"PATH=/usr/bin:/bin"},
-		Dir:        spec.GetRunDir(),
-		Handle:     h,
-		ConsoleLog: filepath.Join(spec.GetRunDir(), "console.log"),
-		StateFile:  stateFile,
-		Notice:     "procvmm is a test double: the box runs as a host process",
+	h, _ := json.Marshal(handle{RunDir: run})
+	return sdk.LaunchPlan{
+		Argv:        args,
+		Env:         []string{"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"},
+		Dir:         run,
+		Handle:      h,
+		AgentSocket: agentSock,
+		ConsoleLog:  console,
+		StateFile:   stateFile,
+		Notice:      "procvmm is a test double: the box runs as a host process",
 	}, nil
 }
 
-func (p *procVMM) signal(pid int64, sig syscall.Signal) error {
-	if pid <= 0 {
-		return fmt.Errorf("no pid: %w", sdk.ErrInvalidArgument)
+func signalVM(vm sdk.VM, sig syscall.Signal) error {
+	if vm.PID <= 0 {
+		return fmt.Errorf("VM.PID %d: %w", vm.PID, sdk.ErrInvalidArgument)
 	}
-	err := syscall.Kill(int(pid), sig)
-	if err == syscall.ESRCH {
-		return nil // already gone: stop is idempotent
+	if err := syscall.Kill(vm.PID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return err
 	}
-	return err
+	return nil // a VM that is gone is stopped: Stop is idempotent
 }
 
-func (p *procVMM) Stop(ctx context.Context, req *pluginv1.StopRequest) error {
-	p.misbehave(ctx, "Stop")
-	if req.GetForce() {
-		return p.signal(req.GetPid(), syscall.SIGKILL)
+func (p *procVMM) Stop(_ context.Context, vm sdk.VM, force bool) error {
+	p.misbehave("Stop")
+	if force {
+		return signalVM(vm, syscall.SIGKILL)
 	}
-	return p.signal(req.GetPid(), syscall.SIGTERM)
+	return signalVM(vm, syscall.SIGTERM)
 }
 
-func (p *procVMM) Pause(ctx context.Context, req *pluginv1.ControlRequest) error {
-	p.misbehave(ctx, "Pause")
-	return p.signal(req.GetPid(), syscall.SIGSTOP)
+func (p *procVMM) Pause(_ context.Context, vm sdk.VM) error {
+	p.misbehave("Pause")
+	return signalVM(vm, syscall.SIGSTOP)
 }
 
-func (p *procVMM) Resume(ctx context.Context, req *pluginv1.ControlRequest) error {
-	p.misbehave(ctx, "Resume")
-	return p.signal(req.GetPid(), syscall.SIGCONT)
+func (p *procVMM) Resume(_ context.Context, vm sdk.VM) error {
+	p.misbehave("Resume")
+	return signalVM(vm, syscall.SIGCONT)
 }
 
-func (p *procVMM) Metrics(ctx context.Context, req *pluginv1.ControlRequest) (*pluginv1.MetricsResponse, error) {
-	p.misbehave(ctx, "Metrics")
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", req.GetPid()))
+func (p *procVMM) Metrics(_ context.Context, vm sdk.VM) (sdk.Metrics, error) {
+	p.misbehave("Metrics")
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", vm.PID))
 	if err != nil {
-		return nil, fmt.Errorf("vm process %d: %w", req.GetPid(), sdk.ErrNotFound)
+		return sdk.Metrics{}, fmt.Errorf("VM process %d: %w", vm.PID, sdk.ErrNotFound)
 	}
 	s := string(b)
 	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	utime, _ := strconv.ParseUint(fields[11], 10, 64)
 	stime, _ := strconv.ParseUint(fields[12], 10, 64)
 	rssPages, _ := strconv.ParseUint(fields[21], 10, 64)
-	const tick = uint64(time.Second / 100)
-	return &pluginv1.MetricsResponse{
-		CpuUserNs:   utime * tick,
-		CpuSystemNs: stime * tick,
-		RssBytes:    rssPages * uint64(os.Getpagesize()),
+	const tick = time.Second / 100
+	return sdk.Metrics{
+		CPUUser:   time.Duration(utime) * tick,
+		CPUSystem: time.Duration(stime) * tick,
+		RSS:       rssPages * uint64(os.Getpagesize()),
 	}, nil
 }
 
-// runVM is the "VM": it writes a console line, then waits for a signal.
-func runVM(args []string) int {
-	var console, stateFile string
-	var ignoreTerm bool
-	var exitAfter time.Duration
-	exitCode := 0
+// vmOptions are the "VM"'s command-line flags, written by Plan.
+type vmOptions struct {
+	console, stateFile, agentSocket, root, cmdline string
+	ignoreTerm                                     bool
+	exitAfter                                      time.Duration
+	exitCode                                       int
+}
+
+func parseVMArgs(args []string) vmOptions {
+	var o vmOptions
+	next := func(i *int) string {
+		*i++
+		if *i < len(args) {
+			return args[*i]
+		}
+		return ""
+	}
 	for i := 0; i < len(args); i++ {
 		switch args[i] {
 		case "--console":
-			i++
-			console = args[i]
+			o.console = next(&i)
 		case "--state-file":
-			i++
-			stateFile = args[i]
+			o.stateFile = next(&i)
+		case "--agent-socket":
+			o.agentSocket = next(&i)
+		case "--root":
+			o.root = next(&i)
+		case "--cmdline":
+			o.cmdline = next(&i)
 		case "--ignore-sigterm":
-			ignoreTerm = true
+			o.ignoreTerm = true
 		case "--exit-after":
-			i++
-			exitAfter, _ = time.ParseDuration(args[i])
+			o.exitAfter, _ = time.ParseDuration(next(&i))
 		case "--exit-code":
-			i++
-			exitCode, _ = strconv.Atoi(args[i])
+			o.exitCode, _ = strconv.Atoi(next(&i))
 		}
 	}
+	return o
+}
+
+// runVM is the "VM": it writes its console lines, serves the agent double
+// on the agent socket, and powers off on SIGTERM or the agent's Shutdown.
+func runVM(args []string) int {
+	o := parseVMArgs(args)
 	out := os.Stdout
-	if console != "" {
-		f, err := os.OpenFile(console, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err == nil {
+	if o.console != "" {
+		if f, err := os.OpenFile(o.console, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
 			out = f
 		}
 	}
 	fmt.Fprintf(out, "procvmm: booted pid %d\n", os.Getpid())
-	if stateFile != "" {
-		tmp := stateFile + ".tmp"
-		if os.WriteFile(tmp, []byte(`{"state":"running"}`), 0o600) == nil {
-			_ = os.Rename(tmp, stateFile)
-		}
-	}
+	fmt.Fprintf(out, "procvmm: kernel command line: %s\n", o.cmdline)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	powerOff := make(chan struct{}, 1)
+	if o.agentSocket != "" {
+		stop, err := serveAgent(o, out, powerOff)
+		if err != nil {
+			fmt.Fprintf(out, "procvmm: no agent: %v\n", err)
+			return 1
+		}
+		defer stop()
+	}
+	if o.stateFile != "" {
+		tmp := o.stateFile + ".tmp"
+		if os.WriteFile(tmp, []byte(`{"state":"running"}`), 0o600) == nil {
+			_ = os.Rename(tmp, o.stateFile)
+		}
+	}
 	var timeout <-chan time.Time
-	if exitAfter > 0 {
-		timeout = time.After(exitAfter)
+	if o.exitAfter > 0 {
+		timeout = time.After(o.exitAfter)
 	}
 	for {
 		select {
 		case s := <-sigs:
-			if ignoreTerm {
+			if o.ignoreTerm {
 				fmt.Fprintf(out, "procvmm: ignoring %v\n", s)
 				continue
 			}
 			fmt.Fprintf(out, "procvmm: powering off on %v\n", s)
 			return 0
+		case <-powerOff:
+			if o.ignoreTerm {
+				fmt.Fprintf(out, "procvmm: ignoring the agent's shutdown\n")
+				continue
+			}
+			fmt.Fprintf(out, "procvmm: powering off on the agent's shutdown\n")
+			return 0
 		case <-timeout:
-			fmt.Fprintf(out, "procvmm: exiting by itself with %d\n", exitCode)
-			return exitCode
+			fmt.Fprintf(out, "procvmm: exiting by itself with %d\n", o.exitCode)
+			return o.exitCode
 		}
 	}
+}
+
+// serveAgent serves the agent double on the agent socket; stop ends it and
+// the commands it started, and removes the socket.
+func serveAgent(o vmOptions, console *os.File, powerOff chan<- struct{}) (stop func(), err error) {
+	_ = os.Remove(o.agentSocket) // a stale socket from a previous run
+	l, err := net.Listen("unix", o.agentSocket)
+	if err != nil {
+		return nil, err
+	}
+	level := slog.LevelWarn
+	if v := os.Getenv("BOXCTL_LOG"); v == "debug" || v == "trace" {
+		level = slog.LevelDebug
+	}
+	d, err := agentdouble.New(agentdouble.Config{
+		Root:    o.root,
+		Console: o.console,
+		PowerOff: func() {
+			select {
+			case powerOff <- struct{}{}:
+			default:
+			}
+		},
+		Logger: slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{Level: level})),
+	})
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	go func() { _ = d.Serve(l) }()
+	return func() {
+		d.Close()
+		_ = os.Remove(o.agentSocket)
+	}, nil
 }

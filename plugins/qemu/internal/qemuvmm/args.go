@@ -3,13 +3,11 @@ package qemuvmm
 import (
 	"encoding/json"
 	"fmt"
-	"net/netip"
 	"strconv"
 	"strings"
 
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
-	"github.com/boxctl/boxctl/sdk/usernet"
+	"github.com/boxctl/boxctl/sdk/guestboot"
 )
 
 // What the launcher opens for QEMU (fdSpec.Kind).
@@ -53,22 +51,24 @@ func (lc *launchConfig) addFdset(kind, path, format string) string {
 // friends, no fork/exec, no scheduler or affinity changes.
 const sandboxArg = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
-// baseKernelArgs keep boot fast and quiet; see guest/README.md.
+// baseKernelArgs keep boot fast and quiet; see guest/README.md. The guest
+// boot contract itself (disks, network, agent port) comes rendered in
+// VMSpec.KernelArgs.
 var baseKernelArgs = []string{"console=ttyS0", "quiet", "panic=-1", "reboot=t", "tsc=reliable", "no_timer_check",
 	"i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"}
 
 // qemuArgs fills lc.Args and lc.FDs for spec.
-func qemuArgs(lc *launchConfig, spec *pluginv1.VMSpec, s settings, accel, kernel, initrd string) error {
+func qemuArgs(lc *launchConfig, spec sdk.VMSpec, s settings, accel, kernel, initrd string) error {
 	cpu := "max"
 	if accel == "kvm" {
 		cpu = "host"
 	}
 	lc.Args = []string{
-		"-name", "boxctl-" + spec.GetBoxId(),
+		"-name", "boxctl-" + spec.BoxID,
 		"-machine", s.Machine + ",accel=" + accel,
 		"-cpu", cpu,
-		"-smp", strconv.Itoa(int(spec.GetVcpus())),
-		"-m", strconv.FormatUint(spec.GetMemoryMib(), 10) + "M",
+		"-smp", strconv.Itoa(spec.VCPUs),
+		"-m", strconv.FormatUint(spec.MemoryMiB, 10) + "M",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd,
 	}
@@ -81,7 +81,7 @@ func qemuArgs(lc *launchConfig, spec *pluginv1.VMSpec, s settings, accel, kernel
 		"-serial", "chardev:console",
 		"-chardev", fmt.Sprintf("socket,id=agent,fd=%d,server=on,wait=off", lc.add(fdListen, lc.SerialSock, "")),
 		"-device", "virtio-serial-pci",
-		"-device", "virtserialport,chardev=agent,name=boxctl.agent",
+		"-device", "virtserialport,chardev=agent,name="+guestboot.SerialPort,
 		// The plugin's monitor, for Stop/Pause/Resume from any process.
 		"-chardev", fmt.Sprintf("socket,id=qmp,fd=%d,server=on,wait=off", lc.add(fdListen, lc.QMPSock, "")),
 		"-mon", "chardev=qmp,mode=control",
@@ -90,24 +90,22 @@ func qemuArgs(lc *launchConfig, spec *pluginv1.VMSpec, s settings, accel, kernel
 		"-chardev", fmt.Sprintf("socket,id=events,fd=%d", lc.add(fdEvents, "", "")),
 		"-mon", "chardev=events,mode=control",
 	)
-	cmdline := append([]string{}, baseKernelArgs...)
-	for i, d := range spec.GetDisks() {
-		dev := "vd" + string(rune('a'+i))
-		if i >= 26 {
-			return fmt.Errorf("disk %d: at most 26 disks: %w", i, sdk.ErrInvalidArgument)
+	// The disks in spec order are the guest's vda, vdb, ...: the core's
+	// boot arguments name them so.
+	for i, d := range spec.Disks {
+		dev, err := guestboot.DeviceName(i)
+		if err != nil {
+			return fmt.Errorf("spec.Disks[%d]: %w: %w", i, err, sdk.ErrInvalidArgument)
 		}
 		if err := lc.disk(dev, i, d); err != nil {
 			return err
 		}
-		switch d.GetRole() {
-		case pluginv1.DiskRole_DISK_ROLE_IMAGE:
-			cmdline = append(cmdline, "boxctl.root="+dev)
-		case pluginv1.DiskRole_DISK_ROLE_WRITABLE:
-			cmdline = append(cmdline, "boxctl.data="+dev)
-		}
 	}
-	cmdline = append(cmdline, lc.network(spec.GetNetwork())...)
-	cmdline = append(cmdline, spec.GetKernelArgs()...)
+	if err := lc.network(spec.Network); err != nil {
+		return err
+	}
+	cmdline := append([]string{}, baseKernelArgs...)
+	cmdline = append(cmdline, spec.KernelArgs...)
 	cmdline = append(cmdline, s.KernelArgs...)
 	lc.Args = append(lc.Args, "-append", strings.Join(cmdline, " "))
 	return nil
@@ -117,16 +115,16 @@ func qemuArgs(lc *launchConfig, spec *pluginv1.VMSpec, s settings, accel, kernel
 // for each file of its chain, each named explicitly, so QEMU never follows
 // a backing-file name found in a file (a qcow2 header may name any file on
 // the host). The image disk and all backing files are read-only.
-func (lc *launchConfig) disk(dev string, i int, d *pluginv1.DiskSpec) error {
+func (lc *launchConfig) disk(dev string, i int, d sdk.DiskSpec) error {
 	type layer struct{ path, format string }
-	layers := []layer{{d.GetPath(), d.GetFormat()}}
-	for _, c := range d.GetBackingChain() {
-		layers = append(layers, layer{c.GetPath(), c.GetFormat()})
+	layers := []layer{{d.Path, d.Format}}
+	for _, c := range d.BackingChain {
+		layers = append(layers, layer{c.Path, c.Format})
 	}
 	for j, l := range layers {
-		what := fmt.Sprintf("disk %d (%s)", i, d.GetPath())
+		what := fmt.Sprintf("spec.Disks[%d] (%s)", i, d.Path)
 		if j > 0 {
-			what = fmt.Sprintf("disk %d: backing file %d (%s)", i, j, l.path)
+			what = fmt.Sprintf("spec.Disks[%d].BackingChain[%d] (%s)", i, j-1, l.path)
 		}
 		if l.format != "raw" && l.format != "qcow2" {
 			return fmt.Errorf("%s: format %q is not raw or qcow2: %w", what, l.format, sdk.ErrInvalidArgument)
@@ -138,7 +136,7 @@ func (lc *launchConfig) disk(dev string, i int, d *pluginv1.DiskSpec) error {
 			return fmt.Errorf("%s: a raw file cannot have a backing file, but the chain continues with %s: %w", what, layers[j+1].path, sdk.ErrInvalidArgument)
 		}
 	}
-	writable := !d.GetReadOnly()
+	writable := !d.ReadOnly
 	// Today's cache modes: the shared read-only image disk never flushes
 	// (cache=unsafe); the writable disk is write-back with discard.
 	cache := map[string]any{"direct": false, "no-flush": !writable}
@@ -191,34 +189,28 @@ func (lc *launchConfig) disk(dev string, i int, d *pluginv1.DiskSpec) error {
 }
 
 // network adds the guest's NIC, attached to the launcher's user-mode
-// network (sdk/usernet) over a socket pair, and returns the guest's kernel
-// command line for it. The launcher's stack, not QEMU's slirp, makes the
-// guest's connections, so the host's loopback and own addresses stay closed
-// unless the spec allows them. Without a network the guest has only
-// loopback.
-func (lc *launchConfig) network(n *pluginv1.NetworkSpec) (cmdline []string) {
-	if n.GetMode() != pluginv1.NetworkSpec_MODE_USER {
+// network (sdk/usernet) over a socket pair. The launcher's stack, not
+// QEMU's slirp, makes the guest's connections, so the host's loopback and
+// own addresses stay closed unless the spec allows them. The guest's
+// addresses are the guest boot contract's (guestboot), in the core's boot
+// arguments. Without a network the guest has only loopback.
+func (lc *launchConfig) network(n sdk.NetworkSpec) error {
+	switch n.Mode {
+	case sdk.NetworkNone:
 		return nil
+	case sdk.NetworkUser:
+	default:
+		return fmt.Errorf("spec.Network.Mode %d: the qemu plugin offers no network (NetworkNone) and user-mode networking (NetworkUser): %w", n.Mode, sdk.ErrInvalidArgument)
 	}
-	ns := &netSettings{AllowHostLoopback: n.GetAllowHostLoopback()}
-	for _, p := range n.GetPorts() {
-		ns.Ports = append(ns.Ports, usernet.PortForward{
-			Protocol: p.GetProtocol(), HostIP: p.GetHostIp(), HostPort: uint16(p.GetHostPort()), GuestPort: uint16(p.GetGuestPort()),
-		})
-	}
-	lc.Network = ns
+	lc.Network = &netSettings{AllowHostLoopback: n.AllowHostLoopback, Ports: n.Ports}
 	lc.Args = append(lc.Args,
 		"-netdev", fmt.Sprintf("socket,id=net0,fd=%d", lc.add(fdNet, "", "")),
 		"-device", "virtio-net-pci,netdev=net0,romfile=")
-	return []string{
-		"boxctl.ip=" + netip.PrefixFrom(usernet.GuestAddr, usernet.Subnet.Bits()).String(),
-		"boxctl.gw=" + usernet.GatewayAddr.String(),
-		"boxctl.dns=" + usernet.DNSAddr.String(),
-	}
+	return nil
 }
 
 // netSettings is what the launcher's user-mode network needs.
 type netSettings struct {
-	AllowHostLoopback bool                  `json:"allow_host_loopback,omitempty"`
-	Ports             []usernet.PortForward `json:"ports,omitempty"`
+	AllowHostLoopback bool              `json:"allow_host_loopback,omitempty"`
+	Ports             []sdk.PortForward `json:"ports,omitempty"`
 }

@@ -19,7 +19,7 @@ import (
 	"github.com/boxctl/boxctl/guest/vmtest"
 	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk/guestboot"
 )
 
 // The test binary doubles as the launcher: plans name it as the plugin
@@ -35,8 +35,8 @@ func TestMain(m *testing.M) {
 // launched is a VM started from a plan by the real launcher.
 type launched struct {
 	t      *testing.T
-	vmm    sdk.VMM
-	plan   *pluginv1.LaunchPlan
+	vmm    sdk.VMMClient
+	plan   sdk.LaunchPlan
 	cmd    *exec.Cmd
 	stderr *syncBuffer
 	done   chan struct{}
@@ -79,7 +79,7 @@ func guestFilesForTest(t *testing.T) (kernel, initrd string) {
 }
 
 // launch plans spec with the plugin and runs the plan like a box monitor.
-func launch(t *testing.T, spec *pluginv1.VMSpec) *launched {
+func launch(t *testing.T, spec sdk.VMSpec) *launched {
 	t.Helper()
 	kernel, initrd := guestFilesForTest(t)
 	exe, err := os.Executable()
@@ -96,8 +96,8 @@ func launch(t *testing.T, spec *pluginv1.VMSpec) *launched {
 		t.Fatal(err)
 	}
 	l := &launched{t: t, vmm: vmm, plan: plan, stderr: &syncBuffer{}, done: make(chan struct{})}
-	l.cmd = exec.Command(plan.GetArgv()[0], plan.GetArgv()[1:]...)
-	l.cmd.Env, l.cmd.Dir = plan.GetEnv(), plan.GetDir()
+	l.cmd = exec.Command(plan.Argv[0], plan.Argv[1:]...)
+	l.cmd.Env, l.cmd.Dir = plan.Env, plan.Dir
 	l.cmd.Stdout, l.cmd.Stderr = l.stderr, l.stderr
 	if err := l.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -112,12 +112,12 @@ func (l *launched) kill() {
 	<-l.done
 }
 
-func (l *launched) control() *pluginv1.ControlRequest {
-	return &pluginv1.ControlRequest{Handle: l.plan.GetHandle(), Pid: int64(l.cmd.Process.Pid)}
+func (l *launched) control() sdk.VM {
+	return sdk.VM{Handle: l.plan.Handle, PID: l.cmd.Process.Pid}
 }
 
 func (l *launched) diag() string {
-	console, _ := os.ReadFile(l.plan.GetConsoleLog())
+	console, _ := os.ReadFile(l.plan.ConsoleLog)
 	return fmt.Sprintf("\nlauncher: %s\nconsole tail: %s", l.stderr.String(), tail(string(console), 1500))
 }
 
@@ -150,7 +150,7 @@ func (l *launched) qemuPID() int {
 // agent waits for the guest agent and returns a client.
 func (l *launched) agent(ctx context.Context) *agentclient.Client {
 	l.t.Helper()
-	c, err := agentclient.Dial(ctx, l.plan.GetAgentSocket())
+	c, err := agentclient.Dial(ctx, l.plan.AgentSocket)
 	if err != nil {
 		l.t.Fatalf("dial agent: %v%s", err, l.diag())
 	}
@@ -168,7 +168,7 @@ func (l *launched) waitState(state string, within time.Duration) vmState {
 	l.t.Helper()
 	var last vmState
 	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		b, err := os.ReadFile(l.plan.GetStateFile())
+		b, err := os.ReadFile(l.plan.StateFile)
 		if err == nil && json.Unmarshal(b, &last) == nil && last.State == state {
 			return last
 		}
@@ -250,13 +250,14 @@ func TestConfinedQEMUOpensOnlyTheExplicitChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	uid := uint32(0x7ffe0000 + os.Getpid()%0x10000)
-	l := launch(t, &pluginv1.VMSpec{
-		BoxId: "chain", Vcpus: 1, MemoryMib: 256, RunDir: run,
-		Network: &pluginv1.NetworkSpec{Mode: pluginv1.NetworkSpec_MODE_NONE},
-		Sandbox: &pluginv1.Sandbox{Uid: uid, Gid: uid},
-		Disks: []*pluginv1.DiskSpec{
-			{Path: root, Format: "raw", Role: pluginv1.DiskRole_DISK_ROLE_IMAGE, ReadOnly: true},
-			{Path: top, Format: "qcow2", Role: pluginv1.DiskRole_DISK_ROLE_WRITABLE, BackingChain: []*pluginv1.ChainFile{{Path: base, Format: "raw"}}},
+	l := launch(t, sdk.VMSpec{
+		BoxID: "chain", VCPUs: 1, MemoryMiB: 256, RunDir: run,
+		Network:    sdk.NetworkSpec{Mode: sdk.NetworkNone},
+		Sandbox:    sdk.Sandbox{UID: uid, GID: uid},
+		KernelArgs: guestboot.Default().Args(),
+		Disks: []sdk.DiskSpec{
+			{Path: root, Format: "raw", Role: sdk.DiskRoleImage, ReadOnly: true},
+			{Path: top, Format: "qcow2", Role: sdk.DiskRoleWritable, BackingChain: []sdk.ChainFile{{Path: base, Format: "raw"}}},
 		},
 	})
 	c := l.agent(ctx)
@@ -313,10 +314,10 @@ func TestConfinedQEMUOpensOnlyTheExplicitChain(t *testing.T) {
 	}
 	// Metrics measure QEMU, found through the launcher's PID file.
 	m, err := l.vmm.Metrics(ctx, l.control())
-	if err != nil || m.GetRssBytes() < 32<<20 {
+	if err != nil || m.RSS < 32<<20 {
 		t.Errorf("metrics: %v %v", m, err)
 	}
-	if err := l.vmm.Stop(ctx, &pluginv1.StopRequest{Handle: l.plan.GetHandle(), Pid: int64(l.cmd.Process.Pid), Force: true}); err != nil {
+	if err := l.vmm.Stop(ctx, l.control(), true); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -364,17 +365,18 @@ func TestDiskFullPausesTheVMUntilResume(t *testing.T) {
 	if err := os.Mkdir(run, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	spec := &pluginv1.VMSpec{
-		BoxId: "full", Vcpus: 1, MemoryMib: 256, RunDir: run,
-		Network: &pluginv1.NetworkSpec{Mode: pluginv1.NetworkSpec_MODE_NONE},
-		Disks: []*pluginv1.DiskSpec{
-			{Path: root, Format: "raw", Role: pluginv1.DiskRole_DISK_ROLE_IMAGE, ReadOnly: true},
-			{Path: disk, Format: "qcow2", Role: pluginv1.DiskRole_DISK_ROLE_WRITABLE, BackingChain: []*pluginv1.ChainFile{{Path: base, Format: "raw"}}},
+	spec := sdk.VMSpec{
+		BoxID: "full", VCPUs: 1, MemoryMiB: 256, RunDir: run,
+		Network:    sdk.NetworkSpec{Mode: sdk.NetworkNone},
+		KernelArgs: guestboot.Default().Args(),
+		Disks: []sdk.DiskSpec{
+			{Path: root, Format: "raw", Role: sdk.DiskRoleImage, ReadOnly: true},
+			{Path: disk, Format: "qcow2", Role: sdk.DiskRoleWritable, BackingChain: []sdk.ChainFile{{Path: base, Format: "raw"}}},
 		},
 	}
 	if os.Geteuid() == 0 {
 		uid := uint32(0x7ffd0000 + os.Getpid()%0x10000)
-		spec.Sandbox = &pluginv1.Sandbox{Uid: uid, Gid: uid}
+		spec.Sandbox = sdk.Sandbox{UID: uid, GID: uid}
 	}
 	l := launch(t, spec)
 	c := l.agent(ctx)
@@ -420,7 +422,7 @@ func TestDiskFullPausesTheVMUntilResume(t *testing.T) {
 	case <-time.After(3 * time.Minute):
 		t.Fatalf("the guest's write did not finish after resume%s", l.diag())
 	}
-	if b, _ := os.ReadFile(l.plan.GetStateFile()); !strings.Contains(string(b), `"running"`) {
+	if b, _ := os.ReadFile(l.plan.StateFile); !strings.Contains(string(b), `"running"`) {
 		t.Errorf("state file after the write: %s", b)
 	}
 	l.kill()

@@ -8,7 +8,6 @@ import (
 	"syscall"
 
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // jail is how the launcher confines QEMU.
@@ -30,23 +29,23 @@ type jail struct {
 const cgroupRoot = "/sys/fs/cgroup"
 
 // confinement checks the spec's sandbox and turns it into a jail.
-func confinement(sb *pluginv1.Sandbox) (jail, error) {
-	if sb.GetDisabled() {
+func confinement(sb sdk.Sandbox) (jail, error) {
+	if sb.Disabled {
 		return jail{Disabled: true}, nil
 	}
-	j := jail{UID: sb.GetUid(), GID: sb.GetGid(), Cgroup: sb.GetCgroup()}
+	j := jail{UID: sb.UID, GID: sb.GID, Cgroup: sb.Cgroup}
 	if j.UID != 0 || j.GID != 0 {
 		if j.UID == 0 || j.GID == 0 {
-			return jail{}, fmt.Errorf("sandbox uid %d, gid %d: set both to an unprivileged ID, or neither: %w", j.UID, j.GID, sdk.ErrInvalidArgument)
+			return jail{}, fmt.Errorf("spec.Sandbox: UID %d, GID %d: set both to an unprivileged ID, or neither: %w", j.UID, j.GID, sdk.ErrInvalidArgument)
 		}
 		if os.Geteuid() != 0 {
-			return jail{}, fmt.Errorf("sandbox uid %d: the plugin runs as uid %d and cannot switch users; only a root boxctl asks for this: %w", j.UID, os.Geteuid(), sdk.ErrInvalidArgument)
+			return jail{}, fmt.Errorf("spec.Sandbox.UID %d: the plugin runs as uid %d and cannot switch users; only a root boxctl asks for this: %w", j.UID, os.Geteuid(), sdk.ErrInvalidArgument)
 		}
 	}
 	if j.Cgroup != "" {
 		clean := filepath.Clean(j.Cgroup)
 		if clean != j.Cgroup || !strings.HasPrefix(clean, cgroupRoot+"/") {
-			return jail{}, fmt.Errorf("sandbox cgroup %q: want a clean absolute path under %s: %w", j.Cgroup, cgroupRoot, sdk.ErrInvalidArgument)
+			return jail{}, fmt.Errorf("spec.Sandbox.Cgroup %q: want a clean absolute path under %s: %w", j.Cgroup, cgroupRoot, sdk.ErrInvalidArgument)
 		}
 	}
 	return j, nil

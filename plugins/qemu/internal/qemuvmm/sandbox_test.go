@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // searchableDir is a temporary directory others may enter.
@@ -99,12 +98,12 @@ func TestPlanWithSandboxDisabledOrConfined(t *testing.T) {
 	}
 	run := filepath.Join(dir, "run")
 	_ = os.MkdirAll(run, 0o700)
-	plan := func(sb *pluginv1.Sandbox) (launchConfig, error) {
-		p, err := vmm.Plan(context.Background(), &pluginv1.VMSpec{BoxId: "b", Vcpus: 1, MemoryMib: 128, RunDir: run, Sandbox: sb})
+	plan := func(sb sdk.Sandbox) (launchConfig, error) {
+		p, err := vmm.Plan(context.Background(), sdk.VMSpec{BoxID: "b", VCPUs: 1, MemoryMiB: 128, RunDir: run, Sandbox: sb})
 		if err != nil {
 			return launchConfig{}, err
 		}
-		raw, err := os.ReadFile(p.GetArgv()[2])
+		raw, err := os.ReadFile(p.Argv[2])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -114,14 +113,14 @@ func TestPlanWithSandboxDisabledOrConfined(t *testing.T) {
 		}
 		return lc, nil
 	}
-	lc, err := plan(&pluginv1.Sandbox{Disabled: true, Uid: 0x70000001, Gid: 0x70000001})
+	lc, err := plan(sdk.Sandbox{Disabled: true, UID: 0x70000001, GID: 0x70000001})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !lc.Jail.Disabled || lc.Jail.UID != 0 || strings.Contains(strings.Join(lc.Args, " "), "-sandbox") {
 		t.Errorf("disabled sandbox: jail %+v, args %v", lc.Jail, lc.Args)
 	}
-	lc, err = plan(nil)
+	lc, err = plan(sdk.Sandbox{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +130,7 @@ func TestPlanWithSandboxDisabledOrConfined(t *testing.T) {
 	if os.Geteuid() != 0 {
 		return
 	}
-	lc, err = plan(&pluginv1.Sandbox{Uid: 0x70000001, Gid: 0x70000001, Cgroup: "/sys/fs/cgroup/boxctl/b"})
+	lc, err = plan(sdk.Sandbox{UID: 0x70000001, GID: 0x70000001, Cgroup: "/sys/fs/cgroup/boxctl/b"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +141,7 @@ func TestPlanWithSandboxDisabledOrConfined(t *testing.T) {
 	if err := os.Chmod(filepath.Join(guest, "vmlinuz"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = plan(&pluginv1.Sandbox{Uid: 0x70000001, Gid: 0x70000001})
+	_, err = plan(sdk.Sandbox{UID: 0x70000001, GID: 0x70000001})
 	if !errors.Is(err, sdk.ErrInvalidState) || !strings.Contains(err.Error(), "vmlinuz") || !strings.Contains(err.Error(), "chmod o+r") {
 		t.Errorf("unreadable kernel: %v", err)
 	}

@@ -28,7 +28,6 @@ import (
 
 	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
 )
 
 // Version is the plugin's version.
@@ -75,15 +74,28 @@ func New(log hclog.Logger, exe string) *VMM {
 	return &VMM{log: log, exe: exe, cfg: settings{Accel: "auto", Machine: "q35"}}
 }
 
-// Info describes the plugin.
-func (v *VMM) Info(context.Context) (*pluginv1.InfoResponse, error) {
-	return &pluginv1.InfoResponse{
-		Name:         "qemu",
-		Version:      Version,
-		Description:  "QEMU VMM: KVM where usable, TCG software emulation otherwise",
-		Capabilities: []string{"pause", "graceful-stop", "metrics", "agent-serial", "state-file", "sandbox", "explicit-chain"},
+// Info describes the plugin. Pause and Metrics are set by the sdk, which
+// sees that VMM implements sdk.Pauser and sdk.MetricsReporter.
+func (v *VMM) Info(context.Context) (sdk.Info, error) {
+	return sdk.Info{
+		Name:        "qemu",
+		Version:     Version,
+		Description: "QEMU VMM: KVM where usable, TCG software emulation otherwise",
+		Capabilities: sdk.Capabilities{
+			GracefulStop:   true,
+			StateFile:      true,
+			Sandbox:        true,
+			ExplicitChain:  true,
+			AgentTransport: sdk.AgentSerial,
+		},
 	}, nil
 }
+
+var (
+	_ sdk.VMM             = (*VMM)(nil)
+	_ sdk.Pauser          = (*VMM)(nil)
+	_ sdk.MetricsReporter = (*VMM)(nil)
+)
 
 // Configure validates the plugin's config block.
 func (v *VMM) Configure(_ context.Context, cfg *sdk.Config) error {
@@ -150,15 +162,21 @@ type handle struct {
 	QEMUPIDFile string `json:"qemu_pid_file"`
 }
 
+// minMemoryMiB is the least memory the boxctl guest boots in.
+const minMemoryMiB = 64
+
 // Plan builds the launch plan for spec.
-func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPlan, error) {
+func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 	s := v.settings()
-	run := spec.GetRunDir()
-	if run == "" {
-		return nil, fmt.Errorf("spec.run_dir is empty: %w", sdk.ErrInvalidArgument)
+	run := spec.RunDir
+	if run == "" || !filepath.IsAbs(run) {
+		return sdk.LaunchPlan{}, fmt.Errorf("spec.RunDir %q: want the absolute path of the VM's run directory: %w", run, sdk.ErrInvalidArgument)
 	}
-	if spec.GetVcpus() == 0 || spec.GetMemoryMib() < 64 {
-		return nil, fmt.Errorf("spec asks for %d vCPUs and %d MiB: at least 1 vCPU and 64 MiB are needed: %w", spec.GetVcpus(), spec.GetMemoryMib(), sdk.ErrInvalidArgument)
+	if spec.VCPUs < 1 {
+		return sdk.LaunchPlan{}, fmt.Errorf("spec.VCPUs = %d: a VM needs at least 1 vCPU: %w", spec.VCPUs, sdk.ErrInvalidArgument)
+	}
+	if spec.MemoryMiB < minMemoryMiB {
+		return sdk.LaunchPlan{}, fmt.Errorf("spec.MemoryMiB = %d: the guest needs at least %d MiB: %w", spec.MemoryMiB, minMemoryMiB, sdk.ErrInvalidArgument)
 	}
 	qemuBin := s.QEMUBinary
 	if qemuBin == "" {
@@ -166,15 +184,15 @@ func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPl
 	}
 	qemuPath, err := exec.LookPath(qemuBin)
 	if err != nil {
-		return nil, fmt.Errorf("%s not found: install Debian's qemu-system-x86 or set qemu_binary in the plugin's config: %w", qemuBin, sdk.ErrInvalidState)
+		return sdk.LaunchPlan{}, fmt.Errorf("%s not found: install Debian's qemu-system-x86 or set qemu_binary in the plugin's config: %w", qemuBin, sdk.ErrInvalidState)
 	}
 	kernel, initrd, err := v.guestFiles(s)
 	if err != nil {
-		return nil, err
+		return sdk.LaunchPlan{}, err
 	}
-	jail, err := confinement(spec.GetSandbox())
+	jail, err := confinement(spec.Sandbox)
 	if err != nil {
-		return nil, err
+		return sdk.LaunchPlan{}, err
 	}
 	accel, notice := chooseAccel(s.Accel)
 	if accel == "kvm" && jail.UID != 0 {
@@ -183,7 +201,7 @@ func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPl
 		case ok && gid >= 0:
 			jail.Groups = []uint32{uint32(gid)}
 		case !ok && s.Accel == "kvm":
-			return nil, fmt.Errorf("accel = \"kvm\", but the confined QEMU (uid %d) cannot use KVM: %s; give %s to a kvm group with mode 0660 (Debian's udev rules do), or turn confinement off with sandbox { enabled = false }: %w",
+			return sdk.LaunchPlan{}, fmt.Errorf("accel = \"kvm\", but the confined QEMU (uid %d) cannot use KVM: %s; give %s to a kvm group with mode 0660 (Debian's udev rules do), or turn confinement off with sandbox { enabled = false }: %w",
 				jail.UID, why, kvmDevice, sdk.ErrInvalidState)
 		case !ok:
 			accel, notice = "tcg", "KVM is not usable by the confined QEMU ("+why+"): running the VM under TCG software emulation, which is much slower"
@@ -192,7 +210,7 @@ func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPl
 	if jail.UID != 0 {
 		for _, f := range []struct{ what, path string }{{"kernel", kernel}, {"initramfs", initrd}} {
 			if err := readableBy(f.path, jail.UID, jail.GID, jail.Groups); err != nil {
-				return nil, fmt.Errorf("guest %s: %w; make it readable by others (chmod o+r, and o+x on its directories), or set kernel and initrd in the plugin's config to readable copies: %w", f.what, err, sdk.ErrInvalidState)
+				return sdk.LaunchPlan{}, fmt.Errorf("guest %s: %w; make it readable by others (chmod o+r, and o+x on its directories), or set kernel and initrd in the plugin's config to readable copies: %w", f.what, err, sdk.ErrInvalidState)
 			}
 		}
 	}
@@ -208,18 +226,18 @@ func (v *VMM) Plan(_ context.Context, spec *pluginv1.VMSpec) (*pluginv1.LaunchPl
 		Jail:       jail,
 	}
 	if err := qemuArgs(&lc, spec, s, accel, kernel, initrd); err != nil {
-		return nil, err
+		return sdk.LaunchPlan{}, err
 	}
 	b, err := json.MarshalIndent(lc, "", "  ")
 	if err != nil {
-		return nil, err
+		return sdk.LaunchPlan{}, err
 	}
 	cfgFile := filepath.Join(run, "qemu-launch.json")
 	if err := os.WriteFile(cfgFile, b, 0o600); err != nil {
-		return nil, fmt.Errorf("write launch config: %w", err)
+		return sdk.LaunchPlan{}, fmt.Errorf("write launch config: %w", err)
 	}
 	h, _ := json.Marshal(handle{QMP: lc.QMPSock, RunDir: run, QEMUPIDFile: lc.PIDFile})
-	return &pluginv1.LaunchPlan{
+	return sdk.LaunchPlan{
 		Argv:        []string{v.exe, "launch", cfgFile},
 		Env:         []string{"PATH=" + os.Getenv("PATH"), "BOXCTL_LOG=" + os.Getenv("BOXCTL_LOG")},
 		Dir:         run,
@@ -317,50 +335,51 @@ func decodeHandle(b []byte) (handle, error) {
 }
 
 // Stop asks the guest to power off (ACPI) or, with force, ends QEMU.
-func (v *VMM) Stop(ctx context.Context, req *pluginv1.StopRequest) error {
-	h, err := decodeHandle(req.GetHandle())
+// vm.PID is the launcher; QEMU is its child and dies with it.
+func (v *VMM) Stop(ctx context.Context, vm sdk.VM, force bool) error {
+	h, err := decodeHandle(vm.Handle)
 	if err != nil {
 		return err
 	}
-	if !req.GetForce() {
-		if _, err := qmp.Run(ctx, h.QMP, "system_powerdown", nil); err != nil && !gone(req.GetPid()) {
+	if !force {
+		if _, err := qmp.Run(ctx, h.QMP, "system_powerdown", nil); err != nil && !gone(vm.PID) {
 			return fmt.Errorf("ask the guest to power off: %w", err)
 		}
 		return nil
 	}
-	if _, err := qmp.Run(ctx, h.QMP, "quit", nil); err == nil || gone(req.GetPid()) {
+	if _, err := qmp.Run(ctx, h.QMP, "quit", nil); err == nil || gone(vm.PID) {
 		return nil
 	}
 	// QMP does not answer: kill the launcher; QEMU dies with it.
-	if pid := req.GetPid(); pid > 0 {
-		if err := syscall.Kill(int(pid), syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+	if vm.PID > 0 {
+		if err := syscall.Kill(vm.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return err
 		}
 	}
 	return nil
 }
 
-func gone(pid int64) bool {
-	return pid > 0 && syscall.Kill(int(pid), 0) == syscall.ESRCH
+func gone(pid int) bool {
+	return pid > 0 && syscall.Kill(pid, 0) == syscall.ESRCH
 }
 
 // Pause stops the vCPUs.
-func (v *VMM) Pause(ctx context.Context, req *pluginv1.ControlRequest) error {
-	return v.qmpCommand(ctx, req, "stop")
+func (v *VMM) Pause(ctx context.Context, vm sdk.VM) error {
+	return v.qmpCommand(ctx, vm, "stop")
 }
 
 // Resume restarts the vCPUs.
-func (v *VMM) Resume(ctx context.Context, req *pluginv1.ControlRequest) error {
-	return v.qmpCommand(ctx, req, "cont")
+func (v *VMM) Resume(ctx context.Context, vm sdk.VM) error {
+	return v.qmpCommand(ctx, vm, "cont")
 }
 
-func (v *VMM) qmpCommand(ctx context.Context, req *pluginv1.ControlRequest, cmd string) error {
-	h, err := decodeHandle(req.GetHandle())
+func (v *VMM) qmpCommand(ctx context.Context, vm sdk.VM, cmd string) error {
+	h, err := decodeHandle(vm.Handle)
 	if err != nil {
 		return err
 	}
 	if _, err := qmp.Run(ctx, h.QMP, cmd, nil); err != nil {
-		if gone(req.GetPid()) {
+		if gone(vm.PID) {
 			return fmt.Errorf("the VM is not running: %w", sdk.ErrInvalidState)
 		}
 		return err
@@ -369,12 +388,12 @@ func (v *VMM) qmpCommand(ctx context.Context, req *pluginv1.ControlRequest, cmd 
 }
 
 // Metrics reports CPU time and memory of the QEMU process.
-func (v *VMM) Metrics(_ context.Context, req *pluginv1.ControlRequest) (*pluginv1.MetricsResponse, error) {
-	h, err := decodeHandle(req.GetHandle())
+func (v *VMM) Metrics(_ context.Context, vm sdk.VM) (sdk.Metrics, error) {
+	h, err := decodeHandle(vm.Handle)
 	if err != nil {
-		return nil, err
+		return sdk.Metrics{}, err
 	}
-	pid := int(req.GetPid())
+	pid := vm.PID
 	// The launcher writes QEMU's PID (QEMU itself runs unprivileged and is
 	// not trusted to); it counts only while it is still the launcher's child.
 	if b, err := os.ReadFile(h.QEMUPIDFile); err == nil {
@@ -407,20 +426,20 @@ func parentOf(pid int) int {
 	return ppid
 }
 
-func procMetrics(pid int) (*pluginv1.MetricsResponse, error) {
+func procMetrics(pid int) (sdk.Metrics, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return nil, fmt.Errorf("VM process %d: %w", pid, sdk.ErrNotFound)
+		return sdk.Metrics{}, fmt.Errorf("VM process %d: %w", pid, sdk.ErrNotFound)
 	}
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	fields := strings.Fields(s[i+2:])
 	if len(fields) < 22 {
-		return nil, fmt.Errorf("VM process %d: malformed stat", pid)
+		return sdk.Metrics{}, fmt.Errorf("VM process %d: malformed stat", pid)
 	}
 	utime, _ := strconv.ParseUint(fields[11], 10, 64)
 	stime, _ := strconv.ParseUint(fields[12], 10, 64)
 	rss, _ := strconv.ParseUint(fields[21], 10, 64)
-	tick := uint64(time.Second / 100)
-	return &pluginv1.MetricsResponse{CpuUserNs: utime * tick, CpuSystemNs: stime * tick, RssBytes: rss * uint64(os.Getpagesize())}, nil
+	tick := time.Second / 100
+	return sdk.Metrics{CPUUser: time.Duration(utime) * tick, CPUSystem: time.Duration(stime) * tick, RSS: rss * uint64(os.Getpagesize())}, nil
 }

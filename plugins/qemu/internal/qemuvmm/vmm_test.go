@@ -17,13 +17,14 @@ import (
 
 	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
 	"github.com/boxctl/boxctl/sdk"
-	pluginv1 "github.com/boxctl/boxctl/sdk/proto/v1"
+	"github.com/boxctl/boxctl/sdk/guestboot"
 	"github.com/boxctl/boxctl/sdk/sdktest"
 )
 
-func serve(t *testing.T, exe string) sdk.VMM {
+// serve returns a client of the plugin served in-process over real gRPC.
+func serve(t *testing.T, exe string) sdk.VMMClient {
 	t.Helper()
-	return sdktest.Serve(t, sdk.ServeConfig{VMM: New(hclog.NewNullLogger(), exe)}).VMM
+	return sdktest.Serve(t, sdk.ServeConfig{VMM: New(hclog.NewNullLogger(), exe)}).VMM.(sdk.VMMClient)
 }
 
 func configure(t *testing.T, vmm sdk.VMM, body string) error {
@@ -32,7 +33,8 @@ func configure(t *testing.T, vmm sdk.VMM, body string) error {
 }
 
 func TestConfigErrorsPointAtTheAttribute(t *testing.T) {
-	vmm := serve(t, "/nonexistent/boxctl-plugin-qemu")
+	// Configure is called once per plugin process: a fresh plugin each.
+	newVMM := func() sdk.VMM { return serve(t, "/nonexistent/boxctl-plugin-qemu") }
 	cases := []struct{ body, want string }{
 		{"\n  accel = \"fast\"\n", `boxctl.hcl:3,11`},
 		{"\n  kernel = \"/no/such/vmlinuz\"\n", `boxctl.hcl:3,12`},
@@ -40,13 +42,13 @@ func TestConfigErrorsPointAtTheAttribute(t *testing.T) {
 		{"\n  acel = \"tcg\"\n", `boxctl.hcl:3,3`},
 	}
 	for _, c := range cases {
-		err := configure(t, vmm, c.body)
+		err := configure(t, newVMM(), c.body)
 		var diags hcl.Diagnostics
 		if !errors.As(err, &diags) || diags[0].Subject == nil || !strings.HasPrefix(diags[0].Subject.String(), c.want) {
 			t.Errorf("config %q: got %v (subject %v), want a diagnostic at %s", c.body, err, subject(diags), c.want)
 		}
 	}
-	if err := configure(t, vmm, "\n  accel = \"tcg\"\n  machine = \"pc\"\n  kernel_args = [\"loglevel=3\"]\n"); err != nil {
+	if err := configure(t, newVMM(), "\n  accel = \"tcg\"\n  machine = \"pc\"\n  kernel_args = [\"loglevel=3\"]\n"); err != nil {
 		t.Fatalf("valid config refused: %v", err)
 	}
 }
@@ -82,25 +84,27 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 	if err := os.MkdirAll(run, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	spec := &pluginv1.VMSpec{
-		BoxId: "b1", Vcpus: 2, MemoryMib: 256, RunDir: run,
-		Disks: []*pluginv1.DiskSpec{
-			{Path: filepath.Join(dir, "root.ext4"), Format: "raw", Role: pluginv1.DiskRole_DISK_ROLE_IMAGE, ReadOnly: true},
-			{Path: filepath.Join(dir, "disk.qcow2"), Format: "qcow2", Role: pluginv1.DiskRole_DISK_ROLE_WRITABLE, BackingChain: []*pluginv1.ChainFile{
+	boot := guestboot.Default()
+	boot.UserNetwork()
+	spec := sdk.VMSpec{
+		BoxID: "b1", VCPUs: 2, MemoryMiB: 256, RunDir: run, KernelArgs: boot.Args(),
+		Disks: []sdk.DiskSpec{
+			{Path: filepath.Join(dir, "root.ext4"), Format: "raw", Role: sdk.DiskRoleImage, ReadOnly: true},
+			{Path: filepath.Join(dir, "disk.qcow2"), Format: "qcow2", Role: sdk.DiskRoleWritable, BackingChain: []sdk.ChainFile{
 				{Path: filepath.Join(dir, "mid.qcow2"), Format: "qcow2"}, {Path: filepath.Join(dir, "base.raw"), Format: "raw"},
 			}},
-			{Path: filepath.Join(dir, "data.qcow2"), Format: "qcow2", Role: pluginv1.DiskRole_DISK_ROLE_DATA},
+			{Path: filepath.Join(dir, "data.qcow2"), Format: "qcow2", Role: sdk.DiskRoleData},
 		},
-		Network: &pluginv1.NetworkSpec{Mode: pluginv1.NetworkSpec_MODE_USER, Ports: []*pluginv1.PortForward{{HostPort: 8080, GuestPort: 80}}},
+		Network: sdk.NetworkSpec{Mode: sdk.NetworkUser, Ports: []sdk.PortForward{{HostPort: 8080, GuestPort: 80}}},
 	}
 	plan, err := vmm.Plan(context.Background(), spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if plan.GetArgv()[1] != "launch" || plan.GetAgentSocket() != filepath.Join(run, "agent.sock") || plan.GetConsoleLog() != filepath.Join(run, "console.log") {
-		t.Fatalf("plan %v", plan)
+	if plan.Argv[1] != "launch" || plan.AgentSocket != filepath.Join(run, "agent.sock") || plan.ConsoleLog != filepath.Join(run, "console.log") {
+		t.Fatalf("plan %+v", plan)
 	}
-	raw, err := os.ReadFile(plan.GetArgv()[2])
+	raw, err := os.ReadFile(plan.Argv[2])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +113,7 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 		`"q35,accel=tcg"`, `"-smp"`, `"2"`, `"256M"`,
 		`boxctl.root=vda`, `boxctl.data=vdb`, `extra=1`,
 		`"HostPort": 8080`, `"GuestPort": 80`, `name=boxctl.agent`,
-		`boxctl.ip=10.0.2.15/24 boxctl.gw=10.0.2.2 boxctl.dns=10.0.2.3`,
+		`boxctl.ip=10.0.2.15/24`, `boxctl.gw=10.0.2.2`, `boxctl.dns=10.0.2.3`,
 		`"-sandbox"`, `"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"`,
 		`virtio-blk-pci,drive=vda"`, `virtio-blk-pci,drive=vdb,werror=enospc,rerror=report"`,
 	} {
@@ -169,33 +173,110 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 			t.Errorf("%q is passed as %q, want %q (%v)", file, kinds[file], kind, lc.FDs)
 		}
 	}
-	if plan.GetStateFile() != filepath.Join(run, "vm-state.json") || lc.StateFile != plan.GetStateFile() {
-		t.Errorf("state file: plan %q, launcher %q", plan.GetStateFile(), lc.StateFile)
+	if plan.StateFile != filepath.Join(run, "vm-state.json") || lc.StateFile != plan.StateFile {
+		t.Errorf("state file: plan %q, launcher %q", plan.StateFile, lc.StateFile)
 	}
 	// Bad specs are refused with the field named.
-	bad := []*pluginv1.VMSpec{
-		{BoxId: "b", Vcpus: 0, MemoryMib: 256, RunDir: run},
-		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Disks: []*pluginv1.DiskSpec{{Path: "/nope", Format: "raw"}}},
-		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Disks: []*pluginv1.DiskSpec{{Path: filepath.Join(dir, "root.ext4"), Format: "vmdk"}}},
-		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Disks: []*pluginv1.DiskSpec{{Path: filepath.Join(dir, "disk.qcow2"), Format: "qcow2",
-			BackingChain: []*pluginv1.ChainFile{{Path: "/nope", Format: "raw"}}}}},
-		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Disks: []*pluginv1.DiskSpec{{Path: filepath.Join(dir, "disk.qcow2"), Format: "qcow2",
-			BackingChain: []*pluginv1.ChainFile{{Path: filepath.Join(dir, "base.raw"), Format: "raw"}, {Path: filepath.Join(dir, "mid.qcow2"), Format: "qcow2"}}}}},
-		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Sandbox: &pluginv1.Sandbox{Uid: 0x70000001}},
-		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Sandbox: &pluginv1.Sandbox{Cgroup: "/tmp/evil"}},
-		{BoxId: "b", Vcpus: 1, MemoryMib: 256, RunDir: run, Sandbox: &pluginv1.Sandbox{Cgroup: "/sys/fs/cgroup/../../etc"}},
+	valid := sdk.VMSpec{BoxID: "b", VCPUs: 1, MemoryMiB: 256, RunDir: run}
+	bad := []struct {
+		change func(*sdk.VMSpec)
+		want   string
+	}{
+		{func(s *sdk.VMSpec) { s.VCPUs = 0 }, "spec.VCPUs"},
+		{func(s *sdk.VMSpec) { s.MemoryMiB = 32 }, "spec.MemoryMiB"},
+		{func(s *sdk.VMSpec) { s.RunDir = "" }, "spec.RunDir"},
+		{func(s *sdk.VMSpec) { s.RunDir = "run" }, "spec.RunDir"},
+		{func(s *sdk.VMSpec) { s.Network.Mode = 7 }, "spec.Network.Mode"},
+		{func(s *sdk.VMSpec) { s.Disks = []sdk.DiskSpec{{Path: "/nope", Format: "raw"}} }, "spec.Disks[0] (/nope)"},
+		{func(s *sdk.VMSpec) {
+			s.Disks = []sdk.DiskSpec{{Path: filepath.Join(dir, "root.ext4"), Format: "raw"}, {Path: filepath.Join(dir, "root.ext4"), Format: "vmdk"}}
+		}, "spec.Disks[1]"},
+		{func(s *sdk.VMSpec) {
+			s.Disks = []sdk.DiskSpec{{Path: filepath.Join(dir, "disk.qcow2"), Format: "qcow2", BackingChain: []sdk.ChainFile{{Path: "/nope", Format: "raw"}}}}
+		}, "spec.Disks[0].BackingChain[0] (/nope)"},
+		{func(s *sdk.VMSpec) {
+			s.Disks = []sdk.DiskSpec{{Path: filepath.Join(dir, "disk.qcow2"), Format: "qcow2",
+				BackingChain: []sdk.ChainFile{{Path: filepath.Join(dir, "base.raw"), Format: "raw"}, {Path: filepath.Join(dir, "mid.qcow2"), Format: "qcow2"}}}}
+		}, "spec.Disks[0].BackingChain[0]"},
+		{func(s *sdk.VMSpec) {
+			for range 27 {
+				s.Disks = append(s.Disks, sdk.DiskSpec{Path: filepath.Join(dir, "data.qcow2"), Format: "qcow2"})
+			}
+		}, "spec.Disks[26]"},
+		{func(s *sdk.VMSpec) { s.Sandbox = sdk.Sandbox{UID: 0x70000001} }, "spec.Sandbox"},
+		{func(s *sdk.VMSpec) { s.Sandbox = sdk.Sandbox{Cgroup: "/tmp/evil"} }, "spec.Sandbox.Cgroup"},
+		{func(s *sdk.VMSpec) { s.Sandbox = sdk.Sandbox{Cgroup: "/sys/fs/cgroup/../../etc"} }, "spec.Sandbox.Cgroup"},
 	}
-	for _, s := range bad {
-		if _, err := vmm.Plan(context.Background(), s); !errors.Is(err, sdk.ErrInvalidArgument) {
-			t.Errorf("plan of %v: %v, want ErrInvalidArgument", s, err)
+	for _, c := range bad {
+		s := valid
+		c.change(&s)
+		if _, err := vmm.Plan(context.Background(), s); !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("plan of %+v: %v, want ErrInvalidArgument naming %s", s, err, c.want)
 		}
+	}
+}
+
+// TestBootArgumentsAreTheCoresOnly checks that the plugin renders none of
+// the guest boot contract itself: the guest's command line is the plugin's
+// console arguments, then the spec's KernelArgs (the core's rendering of
+// sdk/guestboot), then the user's kernel_args.
+func TestBootArgumentsAreTheCoresOnly(t *testing.T) {
+	dir := t.TempDir()
+	guest := filepath.Join(dir, "guest")
+	if err := os.MkdirAll(guest, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"vmlinuz", "initramfs", "root.ext4"} {
+		p := filepath.Join(guest, f)
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vmm := serve(t, filepath.Join(dir, "boxctl-plugin-qemu"))
+	if err := configure(t, vmm, "\n  accel = \"tcg\"\n  kernel_args = [\"user=1\"]\n"); err != nil {
+		t.Fatal(err)
+	}
+	cmdline := func(spec sdk.VMSpec) string {
+		t.Helper()
+		plan, err := vmm.Plan(context.Background(), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := os.ReadFile(plan.Argv[2])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var lc launchConfig
+		if err := json.Unmarshal(raw, &lc); err != nil {
+			t.Fatal(err)
+		}
+		for i, a := range lc.Args {
+			if a == "-append" {
+				return lc.Args[i+1]
+			}
+		}
+		t.Fatalf("no -append in %v", lc.Args)
+		return ""
+	}
+	spec := sdk.VMSpec{BoxID: "b", VCPUs: 1, MemoryMiB: 128, RunDir: t.TempDir(),
+		Disks:   []sdk.DiskSpec{{Path: filepath.Join(guest, "root.ext4"), Format: "raw", Role: sdk.DiskRoleImage, ReadOnly: true}},
+		Network: sdk.NetworkSpec{Mode: sdk.NetworkUser}}
+	if got := cmdline(spec); strings.Contains(got, "boxctl.") || !strings.HasSuffix(got, " user=1") || !strings.HasPrefix(got, "console=ttyS0 ") {
+		t.Errorf("without KernelArgs the command line is %q: want the plugin's console arguments and the user's, no boxctl.* key", got)
+	}
+	spec.KernelArgs = []string{"boxctl.root=vdz", "boxctl.ip=192.0.2.9/24"}
+	if got := cmdline(spec); !strings.HasSuffix(got, " boxctl.root=vdz boxctl.ip=192.0.2.9/24 user=1") || strings.Count(got, "boxctl.") != 2 {
+		t.Errorf("the command line is %q: want the spec's KernelArgs as they are, then the user's", got)
 	}
 }
 
 func TestPlanWithoutGuestSaysHowToBuildIt(t *testing.T) {
 	vmm := serve(t, filepath.Join(t.TempDir(), "boxctl-plugin-qemu"))
+	if err := configure(t, vmm, ""); err != nil {
+		t.Fatal(err)
+	}
 	t.Setenv("BOXCTL_GUEST_DIR", "")
-	_, err := vmm.Plan(context.Background(), &pluginv1.VMSpec{BoxId: "b", Vcpus: 1, MemoryMib: 128, RunDir: t.TempDir()})
+	_, err := vmm.Plan(context.Background(), sdk.VMSpec{BoxID: "b", VCPUs: 1, MemoryMiB: 128, RunDir: t.TempDir()})
 	if err == nil || !strings.Contains(err.Error(), "make guest") {
 		t.Fatalf("got %v", err)
 	}
@@ -254,9 +335,12 @@ func TestControlThroughQMP(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	vmm := serve(t, "/x/boxctl-plugin-qemu")
+	if err := configure(t, vmm, ""); err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	h := []byte(`{"qmp":"` + sock + `","run_dir":"` + dir + `","qemu_pid_file":"` + filepath.Join(dir, "none") + `"}`)
-	req := &pluginv1.ControlRequest{Handle: h, Pid: int64(cmd.Process.Pid)}
+	req := sdk.VM{Handle: h, PID: cmd.Process.Pid}
 	status := func() string {
 		raw, err := qmp.Run(ctx, sock, "query-status", nil)
 		if err != nil {
@@ -277,13 +361,13 @@ func TestControlThroughQMP(t *testing.T) {
 		t.Fatalf("after Resume: %s", s)
 	}
 	m, err := vmm.Metrics(ctx, req)
-	if err != nil || m.GetRssBytes() == 0 {
+	if err != nil || m.RSS == 0 {
 		t.Fatalf("metrics: %v %v", m, err)
 	}
-	if _, err := vmm.Metrics(ctx, &pluginv1.ControlRequest{Handle: []byte("junk")}); !errors.Is(err, sdk.ErrInvalidArgument) {
+	if _, err := vmm.Metrics(ctx, sdk.VM{Handle: []byte("junk")}); !errors.Is(err, sdk.ErrInvalidArgument) {
 		t.Fatalf("bad handle: %v", err)
 	}
-	if err := vmm.Stop(ctx, &pluginv1.StopRequest{Handle: h, Pid: int64(cmd.Process.Pid), Force: true}); err != nil {
+	if err := vmm.Stop(ctx, req, true); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -294,7 +378,7 @@ func TestControlThroughQMP(t *testing.T) {
 		t.Fatal("QEMU still runs after a forced Stop")
 	}
 	// Stop of a VM that is gone succeeds (idempotent).
-	if err := vmm.Stop(ctx, &pluginv1.StopRequest{Handle: h, Pid: int64(cmd.Process.Pid), Force: true}); err != nil {
+	if err := vmm.Stop(ctx, req, true); err != nil {
 		t.Fatalf("second stop: %v", err)
 	}
 }

@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/boxctl/boxctl/guest/agentclient"
+	"github.com/boxctl/boxctl/sdk"
+	"github.com/boxctl/boxctl/sdk/sdktest"
+)
+
+// The test binary doubles as the plugin binary: run by StartPlugin it serves
+// the plugin, run from a plan it is the "VM".
+func TestMain(m *testing.M) {
+	hs := sdk.Handshake()
+	if os.Getenv(hs.MagicCookieKey) == hs.MagicCookieValue || (len(os.Args) > 1 && os.Args[1] == "vm") {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func startProcVMM(t *testing.T, body string) sdk.VMM {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmm := sdktest.StartPlugin(t, exe).VMM
+	if err := vmm.Configure(context.Background(), &sdk.Config{Filename: "t.hcl", Body: []byte(body), BodyStart: hcl.InitialPos}); err != nil {
+		t.Fatal(err)
+	}
+	return vmm
+}
+
+// TestVMServesTheAgent plans a box with the guest boot contract, starts the
+// "VM" as a monitor would, and uses it through agentclient: the command
+// runs in the scratch root, the console shows the kernel command line, and
+// the agent's Shutdown powers the "VM" off.
+func TestVMServesTheAgent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	vmm := startProcVMM(t, "")
+	run := filepath.Join(shortDir(t), "run")
+	if err := os.Mkdir(run, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(filepath.Dir(run), "root.raw")
+	if err := os.WriteFile(disk, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := vmm.Plan(ctx, sdk.VMSpec{BoxID: "b", VCPUs: 1, MemoryMiB: 128, RunDir: run,
+		Disks:      []sdk.DiskSpec{{Path: disk, Format: "raw", Role: sdk.DiskRoleImage, ReadOnly: true}},
+		KernelArgs: []string{"boxctl.root=vda", "boxctl.hostname=b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := startPlan(t, plan)
+	c, err := agentclient.Dial(ctx, plan.AgentSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if info, err := c.WaitReady(ctx); err != nil || !info.RootMounted {
+		t.Fatalf("agent: %+v %v", info, err)
+	}
+	var out bytes.Buffer
+	res, err := c.Exec(ctx, agentclient.ExecRequest{Argv: []string{"sh", "-c", "echo hi > f && pwd"}}, nil, &out, &out, nil, nil)
+	if err != nil || res.ExitCode != 0 || strings.TrimSpace(out.String()) != filepath.Join(run, "root") {
+		t.Fatalf("exec: %+v %v %q", res, err, out.String())
+	}
+	if b, err := os.ReadFile(filepath.Join(run, "root", "f")); err != nil || string(b) != "hi\n" {
+		t.Errorf("the command's file in the scratch root: %q %v", b, err)
+	}
+	if err := c.Shutdown(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-vm.done:
+	case <-time.After(time.Minute):
+		t.Fatal("the VM still runs after the agent's Shutdown")
+	}
+	console, _ := os.ReadFile(plan.ConsoleLog)
+	if !strings.Contains(string(console), "kernel command line: boxctl.root=vda boxctl.hostname=b") || !strings.Contains(string(console), "powering off on the agent's shutdown") {
+		t.Errorf("console:\n%s", console)
+	}
+}
+
+// With ignore_sigterm the "VM" ignores the agent's Shutdown as it ignores
+// SIGTERM; only a forced stop ends it.
+func TestIgnoreSigtermIgnoresTheAgentsShutdown(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	vmm := startProcVMM(t, "ignore_sigterm = true\n")
+	run := filepath.Join(shortDir(t), "run")
+	if err := os.Mkdir(run, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := vmm.Plan(ctx, sdk.VMSpec{BoxID: "b", VCPUs: 1, MemoryMiB: 128, RunDir: run})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := startPlan(t, plan)
+	c, err := agentclient.Dial(ctx, plan.AgentSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Shutdown(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	ref := sdk.VM{Handle: plan.Handle, PID: vm.cmd.Process.Pid}
+	if err := vmm.Stop(ctx, ref, false); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		b, _ := os.ReadFile(plan.ConsoleLog)
+		if strings.Contains(string(b), "ignoring the agent's shutdown") && strings.Contains(string(b), "ignoring terminated") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("console:\n%s", b)
+		}
+	}
+	select {
+	case <-vm.done:
+		t.Fatal("the VM exited on a graceful stop it should ignore")
+	default:
+	}
+	if err := vmm.Stop(ctx, ref, true); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-vm.done:
+	case <-time.After(time.Minute):
+		t.Fatal("the VM still runs after a forced stop")
+	}
+}
+
+// shortDir is a temporary directory whose path leaves room for socket names.
+func shortDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pvm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
+type vmProc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startPlan starts the plan's process as the box monitor does.
+func startPlan(t *testing.T, plan sdk.LaunchPlan) *vmProc {
+	t.Helper()
+	cmd := exec.Command(plan.Argv[0], plan.Argv[1:]...)
+	cmd.Env, cmd.Dir = plan.Env, plan.Dir
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	v := &vmProc{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(v.done) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-v.done })
+	return v
+}
