@@ -48,13 +48,13 @@ func StartPlugin(t testing.TB, path string, env ...string) Clients {
 		}
 		switch role {
 		case sdk.RoleVMM:
-			c.VMM = raw.(sdk.VMM)
+			c.VMM = raw.(sdk.VMMClient)
 		case sdk.RoleDisks:
-			c.Disks = raw.(sdk.DiskBackend)
+			c.Disks = raw.(sdk.DiskBackendClient)
 		case sdk.RoleSnapshots:
-			c.Snapshots = raw.(sdk.SnapshotBackend)
+			c.Snapshots = raw.(sdk.SnapshotBackendClient)
 		case sdk.RoleImages:
-			c.Images = raw.(sdk.ImageSource)
+			c.Images = raw.(sdk.ImageSourceClient)
 		}
 	}
 	return c
