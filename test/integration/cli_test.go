@@ -79,8 +79,8 @@ func TestCLIErrorsAndExitCodes(t *testing.T) {
 
 func TestCLIRemoveAll(t *testing.T) {
 	e := newEnv(t, "")
-	e.ok("create", "--name", "a", "img")
-	e.ok("create", "--name", "b", "img")
+	e.ok("create", "--name", "a", testImage)
+	e.ok("create", "--name", "b", testImage)
 	e.ok("start", "b")
 	_, errs, code := e.cli("rm", "-a")
 	if code != 125 || !strings.Contains(errs, "is running") {
@@ -98,7 +98,7 @@ func TestCLIRemoveAll(t *testing.T) {
 
 func TestDetachedBoxControlledFromAnotherProcess(t *testing.T) {
 	e := newEnv(t, "")
-	e.ok("create", "--name", "svc", "img")
+	e.ok("create", "--name", "svc", testImage)
 	e.ok("start", "svc") // this process exits; the box keeps running
 	b := e.info(e.runtime(), "svc")
 	if b.Status != model.StatusRunning || !b.Run.Detached || !pidAlive(b.Run.VM.PID) {
@@ -128,7 +128,7 @@ func TestCLIPluginFailuresAreClearAndLeaveStateConsistent(t *testing.T) {
 			// cannot even start is refused at create (see
 			// TestCreateRefusesBoxesThatCanNeverStart), so the config
 			// breaks afterwards.
-			e.ok("create", "--name", "x", "img")
+			e.ok("create", "--name", "x", testImage)
 			if strings.HasPrefix(hcl, "vmm") {
 				// replace the vmm selection instead of adding a second one
 				testbin.WriteFile(t, filepath.Dir(e.config), "config.hcl", hcl)
@@ -139,9 +139,15 @@ func TestCLIPluginFailuresAreClearAndLeaveStateConsistent(t *testing.T) {
 			if code != 125 || !strings.Contains(errs, c.want) {
 				t.Fatalf("start: exit %d, stderr:\n%s\nwant %q", code, errs, c.want)
 			}
+			// Back to what it was: Configured, or Stopped once the start
+			// made its disk.
 			b := e.info(e.runtime(), "x")
-			if b.Status != model.StatusConfigured || !strings.Contains(b.Error, "start failed") {
-				t.Fatalf("box after failed start: %s error %q", b.Status, b.Error)
+			want := model.StatusConfigured
+			if b.DiskCreated {
+				want = model.StatusStopped
+			}
+			if b.Status != want || !strings.Contains(b.Error, "start failed") {
+				t.Fatalf("box after failed start: %s (disk made: %v) error %q", b.Status, b.DiskCreated, b.Error)
 			}
 			e.assertConsistent(e.runtime())
 		})
@@ -186,7 +192,7 @@ func TestCLIConfigShowAndValidate(t *testing.T) {
 func TestCLIPluginsListAndVersion(t *testing.T) {
 	e := newEnv(t, "")
 	out := e.ok("plugins", "ls")
-	for _, want := range []string{"procvmm", "vmm", "0.1.0", "no-guest", "badproto"} {
+	for _, want := range []string{"procvmm", "vmm", "0.1.0", "state-file", "badproto"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("plugins ls lacks %q:\n%s", want, out)
 		}
