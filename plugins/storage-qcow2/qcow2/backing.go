@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/boxctl/boxctl/internal/filetype"
 )
 
 // maxChainDepth bounds backing chains (QEMU has no fixed limit; a deep
@@ -169,26 +171,9 @@ func openBackingFile(path string) (*os.File, os.FileInfo, error) {
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, nil, fmt.Errorf("%s, not a regular file (a backing file must be one)", describeMode(fi.Mode()))
+		return nil, nil, fmt.Errorf("%s, not a regular file (a backing file must be one)", filetype.Name(fi.Mode()))
 	}
 	return f, fi, nil
-}
-
-// describeMode names the type of a file that is not a regular file.
-func describeMode(m os.FileMode) string {
-	switch {
-	case m&os.ModeNamedPipe != 0:
-		return "a named pipe (FIFO)"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	case m&os.ModeCharDevice != 0:
-		return "a character device"
-	case m&os.ModeDevice != 0:
-		return "a block device"
-	case m.IsDir():
-		return "a directory"
-	}
-	return "a " + m.Type().String() + " file"
 }
 
 func fileSize(f *os.File, fi os.FileInfo) (int64, error) {

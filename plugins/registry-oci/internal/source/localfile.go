@@ -8,6 +8,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/boxctl/boxctl/internal/filetype"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/errdefs"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/ref"
 )
@@ -40,7 +41,7 @@ func openRegular(path, what string) (*os.File, error) {
 	if !fi.Mode().IsRegular() {
 		f.Close()
 		return nil, fmt.Errorf("%w: %s (%s) is %s, not a regular file; it cannot be read as image content: replace it with the file itself",
-			errdefs.ErrBadImage, what, path, describeMode(fi.Mode()))
+			errdefs.ErrBadImage, what, path, filetype.Name(fi.Mode()))
 	}
 	return f, nil
 }
@@ -60,22 +61,6 @@ func readRegular(path, what string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s (%s) is larger than %d bytes", errdefs.ErrBadImage, what, path, limit)
 	}
 	return b, nil
-}
-
-func describeMode(m fs.FileMode) string {
-	switch {
-	case m&fs.ModeNamedPipe != 0:
-		return "a named pipe (FIFO)"
-	case m&fs.ModeCharDevice != 0:
-		return "a character device"
-	case m&fs.ModeDevice != 0:
-		return "a block device"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	case m.IsDir():
-		return "a directory"
-	}
-	return "a special file (" + m.String() + ")"
 }
 
 // CheckArchive says whether a docker-archive: reference names a readable
