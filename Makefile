@@ -8,13 +8,16 @@ FUZZTIME ?= 30s
 
 PLUGINS := qemu:./plugins/qemu qcow2:./plugins/storage-qcow2 oci:./plugins/registry-oci libkrun:./plugins/libkrun
 TEST_PLUGINS := procvmm:./test/plugins/procvmm badproto:./test/plugins/badproto
+# Example plugins are Go modules of their own (importing only sdk); built
+# into build/examples, tested with their own `go test`.
+EXAMPLES := microvm:examples/vmm-microvm
 
 .PHONY: all build build-test-plugins test bench lint proto clean help deps guest demo fuzz
 
 all: build
 
 help:
-	@echo "make build   build bin/boxctl and every plugin as bin/boxctl-plugin-<name>"
+	@echo "make build   build bin/boxctl and every plugin as bin/boxctl-plugin-<name>, the examples into build/examples"
 	@echo "make guest   build the guest kernel + initramfs into build/guest (Debian's cloud kernel)"
 	@echo "make demo    install what is needed, build everything and run uname -a in a real VM"
 	@echo "make test    install test dependencies, then run every test with -race"
@@ -33,6 +36,12 @@ build:
 			echo "$(GO) build -o $(BIN)/boxctl-plugin-$$name $$pkg"; \
 			CGO_ENABLED=0 $(GO) build -o $(BIN)/boxctl-plugin-$$name $$pkg; \
 		fi; \
+	done
+	@mkdir -p build/examples
+	@set -e; for e in $(EXAMPLES); do \
+		name=$${e%%:*}; dir=$${e#*:}; \
+		echo "(cd $$dir && $(GO) build -o $(CURDIR)/build/examples/boxctl-plugin-$$name .)"; \
+		(cd $$dir && CGO_ENABLED=0 $(GO) build -o $(CURDIR)/build/examples/boxctl-plugin-$$name .); \
 	done
 
 # Test plugins are test doubles; they are built next to the test binaries,
@@ -55,6 +64,11 @@ demo: deps build guest
 
 test: deps build build-test-plugins guest
 	$(GO) test -race -count=1 -timeout 30m ./...
+	@set -e; for e in $(EXAMPLES); do \
+		dir=$${e#*:}; \
+		echo "(cd $$dir && $(GO) test -race -count=1 -timeout 20m ./...)"; \
+		(cd $$dir && $(GO) test -race -count=1 -timeout 20m ./...); \
+	done
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime $(FUZZTIME) ./plugins/storage-qcow2/qcow2/
@@ -63,6 +77,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
+	@set -e; for e in $(EXAMPLES); do (cd $${e#*:} && $(GO) vet ./...); done
 
 $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc: go.mod
 	@mkdir -p $(TOOLS)

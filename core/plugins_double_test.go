@@ -91,8 +91,8 @@ func (v *memVMMDouble) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan,
 	return sdk.LaunchPlan{Argv: []string{"/bin/true"}, Handle: []byte("h")}, nil
 }
 func (v *memVMMDouble) Stop(context.Context, sdk.VM, bool) error { return nil }
-func (v *memVMMDouble) Pause(context.Context, sdk.VM) error     { return nil }
-func (v *memVMMDouble) Resume(context.Context, sdk.VM) error    { return nil }
+func (v *memVMMDouble) Pause(context.Context, sdk.VM) error      { return nil }
+func (v *memVMMDouble) Resume(context.Context, sdk.VM) error     { return nil }
 func (v *memVMMDouble) Metrics(context.Context, sdk.VM) (sdk.Metrics, error) {
 	return sdk.Metrics{}, nil
 }

@@ -47,18 +47,18 @@ func BootID() (string, error) {
 
 // Of returns the identity of the running process pid.
 func Of(pid int) (Ident, error) {
-	ticks, state, err := stat(pid)
+	st, err := ReadStat(pid)
 	if err != nil {
 		return Ident{}, err
 	}
-	if state == 'Z' || state == 'X' {
+	if st.State == 'Z' || st.State == 'X' {
 		return Ident{}, fmt.Errorf("process %d has exited: %w", pid, os.ErrNotExist)
 	}
 	boot, err := BootID()
 	if err != nil {
 		return Ident{}, err
 	}
-	return Ident{PID: pid, StartTicks: ticks, BootID: boot}, nil
+	return Ident{PID: pid, StartTicks: st.StartTicks, BootID: boot}, nil
 }
 
 // Self returns the identity of the calling process.
@@ -74,35 +74,77 @@ func (id Ident) Alive() bool {
 	if err != nil || boot != id.BootID {
 		return false
 	}
-	ticks, state, err := stat(id.PID)
+	st, err := ReadStat(id.PID)
 	if err != nil {
 		return false
 	}
-	return ticks == id.StartTicks && state != 'Z' && state != 'X'
+	return st.StartTicks == id.StartTicks && st.State != 'Z' && st.State != 'X'
 }
 
-// stat reads the start time and state of pid from /proc/<pid>/stat.
-func stat(pid int) (startTicks uint64, state byte, err error) {
+// Stat is what boxctl reads of /proc/<pid>/stat.
+type Stat struct {
+	State      byte   // field 3: R, S, D, Z, ...
+	PPID       int    // field 4
+	UserTicks  uint64 // field 14, in clock ticks
+	SysTicks   uint64 // field 15, in clock ticks
+	StartTicks uint64 // field 22, clock ticks since boot
+	RSSPages   uint64 // field 24
+}
+
+// clockTick is the unit of /proc's times: USER_HZ, 100 on every Linux
+// architecture boxctl runs on.
+const clockTick = time.Second / 100
+
+// CPUUser is the time the process has run in user mode.
+func (s Stat) CPUUser() time.Duration { return time.Duration(s.UserTicks) * clockTick }
+
+// CPUSystem is the time the process has run in the kernel.
+func (s Stat) CPUSystem() time.Duration { return time.Duration(s.SysTicks) * clockTick }
+
+// RSS is the process's resident set in bytes.
+func (s Stat) RSS() uint64 { return s.RSSPages * uint64(os.Getpagesize()) }
+
+// ReadStat reads /proc/<pid>/stat. A process that is gone is an error that
+// wraps fs.ErrNotExist.
+func ReadStat(pid int) (Stat, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, 0, fmt.Errorf("process %d: %w", pid, err)
+		return Stat{}, fmt.Errorf("process %d: %w", pid, err)
 	}
 	// The command name (field 2) is in parentheses and may contain spaces
 	// and parentheses; fields after the last ')' are plain.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 || i+2 >= len(b) {
-		return 0, 0, fmt.Errorf("process %d: malformed stat", pid)
+		return Stat{}, fmt.Errorf("process %d: malformed stat", pid)
 	}
-	fields := strings.Fields(string(b[i+2:]))
-	// fields[0] is field 3 (state); start time is field 22 -> fields[19].
-	if len(fields) < 20 || len(fields[0]) != 1 {
-		return 0, 0, fmt.Errorf("process %d: malformed stat", pid)
+	f := strings.Fields(string(b[i+2:]))
+	// f[0] is field 3.
+	if len(f) < 22 || len(f[0]) != 1 {
+		return Stat{}, fmt.Errorf("process %d: malformed stat", pid)
 	}
-	ticks, err := strconv.ParseUint(fields[19], 10, 64)
+	st := Stat{State: f[0][0]}
+	nums := []struct {
+		field int
+		into  *uint64
+	}{{14, &st.UserTicks}, {15, &st.SysTicks}, {22, &st.StartTicks}, {24, &st.RSSPages}}
+	for _, n := range nums {
+		if *n.into, err = strconv.ParseUint(f[n.field-3], 10, 64); err != nil {
+			return Stat{}, fmt.Errorf("process %d: malformed stat field %d: %w", pid, n.field, err)
+		}
+	}
+	if st.PPID, err = strconv.Atoi(f[1]); err != nil {
+		return Stat{}, fmt.Errorf("process %d: malformed stat field 4: %w", pid, err)
+	}
+	return st, nil
+}
+
+// ParentOf returns the parent PID of pid, or -1 if pid is gone.
+func ParentOf(pid int) int {
+	st, err := ReadStat(pid)
 	if err != nil {
-		return 0, 0, fmt.Errorf("process %d: malformed start time: %w", pid, err)
+		return -1
 	}
-	return ticks, fields[0][0], nil
+	return st.PPID
 }
 
 // WaitExit blocks until the process id is gone or ctx ends. It uses a pidfd

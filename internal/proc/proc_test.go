@@ -2,6 +2,8 @@ package proc
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"testing"
@@ -73,5 +75,29 @@ func TestWaitExitHonoursContext(t *testing.T) {
 	defer cancel()
 	if err := WaitExit(ctx, id); err == nil {
 		t.Fatal("WaitExit returned nil for a live process")
+	}
+}
+
+// TestReadStatOfSelf cross-checks ReadStat with what the process knows of
+// itself: its parent, and that it has run and is resident.
+func TestReadStatOfSelf(t *testing.T) {
+	st, err := ReadStat(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PPID != os.Getppid() {
+		t.Errorf("PPID = %d, want %d", st.PPID, os.Getppid())
+	}
+	if st.State != 'R' && st.State != 'S' {
+		t.Errorf("state = %c, want R or S", st.State)
+	}
+	if st.RSS() == 0 || st.StartTicks == 0 {
+		t.Errorf("RSS %d, start %d: want both above zero", st.RSS(), st.StartTicks)
+	}
+	if ParentOf(os.Getpid()) != os.Getppid() {
+		t.Errorf("ParentOf(self) = %d, want %d", ParentOf(os.Getpid()), os.Getppid())
+	}
+	if _, err := ReadStat(1 << 30); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ReadStat of no process: %v, want fs.ErrNotExist", err)
 	}
 }

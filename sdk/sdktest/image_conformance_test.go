@@ -46,12 +46,12 @@ func newOCI(bin string, wrap func(t *testing.T, c sdk.ImageSourceClient) sdk.Ima
 		t.Setenv("DOCKER_CONFIG", t.TempDir())
 		home := testbin.ShortTempDir(t)
 		state := filepath.Join(home, "plugins-data", "oci")
-		imgs := sdktest.ServeBinary(t, bin, sdk.RoleImages).Images
+		imgs := sdktest.StartPlugin(t, bin).Images
 		if err := imgs.Configure(context.Background(), &sdk.Config{StateDir: state, Home: home}); err != nil {
 			t.Fatalf("configure: %v", err)
 		}
 		if wrap != nil {
-			return wrap(t, imgs.(sdk.ImageSourceClient)), state
+			return wrap(t, imgs), state
 		}
 		return imgs, state
 	}

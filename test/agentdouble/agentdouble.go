@@ -28,7 +28,6 @@ import (
 	"path"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -37,6 +36,7 @@ import (
 
 	"github.com/boxctl/boxctl/guest/agent"
 	"github.com/boxctl/boxctl/guest/proto/agentv1"
+	"github.com/boxctl/boxctl/internal/proc"
 )
 
 // Version is what Ping reports as the agent's version.
@@ -132,7 +132,7 @@ func (d *Agent) Close() {
 		// Only a process that is still this process's child: its PID cannot have been
 		// reused, and neither can its process group (it leads it: the agent runs every
 		// command in a session of its own).
-		if parentOf(pid) == os.Getpid() {
+		if proc.ParentOf(pid) == os.Getpid() {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -187,26 +187,4 @@ func (h *hostExec) Send(m *agentv1.ExecResponse) error {
 		h.d.record(int(st.GetPid()))
 	}
 	return h.Agent_ExecServer.Send(m)
-}
-
-// parentOf returns the parent PID of pid, or -1.
-func parentOf(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return -1
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return -1
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 2 {
-		return -1
-	}
-	ppid, err := strconv.Atoi(f[1])
-	if err != nil {
-		return -1
-	}
-	return ppid
 }

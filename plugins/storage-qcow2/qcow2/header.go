@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"math/bits"
 	"strings"
 )
 
@@ -442,5 +441,3 @@ func readFullAt(r io.ReaderAt, p []byte, off int64) error {
 func roundUp(v, align uint64) uint64 { return (v + align - 1) / align * align }
 
 func roundUpI(v, align int64) int64 { return (v + align - 1) / align * align }
-
-func log2(v uint64) uint32 { return uint32(bits.TrailingZeros64(v)) }

@@ -38,6 +38,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -51,6 +52,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/sdk"
 	"github.com/boxctl/boxctl/sdk/guestboot"
 	"github.com/boxctl/boxctl/test/agentdouble"
@@ -245,21 +247,14 @@ func (p *procVMM) Resume(_ context.Context, vm sdk.VM) error {
 
 func (p *procVMM) Metrics(_ context.Context, vm sdk.VM) (sdk.Metrics, error) {
 	p.misbehave("Metrics")
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", vm.PID))
-	if err != nil {
+	st, err := proc.ReadStat(vm.PID)
+	if errors.Is(err, fs.ErrNotExist) {
 		return sdk.Metrics{}, fmt.Errorf("VM process %d: %w", vm.PID, sdk.ErrNotFound)
 	}
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	utime, _ := strconv.ParseUint(fields[11], 10, 64)
-	stime, _ := strconv.ParseUint(fields[12], 10, 64)
-	rssPages, _ := strconv.ParseUint(fields[21], 10, 64)
-	const tick = time.Second / 100
-	return sdk.Metrics{
-		CPUUser:   time.Duration(utime) * tick,
-		CPUSystem: time.Duration(stime) * tick,
-		RSS:       rssPages * uint64(os.Getpagesize()),
-	}, nil
+	if err != nil {
+		return sdk.Metrics{}, err
+	}
+	return sdk.Metrics{CPUUser: st.CPUUser(), CPUSystem: st.CPUSystem(), RSS: st.RSS()}, nil
 }
 
 // vmOptions are the "VM"'s command-line flags, written by Plan.

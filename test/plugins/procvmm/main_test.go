@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +40,13 @@ func startProcVMM(t *testing.T, body string) sdk.VMM {
 		t.Fatal(err)
 	}
 	return vmm
+}
+
+// TestConformance runs the VMM suite against the double, its agent double
+// standing in for the guest.
+func TestConformance(t *testing.T) {
+	newVMM := func(t *testing.T) sdk.VMM { return startProcVMM(t, "") }
+	sdktest.VMMConformance(t, newVMM, sdktest.WithReconnect(newVMM), sdktest.WithGuest(nil), sdktest.WithBootTimeout(time.Minute))
 }
 
 // TestVMServesTheAgent plans a box with the guest boot contract, starts the
@@ -169,6 +177,7 @@ func startPlan(t *testing.T, plan sdk.LaunchPlan) *vmProc {
 	t.Helper()
 	cmd := exec.Command(plan.Argv[0], plan.Argv[1:]...)
 	cmd.Env, cmd.Dir = plan.Env, plan.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with a test that times out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,11 +22,11 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2"
 
+	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
 	"github.com/boxctl/boxctl/sdk"
 )
@@ -397,49 +398,20 @@ func (v *VMM) Metrics(_ context.Context, vm sdk.VM) (sdk.Metrics, error) {
 	// The launcher writes QEMU's PID (QEMU itself runs unprivileged and is
 	// not trusted to); it counts only while it is still the launcher's child.
 	if b, err := os.ReadFile(h.QEMUPIDFile); err == nil {
-		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && (pid <= 0 || parentOf(p) == pid) {
+		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && (pid <= 0 || proc.ParentOf(p) == pid) {
 			pid = p
 		}
 	}
 	return procMetrics(pid)
 }
 
-// parentOf returns the parent PID of pid, or -1.
-func parentOf(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return -1
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 > len(s) {
-		return -1
-	}
-	fields := strings.Fields(s[i+2:])
-	if len(fields) < 2 {
-		return -1
-	}
-	ppid, err := strconv.Atoi(fields[1])
-	if err != nil {
-		return -1
-	}
-	return ppid
-}
-
 func procMetrics(pid int) (sdk.Metrics, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+	st, err := proc.ReadStat(pid)
+	if errors.Is(err, fs.ErrNotExist) {
 		return sdk.Metrics{}, fmt.Errorf("VM process %d: %w", pid, sdk.ErrNotFound)
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	fields := strings.Fields(s[i+2:])
-	if len(fields) < 22 {
-		return sdk.Metrics{}, fmt.Errorf("VM process %d: malformed stat", pid)
+	if err != nil {
+		return sdk.Metrics{}, fmt.Errorf("VM metrics: %w", err)
 	}
-	utime, _ := strconv.ParseUint(fields[11], 10, 64)
-	stime, _ := strconv.ParseUint(fields[12], 10, 64)
-	rss, _ := strconv.ParseUint(fields[21], 10, 64)
-	tick := time.Second / 100
-	return sdk.Metrics{CPUUser: time.Duration(utime) * tick, CPUSystem: time.Duration(stime) * tick, RSS: rss * uint64(os.Getpagesize())}, nil
+	return sdk.Metrics{CPUUser: st.CPUUser(), CPUSystem: st.CPUSystem(), RSS: st.RSS()}, nil
 }

@@ -24,7 +24,7 @@ import (
 // serve returns a client of the plugin served in-process over real gRPC.
 func serve(t *testing.T, exe string) sdk.VMMClient {
 	t.Helper()
-	return sdktest.Serve(t, sdk.ServeConfig{VMM: New(hclog.NewNullLogger(), exe)}).VMM.(sdk.VMMClient)
+	return sdktest.Serve(t, sdk.ServeConfig{VMM: New(hclog.NewNullLogger(), exe)}).VMM
 }
 
 func configure(t *testing.T, vmm sdk.VMM, body string) error {

@@ -123,7 +123,7 @@ func emit(tw *tar.Writer, tr io.Reader, hdr *tar.Header, a *action) error {
 	}
 	out.Name = a.paths[0]
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA, tar.TypeCont, tar.TypeGNUSparse:
+	case tar.TypeReg, tar.TypeCont, tar.TypeGNUSparse:
 		out.Typeflag = tar.TypeReg
 		out.Size = hdr.Size
 	case tar.TypeSymlink:

@@ -336,7 +336,7 @@ func Classify(hdr *tar.Header) (Entry, error) {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		e.Type = Dir
-	case tar.TypeReg, tar.TypeRegA, tar.TypeCont, tar.TypeGNUSparse:
+	case tar.TypeReg, tar.TypeCont, tar.TypeGNUSparse:
 		e.Type, e.Size = Reg, hdr.Size
 	case tar.TypeSymlink:
 		e.Type, e.Link = Symlink, hdr.Linkname

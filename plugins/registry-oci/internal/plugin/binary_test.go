@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 func startBinary(t *testing.T, cfg *sdk.Config) (sdk.ImageSource, error) {
 	t.Helper()
 	bin := filepath.Join(bins.Dir(t, "boxctl-plugin-oci"), "boxctl-plugin-oci")
-	imgs := sdktest.ServeBinary(t, bin, sdk.RoleImages).Images
+	imgs := sdktest.StartPlugin(t, bin).Images
 	return imgs, imgs.Configure(testCtx(t), cfg)
 }
 

@@ -126,7 +126,7 @@ func (a *Archive) scan() error {
 		if err != nil {
 			return fmt.Errorf("%w: %s is not a docker archive (a tar from `docker save`): %v", errdefs.ErrBadImage, a.ref.Path, err)
 		}
-		if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeRegA {
+		if hdr.Typeflag != tar.TypeReg { // tar.Reader reports the old TypeRegA as TypeReg
 			continue
 		}
 		off, err := a.f.Seek(0, io.SeekCurrent)
