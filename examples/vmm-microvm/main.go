@@ -81,12 +81,6 @@ type launchConfig struct {
 	Network    *sdk.NetworkSpec `json:"network,omitempty"`
 }
 
-// handle is what the core keeps to control the VM later, from any process
-// (this plugin needs only the VM process, which the core names in sdk.VM).
-type handle struct {
-	RunDir string `json:"run_dir"`
-}
-
 func invalid(format string, a ...any) error {
 	return fmt.Errorf(format+": %w", append(a, sdk.ErrInvalidArgument)...)
 }
@@ -111,10 +105,10 @@ func (m *microVMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, err
 	if err != nil {
 		return sdk.LaunchPlan{}, err
 	}
-	// Under TCG the kernel often cannot calibrate the TSC on microvm (no HPET, no PM timer)
-	// and then waits for a timer tick to calibrate its delay loop that can be lost: a
-	// preset lpj (loops per jiffy; it only scales busy-wait delays) skips that wait.
-	accel, cpu, guestArgs := "tcg", "max", []string{"lpj=10000000"}
+	// Under TCG the guest cannot always measure its TSC on microvm (no HPET or PM timer; the
+	// PIT loop fails when preempted) and then hangs: it is given the host's rate, which TCG's
+	// TSC runs at, and a preset lpj (loops per jiffy) for its delay loop.
+	accel, cpu, guestArgs := "tcg", "max", []string{"lpj=10000000", "tsc_early_khz=" + hostTSCkHz()}
 	if kvmUsable() {
 		accel, cpu, guestArgs = "kvm", "host", nil
 	}
@@ -156,7 +150,9 @@ func (m *microVMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, err
 	if err := os.WriteFile(file, b, 0o600); err != nil {
 		return sdk.LaunchPlan{}, err
 	}
-	h, _ := json.Marshal(handle{RunDir: run})
+	// The handle is what the core keeps to control the VM later, from any process; this
+	// plugin needs only the VM process, which the core names in sdk.VM.
+	h, _ := json.Marshal(map[string]string{"run_dir": run})
 	return sdk.LaunchPlan{Argv: []string{exe, "launch", file}, Env: []string{"PATH=" + os.Getenv("PATH")}, Dir: run, Handle: h,
 		AgentSocket: lc.AgentSock, ConsoleLog: console}, nil
 }
@@ -203,6 +199,15 @@ func kvmUsable() bool {
 	return strings.Contains(string(b), " vmx") || strings.Contains(string(b), " svm")
 }
 
+// hostTSCkHz is the host CPU's rate from /proc/cpuinfo ("0", the kernel's default, if none).
+func hostTSCkHz() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	_, after, _ := strings.Cut(string(b), "cpu MHz")
+	v, _, _ := strings.Cut(strings.TrimLeft(after, " \t:"), "\n")
+	mhz, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	return strconv.Itoa(int(mhz * 1000))
+}
+
 // Stop ends QEMU through the launcher (vm.PID); a gone process is stopped.
 func (m *microVMM) Stop(_ context.Context, vm sdk.VM, force bool) error {
 	sig := map[bool]syscall.Signal{false: syscall.SIGTERM, true: syscall.SIGKILL}[force]
@@ -225,12 +230,10 @@ func (m *microVMM) Metrics(_ context.Context, vm sdk.VM) (sdk.Metrics, error) {
 	if err != nil || pid == 0 {
 		return sdk.Metrics{}, fmt.Errorf("QEMU of VM process %d: %w", vm.PID, sdk.ErrNotFound)
 	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ut, _ := strconv.ParseUint(f[11], 10, 64)
-	st, _ := strconv.ParseUint(f[12], 10, 64)
-	rss, _ := strconv.ParseUint(f[21], 10, 64)
-	return sdk.Metrics{CPUUser: time.Duration(ut) * 10 * time.Millisecond, CPUSystem: time.Duration(st) * 10 * time.Millisecond,
-		RSS: rss * uint64(os.Getpagesize())}, nil
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:])) // utime, stime, rss: fields 14, 15, 24
+	n := func(i int) uint64 { v, _ := strconv.ParseUint(f[i-3], 10, 64); return v }
+	return sdk.Metrics{CPUUser: time.Duration(n(14)) * 10 * time.Millisecond, CPUSystem: time.Duration(n(15)) * 10 * time.Millisecond,
+		RSS: n(24) * uint64(os.Getpagesize())}, nil
 }
 
 // launch is the VM process: QEMU as its child, the agent socket and the

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/boxctl/boxctl/guest/agentclient"
+	"github.com/boxctl/boxctl/internal/proc"
 )
 
 type fixture struct {
@@ -129,7 +130,7 @@ func TestDetachedCommandsEndWithTheDouble(t *testing.T) {
 		}
 	}
 	f.d.Close()
-	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(res.PID, 0) == nil && parentOf(res.PID) == os.Getpid(); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(res.PID, 0) == nil && proc.ParentOf(res.PID) == os.Getpid(); time.Sleep(20 * time.Millisecond) {
 		if b, _ := os.ReadFile("/proc/" + strconv.Itoa(res.PID) + "/stat"); strings.Contains(string(b), ") Z ") {
 			break // killed, waiting to be reaped
 		}
