@@ -48,7 +48,7 @@ func TestLazyStartAndCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan, err := vmm.Plan(ctx, sdk.VMSpec{BoxID: "x", RunDir: cfg.Home})
+	plan, err := vmm.Plan(ctx, sdk.VMSpec{BoxID: "x", VCPUs: 1, MemoryMiB: 128, RunDir: cfg.Home})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,9 +56,9 @@ func TestLazyStartAndCall(t *testing.T) {
 		t.Fatalf("unexpected plan argv %v", plan.Argv)
 	}
 	// A refusal by the plugin crosses the wire as a typed error.
-	_, err = vmm.Plan(ctx, sdk.VMSpec{BoxID: "x"})
-	if !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), "run_dir") {
-		t.Fatalf("empty run dir: got %v, want ErrInvalidArgument naming run_dir", err)
+	_, err = vmm.Plan(ctx, sdk.VMSpec{BoxID: "x", VCPUs: 1, MemoryMiB: 128})
+	if !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), "RunDir") {
+		t.Fatalf("empty run dir: got %v, want ErrInvalidArgument naming RunDir", err)
 	}
 }
 
