@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/boxctl/boxctl/config"
-	"github.com/boxctl/boxctl/core/boxstatus"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/sdk"
@@ -446,65 +445,12 @@ func (r *Runtime) releaseStorage(ctx context.Context, b *model.Box) error {
 	return nil
 }
 
-// Clone creates a new box with the source box's configuration and a copy of
-// its writable disk (in constant time where the storage plugin supports
-// it). The source must not be running: stop it first. The new box records
-// which box it was cloned from.
+// Clone creates one new box with the source box's configuration and a
+// copy of its writable disk (see CloneBoxes), named opts.Name.
 func (r *Runtime) Clone(ctx context.Context, srcRef string, opts BoxOptions) (*Box, error) {
-	if err := r.checkOpen(); err != nil {
-		return nil, err
-	}
-	src, lock, err := r.lockAndLoad(ctx, srcRef)
+	boxes, err := r.CloneBoxes(ctx, srcRef, CloneOptions{Name: opts.Name})
 	if err != nil {
 		return nil, err
 	}
-	defer lock.Release()
-	if src.Status.Active() {
-		return nil, fmt.Errorf("clone %s: the box is %s; stop it first: %w", src.Name, src.Status, ErrInvalidState)
-	}
-	cfg := src.Config
-	b, err := r.newBox(BoxOptions{Name: opts.Name, Config: cfg})
-	if err != nil {
-		return nil, err
-	}
-	b.ClonedFrom = src.ID
-	b.ImageDigest = src.ImageDigest
-	if src.DiskCreated {
-		// Mark the clone pending so recovery rolls it back if we die
-		// between the disk copy and the final record.
-		b.Pending = "cloning"
-	}
-	err = r.store.Update(ctx, func(tx *state.Tx) error {
-		if owner := tx.NameTaken(b.Name); owner != "" {
-			return fmt.Errorf("clone: the name %q is already in use by box %s: %w", b.Name, shortID(owner), ErrAlreadyExists)
-		}
-		if err := nameShadowsID(tx, "clone", b.Name); err != nil {
-			return err
-		}
-		return r.insertBox(tx, b)
-	})
-	if err != nil {
-		r.discardNew(b.ID)
-		return nil, err
-	}
-	if !src.DiskCreated {
-		return &Box{rt: r, id: b.ID}, nil
-	}
-	snaps, err := r.plugins.Snapshots(ctx)
-	if err == nil {
-		_, err = snaps.Clone(ctx, sdk.CloneRequest{ID: src.DiskID, NewID: b.DiskID})
-	}
-	if err != nil {
-		_ = r.store.Update(context.WithoutCancel(ctx), func(tx *state.Tx) error { return tx.DeleteBox(b.ID) })
-		r.discardNew(b.ID)
-		return nil, fmt.Errorf("clone %s: copy its disk: %w", src.Name, err)
-	}
-	err = r.store.Update(ctx, func(tx *state.Tx) error {
-		_, err := boxstatus.Cloned(tx, b.ID)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &Box{rt: r, id: b.ID}, nil
+	return boxes[0], nil
 }

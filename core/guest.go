@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/monitor"
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/guest/agentclient"
 	"github.com/boxctl/boxctl/sdk"
@@ -92,13 +93,33 @@ func (r *Runtime) prepareGuest(ctx context.Context, b *model.Box, spec *sdk.VMSp
 		return err
 	}
 	rootDisk.Role, rootDisk.ReadOnly = sdk.DiskRoleImage, true
-	dataDisk, err := r.checkedDisk(b, r.cfg.Storage, "writable disk", disk.Path, disk.Format, disk.BackingChain)
+	dataDisk, err := r.writableSpec(b, disk)
 	if err != nil {
 		return err
 	}
-	dataDisk.Role = sdk.DiskRoleWritable
 	spec.Disks = []sdk.DiskSpec{rootDisk, dataDisk}
 	return nil
+}
+
+// writableSpec is the VM's view of box b's writable disk, as the storage
+// plugin reports it (checked: see checkedDisk).
+func (r *Runtime) writableSpec(b *model.Box, disk sdk.Disk) (sdk.DiskSpec, error) {
+	d, err := r.checkedDisk(b, r.cfg.Storage, "writable disk", disk.Path, disk.Format, disk.BackingChain)
+	d.Role = sdk.DiskRoleWritable
+	return d, err
+}
+
+// writableDiskSpec asks the storage plugin for box b's writable disk now.
+func (r *Runtime) writableDiskSpec(ctx context.Context, b *model.Box) (sdk.DiskSpec, error) {
+	disks, err := r.plugins.Disks(ctx)
+	if err != nil {
+		return sdk.DiskSpec{}, fmt.Errorf("storage plugin: %w", err)
+	}
+	disk, err := disks.GetDisk(ctx, b.DiskID)
+	if err != nil {
+		return sdk.DiskSpec{}, fmt.Errorf("writable disk of %s: %w", b.Name, err)
+	}
+	return r.writableSpec(b, disk)
 }
 
 // checkedDisk resolves a disk file and its backing chain, as the plugin
@@ -347,13 +368,17 @@ func (r *Runtime) PruneImages(ctx context.Context, all bool) (sdk.Removed, error
 // guestAgent adapts agentclient to what the box monitor needs.
 type guestAgent struct{}
 
-// GuestAgent returns the monitor's view of the guest agent (readiness and
-// clean shutdown over the agent socket).
-func GuestAgent() interface {
-	WaitReady(ctx context.Context, socket string) error
-	Shutdown(ctx context.Context, socket string) error
-} {
-	return guestAgent{}
+// GuestAgent returns the monitor's view of the guest agent (readiness,
+// clean shutdown and thaw over the agent socket).
+func GuestAgent() monitor.Agent { return guestAgent{} }
+
+func (guestAgent) Thaw(ctx context.Context, socket string) error {
+	c, err := agentclient.Dial(ctx, socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Thaw(ctx)
 }
 
 func (guestAgent) WaitReady(ctx context.Context, socket string) error {

@@ -149,6 +149,16 @@ func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
 		b.DiskCreated = true
 		r.recoverRemove(ctx, b)
 		return
+	case strings.HasPrefix(b.Pending, pendingSnapshot):
+		log.Info("recovery: rolling back an interrupted snapshot", "snapshot", strings.TrimPrefix(b.Pending, pendingSnapshot))
+		r.recoverSnapshot(ctx, b)
+		if b, err = r.reload(ctx, b.ID); err != nil {
+			return
+		}
+		if b.Status.Active() {
+			r.recoverRun(ctx, b)
+		}
+		return
 	case b.Status.Active() && dirGone:
 		log.Info("recovery: removing an active box whose directory vanished")
 		if b.Run != nil && b.Run.VM.Alive() {

@@ -83,6 +83,8 @@ Environment:
 		a.configCommand(),
 		a.versionCommand(),
 		a.monitorCommand(),
+		a.snapshotCommand(),
+		a.cloneCommand(),
 	)
 	root.AddCommand(a.pauseCommands()...)
 	return root

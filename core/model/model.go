@@ -199,12 +199,16 @@ type Box struct {
 	DiskCreated bool   `json:"disk_created,omitempty"`
 	// ClonedFrom is the ID of the box this one was cloned from.
 	ClonedFrom string `json:"cloned_from,omitempty"`
+	// ClonedSnapshot is the snapshot of ClonedFrom the clone was made
+	// from ("" for the source's state at the time); the clone depends on it.
+	ClonedSnapshot string `json:"cloned_snapshot,omitempty"`
 	// Error says what failed last (a start that failed, ...); cleared by
 	// the next successful start.
 	Error  string `json:"error,omitempty"`
 	Health Health `json:"health,omitempty"`
 	// Pending names an operation in progress that recovery must finish or
-	// roll back if the process doing it dies ("removing", "cloning").
+	// roll back if the process doing it dies ("removing", "cloning",
+	// "snapshot:NAME").
 	Pending string `json:"pending,omitempty"`
 	// SandboxUID is the unprivileged user (and group) the box's
 	// hypervisor runs as, allocated at its first start by a root boxctl;

@@ -32,10 +32,12 @@ type VMM interface {
 }
 
 // Agent is what the monitor needs from the guest agent: to know when the
-// guest is ready, and to ask it to power off cleanly.
+// guest is ready, to ask it to power off cleanly, and to thaw it.
 type Agent interface {
 	WaitReady(ctx context.Context, socket string) error
 	Shutdown(ctx context.Context, socket string) error
+	// Thaw undoes a freeze left by a quiesce bracket whose holder died.
+	Thaw(ctx context.Context, socket string) error
 }
 
 // Options are the monitor's inputs.
@@ -531,10 +533,53 @@ func (m *monitor) handle(conn net.Conn) {
 		m.requestStop(time.Duration(req.TimeoutMS)*time.Millisecond, "stopped")
 		<-m.recorded
 		_ = json.NewEncoder(conn).Encode(response{OK: true, Status: model.StatusStopped, VM: m.vm, Exit: m.exit})
+	case "hold":
+		m.hold(conn, time.Duration(req.TimeoutMS)*time.Millisecond)
 	default:
 		_ = json.NewEncoder(conn).Encode(response{Error: "unknown op " + strconv.Quote(req.Op)})
 	}
 }
+
+// hold guards a quiesce bracket (see Hold): unless the holder sends
+// "release" within limit, the VM is resumed and the guest thawed, whatever
+// became of the holder.
+func (m *monitor) hold(conn net.Conn, limit time.Duration) {
+	if limit <= 0 || limit > maxHold {
+		limit = maxHold
+	}
+	if err := json.NewEncoder(conn).Encode(response{OK: true, VM: m.vm}); err != nil {
+		return
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(limit))
+	line, err := bufio.NewReader(conn).ReadBytes('\n')
+	var req request
+	if err == nil && json.Unmarshal(line, &req) == nil && req.Op == "release" {
+		_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_ = json.NewEncoder(conn).Encode(response{OK: true})
+		return
+	}
+	select {
+	case <-m.exited:
+		return
+	default:
+	}
+	m.log.Warn("a quiesce bracket ended without release: resuming the VM and thawing the guest", "limit", limit, "error", err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if vmm, err := m.o.VMM(ctx); err != nil {
+		m.log.Error("resume after an abandoned bracket: vmm plugin", "error", err)
+	} else if err := vmm.Resume(ctx, m.vmRef()); err != nil {
+		m.log.Error("resume after an abandoned bracket", "error", err)
+	}
+	if m.o.Agent != nil && m.o.Launch.AgentSocket != "" {
+		if err := m.o.Agent.Thaw(ctx, m.o.Launch.AgentSocket); err != nil {
+			m.log.Error("thaw after an abandoned bracket", "error", err)
+		}
+	}
+}
+
+// maxHold bounds a quiesce bracket, whatever its holder asks for.
+const maxHold = 2 * time.Minute
 
 // checkHealth runs the box's health check every interval until the VM
 // exits. Failures during the start period do not count; Retries failures

@@ -90,7 +90,7 @@ type Ready struct {
 
 // request and response are the control socket's JSON lines.
 type request struct {
-	Op        string `json:"op"` // "status" or "stop"
+	Op        string `json:"op"` // "status", "stop", "hold" or "release"
 	TimeoutMS int64  `json:"timeout_ms,omitempty"`
 }
 
@@ -100,6 +100,48 @@ type response struct {
 	Status model.Status `json:"status,omitempty"`
 	VM     proc.Ident   `json:"vm"`
 	Exit   *model.Exit  `json:"exit,omitempty"`
+}
+
+// Hold guards a quiesce bracket: the monitor resumes the VM (and thaws the
+// guest) should the caller die, close the connection, or not call release
+// within limit. The caller pauses the VM only after Hold returns, and calls
+// release once the VM runs again. A killed boxctl closes the connection,
+// so a paused or frozen guest is never left behind.
+func Hold(ctx context.Context, socket string, limit time.Duration) (release func() error, err error) {
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	conn, err := d.DialContext(dctx, "unix", socket)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("%w (%s): %v", ErrNoMonitor, socket, err)
+	}
+	r := bufio.NewReader(conn)
+	exchange := func(req request) error {
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := json.NewEncoder(conn).Encode(req); err != nil {
+			return fmt.Errorf("monitor %s: send %s: %w", socket, req.Op, err)
+		}
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return fmt.Errorf("monitor %s: %s: no answer: %w", socket, req.Op, err)
+		}
+		var resp response
+		if err := json.Unmarshal(line, &resp); err != nil {
+			return fmt.Errorf("monitor %s: %s: bad answer: %w", socket, req.Op, err)
+		}
+		if !resp.OK {
+			return fmt.Errorf("monitor: %s", resp.Error)
+		}
+		return nil
+	}
+	if err := exchange(request{Op: "hold", TimeoutMS: limit.Milliseconds()}); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return func() error {
+		defer conn.Close()
+		return exchange(request{Op: "release"})
+	}, nil
 }
 
 // ErrNoMonitor: nothing answers on the monitor socket (the monitor is gone).

@@ -26,7 +26,7 @@ func TestBoxRecordRoundTrip(t *testing.T) {
 			VM: proc.Ident{PID: 5, StartTicks: 6, BootID: "b"}, Handle: []byte{1, 2}, VMM: "qemu", AgentSocket: "/a", ConsoleLog: "/c", StartedAt: now,
 			Exit: &model.Exit{Code: 137, Signal: 9, Reason: "killed", At: now}, StateFile: "/s",
 			Pause: &model.Pause{Cause: model.PauseIOError, Reason: "no space left on device", Device: "vdb", At: now}},
-		ImageDigest: "sha256:x", Image: &model.ImageConfig{Entrypoint: []string{"/e"}, Cmd: []string{"c"}, Env: []string{"P=1"}, WorkingDir: "/w", User: "u", StopSignal: "SIGTERM"}, DiskID: "d", DiskCreated: true, ClonedFrom: "src", Error: "e",
+		ImageDigest: "sha256:x", Image: &model.ImageConfig{Entrypoint: []string{"/e"}, Cmd: []string{"c"}, Env: []string{"P=1"}, WorkingDir: "/w", User: "u", StopSignal: "SIGTERM"}, DiskID: "d", DiskCreated: true, ClonedFrom: "src", ClonedSnapshot: "s1", Error: "e",
 		Health:  model.Health{Status: "healthy", FailingStreak: 1, LastOutput: "ok", LastCheck: now},
 		Pending: "removing", SandboxUID: 0x70000003,
 	}

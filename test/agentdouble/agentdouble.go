@@ -13,8 +13,9 @@
 //     in the host's PATH and a working_dir is taken inside the scratch directory. The user
 //     is ignored: commands run as the double's own user.
 //
-// Shutdown answers, then calls Config.PowerOff (the "VM" exits). Quiesce and Thaw fail: there
-// is no filesystem of its own to freeze.
+// Shutdown answers, then calls Config.PowerOff (the "VM" exits). Quiesce and Thaw succeed
+// without freezing anything (the double has no filesystem of its own); Frozen says whether a
+// Quiesce is waiting for its Thaw, as the quiesce bracket's tests need to know.
 package agentdouble
 
 import (
@@ -63,6 +64,7 @@ type Agent struct {
 
 	mu      sync.Mutex
 	started []int // PIDs of the commands Exec started
+	frozen  bool
 }
 
 // New returns a double serving nothing yet.
@@ -154,6 +156,27 @@ type service struct {
 	cmds *agent.Agent
 	root string
 	d    *Agent
+}
+
+func (s *service) Quiesce(context.Context, *agentv1.QuiesceRequest) (*agentv1.QuiesceResponse, error) {
+	s.d.mu.Lock()
+	s.d.frozen = true
+	s.d.mu.Unlock()
+	return &agentv1.QuiesceResponse{}, nil
+}
+
+func (s *service) Thaw(context.Context, *agentv1.ThawRequest) (*agentv1.ThawResponse, error) {
+	s.d.mu.Lock()
+	s.d.frozen = false
+	s.d.mu.Unlock()
+	return &agentv1.ThawResponse{}, nil
+}
+
+// Frozen reports whether a Quiesce has not been thawed yet.
+func (d *Agent) Frozen() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.frozen
 }
 
 func (s *service) Exec(stream agentv1.Agent_ExecServer) error {

@@ -853,6 +853,7 @@ type Box struct {
 	Pending         string                 `protobuf:"bytes,13,opt,name=pending,proto3" json:"pending,omitempty"`
 	Image           *ImageConfig           `protobuf:"bytes,14,opt,name=image,proto3" json:"image,omitempty"`
 	SandboxUid      uint32                 `protobuf:"varint,15,opt,name=sandbox_uid,json=sandboxUid,proto3" json:"sandbox_uid,omitempty"`
+	ClonedSnapshot  string                 `protobuf:"bytes,16,opt,name=cloned_snapshot,json=clonedSnapshot,proto3" json:"cloned_snapshot,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -992,6 +993,13 @@ func (x *Box) GetSandboxUid() uint32 {
 	return 0
 }
 
+func (x *Box) GetClonedSnapshot() string {
+	if x != nil {
+		return x.ClonedSnapshot
+	}
+	return ""
+}
+
 var File_core_state_statepb_records_proto protoreflect.FileDescriptor
 
 const file_core_state_statepb_records_proto_rawDesc = "" +
@@ -1089,7 +1097,7 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"workingDir\x12\x12\n" +
 	"\x04user\x18\x05 \x01(\tR\x04user\x12\x1f\n" +
 	"\vstop_signal\x18\x06 \x01(\tR\n" +
-	"stopSignal\"\x80\x04\n" +
+	"stopSignal\"\xa9\x04\n" +
 	"\x03Box\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12+\n" +
@@ -1108,7 +1116,8 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\apending\x18\r \x01(\tR\apending\x122\n" +
 	"\x05image\x18\x0e \x01(\v2\x1c.boxctl.state.v1.ImageConfigR\x05image\x12\x1f\n" +
 	"\vsandbox_uid\x18\x0f \x01(\rR\n" +
-	"sandboxUidB5Z3github.com/boxctl/boxctl/core/state/statepb;statepbb\x06proto3"
+	"sandboxUid\x12'\n" +
+	"\x0fcloned_snapshot\x18\x10 \x01(\tR\x0eclonedSnapshotB5Z3github.com/boxctl/boxctl/core/state/statepb;statepbb\x06proto3"
 
 var (
 	file_core_state_statepb_records_proto_rawDescOnce sync.Once

@@ -1,0 +1,131 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/monitor"
+	"github.com/boxctl/boxctl/guest/agentclient"
+	"github.com/boxctl/boxctl/sdk"
+)
+
+// Quiesced says how long a running box was held for disk work: its
+// writable filesystem frozen (writers blocked) and, inside that, its vCPUs
+// paused.
+type Quiesced struct {
+	Frozen time.Duration `json:"frozen_ns"`
+	Paused time.Duration `json:"paused_ns"`
+}
+
+// bracketLimit bounds a quiesce bracket: past it the monitor resumes the VM
+// and the guest agent thaws by itself, whatever became of this process.
+const bracketLimit = 30 * time.Second
+
+// quiesced runs fn on running box b inside the quiesce bracket: the guest
+// agent syncs and freezes the writable filesystem, the VMM pauses the
+// vCPUs, fn does the disk work, then the VM resumes and the guest thaws —
+// always, also when fn fails or ctx ends. The box's monitor guards the
+// bracket: if this process dies in it, the monitor resumes and thaws. The
+// caller holds the box lock.
+func (r *Runtime) quiesced(ctx context.Context, b *model.Box, what string, fn func(ctx context.Context, vm sdk.VM) error) (q Quiesced, err error) {
+	if b.Status == model.StatusPaused {
+		return q, fmt.Errorf("%s %s: the box is paused, so its guest cannot freeze its filesystem: run `boxctl unpause %s` first: %w", what, b.Name, b.Name, ErrInvalidState)
+	}
+	if b.Status != model.StatusRunning || b.Run == nil {
+		return q, fmt.Errorf("%s %s: the box is %s: %w", what, b.Name, b.Status, ErrInvalidState)
+	}
+	vmm, err := r.pauser(ctx)
+	if err != nil {
+		return q, fmt.Errorf("%s %s while it runs: %w", what, b.Name, err)
+	}
+	release, err := monitor.Hold(ctx, r.paths.monitorSocket(b.ID), bracketLimit)
+	if errors.Is(err, monitor.ErrNoMonitor) {
+		return q, fmt.Errorf("%s %s while it runs: its monitor is gone, and without it nothing would resume the VM should this command die; stop the box (boxctl stop %s) and try again: %w", what, b.Name, b.Name, ErrInvalidState)
+	}
+	if err != nil {
+		return q, fmt.Errorf("%s %s: %w", what, b.Name, err)
+	}
+	defer func() {
+		if rerr := release(); rerr != nil && err == nil {
+			r.log.Warn("quiesce bracket: release the monitor's guard", "box", b.ID, "error", rerr)
+		}
+	}()
+	agent, err := agentclient.Dial(ctx, b.Run.AgentSocket)
+	if err != nil {
+		return q, fmt.Errorf("%s %s: guest agent: %w", what, b.Name, err)
+	}
+	defer agent.Close()
+	bctx, cancel := context.WithTimeout(ctx, bracketLimit)
+	defer cancel()
+	frozen := time.Now()
+	if err := agent.Quiesce(bctx); err != nil {
+		_ = agent.Thaw(context.WithoutCancel(ctx))
+		return q, fmt.Errorf("%s %s: freeze its filesystem: %w", what, b.Name, err)
+	}
+	defer func() {
+		tctx, tcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer tcancel()
+		if terr := agent.Thaw(tctx); terr != nil && err == nil {
+			err = fmt.Errorf("%s %s: thaw its filesystem: %w", what, b.Name, terr)
+		}
+		q.Frozen = time.Since(frozen)
+	}()
+	vm := vmRef(b.Run)
+	paused := time.Now()
+	if err := vmm.Pause(bctx, vm); err != nil {
+		_ = vmm.Resume(context.WithoutCancel(ctx), vm)
+		return q, fmt.Errorf("%s %s: pause its vCPUs: %w", what, b.Name, err)
+	}
+	defer func() {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer rcancel()
+		if rerr := vmm.Resume(rctx, vm); rerr != nil && err == nil {
+			err = fmt.Errorf("%s %s: resume its vCPUs: %w", what, b.Name, rerr)
+		}
+		q.Paused = time.Since(paused)
+	}()
+	return q, fn(bctx, vm)
+}
+
+// diskSwitcher is the VMM's optional live disk switch: continue a paused
+// VM's disk at index (spec order) on disk, a new overlay over the file the
+// VM had open (disk.BackingChain[0]).
+type diskSwitcher interface {
+	SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.DiskSpec) error
+}
+
+// writableDiskIndex is the writable disk's place in VMSpec.Disks (see
+// prepareGuest): after the image's root disk.
+const writableDiskIndex = 1
+
+// liveDiskSwitcher returns the VMM's disk switch, or an error saying that
+// this VMM needs the box stopped for what.
+func (r *Runtime) liveDiskSwitcher(ctx context.Context, b *model.Box, what string) (diskSwitcher, error) {
+	vmm, err := r.plugins.VMM(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("vmm plugin: %w", err)
+	}
+	sw, ok := vmm.(diskSwitcher)
+	if !ok {
+		return nil, fmt.Errorf("%s %s: the VMM plugin %q cannot move a running VM to a new disk file, which a constant-time %s of a running box needs; stop the box first (boxctl stop %s): %w",
+			what, b.Name, r.cfg.VMM, what, b.Name, ErrUnsupported)
+	}
+	return sw, nil
+}
+
+// switchWritable moves running box b's VM onto its writable disk's current
+// top file, after the storage plugin froze the file the VM had open into a
+// base and put a new overlay in its place.
+func (r *Runtime) switchWritable(ctx context.Context, b *model.Box, sw diskSwitcher, vm sdk.VM) error {
+	spec, err := r.writableDiskSpec(ctx, b)
+	if err != nil {
+		return err
+	}
+	if err := sw.SwitchDisk(ctx, vm, writableDiskIndex, spec); err != nil {
+		return fmt.Errorf("move the running VM to its new disk overlay %s: %w", spec.Path, err)
+	}
+	return nil
+}
