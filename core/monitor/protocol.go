@@ -103,10 +103,10 @@ type response struct {
 }
 
 // Hold guards a quiesce bracket: the monitor resumes the VM (and thaws the
-// guest) should the caller die, close the connection, or not call release
-// within limit. The caller pauses the VM only after Hold returns, and calls
-// release once the VM runs again. A killed boxctl closes the connection,
-// so a paused or frozen guest is never left behind.
+// guest) should the caller die, ctx end, or release not come within limit.
+// The caller pauses the VM only after Hold returns, and calls release once
+// the VM runs again. A killed boxctl closes the connection, as does the end
+// of ctx, so a paused or frozen guest is never left behind.
 func Hold(ctx context.Context, socket string, limit time.Duration) (release func() error, err error) {
 	var d net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -138,8 +138,12 @@ func Hold(ctx context.Context, socket string, limit time.Duration) (release func
 		conn.Close()
 		return nil, err
 	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	return func() error {
 		defer conn.Close()
+		if !stop() {
+			return fmt.Errorf("monitor %s: the hold ended with its context (%w): the monitor resumed the VM", socket, context.Cause(ctx))
+		}
 		return exchange(request{Op: "release"})
 	}, nil
 }

@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/boxctl/boxctl/core"
 	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/monitor"
+	"github.com/boxctl/boxctl/internal/proc"
 )
 
 // startedAndStopped makes a box with a disk (it ran once) and leaves it
@@ -181,5 +184,69 @@ func TestCloneAllOrNothingOnStorageFailure(t *testing.T) {
 	}
 	if len(files) != 1 || !strings.Contains(files[0], src.DiskID) {
 		t.Fatalf("the storage plugin keeps disks %v, want only the source's (%s)", files, src.DiskID)
+	}
+}
+
+// TestMonitorResumesAnAbandonedBracket: a quiesce bracket whose holder
+// goes away without releasing it (a killed boxctl closes its socket), or
+// overstays its limit, gets its VM resumed by the box's monitor.
+func TestMonitorResumesAnAbandonedBracket(t *testing.T) {
+	e := newEnv(t, "")
+	e.ok("run", "-d", "--name", "held", testImage)
+	rt := e.runtime()
+	b := e.info(rt, "held")
+	vm := b.Run.VM.PID
+	socket := filepath.Join(e.boxDir(b.ID), "monitor.sock")
+	// waitPaused waits until the VM process is stopped (paused) or not.
+	waitPaused := func(why string, paused bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st, err := proc.ReadStat(vm)
+			if err != nil {
+				t.Fatalf("%s: the VM process is gone: %v", why, err)
+			}
+			if (st.State == 'T') == paused {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the VM is not paused=%v 10 s later (state %c)", why, paused, st.State)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for _, c := range []struct {
+		name  string
+		limit time.Duration
+		// leave ends the hold without a release; else it overstays.
+		leave bool
+	}{
+		{"holder goes", time.Minute, true},
+		{"holder overstays", time.Second, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			hctx, cancel := context.WithCancel(ctx)
+			release, err := monitor.Hold(hctx, socket, c.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// What the bracket's pause does with procvmm: stop the VM process.
+			if err := syscall.Kill(vm, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			waitPaused(c.name, true)
+			if c.leave {
+				cancel() // closes the connection, as a killed holder's kernel does
+			}
+			waitPaused(c.name, false)
+			if err := release(); err == nil && c.leave {
+				t.Error("release after the hold's context ended reported success")
+			}
+			cancel()
+		})
+	}
+	if out := e.ok("exec", "held", "--", "echo", "alive"); strings.TrimSpace(out) != "alive" {
+		t.Fatalf("exec after the brackets: %q", out)
 	}
 }
