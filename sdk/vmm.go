@@ -2,6 +2,9 @@ package sdk
 
 import (
 	"context"
+	"fmt"
+	"math"
+	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
@@ -40,6 +43,22 @@ type Pauser interface {
 // MetricsReporter is an optional VMM feature: resource use of a running VM.
 type MetricsReporter interface {
 	Metrics(ctx context.Context, vm VM) (Metrics, error)
+}
+
+// DiskSwitcher is an optional VMM feature: continue a running (paused)
+// VM's disk on a new top file. It is how a running box is snapshotted or
+// cloned in constant time: the storage plugin renames the disk's file into
+// a frozen base and creates a new empty overlay over it where the file was;
+// SwitchDisk then makes the VM write to that overlay. See vmm.proto for the
+// contract.
+type DiskSwitcher interface {
+	// SwitchDisk makes the VM's disk at index (spec order, as in
+	// VMSpec.Disks) continue on disk.Path, a new empty overlay whose backing
+	// chain is disk.BackingChain; the file the VM had open so far is
+	// BackingChain[0] (the storage plugin renamed it). The VM is paused when
+	// it is called. On error the VM keeps using its old file and disk.Path
+	// is untouched, so the caller can undo the rename.
+	SwitchDisk(ctx context.Context, vm VM, index int, disk DiskSpec) error
 }
 
 // VM names a VM to control: the handle from its launch plan and the
@@ -221,6 +240,9 @@ func vmmCapabilities(impl Plugin, c *Capabilities) {
 	if _, ok := impl.(MetricsReporter); ok {
 		c.Metrics = true
 	}
+	if _, ok := impl.(DiskSwitcher); ok {
+		c.DiskSwitch = true
+	}
 }
 
 // VMMClient is a VMM served by a plugin process. It has every optional
@@ -230,6 +252,7 @@ type VMMClient interface {
 	VMM
 	Pauser
 	MetricsReporter
+	DiskSwitcher
 }
 
 // NewVMMClient returns a VMM that calls a plugin over conn.
@@ -277,6 +300,43 @@ func (v *vmmClient) Metrics(ctx context.Context, vm VM) (Metrics, error) {
 		RSS:       resp.GetRssBytes(),
 		Extra:     resp.GetExtra(),
 	}, nil
+}
+
+func (v *vmmClient) SwitchDisk(ctx context.Context, vm VM, index int, disk DiskSpec) error {
+	if err := checkSwitch(index, disk); err != nil {
+		return err
+	}
+	_, err := call(ctx, v.c.SwitchDisk, &pluginv1.SwitchDiskRequest{Handle: vm.Handle, Pid: int64(vm.PID), Index: int32(index), Disk: diskSpecToProto(disk)})
+	return err
+}
+
+// checkSwitch refuses a SwitchDisk request no VMM could carry out, on both
+// sides of the wire: a plugin need not check these itself.
+func checkSwitch(index int, d DiskSpec) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("SwitchDisk: "+format+": %w", append(args, ErrInvalidArgument)...)
+	}
+	switch {
+	case index < 0 || index > math.MaxInt32:
+		return bad("index %d: want a disk's position in VMSpec.Disks", index)
+	case d.Path == "" || !filepath.IsAbs(d.Path):
+		return bad("disk.Path %q: want the absolute path of the new overlay", d.Path)
+	case d.Format != "qcow2":
+		return bad("disk.Format %q: the new top file must be a qcow2 overlay (a raw file has no backing file)", d.Format)
+	case d.ReadOnly:
+		return bad("disk.ReadOnly: only a writable disk is switched (a read-only one never changes)")
+	case len(d.BackingChain) == 0:
+		return bad("disk.BackingChain is empty: its first file must be the one the VM has open so far")
+	}
+	for i, c := range d.BackingChain {
+		if c.Path == "" || !filepath.IsAbs(c.Path) {
+			return bad("disk.BackingChain[%d].Path %q: want an absolute path", i, c.Path)
+		}
+		if c.Path == d.Path {
+			return bad("disk.BackingChain[%d] is disk.Path %s itself", i, c.Path)
+		}
+	}
+	return nil
 }
 
 type vmmServer struct {
@@ -349,6 +409,22 @@ func (s *vmmServer) Metrics(ctx context.Context, req *pluginv1.ControlRequest) (
 	}, err)
 }
 
+func (s *vmmServer) SwitchDisk(ctx context.Context, req *pluginv1.SwitchDiskRequest) (*pluginv1.SwitchDiskResponse, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	d, ok := s.impl.(DiskSwitcher)
+	if !ok {
+		return nil, unsupported("SwitchDisk")
+	}
+	disk := diskSpecFromProto(req.GetDisk())
+	if err := checkSwitch(int(req.GetIndex()), disk); err != nil {
+		return nil, toStatus(err)
+	}
+	vm := VM{Handle: req.GetHandle(), PID: int(req.GetPid())}
+	return handle(&pluginv1.SwitchDiskResponse{}, d.SwitchDisk(ctx, vm, int(req.GetIndex()), disk))
+}
+
 func controlToProto(vm VM) *pluginv1.ControlRequest {
 	return &pluginv1.ControlRequest{Handle: vm.Handle, Pid: int64(vm.PID)}
 }
@@ -367,13 +443,25 @@ func specToProto(s VMSpec) *pluginv1.VMSpec {
 		out.Network.Ports = append(out.Network.Ports, &pluginv1.PortForward{Protocol: p.Protocol, HostIp: p.HostIP, HostPort: uint32(p.HostPort), GuestPort: uint32(p.GuestPort)})
 	}
 	for _, d := range s.Disks {
-		pd := &pluginv1.DiskSpec{Path: d.Path, Format: d.Format, Role: pluginv1.DiskRole(d.Role), ReadOnly: d.ReadOnly}
-		for _, c := range d.BackingChain {
-			pd.BackingChain = append(pd.BackingChain, &pluginv1.ChainFile{Path: c.Path, Format: c.Format})
-		}
-		out.Disks = append(out.Disks, pd)
+		out.Disks = append(out.Disks, diskSpecToProto(d))
 	}
 	return out
+}
+
+func diskSpecToProto(d DiskSpec) *pluginv1.DiskSpec {
+	pd := &pluginv1.DiskSpec{Path: d.Path, Format: d.Format, Role: pluginv1.DiskRole(d.Role), ReadOnly: d.ReadOnly}
+	for _, c := range d.BackingChain {
+		pd.BackingChain = append(pd.BackingChain, &pluginv1.ChainFile{Path: c.Path, Format: c.Format})
+	}
+	return pd
+}
+
+func diskSpecFromProto(d *pluginv1.DiskSpec) DiskSpec {
+	ds := DiskSpec{Path: d.GetPath(), Format: d.GetFormat(), Role: DiskRole(d.GetRole()), ReadOnly: d.GetReadOnly()}
+	for _, c := range d.GetBackingChain() {
+		ds.BackingChain = append(ds.BackingChain, ChainFile{Path: c.GetPath(), Format: c.GetFormat()})
+	}
+	return ds
 }
 
 func specFromProto(p *pluginv1.VMSpec) VMSpec {
@@ -388,11 +476,7 @@ func specFromProto(p *pluginv1.VMSpec) VMSpec {
 		s.Network.Ports = append(s.Network.Ports, PortForward{Protocol: pf.GetProtocol(), HostIP: pf.GetHostIp(), HostPort: uint16(pf.GetHostPort()), GuestPort: uint16(pf.GetGuestPort())})
 	}
 	for _, d := range p.GetDisks() {
-		ds := DiskSpec{Path: d.GetPath(), Format: d.GetFormat(), Role: DiskRole(d.GetRole()), ReadOnly: d.GetReadOnly()}
-		for _, c := range d.GetBackingChain() {
-			ds.BackingChain = append(ds.BackingChain, ChainFile{Path: c.GetPath(), Format: c.GetFormat()})
-		}
-		s.Disks = append(s.Disks, ds)
+		s.Disks = append(s.Disks, diskSpecFromProto(d))
 	}
 	return s
 }

@@ -31,7 +31,9 @@ func TestMain(m *testing.M) {
 // TestConformance runs the VMM suite against the plugin binary with the
 // real guest under TCG: one VM boots (busybox image root, a qcow2 writable
 // disk over a raw base given as an explicit chain) and is shared by the
-// checks that need it; the last one stops it from a new plugin process.
+// checks that need it; HandleFromAFreshPluginProcess stops it from a new
+// plugin process. The guest's files are on its writable disk, so the
+// DiskSwitch checks see where its writes go (WithGuestWrites).
 func TestConformance(t *testing.T) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Fatal("qemu-system-x86_64 not found: install qemu-system-x86 (scripts/install-deps.sh)")
@@ -61,7 +63,8 @@ func TestConformance(t *testing.T) {
 	sdktest.VMMConformance(t, newVMM,
 		sdktest.WithReconnect(newVMM),
 		sdktest.WithDisks(boxDisks),
-		sdktest.WithGuest(agentReady))
+		sdktest.WithGuest(agentReady),
+		sdktest.WithGuestWrites(nil))
 }
 
 // boxDisks are what the core gives a box: the image's ext4 root, and a

@@ -1,10 +1,13 @@
 package sdktest
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"time"
 
 	"google.golang.org/grpc"
@@ -23,17 +26,114 @@ const (
 	pingRootError   = 7
 )
 
-// AgentReady waits until the boxctl guest agent behind socket (a plan's
-// AgentSocket) answers Ping with the box root mounted, or ctx ends. It is
-// the GuestWaiter WithGuest uses by default, and what the core waits for
-// before it calls a box running.
-func AgentReady(ctx context.Context, socket string) error {
-	conn, err := grpc.NewClient("passthrough:///boxctl-agent",
+// The agent calls AgentWriteFile makes (same file): Upload, whose request
+// is a oneof of header (1: UploadHeader, whose dest_dir is 1 and overwrite
+// 2) and data (2: tar bytes); Quiesce and Thaw, whose messages are empty.
+const (
+	agentUpload        = "/boxctl.agent.v1.Agent/Upload"
+	agentQuiesce       = "/boxctl.agent.v1.Agent/Quiesce"
+	agentThaw          = "/boxctl.agent.v1.Agent/Thaw"
+	uploadHeader       = 1
+	uploadData         = 2
+	uploadDestDir      = 1
+	uploadOverwrite    = 2
+	uploadChunk        = 1 << 20
+	agentWriteFileMode = 0o644
+)
+
+func dialAgent(socket string) (*grpc.ClientConn, error) {
+	return grpc.NewClient("passthrough:///boxctl-agent",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		}))
+}
+
+// message is a protobuf message of the agent's protocol as its encoded
+// fields: an Empty whose unknown fields are the message.
+func message(fields []byte) *emptypb.Empty {
+	m := &emptypb.Empty{}
+	m.ProtoReflect().SetUnknown(fields)
+	return m
+}
+
+// AgentWriteFile writes data as a new file at path (absolute, inside the
+// box root) through the boxctl guest agent behind socket, and makes it
+// durable: the agent's Quiesce syncs the box's writable filesystem (and
+// Thaw undoes the freeze at once), so when it returns the file is on the
+// VM's writable disk. It is the GuestWriter WithGuestWrites uses by
+// default.
+func AgentWriteFile(ctx context.Context, socket, path string, data []byte) error {
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("AgentWriteFile %q: want an absolute path inside the box root", path)
+	}
+	var archive bytes.Buffer
+	tw := tar.NewWriter(&archive)
+	if err := tw.WriteHeader(&tar.Header{Name: filepath.Base(path), Mode: agentWriteFileMode, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	if _, err := tw.Write(data); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	conn, err := dialAgent(socket)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, agentUpload)
+	if err != nil {
+		return fmt.Errorf("upload %s: %w", path, err)
+	}
+	var header []byte
+	header = protowire.AppendTag(header, uploadDestDir, protowire.BytesType)
+	header = protowire.AppendString(header, filepath.Dir(path))
+	header = protowire.AppendTag(header, uploadOverwrite, protowire.VarintType)
+	header = protowire.AppendVarint(header, 1)
+	var first []byte
+	first = protowire.AppendTag(first, uploadHeader, protowire.BytesType)
+	first = protowire.AppendBytes(first, header)
+	msgs := []*emptypb.Empty{message(first)}
+	for b := archive.Bytes(); len(b) > 0; {
+		n := min(len(b), uploadChunk)
+		var m []byte
+		m = protowire.AppendTag(m, uploadData, protowire.BytesType)
+		m = protowire.AppendBytes(m, b[:n])
+		msgs, b = append(msgs, message(m)), b[n:]
+	}
+	for _, m := range msgs {
+		if err := st.SendMsg(m); err != nil {
+			break // the status comes with RecvMsg
+		}
+	}
+	if err := st.CloseSend(); err != nil {
+		return fmt.Errorf("upload %s: %w", path, err)
+	}
+	if err := st.RecvMsg(&emptypb.Empty{}); err != nil {
+		return fmt.Errorf("upload %s: %w", path, err)
+	}
+	// Quiesce syncs the filesystem before it freezes it; Thaw, always.
+	qerr := conn.Invoke(ctx, agentQuiesce, &emptypb.Empty{}, &emptypb.Empty{})
+	tctx, tcancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer tcancel()
+	terr := conn.Invoke(tctx, agentThaw, &emptypb.Empty{}, &emptypb.Empty{})
+	if err := errors.Join(qerr, terr); err != nil {
+		return fmt.Errorf("sync %s (the agent's Quiesce and Thaw): %w", path, err)
+	}
+	return nil
+}
+
+// AgentReady waits until the boxctl guest agent behind socket (a plan's
+// AgentSocket) answers Ping with the box root mounted, or ctx ends. It is
+// the GuestWaiter WithGuest uses by default, and what the core waits for
+// before it calls a box running.
+func AgentReady(ctx context.Context, socket string) error {
+	conn, err := dialAgent(socket)
 	if err != nil {
 		return err
 	}

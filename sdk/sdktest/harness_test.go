@@ -406,3 +406,116 @@ func TestStorageCapabilitiesFromInterfaces(t *testing.T) {
 		t.Errorf("capabilities %v", info.Capabilities.Strings())
 	}
 }
+
+// plainVMM is a VMM without optional features; recordingVMM adds them all
+// and records what reaches SwitchDisk.
+type plainVMM struct{}
+
+func (plainVMM) Info(context.Context) (sdk.Info, error) {
+	return sdk.Info{Name: "plain", Version: "0.0.1", Capabilities: sdk.Capabilities{GracefulStop: true, AgentTransport: sdk.AgentVsock}}, nil
+}
+func (plainVMM) Configure(context.Context, *sdk.Config) error { return nil }
+func (plainVMM) Plan(context.Context, sdk.VMSpec) (sdk.LaunchPlan, error) {
+	return sdk.LaunchPlan{}, nil
+}
+func (plainVMM) Stop(context.Context, sdk.VM, bool) error { return nil }
+
+type recordingVMM struct {
+	plainVMM
+	mu       sync.Mutex
+	switches []string
+}
+
+func (*recordingVMM) Pause(context.Context, sdk.VM) error  { return nil }
+func (*recordingVMM) Resume(context.Context, sdk.VM) error { return nil }
+func (*recordingVMM) Metrics(context.Context, sdk.VM) (sdk.Metrics, error) {
+	return sdk.Metrics{}, nil
+}
+func (r *recordingVMM) SwitchDisk(_ context.Context, vm sdk.VM, index int, disk sdk.DiskSpec) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.switches = append(r.switches, fmt.Sprintf("%s %d %d %+v", vm.Handle, vm.PID, index, disk))
+	if index == 7 {
+		return fmt.Errorf("the VM runs: %w", sdk.ErrInvalidState)
+	}
+	return nil
+}
+
+// TestVMMCapabilitiesFromInterfaces: the sdk declares pause, metrics and
+// disk-switch from the optional interfaces (and only those), SwitchDisk
+// crosses the wire with its arguments and errors intact, a VMM without it
+// answers ErrUnsupported, and requests no VMM could carry out are refused
+// before they reach one.
+func TestVMMCapabilitiesFromInterfaces(t *testing.T) {
+	ctx := context.Background()
+	disk := sdk.DiskSpec{Path: "/s/disks/d.qcow2", Format: "qcow2", Role: sdk.DiskRoleWritable,
+		BackingChain: []sdk.ChainFile{{Path: "/s/bases/b.qcow2", Format: "qcow2"}, {Path: "/s/blank/e.raw", Format: "raw"}}}
+	vm := sdk.VM{Handle: []byte("h"), PID: 42}
+
+	plain := sdktest.Serve(t, sdk.ServeConfig{VMM: plainVMM{}}).VMM
+	info, err := plain.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.Capabilities.Strings(); !slices.Equal(got, []string{"agent-vsock", "graceful-stop"}) {
+		t.Errorf("a plain VMM: capabilities %v, want [agent-vsock graceful-stop]", got)
+	}
+	if err := plain.Configure(ctx, &sdk.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.SwitchDisk(ctx, vm, 1, disk); !errors.Is(err, sdk.ErrUnsupported) {
+		t.Errorf("SwitchDisk of a VMM without DiskSwitcher: %v; want ErrUnsupported", err)
+	}
+
+	impl := &recordingVMM{}
+	full := sdktest.Serve(t, sdk.ServeConfig{VMM: impl}).VMM
+	info, err = full.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.Capabilities.Strings(); !slices.Equal(got, []string{"agent-vsock", "disk-switch", "graceful-stop", "metrics", "pause"}) {
+		t.Errorf("a VMM with every optional interface: capabilities %v", got)
+	}
+	if !info.Capabilities.DiskSwitch || !sdk.CapabilitiesOf([]string{"disk-switch"}).DiskSwitch {
+		t.Error("the disk-switch capability does not map to Capabilities.DiskSwitch")
+	}
+	if err := full.SwitchDisk(ctx, vm, 1, disk); !errors.Is(err, sdk.ErrInvalidState) {
+		t.Errorf("SwitchDisk before Configure: %v; want ErrInvalidState", err)
+	}
+	if err := full.Configure(ctx, &sdk.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := full.SwitchDisk(ctx, vm, 1, disk); err != nil {
+		t.Fatal(err)
+	}
+	if err := full.SwitchDisk(ctx, vm, 7, disk); !errors.Is(err, sdk.ErrInvalidState) || !strings.Contains(err.Error(), "the VM runs") {
+		t.Errorf("the implementation's error: %v; want it as sent, ErrInvalidState", err)
+	}
+	for _, c := range []struct {
+		name  string
+		index int
+		edit  func(d *sdk.DiskSpec)
+		want  string
+	}{
+		{"NegativeIndex", -1, func(*sdk.DiskSpec) {}, "index -1"},
+		{"RelativePath", 1, func(d *sdk.DiskSpec) { d.Path = "d.qcow2" }, "disk.Path"},
+		{"RawOverlay", 1, func(d *sdk.DiskSpec) { d.Format = "raw" }, "disk.Format"},
+		{"ReadOnly", 1, func(d *sdk.DiskSpec) { d.ReadOnly = true }, "disk.ReadOnly"},
+		{"NoChain", 1, func(d *sdk.DiskSpec) { d.BackingChain = nil }, "BackingChain is empty"},
+		{"RelativeChain", 1, func(d *sdk.DiskSpec) { d.BackingChain = []sdk.ChainFile{{Path: "b.qcow2", Format: "qcow2"}} }, "BackingChain[0].Path"},
+		{"ChainIsTheOverlay", 1, func(d *sdk.DiskSpec) { d.BackingChain = []sdk.ChainFile{{Path: d.Path, Format: "qcow2"}} }, "is disk.Path"},
+	} {
+		d := disk
+		d.BackingChain = slices.Clone(disk.BackingChain)
+		c.edit(&d)
+		if err := full.SwitchDisk(ctx, vm, c.index, d); !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: SwitchDisk: %v; want ErrInvalidArgument naming %s", c.name, err, c.want)
+		}
+	}
+	impl.mu.Lock()
+	defer impl.mu.Unlock()
+	want := fmt.Sprintf("h 42 1 %+v", disk)
+	if len(impl.switches) != 2 || impl.switches[0] != want {
+		t.Errorf("SwitchDisk reached the implementation as %q; want twice, first %q", impl.switches, want)
+	}
+}

@@ -62,6 +62,26 @@ func WithGuest(wait GuestWaiter) VMMOption {
 	}
 }
 
+// GuestWriter writes data as a new file at path (absolute, inside the box
+// root) in the guest behind socket (a plan's AgentSocket) and returns once
+// the file is on the VM's writable disk. AgentWriteFile is one.
+type GuestWriter func(ctx context.Context, socket, path string, data []byte) error
+
+// WithGuestWrites says that what the guest writes lands on the spec's
+// writable disk (a real guest booted from the suite's disks, not a double
+// that keeps files elsewhere), and writes with w (nil: AgentWriteFile). The
+// DiskSwitch checks then write a file before and after the switch and check
+// that the data went into the old file and the new overlay respectively.
+// It implies WithGuest(nil) unless WithGuest is given too.
+func WithGuestWrites(w GuestWriter) VMMOption {
+	return func(s *vmmSuite) {
+		if w == nil {
+			w = AgentWriteFile
+		}
+		s.write = w
+	}
+}
+
 // WithBootTimeout bounds the wait for the guest agent (default 4 minutes:
 // a guest under TCG on a busy machine is slow).
 func WithBootTimeout(d time.Duration) VMMOption { return func(s *vmmSuite) { s.bootTimeout = d } }
@@ -91,6 +111,9 @@ func VMMConformance(t *testing.T, newVMM NewVMMFunc, opts ...VMMOption) {
 	if s.reconnect == nil {
 		s.reconnect = newVMM
 	}
+	if s.write != nil && s.wait == nil {
+		s.wait = AgentReady
+	}
 	t.Cleanup(s.stopShared)
 	for _, c := range vmmChecks {
 		t.Run(c.name, func(t *testing.T) { s.run(t, c) })
@@ -101,12 +124,16 @@ type vmmSuite struct {
 	newVMM, reconnect NewVMMFunc
 	disks             func(t *testing.T, dir string) []sdk.DiskSpec
 	wait              GuestWaiter
+	write             GuestWriter
 	bootTimeout       time.Duration
 	adjust            func(*sdk.VMSpec)
 
 	mu        sync.Mutex
 	shared    *vmmEnv // the running VM the running checks share
 	sharedErr error
+	// switched is what DiskSwitch did to the shared VM's writable disk,
+	// for DiskSwitchAfterStop.
+	switched *diskSwitched
 }
 
 // vmmCheck is one named check.
@@ -131,8 +158,11 @@ var vmmChecks = []vmmCheck{
 	{name: "StateFileSaysRunning", capability: "state-file", running: true, fn: checkStateFile},
 	{name: "Metrics", capability: "metrics", running: true, fn: checkMetrics},
 	{name: "PauseResumeIdempotent", capability: "pause", running: true, fn: checkPauseResume},
-	// Last: it stops the shared VM.
+	{name: "DiskSwitch", capability: "disk-switch", running: true, fn: checkDiskSwitch},
+	// It stops the shared VM.
 	{name: "HandleFromAFreshPluginProcess", running: true, fn: checkReconnect},
+	// After the shared VM stopped.
+	{name: "DiskSwitchAfterStop", capability: "disk-switch", running: true, fn: checkDiskSwitchAfterStop},
 }
 
 // vmmEnv is one check's VMM, spec and, for running checks, VM.
@@ -525,6 +555,17 @@ func checkVMMInfo(e *vmmEnv) {
 		}
 	} else if _, ok := e.vmm.(sdk.Pauser); !ok {
 		t.Error("the plugin declares pause, but its client is no sdk.Pauser")
+	}
+	if !i.Capabilities.DiskSwitch {
+		if d, ok := e.vmm.(sdk.DiskSwitcher); ok {
+			disk := sdk.DiskSpec{Path: "/nonexistent/overlay.qcow2", Format: "qcow2", Role: sdk.DiskRoleWritable,
+				BackingChain: []sdk.ChainFile{{Path: "/nonexistent/disk.raw", Format: "raw"}}}
+			if err := d.SwitchDisk(e.ctx, vm, 1, disk); !errors.Is(err, sdk.ErrUnsupported) {
+				t.Errorf("SwitchDisk without the disk-switch capability: %v, want sdk.ErrUnsupported", err)
+			}
+		}
+	} else if _, ok := e.vmm.(sdk.DiskSwitcher); !ok {
+		t.Error("the plugin declares disk-switch, but its client is no sdk.DiskSwitcher")
 	}
 	if !i.Capabilities.Metrics {
 		if m, ok := e.vmm.(sdk.MetricsReporter); ok {

@@ -12,6 +12,7 @@
 //                                 plan.argv as a child of the box monitor.
 //   Stop / Pause / Resume / Metrics   any number of times, concurrently, from
 //                                 any process, while the plan's process runs.
+//   SwitchDisk                    only between Pause and Resume (see below).
 //
 // Idempotency: Stop of a VM whose process is gone succeeds. Pause of a paused
 // VM and Resume of a running VM succeed. The core checks that `pid` is still
@@ -31,6 +32,8 @@
 //                    syscall filter, no new privileges)
 //   "explicit-chain" the VMM opens exactly DiskSpec.backing_chain and never
 //                    follows backing-file names found inside disk files
+//   "disk-switch"    SwitchDisk works (O(1) snapshots and clones of a
+//                    running box)
 //
 // Security: the core validates every disk chain before Plan (each file lies
 // inside its plugin's store). A VMM must not let the hypervisor probe disk
@@ -1084,6 +1087,114 @@ func (x *MetricsResponse) GetExtra() map[string]float64 {
 	return nil
 }
 
+type SwitchDiskRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Handle []byte                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Pid    int64                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
+	// The disk's position in VMSpec.disks.
+	Index int32 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	// The disk's new top file and its chain, as the core validated them:
+	// path a new empty qcow2 overlay, backing_chain[0] the file the VM had
+	// open so far, the rest as before.
+	Disk          *DiskSpec `protobuf:"bytes,4,opt,name=disk,proto3" json:"disk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwitchDiskRequest) Reset() {
+	*x = SwitchDiskRequest{}
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchDiskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchDiskRequest) ProtoMessage() {}
+
+func (x *SwitchDiskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchDiskRequest.ProtoReflect.Descriptor instead.
+func (*SwitchDiskRequest) Descriptor() ([]byte, []int) {
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SwitchDiskRequest) GetHandle() []byte {
+	if x != nil {
+		return x.Handle
+	}
+	return nil
+}
+
+func (x *SwitchDiskRequest) GetPid() int64 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *SwitchDiskRequest) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *SwitchDiskRequest) GetDisk() *DiskSpec {
+	if x != nil {
+		return x.Disk
+	}
+	return nil
+}
+
+type SwitchDiskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwitchDiskResponse) Reset() {
+	*x = SwitchDiskResponse{}
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchDiskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchDiskResponse) ProtoMessage() {}
+
+func (x *SwitchDiskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchDiskResponse.ProtoReflect.Descriptor instead.
+func (*SwitchDiskResponse) Descriptor() ([]byte, []int) {
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{15}
+}
+
 var File_sdk_proto_v1_vmm_proto protoreflect.FileDescriptor
 
 const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
@@ -1161,12 +1272,18 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"\n" +
 	"ExtraEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01*f\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x83\x01\n" +
+	"\x11SwitchDiskRequest\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\fR\x06handle\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\x03R\x03pid\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\x05R\x05index\x12.\n" +
+	"\x04disk\x18\x04 \x01(\v2\x1a.boxctl.plugin.v1.DiskSpecR\x04disk\"\x14\n" +
+	"\x12SwitchDiskResponse*f\n" +
 	"\bDiskRole\x12\x19\n" +
 	"\x15DISK_ROLE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDISK_ROLE_IMAGE\x10\x01\x12\x16\n" +
 	"\x12DISK_ROLE_WRITABLE\x10\x02\x12\x12\n" +
-	"\x0eDISK_ROLE_DATA\x10\x032\x9d\x04\n" +
+	"\x0eDISK_ROLE_DATA\x10\x032\xf6\x04\n" +
 	"\x03VMM\x12E\n" +
 	"\x04Info\x12\x1d.boxctl.plugin.v1.InfoRequest\x1a\x1e.boxctl.plugin.v1.InfoResponse\x12T\n" +
 	"\tConfigure\x12\".boxctl.plugin.v1.ConfigureRequest\x1a#.boxctl.plugin.v1.ConfigureResponse\x12E\n" +
@@ -1174,7 +1291,9 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"\x04Stop\x12\x1d.boxctl.plugin.v1.StopRequest\x1a\x1e.boxctl.plugin.v1.StopResponse\x12L\n" +
 	"\x05Pause\x12 .boxctl.plugin.v1.ControlRequest\x1a!.boxctl.plugin.v1.ControlResponse\x12M\n" +
 	"\x06Resume\x12 .boxctl.plugin.v1.ControlRequest\x1a!.boxctl.plugin.v1.ControlResponse\x12N\n" +
-	"\aMetrics\x12 .boxctl.plugin.v1.ControlRequest\x1a!.boxctl.plugin.v1.MetricsResponseB0Z.github.com/boxctl/boxctl/sdk/proto/v1;pluginv1b\x06proto3"
+	"\aMetrics\x12 .boxctl.plugin.v1.ControlRequest\x1a!.boxctl.plugin.v1.MetricsResponse\x12W\n" +
+	"\n" +
+	"SwitchDisk\x12#.boxctl.plugin.v1.SwitchDiskRequest\x1a$.boxctl.plugin.v1.SwitchDiskResponseB0Z.github.com/boxctl/boxctl/sdk/proto/v1;pluginv1b\x06proto3"
 
 var (
 	file_sdk_proto_v1_vmm_proto_rawDescOnce sync.Once
@@ -1189,29 +1308,31 @@ func file_sdk_proto_v1_vmm_proto_rawDescGZIP() []byte {
 }
 
 var file_sdk_proto_v1_vmm_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sdk_proto_v1_vmm_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_sdk_proto_v1_vmm_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_sdk_proto_v1_vmm_proto_goTypes = []any{
-	(DiskRole)(0),             // 0: boxctl.plugin.v1.DiskRole
-	(NetworkSpec_Mode)(0),     // 1: boxctl.plugin.v1.NetworkSpec.Mode
-	(*DiskSpec)(nil),          // 2: boxctl.plugin.v1.DiskSpec
-	(*ChainFile)(nil),         // 3: boxctl.plugin.v1.ChainFile
-	(*PortForward)(nil),       // 4: boxctl.plugin.v1.PortForward
-	(*NetworkSpec)(nil),       // 5: boxctl.plugin.v1.NetworkSpec
-	(*VMSpec)(nil),            // 6: boxctl.plugin.v1.VMSpec
-	(*Sandbox)(nil),           // 7: boxctl.plugin.v1.Sandbox
-	(*PlanRequest)(nil),       // 8: boxctl.plugin.v1.PlanRequest
-	(*LaunchPlan)(nil),        // 9: boxctl.plugin.v1.LaunchPlan
-	(*PlanResponse)(nil),      // 10: boxctl.plugin.v1.PlanResponse
-	(*StopRequest)(nil),       // 11: boxctl.plugin.v1.StopRequest
-	(*StopResponse)(nil),      // 12: boxctl.plugin.v1.StopResponse
-	(*ControlRequest)(nil),    // 13: boxctl.plugin.v1.ControlRequest
-	(*ControlResponse)(nil),   // 14: boxctl.plugin.v1.ControlResponse
-	(*MetricsResponse)(nil),   // 15: boxctl.plugin.v1.MetricsResponse
-	nil,                       // 16: boxctl.plugin.v1.MetricsResponse.ExtraEntry
-	(*InfoRequest)(nil),       // 17: boxctl.plugin.v1.InfoRequest
-	(*ConfigureRequest)(nil),  // 18: boxctl.plugin.v1.ConfigureRequest
-	(*InfoResponse)(nil),      // 19: boxctl.plugin.v1.InfoResponse
-	(*ConfigureResponse)(nil), // 20: boxctl.plugin.v1.ConfigureResponse
+	(DiskRole)(0),              // 0: boxctl.plugin.v1.DiskRole
+	(NetworkSpec_Mode)(0),      // 1: boxctl.plugin.v1.NetworkSpec.Mode
+	(*DiskSpec)(nil),           // 2: boxctl.plugin.v1.DiskSpec
+	(*ChainFile)(nil),          // 3: boxctl.plugin.v1.ChainFile
+	(*PortForward)(nil),        // 4: boxctl.plugin.v1.PortForward
+	(*NetworkSpec)(nil),        // 5: boxctl.plugin.v1.NetworkSpec
+	(*VMSpec)(nil),             // 6: boxctl.plugin.v1.VMSpec
+	(*Sandbox)(nil),            // 7: boxctl.plugin.v1.Sandbox
+	(*PlanRequest)(nil),        // 8: boxctl.plugin.v1.PlanRequest
+	(*LaunchPlan)(nil),         // 9: boxctl.plugin.v1.LaunchPlan
+	(*PlanResponse)(nil),       // 10: boxctl.plugin.v1.PlanResponse
+	(*StopRequest)(nil),        // 11: boxctl.plugin.v1.StopRequest
+	(*StopResponse)(nil),       // 12: boxctl.plugin.v1.StopResponse
+	(*ControlRequest)(nil),     // 13: boxctl.plugin.v1.ControlRequest
+	(*ControlResponse)(nil),    // 14: boxctl.plugin.v1.ControlResponse
+	(*MetricsResponse)(nil),    // 15: boxctl.plugin.v1.MetricsResponse
+	(*SwitchDiskRequest)(nil),  // 16: boxctl.plugin.v1.SwitchDiskRequest
+	(*SwitchDiskResponse)(nil), // 17: boxctl.plugin.v1.SwitchDiskResponse
+	nil,                        // 18: boxctl.plugin.v1.MetricsResponse.ExtraEntry
+	(*InfoRequest)(nil),        // 19: boxctl.plugin.v1.InfoRequest
+	(*ConfigureRequest)(nil),   // 20: boxctl.plugin.v1.ConfigureRequest
+	(*InfoResponse)(nil),       // 21: boxctl.plugin.v1.InfoResponse
+	(*ConfigureResponse)(nil),  // 22: boxctl.plugin.v1.ConfigureResponse
 }
 var file_sdk_proto_v1_vmm_proto_depIdxs = []int32{
 	0,  // 0: boxctl.plugin.v1.DiskSpec.role:type_name -> boxctl.plugin.v1.DiskRole
@@ -1223,26 +1344,29 @@ var file_sdk_proto_v1_vmm_proto_depIdxs = []int32{
 	7,  // 6: boxctl.plugin.v1.VMSpec.sandbox:type_name -> boxctl.plugin.v1.Sandbox
 	6,  // 7: boxctl.plugin.v1.PlanRequest.spec:type_name -> boxctl.plugin.v1.VMSpec
 	9,  // 8: boxctl.plugin.v1.PlanResponse.plan:type_name -> boxctl.plugin.v1.LaunchPlan
-	16, // 9: boxctl.plugin.v1.MetricsResponse.extra:type_name -> boxctl.plugin.v1.MetricsResponse.ExtraEntry
-	17, // 10: boxctl.plugin.v1.VMM.Info:input_type -> boxctl.plugin.v1.InfoRequest
-	18, // 11: boxctl.plugin.v1.VMM.Configure:input_type -> boxctl.plugin.v1.ConfigureRequest
-	8,  // 12: boxctl.plugin.v1.VMM.Plan:input_type -> boxctl.plugin.v1.PlanRequest
-	11, // 13: boxctl.plugin.v1.VMM.Stop:input_type -> boxctl.plugin.v1.StopRequest
-	13, // 14: boxctl.plugin.v1.VMM.Pause:input_type -> boxctl.plugin.v1.ControlRequest
-	13, // 15: boxctl.plugin.v1.VMM.Resume:input_type -> boxctl.plugin.v1.ControlRequest
-	13, // 16: boxctl.plugin.v1.VMM.Metrics:input_type -> boxctl.plugin.v1.ControlRequest
-	19, // 17: boxctl.plugin.v1.VMM.Info:output_type -> boxctl.plugin.v1.InfoResponse
-	20, // 18: boxctl.plugin.v1.VMM.Configure:output_type -> boxctl.plugin.v1.ConfigureResponse
-	10, // 19: boxctl.plugin.v1.VMM.Plan:output_type -> boxctl.plugin.v1.PlanResponse
-	12, // 20: boxctl.plugin.v1.VMM.Stop:output_type -> boxctl.plugin.v1.StopResponse
-	14, // 21: boxctl.plugin.v1.VMM.Pause:output_type -> boxctl.plugin.v1.ControlResponse
-	14, // 22: boxctl.plugin.v1.VMM.Resume:output_type -> boxctl.plugin.v1.ControlResponse
-	15, // 23: boxctl.plugin.v1.VMM.Metrics:output_type -> boxctl.plugin.v1.MetricsResponse
-	17, // [17:24] is the sub-list for method output_type
-	10, // [10:17] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	18, // 9: boxctl.plugin.v1.MetricsResponse.extra:type_name -> boxctl.plugin.v1.MetricsResponse.ExtraEntry
+	2,  // 10: boxctl.plugin.v1.SwitchDiskRequest.disk:type_name -> boxctl.plugin.v1.DiskSpec
+	19, // 11: boxctl.plugin.v1.VMM.Info:input_type -> boxctl.plugin.v1.InfoRequest
+	20, // 12: boxctl.plugin.v1.VMM.Configure:input_type -> boxctl.plugin.v1.ConfigureRequest
+	8,  // 13: boxctl.plugin.v1.VMM.Plan:input_type -> boxctl.plugin.v1.PlanRequest
+	11, // 14: boxctl.plugin.v1.VMM.Stop:input_type -> boxctl.plugin.v1.StopRequest
+	13, // 15: boxctl.plugin.v1.VMM.Pause:input_type -> boxctl.plugin.v1.ControlRequest
+	13, // 16: boxctl.plugin.v1.VMM.Resume:input_type -> boxctl.plugin.v1.ControlRequest
+	13, // 17: boxctl.plugin.v1.VMM.Metrics:input_type -> boxctl.plugin.v1.ControlRequest
+	16, // 18: boxctl.plugin.v1.VMM.SwitchDisk:input_type -> boxctl.plugin.v1.SwitchDiskRequest
+	21, // 19: boxctl.plugin.v1.VMM.Info:output_type -> boxctl.plugin.v1.InfoResponse
+	22, // 20: boxctl.plugin.v1.VMM.Configure:output_type -> boxctl.plugin.v1.ConfigureResponse
+	10, // 21: boxctl.plugin.v1.VMM.Plan:output_type -> boxctl.plugin.v1.PlanResponse
+	12, // 22: boxctl.plugin.v1.VMM.Stop:output_type -> boxctl.plugin.v1.StopResponse
+	14, // 23: boxctl.plugin.v1.VMM.Pause:output_type -> boxctl.plugin.v1.ControlResponse
+	14, // 24: boxctl.plugin.v1.VMM.Resume:output_type -> boxctl.plugin.v1.ControlResponse
+	15, // 25: boxctl.plugin.v1.VMM.Metrics:output_type -> boxctl.plugin.v1.MetricsResponse
+	17, // 26: boxctl.plugin.v1.VMM.SwitchDisk:output_type -> boxctl.plugin.v1.SwitchDiskResponse
+	19, // [19:27] is the sub-list for method output_type
+	11, // [11:19] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_sdk_proto_v1_vmm_proto_init() }
@@ -1257,7 +1381,7 @@ func file_sdk_proto_v1_vmm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sdk_proto_v1_vmm_proto_rawDesc), len(file_sdk_proto_v1_vmm_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

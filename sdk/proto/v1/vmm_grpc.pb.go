@@ -12,6 +12,7 @@
 //                                 plan.argv as a child of the box monitor.
 //   Stop / Pause / Resume / Metrics   any number of times, concurrently, from
 //                                 any process, while the plan's process runs.
+//   SwitchDisk                    only between Pause and Resume (see below).
 //
 // Idempotency: Stop of a VM whose process is gone succeeds. Pause of a paused
 // VM and Resume of a running VM succeed. The core checks that `pid` is still
@@ -31,6 +32,8 @@
 //                    syscall filter, no new privileges)
 //   "explicit-chain" the VMM opens exactly DiskSpec.backing_chain and never
 //                    follows backing-file names found inside disk files
+//   "disk-switch"    SwitchDisk works (O(1) snapshots and clones of a
+//                    running box)
 //
 // Security: the core validates every disk chain before Plan (each file lies
 // inside its plugin's store). A VMM must not let the hypervisor probe disk
@@ -57,13 +60,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	VMM_Info_FullMethodName      = "/boxctl.plugin.v1.VMM/Info"
-	VMM_Configure_FullMethodName = "/boxctl.plugin.v1.VMM/Configure"
-	VMM_Plan_FullMethodName      = "/boxctl.plugin.v1.VMM/Plan"
-	VMM_Stop_FullMethodName      = "/boxctl.plugin.v1.VMM/Stop"
-	VMM_Pause_FullMethodName     = "/boxctl.plugin.v1.VMM/Pause"
-	VMM_Resume_FullMethodName    = "/boxctl.plugin.v1.VMM/Resume"
-	VMM_Metrics_FullMethodName   = "/boxctl.plugin.v1.VMM/Metrics"
+	VMM_Info_FullMethodName       = "/boxctl.plugin.v1.VMM/Info"
+	VMM_Configure_FullMethodName  = "/boxctl.plugin.v1.VMM/Configure"
+	VMM_Plan_FullMethodName       = "/boxctl.plugin.v1.VMM/Plan"
+	VMM_Stop_FullMethodName       = "/boxctl.plugin.v1.VMM/Stop"
+	VMM_Pause_FullMethodName      = "/boxctl.plugin.v1.VMM/Pause"
+	VMM_Resume_FullMethodName     = "/boxctl.plugin.v1.VMM/Resume"
+	VMM_Metrics_FullMethodName    = "/boxctl.plugin.v1.VMM/Metrics"
+	VMM_SwitchDisk_FullMethodName = "/boxctl.plugin.v1.VMM/SwitchDisk"
 )
 
 // VMMClient is the client API for VMM service.
@@ -85,6 +89,40 @@ type VMMClient interface {
 	Resume(ctx context.Context, in *ControlRequest, opts ...grpc.CallOption) (*ControlResponse, error)
 	// Metrics reports resource use of the running VM.
 	Metrics(ctx context.Context, in *ControlRequest, opts ...grpc.CallOption) (*MetricsResponse, error)
+	// SwitchDisk makes a running VM's disk continue on a new top file, so that
+	// the file it wrote so far becomes a frozen, shareable base: how a running
+	// box is snapshotted or cloned in constant time. The storage plugin has
+	// renamed the disk's file (it is now disk.backing_chain[0]) and created
+	// disk.path, a new empty overlay (qcow2) whose backing chain is
+	// disk.backing_chain; the VM still has the renamed file open. After
+	// SwitchDisk the VM writes only to disk.path and reads the rest of its
+	// disk through it, exactly as if it had been started with disk; the
+	// renamed file is never written again.
+	//
+	// Call order (the core's quiesce bracket): the guest agent freezes the
+	// guest's filesystems, Pause, the storage plugin's snapshot or clone,
+	// SwitchDisk, Resume, the agent thaws. SwitchDisk is called only while the
+	// VM is paused (FAILED_PRECONDITION when it runs: a switch of a running
+	// VM could lose writes in flight), once per index per bracket, never
+	// concurrently for one VM. index is the disk's position in VMSpec.disks
+	// (what the guest sees as guestboot.DeviceName(index)), as planned: a
+	// switch changes a disk's files, not its position.
+	//
+	// The VMM opens exactly disk.path (read-write) and uses what the VM has
+	// open for everything below it: it never opens a backing-file name found
+	// in disk.path's header (which stays as the storage plugin wrote it: a
+	// name relative to disk.path), nor any file of disk.backing_chain but
+	// backing_chain[0], and that one only to check it is the VM's file.
+	//
+	// Errors: INVALID_ARGUMENT when index names no writable disk of the VM,
+	// disk.path is not a qcow2 file of the disk's virtual size, or
+	// backing_chain[0] is not the file the VM has open for that disk;
+	// FAILED_PRECONDITION when the VM is not paused or not running at all;
+	// UNIMPLEMENTED without the "disk-switch" capability. On any error the VM
+	// keeps using its old file and disk.path is left as it was (nothing was
+	// written to it), so the caller can undo the storage plugin's step (rename
+	// the file back) and resume the VM as it was.
+	SwitchDisk(ctx context.Context, in *SwitchDiskRequest, opts ...grpc.CallOption) (*SwitchDiskResponse, error)
 }
 
 type vMMClient struct {
@@ -165,6 +203,16 @@ func (c *vMMClient) Metrics(ctx context.Context, in *ControlRequest, opts ...grp
 	return out, nil
 }
 
+func (c *vMMClient) SwitchDisk(ctx context.Context, in *SwitchDiskRequest, opts ...grpc.CallOption) (*SwitchDiskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SwitchDiskResponse)
+	err := c.cc.Invoke(ctx, VMM_SwitchDisk_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // VMMServer is the server API for VMM service.
 // All implementations must embed UnimplementedVMMServer
 // for forward compatibility.
@@ -184,6 +232,40 @@ type VMMServer interface {
 	Resume(context.Context, *ControlRequest) (*ControlResponse, error)
 	// Metrics reports resource use of the running VM.
 	Metrics(context.Context, *ControlRequest) (*MetricsResponse, error)
+	// SwitchDisk makes a running VM's disk continue on a new top file, so that
+	// the file it wrote so far becomes a frozen, shareable base: how a running
+	// box is snapshotted or cloned in constant time. The storage plugin has
+	// renamed the disk's file (it is now disk.backing_chain[0]) and created
+	// disk.path, a new empty overlay (qcow2) whose backing chain is
+	// disk.backing_chain; the VM still has the renamed file open. After
+	// SwitchDisk the VM writes only to disk.path and reads the rest of its
+	// disk through it, exactly as if it had been started with disk; the
+	// renamed file is never written again.
+	//
+	// Call order (the core's quiesce bracket): the guest agent freezes the
+	// guest's filesystems, Pause, the storage plugin's snapshot or clone,
+	// SwitchDisk, Resume, the agent thaws. SwitchDisk is called only while the
+	// VM is paused (FAILED_PRECONDITION when it runs: a switch of a running
+	// VM could lose writes in flight), once per index per bracket, never
+	// concurrently for one VM. index is the disk's position in VMSpec.disks
+	// (what the guest sees as guestboot.DeviceName(index)), as planned: a
+	// switch changes a disk's files, not its position.
+	//
+	// The VMM opens exactly disk.path (read-write) and uses what the VM has
+	// open for everything below it: it never opens a backing-file name found
+	// in disk.path's header (which stays as the storage plugin wrote it: a
+	// name relative to disk.path), nor any file of disk.backing_chain but
+	// backing_chain[0], and that one only to check it is the VM's file.
+	//
+	// Errors: INVALID_ARGUMENT when index names no writable disk of the VM,
+	// disk.path is not a qcow2 file of the disk's virtual size, or
+	// backing_chain[0] is not the file the VM has open for that disk;
+	// FAILED_PRECONDITION when the VM is not paused or not running at all;
+	// UNIMPLEMENTED without the "disk-switch" capability. On any error the VM
+	// keeps using its old file and disk.path is left as it was (nothing was
+	// written to it), so the caller can undo the storage plugin's step (rename
+	// the file back) and resume the VM as it was.
+	SwitchDisk(context.Context, *SwitchDiskRequest) (*SwitchDiskResponse, error)
 	mustEmbedUnimplementedVMMServer()
 }
 
@@ -214,6 +296,9 @@ func (UnimplementedVMMServer) Resume(context.Context, *ControlRequest) (*Control
 }
 func (UnimplementedVMMServer) Metrics(context.Context, *ControlRequest) (*MetricsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Metrics not implemented")
+}
+func (UnimplementedVMMServer) SwitchDisk(context.Context, *SwitchDiskRequest) (*SwitchDiskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SwitchDisk not implemented")
 }
 func (UnimplementedVMMServer) mustEmbedUnimplementedVMMServer() {}
 func (UnimplementedVMMServer) testEmbeddedByValue()             {}
@@ -362,6 +447,24 @@ func _VMM_Metrics_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VMM_SwitchDisk_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SwitchDiskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMMServer).SwitchDisk(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMM_SwitchDisk_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMMServer).SwitchDisk(ctx, req.(*SwitchDiskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // VMM_ServiceDesc is the grpc.ServiceDesc for VMM service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -396,6 +499,10 @@ var VMM_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Metrics",
 			Handler:    _VMM_Metrics_Handler,
+		},
+		{
+			MethodName: "SwitchDisk",
+			Handler:    _VMM_SwitchDisk_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -15,6 +15,15 @@
 // writes the kernel command line it was given (the core's rendering of the
 // guest boot contract) to its console log.
 //
+// SwitchDisk (the disk-switch capability) does what a VMM's switch can be
+// seen to do from outside: it checks its arguments as a real VMM would (the
+// VM paused, a writable disk at that index, a qcow2 file of a regular kind
+// as the new top, and BackingChain[0] the very file, by inode, that the
+// disk's top was when planned or last switched) and records the switch in
+// the VM's disk record, RunDir/disks.json: each disk's current path, format
+// and chain, and how many times it was switched. Plan writes that record;
+// tests read it to see that the core switched the disk it meant to.
+//
 // Its config block can make it misbehave on purpose, for the plugin failure
 // tests:
 //
@@ -22,6 +31,7 @@
 //	  config {
 //	    crash_on       = "Plan"   # exit(3) in the middle of this call
 //	    hang_on        = "Plan"   # never answer this call
+//	    fail_on        = "SwitchDisk" # this call returns an error (after its checks; nothing is recorded)
 //	    ignore_sigterm = true     # the "VM" ignores graceful stop requests (SIGTERM and the agent's Shutdown)
 //	    exit_after     = "1s"     # the "VM" exits by itself after this long
 //	    exit_code      = 7        # ... with this code
@@ -52,6 +62,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/boxctl/boxctl/internal/filetype"
 	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/sdk"
 	"github.com/boxctl/boxctl/sdk/guestboot"
@@ -69,6 +80,7 @@ func main() {
 type settings struct {
 	CrashOn       string `hcl:"crash_on,optional"`
 	HangOn        string `hcl:"hang_on,optional"`
+	FailOn        string `hcl:"fail_on,optional"`
 	IgnoreSigterm bool   `hcl:"ignore_sigterm,optional"`
 	ExitAfter     string `hcl:"exit_after,optional"`
 	ExitCode      int    `hcl:"exit_code,optional"`
@@ -89,6 +101,7 @@ var (
 	_ sdk.VMM             = (*procVMM)(nil)
 	_ sdk.Pauser          = (*procVMM)(nil)
 	_ sdk.MetricsReporter = (*procVMM)(nil)
+	_ sdk.DiskSwitcher    = (*procVMM)(nil)
 )
 
 func (p *procVMM) Info(context.Context) (sdk.Info, error) {
@@ -204,6 +217,9 @@ func (p *procVMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, erro
 	if cfg.ExitAfter != "" {
 		args = append(args, "--exit-after", cfg.ExitAfter, "--exit-code", strconv.Itoa(cfg.ExitCode))
 	}
+	if err := writeDiskRecord(run, spec.Disks); err != nil {
+		return sdk.LaunchPlan{}, err
+	}
 	h, _ := json.Marshal(handle{RunDir: run})
 	return sdk.LaunchPlan{
 		Argv:        args,
@@ -235,9 +251,26 @@ func (p *procVMM) Stop(_ context.Context, vm sdk.VM, force bool) error {
 	return signalVM(vm, syscall.SIGTERM)
 }
 
-func (p *procVMM) Pause(_ context.Context, vm sdk.VM) error {
+// Pause stops the "VM" and returns once it is stopped, as a hypervisor's
+// pause returns once the vCPUs are.
+func (p *procVMM) Pause(ctx context.Context, vm sdk.VM) error {
 	p.misbehave("Pause")
-	return signalVM(vm, syscall.SIGSTOP)
+	if err := signalVM(vm, syscall.SIGSTOP); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		st, err := proc.ReadStat(vm.PID)
+		if err != nil || st.State == 'T' {
+			return nil // stopped, or gone (which Stop handles)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the VM process %d did not stop after SIGSTOP (state %c): %w", vm.PID, st.State, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 func (p *procVMM) Resume(_ context.Context, vm sdk.VM) error {
@@ -255,6 +288,150 @@ func (p *procVMM) Metrics(_ context.Context, vm sdk.VM) (sdk.Metrics, error) {
 		return sdk.Metrics{}, err
 	}
 	return sdk.Metrics{CPUUser: st.CPUUser(), CPUSystem: st.CPUSystem(), RSS: st.RSS()}, nil
+}
+
+// diskRecord is RunDir/disks.json: the "VM"'s disks as they are now.
+type diskRecord struct {
+	Disks []recordedDisk `json:"disks"`
+}
+
+// recordedDisk is one disk of the "VM": its current top file, which inode
+// that is (the storage plugin renames files, SwitchDisk compares inodes),
+// and how often it was switched.
+type recordedDisk struct {
+	sdk.DiskSpec
+	Dev      uint64 `json:"dev"`
+	Ino      uint64 `json:"ino"`
+	Switches int    `json:"switches"`
+}
+
+const diskRecordFile = "disks.json"
+
+func fileID(path string) (dev, ino uint64, err error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, 0, err
+	}
+	return uint64(st.Dev), st.Ino, nil
+}
+
+func writeDiskRecord(run string, disks []sdk.DiskSpec) error {
+	var r diskRecord
+	for _, d := range disks {
+		dev, ino, err := fileID(d.Path)
+		if err != nil {
+			return fmt.Errorf("disk %s: %w", d.Path, err)
+		}
+		r.Disks = append(r.Disks, recordedDisk{DiskSpec: d, Dev: dev, Ino: ino})
+	}
+	return saveDiskRecord(run, r)
+}
+
+func saveDiskRecord(run string, r diskRecord) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(run, diskRecordFile+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(run, diskRecordFile))
+}
+
+// SwitchDisk checks the switch as a VMM would and records it in
+// RunDir/disks.json.
+func (p *procVMM) SwitchDisk(_ context.Context, vm sdk.VM, index int, disk sdk.DiskSpec) error {
+	p.misbehave("SwitchDisk")
+	var h handle
+	if err := json.Unmarshal(vm.Handle, &h); err != nil || h.RunDir == "" {
+		return fmt.Errorf("bad VM handle: %w", sdk.ErrInvalidArgument)
+	}
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("SwitchDisk "+format+": %w", append(args, sdk.ErrInvalidArgument)...)
+	}
+	st, err := proc.ReadStat(vm.PID)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("the VM process %d is gone: %w", vm.PID, sdk.ErrInvalidState)
+	case err != nil:
+		return err
+	case st.State != 'T':
+		return fmt.Errorf("SwitchDisk: the VM runs (process state %c): pause it first: %w", st.State, sdk.ErrInvalidState)
+	}
+	b, err := os.ReadFile(filepath.Join(h.RunDir, diskRecordFile))
+	if err != nil {
+		return fmt.Errorf("the VM's disk record: %w", err)
+	}
+	var r diskRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("the VM's disk record %s: %w", filepath.Join(h.RunDir, diskRecordFile), err)
+	}
+	if index >= len(r.Disks) {
+		return bad("index %d: the VM has %d disks", index, len(r.Disks))
+	}
+	cur := r.Disks[index]
+	if cur.ReadOnly {
+		return bad("index %d: the VM's disk %s is read-only: only a writable disk is switched", index, cur.Path)
+	}
+	if err := checkQcow2(disk.Path); err != nil {
+		return bad("disk.Path: %v", err)
+	}
+	old := disk.BackingChain[0]
+	dev, ino, err := fileID(old.Path)
+	if err != nil {
+		return bad("disk.BackingChain[0]: %v", err)
+	}
+	if dev != cur.Dev || ino != cur.Ino {
+		return bad("disk.BackingChain[0] %s is not the file the VM's disk %d has open (%s when it was opened)", old.Path, index, cur.Path)
+	}
+	if old.Format != cur.Format {
+		return bad("disk.BackingChain[0] (%s): format %q, but the VM's disk %d is %s", old.Path, old.Format, index, cur.Format)
+	}
+	for i, c := range disk.BackingChain {
+		if st, err := os.Stat(c.Path); err != nil || !st.Mode().IsRegular() {
+			return bad("disk.BackingChain[%d] (%s): not a disk file: %v", i, c.Path, err)
+		}
+	}
+	if strings.EqualFold(p.settings().FailOn, "SwitchDisk") {
+		return errors.New("SwitchDisk failing on purpose (fail_on)")
+	}
+	dev, ino, err = fileID(disk.Path)
+	if err != nil {
+		return bad("disk.Path: %v", err)
+	}
+	disk.Role = cur.Role
+	r.Disks[index] = recordedDisk{DiskSpec: disk, Dev: dev, Ino: ino, Switches: cur.Switches + 1}
+	return saveDiskRecord(h.RunDir, r)
+}
+
+// checkQcow2 refuses what is not a regular qcow2 file.
+func checkQcow2(path string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is %s, not a disk file", path, filetype.Name(st.Mode()))
+	}
+	magic := make([]byte, 4)
+	if _, err := f.ReadAt(magic, 0); err != nil || string(magic) != "QFI\xfb" {
+		return fmt.Errorf("%s is not a qcow2 file", path)
+	}
+	return nil
 }
 
 // vmOptions are the "VM"'s command-line flags, written by Plan.

@@ -137,9 +137,7 @@ func (lc *launchConfig) disk(dev string, i int, d sdk.DiskSpec) error {
 		}
 	}
 	writable := !d.ReadOnly
-	// Today's cache modes: the shared read-only image disk never flushes
-	// (cache=unsafe); the writable disk is write-back with discard.
-	cache := map[string]any{"direct": false, "no-flush": !writable}
+	cache := diskCache(writable)
 	node := func(j int) string {
 		if j == 0 {
 			return dev
@@ -154,23 +152,11 @@ func (lc *launchConfig) disk(dev string, i int, d sdk.DiskSpec) error {
 		if rw {
 			kind = fdDiskRW
 		}
-		file := map[string]any{
-			"driver": "file", "node-name": node(j) + "-f",
-			"filename": lc.addFdset(kind, l.path, l.format), "read-only": !rw, "cache": cache,
+		backing := ""
+		if j < len(layers)-1 {
+			backing = node(j + 1)
 		}
-		format := map[string]any{
-			"driver": l.format, "node-name": node(j), "file": node(j) + "-f", "read-only": !rw, "cache": cache,
-		}
-		if rw {
-			file["discard"], format["discard"] = "unmap", "unmap"
-		}
-		if l.format == "qcow2" {
-			format["backing"] = nil // null: no backing file, whatever the header says
-			if j < len(layers)-1 {
-				format["backing"] = node(j + 1)
-			}
-		}
-		for _, n := range []map[string]any{file, format} {
+		for _, n := range blockNodes(node(j), lc.addFdset(kind, l.path, l.format), l.format, rw, cache, backing) {
 			b, err := json.Marshal(n)
 			if err != nil {
 				return err
@@ -186,6 +172,33 @@ func (lc *launchConfig) disk(dev string, i int, d sdk.DiskSpec) error {
 	}
 	lc.Args = append(lc.Args, "-device", device)
 	return nil
+}
+
+// diskCache is the cache mode of every node of a disk: the shared
+// read-only image disk never flushes (cache=unsafe); a writable disk is
+// write-back.
+func diskCache(writable bool) map[string]any {
+	return map[string]any{"direct": false, "no-flush": !writable}
+}
+
+// blockNodes are the two -blockdev nodes of one file of a disk's chain: the
+// file node (named node-f) over filename, and the format node (named node)
+// over it. A qcow2 node's backing is the node named backing, or explicitly
+// none (null) when that is empty, whatever the file's header says. Writable
+// nodes pass the guest's discards down to the file.
+func blockNodes(node, filename, format string, rw bool, cache map[string]any, backing string) []map[string]any {
+	file := map[string]any{"driver": "file", "node-name": node + "-f", "filename": filename, "read-only": !rw, "cache": cache}
+	top := map[string]any{"driver": format, "node-name": node, "file": node + "-f", "read-only": !rw, "cache": cache}
+	if rw {
+		file["discard"], top["discard"] = "unmap", "unmap"
+	}
+	if format == "qcow2" {
+		top["backing"] = nil
+		if backing != "" {
+			top["backing"] = backing
+		}
+	}
+	return []map[string]any{file, top}
 }
 
 // network adds the guest's NIC, attached to the launcher's user-mode

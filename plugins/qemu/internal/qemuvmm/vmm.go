@@ -7,6 +7,10 @@
 // multiplexer (sdk/agentmux): QEMU exposes the guest agent's virtio-serial
 // port as a single byte pipe, and the launcher turns it into agent.sock,
 // which accepts any number of connections.
+//
+// Control operations (Stop, Pause, Resume, SwitchDisk) connect to the QMP
+// socket in the VM's run directory, from whichever plugin process is asked:
+// everything they need is in the handle and the run directory.
 package qemuvmm
 
 import (
@@ -18,7 +22,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -75,8 +78,9 @@ func New(log hclog.Logger, exe string) *VMM {
 	return &VMM{log: log, exe: exe, cfg: settings{Accel: "auto", Machine: "q35"}}
 }
 
-// Info describes the plugin. Pause and Metrics are set by the sdk, which
-// sees that VMM implements sdk.Pauser and sdk.MetricsReporter.
+// Info describes the plugin. Pause, Metrics and DiskSwitch are set by the
+// sdk, which sees that VMM implements sdk.Pauser, sdk.MetricsReporter and
+// sdk.DiskSwitcher.
 func (v *VMM) Info(context.Context) (sdk.Info, error) {
 	return sdk.Info{
 		Name:        "qemu",
@@ -96,6 +100,7 @@ var (
 	_ sdk.VMM             = (*VMM)(nil)
 	_ sdk.Pauser          = (*VMM)(nil)
 	_ sdk.MetricsReporter = (*VMM)(nil)
+	_ sdk.DiskSwitcher    = (*VMM)(nil)
 )
 
 // Configure validates the plugin's config block.
@@ -395,12 +400,8 @@ func (v *VMM) Metrics(_ context.Context, vm sdk.VM) (sdk.Metrics, error) {
 		return sdk.Metrics{}, err
 	}
 	pid := vm.PID
-	// The launcher writes QEMU's PID (QEMU itself runs unprivileged and is
-	// not trusted to); it counts only while it is still the launcher's child.
-	if b, err := os.ReadFile(h.QEMUPIDFile); err == nil {
-		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && (pid <= 0 || proc.ParentOf(p) == pid) {
-			pid = p
-		}
+	if p, err := qemuPID(vm, h); err == nil {
+		pid = p
 	}
 	return procMetrics(pid)
 }

@@ -10,7 +10,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Error is an error QEMU returned for a command.
@@ -111,14 +115,56 @@ func (q *Conn) Execute(ctx context.Context, command string, args any) (json.RawM
 	return q.execute(command, args)
 }
 
-func (q *Conn) execute(command string, args any) (json.RawMessage, error) {
+// ExecuteWithFile runs command with args and passes QEMU an open
+// descriptor of f along with it (SCM_RIGHTS), as "add-fd" and "getfd"
+// expect. The connection must be a unix socket.
+func (q *Conn) ExecuteWithFile(ctx context.Context, command string, args any, f *os.File) (json.RawMessage, error) {
+	uc, ok := q.c.(*net.UnixConn)
+	if !ok {
+		return nil, fmt.Errorf("qmp: %s: passing a descriptor needs a unix socket, not %T", command, q.c)
+	}
+	stop := q.bound(ctx)
+	defer stop()
+	req, err := request(command, args)
+	if err != nil {
+		return nil, err
+	}
+	n, oobn, err := uc.WriteMsgUnix(req, unix.UnixRights(int(f.Fd())), nil)
+	runtime.KeepAlive(f)
+	if err != nil {
+		return nil, fmt.Errorf("qmp: send %s: %w", command, q.wrap(err))
+	}
+	if n != len(req) || oobn == 0 {
+		return nil, fmt.Errorf("qmp: send %s: short write (%d of %d bytes, %d of control data)", command, n, len(req), oobn)
+	}
+	return q.reply(command)
+}
+
+func request(command string, args any) ([]byte, error) {
 	req := map[string]any{"execute": command}
 	if args != nil {
 		req["arguments"] = args
 	}
-	if err := json.NewEncoder(q.c).Encode(req); err != nil {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("qmp: %s: %w", command, err)
+	}
+	return append(b, '\n'), nil
+}
+
+func (q *Conn) execute(command string, args any) (json.RawMessage, error) {
+	req, err := request(command, args)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := q.c.Write(req); err != nil {
 		return nil, fmt.Errorf("qmp: send %s: %w", command, q.wrap(err))
 	}
+	return q.reply(command)
+}
+
+// reply reads up to the answer to command, keeping events for Next.
+func (q *Conn) reply(command string) (json.RawMessage, error) {
 	for {
 		m, err := q.read()
 		if err != nil {

@@ -1,0 +1,317 @@
+package qemuvmm
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/boxctl/boxctl/internal/proc"
+	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
+	"github.com/boxctl/boxctl/sdk"
+	"github.com/boxctl/boxctl/sdk/guestboot"
+)
+
+// SwitchDisk makes the paused VM's disk at index continue on disk.Path, over
+// QMP: the plugin opens the new overlay itself (QEMU may run as a user that
+// cannot) and hands QEMU the descriptor in an fd set of its own (add-fd with
+// SCM_RIGHTS), adds it as a qcow2 node without a backing file (so QEMU never
+// opens the name in its header), and makes it the disk's top with
+// blockdev-snapshot, which puts the node the disk had on top so far below it
+// as its backing node and reopens that one read-only. QEMU keeps the
+// overlay's header as it is: its backing-file name stays what the storage
+// plugin wrote.
+//
+// Node names: a disk's top is named after its device (vdb) until its first
+// switch, then vdb-t1, vdb-t2, ...; each format node's file node is its name
+// with "-f". The new overlay's descriptor stays in its fd set while the VM
+// runs, as the launcher's do: that is how a later switch finds which file a
+// node has open (QEMU's own copy of the descriptor is not listed).
+func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.DiskSpec) error {
+	started := time.Now()
+	h, err := decodeHandle(vm.Handle)
+	if err != nil {
+		return err
+	}
+	dev, err := guestboot.DeviceName(index)
+	if err != nil {
+		return fmt.Errorf("SwitchDisk index %d: %w: %w", index, err, sdk.ErrInvalidArgument)
+	}
+	// The new overlay first: a file that cannot be the disk's top is
+	// refused before the VM is asked anything.
+	f, err := openDisk(fdSpec{Kind: fdDiskRW, Path: disk.Path, Format: "qcow2"})
+	if err != nil {
+		return fmt.Errorf("SwitchDisk disk.Path: %w: %w", err, sdk.ErrInvalidArgument)
+	}
+	defer f.Close()
+	size, err := qcow2Size(f)
+	if err != nil {
+		return fmt.Errorf("SwitchDisk disk.Path %s: %w: %w", disk.Path, err, sdk.ErrInvalidArgument)
+	}
+	q, err := qmp.Dial(ctx, h.QMP)
+	if err != nil {
+		if gone(vm.PID) {
+			return fmt.Errorf("the VM is not running: %w", sdk.ErrInvalidState)
+		}
+		return err
+	}
+	defer q.Close()
+	if err := requirePaused(ctx, q); err != nil {
+		return err
+	}
+	top, err := diskTop(ctx, q, dev)
+	if err != nil {
+		return fmt.Errorf("SwitchDisk index %d: %w", index, err)
+	}
+	old := disk.BackingChain[0]
+	switch {
+	case top.size != size:
+		return fmt.Errorf("SwitchDisk disk.Path %s: its virtual size is %d bytes, but the VM's disk %s has %d: give an overlay of the disk's size: %w", disk.Path, size, dev, top.size, sdk.ErrInvalidArgument)
+	case old.Format != top.format:
+		return fmt.Errorf("SwitchDisk disk.BackingChain[0] (%s): format %q, but the file the VM's disk %s has open is %s: %w", old.Path, old.Format, dev, top.format, sdk.ErrInvalidArgument)
+	}
+	if err := checkOpenFile(ctx, q, vm, h, dev, top.node, old.Path); err != nil {
+		return err
+	}
+	node, err := nextTopNode(ctx, q, dev)
+	if err != nil {
+		return err
+	}
+	raw, err := q.ExecuteWithFile(ctx, "add-fd", map[string]any{"opaque": "boxctl " + disk.Path}, f)
+	if err != nil {
+		return fmt.Errorf("pass the new overlay %s to QEMU: %w", disk.Path, err)
+	}
+	var fdset struct {
+		ID int `json:"fdset-id"`
+	}
+	if err := json.Unmarshal(raw, &fdset); err != nil {
+		return fmt.Errorf("add-fd: bad answer %s: %w", raw, err)
+	}
+	// On failure the VM must go on as it was: drop whatever was added, even
+	// when ctx is what failed.
+	undo := func(nodes ...string) {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		for _, n := range nodes {
+			if _, err := q.Execute(uctx, "blockdev-del", map[string]any{"node-name": n}); err != nil {
+				v.log.Warn("SwitchDisk: remove the new node after a failure", "node", n, "err", err)
+			}
+		}
+		// QEMU closes the descriptor once the VM runs again.
+		if _, err := q.Execute(uctx, "remove-fd", map[string]any{"fdset-id": fdset.ID}); err != nil {
+			v.log.Warn("SwitchDisk: drop the new overlay's fd set after a failure", "fdset", fdset.ID, "err", err)
+		}
+	}
+	nodes := blockNodes(node, "/dev/fdset/"+strconv.Itoa(fdset.ID), "qcow2", true, diskCache(true), "")
+	var added []string // nodes to delete on failure, newest first
+	for _, n := range nodes {
+		if _, err := q.Execute(ctx, "blockdev-add", n); err != nil {
+			undo(added...)
+			return fmt.Errorf("open the new overlay %s in QEMU: %w", disk.Path, err)
+		}
+		added = append([]string{n["node-name"].(string)}, added...)
+	}
+	if _, err := q.Execute(ctx, "blockdev-snapshot", map[string]any{"node": top.node, "overlay": node}); err != nil {
+		undo(added...)
+		return fmt.Errorf("put the new overlay %s on top of disk %s: %w", disk.Path, dev, err)
+	}
+	v.log.Debug("disk switched", "device", dev, "from", top.node, "to", node, "overlay", disk.Path, "took", time.Since(started))
+	return nil
+}
+
+// requirePaused refuses a VM whose vCPUs run: writes in flight would
+// straddle the switch.
+func requirePaused(ctx context.Context, q *qmp.Conn) error {
+	raw, err := q.Execute(ctx, "query-status", nil)
+	if err != nil {
+		return err
+	}
+	var st struct {
+		Running bool   `json:"running"`
+		Status  string `json:"status"`
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return fmt.Errorf("query-status: bad answer %s: %w", raw, err)
+	}
+	if st.Running {
+		return fmt.Errorf("SwitchDisk: the VM is %s: pause it first (the guest's writes in flight would straddle the switch): %w", st.Status, sdk.ErrInvalidState)
+	}
+	return nil
+}
+
+// top is a disk's top node as QEMU reports it.
+type top struct {
+	node   string
+	format string
+	size   uint64
+}
+
+// diskTop finds the top node of device dev among QEMU's block devices: dev
+// itself until the disk was first switched, dev-tN after.
+func diskTop(ctx context.Context, q *qmp.Conn, dev string) (top, error) {
+	raw, err := q.Execute(ctx, "query-block", nil)
+	if err != nil {
+		return top{}, err
+	}
+	var devices []struct {
+		Inserted *struct {
+			Node  string `json:"node-name"`
+			RO    bool   `json:"ro"`
+			Image struct {
+				Format string `json:"format"`
+				Size   uint64 `json:"virtual-size"`
+			} `json:"image"`
+		} `json:"inserted"`
+	}
+	if err := json.Unmarshal(raw, &devices); err != nil {
+		return top{}, fmt.Errorf("query-block: bad answer: %w", err)
+	}
+	names := topName(dev)
+	for _, d := range devices {
+		if d.Inserted == nil || !names.MatchString(d.Inserted.Node) {
+			continue
+		}
+		if d.Inserted.RO {
+			return top{}, fmt.Errorf("the VM's disk %s is read-only: only a writable disk is switched: %w", dev, sdk.ErrInvalidArgument)
+		}
+		return top{node: d.Inserted.Node, format: d.Inserted.Image.Format, size: d.Inserted.Image.Size}, nil
+	}
+	return top{}, fmt.Errorf("the VM has no disk %s: %w", dev, sdk.ErrInvalidArgument)
+}
+
+// topName matches the names a disk's top node has: dev, dev-t1, dev-t2, ...
+func topName(dev string) *regexp.Regexp {
+	return regexp.MustCompile(`^` + regexp.QuoteMeta(dev) + `(-t([0-9]+))?$`)
+}
+
+// nextTopNode names the node for dev's next top: one past the highest
+// switch number in use (a failed switch may have left a node behind).
+func nextTopNode(ctx context.Context, q *qmp.Conn, dev string) (string, error) {
+	nodes, err := namedNodes(ctx, q)
+	if err != nil {
+		return "", err
+	}
+	names := topName(dev)
+	n := 0
+	for _, node := range nodes {
+		if m := names.FindStringSubmatch(node.Name); m != nil && m[2] != "" {
+			if i, err := strconv.Atoi(m[2]); err == nil && i > n {
+				n = i
+			}
+		}
+	}
+	return fmt.Sprintf("%s-t%d", dev, n+1), nil
+}
+
+type namedNode struct {
+	Name string `json:"node-name"`
+	File string `json:"file"`
+}
+
+func namedNodes(ctx context.Context, q *qmp.Conn) ([]namedNode, error) {
+	raw, err := q.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true})
+	if err != nil {
+		return nil, err
+	}
+	var nodes []namedNode
+	if err := json.Unmarshal(raw, &nodes); err != nil {
+		return nil, fmt.Errorf("query-named-block-nodes: bad answer: %w", err)
+	}
+	return nodes, nil
+}
+
+// checkOpenFile makes sure that path is the file under node, the top of
+// dev: the file the storage plugin renamed must be the one the VM writes,
+// or the switch would freeze one file and leave the VM's writes in another.
+// QEMU names the file by its fd set; the set's descriptors are QEMU's, and
+// /proc shows which file each is.
+func checkOpenFile(ctx context.Context, q *qmp.Conn, vm sdk.VM, h handle, dev, node, path string) error {
+	want, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("SwitchDisk disk.BackingChain[0]: %w: %w", err, sdk.ErrInvalidArgument)
+	}
+	nodes, err := namedNodes(ctx, q)
+	if err != nil {
+		return err
+	}
+	set := -1
+	for _, n := range nodes {
+		if n.Name == node+"-f" {
+			if s, ok := strings.CutPrefix(n.File, "/dev/fdset/"); ok {
+				set, _ = strconv.Atoi(s)
+			}
+		}
+	}
+	if set < 0 {
+		return fmt.Errorf("SwitchDisk: cannot tell which file the VM's disk %s has open: its node %s has no file node from an fd set", dev, node)
+	}
+	raw, err := q.Execute(ctx, "query-fdsets", nil)
+	if err != nil {
+		return err
+	}
+	var sets []struct {
+		ID  int `json:"fdset-id"`
+		FDs []struct {
+			FD int `json:"fd"`
+		} `json:"fds"`
+	}
+	if err := json.Unmarshal(raw, &sets); err != nil {
+		return fmt.Errorf("query-fdsets: bad answer: %w", err)
+	}
+	pid, err := qemuPID(vm, h)
+	if err != nil {
+		return err
+	}
+	for _, s := range sets {
+		if s.ID != set {
+			continue
+		}
+		for _, fd := range s.FDs {
+			st, err := os.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, fd.FD))
+			if err != nil {
+				return fmt.Errorf("SwitchDisk: which file the VM's disk %s has open: %w", dev, err)
+			}
+			if os.SameFile(st, want) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("SwitchDisk disk.BackingChain[0] %s is not the file the VM's disk %s has open: give the file the storage plugin renamed the disk's file to: %w", path, dev, sdk.ErrInvalidArgument)
+}
+
+// qemuPID is the PID of the VM's QEMU: the launcher writes it (QEMU itself
+// may run unprivileged and is not trusted to), and it counts only while it
+// is the launcher's child.
+func qemuPID(vm sdk.VM, h handle) (int, error) {
+	b, err := os.ReadFile(h.QEMUPIDFile)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return 0, fmt.Errorf("the VM's QEMU is not running (no %s): %w", h.QEMUPIDFile, sdk.ErrInvalidState)
+		}
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("%s: bad PID %q", h.QEMUPIDFile, b)
+	}
+	if vm.PID > 0 && proc.ParentOf(pid) != vm.PID {
+		return 0, fmt.Errorf("process %d of %s is not the VM's QEMU (not a child of its launcher %d): %w", pid, h.QEMUPIDFile, vm.PID, sdk.ErrInvalidState)
+	}
+	return pid, nil
+}
+
+// qcow2Size reads the virtual size from a qcow2 header (checkQcow2 has
+// checked the magic).
+func qcow2Size(f *os.File) (uint64, error) {
+	var b [8]byte
+	if _, err := f.ReadAt(b[:], 24); err != nil {
+		return 0, fmt.Errorf("read the qcow2 header: %w", err)
+	}
+	return binary.BigEndian.Uint64(b[:]), nil
+}
