@@ -93,6 +93,9 @@ func (v *memVMMDouble) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan,
 func (v *memVMMDouble) Stop(context.Context, sdk.VM, bool) error { return nil }
 func (v *memVMMDouble) Pause(context.Context, sdk.VM) error      { return nil }
 func (v *memVMMDouble) Resume(context.Context, sdk.VM) error     { return nil }
+func (v *memVMMDouble) SwitchDisk(context.Context, sdk.VM, int, sdk.DiskSpec) error {
+	return sdk.ErrUnsupported
+}
 func (v *memVMMDouble) Metrics(context.Context, sdk.VM) (sdk.Metrics, error) {
 	return sdk.Metrics{}, nil
 }

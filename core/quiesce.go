@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/boxctl/boxctl/core/model"
@@ -90,39 +91,57 @@ func (r *Runtime) quiesced(ctx context.Context, b *model.Box, what string, fn fu
 	return q, fn(bctx, vm)
 }
 
-// diskSwitcher is the VMM's optional live disk switch: continue a paused
-// VM's disk at index (spec order) on disk, a new overlay over the file the
-// VM had open (disk.BackingChain[0]).
-type diskSwitcher interface {
-	SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.DiskSpec) error
-}
-
 // writableDiskIndex is the writable disk's place in VMSpec.Disks (see
 // prepareGuest): after the image's root disk.
 const writableDiskIndex = 1
 
 // liveDiskSwitcher returns the VMM's disk switch, or an error saying that
 // this VMM needs the box stopped for what.
-func (r *Runtime) liveDiskSwitcher(ctx context.Context, b *model.Box, what string) (diskSwitcher, error) {
+func (r *Runtime) liveDiskSwitcher(ctx context.Context, b *model.Box, what string) (sdk.DiskSwitcher, error) {
+	info, err := r.plugins.Info(ctx, sdk.RoleVMM)
+	if err != nil {
+		return nil, fmt.Errorf("vmm plugin: %w", err)
+	}
 	vmm, err := r.plugins.VMM(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("vmm plugin: %w", err)
 	}
-	sw, ok := vmm.(diskSwitcher)
-	if !ok {
+	sw, ok := vmm.(sdk.DiskSwitcher)
+	if !ok || !info.Capabilities.DiskSwitch {
 		return nil, fmt.Errorf("%s %s: the VMM plugin %q cannot move a running VM to a new disk file, which a constant-time %s of a running box needs; stop the box first (boxctl stop %s): %w",
 			what, b.Name, r.cfg.VMM, what, b.Name, ErrUnsupported)
 	}
 	return sw, nil
 }
 
+// liveDisk is what a running box's VM has open as its writable disk's top
+// file, taken before the storage plugin works on the disk.
+type liveDisk struct{ top os.FileInfo }
+
+// openDisk records which file is the top of box b's writable disk now.
+func (r *Runtime) openDisk(ctx context.Context, b *model.Box) (liveDisk, error) {
+	spec, err := r.writableDiskSpec(ctx, b)
+	if err != nil {
+		return liveDisk{}, err
+	}
+	st, err := os.Stat(spec.Path)
+	if err != nil {
+		return liveDisk{}, fmt.Errorf("writable disk of %s: %w", b.Name, err)
+	}
+	return liveDisk{top: st}, nil
+}
+
 // switchWritable moves running box b's VM onto its writable disk's current
-// top file, after the storage plugin froze the file the VM had open into a
-// base and put a new overlay in its place.
-func (r *Runtime) switchWritable(ctx context.Context, b *model.Box, sw diskSwitcher, vm sdk.VM) error {
+// top file if the storage plugin froze the file the VM had open (was) into
+// a base and put a new overlay in its place; a disk the plugin left as it
+// was (a clone that shares an existing base) needs nothing.
+func (r *Runtime) switchWritable(ctx context.Context, b *model.Box, sw sdk.DiskSwitcher, vm sdk.VM, was liveDisk) error {
 	spec, err := r.writableDiskSpec(ctx, b)
 	if err != nil {
 		return err
+	}
+	if st, err := os.Stat(spec.Path); err == nil && os.SameFile(st, was.top) {
+		return nil
 	}
 	if err := sw.SwitchDisk(ctx, vm, writableDiskIndex, spec); err != nil {
 		return fmt.Errorf("move the running VM to its new disk overlay %s: %w", spec.Path, err)

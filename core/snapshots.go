@@ -64,7 +64,7 @@ func (r *Runtime) CreateSnapshot(ctx context.Context, ref, name string) (Snapsho
 			return Snapshot{}, fmt.Errorf("box %s already has a snapshot named %q: choose another name, or remove it first (boxctl snapshot rm %s %s): %w", b.Name, name, b.Name, name, ErrAlreadyExists)
 		}
 	}
-	var sw diskSwitcher
+	var sw sdk.DiskSwitcher
 	switch {
 	case b.Status == model.StatusRunning || b.Status == model.StatusPaused:
 		if sw, err = r.liveDiskSwitcher(ctx, b, "snapshot"); err != nil {
@@ -83,11 +83,14 @@ func (r *Runtime) CreateSnapshot(ctx context.Context, ref, name string) (Snapsho
 	} else {
 		var held Quiesced
 		held, err = r.quiesced(ctx, b, "snapshot", func(ctx context.Context, vm sdk.VM) error {
-			var err error
+			was, err := r.openDisk(ctx, b)
+			if err != nil {
+				return err
+			}
 			if sn, err = snaps.CreateSnapshot(ctx, b.DiskID, name); err != nil {
 				return err
 			}
-			if err := r.switchWritable(ctx, b, sw, vm); err != nil {
+			if err := r.switchWritable(ctx, b, sw, vm, was); err != nil {
 				// The VM still writes to the file that became the
 				// snapshot: drop the snapshot, so that file is the
 				// disk's alone again (its new overlay is empty).
@@ -382,7 +385,7 @@ func (r *Runtime) CloneBoxes(ctx context.Context, srcRef string, opts CloneOptio
 			return nil, err
 		}
 	}
-	var sw diskSwitcher
+	var sw sdk.DiskSwitcher
 	live := src.DiskCreated && opts.Snapshot == "" && (src.Status == model.StatusRunning || src.Status == model.StatusPaused)
 	if live {
 		if sw, err = r.liveDiskSwitcher(ctx, src, "clone"); err != nil {
@@ -420,10 +423,19 @@ func (r *Runtime) CloneBoxes(ctx context.Context, srcRef string, opts CloneOptio
 		}
 		if live {
 			_, err = r.quiesced(ctx, src, "clone", func(ctx context.Context, vm sdk.VM) error {
-				if err := cloneAll(ctx); err != nil {
+				was, err := r.openDisk(ctx, src)
+				if err != nil {
 					return err
 				}
-				return r.switchWritable(ctx, src, sw, vm)
+				if err := cloneAll(ctx); err != nil {
+					// The first clone may have frozen the source's disk
+					// already: the VM must move on in any case.
+					if serr := r.switchWritable(context.WithoutCancel(ctx), src, sw, vm, was); serr != nil {
+						return errors.Join(err, serr)
+					}
+					return err
+				}
+				return r.switchWritable(ctx, src, sw, vm, was)
 			})
 		} else {
 			err = cloneAll(ctx)

@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -248,5 +250,95 @@ func TestMonitorResumesAnAbandonedBracket(t *testing.T) {
 	}
 	if out := e.ok("exec", "held", "--", "echo", "alive"); strings.TrimSpace(out) != "alive" {
 		t.Fatalf("exec after the brackets: %q", out)
+	}
+}
+
+// switches reads how often the procvmm "VM" of box name had its writable
+// disk switched, and the path it runs on now (its RunDir/disks.json).
+func (e *env) switches(rt *core.Runtime, name string) (int, string) {
+	e.t.Helper()
+	b, err := os.ReadFile(filepath.Join(e.boxDir(e.info(rt, name).ID), "disks.json"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var rec struct {
+		Disks []struct {
+			Path     string `json:"Path"`
+			Switches int    `json:"switches"`
+		} `json:"disks"`
+	}
+	if err := json.Unmarshal(b, &rec); err != nil || len(rec.Disks) < 2 {
+		e.t.Fatalf("disks.json %s: %v", b, err)
+	}
+	return rec.Disks[1].Switches, rec.Disks[1].Path
+}
+
+// TestLiveSnapshotAndCloneSwitchTheDisk: a snapshot and a clone of a
+// running box go through the bracket and move the VM onto the disk's new
+// top file, once per operation (clone --count 2 switches once).
+func TestLiveSnapshotAndCloneSwitchTheDisk(t *testing.T) {
+	e := newEnv(t, "")
+	e.ok("run", "-d", "--name", "live", testImage)
+	_, errs, code := e.cli("snapshot", "create", "live", "s1")
+	if code != 0 || !strings.Contains(errs, "frozen") {
+		t.Fatalf("snapshot of a running box: exit %d, %s", code, errs)
+	}
+	rt := e.runtime()
+	n, path := e.switches(rt, "live")
+	if n != 1 || filepath.Base(path) != e.info(rt, "live").DiskID+".qcow2" {
+		t.Fatalf("after a live snapshot: %d switches, top %s", n, path)
+	}
+	// Over an empty overlay a clone shares the base (no switch): give the
+	// overlay data, as a guest's writes would (the double writes none).
+	e.writeOverlay(rt, "live")
+	e.ok("clone", "live", "--name", "twin", "--count", "2")
+	if n, _ := e.switches(rt, "live"); n != 2 {
+		t.Fatalf("after a live clone --count 2: %d switches, want 2", n)
+	}
+	if out := e.ok("exec", "live", "--", "echo", "still"); strings.TrimSpace(out) != "still" {
+		t.Fatalf("exec after the brackets: %q", out)
+	}
+	if b := e.info(rt, "live"); b.Status != model.StatusRunning || b.Pending != "" {
+		t.Fatalf("after the brackets: %s pending %q", b.Status, b.Pending)
+	}
+	e.assertConsistent(rt)
+}
+
+// TestLiveSnapshotWhenTheSwitchFails: the VMM refuses the switch: the
+// snapshot and the clones are undone, the box runs on, nothing is left.
+func TestLiveSnapshotWhenTheSwitchFails(t *testing.T) {
+	e := newEnv(t, "plugin \"procvmm\" {\n  config {\n    fail_on = \"SwitchDisk\"\n  }\n}\n")
+	e.ok("run", "-d", "--name", "live", testImage)
+	if _, errs, code := e.cli("snapshot", "create", "live", "s1"); code == 0 || !strings.Contains(errs, "new disk overlay") {
+		t.Fatalf("snapshot with a failing switch: exit %d, %s", code, errs)
+	}
+	if got := e.snapshotNames("live"); len(got) != 0 {
+		t.Fatalf("a failed live snapshot left snapshots %v", got)
+	}
+	rt := e.runtime()
+	e.writeOverlay(rt, "live")
+	if _, errs, code := e.cli("clone", "live", "--name", "twin", "--count", "2"); code == 0 || !strings.Contains(errs, "new disk overlay") {
+		t.Fatalf("clone with a failing switch: exit %d, %s", code, errs)
+	}
+	if listed := e.ok("ls", "-a", "--format", "{{.Name}}"); strings.Contains(listed, "twin") {
+		t.Fatalf("a failed live clone left boxes:\n%s", listed)
+	}
+	if n, _ := e.switches(rt, "live"); n != 0 {
+		t.Fatalf("%d switches recorded by a VMM that failed them", n)
+	}
+	if out := e.ok("exec", "live", "--", "echo", "still"); strings.TrimSpace(out) != "still" {
+		t.Fatalf("exec after the failed brackets: %q", out)
+	}
+	e.assertConsistent(rt)
+}
+
+// writeOverlay writes 64 KiB into box name's writable disk top file with
+// qemu-io, standing in for the guest the procvmm double does not have.
+func (e *env) writeOverlay(rt *core.Runtime, name string) {
+	e.t.Helper()
+	b := e.info(rt, name)
+	top := filepath.Join(e.home, "plugins-data", "qcow2", "disks", b.DiskID+".qcow2")
+	if out, err := exec.Command("qemu-io", "-c", "write -P 0x5a 0 64k", top).CombinedOutput(); err != nil {
+		e.t.Fatalf("qemu-io write %s: %v\n%s", top, err, out)
 	}
 }
