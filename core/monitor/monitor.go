@@ -81,6 +81,10 @@ type monitor struct {
 	mu         sync.Mutex
 	// vmState is the last state read from the VM's state file.
 	vmState VMState
+	// holds counts the quiesce brackets being guarded; holdEnded is when
+	// the last one ended. The VM pauses they cause are not recorded.
+	holds     int
+	holdEnded time.Time
 	// handlers counts control connections being answered; the monitor
 	// exits only after they got their reply.
 	handlers sync.WaitGroup
@@ -547,6 +551,15 @@ func (m *monitor) hold(conn net.Conn, limit time.Duration) {
 	if limit <= 0 || limit > maxHold {
 		limit = maxHold
 	}
+	m.mu.Lock()
+	m.holds++
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.holds--
+		m.holdEnded = time.Now().UTC()
+		m.mu.Unlock()
+	}()
 	if err := json.NewEncoder(conn).Encode(response{OK: true, VM: m.vm}); err != nil {
 		return
 	}

@@ -82,8 +82,11 @@ func (m *monitor) applyVMState(ctx context.Context, st VMState) {
 	m.mu.Lock()
 	changed := m.vmState.State != st.State || m.vmState.Reason != st.Reason
 	m.vmState = st
+	// A quiesce bracket's own pause is not the box's: it ends with the
+	// bracket (the VM state file may say so a poll late).
+	bracket := st.State == VMPaused && (m.holds > 0 || !st.At.IsZero() && !st.At.After(m.holdEnded))
 	m.mu.Unlock()
-	if !changed {
+	if !changed || bracket {
 		return
 	}
 	switch st.State {
