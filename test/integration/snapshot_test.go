@@ -105,6 +105,19 @@ func TestSnapshotLifecycleCLI(t *testing.T) {
 		t.Fatalf("after rm: %v", got)
 	}
 	e.assertConsistent(rt)
+
+	// rm of a box deletes its snapshots and releases the bases they held.
+	e.ok("snapshot", "create", "web", "again")
+	e.ok("snapshot", "create", "web", "twice")
+	bases := filepath.Join(e.home, "plugins-data", "qcow2", "bases", "*.qcow2")
+	if held, _ := filepath.Glob(bases); len(held) == 0 {
+		t.Fatal("two snapshots hold no base")
+	}
+	e.ok("rm", "web")
+	if held, _ := filepath.Glob(bases); len(held) != 0 {
+		t.Fatalf("bases left after the box and its snapshots were removed: %v", held)
+	}
+	e.assertConsistent(rt)
 }
 
 // TestCloneCount: clone --count 3 of a stopped box makes three stopped
