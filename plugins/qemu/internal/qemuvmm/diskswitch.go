@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +32,10 @@ import (
 // with "-f". The new overlay's descriptor stays in its fd set while the VM
 // runs, as the launcher's do: that is how a later switch finds which file a
 // node has open (QEMU's own copy of the descriptor is not listed).
+//
+// It takes eight QMP round trips, none of which lists every node with its
+// chain (query-named-block-nodes does): a box with many snapshots has a
+// long chain.
 func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.DiskSpec) error {
 	started := time.Now()
 	h, err := decodeHandle(vm.Handle)
@@ -76,13 +79,12 @@ func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.Dis
 	case old.Format != top.format:
 		return fmt.Errorf("SwitchDisk disk.BackingChain[0] (%s): format %q, but the file the VM's disk %s has open is %s: %w", old.Path, old.Format, dev, top.format, sdk.ErrInvalidArgument)
 	}
-	if err := checkOpenFile(ctx, q, vm, h, dev, top.node, old.Path); err != nil {
+	if err := checkOpenFile(ctx, q, vm, h, dev, top, old.Path); err != nil {
 		return err
 	}
-	node, err := nextTopNode(ctx, q, dev)
-	if err != nil {
-		return err
-	}
+	// A failed switch deletes the nodes it added, so the next number is
+	// free (if it is not, blockdev-add fails and the VM goes on as it was).
+	node := fmt.Sprintf("%s-t%d", dev, switchNumber(dev, top.node)+1)
 	raw, err := q.ExecuteWithFile(ctx, "add-fd", map[string]any{"opaque": "boxctl " + disk.Path}, f)
 	if err != nil {
 		return fmt.Errorf("pass the new overlay %s to QEMU: %w", disk.Path, err)
@@ -150,6 +152,9 @@ type top struct {
 	node   string
 	format string
 	size   uint64
+	// file is the name of the file under the node ("/dev/fdset/N"), when
+	// QEMU's description of the node shows it.
+	file string
 }
 
 // diskTop finds the top node of device dev among QEMU's block devices: dev
@@ -163,6 +168,7 @@ func diskTop(ctx context.Context, q *qmp.Conn, dev string) (top, error) {
 		Inserted *struct {
 			Node  string `json:"node-name"`
 			RO    bool   `json:"ro"`
+			File  string `json:"file"`
 			Image struct {
 				Format string `json:"format"`
 				Size   uint64 `json:"virtual-size"`
@@ -172,58 +178,75 @@ func diskTop(ctx context.Context, q *qmp.Conn, dev string) (top, error) {
 	if err := json.Unmarshal(raw, &devices); err != nil {
 		return top{}, fmt.Errorf("query-block: bad answer: %w", err)
 	}
-	names := topName(dev)
 	for _, d := range devices {
-		if d.Inserted == nil || !names.MatchString(d.Inserted.Node) {
+		in := d.Inserted
+		if in == nil || switchNumber(dev, in.Node) < 0 {
 			continue
 		}
-		if d.Inserted.RO {
+		if in.RO {
 			return top{}, fmt.Errorf("the VM's disk %s is read-only: only a writable disk is switched: %w", dev, sdk.ErrInvalidArgument)
 		}
-		return top{node: d.Inserted.Node, format: d.Inserted.Image.Format, size: d.Inserted.Image.Size}, nil
+		return top{node: in.Node, format: in.Image.Format, size: in.Image.Size, file: fileOfNode(in.File)}, nil
 	}
 	return top{}, fmt.Errorf("the VM has no disk %s: %w", dev, sdk.ErrInvalidArgument)
 }
 
-// topName matches the names a disk's top node has: dev, dev-t1, dev-t2, ...
-func topName(dev string) *regexp.Regexp {
-	return regexp.MustCompile(`^` + regexp.QuoteMeta(dev) + `(-t([0-9]+))?$`)
+// fileOfNode reads the file under a format node from the node's filename
+// as QEMU describes it: the file's own name for a node that adds nothing
+// to it (raw), or a "json:" description whose "file" is the file node's
+// (a qcow2 node with its backing given explicitly).
+func fileOfNode(filename string) string {
+	rest, ok := strings.CutPrefix(filename, "json:")
+	if !ok {
+		return filename
+	}
+	var desc struct {
+		File struct {
+			Filename string `json:"filename"`
+		} `json:"file"`
+	}
+	if json.Unmarshal([]byte(rest), &desc) != nil {
+		return ""
+	}
+	return desc.File.Filename
 }
 
-// nextTopNode names the node for dev's next top: one past the highest
-// switch number in use (a failed switch may have left a node behind).
-func nextTopNode(ctx context.Context, q *qmp.Conn, dev string) (string, error) {
-	nodes, err := namedNodes(ctx, q)
+// switchNumber is n for dev's top node named dev-tN, 0 for dev itself, and
+// -1 for any other node.
+func switchNumber(dev, node string) int {
+	if node == dev {
+		return 0
+	}
+	s, ok := strings.CutPrefix(node, dev+"-t")
+	if !ok {
+		return -1
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || strconv.Itoa(n) != s {
+		return -1
+	}
+	return n
+}
+
+// fileNode returns the filename of the block node named node.
+func fileNode(ctx context.Context, q *qmp.Conn, node string) (string, error) {
+	raw, err := q.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true})
 	if err != nil {
 		return "", err
 	}
-	names := topName(dev)
-	n := 0
-	for _, node := range nodes {
-		if m := names.FindStringSubmatch(node.Name); m != nil && m[2] != "" {
-			if i, err := strconv.Atoi(m[2]); err == nil && i > n {
-				n = i
-			}
+	var nodes []struct {
+		Name string `json:"node-name"`
+		File string `json:"file"`
+	}
+	if err := json.Unmarshal(raw, &nodes); err != nil {
+		return "", fmt.Errorf("query-named-block-nodes: bad answer: %w", err)
+	}
+	for _, n := range nodes {
+		if n.Name == node {
+			return n.File, nil
 		}
 	}
-	return fmt.Sprintf("%s-t%d", dev, n+1), nil
-}
-
-type namedNode struct {
-	Name string `json:"node-name"`
-	File string `json:"file"`
-}
-
-func namedNodes(ctx context.Context, q *qmp.Conn) ([]namedNode, error) {
-	raw, err := q.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true})
-	if err != nil {
-		return nil, err
-	}
-	var nodes []namedNode
-	if err := json.Unmarshal(raw, &nodes); err != nil {
-		return nil, fmt.Errorf("query-named-block-nodes: bad answer: %w", err)
-	}
-	return nodes, nil
+	return "", fmt.Errorf("QEMU has no block node %s", node)
 }
 
 // checkOpenFile makes sure that path is the file under node, the top of
@@ -231,25 +254,22 @@ func namedNodes(ctx context.Context, q *qmp.Conn) ([]namedNode, error) {
 // or the switch would freeze one file and leave the VM's writes in another.
 // QEMU names the file by its fd set; the set's descriptors are QEMU's, and
 // /proc shows which file each is.
-func checkOpenFile(ctx context.Context, q *qmp.Conn, vm sdk.VM, h handle, dev, node, path string) error {
+func checkOpenFile(ctx context.Context, q *qmp.Conn, vm sdk.VM, h handle, dev string, top top, path string) error {
 	want, err := os.Stat(path)
 	if err != nil {
 		return fmt.Errorf("SwitchDisk disk.BackingChain[0]: %w: %w", err, sdk.ErrInvalidArgument)
 	}
-	nodes, err := namedNodes(ctx, q)
-	if err != nil {
-		return err
-	}
-	set := -1
-	for _, n := range nodes {
-		if n.Name == node+"-f" {
-			if s, ok := strings.CutPrefix(n.File, "/dev/fdset/"); ok {
-				set, _ = strconv.Atoi(s)
-			}
+	file := top.file
+	if !strings.HasPrefix(file, "/dev/fdset/") {
+		// Ask for the file node itself: a longer answer (every node with
+		// its whole chain), but no guessing.
+		if file, err = fileNode(ctx, q, top.node+"-f"); err != nil {
+			return err
 		}
 	}
-	if set < 0 {
-		return fmt.Errorf("SwitchDisk: cannot tell which file the VM's disk %s has open: its node %s has no file node from an fd set", dev, node)
+	set, err := strconv.Atoi(strings.TrimPrefix(file, "/dev/fdset/"))
+	if err != nil {
+		return fmt.Errorf("SwitchDisk: cannot tell which file the VM's disk %s has open: its node %s is on %q, not on an fd set", dev, top.node, file)
 	}
 	raw, err := q.Execute(ctx, "query-fdsets", nil)
 	if err != nil {

@@ -353,3 +353,24 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 		l2.kill()
 	})
 }
+
+// The names SwitchDisk reads from QEMU's answers: the file under a top node
+// (from the node's filename as query-block reports it), and which switch a
+// top node is.
+func TestSwitchDiskReadsQEMUsNames(t *testing.T) {
+	for in, want := range map[string]string{
+		"/dev/fdset/4": "/dev/fdset/4",
+		`json:{"backing": {"driver": "raw", "file": {"driver": "file", "filename": "/dev/fdset/3"}}, "driver": "qcow2", "file": {"driver": "file", "filename": "/dev/fdset/4"}}`: "/dev/fdset/4",
+		`json:{"driver": "qcow2", "file": "vdb-f"}`: "",
+		"json:{broken": "",
+	} {
+		if got := fileOfNode(in); got != want {
+			t.Errorf("fileOfNode(%s) = %q, want %q", in, got, want)
+		}
+	}
+	for node, want := range map[string]int{"vdb": 0, "vdb-t1": 1, "vdb-t12": 12, "vdb-b1": -1, "vdb-t": -1, "vdb-t01": -1, "vdb-t-1": -1, "vdc-t1": -1, "vdb-t1-f": -1} {
+		if got := switchNumber("vdb", node); got != want {
+			t.Errorf("switchNumber(vdb, %s) = %d, want %d", node, got, want)
+		}
+	}
+}
