@@ -192,9 +192,9 @@ func startPlan(t *testing.T, plan sdk.LaunchPlan) *vmProc {
 
 // TestSwitchDiskIsRecorded switches the writable disk of a paused "VM" the
 // way the core's quiesce bracket does (rename, new overlay, SwitchDisk)
-// and reads the switch back from RunDir/disks.json; with fail_on the call
-// fails after its checks and records nothing; the "VM" stopped by Pause is
-// stopped when Pause returns.
+// and reads the switch back from RunDir/disks.json; a retry succeeds and
+// records nothing; with fail_on the call fails after its checks and records
+// nothing; the "VM" stopped by Pause is stopped when Pause returns.
 func TestSwitchDiskIsRecorded(t *testing.T) {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		t.Fatal("qemu-img not found: install qemu-utils")
@@ -266,6 +266,15 @@ func TestSwitchDiskIsRecorded(t *testing.T) {
 			t.Fatalf("SwitchDisk: %v", err)
 		case !failing && (got.Switches != 1 || got.Format != "qcow2" || len(got.BackingChain) != 1 || got.BackingChain[0].Path != base):
 			t.Errorf("disks.json after the switch: %s", b)
+		}
+		if !failing {
+			// A retry succeeds and records nothing more.
+			if err := vmm.SwitchDisk(ctx, ref, 1, switched); err != nil {
+				t.Errorf("SwitchDisk again: %v", err)
+			}
+			if again, _ := os.ReadFile(filepath.Join(run, "disks.json")); !bytes.Equal(again, b) {
+				t.Errorf("a repeated SwitchDisk changed disks.json:\n%s\n%s", b, again)
+			}
 		}
 		if rec.Disks[0].Switches != 0 {
 			t.Errorf("the image disk was recorded as switched: %s", b)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +33,12 @@ import (
 // with "-f". The new overlay's descriptor stays in its fd set while the VM
 // runs, as the launcher's do: that is how a later switch finds which file a
 // node has open (QEMU's own copy of the descriptor is not listed).
+//
+// A disk already on disk.Path (the file under its top node is that file)
+// is left as it is: a retry after a failure whose outcome the caller could
+// not see succeeds. A plugin that died half-way leaves at most an unattached
+// node, which the next attempt removes, and a descriptor in an fd set of its
+// own until QEMU exits.
 //
 // It takes eight QMP round trips, none of which lists every node with its
 // chain (query-named-block-nodes does): a box with many snapshots has a
@@ -72,6 +79,20 @@ func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.Dis
 	if err != nil {
 		return fmt.Errorf("SwitchDisk index %d: %w", index, err)
 	}
+	files, err := topFiles(ctx, q, vm, h, dev, top)
+	if err != nil {
+		return err
+	}
+	overlay, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if slices.ContainsFunc(files, func(fi os.FileInfo) bool { return os.SameFile(fi, overlay) }) {
+		// Switched already: a retry after a failure whose outcome the
+		// caller could not see (or nothing was renamed at all).
+		v.log.Debug("disk already on its overlay", "device", dev, "node", top.node, "overlay", disk.Path)
+		return nil
+	}
 	old := disk.BackingChain[0]
 	switch {
 	case top.size != size:
@@ -79,11 +100,14 @@ func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.Dis
 	case old.Format != top.format:
 		return fmt.Errorf("SwitchDisk disk.BackingChain[0] (%s): format %q, but the file the VM's disk %s has open is %s: %w", old.Path, old.Format, dev, top.format, sdk.ErrInvalidArgument)
 	}
-	if err := checkOpenFile(ctx, q, vm, h, dev, top, old.Path); err != nil {
-		return err
+	oldFile, err := os.Stat(old.Path)
+	if err != nil {
+		return fmt.Errorf("SwitchDisk disk.BackingChain[0]: %w: %w", err, sdk.ErrInvalidArgument)
 	}
-	// A failed switch deletes the nodes it added, so the next number is
-	// free (if it is not, blockdev-add fails and the VM goes on as it was).
+	if !slices.ContainsFunc(files, func(fi os.FileInfo) bool { return os.SameFile(fi, oldFile) }) {
+		return fmt.Errorf("SwitchDisk disk.BackingChain[0] %s is not the file the VM's disk %s has open: give the file the storage plugin renamed the disk's file to: %w", old.Path, dev, sdk.ErrInvalidArgument)
+	}
+
 	node := fmt.Sprintf("%s-t%d", dev, switchNumber(dev, top.node)+1)
 	raw, err := q.ExecuteWithFile(ctx, "add-fd", map[string]any{"opaque": "boxctl " + disk.Path}, f)
 	if err != nil {
@@ -97,30 +121,55 @@ func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.Dis
 	}
 	// On failure the VM must go on as it was: drop whatever was added, even
 	// when ctx is what failed.
-	undo := func(nodes ...string) {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
+	later, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	del := func(nodes ...string) {
 		for _, n := range nodes {
-			if _, err := q.Execute(uctx, "blockdev-del", map[string]any{"node-name": n}); err != nil {
-				v.log.Warn("SwitchDisk: remove the new node after a failure", "node", n, "err", err)
+			if _, err := q.Execute(later, "blockdev-del", map[string]any{"node-name": n}); err != nil {
+				v.log.Debug("SwitchDisk: remove a block node", "node", n, "err", err)
 			}
 		}
+	}
+	undo := func(nodes ...string) {
+		del(nodes...)
 		// QEMU closes the descriptor once the VM runs again.
-		if _, err := q.Execute(uctx, "remove-fd", map[string]any{"fdset-id": fdset.ID}); err != nil {
+		if _, err := q.Execute(later, "remove-fd", map[string]any{"fdset-id": fdset.ID}); err != nil {
 			v.log.Warn("SwitchDisk: drop the new overlay's fd set after a failure", "fdset", fdset.ID, "err", err)
 		}
 	}
-	nodes := blockNodes(node, "/dev/fdset/"+strconv.Itoa(fdset.ID), "qcow2", true, diskCache(true), "")
 	var added []string // nodes to delete on failure, newest first
-	for _, n := range nodes {
-		if _, err := q.Execute(ctx, "blockdev-add", n); err != nil {
+	for _, n := range blockNodes(node, "/dev/fdset/"+strconv.Itoa(fdset.ID), "qcow2", true, diskCache(true), "") {
+		_, err := q.Execute(ctx, "blockdev-add", n)
+		if err != nil && len(added) == 0 {
+			// A switch whose plugin died half-way may have left nodes of
+			// this name, not attached to anything: remove them and retry.
+			del(node, node+"-f")
+			_, err = q.Execute(ctx, "blockdev-add", n)
+		}
+		if err != nil {
 			undo(added...)
 			return fmt.Errorf("open the new overlay %s in QEMU: %w", disk.Path, err)
 		}
 		added = append([]string{n["node-name"].(string)}, added...)
 	}
-	if _, err := q.Execute(ctx, "blockdev-snapshot", map[string]any{"node": top.node, "overlay": node}); err != nil {
+	_, err = q.Execute(ctx, "blockdev-snapshot", map[string]any{"node": top.node, "overlay": node})
+	var refused *qmp.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &refused):
 		undo(added...)
+		return fmt.Errorf("put the new overlay %s on top of disk %s: %w", disk.Path, dev, err)
+	default:
+		// No answer (ctx ended, the connection broke): QEMU may have done
+		// it. Find out, so as not to take away a node the disk uses.
+		now, qerr := diskTop(later, q, dev)
+		switch {
+		case qerr == nil && now.node == node:
+			v.log.Debug("disk switched, though the answer was lost", "device", dev, "to", node, "err", err)
+			return nil
+		case qerr == nil && now.node == top.node:
+			undo(added...)
+		}
 		return fmt.Errorf("put the new overlay %s on top of disk %s: %w", disk.Path, dev, err)
 	}
 	v.log.Debug("disk switched", "device", dev, "from", top.node, "to", node, "overlay", disk.Path, "took", time.Since(started))
@@ -249,31 +298,29 @@ func fileNode(ctx context.Context, q *qmp.Conn, node string) (string, error) {
 	return "", fmt.Errorf("QEMU has no block node %s", node)
 }
 
-// checkOpenFile makes sure that path is the file under node, the top of
-// dev: the file the storage plugin renamed must be the one the VM writes,
-// or the switch would freeze one file and leave the VM's writes in another.
-// QEMU names the file by its fd set; the set's descriptors are QEMU's, and
-// /proc shows which file each is.
-func checkOpenFile(ctx context.Context, q *qmp.Conn, vm sdk.VM, h handle, dev string, top top, path string) error {
-	want, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("SwitchDisk disk.BackingChain[0]: %w: %w", err, sdk.ErrInvalidArgument)
-	}
+// topFiles returns the files under top, the top node of dev, as QEMU has
+// them open: QEMU names the file by its fd set, the set's descriptors are
+// QEMU's, and /proc shows which file each is. That is how SwitchDisk knows
+// that the file the storage plugin renamed is the one the VM writes (or the
+// switch would freeze one file and leave the VM's writes in another), and
+// whether the disk is on the new overlay already.
+func topFiles(ctx context.Context, q *qmp.Conn, vm sdk.VM, h handle, dev string, top top) ([]os.FileInfo, error) {
 	file := top.file
 	if !strings.HasPrefix(file, "/dev/fdset/") {
 		// Ask for the file node itself: a longer answer (every node with
 		// its whole chain), but no guessing.
+		var err error
 		if file, err = fileNode(ctx, q, top.node+"-f"); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	set, err := strconv.Atoi(strings.TrimPrefix(file, "/dev/fdset/"))
 	if err != nil {
-		return fmt.Errorf("SwitchDisk: cannot tell which file the VM's disk %s has open: its node %s is on %q, not on an fd set", dev, top.node, file)
+		return nil, fmt.Errorf("SwitchDisk: cannot tell which file the VM's disk %s has open: its node %s is on %q, not on an fd set", dev, top.node, file)
 	}
 	raw, err := q.Execute(ctx, "query-fdsets", nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var sets []struct {
 		ID  int `json:"fdset-id"`
@@ -282,12 +329,13 @@ func checkOpenFile(ctx context.Context, q *qmp.Conn, vm sdk.VM, h handle, dev st
 		} `json:"fds"`
 	}
 	if err := json.Unmarshal(raw, &sets); err != nil {
-		return fmt.Errorf("query-fdsets: bad answer: %w", err)
+		return nil, fmt.Errorf("query-fdsets: bad answer: %w", err)
 	}
 	pid, err := qemuPID(vm, h)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var files []os.FileInfo
 	for _, s := range sets {
 		if s.ID != set {
 			continue
@@ -295,14 +343,15 @@ func checkOpenFile(ctx context.Context, q *qmp.Conn, vm sdk.VM, h handle, dev st
 		for _, fd := range s.FDs {
 			st, err := os.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, fd.FD))
 			if err != nil {
-				return fmt.Errorf("SwitchDisk: which file the VM's disk %s has open: %w", dev, err)
+				return nil, fmt.Errorf("SwitchDisk: which file the VM's disk %s has open: %w", dev, err)
 			}
-			if os.SameFile(st, want) {
-				return nil
-			}
+			files = append(files, st)
 		}
 	}
-	return fmt.Errorf("SwitchDisk disk.BackingChain[0] %s is not the file the VM's disk %s has open: give the file the storage plugin renamed the disk's file to: %w", path, dev, sdk.ErrInvalidArgument)
+	if len(files) == 0 {
+		return nil, fmt.Errorf("SwitchDisk: cannot tell which file the VM's disk %s has open: QEMU lists no descriptor in its fd set %d", dev, set)
+	}
+	return files, nil
 }
 
 // qemuPID is the PID of the VM's QEMU: the launcher writes it (QEMU itself

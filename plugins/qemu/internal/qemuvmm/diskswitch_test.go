@@ -17,6 +17,7 @@ import (
 
 	"github.com/boxctl/boxctl/guest/agentclient"
 	"github.com/boxctl/boxctl/guest/vmtest"
+	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
 	"github.com/boxctl/boxctl/sdk"
 	"github.com/boxctl/boxctl/sdk/guestboot"
 )
@@ -141,7 +142,9 @@ func backingChain(t *testing.T, path string) []chainEntry {
 // snapshot as the core does, twice, on one real guest under TCG, confined
 // as a root boxctl confines it: the guest writes /a; freeze, pause, the
 // storage step (rename, new overlay), SwitchDisk, resume, thaw; the guest
-// writes /b, and /c after a second bracket. Once the VM has stopped, each
+// writes /b, and /c after a second bracket (which first meets the nodes a
+// switch that died half-way leaves). Each switch is retried once: the retry
+// succeeds and changes nothing. Once the VM has stopped, each
 // base is byte for byte what it was at its switch, every overlay is a valid
 // qcow2 whose header still names its base relatively (QEMU wrote no
 // /dev/fdset name into it), and a VM booted on the final chain sees all
@@ -184,9 +187,28 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 	vm := l.control()
 	guestRun(t, ctx, c, "echo A > /a && sync")
 
-	// bracket runs freeze, pause, the storage step, SwitchDisk, resume and
-	// thaw, and returns the base and a copy of it taken at the switch.
-	bracket := func(t *testing.T) (base, copied string) {
+	qmpSock := filepath.Join(run, "qmp.sock")
+	topNode := func(t *testing.T) string {
+		t.Helper()
+		raw, err := qmp.Run(ctx, qmpSock, "query-block", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var devs []struct {
+			Inserted struct {
+				Node string `json:"node-name"`
+			} `json:"inserted"`
+		}
+		if err := json.Unmarshal(raw, &devs); err != nil || len(devs) != 2 {
+			t.Fatalf("query-block: %v: %s", err, raw)
+		}
+		return devs[1].Inserted.Node
+	}
+	// bracket runs freeze, pause, the storage step, SwitchDisk (twice: a
+	// retry succeeds and changes nothing), resume and thaw, and returns the
+	// base and a copy of it taken at the switch. before runs just before
+	// the switch.
+	bracket := func(t *testing.T, before func()) (base, copied string) {
 		t.Helper()
 		if err := c.Quiesce(ctx); err != nil {
 			t.Fatal(err)
@@ -199,9 +221,22 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 		copied = filepath.Join(dir, "bases", fmt.Sprintf("copy%d.qcow2", store.bases+1))
 		runTool(t, "cp", "--sparse=always", store.disk, copied)
 		disk, base := store.freeze()
+		if before != nil {
+			before()
+		}
 		switched := time.Now()
 		err := l.vmm.SwitchDisk(ctx, vm, 1, disk)
 		took := time.Since(switched)
+		var node string
+		if err == nil {
+			node = topNode(t)
+			if err := l.vmm.SwitchDisk(ctx, vm, 1, disk); err != nil {
+				t.Errorf("SwitchDisk again (a retry): %v; want success", err)
+			}
+			if again := topNode(t); again != node {
+				t.Errorf("a second SwitchDisk moved the disk from node %s to %s", node, again)
+			}
+		}
 		if rerr := l.vmm.Resume(ctx, vm); rerr != nil {
 			t.Fatal(rerr)
 		}
@@ -212,7 +247,7 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 		if err != nil {
 			t.Fatalf("SwitchDisk: %v%s", err, l.diag())
 		}
-		t.Logf("SwitchDisk took %s; pause to resume %s (with a copy of the disk for the test)", took.Round(time.Microsecond), resumed.Round(time.Microsecond))
+		t.Logf("SwitchDisk took %s, to node %s; pause to resume %s (with a copy of the disk and a retry for the test)", took.Round(time.Microsecond), node, resumed.Round(time.Microsecond))
 		return base, copied
 	}
 
@@ -279,7 +314,7 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 
 	var bases, copies []string
 	t.Run("Bracket", func(t *testing.T) {
-		base, copied := bracket(t)
+		base, copied := bracket(t, nil)
 		bases, copies = append(bases, base), append(copies, copied)
 		guestRun(t, ctx, c, "echo B > /b && dd if=/dev/urandom of=/b.bin bs=1M count=4 2>/dev/null && sync")
 		if got := guestRun(t, ctx, c, "cat /a /b"); got != "A\nA2\nB\n" {
@@ -291,8 +326,20 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 		if len(bases) != 1 {
 			t.Skip("the first bracket failed")
 		}
-		base, copied := bracket(t)
+		// What a plugin that died half-way through a switch leaves: nodes
+		// of the name the next switch uses, attached to nothing.
+		leftovers := func() {
+			for _, n := range []map[string]any{{"driver": "null-co", "node-name": "vdb-t2-f"}, {"driver": "raw", "node-name": "vdb-t2", "file": "vdb-t2-f"}} {
+				if _, err := qmp.Run(ctx, qmpSock, "blockdev-add", n); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		base, copied := bracket(t, leftovers)
 		bases, copies = append(bases, base), append(copies, copied)
+		if node := topNode(t); node != "vdb-t2" {
+			t.Errorf("after the second switch the disk's top is node %s, want vdb-t2", node)
+		}
 		guestRun(t, ctx, c, "echo C > /c && rm /b.bin && sync")
 	})
 

@@ -15,7 +15,7 @@ import (
 
 // fakeQMP answers a QMP handshake on l, then reads one command with the
 // descriptors sent along with it and answers with the fds' inode numbers
-// and what arrived before the command.
+// and the command, after an event and an answer to an earlier command.
 func fakeQMP(t *testing.T, l *net.UnixListener) {
 	t.Helper()
 	go func() {
@@ -51,7 +51,10 @@ func fakeQMP(t *testing.T, l *net.UnixListener) {
 		var req map[string]any
 		_ = json.Unmarshal(buf[:n], &req)
 		_ = w.Encode(map[string]any{"event": "SOMETHING"})
-		_ = w.Encode(map[string]any{"return": map[string]any{"inodes": inodes, "command": req["execute"], "arguments": req["arguments"]}})
+		// The late answer to a command the client gave up on, then this
+		// one's.
+		_ = w.Encode(map[string]any{"return": map[string]any{"command": "stale"}, "id": 1})
+		_ = w.Encode(map[string]any{"return": map[string]any{"inodes": inodes, "command": req["execute"], "arguments": req["arguments"]}, "id": req["id"]})
 	}()
 }
 
@@ -95,7 +98,8 @@ func TestExecuteWithFilePassesTheDescriptor(t *testing.T) {
 	if len(got.Inodes) != 1 || got.Inodes[0] != st.Ino || got.Command != "add-fd" || got.Arguments["opaque"] != "x" {
 		t.Errorf("QEMU's side got %+v; want the file's inode %d with add-fd {opaque: x}", got, st.Ino)
 	}
-	// The event that came before the answer is kept.
+	// The event that came before the answer is kept; the stale answer is
+	// not taken for this command's.
 	if ev, err := q.Next(ctx); err != nil || ev.Name != "SOMETHING" {
 		t.Errorf("Next: %+v %v", ev, err)
 	}
