@@ -144,12 +144,14 @@ func backingChain(t *testing.T, path string) []chainEntry {
 // storage step (rename, new overlay), SwitchDisk, resume, thaw; the guest
 // writes /b, and /c after a second bracket (which first meets the nodes a
 // switch that died half-way leaves). Each switch is retried once: the retry
-// succeeds and changes nothing. Once the VM has stopped, each
-// base is byte for byte what it was at its switch, every overlay is a valid
-// qcow2 whose header still names its base relatively (QEMU wrote no
-// /dev/fdset name into it), and a VM booted on the final chain sees all
-// three files. Refused switches (running VM, bad index, wrong file, wrong
-// size, not a qcow2) leave the VM on its old file and the overlay as it was.
+// succeeds and changes nothing. While the VM runs on, QEMU locks the new
+// overlay and no longer the base, which another VM may open. Once the VM
+// has stopped, each base is byte for byte what it was at its switch, every
+// overlay is a valid qcow2 whose header still names its base relatively
+// (QEMU wrote no /dev/fdset name into it), and a VM booted on the final
+// chain sees all three files. Refused switches (running VM, bad index,
+// wrong file, wrong size, not a qcow2) leave the VM on its old file and the
+// overlay as it was.
 func TestSwitchDiskOfARunningGuest(t *testing.T) {
 	ctx := context.Background()
 	dir := shortDir(t)
@@ -247,6 +249,13 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 		if err != nil {
 			t.Fatalf("SwitchDisk: %v%s", err, l.diag())
 		}
+		// QEMU holds the new overlay now (its write lock), and not the
+		// base any more: another VM (a clone's) can open the base while
+		// this one runs.
+		if out, err := exec.Command("qemu-img", "info", disk.Path).CombinedOutput(); err == nil || !strings.Contains(string(out), "lock") {
+			t.Errorf("qemu-img info of the new overlay while the VM runs: %v: %s; want QEMU's lock to refuse it", err, out)
+		}
+		runTool(t, "qemu-img", "check", "-q", base)
 		t.Logf("SwitchDisk took %s, to node %s; pause to resume %s (with a copy of the disk and a retry for the test)", took.Round(time.Microsecond), node, resumed.Round(time.Microsecond))
 		return base, copied
 	}
