@@ -98,6 +98,7 @@ bench: deps build build-test-plugins guest
 	$(GO) run ./bench/foundation -bin $(BIN) -test-plugins build/test-plugins
 	$(GO) run ./bench/vm -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/snapshot -bin $(BIN) -guest build/guest
+	$(GO) run ./bench/diskswitch -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/storage -plugin $(BIN)/boxctl-plugin-qcow2
 	$(GO) run ./bench/qcow2
 	$(GO) run ./bench/rootfs

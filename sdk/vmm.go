@@ -57,7 +57,9 @@ type DiskSwitcher interface {
 	// chain is disk.BackingChain; the file the VM had open so far is
 	// BackingChain[0] (the storage plugin renamed it). The VM is paused when
 	// it is called. On error the VM keeps using its old file and disk.Path
-	// is untouched, so the caller can undo the rename.
+	// is untouched, so the caller can undo the rename. A VM whose disk is
+	// on disk.Path already is left as it is, with success: after an error
+	// whose outcome it cannot know, the caller retries before it undoes.
 	SwitchDisk(ctx context.Context, vm VM, index int, disk DiskSpec) error
 }
 

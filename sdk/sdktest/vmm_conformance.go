@@ -91,8 +91,8 @@ func WithBootTimeout(d time.Duration) VMMOption { return func(s *vmmSuite) { s.b
 func WithSpec(f func(*sdk.VMSpec)) VMMOption { return func(s *vmmSuite) { s.adjust = f } }
 
 // VMMConformance runs the VMM conformance suite against the VMMs newVMM
-// returns: the contract of sdk.VMM, sdk.Pauser and sdk.MetricsReporter as
-// the core relies on it. Each check is a subtest of its own, with a fresh
+// returns: the contract of sdk.VMM, sdk.Pauser, sdk.MetricsReporter and
+// sdk.DiskSwitcher as the core relies on it. Each check is a subtest of its own, with a fresh
 // VMM and a fresh directory for its disks and RunDir; a failing check logs
 // the spec, the plan, the capabilities and the VM's output. Checks of an
 // optional feature the plugin does not declare are skipped, naming the
@@ -101,8 +101,10 @@ func WithSpec(f func(*sdk.VMSpec)) VMMOption { return func(s *vmmSuite) { s.adju
 // Some checks need a running VM: the suite starts plan.Argv itself, as the
 // box monitor does (plan.Env, plan.Dir, output to RunDir/vm.log). Booting
 // a guest takes seconds under TCG, so those checks share one VM, started by
-// the first of them; each still asks through a VMM of its own, and the last
-// one stops the VM through a VMM from WithReconnect.
+// the first of them; each still asks through a VMM of its own.
+// HandleFromAFreshPluginProcess stops the VM through a VMM from
+// WithReconnect; DiskSwitchAfterStop then looks at the disk files DiskSwitch
+// left.
 func VMMConformance(t *testing.T, newVMM NewVMMFunc, opts ...VMMOption) {
 	s := &vmmSuite{newVMM: newVMM, disks: defaultDisks, bootTimeout: 4 * time.Minute}
 	for _, o := range opts {

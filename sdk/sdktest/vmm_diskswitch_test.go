@@ -147,6 +147,9 @@ func (v *switchingVMM) SwitchDisk(_ context.Context, vm sdk.VM, index int, disk 
 	if index >= len(disks) || disks[index].spec.ReadOnly {
 		return bad("no writable disk %d", index)
 	}
+	if dev, ino, err := inode(disk.Path); err == nil && dev == disks[index].dev && ino == disks[index].ino && v.defect != "not-idempotent" {
+		return nil // on disk.Path already
+	}
 	dev, ino, err := inode(disk.BackingChain[0].Path)
 	if err != nil {
 		return bad("disk.BackingChain[0]: %v", err)
@@ -198,6 +201,7 @@ func TestVMMSuiteCatchesSwitchDefects(t *testing.T) {
 		{"writes-overlay-on-refusal", "a refused SwitchDisk changed the overlay"},
 		{"rewrites-header", "the VMM must not rewrite it"},
 		{"keeps-old-file", "changed after SwitchDisk"},
+		{"not-idempotent", "SwitchDisk again with the same disk (a retry)"},
 	} {
 		t.Run("defect="+c.defect, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^TestVMMSwitchSuiteHelper$/^(Info|DiskSwitch|HandleFromAFreshPluginProcess|DiskSwitchAfterStop)$", "-test.v")

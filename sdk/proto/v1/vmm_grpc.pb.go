@@ -111,8 +111,15 @@ type VMMClient interface {
 	// The VMM opens exactly disk.path (read-write) and uses what the VM has
 	// open for everything below it: it never opens a backing-file name found
 	// in disk.path's header (which stays as the storage plugin wrote it: a
-	// name relative to disk.path), nor any file of disk.backing_chain but
-	// backing_chain[0], and that one only to check it is the VM's file.
+	// name relative to disk.path) and no file of disk.backing_chain: it may
+	// look at backing_chain[0] (stat) to check that it is the VM's file.
+	//
+	// Idempotency: when the VM's disk already continues on disk.path (the file
+	// it has open for the disk's top is disk.path), SwitchDisk succeeds and
+	// changes nothing. So after a failure whose outcome the caller cannot
+	// know (a timeout, a lost connection, a crashed plugin) it calls
+	// SwitchDisk again before it undoes anything: success means the VM is on
+	// the overlay.
 	//
 	// Errors: INVALID_ARGUMENT when index names no writable disk of the VM,
 	// disk.path is not a qcow2 file of the disk's virtual size, or
@@ -254,8 +261,15 @@ type VMMServer interface {
 	// The VMM opens exactly disk.path (read-write) and uses what the VM has
 	// open for everything below it: it never opens a backing-file name found
 	// in disk.path's header (which stays as the storage plugin wrote it: a
-	// name relative to disk.path), nor any file of disk.backing_chain but
-	// backing_chain[0], and that one only to check it is the VM's file.
+	// name relative to disk.path) and no file of disk.backing_chain: it may
+	// look at backing_chain[0] (stat) to check that it is the VM's file.
+	//
+	// Idempotency: when the VM's disk already continues on disk.path (the file
+	// it has open for the disk's top is disk.path), SwitchDisk succeeds and
+	// changes nothing. So after a failure whose outcome the caller cannot
+	// know (a timeout, a lost connection, a crashed plugin) it calls
+	// SwitchDisk again before it undoes anything: success means the VM is on
+	// the overlay.
 	//
 	// Errors: INVALID_ARGUMENT when index names no writable disk of the VM,
 	// disk.path is not a qcow2 file of the disk's virtual size, or

@@ -22,7 +22,8 @@
 // disk's top was when planned or last switched) and records the switch in
 // the VM's disk record, RunDir/disks.json: each disk's current path, format
 // and chain, and how many times it was switched. Plan writes that record;
-// tests read it to see that the core switched the disk it meant to.
+// tests read it to see that the core switched the disk it meant to. A
+// switch to the file the disk is on already succeeds and records nothing.
 //
 // Its config block can make it misbehave on purpose, for the plugin failure
 // tests:
@@ -384,6 +385,9 @@ func (p *procVMM) SwitchDisk(_ context.Context, vm sdk.VM, index int, disk sdk.D
 	}
 	if err := checkQcow2(disk.Path); err != nil {
 		return bad("disk.Path: %v", err)
+	}
+	if dev, ino, err := fileID(disk.Path); err == nil && dev == cur.Dev && ino == cur.Ino {
+		return nil // on disk.Path already: a retry
 	}
 	old := disk.BackingChain[0]
 	dev, ino, err := fileID(old.Path)

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -185,4 +188,113 @@ func startPlan(t *testing.T, plan sdk.LaunchPlan) *vmProc {
 	go func() { _ = cmd.Wait(); close(v.done) }()
 	t.Cleanup(func() { _ = cmd.Process.Kill(); <-v.done })
 	return v
+}
+
+// TestSwitchDiskIsRecorded switches the writable disk of a paused "VM" the
+// way the core's quiesce bracket does (rename, new overlay, SwitchDisk)
+// and reads the switch back from RunDir/disks.json; a retry succeeds and
+// records nothing; with fail_on the call fails after its checks and records
+// nothing; the "VM" stopped by Pause is stopped when Pause returns.
+func TestSwitchDiskIsRecorded(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Fatal("qemu-img not found: install qemu-utils")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, failing := range []bool{false, true} {
+		body := ""
+		if failing {
+			body = "fail_on = \"SwitchDisk\"\n"
+		}
+		vmm := startProcVMM(t, body).(sdk.VMMClient)
+		dir := shortDir(t)
+		run := filepath.Join(dir, "run")
+		if err := os.Mkdir(run, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		root, disk, base := filepath.Join(dir, "root.raw"), filepath.Join(dir, "disk.raw"), filepath.Join(dir, "base.raw")
+		for _, f := range []string{root, disk} {
+			if err := os.WriteFile(f, make([]byte, 1<<20), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		plan, err := vmm.Plan(ctx, sdk.VMSpec{BoxID: "b", VCPUs: 1, MemoryMiB: 128, RunDir: run, Disks: []sdk.DiskSpec{
+			{Path: root, Format: "raw", Role: sdk.DiskRoleImage, ReadOnly: true},
+			{Path: disk, Format: "raw", Role: sdk.DiskRoleWritable},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vm := startPlan(t, plan)
+		ref := sdk.VM{Handle: plan.Handle, PID: vm.cmd.Process.Pid}
+		if err := vmm.Pause(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+		if st := procState(t, ref.PID); st != "T" {
+			t.Fatalf("the VM's state after Pause: %s, want T (stopped)", st)
+		}
+		if err := os.Rename(disk, base); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", disk).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img create: %v: %s", err, out)
+		}
+		switched := sdk.DiskSpec{Path: disk, Format: "qcow2", Role: sdk.DiskRoleWritable, BackingChain: []sdk.ChainFile{{Path: base, Format: "raw"}}}
+		err = vmm.SwitchDisk(ctx, ref, 1, switched)
+		b, rerr := os.ReadFile(filepath.Join(run, "disks.json"))
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		var rec struct {
+			Disks []struct {
+				Path         string
+				Format       string
+				BackingChain []sdk.ChainFile
+				Switches     int `json:"switches"`
+			} `json:"disks"`
+		}
+		if err := json.Unmarshal(b, &rec); err != nil || len(rec.Disks) != 2 {
+			t.Fatalf("disks.json: %v: %s", err, b)
+		}
+		got := rec.Disks[1]
+		switch {
+		case failing && (err == nil || !strings.Contains(err.Error(), "on purpose")):
+			t.Errorf("SwitchDisk with fail_on: %v, want the failure asked for", err)
+		case failing && got.Switches != 0:
+			t.Errorf("a failed SwitchDisk was recorded: %s", b)
+		case !failing && err != nil:
+			t.Fatalf("SwitchDisk: %v", err)
+		case !failing && (got.Switches != 1 || got.Format != "qcow2" || len(got.BackingChain) != 1 || got.BackingChain[0].Path != base):
+			t.Errorf("disks.json after the switch: %s", b)
+		}
+		if !failing {
+			// A retry succeeds and records nothing more.
+			if err := vmm.SwitchDisk(ctx, ref, 1, switched); err != nil {
+				t.Errorf("SwitchDisk again: %v", err)
+			}
+			if again, _ := os.ReadFile(filepath.Join(run, "disks.json")); !bytes.Equal(again, b) {
+				t.Errorf("a repeated SwitchDisk changed disks.json:\n%s\n%s", b, again)
+			}
+		}
+		if rec.Disks[0].Switches != 0 {
+			t.Errorf("the image disk was recorded as switched: %s", b)
+		}
+		if err := vmm.Resume(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+		// A switch of the running "VM" is refused.
+		if err := vmm.SwitchDisk(ctx, ref, 1, switched); !errors.Is(err, sdk.ErrInvalidState) {
+			t.Errorf("SwitchDisk of a running VM: %v, want ErrInvalidState", err)
+		}
+	}
+}
+
+func procState(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+1:])[0]
 }

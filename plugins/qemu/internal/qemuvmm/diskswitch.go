@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +33,16 @@ import (
 // with "-f". The new overlay's descriptor stays in its fd set while the VM
 // runs, as the launcher's do: that is how a later switch finds which file a
 // node has open (QEMU's own copy of the descriptor is not listed).
+//
+// A disk already on disk.Path (the file under its top node is that file)
+// is left as it is: a retry after a failure whose outcome the caller could
+// not see succeeds. A plugin that died half-way leaves at most an unattached
+// node, which the next attempt removes, and a descriptor in an fd set of its
+// own until QEMU exits.
+//
+// It takes eight QMP round trips, none of which lists every node with its
+// chain (query-named-block-nodes does): a box with many snapshots has a
+// long chain.
 func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.DiskSpec) error {
 	started := time.Now()
 	h, err := decodeHandle(vm.Handle)
@@ -69,6 +79,20 @@ func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.Dis
 	if err != nil {
 		return fmt.Errorf("SwitchDisk index %d: %w", index, err)
 	}
+	files, err := topFiles(ctx, q, vm, h, dev, top)
+	if err != nil {
+		return err
+	}
+	overlay, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if slices.ContainsFunc(files, func(fi os.FileInfo) bool { return os.SameFile(fi, overlay) }) {
+		// Switched already: a retry after a failure whose outcome the
+		// caller could not see (or nothing was renamed at all).
+		v.log.Debug("disk already on its overlay", "device", dev, "node", top.node, "overlay", disk.Path)
+		return nil
+	}
 	old := disk.BackingChain[0]
 	switch {
 	case top.size != size:
@@ -76,13 +100,15 @@ func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.Dis
 	case old.Format != top.format:
 		return fmt.Errorf("SwitchDisk disk.BackingChain[0] (%s): format %q, but the file the VM's disk %s has open is %s: %w", old.Path, old.Format, dev, top.format, sdk.ErrInvalidArgument)
 	}
-	if err := checkOpenFile(ctx, q, vm, h, dev, top.node, old.Path); err != nil {
-		return err
-	}
-	node, err := nextTopNode(ctx, q, dev)
+	oldFile, err := os.Stat(old.Path)
 	if err != nil {
-		return err
+		return fmt.Errorf("SwitchDisk disk.BackingChain[0]: %w: %w", err, sdk.ErrInvalidArgument)
 	}
+	if !slices.ContainsFunc(files, func(fi os.FileInfo) bool { return os.SameFile(fi, oldFile) }) {
+		return fmt.Errorf("SwitchDisk disk.BackingChain[0] %s is not the file the VM's disk %s has open: give the file the storage plugin renamed the disk's file to: %w", old.Path, dev, sdk.ErrInvalidArgument)
+	}
+
+	node := fmt.Sprintf("%s-t%d", dev, switchNumber(dev, top.node)+1)
 	raw, err := q.ExecuteWithFile(ctx, "add-fd", map[string]any{"opaque": "boxctl " + disk.Path}, f)
 	if err != nil {
 		return fmt.Errorf("pass the new overlay %s to QEMU: %w", disk.Path, err)
@@ -95,30 +121,55 @@ func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.Dis
 	}
 	// On failure the VM must go on as it was: drop whatever was added, even
 	// when ctx is what failed.
-	undo := func(nodes ...string) {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
+	later, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	del := func(nodes ...string) {
 		for _, n := range nodes {
-			if _, err := q.Execute(uctx, "blockdev-del", map[string]any{"node-name": n}); err != nil {
-				v.log.Warn("SwitchDisk: remove the new node after a failure", "node", n, "err", err)
+			if _, err := q.Execute(later, "blockdev-del", map[string]any{"node-name": n}); err != nil {
+				v.log.Debug("SwitchDisk: remove a block node", "node", n, "err", err)
 			}
 		}
+	}
+	undo := func(nodes ...string) {
+		del(nodes...)
 		// QEMU closes the descriptor once the VM runs again.
-		if _, err := q.Execute(uctx, "remove-fd", map[string]any{"fdset-id": fdset.ID}); err != nil {
+		if _, err := q.Execute(later, "remove-fd", map[string]any{"fdset-id": fdset.ID}); err != nil {
 			v.log.Warn("SwitchDisk: drop the new overlay's fd set after a failure", "fdset", fdset.ID, "err", err)
 		}
 	}
-	nodes := blockNodes(node, "/dev/fdset/"+strconv.Itoa(fdset.ID), "qcow2", true, diskCache(true), "")
 	var added []string // nodes to delete on failure, newest first
-	for _, n := range nodes {
-		if _, err := q.Execute(ctx, "blockdev-add", n); err != nil {
+	for _, n := range blockNodes(node, "/dev/fdset/"+strconv.Itoa(fdset.ID), "qcow2", true, diskCache(true), "") {
+		_, err := q.Execute(ctx, "blockdev-add", n)
+		if err != nil && len(added) == 0 {
+			// A switch whose plugin died half-way may have left nodes of
+			// this name, not attached to anything: remove them and retry.
+			del(node, node+"-f")
+			_, err = q.Execute(ctx, "blockdev-add", n)
+		}
+		if err != nil {
 			undo(added...)
 			return fmt.Errorf("open the new overlay %s in QEMU: %w", disk.Path, err)
 		}
 		added = append([]string{n["node-name"].(string)}, added...)
 	}
-	if _, err := q.Execute(ctx, "blockdev-snapshot", map[string]any{"node": top.node, "overlay": node}); err != nil {
+	_, err = q.Execute(ctx, "blockdev-snapshot", map[string]any{"node": top.node, "overlay": node})
+	var refused *qmp.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &refused):
 		undo(added...)
+		return fmt.Errorf("put the new overlay %s on top of disk %s: %w", disk.Path, dev, err)
+	default:
+		// No answer (ctx ended, the connection broke): QEMU may have done
+		// it. Find out, so as not to take away a node the disk uses.
+		now, qerr := diskTop(later, q, dev)
+		switch {
+		case qerr == nil && now.node == node:
+			v.log.Debug("disk switched, though the answer was lost", "device", dev, "to", node, "err", err)
+			return nil
+		case qerr == nil && now.node == top.node:
+			undo(added...)
+		}
 		return fmt.Errorf("put the new overlay %s on top of disk %s: %w", disk.Path, dev, err)
 	}
 	v.log.Debug("disk switched", "device", dev, "from", top.node, "to", node, "overlay", disk.Path, "took", time.Since(started))
@@ -150,6 +201,9 @@ type top struct {
 	node   string
 	format string
 	size   uint64
+	// file is the name of the file under the node ("/dev/fdset/N"), when
+	// QEMU's description of the node shows it.
+	file string
 }
 
 // diskTop finds the top node of device dev among QEMU's block devices: dev
@@ -163,6 +217,7 @@ func diskTop(ctx context.Context, q *qmp.Conn, dev string) (top, error) {
 		Inserted *struct {
 			Node  string `json:"node-name"`
 			RO    bool   `json:"ro"`
+			File  string `json:"file"`
 			Image struct {
 				Format string `json:"format"`
 				Size   uint64 `json:"virtual-size"`
@@ -172,88 +227,100 @@ func diskTop(ctx context.Context, q *qmp.Conn, dev string) (top, error) {
 	if err := json.Unmarshal(raw, &devices); err != nil {
 		return top{}, fmt.Errorf("query-block: bad answer: %w", err)
 	}
-	names := topName(dev)
 	for _, d := range devices {
-		if d.Inserted == nil || !names.MatchString(d.Inserted.Node) {
+		in := d.Inserted
+		if in == nil || switchNumber(dev, in.Node) < 0 {
 			continue
 		}
-		if d.Inserted.RO {
+		if in.RO {
 			return top{}, fmt.Errorf("the VM's disk %s is read-only: only a writable disk is switched: %w", dev, sdk.ErrInvalidArgument)
 		}
-		return top{node: d.Inserted.Node, format: d.Inserted.Image.Format, size: d.Inserted.Image.Size}, nil
+		return top{node: in.Node, format: in.Image.Format, size: in.Image.Size, file: fileOfNode(in.File)}, nil
 	}
 	return top{}, fmt.Errorf("the VM has no disk %s: %w", dev, sdk.ErrInvalidArgument)
 }
 
-// topName matches the names a disk's top node has: dev, dev-t1, dev-t2, ...
-func topName(dev string) *regexp.Regexp {
-	return regexp.MustCompile(`^` + regexp.QuoteMeta(dev) + `(-t([0-9]+))?$`)
+// fileOfNode reads the file under a format node from the node's filename
+// as QEMU describes it: the file's own name for a node that adds nothing
+// to it (raw), or a "json:" description whose "file" is the file node's
+// (a qcow2 node with its backing given explicitly).
+func fileOfNode(filename string) string {
+	rest, ok := strings.CutPrefix(filename, "json:")
+	if !ok {
+		return filename
+	}
+	var desc struct {
+		File struct {
+			Filename string `json:"filename"`
+		} `json:"file"`
+	}
+	if json.Unmarshal([]byte(rest), &desc) != nil {
+		return ""
+	}
+	return desc.File.Filename
 }
 
-// nextTopNode names the node for dev's next top: one past the highest
-// switch number in use (a failed switch may have left a node behind).
-func nextTopNode(ctx context.Context, q *qmp.Conn, dev string) (string, error) {
-	nodes, err := namedNodes(ctx, q)
+// switchNumber is n for dev's top node named dev-tN, 0 for dev itself, and
+// -1 for any other node.
+func switchNumber(dev, node string) int {
+	if node == dev {
+		return 0
+	}
+	s, ok := strings.CutPrefix(node, dev+"-t")
+	if !ok {
+		return -1
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || strconv.Itoa(n) != s {
+		return -1
+	}
+	return n
+}
+
+// fileNode returns the filename of the block node named node.
+func fileNode(ctx context.Context, q *qmp.Conn, node string) (string, error) {
+	raw, err := q.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true})
 	if err != nil {
 		return "", err
 	}
-	names := topName(dev)
-	n := 0
-	for _, node := range nodes {
-		if m := names.FindStringSubmatch(node.Name); m != nil && m[2] != "" {
-			if i, err := strconv.Atoi(m[2]); err == nil && i > n {
-				n = i
-			}
-		}
+	var nodes []struct {
+		Name string `json:"node-name"`
+		File string `json:"file"`
 	}
-	return fmt.Sprintf("%s-t%d", dev, n+1), nil
-}
-
-type namedNode struct {
-	Name string `json:"node-name"`
-	File string `json:"file"`
-}
-
-func namedNodes(ctx context.Context, q *qmp.Conn) ([]namedNode, error) {
-	raw, err := q.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true})
-	if err != nil {
-		return nil, err
-	}
-	var nodes []namedNode
 	if err := json.Unmarshal(raw, &nodes); err != nil {
-		return nil, fmt.Errorf("query-named-block-nodes: bad answer: %w", err)
+		return "", fmt.Errorf("query-named-block-nodes: bad answer: %w", err)
 	}
-	return nodes, nil
-}
-
-// checkOpenFile makes sure that path is the file under node, the top of
-// dev: the file the storage plugin renamed must be the one the VM writes,
-// or the switch would freeze one file and leave the VM's writes in another.
-// QEMU names the file by its fd set; the set's descriptors are QEMU's, and
-// /proc shows which file each is.
-func checkOpenFile(ctx context.Context, q *qmp.Conn, vm sdk.VM, h handle, dev, node, path string) error {
-	want, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("SwitchDisk disk.BackingChain[0]: %w: %w", err, sdk.ErrInvalidArgument)
-	}
-	nodes, err := namedNodes(ctx, q)
-	if err != nil {
-		return err
-	}
-	set := -1
 	for _, n := range nodes {
-		if n.Name == node+"-f" {
-			if s, ok := strings.CutPrefix(n.File, "/dev/fdset/"); ok {
-				set, _ = strconv.Atoi(s)
-			}
+		if n.Name == node {
+			return n.File, nil
 		}
 	}
-	if set < 0 {
-		return fmt.Errorf("SwitchDisk: cannot tell which file the VM's disk %s has open: its node %s has no file node from an fd set", dev, node)
+	return "", fmt.Errorf("QEMU has no block node %s", node)
+}
+
+// topFiles returns the files under top, the top node of dev, as QEMU has
+// them open: QEMU names the file by its fd set, the set's descriptors are
+// QEMU's, and /proc shows which file each is. That is how SwitchDisk knows
+// that the file the storage plugin renamed is the one the VM writes (or the
+// switch would freeze one file and leave the VM's writes in another), and
+// whether the disk is on the new overlay already.
+func topFiles(ctx context.Context, q *qmp.Conn, vm sdk.VM, h handle, dev string, top top) ([]os.FileInfo, error) {
+	file := top.file
+	if !strings.HasPrefix(file, "/dev/fdset/") {
+		// Ask for the file node itself: a longer answer (every node with
+		// its whole chain), but no guessing.
+		var err error
+		if file, err = fileNode(ctx, q, top.node+"-f"); err != nil {
+			return nil, err
+		}
+	}
+	set, err := strconv.Atoi(strings.TrimPrefix(file, "/dev/fdset/"))
+	if err != nil {
+		return nil, fmt.Errorf("SwitchDisk: cannot tell which file the VM's disk %s has open: its node %s is on %q, not on an fd set", dev, top.node, file)
 	}
 	raw, err := q.Execute(ctx, "query-fdsets", nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var sets []struct {
 		ID  int `json:"fdset-id"`
@@ -262,12 +329,13 @@ func checkOpenFile(ctx context.Context, q *qmp.Conn, vm sdk.VM, h handle, dev, n
 		} `json:"fds"`
 	}
 	if err := json.Unmarshal(raw, &sets); err != nil {
-		return fmt.Errorf("query-fdsets: bad answer: %w", err)
+		return nil, fmt.Errorf("query-fdsets: bad answer: %w", err)
 	}
 	pid, err := qemuPID(vm, h)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var files []os.FileInfo
 	for _, s := range sets {
 		if s.ID != set {
 			continue
@@ -275,14 +343,15 @@ func checkOpenFile(ctx context.Context, q *qmp.Conn, vm sdk.VM, h handle, dev, n
 		for _, fd := range s.FDs {
 			st, err := os.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, fd.FD))
 			if err != nil {
-				return fmt.Errorf("SwitchDisk: which file the VM's disk %s has open: %w", dev, err)
+				return nil, fmt.Errorf("SwitchDisk: which file the VM's disk %s has open: %w", dev, err)
 			}
-			if os.SameFile(st, want) {
-				return nil
-			}
+			files = append(files, st)
 		}
 	}
-	return fmt.Errorf("SwitchDisk disk.BackingChain[0] %s is not the file the VM's disk %s has open: give the file the storage plugin renamed the disk's file to: %w", path, dev, sdk.ErrInvalidArgument)
+	if len(files) == 0 {
+		return nil, fmt.Errorf("SwitchDisk: cannot tell which file the VM's disk %s has open: QEMU lists no descriptor in its fd set %d", dev, set)
+	}
+	return files, nil
 }
 
 // qemuPID is the PID of the VM's QEMU: the launcher writes it (QEMU itself

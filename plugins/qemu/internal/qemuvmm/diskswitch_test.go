@@ -17,6 +17,7 @@ import (
 
 	"github.com/boxctl/boxctl/guest/agentclient"
 	"github.com/boxctl/boxctl/guest/vmtest"
+	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
 	"github.com/boxctl/boxctl/sdk"
 	"github.com/boxctl/boxctl/sdk/guestboot"
 )
@@ -141,12 +142,16 @@ func backingChain(t *testing.T, path string) []chainEntry {
 // snapshot as the core does, twice, on one real guest under TCG, confined
 // as a root boxctl confines it: the guest writes /a; freeze, pause, the
 // storage step (rename, new overlay), SwitchDisk, resume, thaw; the guest
-// writes /b, and /c after a second bracket. Once the VM has stopped, each
-// base is byte for byte what it was at its switch, every overlay is a valid
-// qcow2 whose header still names its base relatively (QEMU wrote no
-// /dev/fdset name into it), and a VM booted on the final chain sees all
-// three files. Refused switches (running VM, bad index, wrong file, wrong
-// size, not a qcow2) leave the VM on its old file and the overlay as it was.
+// writes /b, and /c after a second bracket (which first meets the nodes a
+// switch that died half-way leaves). Each switch is retried once: the retry
+// succeeds and changes nothing. While the VM runs on, QEMU locks the new
+// overlay and no longer the base, which another VM may open. Once the VM
+// has stopped, each base is byte for byte what it was at its switch, every
+// overlay is a valid qcow2 whose header still names its base relatively
+// (QEMU wrote no /dev/fdset name into it), and a VM booted on the final
+// chain sees all three files. Refused switches (running VM, bad index,
+// wrong file, wrong size, not a qcow2) leave the VM on its old file and the
+// overlay as it was.
 func TestSwitchDiskOfARunningGuest(t *testing.T) {
 	ctx := context.Background()
 	dir := shortDir(t)
@@ -184,9 +189,28 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 	vm := l.control()
 	guestRun(t, ctx, c, "echo A > /a && sync")
 
-	// bracket runs freeze, pause, the storage step, SwitchDisk, resume and
-	// thaw, and returns the base and a copy of it taken at the switch.
-	bracket := func(t *testing.T) (base, copied string) {
+	qmpSock := filepath.Join(run, "qmp.sock")
+	topNode := func(t *testing.T) string {
+		t.Helper()
+		raw, err := qmp.Run(ctx, qmpSock, "query-block", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var devs []struct {
+			Inserted struct {
+				Node string `json:"node-name"`
+			} `json:"inserted"`
+		}
+		if err := json.Unmarshal(raw, &devs); err != nil || len(devs) != 2 {
+			t.Fatalf("query-block: %v: %s", err, raw)
+		}
+		return devs[1].Inserted.Node
+	}
+	// bracket runs freeze, pause, the storage step, SwitchDisk (twice: a
+	// retry succeeds and changes nothing), resume and thaw, and returns the
+	// base and a copy of it taken at the switch. before runs just before
+	// the switch.
+	bracket := func(t *testing.T, before func()) (base, copied string) {
 		t.Helper()
 		if err := c.Quiesce(ctx); err != nil {
 			t.Fatal(err)
@@ -199,9 +223,22 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 		copied = filepath.Join(dir, "bases", fmt.Sprintf("copy%d.qcow2", store.bases+1))
 		runTool(t, "cp", "--sparse=always", store.disk, copied)
 		disk, base := store.freeze()
+		if before != nil {
+			before()
+		}
 		switched := time.Now()
 		err := l.vmm.SwitchDisk(ctx, vm, 1, disk)
 		took := time.Since(switched)
+		var node string
+		if err == nil {
+			node = topNode(t)
+			if err := l.vmm.SwitchDisk(ctx, vm, 1, disk); err != nil {
+				t.Errorf("SwitchDisk again (a retry): %v; want success", err)
+			}
+			if again := topNode(t); again != node {
+				t.Errorf("a second SwitchDisk moved the disk from node %s to %s", node, again)
+			}
+		}
 		if rerr := l.vmm.Resume(ctx, vm); rerr != nil {
 			t.Fatal(rerr)
 		}
@@ -212,7 +249,14 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 		if err != nil {
 			t.Fatalf("SwitchDisk: %v%s", err, l.diag())
 		}
-		t.Logf("SwitchDisk took %s; pause to resume %s (with a copy of the disk for the test)", took.Round(time.Microsecond), resumed.Round(time.Microsecond))
+		// QEMU holds the new overlay now (its write lock), and not the
+		// base any more: another VM (a clone's) can open the base while
+		// this one runs.
+		if out, err := exec.Command("qemu-img", "info", disk.Path).CombinedOutput(); err == nil || !strings.Contains(string(out), "lock") {
+			t.Errorf("qemu-img info of the new overlay while the VM runs: %v: %s; want QEMU's lock to refuse it", err, out)
+		}
+		runTool(t, "qemu-img", "check", "-q", base)
+		t.Logf("SwitchDisk took %s, to node %s; pause to resume %s (with a copy of the disk and a retry for the test)", took.Round(time.Microsecond), node, resumed.Round(time.Microsecond))
 		return base, copied
 	}
 
@@ -279,7 +323,7 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 
 	var bases, copies []string
 	t.Run("Bracket", func(t *testing.T) {
-		base, copied := bracket(t)
+		base, copied := bracket(t, nil)
 		bases, copies = append(bases, base), append(copies, copied)
 		guestRun(t, ctx, c, "echo B > /b && dd if=/dev/urandom of=/b.bin bs=1M count=4 2>/dev/null && sync")
 		if got := guestRun(t, ctx, c, "cat /a /b"); got != "A\nA2\nB\n" {
@@ -291,8 +335,20 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 		if len(bases) != 1 {
 			t.Skip("the first bracket failed")
 		}
-		base, copied := bracket(t)
+		// What a plugin that died half-way through a switch leaves: nodes
+		// of the name the next switch uses, attached to nothing.
+		leftovers := func() {
+			for _, n := range []map[string]any{{"driver": "null-co", "node-name": "vdb-t2-f"}, {"driver": "raw", "node-name": "vdb-t2", "file": "vdb-t2-f"}} {
+				if _, err := qmp.Run(ctx, qmpSock, "blockdev-add", n); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		base, copied := bracket(t, leftovers)
 		bases, copies = append(bases, base), append(copies, copied)
+		if node := topNode(t); node != "vdb-t2" {
+			t.Errorf("after the second switch the disk's top is node %s, want vdb-t2", node)
+		}
 		guestRun(t, ctx, c, "echo C > /c && rm /b.bin && sync")
 	})
 
@@ -352,4 +408,25 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 		}
 		l2.kill()
 	})
+}
+
+// The names SwitchDisk reads from QEMU's answers: the file under a top node
+// (from the node's filename as query-block reports it), and which switch a
+// top node is.
+func TestSwitchDiskReadsQEMUsNames(t *testing.T) {
+	for in, want := range map[string]string{
+		"/dev/fdset/4": "/dev/fdset/4",
+		`json:{"backing": {"driver": "raw", "file": {"driver": "file", "filename": "/dev/fdset/3"}}, "driver": "qcow2", "file": {"driver": "file", "filename": "/dev/fdset/4"}}`: "/dev/fdset/4",
+		`json:{"driver": "qcow2", "file": "vdb-f"}`: "",
+		"json:{broken": "",
+	} {
+		if got := fileOfNode(in); got != want {
+			t.Errorf("fileOfNode(%s) = %q, want %q", in, got, want)
+		}
+	}
+	for node, want := range map[string]int{"vdb": 0, "vdb-t1": 1, "vdb-t12": 12, "vdb-b1": -1, "vdb-t": -1, "vdb-t01": -1, "vdb-t-1": -1, "vdc-t1": -1, "vdb-t1-f": -1} {
+		if got := switchNumber("vdb", node); got != want {
+			t.Errorf("switchNumber(vdb, %s) = %d, want %d", node, got, want)
+		}
+	}
 }

@@ -43,6 +43,8 @@ var ErrClosed = errors.New("qmp: connection closed")
 type message struct {
 	Return json.RawMessage `json:"return"`
 	Error  *Error          `json:"error"`
+	// ID is the id of the command answered, as it was sent.
+	ID *uint64 `json:"id"`
 	Event
 }
 
@@ -53,6 +55,10 @@ type Conn struct {
 	c       net.Conn
 	r       *bufio.Reader
 	pending []Event
+	// seq numbers the commands: QEMU echoes a command's id in its answer,
+	// so that the answer to a command given up on (its context ended) is
+	// never taken for the next command's.
+	seq uint64
 }
 
 // NewConn reads QEMU's greeting on c and negotiates capabilities. The
@@ -125,7 +131,7 @@ func (q *Conn) ExecuteWithFile(ctx context.Context, command string, args any, f 
 	}
 	stop := q.bound(ctx)
 	defer stop()
-	req, err := request(command, args)
+	req, err := q.request(command, args)
 	if err != nil {
 		return nil, err
 	}
@@ -140,8 +146,9 @@ func (q *Conn) ExecuteWithFile(ctx context.Context, command string, args any, f 
 	return q.reply(command)
 }
 
-func request(command string, args any) ([]byte, error) {
-	req := map[string]any{"execute": command}
+func (q *Conn) request(command string, args any) ([]byte, error) {
+	q.seq++
+	req := map[string]any{"execute": command, "id": q.seq}
 	if args != nil {
 		req["arguments"] = args
 	}
@@ -153,7 +160,7 @@ func request(command string, args any) ([]byte, error) {
 }
 
 func (q *Conn) execute(command string, args any) (json.RawMessage, error) {
-	req, err := request(command, args)
+	req, err := q.request(command, args)
 	if err != nil {
 		return nil, err
 	}
@@ -173,6 +180,9 @@ func (q *Conn) reply(command string) (json.RawMessage, error) {
 		if m.Name != "" {
 			q.pending = append(q.pending, m.Event)
 			continue
+		}
+		if m.ID != nil && *m.ID != q.seq {
+			continue // the late answer to an earlier command
 		}
 		if m.Error != nil {
 			return nil, m.Error
