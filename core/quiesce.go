@@ -66,6 +66,7 @@ func (r *Runtime) quiesced(ctx context.Context, b *model.Box, what string, fn fu
 		_ = agent.Thaw(context.WithoutCancel(ctx))
 		return q, fmt.Errorf("%s %s: freeze its filesystem: %w", what, b.Name, err)
 	}
+	r.crashPoint(what, "frozen")
 	defer func() {
 		tctx, tcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer tcancel()
@@ -80,6 +81,7 @@ func (r *Runtime) quiesced(ctx context.Context, b *model.Box, what string, fn fu
 		_ = vmm.Resume(context.WithoutCancel(ctx), vm)
 		return q, fmt.Errorf("%s %s: pause its vCPUs: %w", what, b.Name, err)
 	}
+	r.crashPoint(what, "paused")
 	defer func() {
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer rcancel()

@@ -53,6 +53,7 @@ type Runtime struct {
 	pluginDirs []string
 	lockWait   time.Duration
 	noRecovery bool
+	crashAt    string
 
 	mu       sync.Mutex
 	shutdown bool
@@ -63,6 +64,28 @@ type Runtime struct {
 
 // Option configures Open.
 type Option func(*Runtime)
+
+// WithCrashPoint is a test hook: the process exits with status 99, as if
+// killed, when an operation reaches the step named point ("<op>:<step>",
+// see CrashPoints). Never use it otherwise.
+func WithCrashPoint(point string) Option { return func(r *Runtime) { r.crashAt = point } }
+
+// CrashPoints are the steps WithCrashPoint can name: where a multi-step
+// operation on boxes can be interrupted.
+func CrashPoints() []string {
+	return []string{
+		"snapshot:pending", "snapshot:frozen", "snapshot:paused", "snapshot:stored", "snapshot:switched",
+		"clone:records", "clone:frozen", "clone:paused", "clone:disks", "clone:switched",
+	}
+}
+
+// crashPoint exits the process at the step WithCrashPoint names.
+func (r *Runtime) crashPoint(op, step string) {
+	if r.crashAt != "" && r.crashAt == op+":"+step {
+		r.log.Error("crashing on purpose (test hook)", "point", r.crashAt)
+		os.Exit(99)
+	}
+}
 
 // WithConfig sets the configuration (default: config.Load("")).
 func WithConfig(cfg *config.Config) Option { return func(r *Runtime) { r.cfg = cfg } }

@@ -76,6 +76,7 @@ func (r *Runtime) CreateSnapshot(ctx context.Context, ref, name string) (Snapsho
 	if err := r.setPending(ctx, b.ID, pendingSnapshot+name); err != nil {
 		return Snapshot{}, err
 	}
+	r.crashPoint("snapshot", "pending")
 	var sn sdk.Snapshot
 	var q *Quiesced
 	if sw == nil {
@@ -90,6 +91,8 @@ func (r *Runtime) CreateSnapshot(ctx context.Context, ref, name string) (Snapsho
 			if sn, err = snaps.CreateSnapshot(ctx, b.DiskID, name); err != nil {
 				return err
 			}
+			r.crashPoint("snapshot", "stored")
+			defer r.crashPoint("snapshot", "switched")
 			if err := r.switchWritable(ctx, b, sw, vm, was); err != nil {
 				// The VM still writes to the file that became the
 				// snapshot: drop the snapshot, so that file is the
@@ -402,6 +405,7 @@ func (r *Runtime) CloneBoxes(ctx context.Context, srcRef string, opts CloneOptio
 	if err != nil {
 		return nil, err
 	}
+	r.crashPoint("clone", "records")
 	done := false
 	defer func() {
 		if !done {
@@ -419,6 +423,7 @@ func (r *Runtime) CloneBoxes(ctx context.Context, srcRef string, opts CloneOptio
 					return fmt.Errorf("copy its disk for %s: %w", c.Name, err)
 				}
 			}
+			r.crashPoint("clone", "disks")
 			return nil
 		}
 		if live {
@@ -435,6 +440,7 @@ func (r *Runtime) CloneBoxes(ctx context.Context, srcRef string, opts CloneOptio
 					}
 					return err
 				}
+				defer r.crashPoint("clone", "switched")
 				return r.switchWritable(ctx, src, sw, vm, was)
 			})
 		} else {

@@ -155,7 +155,12 @@ func (a *app) runtime(ctx context.Context) (*core.Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt, err := core.Open(ctx, core.WithConfig(cfg), core.WithLogger(a.logger(cfg), a.stderr))
+	opts := []core.Option{core.WithConfig(cfg), core.WithLogger(a.logger(cfg), a.stderr)}
+	if point := os.Getenv("BOXCTL_CRASH_AT"); point != "" {
+		// Test hook: the crash tests kill boxctl at a named step.
+		opts = append(opts, core.WithCrashPoint(point))
+	}
+	rt, err := core.Open(ctx, opts...)
 	if err != nil {
 		return nil, err
 	}

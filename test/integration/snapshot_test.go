@@ -3,9 +3,12 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -354,4 +357,68 @@ func (e *env) writeOverlay(rt *core.Runtime, name string) {
 	if out, err := exec.Command("qemu-io", "-c", "write -P 0x5a 0 64k", top).CombinedOutput(); err != nil {
 		e.t.Fatalf("qemu-io write %s: %v\n%s", top, err, out)
 	}
+}
+
+// TestKillDuringSnapshotAndClone kills boxctl (exit 99 through the
+// core's crash-point hook, as kill -9 would: no deferred cleanup runs) at
+// every step of a live snapshot and a live clone. The next command accepts
+// the home, the box runs on (not paused: its monitor resumed it), and
+// what was half-made is gone.
+func TestKillDuringSnapshotAndClone(t *testing.T) {
+	e := newEnv(t, "")
+	e.ok("run", "-d", "--name", "live", testImage)
+	rt := e.runtime()
+	vm := e.info(rt, "live").Run.VM.PID
+	for i, point := range core.CrashPoints() {
+		t.Run(point, func(t *testing.T) {
+			e.writeOverlay(rt, "live") // so that a clone freezes the disk and switches
+			op, _, _ := strings.Cut(point, ":")
+			args := []string{"snapshot", "create", "live", fmt.Sprintf("p%d", i)}
+			if op == "clone" {
+				args = []string{"clone", "live", "--name", fmt.Sprintf("c%d", i), "--count", "2"}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cmd := e.boxctlCmd(ctx, args...)
+			cmd.Env = append(cmd.Env, "BOXCTL_CRASH_AT="+point)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 99 {
+				t.Fatalf("boxctl %v did not crash at %s: %v\n%s", args, point, err, out)
+			}
+			listed := e.ok("ls", "-a", "--format", "{{.Name}} {{.Status}}")
+			if strings.Contains(listed, fmt.Sprintf("c%d-", i)) {
+				t.Fatalf("half-made clones survive the next command:\n%s", listed)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				st, err := proc.ReadStat(vm)
+				if err != nil {
+					t.Fatalf("the VM is gone: %v", err)
+				}
+				if st.State != 'T' {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the VM is still paused 10 s after boxctl died in the bracket")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if got := e.snapshotNames("live"); slices.Contains(got, fmt.Sprintf("p%d", i)) {
+				t.Fatalf("a half-made snapshot survives: %v", got)
+			}
+			b := e.info(e.runtime(), "live")
+			if b.Status != model.StatusRunning || b.Pending != "" {
+				t.Fatalf("the box is %s, pending %q", b.Status, b.Pending)
+			}
+			e.assertConsistent(e.runtime())
+			if got := strings.TrimSpace(e.ok("exec", "live", "--", "echo", "ok")); got != "ok" {
+				t.Fatalf("exec after the crash: %q", got)
+			}
+		})
+	}
+	// The box works as before: a snapshot and a clone succeed.
+	e.writeOverlay(rt, "live")
+	e.ok("snapshot", "create", "live", "after")
+	e.ok("clone", "live", "--name", "after")
 }
