@@ -173,7 +173,7 @@ var hexDigest = regexp.MustCompile(`[0-9a-f]{64}`)
 // Resolve implements Source. Archives hold single-platform images; the
 // image store checks the config's platform.
 func (a *Archive) Resolve(ctx context.Context, want v1.Platform) (*Resolved, error) {
-	mb, err := a.read("manifest.json", maxManifestSize)
+	mb, err := a.read("manifest.json", MaxManifestSize)
 	if err != nil {
 		return nil, err
 	}
