@@ -332,3 +332,11 @@ func errIs(t *testing.T, what string, err, want error) {
 		t.Fatalf("%s: %v, want an error matching %q", what, err, want)
 	}
 }
+
+func (m *memImagesDouble) Commit(context.Context, sdk.CommitRequest) (sdk.Image, error) {
+	return sdk.Image{}, fmt.Errorf("commit: %w by the in-memory image double", sdk.ErrUnsupported)
+}
+
+func (m *memImagesDouble) Push(context.Context, sdk.PushRequest, func(sdk.PullEvent)) (string, error) {
+	return "", fmt.Errorf("push: %w by the in-memory image double", sdk.ErrUnsupported)
+}
