@@ -97,6 +97,7 @@ proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
 bench: deps build build-test-plugins guest
 	$(GO) run ./bench/foundation -bin $(BIN) -test-plugins build/test-plugins
 	$(GO) run ./bench/vm -bin $(BIN) -guest build/guest
+	$(GO) run ./bench/commit -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/storage -plugin $(BIN)/boxctl-plugin-qcow2
 	$(GO) run ./bench/qcow2
 	$(GO) run ./bench/rootfs

@@ -291,21 +291,30 @@ func (a *Agent) Download(req *agentv1.DownloadRequest, stream agentv1.Agent_Down
 
 const chunkSize = 64 << 10
 
-// chunkWriter batches writes into messages of up to chunkSize bytes.
+// diffChunkSize is the message size of Diff streams, which are large: fewer, bigger
+// messages move more bytes per second over the serial channel.
+const diffChunkSize = 1 << 20
+
+// chunkWriter batches writes into messages of up to size bytes (chunkSize if zero).
 type chunkWriter struct {
 	send func([]byte) error
 	buf  []byte
+	size int
 	sent int
 }
 
 func (c *chunkWriter) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
-		k := min(len(p), chunkSize-len(c.buf))
+		size := c.size
+		if size == 0 {
+			size = chunkSize
+		}
+		k := min(len(p), size-len(c.buf))
 		c.buf = append(c.buf, p[:k]...)
 		p = p[k:]
 		n += k
-		if len(c.buf) == chunkSize {
+		if len(c.buf) == size {
 			if err := c.flush(); err != nil {
 				return n, err
 			}
@@ -322,6 +331,7 @@ func (c *chunkWriter) flush() error {
 		return err
 	}
 	c.sent += len(c.buf)
-	c.buf = make([]byte, 0, chunkSize)
+	// A new buffer: gRPC may still hold the one just sent.
+	c.buf = make([]byte, 0, cap(c.buf))
 	return nil
 }

@@ -46,7 +46,7 @@ func (a *Agent) Diff(_ *agentv1.DiffRequest, stream agentv1.Agent_DiffServer) er
 	}
 	w := &chunkWriter{send: func(b []byte) error {
 		return stream.Send(&agentv1.DiffResponse{Data: b})
-	}, buf: make([]byte, 0, chunkSize)}
+	}, buf: make([]byte, 0, diffChunkSize), size: diffChunkSize}
 	start := time.Now()
 	st, err := writeDiff(stream.Context(), w, a.cfg.UpperDir, a.cfg.Generated)
 	if err == nil {
