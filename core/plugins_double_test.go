@@ -197,10 +197,13 @@ type memImagesDouble struct {
 	dir    string
 	images map[string]sdk.Image // by digest
 	pulls  int
+	// canCommit declares the commit capability (Commit itself still fails:
+	// the tests using it stop before a commit reaches the plugin).
+	canCommit bool
 }
 
 func (m *memImagesDouble) Info(context.Context) (sdk.Info, error) {
-	return sdk.Info{Name: "memimages", Capabilities: sdk.Capabilities{CheckReferences: true, Prune: true}}, nil
+	return sdk.Info{Name: "memimages", Capabilities: sdk.Capabilities{CheckReferences: true, Prune: true, Commit: m.canCommit}}, nil
 }
 func (m *memImagesDouble) Configure(context.Context, *sdk.Config) error { return nil }
 func (m *memImagesDouble) Pull(_ context.Context, req sdk.PullRequest, progress func(sdk.PullEvent)) (sdk.Image, error) {

@@ -220,7 +220,7 @@ func (s *Store) ingestLayer(ctx context.Context, path string) (committedLayer, e
 	if err != nil {
 		return committedLayer{}, err
 	}
-	src := io.TeeReader(ctxReader{ctx: ctx, r: in}, zw)
+	src := io.TeeReader(source.ContextReader(ctx, in), zw)
 	x, err := layer.Scan(src, v1.Hash{Algorithm: "file", Hex: path}, s.maxUnpacked)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -289,17 +289,4 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-// ctxReader ends a long read when ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

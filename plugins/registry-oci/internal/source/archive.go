@@ -82,7 +82,7 @@ func (a *Archive) decompressIfNeeded(ctx context.Context, tmpDir string, maxSize
 		return fmt.Errorf("decompress docker archive: %w", err)
 	}
 	a.tmp = t.Name()
-	var src io.Reader = ctxReader{ctx, dr}
+	var src io.Reader = ContextReader(ctx, dr)
 	if maxSize > 0 {
 		src = io.LimitReader(src, maxSize+1)
 	}
@@ -103,6 +103,9 @@ func (a *Archive) decompressIfNeeded(ctx context.Context, tmpDir string, maxSize
 	a.f = t
 	return nil
 }
+
+// ContextReader reads r until ctx ends: a long copy out of it stops then.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }
 
 type ctxReader struct {
 	ctx context.Context
