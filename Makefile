@@ -99,6 +99,7 @@ bench: deps build build-test-plugins guest
 	$(GO) run ./bench/vm -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/snapshot -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/diskswitch -bin $(BIN) -guest build/guest
+	$(GO) run ./bench/commit -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/storage -plugin $(BIN)/boxctl-plugin-qcow2
 	$(GO) run ./bench/qcow2
 	$(GO) run ./bench/rootfs

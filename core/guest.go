@@ -378,7 +378,8 @@ func (guestAgent) Thaw(ctx context.Context, socket string) error {
 		return err
 	}
 	defer c.Close()
-	return c.Thaw(ctx)
+	_, err = c.Thaw(ctx)
+	return err
 }
 
 func (guestAgent) WaitReady(ctx context.Context, socket string) error {

@@ -200,10 +200,13 @@ type memImagesDouble struct {
 	dir    string
 	images map[string]sdk.Image // by digest
 	pulls  int
+	// canCommit declares the commit capability (Commit itself still fails:
+	// the tests using it stop before a commit reaches the plugin).
+	canCommit bool
 }
 
 func (m *memImagesDouble) Info(context.Context) (sdk.Info, error) {
-	return sdk.Info{Name: "memimages", Capabilities: sdk.Capabilities{CheckReferences: true, Prune: true}}, nil
+	return sdk.Info{Name: "memimages", Capabilities: sdk.Capabilities{CheckReferences: true, Prune: true, Commit: m.canCommit}}, nil
 }
 func (m *memImagesDouble) Configure(context.Context, *sdk.Config) error { return nil }
 func (m *memImagesDouble) Pull(_ context.Context, req sdk.PullRequest, progress func(sdk.PullEvent)) (sdk.Image, error) {
@@ -334,4 +337,12 @@ func errIs(t *testing.T, what string, err, want error) {
 	if !errors.Is(err, want) {
 		t.Fatalf("%s: %v, want an error matching %q", what, err, want)
 	}
+}
+
+func (m *memImagesDouble) Commit(context.Context, sdk.CommitRequest) (sdk.Image, error) {
+	return sdk.Image{}, fmt.Errorf("commit: %w by the in-memory image double", sdk.ErrUnsupported)
+}
+
+func (m *memImagesDouble) Push(context.Context, sdk.PushRequest, func(sdk.PullEvent)) (string, error) {
+	return "", fmt.Errorf("push: %w by the in-memory image double", sdk.ErrUnsupported)
 }

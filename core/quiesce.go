@@ -22,7 +22,8 @@ type Quiesced struct {
 }
 
 // bracketLimit bounds a quiesce bracket: past it the monitor resumes the VM
-// and the guest agent thaws by itself, whatever became of this process.
+// and the guest agent thaws by itself (its freeze lease), whatever became
+// of this process.
 const bracketLimit = 30 * time.Second
 
 // quiesced runs fn on running box b inside the quiesce bracket: the guest
@@ -62,16 +63,22 @@ func (r *Runtime) quiesced(ctx context.Context, b *model.Box, what string, fn fu
 	bctx, cancel := context.WithTimeout(ctx, bracketLimit)
 	defer cancel()
 	frozen := time.Now()
-	if err := agent.Quiesce(bctx); err != nil {
-		_ = agent.Thaw(context.WithoutCancel(ctx))
+	if _, err := agent.Quiesce(bctx, bracketLimit); err != nil {
+		_, _ = agent.Thaw(context.WithoutCancel(ctx))
 		return q, fmt.Errorf("%s %s: freeze its filesystem: %w", what, b.Name, err)
 	}
 	r.crashPoint(what, "frozen")
 	defer func() {
 		tctx, tcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer tcancel()
-		if terr := agent.Thaw(tctx); terr != nil && err == nil {
-			err = fmt.Errorf("%s %s: thaw its filesystem: %w", what, b.Name, terr)
+		th, terr := agent.Thaw(tctx)
+		switch {
+		case terr != nil && err == nil:
+			err = fmt.Errorf("%s %s: thaw its filesystem (the guest thaws by itself within %s): %w", what, b.Name, bracketLimit, terr)
+		case th.LeaseExpired:
+			// Harmless here: the disk work happened with the vCPUs
+			// paused, so the guest could not have run meanwhile.
+			r.log.Debug("quiesce bracket: the guest's freeze lease ran out before the thaw", "box", b.ID)
 		}
 		q.Frozen = time.Since(frozen)
 	}()

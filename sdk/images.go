@@ -48,6 +48,43 @@ type ReferenceChecker interface {
 	CheckReference(ctx context.Context, req PullRequest) (string, error)
 }
 
+// Committer is an optional ImageSource feature: a new cached image made of
+// a cached image and one more layer (`boxctl commit`). See image.proto.
+type Committer interface {
+	Commit(ctx context.Context, req CommitRequest) (Image, error)
+}
+
+// CommitRequest is a new image: the cached image Base plus one layer.
+type CommitRequest struct {
+	// Base is the digest of a cached image.
+	Base string
+	// LayerPath is an uncompressed OCI layer tar on this host (whiteouts
+	// for deletions), read during the call. It is untrusted input.
+	LayerPath string
+	// Reference names the new image: name[:tag], a registry reference.
+	Reference string
+	// Config, if set, changes the base's config: each field set (a
+	// non-empty list, map or string) replaces the base's.
+	Config *ImageConfig
+	// Comment and Author go into the new history entry (Author also into
+	// the config).
+	Comment, Author string
+}
+
+// Pusher is an optional ImageSource feature: upload a cached image to the
+// registry its reference names, with the credentials pulls use. It returns
+// the pushed manifest digest. Progress events (Layer.State Downloading:
+// bytes going out; Cached: the registry had the blob) go to progress, which
+// may be nil.
+type Pusher interface {
+	Push(ctx context.Context, req PushRequest, progress func(PullEvent)) (string, error)
+}
+
+// PushRequest names the cached image to push, by its registry reference.
+type PushRequest struct {
+	Reference string
+}
+
 // Platform is an OS and CPU architecture, as in OCI image indexes.
 type Platform struct {
 	OS, Architecture, Variant string
@@ -183,6 +220,12 @@ func imageCapabilities(impl Plugin, c *Capabilities) {
 	if _, ok := impl.(ReferenceChecker); ok {
 		c.CheckReferences = true
 	}
+	if _, ok := impl.(Committer); ok {
+		c.Commit = true
+	}
+	if _, ok := impl.(Pusher); ok {
+		c.Push = true
+	}
 }
 
 // ImageSourceClient is an ImageSource served by a plugin process, with
@@ -191,6 +234,8 @@ type ImageSourceClient interface {
 	ImageSource
 	Pruner
 	ReferenceChecker
+	Committer
+	Pusher
 }
 
 // NewImageSourceClient returns an ImageSource that calls a plugin over conn.
@@ -272,6 +317,42 @@ func (i *imageClient) RemoveImage(ctx context.Context, image string) (Removed, e
 func (i *imageClient) Prune(ctx context.Context, req PruneRequest) (Removed, error) {
 	resp, err := call(ctx, i.c.Prune, &pluginv1.PruneRequest{Keep: req.Keep, All: req.All})
 	return Removed{Images: resp.GetRemoved(), Reclaimed: resp.GetReclaimedBytes()}, err
+}
+
+func (i *imageClient) Commit(ctx context.Context, req CommitRequest) (Image, error) {
+	return imageResult(call(ctx, i.c.Commit, &pluginv1.CommitRequest{
+		Base: req.Base, LayerPath: req.LayerPath, Reference: req.Reference,
+		Config: configToProto(req.Config), Comment: req.Comment, Author: req.Author,
+	}))
+}
+
+func (i *imageClient) Push(ctx context.Context, req PushRequest, progress func(PullEvent)) (string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := i.c.Push(ctx, &pluginv1.PushRequest{Reference: req.Reference})
+	if err != nil {
+		return "", fromStatus(err)
+	}
+	for {
+		ev, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("push %s: the plugin ended the push without a digest", req.Reference)
+		}
+		if err != nil {
+			return "", fromStatus(err)
+		}
+		if d := ev.GetDigest(); d != "" {
+			return d, nil
+		}
+		if progress == nil {
+			continue
+		}
+		if l := ev.GetLayer(); l != nil {
+			progress(eventFromProto(&pluginv1.PullEvent{Event: &pluginv1.PullEvent_Layer{Layer: l}}))
+		} else {
+			progress(PullEvent{Status: ev.GetStatus()})
+		}
+	}
 }
 
 type imageServer struct {
@@ -367,6 +448,57 @@ func (s *imageServer) Prune(ctx context.Context, req *pluginv1.PruneRequest) (*p
 	return handle(&pluginv1.PruneResponse{Removed: r.Images, ReclaimedBytes: r.Reclaimed}, err)
 }
 
+func (s *imageServer) Commit(ctx context.Context, req *pluginv1.CommitRequest) (*pluginv1.Image, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	c, ok := s.impl.(Committer)
+	if !ok {
+		return nil, unsupported("Commit")
+	}
+	var cfg *ImageConfig
+	if req.GetConfig() != nil {
+		v := configFromProto(req.GetConfig())
+		cfg = &v
+	}
+	img, err := c.Commit(ctx, CommitRequest{
+		Base: req.GetBase(), LayerPath: req.GetLayerPath(), Reference: req.GetReference(),
+		Config: cfg, Comment: req.GetComment(), Author: req.GetAuthor(),
+	})
+	return handle(imageToProto(img), err)
+}
+
+func (s *imageServer) Push(req *pluginv1.PushRequest, stream grpc.ServerStreamingServer[pluginv1.PushEvent]) error {
+	if err := s.ready(); err != nil {
+		return err
+	}
+	p, ok := s.impl.(Pusher)
+	if !ok {
+		return unsupported("Push")
+	}
+	var sendErr error
+	digest, err := p.Push(stream.Context(), PushRequest{Reference: req.GetReference()}, func(ev PullEvent) {
+		if sendErr != nil {
+			return
+		}
+		out := &pluginv1.PushEvent{Event: &pluginv1.PushEvent_Status{Status: ev.Status}}
+		if l := eventToProto(ev).GetLayer(); l != nil {
+			out = &pluginv1.PushEvent{Event: &pluginv1.PushEvent_Layer{Layer: l}}
+		}
+		sendErr = stream.Send(out)
+	})
+	if err != nil {
+		return toStatus(err)
+	}
+	if sendErr != nil {
+		return sendErr
+	}
+	if digest == "" {
+		return toStatus(fmt.Errorf("push %s: the plugin reported no digest", req.GetReference()))
+	}
+	return stream.Send(&pluginv1.PushEvent{Event: &pluginv1.PushEvent_Digest{Digest: digest}})
+}
+
 func pullToProto(r PullRequest) *pluginv1.PullRequest {
 	out := &pluginv1.PullRequest{Reference: r.Reference}
 	if r.Platform != nil {
@@ -414,28 +546,37 @@ func fromUnixNano(ns int64) time.Time {
 }
 
 func imageToProto(i Image) *pluginv1.Image {
-	c := i.Config
 	return &pluginv1.Image{
 		Digest: i.Digest, References: i.References, SizeBytes: i.Size,
 		Platform:  &pluginv1.Platform{Os: i.Platform.OS, Architecture: i.Platform.Architecture, Variant: i.Platform.Variant},
 		CreatedAt: unixNano(i.CreatedAt), PulledAt: unixNano(i.PulledAt),
-		Config: &pluginv1.ImageConfig{
-			Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User,
-			ExposedPorts: c.ExposedPorts, Labels: c.Labels, StopSignal: c.StopSignal,
-		},
+		Config: configToProto(&i.Config),
+	}
+}
+
+func configToProto(c *ImageConfig) *pluginv1.ImageConfig {
+	if c == nil {
+		return nil
+	}
+	return &pluginv1.ImageConfig{
+		Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User,
+		ExposedPorts: c.ExposedPorts, Labels: c.Labels, StopSignal: c.StopSignal,
+	}
+}
+
+func configFromProto(c *pluginv1.ImageConfig) ImageConfig {
+	return ImageConfig{
+		Entrypoint: c.GetEntrypoint(), Cmd: c.GetCmd(), Env: c.GetEnv(), WorkingDir: c.GetWorkingDir(), User: c.GetUser(),
+		ExposedPorts: c.GetExposedPorts(), Labels: c.GetLabels(), StopSignal: c.GetStopSignal(),
 	}
 }
 
 func imageFromProto(p *pluginv1.Image) Image {
-	c := p.GetConfig()
 	pl := p.GetPlatform()
 	return Image{
 		Digest: p.GetDigest(), References: p.GetReferences(), Size: p.GetSizeBytes(),
 		Platform:  Platform{OS: pl.GetOs(), Architecture: pl.GetArchitecture(), Variant: pl.GetVariant()},
 		CreatedAt: fromUnixNano(p.GetCreatedAt()), PulledAt: fromUnixNano(p.GetPulledAt()),
-		Config: ImageConfig{
-			Entrypoint: c.GetEntrypoint(), Cmd: c.GetCmd(), Env: c.GetEnv(), WorkingDir: c.GetWorkingDir(), User: c.GetUser(),
-			ExposedPorts: c.GetExposedPorts(), Labels: c.GetLabels(), StopSignal: c.GetStopSignal(),
-		},
+		Config: configFromProto(p.GetConfig()),
 	}
 }

@@ -64,6 +64,8 @@ type Capabilities struct {
 	RootFSExt4      bool // RootDisk returns an ext4 filesystem image
 	CheckReferences bool // ReferenceChecker
 	Prune           bool // Pruner
+	Commit          bool // Committer
+	Push            bool // Pusher
 
 	// Other holds flags this sdk does not know (from a newer plugin); they
 	// are passed on unchanged.
@@ -86,6 +88,7 @@ func (c *Capabilities) flags() []struct {
 		{"export", &c.Export}, {"import", &c.Import},
 		{"registry", &c.Registry}, {"oci-layout", &c.OCILayout}, {"docker-archive", &c.DockerArchive},
 		{"rootfs-ext4", &c.RootFSExt4}, {"check-reference", &c.CheckReferences}, {"prune", &c.Prune},
+		{"commit", &c.Commit}, {"push", &c.Push},
 	}
 }
 

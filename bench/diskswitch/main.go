@@ -305,11 +305,11 @@ func (b *box) bracket(ctx context.Context, storage func() error) (rd round, err 
 		return nil
 	}
 	frozen := time.Now()
-	if err := timed("Quiesce", func() error { return c.Quiesce(ctx) }); err != nil {
+	if err := timed("Quiesce", func() error { _, err := c.Quiesce(ctx, 0); return err }); err != nil {
 		return rd, err
 	}
 	defer func() {
-		if terr := timed("Thaw", func() error { return c.Thaw(ctx) }); terr != nil && err == nil {
+		if terr := timed("Thaw", func() error { _, err := c.Thaw(ctx); return err }); terr != nil && err == nil {
 			err = terr
 		}
 		rd.frozen = time.Since(frozen)

@@ -79,6 +79,8 @@ Environment:
 		a.imagesCommand(),
 		a.rmiCommand(),
 		a.imageCommand(),
+		a.commitCommand(),
+		a.pushCommand(),
 		a.pluginsCommand(),
 		a.configCommand(),
 		a.versionCommand(),

@@ -197,8 +197,10 @@ func (a *app) imageCommand() *cobra.Command {
 // progress renders pull events: bars redrawn in place on a terminal, lines
 // otherwise.
 type progress struct {
-	w      io.Writer
-	tty    bool
+	w   io.Writer
+	tty bool
+	// push names the states of an upload (a push) rather than a download.
+	push   bool
 	mu     sync.Mutex
 	layers map[string]*sdk.LayerProgress
 	order  []string
@@ -237,7 +239,7 @@ func (p *progress) event(ev sdk.PullEvent) {
 		return
 	}
 	// Lines: one per state change, and one per quarter of a download.
-	line := stateName(l.State)
+	line := p.stateName(l.State)
 	if l.State == sdk.LayerDownloading && l.Total > 0 {
 		line += fmt.Sprintf(" %d%%", l.Done*100/l.Total/25*25)
 	}
@@ -248,7 +250,7 @@ func (p *progress) event(ev sdk.PullEvent) {
 }
 
 func (p *progress) describe(l *sdk.LayerProgress) string {
-	s := stateName(l.State)
+	s := p.stateName(l.State)
 	if l.Total > 0 && l.State == sdk.LayerDownloading {
 		s += fmt.Sprintf(" %s/%s", config.HumanSize(l.Done), config.HumanSize(l.Total))
 	} else if l.Total > 0 {
@@ -257,8 +259,15 @@ func (p *progress) describe(l *sdk.LayerProgress) string {
 	return s
 }
 
-func stateName(s sdk.LayerState) string {
-	if s == sdk.LayerCached {
+func (p *progress) stateName(s sdk.LayerState) string {
+	switch {
+	case p.push && s == sdk.LayerCached:
+		return "already in the registry"
+	case p.push && s == sdk.LayerDownloading:
+		return "uploading"
+	case p.push && s == sdk.LayerDone:
+		return "pushed"
+	case s == sdk.LayerCached:
 		return "already cached"
 	}
 	if s == sdk.LayerUnspecified {

@@ -28,14 +28,7 @@ import (
 )
 
 // ProtocolVersion is the agent protocol version within boxctl.agent.v1.
-const ProtocolVersion = 1
-
-// Filesystem freeze ioctls, _IOWR('X', 119, int) and _IOWR('X', 120, int); x/sys/unix does
-// not define them. Their argument is ignored.
-const (
-	fiFreeze = 0xC0045877
-	fiThaw   = 0xC0045878
-)
+const ProtocolVersion = 2
 
 // DefaultPath is the PATH commands get when their environment has none.
 const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -56,6 +49,12 @@ type Config struct {
 	// WritableMount is the mount point of the box's writable filesystem, frozen by Quiesce.
 	// Empty makes Quiesce and Thaw fail with FailedPrecondition.
 	WritableMount string
+	// UpperDir is the overlay upper directory of the box root (the box's changes), which
+	// Diff archives. Empty makes Diff fail with FailedPrecondition.
+	UpperDir string
+	// Generated lists the paths inside the box root the agent mounts files of its own onto
+	// (/etc/hostname, ...): Diff leaves them out, since they are the runtime's, not the box's.
+	Generated []string
 	// Version is reported by Ping.
 	Version string
 	// Logger receives the agent's log; nil discards it.
@@ -83,6 +82,8 @@ type Agent struct {
 
 	shutdownMu sync.Mutex
 	shutDown   bool
+
+	freeze freezeState
 }
 
 // New returns an Agent for cfg.
@@ -168,6 +169,7 @@ func (a *Agent) Shutdown(ctx context.Context, req *agentv1.ShutdownRequest) (*ag
 		grace = 2 * time.Second
 	}
 	a.log.Info("shutdown requested", "grace", grace)
+	a.thawForShutdown()
 	after, err := a.cfg.Shutdown(ctx, grace)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "shutdown: %v", err)
@@ -181,52 +183,6 @@ func (a *Agent) Shutdown(ctx context.Context, req *agentv1.ShutdownRequest) (*ag
 		}()
 	}
 	return &agentv1.ShutdownResponse{}, nil
-}
-
-// Quiesce implements agentv1.AgentServer.
-func (a *Agent) Quiesce(ctx context.Context, _ *agentv1.QuiesceRequest) (*agentv1.QuiesceResponse, error) {
-	if err := a.freeze(true); err != nil {
-		return nil, err
-	}
-	return &agentv1.QuiesceResponse{}, nil
-}
-
-// Thaw implements agentv1.AgentServer.
-func (a *Agent) Thaw(ctx context.Context, _ *agentv1.ThawRequest) (*agentv1.ThawResponse, error) {
-	if err := a.freeze(false); err != nil {
-		return nil, err
-	}
-	return &agentv1.ThawResponse{}, nil
-}
-
-func (a *Agent) freeze(freeze bool) error {
-	if a.cfg.WritableMount == "" {
-		return status.Error(codes.FailedPrecondition, "no writable filesystem to freeze")
-	}
-	fd, err := unix.Open(a.cfg.WritableMount, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return status.Errorf(codes.Internal, "open %s: %v", a.cfg.WritableMount, err)
-	}
-	defer unix.Close(fd)
-	if freeze {
-		// FIFREEZE syncs the filesystem first. EBUSY: already frozen.
-		err = unix.IoctlSetInt(fd, fiFreeze, 0)
-		if errors.Is(err, unix.EBUSY) {
-			err = nil
-		}
-	} else {
-		// EINVAL: not frozen.
-		err = unix.IoctlSetInt(fd, fiThaw, 0)
-		if errors.Is(err, unix.EINVAL) {
-			err = nil
-		}
-	}
-	if err != nil {
-		op := map[bool]string{true: "freeze", false: "thaw"}[freeze]
-		return status.Errorf(codes.Internal, "%s %s: %v", op, a.cfg.WritableMount, err)
-	}
-	a.log.Debug("filesystem freeze", "frozen", freeze, "mount", a.cfg.WritableMount)
-	return nil
 }
 
 // Stats implements agentv1.AgentServer.
@@ -335,21 +291,30 @@ func (a *Agent) Download(req *agentv1.DownloadRequest, stream agentv1.Agent_Down
 
 const chunkSize = 64 << 10
 
-// chunkWriter batches writes into messages of up to chunkSize bytes.
+// diffChunkSize is the message size of Diff streams, which are large: fewer, bigger
+// messages move more bytes per second over the serial channel.
+const diffChunkSize = 1 << 20
+
+// chunkWriter batches writes into messages of up to size bytes (chunkSize if zero).
 type chunkWriter struct {
 	send func([]byte) error
 	buf  []byte
+	size int
 	sent int
 }
 
 func (c *chunkWriter) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
-		k := min(len(p), chunkSize-len(c.buf))
+		size := c.size
+		if size == 0 {
+			size = chunkSize
+		}
+		k := min(len(p), size-len(c.buf))
 		c.buf = append(c.buf, p[:k]...)
 		p = p[k:]
 		n += k
-		if len(c.buf) == chunkSize {
+		if len(c.buf) == size {
 			if err := c.flush(); err != nil {
 				return n, err
 			}
@@ -366,6 +331,7 @@ func (c *chunkWriter) flush() error {
 		return err
 	}
 	c.sent += len(c.buf)
-	c.buf = make([]byte, 0, chunkSize)
+	// A new buffer: gRPC may still hold the one just sent.
+	c.buf = make([]byte, 0, cap(c.buf))
 	return nil
 }

@@ -463,7 +463,7 @@ func TestStats(t *testing.T) {
 
 func TestQuiesceShutdownNotConfigured(t *testing.T) {
 	f := newFixture(t, nil)
-	if err := f.client.Quiesce(ctxT(t)); status.Code(err) != codes.FailedPrecondition {
+	if _, err := f.client.Quiesce(ctxT(t), 0); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("quiesce without a writable mount: %v", err)
 	}
 	if err := f.client.Shutdown(ctxT(t), 0); status.Code(err) != codes.Unimplemented {

@@ -105,6 +105,8 @@ func Main(version string) {
 		Root:          boxRoot,
 		RootState:     func() RootState { return state },
 		WritableMount: p.writable,
+		UpperDir:      p.upper,
+		Generated:     p.generated,
 		Version:       version,
 		Logger:        p.log,
 		Reaper:        reaper,
@@ -149,9 +151,11 @@ func Main(version string) {
 
 // pid1 holds what the PID 1 duties need.
 type pid1 struct {
-	console  *os.File
-	log      *slog.Logger
-	writable string // mount point of the writable filesystem, for Quiesce
+	console   *os.File
+	log       *slog.Logger
+	writable  string   // mount point of the writable filesystem, for Quiesce
+	upper     string   // the overlay's upper directory, for Diff
+	generated []string // box-root paths the agent mounts its own files onto
 
 	shutdownOnce sync.Once
 }
@@ -303,6 +307,7 @@ func (p *pid1) mountBoxRoot(cfg BootConfig) error {
 	if err := unix.Mount("overlay", boxRoot, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mount overlay: %w", err)
 	}
+	p.upper = upper
 	return p.populateBoxRoot(cfg)
 }
 
@@ -366,6 +371,7 @@ func (p *pid1) populateBoxRoot(cfg BootConfig) error {
 		if err := mountInRoot(src, "/etc/"+name, "", unix.MS_BIND, ""); err != nil {
 			return err
 		}
+		p.generated = append(p.generated, "/etc/"+name)
 	}
 	return nil
 }

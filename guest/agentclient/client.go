@@ -147,20 +147,77 @@ func (c *Client) Shutdown(ctx context.Context, grace time.Duration) error {
 	return nil
 }
 
-// Quiesce freezes the box's writable filesystem. Always pair with Thaw.
-func (c *Client) Quiesce(ctx context.Context) error {
-	if _, err := c.api.Quiesce(ctx, &agentv1.QuiesceRequest{}); err != nil {
-		return fmt.Errorf("guest quiesce: %w", err)
+// Frozen is what Quiesce reports.
+type Frozen struct {
+	// Sync is how long the guest took to sync and freeze (zero when the call renewed a
+	// freeze).
+	Sync time.Duration
+	// Renewed says the filesystem was frozen already and the call renewed its lease.
+	Renewed bool
+	// Lease is the lease now in force: the guest thaws by itself when it ends without a
+	// Thaw or another Quiesce. Zero from an agent of protocol 1, which has no leases.
+	Lease time.Duration
+}
+
+// Thawed is what Thaw reports.
+type Thawed struct {
+	// Frozen is how long the filesystem was frozen (guest time); zero if it was not.
+	Frozen time.Duration
+	// LeaseExpired says the lease ran out before Thaw and the guest had thawed by itself:
+	// work done after Frozen had passed saw a live filesystem.
+	LeaseExpired bool
+}
+
+// Quiesce syncs and freezes the box's writable filesystem for at most lease (0: the agent's
+// default of 10s; at most 60s), or renews the lease of the current freeze. Always pair with
+// Thaw.
+func (c *Client) Quiesce(ctx context.Context, lease time.Duration) (Frozen, error) {
+	req := &agentv1.QuiesceRequest{}
+	if lease > 0 {
+		req.Lease = durationpb.New(lease)
 	}
-	return nil
+	r, err := c.api.Quiesce(ctx, req)
+	if err != nil {
+		return Frozen{}, fmt.Errorf("guest quiesce: %w", err)
+	}
+	return Frozen{Sync: r.GetSync().AsDuration(), Renewed: r.GetRenewed(), Lease: r.GetLease().AsDuration()}, nil
 }
 
 // Thaw undoes Quiesce. Idempotent.
-func (c *Client) Thaw(ctx context.Context) error {
-	if _, err := c.api.Thaw(ctx, &agentv1.ThawRequest{}); err != nil {
-		return fmt.Errorf("guest thaw: %w", err)
+func (c *Client) Thaw(ctx context.Context) (Thawed, error) {
+	r, err := c.api.Thaw(ctx, &agentv1.ThawRequest{})
+	if err != nil {
+		return Thawed{}, fmt.Errorf("guest thaw: %w", err)
 	}
-	return nil
+	return Thawed{Frozen: r.GetFrozen().AsDuration(), LeaseExpired: r.GetLeaseExpired()}, nil
+}
+
+// Diff writes the box's changes against its image to w as an uncompressed OCI layer tar
+// (whiteouts for deletions) and returns how many bytes it wrote. Take it between Quiesce and
+// Thaw for a consistent layer. The guest is not trusted: validate the tar before using it.
+// An agent older than protocol 2 fails with codes.Unimplemented.
+func (c *Client) Diff(ctx context.Context, w io.Writer) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := c.api.Diff(ctx, &agentv1.DiffRequest{})
+	if err != nil {
+		return 0, fmt.Errorf("diff: %w", err)
+	}
+	var n int64
+	for {
+		msg, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return n, fmt.Errorf("diff: %w", err)
+		}
+		k, err := w.Write(msg.GetData())
+		n += int64(k)
+		if err != nil {
+			return n, fmt.Errorf("diff: write: %w", err)
+		}
+	}
 }
 
 // Stats is guest resource usage.

@@ -67,7 +67,7 @@ func TestVM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !info.RootMounted || !strings.HasPrefix(info.KernelRelease, "6.") || info.ProtocolVersion != 1 || info.Uptime <= 0 {
+		if !info.RootMounted || !strings.HasPrefix(info.KernelRelease, "6.") || info.ProtocolVersion != 2 || info.Uptime <= 0 {
 			t.Errorf("ping = %+v", info)
 		}
 	})
@@ -232,11 +232,15 @@ func TestVM(t *testing.T) {
 	})
 
 	t.Run("QuiesceThaw", func(t *testing.T) {
-		if err := c.Quiesce(ctx); err != nil {
+		fr, err := c.Quiesce(ctx, 0)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Quiesce(ctx); err != nil {
-			t.Fatalf("second quiesce: %v", err)
+		if fr.Renewed || fr.Lease != 10*time.Second {
+			t.Errorf("quiesce = %+v; want a fresh freeze with the default 10s lease", fr)
+		}
+		if fr, err = c.Quiesce(ctx, 0); err != nil || !fr.Renewed {
+			t.Fatalf("second quiesce: %+v, %v; want a renewal", fr, err)
 		}
 		// A write to the frozen writable disk blocks until Thaw: its timeout (far shorter
 		// than the time until Thaw) fires while it waits.
@@ -250,13 +254,16 @@ func TestVM(t *testing.T) {
 			}, nil, nil, nil, nil, nil)
 		}()
 		time.Sleep(3 * time.Second)
-		thawErr := c.Thaw(ctx)
+		th, thawErr := c.Thaw(ctx)
 		<-done
 		if thawErr != nil {
 			t.Fatal(thawErr)
 		}
-		if err := c.Thaw(ctx); err != nil {
-			t.Fatalf("second thaw: %v", err)
+		if th.LeaseExpired || th.Frozen < 3*time.Second {
+			t.Errorf("thaw = %+v; want the freeze of over 3s ended by Thaw", th)
+		}
+		if th, err := c.Thaw(ctx); err != nil || th.Frozen != 0 {
+			t.Fatalf("second thaw: %+v, %v", th, err)
 		}
 		if execErr != nil || !res.TimedOut {
 			t.Errorf("write while frozen: %+v, %v; want it blocked past its timeout", res, execErr)
@@ -264,6 +271,73 @@ func TestVM(t *testing.T) {
 		r := execIn(t, ctx, c, agentclient.ExecRequest{Argv: []string{"sh", "-c", "echo thawed > /root/thawed.txt && cat /root/thawed.txt"}}, nil)
 		if r.ExitCode != 0 || r.stdout != "thawed\n" {
 			t.Errorf("write after thaw: %+v", r)
+		}
+	})
+
+	t.Run("FreezeLeaseExpires", func(t *testing.T) {
+		// A host that never thaws (it died): the guest thaws by itself when the lease ends,
+		// and the blocked write completes.
+		const lease = 1500 * time.Millisecond
+		if _, err := c.Quiesce(ctx, lease); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		r := execIn(t, ctx, c, agentclient.ExecRequest{Argv: []string{"sh", "-c", "echo after-lease > /root/lease.txt && sync"}, Timeout: time.Minute}, nil)
+		if r.ExitCode != 0 || r.TimedOut {
+			t.Fatalf("write during an expiring freeze: %+v", r)
+		}
+		if took := time.Since(start); took < lease/2 {
+			t.Errorf("the write finished %s after Quiesce: it was not blocked by the freeze", took)
+		}
+		th, err := c.Thaw(ctx)
+		if err != nil || !th.LeaseExpired || th.Frozen < lease/2 {
+			t.Errorf("thaw after the lease = %+v, %v; want LeaseExpired", th, err)
+		}
+	})
+
+	t.Run("DiffInsideAFreeze", func(t *testing.T) {
+		r := execIn(t, ctx, c, agentclient.ExecRequest{Argv: []string{"sh", "-c",
+			"echo committed > /root/new.txt && rmdir /var && rm -rf /home/guest && mkdir /home/guest && touch /home/guest/fresh"}}, nil)
+		if r.ExitCode != 0 {
+			t.Fatalf("changing the box: %+v", r)
+		}
+		if _, err := c.Quiesce(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		dctx, cancel := context.WithTimeout(ctx, time.Minute)
+		_, err := c.Diff(dctx, &buf)
+		cancel()
+		th, thawErr := c.Thaw(ctx)
+		if err != nil {
+			t.Fatalf("diff of a frozen box: %v", err)
+		}
+		if thawErr != nil || th.LeaseExpired {
+			t.Fatalf("thaw after diff: %+v, %v", th, thawErr)
+		}
+		t.Logf("diff: %d bytes, guest frozen %s", buf.Len(), th.Frozen)
+		names := map[string]string{}
+		tr := tar.NewReader(&buf)
+		for {
+			hdr, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("diff is not a tar: %v", err)
+			}
+			body, _ := io.ReadAll(tr)
+			names[hdr.Name] = string(body)
+		}
+		for name, content := range map[string]string{"root/new.txt": "committed\n", ".wh.var": "", "home/guest/.wh..wh..opq": "", "home/guest/fresh": ""} {
+			if got, ok := names[name]; !ok || got != content {
+				t.Errorf("layer entry %s: %q (present %v); want %q", name, got, ok, content)
+			}
+		}
+		for _, name := range []string{"etc/hostname", "etc/hosts"} {
+			if _, ok := names[name]; ok {
+				t.Errorf("the layer has the agent's own %s", name)
+			}
 		}
 	})
 

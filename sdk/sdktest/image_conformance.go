@@ -98,7 +98,9 @@ func referenceCapability(ref string) string {
 // digest prefix, the image config, root disks, the image list's order,
 // removal by tag and by digest, prune, concurrent pulls, a cancelled pull,
 // the errors for missing images and tags, malformed references and
-// uncached images, and CheckReference.
+// uncached images, CheckReference, and (with the "commit" capability)
+// Commit: a runnable image of the base plus a layer, whiteouts included,
+// and refused bad layers and references that leave nothing behind.
 //
 // A third party runs it from a test of its own, with images it provides:
 //
@@ -158,6 +160,8 @@ func imageChecks() []imageCheck {
 		{name: "PullMalformedReference", run: checkPullMalformed},
 		{name: "Uncached", run: checkUncached},
 		{name: "CheckReference", needs: []string{"check-reference"}, run: checkCheckReference},
+		{name: "Commit", needs: []string{"commit"}, run: checkCommit},
+		{name: "CommitRefusesBadInput", needs: []string{"commit"}, run: checkCommitRefusesBadInput},
 	}
 }
 
@@ -404,6 +408,9 @@ func checkImageInfo(e *imageEnv) {
 	}
 	if c.CheckReferences {
 		e.checker()
+	}
+	if c.Commit {
+		e.committer()
 	}
 }
 

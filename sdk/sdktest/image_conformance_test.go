@@ -226,6 +226,22 @@ func faults() []fault {
 				return img, err
 			}}
 		}},
+		{"commit drops the layer", "Commit", func(t *testing.T, c sdk.ImageSourceClient) sdk.ImageSource {
+			empty := filepath.Join(t.TempDir(), "empty.tar")
+			if err := os.WriteFile(empty, make([]byte, 1024), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return &faulty{ImageSourceClient: c, commit: func(ctx context.Context, req sdk.CommitRequest) (sdk.Image, error) {
+				req.LayerPath = empty
+				return c.Commit(ctx, req)
+			}}
+		}},
+		{"commit errors untyped", "CommitRefusesBadInput", func(_ *testing.T, c sdk.ImageSourceClient) sdk.ImageSource {
+			return &faulty{ImageSourceClient: c, commit: func(ctx context.Context, req sdk.CommitRequest) (sdk.Image, error) {
+				img, err := c.Commit(ctx, req)
+				return img, untyped(err, sdk.ErrInvalidArgument)
+			}}
+		}},
 	}
 }
 
@@ -280,6 +296,14 @@ type faulty struct {
 	removeImage    func(context.Context, string) (sdk.Removed, error)
 	prune          func(context.Context, sdk.PruneRequest) (sdk.Removed, error)
 	checkReference func(context.Context, sdk.PullRequest) (string, error)
+	commit         func(context.Context, sdk.CommitRequest) (sdk.Image, error)
+}
+
+func (f *faulty) Commit(ctx context.Context, req sdk.CommitRequest) (sdk.Image, error) {
+	if f.commit != nil {
+		return f.commit(ctx, req)
+	}
+	return f.ImageSourceClient.Commit(ctx, req)
 }
 
 func (f *faulty) Pull(ctx context.Context, req sdk.PullRequest, progress func(sdk.PullEvent)) (sdk.Image, error) {

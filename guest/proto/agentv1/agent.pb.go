@@ -6,8 +6,10 @@
 // a plugin: the core dials a unix socket and speaks this protocol directly.
 //
 // Versioning: the package name carries the major version. Within v1, fields and methods are
-// only ever added; a host checks PingResponse.protocol_version (currently 1) and may rely on
-// features whose minimum protocol version is stated next to them.
+// only ever added; a host checks PingResponse.protocol_version (currently 2) and may rely on
+// features whose minimum protocol version is stated next to them ("since 2"). An agent of
+// protocol 1 ignores fields it does not know and answers methods it does not know with
+// UNIMPLEMENTED.
 //
 // Paths: every path in this protocol (working_dir, dest_dir, Download.path) is a path inside
 // the box root (the overlay of the image's read-only root and the box's writable disk), never
@@ -804,7 +806,10 @@ func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 }
 
 type QuiesceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long the filesystem may stay frozen without a Thaw or a renewing Quiesce; 10s if
+	// zero, at most 60s. (since 2; an agent of protocol 1 freezes until Thaw)
+	Lease         *durationpb.Duration `protobuf:"bytes,1,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -839,8 +844,21 @@ func (*QuiesceRequest) Descriptor() ([]byte, []int) {
 	return file_agentv1_agent_proto_rawDescGZIP(), []int{10}
 }
 
+func (x *QuiesceRequest) GetLease() *durationpb.Duration {
+	if x != nil {
+		return x.Lease
+	}
+	return nil
+}
+
 type QuiesceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long the sync and the freeze took (zero when the call renewed a freeze). (since 2)
+	Sync *durationpb.Duration `protobuf:"bytes,1,opt,name=sync,proto3" json:"sync,omitempty"`
+	// The filesystem was frozen already: the call renewed the lease. (since 2)
+	Renewed bool `protobuf:"varint,2,opt,name=renewed,proto3" json:"renewed,omitempty"`
+	// The lease now in force (the request's, or the default). (since 2)
+	Lease         *durationpb.Duration `protobuf:"bytes,3,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -873,6 +891,27 @@ func (x *QuiesceResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use QuiesceResponse.ProtoReflect.Descriptor instead.
 func (*QuiesceResponse) Descriptor() ([]byte, []int) {
 	return file_agentv1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *QuiesceResponse) GetSync() *durationpb.Duration {
+	if x != nil {
+		return x.Sync
+	}
+	return nil
+}
+
+func (x *QuiesceResponse) GetRenewed() bool {
+	if x != nil {
+		return x.Renewed
+	}
+	return false
+}
+
+func (x *QuiesceResponse) GetLease() *durationpb.Duration {
+	if x != nil {
+		return x.Lease
+	}
+	return nil
 }
 
 type ThawRequest struct {
@@ -912,7 +951,13 @@ func (*ThawRequest) Descriptor() ([]byte, []int) {
 }
 
 type ThawResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long the filesystem was frozen: from the Quiesce that froze it to this Thaw, or to
+	// the end of its lease when lease_expired. Zero if it was not frozen. (since 2)
+	Frozen *durationpb.Duration `protobuf:"bytes,1,opt,name=frozen,proto3" json:"frozen,omitempty"`
+	// The lease ran out before this Thaw and the agent had thawed the filesystem by itself:
+	// whatever the host did after that instant saw a live filesystem. (since 2)
+	LeaseExpired  bool `protobuf:"varint,2,opt,name=lease_expired,json=leaseExpired,proto3" json:"lease_expired,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -947,6 +992,101 @@ func (*ThawResponse) Descriptor() ([]byte, []int) {
 	return file_agentv1_agent_proto_rawDescGZIP(), []int{13}
 }
 
+func (x *ThawResponse) GetFrozen() *durationpb.Duration {
+	if x != nil {
+		return x.Frozen
+	}
+	return nil
+}
+
+func (x *ThawResponse) GetLeaseExpired() bool {
+	if x != nil {
+		return x.LeaseExpired
+	}
+	return false
+}
+
+type DiffRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiffRequest) Reset() {
+	*x = DiffRequest{}
+	mi := &file_agentv1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiffRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiffRequest) ProtoMessage() {}
+
+func (x *DiffRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentv1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiffRequest.ProtoReflect.Descriptor instead.
+func (*DiffRequest) Descriptor() ([]byte, []int) {
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+type DiffResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The next bytes of the tar stream.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiffResponse) Reset() {
+	*x = DiffResponse{}
+	mi := &file_agentv1_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiffResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiffResponse) ProtoMessage() {}
+
+func (x *DiffResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentv1_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiffResponse.ProtoReflect.Descriptor instead.
+func (*DiffResponse) Descriptor() ([]byte, []int) {
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DiffResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type StatsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -955,7 +1095,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[14]
+	mi := &file_agentv1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1107,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[14]
+	mi := &file_agentv1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1120,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 type StatsResponse struct {
@@ -1005,7 +1145,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[15]
+	mi := &file_agentv1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1157,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[15]
+	mi := &file_agentv1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1170,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StatsResponse) GetCpu() *CPUTimes {
@@ -1119,7 +1259,7 @@ type CPUTimes struct {
 
 func (x *CPUTimes) Reset() {
 	*x = CPUTimes{}
-	mi := &file_agentv1_agent_proto_msgTypes[16]
+	mi := &file_agentv1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1271,7 @@ func (x *CPUTimes) String() string {
 func (*CPUTimes) ProtoMessage() {}
 
 func (x *CPUTimes) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[16]
+	mi := &file_agentv1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1284,7 @@ func (x *CPUTimes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CPUTimes.ProtoReflect.Descriptor instead.
 func (*CPUTimes) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CPUTimes) GetUser() *durationpb.Duration {
@@ -1216,7 +1356,7 @@ type UploadRequest struct {
 
 func (x *UploadRequest) Reset() {
 	*x = UploadRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[17]
+	mi := &file_agentv1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1228,7 +1368,7 @@ func (x *UploadRequest) String() string {
 func (*UploadRequest) ProtoMessage() {}
 
 func (x *UploadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[17]
+	mi := &file_agentv1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1241,7 +1381,7 @@ func (x *UploadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadRequest.ProtoReflect.Descriptor instead.
 func (*UploadRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UploadRequest) GetMsg() isUploadRequest_Msg {
@@ -1302,7 +1442,7 @@ type UploadHeader struct {
 
 func (x *UploadHeader) Reset() {
 	*x = UploadHeader{}
-	mi := &file_agentv1_agent_proto_msgTypes[18]
+	mi := &file_agentv1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1454,7 @@ func (x *UploadHeader) String() string {
 func (*UploadHeader) ProtoMessage() {}
 
 func (x *UploadHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[18]
+	mi := &file_agentv1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1467,7 @@ func (x *UploadHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadHeader.ProtoReflect.Descriptor instead.
 func (*UploadHeader) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{18}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UploadHeader) GetDestDir() string {
@@ -1363,7 +1503,7 @@ type UploadResponse struct {
 
 func (x *UploadResponse) Reset() {
 	*x = UploadResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[19]
+	mi := &file_agentv1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1515,7 @@ func (x *UploadResponse) String() string {
 func (*UploadResponse) ProtoMessage() {}
 
 func (x *UploadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[19]
+	mi := &file_agentv1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1528,7 @@ func (x *UploadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadResponse.ProtoReflect.Descriptor instead.
 func (*UploadResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{19}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UploadResponse) GetEntries() uint64 {
@@ -1422,7 +1562,7 @@ type DownloadRequest struct {
 
 func (x *DownloadRequest) Reset() {
 	*x = DownloadRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[20]
+	mi := &file_agentv1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1574,7 @@ func (x *DownloadRequest) String() string {
 func (*DownloadRequest) ProtoMessage() {}
 
 func (x *DownloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[20]
+	mi := &file_agentv1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1587,7 @@ func (x *DownloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadRequest.ProtoReflect.Descriptor instead.
 func (*DownloadRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{20}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DownloadRequest) GetPath() string {
@@ -1481,7 +1621,7 @@ type DownloadResponse struct {
 
 func (x *DownloadResponse) Reset() {
 	*x = DownloadResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[21]
+	mi := &file_agentv1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1633,7 @@ func (x *DownloadResponse) String() string {
 func (*DownloadResponse) ProtoMessage() {}
 
 func (x *DownloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[21]
+	mi := &file_agentv1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1646,7 @@ func (x *DownloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadResponse.ProtoReflect.Descriptor instead.
 func (*DownloadResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{21}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DownloadResponse) GetData() []byte {
@@ -1569,11 +1709,20 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\bduration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bduration\"B\n" +
 	"\x0fShutdownRequest\x12/\n" +
 	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"\x12\n" +
-	"\x10ShutdownResponse\"\x10\n" +
-	"\x0eQuiesceRequest\"\x11\n" +
-	"\x0fQuiesceResponse\"\r\n" +
-	"\vThawRequest\"\x0e\n" +
-	"\fThawResponse\"\x0e\n" +
+	"\x10ShutdownResponse\"A\n" +
+	"\x0eQuiesceRequest\x12/\n" +
+	"\x05lease\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05lease\"\x8b\x01\n" +
+	"\x0fQuiesceResponse\x12-\n" +
+	"\x04sync\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x04sync\x12\x18\n" +
+	"\arenewed\x18\x02 \x01(\bR\arenewed\x12/\n" +
+	"\x05lease\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05lease\"\r\n" +
+	"\vThawRequest\"f\n" +
+	"\fThawResponse\x121\n" +
+	"\x06frozen\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06frozen\x12#\n" +
+	"\rlease_expired\x18\x02 \x01(\bR\fleaseExpired\"\r\n" +
+	"\vDiffRequest\"\"\n" +
+	"\fDiffResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x0e\n" +
 	"\fStatsRequest\"\xfc\x02\n" +
 	"\rStatsResponse\x12+\n" +
 	"\x03cpu\x18\x01 \x01(\v2\x19.boxctl.agent.v1.CPUTimesR\x03cpu\x12\x19\n" +
@@ -1612,13 +1761,14 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\x0ffollow_symlinks\x18\x02 \x01(\bR\x0efollowSymlinks\x12%\n" +
 	"\x0einclude_parent\x18\x03 \x01(\bR\rincludeParent\"&\n" +
 	"\x10DownloadResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xe1\x04\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xa8\x05\n" +
 	"\x05Agent\x12C\n" +
 	"\x04Ping\x12\x1c.boxctl.agent.v1.PingRequest\x1a\x1d.boxctl.agent.v1.PingResponse\x12G\n" +
 	"\x04Exec\x12\x1c.boxctl.agent.v1.ExecRequest\x1a\x1d.boxctl.agent.v1.ExecResponse(\x010\x01\x12O\n" +
 	"\bShutdown\x12 .boxctl.agent.v1.ShutdownRequest\x1a!.boxctl.agent.v1.ShutdownResponse\x12L\n" +
 	"\aQuiesce\x12\x1f.boxctl.agent.v1.QuiesceRequest\x1a .boxctl.agent.v1.QuiesceResponse\x12C\n" +
-	"\x04Thaw\x12\x1c.boxctl.agent.v1.ThawRequest\x1a\x1d.boxctl.agent.v1.ThawResponse\x12F\n" +
+	"\x04Thaw\x12\x1c.boxctl.agent.v1.ThawRequest\x1a\x1d.boxctl.agent.v1.ThawResponse\x12E\n" +
+	"\x04Diff\x12\x1c.boxctl.agent.v1.DiffRequest\x1a\x1d.boxctl.agent.v1.DiffResponse0\x01\x12F\n" +
 	"\x05Stats\x12\x1d.boxctl.agent.v1.StatsRequest\x1a\x1e.boxctl.agent.v1.StatsResponse\x12K\n" +
 	"\x06Upload\x12\x1e.boxctl.agent.v1.UploadRequest\x1a\x1f.boxctl.agent.v1.UploadResponse(\x01\x12Q\n" +
 	"\bDownload\x12 .boxctl.agent.v1.DownloadRequest\x1a!.boxctl.agent.v1.DownloadResponse0\x01B6Z4github.com/boxctl/boxctl/guest/proto/agentv1;agentv1b\x06proto3"
@@ -1635,7 +1785,7 @@ func file_agentv1_agent_proto_rawDescGZIP() []byte {
 	return file_agentv1_agent_proto_rawDescData
 }
 
-var file_agentv1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_agentv1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_agentv1_agent_proto_goTypes = []any{
 	(*PingRequest)(nil),           // 0: boxctl.agent.v1.PingRequest
 	(*PingResponse)(nil),          // 1: boxctl.agent.v1.PingResponse
@@ -1651,61 +1801,69 @@ var file_agentv1_agent_proto_goTypes = []any{
 	(*QuiesceResponse)(nil),       // 11: boxctl.agent.v1.QuiesceResponse
 	(*ThawRequest)(nil),           // 12: boxctl.agent.v1.ThawRequest
 	(*ThawResponse)(nil),          // 13: boxctl.agent.v1.ThawResponse
-	(*StatsRequest)(nil),          // 14: boxctl.agent.v1.StatsRequest
-	(*StatsResponse)(nil),         // 15: boxctl.agent.v1.StatsResponse
-	(*CPUTimes)(nil),              // 16: boxctl.agent.v1.CPUTimes
-	(*UploadRequest)(nil),         // 17: boxctl.agent.v1.UploadRequest
-	(*UploadHeader)(nil),          // 18: boxctl.agent.v1.UploadHeader
-	(*UploadResponse)(nil),        // 19: boxctl.agent.v1.UploadResponse
-	(*DownloadRequest)(nil),       // 20: boxctl.agent.v1.DownloadRequest
-	(*DownloadResponse)(nil),      // 21: boxctl.agent.v1.DownloadResponse
-	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*DiffRequest)(nil),           // 14: boxctl.agent.v1.DiffRequest
+	(*DiffResponse)(nil),          // 15: boxctl.agent.v1.DiffResponse
+	(*StatsRequest)(nil),          // 16: boxctl.agent.v1.StatsRequest
+	(*StatsResponse)(nil),         // 17: boxctl.agent.v1.StatsResponse
+	(*CPUTimes)(nil),              // 18: boxctl.agent.v1.CPUTimes
+	(*UploadRequest)(nil),         // 19: boxctl.agent.v1.UploadRequest
+	(*UploadHeader)(nil),          // 20: boxctl.agent.v1.UploadHeader
+	(*UploadResponse)(nil),        // 21: boxctl.agent.v1.UploadResponse
+	(*DownloadRequest)(nil),       // 22: boxctl.agent.v1.DownloadRequest
+	(*DownloadResponse)(nil),      // 23: boxctl.agent.v1.DownloadResponse
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
 }
 var file_agentv1_agent_proto_depIdxs = []int32{
-	22, // 0: boxctl.agent.v1.PingResponse.uptime:type_name -> google.protobuf.Duration
-	23, // 1: boxctl.agent.v1.PingResponse.boot_time:type_name -> google.protobuf.Timestamp
+	24, // 0: boxctl.agent.v1.PingResponse.uptime:type_name -> google.protobuf.Duration
+	25, // 1: boxctl.agent.v1.PingResponse.boot_time:type_name -> google.protobuf.Timestamp
 	3,  // 2: boxctl.agent.v1.ExecRequest.start:type_name -> boxctl.agent.v1.ExecStart
 	4,  // 3: boxctl.agent.v1.ExecRequest.resize:type_name -> boxctl.agent.v1.TerminalSize
 	4,  // 4: boxctl.agent.v1.ExecStart.tty:type_name -> boxctl.agent.v1.TerminalSize
-	22, // 5: boxctl.agent.v1.ExecStart.timeout:type_name -> google.protobuf.Duration
-	22, // 6: boxctl.agent.v1.ExecStart.kill_grace:type_name -> google.protobuf.Duration
+	24, // 5: boxctl.agent.v1.ExecStart.timeout:type_name -> google.protobuf.Duration
+	24, // 6: boxctl.agent.v1.ExecStart.kill_grace:type_name -> google.protobuf.Duration
 	6,  // 7: boxctl.agent.v1.ExecResponse.started:type_name -> boxctl.agent.v1.ExecStarted
 	7,  // 8: boxctl.agent.v1.ExecResponse.exit:type_name -> boxctl.agent.v1.ExecExit
-	22, // 9: boxctl.agent.v1.ExecExit.duration:type_name -> google.protobuf.Duration
-	22, // 10: boxctl.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
-	16, // 11: boxctl.agent.v1.StatsResponse.cpu:type_name -> boxctl.agent.v1.CPUTimes
-	22, // 12: boxctl.agent.v1.StatsResponse.uptime:type_name -> google.protobuf.Duration
-	22, // 13: boxctl.agent.v1.CPUTimes.user:type_name -> google.protobuf.Duration
-	22, // 14: boxctl.agent.v1.CPUTimes.nice:type_name -> google.protobuf.Duration
-	22, // 15: boxctl.agent.v1.CPUTimes.system:type_name -> google.protobuf.Duration
-	22, // 16: boxctl.agent.v1.CPUTimes.idle:type_name -> google.protobuf.Duration
-	22, // 17: boxctl.agent.v1.CPUTimes.iowait:type_name -> google.protobuf.Duration
-	22, // 18: boxctl.agent.v1.CPUTimes.irq:type_name -> google.protobuf.Duration
-	22, // 19: boxctl.agent.v1.CPUTimes.softirq:type_name -> google.protobuf.Duration
-	22, // 20: boxctl.agent.v1.CPUTimes.steal:type_name -> google.protobuf.Duration
-	18, // 21: boxctl.agent.v1.UploadRequest.header:type_name -> boxctl.agent.v1.UploadHeader
-	0,  // 22: boxctl.agent.v1.Agent.Ping:input_type -> boxctl.agent.v1.PingRequest
-	2,  // 23: boxctl.agent.v1.Agent.Exec:input_type -> boxctl.agent.v1.ExecRequest
-	8,  // 24: boxctl.agent.v1.Agent.Shutdown:input_type -> boxctl.agent.v1.ShutdownRequest
-	10, // 25: boxctl.agent.v1.Agent.Quiesce:input_type -> boxctl.agent.v1.QuiesceRequest
-	12, // 26: boxctl.agent.v1.Agent.Thaw:input_type -> boxctl.agent.v1.ThawRequest
-	14, // 27: boxctl.agent.v1.Agent.Stats:input_type -> boxctl.agent.v1.StatsRequest
-	17, // 28: boxctl.agent.v1.Agent.Upload:input_type -> boxctl.agent.v1.UploadRequest
-	20, // 29: boxctl.agent.v1.Agent.Download:input_type -> boxctl.agent.v1.DownloadRequest
-	1,  // 30: boxctl.agent.v1.Agent.Ping:output_type -> boxctl.agent.v1.PingResponse
-	5,  // 31: boxctl.agent.v1.Agent.Exec:output_type -> boxctl.agent.v1.ExecResponse
-	9,  // 32: boxctl.agent.v1.Agent.Shutdown:output_type -> boxctl.agent.v1.ShutdownResponse
-	11, // 33: boxctl.agent.v1.Agent.Quiesce:output_type -> boxctl.agent.v1.QuiesceResponse
-	13, // 34: boxctl.agent.v1.Agent.Thaw:output_type -> boxctl.agent.v1.ThawResponse
-	15, // 35: boxctl.agent.v1.Agent.Stats:output_type -> boxctl.agent.v1.StatsResponse
-	19, // 36: boxctl.agent.v1.Agent.Upload:output_type -> boxctl.agent.v1.UploadResponse
-	21, // 37: boxctl.agent.v1.Agent.Download:output_type -> boxctl.agent.v1.DownloadResponse
-	30, // [30:38] is the sub-list for method output_type
-	22, // [22:30] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	24, // 9: boxctl.agent.v1.ExecExit.duration:type_name -> google.protobuf.Duration
+	24, // 10: boxctl.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
+	24, // 11: boxctl.agent.v1.QuiesceRequest.lease:type_name -> google.protobuf.Duration
+	24, // 12: boxctl.agent.v1.QuiesceResponse.sync:type_name -> google.protobuf.Duration
+	24, // 13: boxctl.agent.v1.QuiesceResponse.lease:type_name -> google.protobuf.Duration
+	24, // 14: boxctl.agent.v1.ThawResponse.frozen:type_name -> google.protobuf.Duration
+	18, // 15: boxctl.agent.v1.StatsResponse.cpu:type_name -> boxctl.agent.v1.CPUTimes
+	24, // 16: boxctl.agent.v1.StatsResponse.uptime:type_name -> google.protobuf.Duration
+	24, // 17: boxctl.agent.v1.CPUTimes.user:type_name -> google.protobuf.Duration
+	24, // 18: boxctl.agent.v1.CPUTimes.nice:type_name -> google.protobuf.Duration
+	24, // 19: boxctl.agent.v1.CPUTimes.system:type_name -> google.protobuf.Duration
+	24, // 20: boxctl.agent.v1.CPUTimes.idle:type_name -> google.protobuf.Duration
+	24, // 21: boxctl.agent.v1.CPUTimes.iowait:type_name -> google.protobuf.Duration
+	24, // 22: boxctl.agent.v1.CPUTimes.irq:type_name -> google.protobuf.Duration
+	24, // 23: boxctl.agent.v1.CPUTimes.softirq:type_name -> google.protobuf.Duration
+	24, // 24: boxctl.agent.v1.CPUTimes.steal:type_name -> google.protobuf.Duration
+	20, // 25: boxctl.agent.v1.UploadRequest.header:type_name -> boxctl.agent.v1.UploadHeader
+	0,  // 26: boxctl.agent.v1.Agent.Ping:input_type -> boxctl.agent.v1.PingRequest
+	2,  // 27: boxctl.agent.v1.Agent.Exec:input_type -> boxctl.agent.v1.ExecRequest
+	8,  // 28: boxctl.agent.v1.Agent.Shutdown:input_type -> boxctl.agent.v1.ShutdownRequest
+	10, // 29: boxctl.agent.v1.Agent.Quiesce:input_type -> boxctl.agent.v1.QuiesceRequest
+	12, // 30: boxctl.agent.v1.Agent.Thaw:input_type -> boxctl.agent.v1.ThawRequest
+	14, // 31: boxctl.agent.v1.Agent.Diff:input_type -> boxctl.agent.v1.DiffRequest
+	16, // 32: boxctl.agent.v1.Agent.Stats:input_type -> boxctl.agent.v1.StatsRequest
+	19, // 33: boxctl.agent.v1.Agent.Upload:input_type -> boxctl.agent.v1.UploadRequest
+	22, // 34: boxctl.agent.v1.Agent.Download:input_type -> boxctl.agent.v1.DownloadRequest
+	1,  // 35: boxctl.agent.v1.Agent.Ping:output_type -> boxctl.agent.v1.PingResponse
+	5,  // 36: boxctl.agent.v1.Agent.Exec:output_type -> boxctl.agent.v1.ExecResponse
+	9,  // 37: boxctl.agent.v1.Agent.Shutdown:output_type -> boxctl.agent.v1.ShutdownResponse
+	11, // 38: boxctl.agent.v1.Agent.Quiesce:output_type -> boxctl.agent.v1.QuiesceResponse
+	13, // 39: boxctl.agent.v1.Agent.Thaw:output_type -> boxctl.agent.v1.ThawResponse
+	15, // 40: boxctl.agent.v1.Agent.Diff:output_type -> boxctl.agent.v1.DiffResponse
+	17, // 41: boxctl.agent.v1.Agent.Stats:output_type -> boxctl.agent.v1.StatsResponse
+	21, // 42: boxctl.agent.v1.Agent.Upload:output_type -> boxctl.agent.v1.UploadResponse
+	23, // 43: boxctl.agent.v1.Agent.Download:output_type -> boxctl.agent.v1.DownloadResponse
+	35, // [35:44] is the sub-list for method output_type
+	26, // [26:35] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_agentv1_agent_proto_init() }
@@ -1726,7 +1884,7 @@ func file_agentv1_agent_proto_init() {
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
 	}
-	file_agentv1_agent_proto_msgTypes[17].OneofWrappers = []any{
+	file_agentv1_agent_proto_msgTypes[19].OneofWrappers = []any{
 		(*UploadRequest_Header)(nil),
 		(*UploadRequest_Data)(nil),
 	}
@@ -1736,7 +1894,7 @@ func file_agentv1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentv1_agent_proto_rawDesc), len(file_agentv1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

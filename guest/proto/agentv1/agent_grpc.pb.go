@@ -6,8 +6,10 @@
 // a plugin: the core dials a unix socket and speaks this protocol directly.
 //
 // Versioning: the package name carries the major version. Within v1, fields and methods are
-// only ever added; a host checks PingResponse.protocol_version (currently 1) and may rely on
-// features whose minimum protocol version is stated next to them.
+// only ever added; a host checks PingResponse.protocol_version (currently 2) and may rely on
+// features whose minimum protocol version is stated next to them ("since 2"). An agent of
+// protocol 1 ignores fields it does not know and answers methods it does not know with
+// UNIMPLEMENTED.
 //
 // Paths: every path in this protocol (working_dir, dest_dir, Download.path) is a path inside
 // the box root (the overlay of the image's read-only root and the box's writable disk), never
@@ -43,6 +45,7 @@ const (
 	Agent_Shutdown_FullMethodName = "/boxctl.agent.v1.Agent/Shutdown"
 	Agent_Quiesce_FullMethodName  = "/boxctl.agent.v1.Agent/Quiesce"
 	Agent_Thaw_FullMethodName     = "/boxctl.agent.v1.Agent/Thaw"
+	Agent_Diff_FullMethodName     = "/boxctl.agent.v1.Agent/Diff"
 	Agent_Stats_FullMethodName    = "/boxctl.agent.v1.Agent/Stats"
 	Agent_Upload_FullMethodName   = "/boxctl.agent.v1.Agent/Upload"
 	Agent_Download_FullMethodName = "/boxctl.agent.v1.Agent/Download"
@@ -75,12 +78,37 @@ type AgentClient interface {
 	// replies before powering off; the VM is gone shortly after the reply. Idempotent: a
 	// second call while shutting down replies at once.
 	Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*ShutdownResponse, error)
-	// Quiesce freezes the box's writable filesystem (FIFREEZE) so the host can copy or
-	// snapshot its disk consistently. Writers block until Thaw. Idempotent: quiescing a frozen
-	// filesystem succeeds. Always pair with Thaw, also on failure of what happens in between.
+	// Quiesce freezes the box's writable filesystem (FIFREEZE, which syncs it first) so the
+	// host can copy or snapshot its disk consistently. Writers block until Thaw.
+	//
+	// Lease (since 2): the freeze lasts at most `lease`; when it ends without a Thaw the agent
+	// thaws by itself, so a host that dies mid-bracket never leaves the guest frozen. A Quiesce
+	// while frozen renews the lease (from now) and succeeds at once: a host whose work takes
+	// long calls it again before the lease ends. There is one freeze per guest, whoever asked
+	// for it: the first Thaw ends it.
+	//
+	// Errors: INVALID_ARGUMENT for a lease over 60s; FAILED_PRECONDITION when the box has no
+	// writable disk to freeze (its writable layer is in memory). Always pair with Thaw, also on
+	// failure of what happens in between.
 	Quiesce(ctx context.Context, in *QuiesceRequest, opts ...grpc.CallOption) (*QuiesceResponse, error)
-	// Thaw undoes Quiesce (FITHAW). Idempotent: thawing a filesystem that is not frozen succeeds.
+	// Thaw undoes Quiesce (FITHAW) and says how long the filesystem was frozen. Idempotent:
+	// thawing a filesystem that is not frozen succeeds (frozen is then zero, unless the lease
+	// of the last freeze expired, which it reports once).
 	Thaw(ctx context.Context, in *ThawRequest, opts ...grpc.CallOption) (*ThawResponse, error)
+	// Diff (since 2) streams the box's changes against its image as an uncompressed OCI layer
+	// tar: the upper directory of the box root's overlay, with overlayfs's whiteouts (0/0
+	// character devices) turned into ".wh.NAME" entries and opaque directories (xattr
+	// trusted.overlay.opaque=y) into the directory plus ".wh..wh..opq". Modes, owners, mtimes,
+	// symlinks, hard links and extended attributes (except trusted.overlay.*) are kept; sockets
+	// are left out, and so are the files the agent itself mounts into the box (/etc/hostname,
+	// /etc/hosts and, when it generated one, /etc/resolv.conf). Entry names are relative
+	// ("etc/passwd"), parents before children, in name order.
+	//
+	// The tar is complete when the stream ends with OK. For a consistent layer call it inside
+	// Quiesce/Thaw: a write during an unfrozen Diff may be half in the tar. FAILED_PRECONDITION
+	// when the box root is not mounted or has no overlay upper directory, or when the upper
+	// directory uses overlayfs features that have no OCI form (redirect_dir, metacopy).
+	Diff(ctx context.Context, in *DiffRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DiffResponse], error)
 	// Stats reports guest resource usage.
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
 	// Upload extracts a tar stream into a directory of the box root. The client sends one
@@ -157,6 +185,25 @@ func (c *agentClient) Thaw(ctx context.Context, in *ThawRequest, opts ...grpc.Ca
 	return out, nil
 }
 
+func (c *agentClient) Diff(ctx context.Context, in *DiffRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DiffResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[1], Agent_Diff_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[DiffRequest, DiffResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_DiffClient = grpc.ServerStreamingClient[DiffResponse]
+
 func (c *agentClient) Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StatsResponse)
@@ -169,7 +216,7 @@ func (c *agentClient) Stats(ctx context.Context, in *StatsRequest, opts ...grpc.
 
 func (c *agentClient) Upload(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadRequest, UploadResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[1], Agent_Upload_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[2], Agent_Upload_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -182,7 +229,7 @@ type Agent_UploadClient = grpc.ClientStreamingClient[UploadRequest, UploadRespon
 
 func (c *agentClient) Download(ctx context.Context, in *DownloadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DownloadResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[2], Agent_Download_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[3], Agent_Download_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -226,12 +273,37 @@ type AgentServer interface {
 	// replies before powering off; the VM is gone shortly after the reply. Idempotent: a
 	// second call while shutting down replies at once.
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
-	// Quiesce freezes the box's writable filesystem (FIFREEZE) so the host can copy or
-	// snapshot its disk consistently. Writers block until Thaw. Idempotent: quiescing a frozen
-	// filesystem succeeds. Always pair with Thaw, also on failure of what happens in between.
+	// Quiesce freezes the box's writable filesystem (FIFREEZE, which syncs it first) so the
+	// host can copy or snapshot its disk consistently. Writers block until Thaw.
+	//
+	// Lease (since 2): the freeze lasts at most `lease`; when it ends without a Thaw the agent
+	// thaws by itself, so a host that dies mid-bracket never leaves the guest frozen. A Quiesce
+	// while frozen renews the lease (from now) and succeeds at once: a host whose work takes
+	// long calls it again before the lease ends. There is one freeze per guest, whoever asked
+	// for it: the first Thaw ends it.
+	//
+	// Errors: INVALID_ARGUMENT for a lease over 60s; FAILED_PRECONDITION when the box has no
+	// writable disk to freeze (its writable layer is in memory). Always pair with Thaw, also on
+	// failure of what happens in between.
 	Quiesce(context.Context, *QuiesceRequest) (*QuiesceResponse, error)
-	// Thaw undoes Quiesce (FITHAW). Idempotent: thawing a filesystem that is not frozen succeeds.
+	// Thaw undoes Quiesce (FITHAW) and says how long the filesystem was frozen. Idempotent:
+	// thawing a filesystem that is not frozen succeeds (frozen is then zero, unless the lease
+	// of the last freeze expired, which it reports once).
 	Thaw(context.Context, *ThawRequest) (*ThawResponse, error)
+	// Diff (since 2) streams the box's changes against its image as an uncompressed OCI layer
+	// tar: the upper directory of the box root's overlay, with overlayfs's whiteouts (0/0
+	// character devices) turned into ".wh.NAME" entries and opaque directories (xattr
+	// trusted.overlay.opaque=y) into the directory plus ".wh..wh..opq". Modes, owners, mtimes,
+	// symlinks, hard links and extended attributes (except trusted.overlay.*) are kept; sockets
+	// are left out, and so are the files the agent itself mounts into the box (/etc/hostname,
+	// /etc/hosts and, when it generated one, /etc/resolv.conf). Entry names are relative
+	// ("etc/passwd"), parents before children, in name order.
+	//
+	// The tar is complete when the stream ends with OK. For a consistent layer call it inside
+	// Quiesce/Thaw: a write during an unfrozen Diff may be half in the tar. FAILED_PRECONDITION
+	// when the box root is not mounted or has no overlay upper directory, or when the upper
+	// directory uses overlayfs features that have no OCI form (redirect_dir, metacopy).
+	Diff(*DiffRequest, grpc.ServerStreamingServer[DiffResponse]) error
 	// Stats reports guest resource usage.
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	// Upload extracts a tar stream into a directory of the box root. The client sends one
@@ -269,6 +341,9 @@ func (UnimplementedAgentServer) Quiesce(context.Context, *QuiesceRequest) (*Quie
 }
 func (UnimplementedAgentServer) Thaw(context.Context, *ThawRequest) (*ThawResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Thaw not implemented")
+}
+func (UnimplementedAgentServer) Diff(*DiffRequest, grpc.ServerStreamingServer[DiffResponse]) error {
+	return status.Error(codes.Unimplemented, "method Diff not implemented")
 }
 func (UnimplementedAgentServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Stats not implemented")
@@ -379,6 +454,17 @@ func _Agent_Thaw_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_Diff_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(DiffRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServer).Diff(m, &grpc.GenericServerStream[DiffRequest, DiffResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_DiffServer = grpc.ServerStreamingServer[DiffResponse]
+
 func _Agent_Stats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StatsRequest)
 	if err := dec(in); err != nil {
@@ -449,6 +535,11 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Agent_Exec_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "Diff",
+			Handler:       _Agent_Diff_Handler,
+			ServerStreams: true,
 		},
 		{
 			StreamName:    "Upload",

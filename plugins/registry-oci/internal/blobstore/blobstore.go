@@ -507,6 +507,30 @@ func (s *Store) Put(d v1.Hash, data []byte) error {
 	})
 }
 
+// PutFile makes the complete file tmp (in TmpDir, written and hashed by the
+// caller: a blob this process produced, such as a committed layer) blob d,
+// by rename. The caller has computed d while writing tmp; the file is synced
+// before it becomes visible. If blob d is present already tmp is removed.
+func (s *Store) PutFile(d v1.Hash, tmp string) error {
+	if err := checkDigest(d); err != nil {
+		return err
+	}
+	if _, ok, err := s.Stat(d); err != nil || ok {
+		os.Remove(tmp)
+		return err
+	}
+	f, err := os.Open(tmp)
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", d, err)
+	}
+	defer f.Close()
+	if err := s.commit(f, tmp, d); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
 // WriteFileAtomic writes a file through a temporary file in tmpDir, fsyncs
 // it and renames it to dst, so dst is either absent or complete.
 func WriteFileAtomic(tmpDir, dst string, mode os.FileMode, write func(io.Writer) error) error {

@@ -82,7 +82,7 @@ func (a *Archive) decompressIfNeeded(ctx context.Context, tmpDir string, maxSize
 		return fmt.Errorf("decompress docker archive: %w", err)
 	}
 	a.tmp = t.Name()
-	var src io.Reader = ctxReader{ctx, dr}
+	var src io.Reader = ContextReader(ctx, dr)
 	if maxSize > 0 {
 		src = io.LimitReader(src, maxSize+1)
 	}
@@ -103,6 +103,9 @@ func (a *Archive) decompressIfNeeded(ctx context.Context, tmpDir string, maxSize
 	a.f = t
 	return nil
 }
+
+// ContextReader reads r until ctx ends: a long copy out of it stops then.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }
 
 type ctxReader struct {
 	ctx context.Context
@@ -173,7 +176,7 @@ var hexDigest = regexp.MustCompile(`[0-9a-f]{64}`)
 // Resolve implements Source. Archives hold single-platform images; the
 // image store checks the config's platform.
 func (a *Archive) Resolve(ctx context.Context, want v1.Platform) (*Resolved, error) {
-	mb, err := a.read("manifest.json", maxManifestSize)
+	mb, err := a.read("manifest.json", MaxManifestSize)
 	if err != nil {
 		return nil, err
 	}

@@ -29,7 +29,7 @@ type Layout struct {
 
 // NewLayout prepares a source for an oci-layout: reference.
 func NewLayout(r ref.Reference) (*Layout, error) {
-	b, err := readRegular(filepath.Join(r.Path, "oci-layout"), "the oci-layout marker of OCI layout "+r.Path, maxManifestSize)
+	b, err := readRegular(filepath.Join(r.Path, "oci-layout"), "the oci-layout marker of OCI layout "+r.Path, MaxManifestSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		if _, serr := os.Stat(r.Path); errors.Is(serr, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: OCI layout directory %s does not exist: check the path, or write the layout there first (e.g. skopeo copy docker://IMAGE oci:%s)", errdefs.ErrNotFound, r.Path, r.Path)
@@ -68,7 +68,7 @@ func (l *Layout) readBlob(d v1.Hash) ([]byte, error) {
 	if d.Algorithm != "sha256" {
 		return nil, fmt.Errorf("%w: digest %s", errdefs.ErrUnsupported, d)
 	}
-	b, err := readRegular(l.blobPath(d), l.blobName(d), maxManifestSize)
+	b, err := readRegular(l.blobPath(d), l.blobName(d), MaxManifestSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: blob %s is missing from OCI layout %s", errdefs.ErrBadImage, d, l.ref.Path)
 	}
@@ -83,7 +83,7 @@ func (l *Layout) readBlob(d v1.Hash) ([]byte, error) {
 
 // Resolve implements Source.
 func (l *Layout) Resolve(ctx context.Context, want v1.Platform) (*Resolved, error) {
-	top, err := readRegular(filepath.Join(l.ref.Path, "index.json"), "the index.json of OCI layout "+l.ref.Path, maxManifestSize)
+	top, err := readRegular(filepath.Join(l.ref.Path, "index.json"), "the index.json of OCI layout "+l.ref.Path, MaxManifestSize)
 	if errors.Is(err, errdefs.ErrBadImage) {
 		return nil, err
 	}

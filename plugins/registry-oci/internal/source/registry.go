@@ -279,12 +279,12 @@ func (s *Registry) getManifest(ctx context.Context, i int, ident string) ([]byte
 	if err := transport.CheckError(resp, http.StatusOK); err != nil {
 		return nil, "", v1.Hash{}, &manifestError{ident: ident, err: err}
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
 	if err != nil {
 		return nil, "", v1.Hash{}, fmt.Errorf("read manifest: %w", err)
 	}
-	if len(body) > maxManifestSize {
-		return nil, "", v1.Hash{}, fmt.Errorf("%w: manifest %s is larger than %d bytes", errdefs.ErrBadImage, ident, maxManifestSize)
+	if len(body) > MaxManifestSize {
+		return nil, "", v1.Hash{}, fmt.Errorf("%w: manifest %s is larger than %d bytes", errdefs.ErrBadImage, ident, MaxManifestSize)
 	}
 	d := DigestOf(body)
 	if want, err := v1.NewHash(ident); err == nil && want != d {

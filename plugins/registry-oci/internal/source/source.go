@@ -57,8 +57,8 @@ type Manifest struct {
 	Manifests []json.RawMessage `json:"manifests,omitempty"`
 }
 
-// maxManifestSize bounds manifests and indexes read into memory.
-const maxManifestSize = 8 << 20
+// MaxManifestSize bounds manifests and indexes read into memory.
+const MaxManifestSize = 8 << 20
 
 // Kind says what a manifest document is.
 func Kind(body []byte, mediaType types.MediaType) (types.MediaType, error) {
