@@ -149,14 +149,21 @@ func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
 		b.DiskCreated = true
 		r.recoverRemove(ctx, b)
 		return
-	case strings.HasPrefix(b.Pending, pendingSnapshot):
-		log.Info("recovery: rolling back an interrupted snapshot", "snapshot", strings.TrimPrefix(b.Pending, pendingSnapshot))
-		r.recoverSnapshot(ctx, b)
+	case strings.HasPrefix(b.Pending, pendingSnapshot) || b.Pending == pendingCloneSource:
+		if b.Pending == pendingCloneSource {
+			log.Info("recovery: a clone of this running box was interrupted")
+			r.clearPending(ctx, b.ID)
+		} else {
+			log.Info("recovery: rolling back an interrupted snapshot", "snapshot", strings.TrimPrefix(b.Pending, pendingSnapshot))
+			r.recoverSnapshot(ctx, b)
+		}
 		if b, err = r.reload(ctx, b.ID); err != nil {
 			return
 		}
-		if b.Status.Active() {
-			r.recoverRun(ctx, b)
+		if b.Status.Active() && r.recoverRun(ctx, b) {
+			if err := r.resyncLiveDisk(ctx, b); err != nil {
+				log.Warn("recovery: move the running VM onto its disk's current overlay", "error", err)
+			}
 		}
 		return
 	case b.Status.Active() && dirGone:

@@ -304,6 +304,32 @@ func (r *Runtime) clearPending(ctx context.Context, id string) {
 	}
 }
 
+// pendingCloneSource marks a running box whose disk is being cloned: the
+// storage plugin may freeze the file its VM has open.
+const pendingCloneSource = "clone-source"
+
+// resyncLiveDisk moves running box b's VM onto its writable disk's current
+// top file, for a bracket a dead process left between the storage plugin's
+// freeze and the VM's switch (the VM then writes into a frozen base). The
+// switch is idempotent: a VM on the top already is left as it is.
+func (r *Runtime) resyncLiveDisk(ctx context.Context, b *model.Box) error {
+	if b.Status != model.StatusRunning || b.Run == nil {
+		return nil // a stopped box opens its current top at the next start
+	}
+	sw, err := r.liveDiskSwitcher(ctx, b, "recover")
+	if err != nil {
+		return err
+	}
+	_, err = r.quiesced(ctx, b, "recover", func(ctx context.Context, vm sdk.VM) error {
+		spec, err := r.writableDiskSpec(ctx, b)
+		if err != nil {
+			return err
+		}
+		return sw.SwitchDisk(ctx, vm, writableDiskIndex, spec)
+	})
+	return err
+}
+
 // recoverSnapshot rolls back a snapshot a dead process was taking of box
 // b: the snapshot may exist, and if the box ran, its VM may have gone on
 // writing into it (the switch to the new overlay may not have happened).
@@ -427,6 +453,10 @@ func (r *Runtime) CloneBoxes(ctx context.Context, srcRef string, opts CloneOptio
 			return nil
 		}
 		if live {
+			if err := r.setPending(ctx, src.ID, pendingCloneSource); err != nil {
+				return nil, err
+			}
+			defer r.clearPending(ctx, src.ID)
 			_, err = r.quiesced(ctx, src, "clone", func(ctx context.Context, vm sdk.VM) error {
 				was, err := r.openDisk(ctx, src)
 				if err != nil {
