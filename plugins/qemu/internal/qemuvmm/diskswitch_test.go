@@ -212,7 +212,7 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 	// the switch.
 	bracket := func(t *testing.T, before func()) (base, copied string) {
 		t.Helper()
-		if err := c.Quiesce(ctx); err != nil {
+		if _, err := c.Quiesce(ctx, 0); err != nil {
 			t.Fatal(err)
 		}
 		paused := time.Now()
@@ -243,7 +243,7 @@ func TestSwitchDiskOfARunningGuest(t *testing.T) {
 			t.Fatal(rerr)
 		}
 		resumed := time.Since(paused)
-		if terr := c.Thaw(ctx); terr != nil {
+		if _, terr := c.Thaw(ctx); terr != nil {
 			t.Fatal(terr)
 		}
 		if err != nil {
