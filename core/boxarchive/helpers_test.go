@@ -26,8 +26,8 @@ type entry struct {
 func testBox() Box {
 	return Box{
 		ID: "0123456789abcdef0123456789abcdef", Name: "web", CreatedAt: time.Unix(1700000000, 0).UTC(),
-		Image:     Image{Reference: "oci-layout:/images/busybox", Digest: "sha256:" + hex.EncodeToString(make([]byte, 32))},
-		CPUs:      2, MemoryMiB: 512, DiskSize: 1 << 30,
+		Image: Image{Reference: "oci-layout:/images/busybox", Digest: "sha256:" + hex.EncodeToString(make([]byte, 32))},
+		CPUs:  2, MemoryMiB: 512, DiskSize: 1 << 30,
 		Env: []string{"A=1"}, Cmd: []string{"sh"}, WorkingDir: "/srv", User: "1000",
 		Ports:  []Port{{HostPort: 8080, GuestPort: 80, Protocol: "tcp"}},
 		Health: &Health{Cmd: []string{"true"}, IntervalNS: int64(time.Second), TimeoutNS: int64(time.Second), Retries: 3},
