@@ -55,6 +55,9 @@ type Capabilities struct {
 	Resize    bool // Resizer
 	Export    bool // Exporter
 	Import    bool // Importer
+	// SnapshotTransfer: Export and Import take the snapshot fields
+	// (declared by the plugin: an older one would ignore them).
+	SnapshotTransfer bool
 
 	// ImageSource.
 	Registry        bool // registry references
@@ -63,6 +66,7 @@ type Capabilities struct {
 	RootFSExt4      bool // RootDisk returns an ext4 filesystem image
 	CheckReferences bool // ReferenceChecker
 	Prune           bool // Pruner
+	ExportImage     bool // ImageExporter
 
 	// Other holds flags this sdk does not know (from a newer plugin); they
 	// are passed on unchanged.
@@ -81,9 +85,10 @@ func (c *Capabilities) flags() []struct {
 		{"pause", &c.Pause}, {"graceful-stop", &c.GracefulStop}, {"metrics", &c.Metrics},
 		{"state-file", &c.StateFile}, {"sandbox", &c.Sandbox}, {"explicit-chain", &c.ExplicitChain},
 		{"snapshots", &c.Snapshots}, {"clone", &c.Clone}, {"clone-o1", &c.CloneO1}, {"resize", &c.Resize},
-		{"export", &c.Export}, {"import", &c.Import},
+		{"export", &c.Export}, {"import", &c.Import}, {"snapshot-transfer", &c.SnapshotTransfer},
 		{"registry", &c.Registry}, {"oci-layout", &c.OCILayout}, {"docker-archive", &c.DockerArchive},
 		{"rootfs-ext4", &c.RootFSExt4}, {"check-reference", &c.CheckReferences}, {"prune", &c.Prune},
+		{"export-image", &c.ExportImage},
 	}
 }
 
