@@ -85,6 +85,7 @@ Environment:
 		a.monitorCommand(),
 	)
 	root.AddCommand(a.pauseCommands()...)
+	root.AddCommand(a.archiveCommands()...)
 	return root
 }
 
