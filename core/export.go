@@ -46,9 +46,11 @@ func (r *Runtime) Export(ctx context.Context, ref string, w io.Writer, opts Expo
 			return err
 		}
 	}
+	start := time.Now()
 	if err := aw.WriteTo(ctx, w, archiveBox(b), time.Now()); err != nil {
 		return fmt.Errorf("export %s: %w", b.Name, err)
 	}
+	r.log.Debug("export: archive written", "box", b.ID, "members", len(aw.Members()), "write", time.Since(start))
 	return nil
 }
 
@@ -96,15 +98,18 @@ func (r *Runtime) exportDisks(ctx context.Context, ref string, work *workDir, aw
 		}
 		return dest, d, nil
 	}
+	start := time.Now()
 	path, d, err := flatten("disk.qcow2", snapName)
 	if err != nil {
 		return nil, fmt.Errorf("export %s: flatten its disk: %w", b.Name, err)
 	}
+	flattened := time.Now()
 	err = aw.AddDisk(ctx, path, d.VirtualSize)
 	_ = os.Remove(path)
 	if err != nil {
 		return nil, fmt.Errorf("export %s: %w", b.Name, err)
 	}
+	r.log.Debug("export: disk flattened and compressed", "box", b.ID, "flatten", flattened.Sub(start), "compress", time.Since(flattened))
 	if !opts.WithSnapshots {
 		return b, nil
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core/boxarchive"
@@ -74,13 +75,16 @@ func (r *Runtime) Import(ctx context.Context, src io.Reader, opts ImportOptions)
 		return nil, err
 	}
 	defer work.remove()
+	start := time.Now()
 	ex, err := ar.Extract(ctx, work.dir)
 	if err != nil {
 		return nil, archiveErr(err)
 	}
+	extracted := time.Now()
 	if err := r.validateDisks(ctx, ex); err != nil {
 		return nil, err
 	}
+	r.log.Debug("import: archive extracted and checked", "extract", extracted.Sub(start), "validate", time.Since(extracted))
 	var undo undoList
 	defer undo.run()
 	img, err := r.importImage(ctx, m, ex, &undo)
@@ -89,10 +93,12 @@ func (r *Runtime) Import(ctx context.Context, src io.Reader, opts ImportOptions)
 	}
 	cfg := img.Config
 	b.Image = &model.ImageConfig{Entrypoint: cfg.Entrypoint, Cmd: cfg.Cmd, Env: cfg.Env, WorkingDir: cfg.WorkingDir, User: cfg.User, StopSignal: cfg.StopSignal}
+	start = time.Now()
 	if err := r.adopt(ctx, b, ex, opts.Name == ""); err != nil {
 		return nil, err
 	}
 	undo.cancel()
+	r.log.Debug("import: box recorded and disks adopted", "box", b.ID, "adopt", time.Since(start))
 	return &Box{rt: r, id: b.ID}, nil
 }
 
@@ -259,11 +265,12 @@ func (r *Runtime) adopt(ctx context.Context, b *model.Box, ex *boxarchive.Extrac
 	if err != nil {
 		return fmt.Errorf("storage plugin: %w", err)
 	}
-	if _, err := disks.Import(ctx, sdk.ImportRequest{ID: b.DiskID, Source: ex.Disk.Path, MaxVirtualSize: config.MaxDiskSize}); err != nil {
+	// The extracted files are the import's own: the plugin may move them.
+	if _, err := disks.Import(ctx, sdk.ImportRequest{ID: b.DiskID, Source: ex.Disk.Path, MaxVirtualSize: config.MaxDiskSize, Move: true}); err != nil {
 		return fmt.Errorf("import: adopt the disk of archive member %q: %w", ex.Disk.Member.Name, err)
 	}
 	for _, s := range ex.Snapshots {
-		req := sdk.ImportRequest{ID: b.DiskID, Source: s.Path, MaxVirtualSize: config.MaxDiskSize, Snapshot: s.Member.Snapshot.Name, SnapshotCreatedAt: s.Member.Snapshot.CreatedAt}
+		req := sdk.ImportRequest{ID: b.DiskID, Source: s.Path, MaxVirtualSize: config.MaxDiskSize, Snapshot: s.Member.Snapshot.Name, SnapshotCreatedAt: s.Member.Snapshot.CreatedAt, Move: true}
 		if _, err := disks.Import(ctx, req); err != nil {
 			return fmt.Errorf("import: adopt snapshot %q of archive member %q: %w", s.Member.Snapshot.Name, s.Member.Name, err)
 		}

@@ -116,13 +116,16 @@ type ExportRequest struct {
 // ImportRequest adopts the untrusted file Source as disk ID; it is
 // validated first. With Snapshot set, Source becomes a new snapshot of that
 // name of the existing disk ID, taken at SnapshotCreatedAt (zero: now),
-// and the disk's current state is unchanged.
+// and the disk's current state is unchanged. With Move, the caller hands
+// Source over: the plugin may rename it into its store rather than copy
+// it, and Source may be gone afterwards.
 type ImportRequest struct {
 	ID                string
 	Source            string
 	MaxVirtualSize    uint64
 	Snapshot          string
 	SnapshotCreatedAt time.Time
+	Move              bool
 }
 
 // Validation is what Validate found. Problems is empty when the file is
@@ -245,7 +248,7 @@ func (d *diskClient) Validate(ctx context.Context, path string, maxVirtualSize u
 func (d *diskClient) Import(ctx context.Context, req ImportRequest) (Disk, error) {
 	return diskResult(call(ctx, d.c.Import, &pluginv1.ImportRequest{
 		DiskId: req.ID, Source: req.Source, MaxVirtualSize: req.MaxVirtualSize,
-		Snapshot: req.Snapshot, SnapshotCreatedAt: unixNano(req.SnapshotCreatedAt),
+		Snapshot: req.Snapshot, SnapshotCreatedAt: unixNano(req.SnapshotCreatedAt), Move: req.Move,
 	}))
 }
 
@@ -357,7 +360,7 @@ func (s *diskServer) Import(ctx context.Context, req *pluginv1.ImportRequest) (*
 	}
 	return diskAnswer(im.Import(ctx, ImportRequest{
 		ID: req.GetDiskId(), Source: req.GetSource(), MaxVirtualSize: req.GetMaxVirtualSize(),
-		Snapshot: req.GetSnapshot(), SnapshotCreatedAt: fromUnixNano(req.GetSnapshotCreatedAt()),
+		Snapshot: req.GetSnapshot(), SnapshotCreatedAt: fromUnixNano(req.GetSnapshotCreatedAt()), Move: req.GetMove(),
 	}))
 }
 

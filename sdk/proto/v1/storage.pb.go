@@ -582,8 +582,12 @@ type ImportRequest struct {
 	Snapshot string `protobuf:"bytes,4,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
 	// When the snapshot was taken (Unix nanoseconds); 0 means now.
 	SnapshotCreatedAt int64 `protobuf:"varint,5,opt,name=snapshot_created_at,json=snapshotCreatedAt,proto3" json:"snapshot_created_at,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The caller hands source over: the plugin may move it into its store
+	// (a rename on the same filesystem) instead of copying it. source may be
+	// gone after the call, whatever its outcome.
+	Move          bool `protobuf:"varint,6,opt,name=move,proto3" json:"move,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImportRequest) Reset() {
@@ -649,6 +653,13 @@ func (x *ImportRequest) GetSnapshotCreatedAt() int64 {
 		return x.SnapshotCreatedAt
 	}
 	return 0
+}
+
+func (x *ImportRequest) GetMove() bool {
+	if x != nil {
+		return x.Move
+	}
+	return false
 }
 
 type RemoveDiskResponse struct {
@@ -1080,13 +1091,14 @@ const file_sdk_proto_v1_storage_proto_rawDesc = "" +
 	"\x10max_virtual_size\x18\x02 \x01(\x04R\x0emaxVirtualSize\"^\n" +
 	"\x10ValidateResponse\x12\x1a\n" +
 	"\bproblems\x18\x01 \x03(\tR\bproblems\x12.\n" +
-	"\x04info\x18\x02 \x01(\v2\x1a.boxctl.plugin.v1.DiskInfoR\x04info\"\xb6\x01\n" +
+	"\x04info\x18\x02 \x01(\v2\x1a.boxctl.plugin.v1.DiskInfoR\x04info\"\xca\x01\n" +
 	"\rImportRequest\x12\x17\n" +
 	"\adisk_id\x18\x01 \x01(\tR\x06diskId\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12(\n" +
 	"\x10max_virtual_size\x18\x03 \x01(\x04R\x0emaxVirtualSize\x12\x1a\n" +
 	"\bsnapshot\x18\x04 \x01(\tR\bsnapshot\x12.\n" +
-	"\x13snapshot_created_at\x18\x05 \x01(\x03R\x11snapshotCreatedAt\"\x14\n" +
+	"\x13snapshot_created_at\x18\x05 \x01(\x03R\x11snapshotCreatedAt\x12\x12\n" +
+	"\x04move\x18\x06 \x01(\bR\x04move\"\x14\n" +
 	"\x12RemoveDiskResponse\"\x12\n" +
 	"\x10ListDisksRequest\"E\n" +
 	"\x11ListDisksResponse\x120\n" +

@@ -552,7 +552,7 @@ func (s *Store) Import(ctx context.Context, req sdk.ImportRequest) (sdk.Disk, er
 	done := false
 	defer s.rollbackUnless(ctx, cfg, in, &done)
 
-	if _, err := filecopy.Copy(ctx, cfg.path(tmp), src); err != nil {
+	if err := adoptFile(ctx, cfg.path(tmp), src, req.Move); err != nil {
 		return sdk.Disk{}, fmt.Errorf("import disk %s: %w", id, err)
 	}
 	if err := chmodDurable(cfg.path(tmp), 0o644); err != nil {
@@ -580,6 +580,26 @@ func (s *Store) Import(ctx context.Context, req sdk.ImportRequest) (sdk.Disk, er
 	done = true
 	s.crashPoint(opImport, "committed")
 	return diskInfo(cfg, id)
+}
+
+// adoptFile puts an import's source at dst, a journaled temporary file of
+// the store, durably: renamed there when the caller handed it over and it
+// lies on the store's filesystem, copied otherwise. Either way the copy is
+// validated again before it is used (the source could change under us).
+func adoptFile(ctx context.Context, dst, src string, move bool) error {
+	if move {
+		if fi, err := os.Lstat(src); err == nil && fi.Mode().IsRegular() {
+			err = os.Rename(src, dst)
+			if err == nil {
+				return syncFile(dst)
+			}
+			if !errors.Is(err, unix.EXDEV) {
+				return err
+			}
+		}
+	}
+	_, err := filecopy.Copy(ctx, dst, src)
+	return err
 }
 
 // importSnapshot adopts a validated copy of req.Source as a new immutable
@@ -618,7 +638,7 @@ func (s *Store) importSnapshot(ctx context.Context, cfg *settings, req sdk.Impor
 	done := false
 	defer s.rollbackUnless(ctx, cfg, in, &done)
 
-	if _, err := filecopy.Copy(ctx, cfg.path(tmp), req.Source); err != nil {
+	if err := adoptFile(ctx, cfg.path(tmp), req.Source, req.Move); err != nil {
 		return sdk.Disk{}, fmt.Errorf("import snapshot %q of disk %s: %w", name, id, err)
 	}
 	if problems, err := validateFile(cfg.path(tmp), maxSize); err != nil || len(problems) > 0 {

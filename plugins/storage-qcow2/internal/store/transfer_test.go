@@ -184,3 +184,53 @@ func withInternalSnapshot(t *testing.T, p string) string {
 	run(t, "qemu-img", "snapshot", "-c", "s1", p)
 	return p
 }
+
+// TestImportMovesWhatItIsGiven: with Move the source is renamed into the
+// store (it is gone afterwards) and still validated; without, it is copied.
+func TestImportMovesWhatItIsGiven(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	e := newEnv(t, dir, "")
+	mk := func(name string, pattern byte) string {
+		p := filepath.Join(filepath.Dir(dir), name+".qcow2")
+		run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "16M")
+		qemuWrite(t, p, mib, mib, pattern)
+		return p
+	}
+	moved := mk("moved", 0x61)
+	if _, err := e.disks.Import(e.ctx, sdk.ImportRequest{ID: "m", Source: moved, Move: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(moved); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the moved source is still there: %v", err)
+	}
+	if !qemuReads(t, e.path("m"), mib, mib, 0x61) {
+		t.Fatal("the moved disk has the wrong content")
+	}
+	snap := mk("snap", 0x62)
+	if _, err := e.disks.Import(e.ctx, sdk.ImportRequest{ID: "m", Source: snap, Snapshot: "s", Move: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(snap); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the moved snapshot source is still there: %v", err)
+	}
+	e.restore("m", "s")
+	if !qemuReads(t, e.path("m"), mib, mib, 0x62) {
+		t.Fatal("the moved snapshot has the wrong content")
+	}
+	copied := mk("copied", 0x63)
+	if _, err := e.disks.Import(e.ctx, sdk.ImportRequest{ID: "c", Source: copied}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(copied); err != nil {
+		t.Fatalf("an import without Move took the source: %v", err)
+	}
+	// A hostile file handed over is refused all the same, and not kept.
+	bad := filepath.Join(filepath.Dir(dir), "bad.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw", bad, "16M")
+	if _, err := e.disks.Import(e.ctx, sdk.ImportRequest{ID: "b", Source: bad, Move: true}); !errors.Is(err, sdk.ErrInvalidArgument) {
+		t.Fatalf("Import with Move of a file with a backing file: %v", err)
+	}
+	if n := e.count("disks"); n != 2 {
+		t.Fatalf("%d disk files, want 2", n)
+	}
+}
