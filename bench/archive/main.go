@@ -132,7 +132,9 @@ func run(bin, testPlugins, dir string, mib int64, n int) error {
 		return err
 	}
 	data := float64(mib<<20) / 1e6
-	mbps := func(d time.Duration) string { return fmt.Sprintf("%6.0f MB/s (%s)", data/d.Seconds(), d.Round(time.Millisecond)) }
+	mbps := func(d time.Duration) string {
+		return fmt.Sprintf("%6.0f MB/s (%s)", data/d.Seconds(), d.Round(time.Millisecond))
+	}
 	fmt.Printf("== box archive: %d MiB written into the box's disk (half random, half text), median of %d ==\n", mib, n)
 
 	archive := filepath.Join(tmp, "src.boxar")
