@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/boxctl/boxctl/internal/ctxio"
 )
 
 // An image member is a tar of an OCI image layout holding exactly:
@@ -47,7 +49,7 @@ func writeLayoutTar(ctx context.Context, w io.Writer, dir string, files []string
 		}
 		if err == nil {
 			// A file that changes size under us fails the tar writer.
-			_, err = io.Copy(tw, ctxReader{ctx, f})
+			_, err = io.Copy(tw, ctxio.Reader(ctx, f))
 		}
 		f.Close()
 		if err != nil {
@@ -116,7 +118,7 @@ func writeLayoutFile(ctx context.Context, r io.Reader, dst, name string, size in
 		return err
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), ctxReader{ctx, r})
+	n, err := io.Copy(io.MultiWriter(f, h), ctxio.Reader(ctx, r))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

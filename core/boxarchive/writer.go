@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/boxctl/boxctl/internal/ctxio"
 )
 
 // maxWindow is the largest zstd window this package reads (it writes 8
@@ -119,7 +121,7 @@ func (w *Writer) add(ctx context.Context, src io.Reader, m Member) error {
 		return fmt.Errorf("box archive: %w", err)
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(enc, h), ctxReader{ctx, src})
+	n, err := io.Copy(io.MultiWriter(enc, h), ctxio.Reader(ctx, src))
 	if cerr := enc.Close(); err == nil {
 		err = cerr
 	}
@@ -185,7 +187,7 @@ func (w *Writer) WriteTo(ctx context.Context, out io.Writer, box Box, created ti
 		if err != nil {
 			return fmt.Errorf("box archive: %w", err)
 		}
-		_, err = io.Copy(tw, ctxReader{ctx, f})
+		_, err = io.Copy(tw, ctxio.Reader(ctx, f))
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("box archive: write %s: %w", s.m.Name, err)
@@ -221,19 +223,6 @@ func (w *Writer) Close() error {
 	}
 	w.members, w.closed = nil, true
 	return errors.Join(errs...)
-}
-
-// ctxReader ends a copy when its context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // layoutFiles lists an OCI layout directory's files (relative, slash

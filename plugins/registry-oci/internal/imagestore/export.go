@@ -12,6 +12,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/boxctl/boxctl/internal/ctxio"
 )
 
 // ExportLayout writes the cached image with manifest digest as an OCI image
@@ -118,7 +120,7 @@ func (s *Store) exportBlob(ctx context.Context, h v1.Hash, dst string) (int64, e
 	if err != nil {
 		return 0, err
 	}
-	n, err := io.Copy(out, ctxReader{ctx, src})
+	n, err := io.Copy(out, ctxio.Reader(ctx, src))
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
@@ -126,16 +128,4 @@ func (s *Store) exportBlob(ctx context.Context, h v1.Hash, dst string) (int64, e
 		err = errors.New("blob changed size while it was copied")
 	}
 	return n, err
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
