@@ -24,8 +24,8 @@ type ExportOptions struct {
 
 // Export writes a box archive (docs/box-archive.md) of a stopped box to w:
 // its configuration, its flattened writable disk and, as asked, its
-// snapshots and image. w need not seek. The box is locked only while its
-// disks are flattened, not while the archive streams out.
+// snapshots and image. w need not seek. The box is locked while its disks
+// are flattened and compressed, not while the archive streams out.
 func (r *Runtime) Export(ctx context.Context, ref string, w io.Writer, opts ExportOptions) error {
 	if err := r.checkOpen(); err != nil {
 		return err

@@ -140,6 +140,9 @@ standard error).`,
 			from := args[0]
 			if from == "-" {
 				in = cmd.InOrStdin()
+				if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+					return errors.New("import: refusing to read a box archive from a terminal: redirect standard input from a file or a pipe, or give a FILE")
+				}
 				from = "standard input"
 			} else {
 				f, err := os.Open(from)

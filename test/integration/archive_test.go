@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
+
 	"github.com/boxctl/boxctl/core/boxarchive"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
@@ -254,6 +256,34 @@ func TestExportRefusals(t *testing.T) {
 		t.Fatalf("a refused export left %s: %v", file, err)
 	}
 	e.ok("stop", "fresh")
+	// Binary archives never go to (or come from) a terminal.
+	for _, c := range []struct {
+		args       []string
+		stdoutOnly bool
+		want       string
+	}{
+		{[]string{"export", "fresh", "-"}, true, "refusing to write a box archive to a terminal"},
+		{[]string{"import", "-"}, false, "refusing to read a box archive from a terminal"},
+	} {
+		ptmx, tty, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := e.boxctlCmd(ctx, c.args...)
+		var errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = tty, &errb
+		if !c.stdoutOnly {
+			cmd.Stdin, cmd.Stdout = tty, nil
+		}
+		err = cmd.Run()
+		cancel()
+		tty.Close()
+		ptmx.Close()
+		if err == nil || !strings.Contains(errb.String(), c.want) {
+			t.Fatalf("boxctl %v on a terminal: %v\n%s", c.args, err, errb.String())
+		}
+	}
 	e.assertNothingLeft(t, "fresh")
 }
 
@@ -446,6 +476,13 @@ func TestHostileArchivesThroughTheCLI(t *testing.T) {
 			e.assertNothingLeft(t, "victim")
 		})
 	}
+	t.Run("over --max-disk-size", func(t *testing.T) {
+		_, errs, code := e.cli("import", good, "--name", "intruder", "--max-disk-size", "64KiB")
+		if code != 125 || !strings.Contains(errs, "over the size limit") || !strings.Contains(errs, "the limit is 65536") {
+			t.Fatalf("import over the limit: exit %d\n%s", code, errs)
+		}
+		e.assertNothingLeft(t, "victim")
+	})
 }
 
 // TestKilledImportIsRolledBack: boxctl killed with SIGKILL in the middle of
