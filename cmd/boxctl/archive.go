@@ -7,8 +7,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/boxctl/boxctl/config"
@@ -66,19 +68,22 @@ pullable by the box's image reference as the same digest.`,
 	return c
 }
 
-// writeFileAtomic writes path through a temporary file in its directory,
-// so that a failed or interrupted export leaves no partial archive.
+// writeFileAtomic writes path so that a failed or interrupted export
+// leaves no partial archive: into an unnamed file (O_TMPFILE) linked into
+// place once complete — so not even kill -9 leaves a stray file — or,
+// where the filesystem has no unnamed files, a temporary file renamed into
+// place.
 func writeFileAtomic(path string, write func(io.Writer) error) error {
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
+	tmp, named, err := createUnnamed(dir)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	ok := false
 	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
+		tmp.Close()
+		if !ok && named != "" {
+			os.Remove(named)
 		}
 	}()
 	bw := bufio.NewWriterSize(tmp, 1<<20)
@@ -91,17 +96,38 @@ func writeFileAtomic(path string, write func(io.Writer) error) error {
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("export: write %s: %w", path, err)
 	}
-	if err := tmp.Chmod(0o600); err != nil {
-		return fmt.Errorf("export: %w", err)
+	if named == "" {
+		// Link the unnamed file under a temporary name, then rename it
+		// over path (linkat cannot replace an existing file).
+		named = filepath.Join(dir, "."+filepath.Base(path)+".tmp-"+strconv.Itoa(os.Getpid()))
+		fdPath := "/proc/self/fd/" + strconv.Itoa(int(tmp.Fd()))
+		if err := unix.Linkat(unix.AT_FDCWD, fdPath, unix.AT_FDCWD, named, unix.AT_SYMLINK_FOLLOW); err != nil {
+			named = ""
+			return fmt.Errorf("export: write %s: %w", path, err)
+		}
 	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("export: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := os.Rename(named, path); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	ok = true
 	return nil
+}
+
+// createUnnamed opens a new file in dir for writing: unnamed when the
+// filesystem allows (named is ""), else a temporary file named named.
+func createUnnamed(dir string) (f *os.File, named string, err error) {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		return os.NewFile(uintptr(fd), filepath.Join(dir, "(unnamed)")), "", nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EINVAL) {
+		return nil, "", &os.PathError{Op: "create a file in", Path: dir, Err: err}
+	}
+	f, err = os.CreateTemp(dir, ".boxctl-export-*.tmp")
+	if err != nil {
+		return nil, "", err
+	}
+	return f, f.Name(), nil
 }
 
 func (a *app) importCommand() *cobra.Command {

@@ -485,11 +485,11 @@ func TestHostileArchivesThroughTheCLI(t *testing.T) {
 	})
 }
 
-// TestKilledImportIsRolledBack: boxctl killed with SIGKILL in the middle of
-// an import — while it extracts the archive, and after it recorded the box
-// while the storage plugin adopts the disk — leaves nothing the next
-// command does not clean up.
-func TestKilledImportIsRolledBack(t *testing.T) {
+// TestKilledExportAndImportLeaveNothing: boxctl killed with SIGKILL in the
+// middle of an export, or of an import — while it extracts the archive,
+// and after it recorded the box while the storage plugin adopts the disk —
+// leaves nothing the next command does not clean up.
+func TestKilledExportAndImportLeaveNothing(t *testing.T) {
 	e := newEnv(t, "")
 	b := exportable(t, e, "big", testImage, false)
 	// Enough data that adopting the disk takes a while.
@@ -500,6 +500,27 @@ func TestKilledImportIsRolledBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	t.Run("export", func(t *testing.T) {
+		out := t.TempDir()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cmd := e.boxctlCmd(ctx, "export", "big", filepath.Join(out, "cut.boxar"))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Killed once the compressed disk is being written.
+		waitFor(t, "the export's compressed disk", func() bool {
+			m, _ := filepath.Glob(filepath.Join(e.home, "tmp", "export-*", ".member-*"))
+			return len(m) > 0
+		})
+		kill9(t, cmd.Process.Pid)
+		_ = cmd.Wait()
+		if ents, _ := os.ReadDir(out); len(ents) != 0 {
+			t.Fatalf("a killed export left %v next to its file", ents)
+		}
+		e.assertNothingLeft(t, "big")
+	})
 
 	t.Run("while extracting", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
