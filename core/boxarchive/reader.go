@@ -4,11 +4,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"path"
@@ -237,7 +235,8 @@ func (r *Reader) extractMember(ctx context.Context, mem Member, dst string) erro
 		return err
 	}
 	defer dec.Close()
-	data := &memberReader{ctx: ctx, dec: dec, raw: raw, mem: mem, h: sha256.New()}
+	data := &memberReader{ctx: ctx, dec: dec, raw: raw, mem: mem, h: newAsyncHash()}
+	defer data.h.Close()
 	if mem.Kind == KindImage {
 		if err := extractLayoutTar(ctx, data, dst, mem.Name); err != nil {
 			return err
@@ -255,7 +254,7 @@ func (r *Reader) extractMember(ctx context.Context, mem Member, dst string) erro
 		}
 		return refuse(ErrCorrupt, mem.Name, "", "%d bytes follow its zstd data", rest)
 	}
-	if sum := hex.EncodeToString(data.h.Sum(nil)); sum != mem.SHA256 {
+	if sum := hex.EncodeToString(data.h.Sum()); sum != mem.SHA256 {
 		return refuse(ErrChecksum, mem.Name, "sha256", "the data hashes to %s, the manifest declares %s", sum, mem.SHA256)
 	}
 	return nil
@@ -284,7 +283,7 @@ type memberReader struct {
 	dec *zstd.Decoder
 	raw *sourceReader
 	mem Member
-	h   hash.Hash
+	h   *asyncHash
 	n   int64
 }
 

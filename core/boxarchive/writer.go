@@ -3,7 +3,6 @@ package boxarchive
 import (
 	"archive/tar"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -120,7 +119,8 @@ func (w *Writer) add(ctx context.Context, src io.Reader, m Member) error {
 	if err != nil {
 		return fmt.Errorf("box archive: %w", err)
 	}
-	h := sha256.New()
+	h := newAsyncHash()
+	defer h.Close()
 	n, err := io.Copy(io.MultiWriter(enc, h), ctxio.Reader(ctx, src))
 	if cerr := enc.Close(); err == nil {
 		err = cerr
@@ -137,7 +137,7 @@ func (w *Writer) add(ctx context.Context, src io.Reader, m Member) error {
 	}
 	m.Compression = CompressionZstd
 	m.Size, m.CompressedSize = n, fi.Size()
-	m.SHA256 = hex.EncodeToString(h.Sum(nil))
+	m.SHA256 = hex.EncodeToString(h.Sum())
 	w.members = append(w.members, staged{m: m, path: tmp.Name()})
 	ok = true
 	return nil
