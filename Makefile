@@ -103,6 +103,7 @@ bench: deps build build-test-plugins guest
 	$(GO) run ./bench/storage -plugin $(BIN)/boxctl-plugin-qcow2
 	$(GO) run ./bench/qcow2
 	$(GO) run ./bench/rootfs
+	$(GO) run ./bench/archive -bin $(BIN) -test-plugins build/test-plugins
 
 clean:
 	rm -rf $(BIN) build

@@ -307,6 +307,10 @@ func (m *memImagesDouble) Prune(_ context.Context, req sdk.PruneRequest) (sdk.Re
 	return r, nil
 }
 
+func (m *memImagesDouble) ExportImage(context.Context, string, string) error {
+	return fmt.Errorf("ExportImage: %w", sdk.ErrUnsupported)
+}
+
 // openWithDoubles opens a runtime on a fresh home with the in-memory
 // plugin doubles.
 func openWithDoubles(t *testing.T) (*Runtime, *memPluginsDouble) {

@@ -23,7 +23,9 @@ import (
 //   - active boxes whose VM process is gone (or whose PID now belongs to
 //     another process, or the host rebooted) are marked Stopped and their
 //     PID files deleted;
-//   - lock files of boxes that no longer exist are deleted.
+//   - lock files of boxes that no longer exist are deleted;
+//   - interrupted imports are rolled back, and the temporary files of
+//     exports and imports whose process died are deleted.
 //
 // It reads first and writes only when something needs fixing, and it
 // leaves alone any box whose lock another process holds (that process is
@@ -43,6 +45,7 @@ func (r *Runtime) recover(ctx context.Context) error {
 	if err := r.removeOrphans(ctx, count); err != nil {
 		return err
 	}
+	r.sweepWorkDirs()
 	for _, b := range attention {
 		r.recoverBox(ctx, b)
 	}
@@ -140,6 +143,13 @@ func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
 	switch {
 	case b.Pending == "removing":
 		log.Info("recovery: finishing an interrupted removal")
+		r.recoverRemove(ctx, b)
+		return
+	case b.Pending == pendingImport:
+		// The import's disk and snapshots may be partly adopted: remove
+		// whatever the storage plugin has under its disk ID with the record.
+		log.Info("recovery: rolling back an interrupted import")
+		b.DiskCreated = true
 		r.recoverRemove(ctx, b)
 		return
 	case b.Pending == "cloning":

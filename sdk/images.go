@@ -85,6 +85,14 @@ type PushRequest struct {
 	Reference string
 }
 
+// ImageExporter is an optional ImageSource feature: write a cached image
+// as an OCI image layout directory (dest, which must not exist) that
+// pulls back as the same image with oci-layout:DEST@DIGEST. `boxctl export
+// --with-image` uses it.
+type ImageExporter interface {
+	ExportImage(ctx context.Context, digest, dest string) error
+}
+
 // Platform is an OS and CPU architecture, as in OCI image indexes.
 type Platform struct {
 	OS, Architecture, Variant string
@@ -226,6 +234,9 @@ func imageCapabilities(impl Plugin, c *Capabilities) {
 	if _, ok := impl.(Pusher); ok {
 		c.Push = true
 	}
+	if _, ok := impl.(ImageExporter); ok {
+		c.ExportImage = true
+	}
 }
 
 // ImageSourceClient is an ImageSource served by a plugin process, with
@@ -236,6 +247,7 @@ type ImageSourceClient interface {
 	ReferenceChecker
 	Committer
 	Pusher
+	ImageExporter
 }
 
 // NewImageSourceClient returns an ImageSource that calls a plugin over conn.
@@ -312,6 +324,11 @@ func (i *imageClient) ListImages(ctx context.Context) ([]Image, error) {
 func (i *imageClient) RemoveImage(ctx context.Context, image string) (Removed, error) {
 	resp, err := call(ctx, i.c.RemoveImage, &pluginv1.ImageRequest{Image: image})
 	return Removed{Images: resp.GetRemoved(), Reclaimed: resp.GetReclaimedBytes()}, err
+}
+
+func (i *imageClient) ExportImage(ctx context.Context, digest, dest string) error {
+	_, err := call(ctx, i.c.ExportImage, &pluginv1.ExportImageRequest{Image: digest, Dest: dest})
+	return err
 }
 
 func (i *imageClient) Prune(ctx context.Context, req PruneRequest) (Removed, error) {
@@ -497,6 +514,17 @@ func (s *imageServer) Push(req *pluginv1.PushRequest, stream grpc.ServerStreamin
 		return toStatus(fmt.Errorf("push %s: the plugin reported no digest", req.GetReference()))
 	}
 	return stream.Send(&pluginv1.PushEvent{Event: &pluginv1.PushEvent_Digest{Digest: digest}})
+}
+
+func (s *imageServer) ExportImage(ctx context.Context, req *pluginv1.ExportImageRequest) (*pluginv1.ExportImageResponse, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	e, ok := s.impl.(ImageExporter)
+	if !ok {
+		return nil, unsupported("ExportImage")
+	}
+	return handle(&pluginv1.ExportImageResponse{}, e.ExportImage(ctx, req.GetImage(), req.GetDest()))
 }
 
 func pullToProto(r PullRequest) *pluginv1.PullRequest {

@@ -56,6 +56,9 @@ type Capabilities struct {
 	Resize    bool // Resizer
 	Export    bool // Exporter
 	Import    bool // Importer
+	// SnapshotTransfer: Export and Import take the snapshot fields
+	// (declared by the plugin: an older one would ignore them).
+	SnapshotTransfer bool
 
 	// ImageSource.
 	Registry        bool // registry references
@@ -66,6 +69,7 @@ type Capabilities struct {
 	Prune           bool // Pruner
 	Commit          bool // Committer
 	Push            bool // Pusher
+	ExportImage     bool // ImageExporter
 
 	// Other holds flags this sdk does not know (from a newer plugin); they
 	// are passed on unchanged.
@@ -85,10 +89,11 @@ func (c *Capabilities) flags() []struct {
 		{"state-file", &c.StateFile}, {"sandbox", &c.Sandbox}, {"explicit-chain", &c.ExplicitChain},
 		{"disk-switch", &c.DiskSwitch},
 		{"snapshots", &c.Snapshots}, {"clone", &c.Clone}, {"clone-o1", &c.CloneO1}, {"resize", &c.Resize},
-		{"export", &c.Export}, {"import", &c.Import},
+		{"export", &c.Export}, {"import", &c.Import}, {"snapshot-transfer", &c.SnapshotTransfer},
 		{"registry", &c.Registry}, {"oci-layout", &c.OCILayout}, {"docker-archive", &c.DockerArchive},
 		{"rootfs-ext4", &c.RootFSExt4}, {"check-reference", &c.CheckReferences}, {"prune", &c.Prune},
 		{"commit", &c.Commit}, {"push", &c.Push},
+		{"export-image", &c.ExportImage},
 	}
 }
 

@@ -39,14 +39,18 @@ type Resizer interface {
 }
 
 // Exporter is an optional DiskBackend feature: flatten a disk (and its
-// backing chain) into one standalone file.
+// backing chain) into one standalone file. A plugin that declares
+// Capabilities.SnapshotTransfer also exports snapshots
+// (ExportRequest.Snapshot).
 type Exporter interface {
 	Export(ctx context.Context, req ExportRequest) (Disk, error)
 }
 
 // Importer is an optional DiskBackend feature: check an untrusted disk file
 // and adopt it into the store. A disk file may name any host file as its
-// backing file: Validate refuses every backing reference.
+// backing file: Validate refuses every backing reference. A plugin that
+// declares Capabilities.SnapshotTransfer also imports a file as a snapshot
+// of an existing disk (ImportRequest.Snapshot).
 type Importer interface {
 	Validate(ctx context.Context, path string, maxVirtualSize uint64) (Validation, error)
 	Import(ctx context.Context, req ImportRequest) (Disk, error)
@@ -100,19 +104,28 @@ type CreateDiskRequest struct {
 	Filesystem string
 }
 
-// ExportRequest flattens a disk into Dest ("qcow2", the default, or "raw").
+// ExportRequest flattens a disk into Dest ("qcow2", the default, or "raw"):
+// its current state, or its snapshot Snapshot when set.
 type ExportRequest struct {
-	ID     string
-	Dest   string
-	Format string
+	ID       string
+	Dest     string
+	Format   string
+	Snapshot string
 }
 
 // ImportRequest adopts the untrusted file Source as disk ID; it is
-// validated first.
+// validated first. With Snapshot set, Source becomes a new snapshot of that
+// name of the existing disk ID, taken at SnapshotCreatedAt (zero: now),
+// and the disk's current state is unchanged. With Move, the caller hands
+// Source over: the plugin may rename it into its store rather than copy
+// it, and Source may be gone afterwards.
 type ImportRequest struct {
-	ID             string
-	Source         string
-	MaxVirtualSize uint64
+	ID                string
+	Source            string
+	MaxVirtualSize    uint64
+	Snapshot          string
+	SnapshotCreatedAt time.Time
+	Move              bool
 }
 
 // Validation is what Validate found. Problems is empty when the file is
@@ -217,7 +230,7 @@ func (d *diskClient) Resize(ctx context.Context, diskID string, size uint64) (Di
 }
 
 func (d *diskClient) Export(ctx context.Context, req ExportRequest) (Disk, error) {
-	return diskResult(call(ctx, d.c.Export, &pluginv1.ExportRequest{DiskId: req.ID, Dest: req.Dest, Format: req.Format}))
+	return diskResult(call(ctx, d.c.Export, &pluginv1.ExportRequest{DiskId: req.ID, Dest: req.Dest, Format: req.Format, Snapshot: req.Snapshot}))
 }
 
 func (d *diskClient) Validate(ctx context.Context, path string, maxVirtualSize uint64) (Validation, error) {
@@ -233,7 +246,10 @@ func (d *diskClient) Validate(ctx context.Context, path string, maxVirtualSize u
 }
 
 func (d *diskClient) Import(ctx context.Context, req ImportRequest) (Disk, error) {
-	return diskResult(call(ctx, d.c.Import, &pluginv1.ImportRequest{DiskId: req.ID, Source: req.Source, MaxVirtualSize: req.MaxVirtualSize}))
+	return diskResult(call(ctx, d.c.Import, &pluginv1.ImportRequest{
+		DiskId: req.ID, Source: req.Source, MaxVirtualSize: req.MaxVirtualSize,
+		Snapshot: req.Snapshot, SnapshotCreatedAt: unixNano(req.SnapshotCreatedAt), Move: req.Move,
+	}))
 }
 
 func (d *diskClient) RemoveDisk(ctx context.Context, diskID string) error {
@@ -315,7 +331,7 @@ func (s *diskServer) Export(ctx context.Context, req *pluginv1.ExportRequest) (*
 	if !ok {
 		return nil, unsupported("Export")
 	}
-	return diskAnswer(e.Export(ctx, ExportRequest{ID: req.GetDiskId(), Dest: req.GetDest(), Format: req.GetFormat()}))
+	return diskAnswer(e.Export(ctx, ExportRequest{ID: req.GetDiskId(), Dest: req.GetDest(), Format: req.GetFormat(), Snapshot: req.GetSnapshot()}))
 }
 
 func (s *diskServer) Validate(ctx context.Context, req *pluginv1.ValidateRequest) (*pluginv1.ValidateResponse, error) {
@@ -342,7 +358,10 @@ func (s *diskServer) Import(ctx context.Context, req *pluginv1.ImportRequest) (*
 	if !ok {
 		return nil, unsupported("Import")
 	}
-	return diskAnswer(im.Import(ctx, ImportRequest{ID: req.GetDiskId(), Source: req.GetSource(), MaxVirtualSize: req.GetMaxVirtualSize()}))
+	return diskAnswer(im.Import(ctx, ImportRequest{
+		ID: req.GetDiskId(), Source: req.GetSource(), MaxVirtualSize: req.GetMaxVirtualSize(),
+		Snapshot: req.GetSnapshot(), SnapshotCreatedAt: fromUnixNano(req.GetSnapshotCreatedAt()), Move: req.GetMove(),
+	}))
 }
 
 func (s *diskServer) RemoveDisk(ctx context.Context, req *pluginv1.DiskRequest) (*pluginv1.RemoveDiskResponse, error) {

@@ -89,6 +89,7 @@ Environment:
 		a.cloneCommand(),
 	)
 	root.AddCommand(a.pauseCommands()...)
+	root.AddCommand(a.archiveCommands()...)
 	return root
 }
 

@@ -60,7 +60,7 @@ func (e *CallError) Unwrap() error { return e.kind }
 var longCalls = map[string]bool{
 	"RootDisk": true, "CreateDisk": true, "Export": true, "Import": true, "Validate": true,
 	"Resize": true, "CreateSnapshot": true, "RestoreSnapshot": true, "RemoveSnapshot": true,
-	"Clone": true, "RemoveImage": true, "Prune": true, "RemoveDisk": true,
+	"Clone": true, "RemoveImage": true, "Prune": true, "RemoveDisk": true, "ExportImage": true,
 }
 
 // longCallFactor multiplies the call timeout for long calls.

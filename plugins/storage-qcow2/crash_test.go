@@ -455,6 +455,38 @@ func scenarios() map[string]scenario {
 				return "after"
 			},
 		},
+		"import-snapshot": {
+			setup: func(t *testing.T, p *proc, dir string) {
+				create(t, p, "d1")
+				write(t, p.path(t, "d1"), 0x11)
+				src := filepath.Join(dir, "snap.qcow2")
+				qemu(t, "qemu-img", "create", "-f", "qcow2", src, "64M")
+				write(t, src, 0x55)
+			},
+			op: func(p *proc, dir string) error {
+				_, err := p.disks.Import(p.ctx, sdk.ImportRequest{ID: "d1", Source: filepath.Join(dir, "snap.qcow2"), Snapshot: "s1"})
+				return err
+			},
+			state: func(t *testing.T, p *proc) string {
+				if !reads(t, p.path(t, "d1"), 0x11) {
+					t.Fatal("d1 lost its data")
+				}
+				switch names := p.snapshots(t, "d1"); {
+				case len(names) == 0:
+					return "before"
+				case slices.Equal(names, []string{"s1"}):
+					_, err := p.snaps.RestoreSnapshot(p.ctx, "d1", "s1")
+					must(t, "RestoreSnapshot", err)
+					if !reads(t, p.path(t, "d1"), 0x55) {
+						t.Fatal("the imported snapshot does not restore its data")
+					}
+					return "after"
+				default:
+					t.Fatalf("snapshots %v", names)
+				}
+				return ""
+			},
+		},
 	}
 }
 

@@ -162,6 +162,7 @@ func imageChecks() []imageCheck {
 		{name: "CheckReference", needs: []string{"check-reference"}, run: checkCheckReference},
 		{name: "Commit", needs: []string{"commit"}, run: checkCommit},
 		{name: "CommitRefusesBadInput", needs: []string{"commit"}, run: checkCommitRefusesBadInput},
+		{name: "ExportImage", needs: []string{"export-image", "oci-layout"}, run: checkExportImage},
 	}
 }
 
@@ -336,6 +337,56 @@ func (e *imageEnv) checker() sdk.ReferenceChecker {
 		e.t.Fatalf(`the plugin offers "check-reference" but %T is no sdk.ReferenceChecker`, e.src.impl)
 	}
 	return recordingChecker{e.src, c}
+}
+
+func (e *imageEnv) exporter() sdk.ImageExporter {
+	e.t.Helper()
+	x, ok := e.src.impl.(sdk.ImageExporter)
+	if !ok {
+		e.t.Fatalf(`the plugin offers "export-image" but %T is no sdk.ImageExporter`, e.src.impl)
+	}
+	return recordingExporter{e.src, x}
+}
+
+// checkExportImage: a cached image exports as an OCI layout of its own
+// files only, which pulls back (after the image was removed) as the same
+// image; an existing destination is ErrAlreadyExists, an uncached image
+// ErrNotFound.
+func checkExportImage(e *imageEnv) {
+	img := e.pull(e.fx.Reference).img
+	x := e.exporter()
+	dest := filepath.Join(e.t.TempDir(), "layout")
+	if err := x.ExportImage(e.ctx, img.Digest, dest); err != nil {
+		e.t.Fatalf("ExportImage: %v", err)
+	}
+	err := filepath.WalkDir(dest, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dest, p)
+		switch {
+		case d.IsDir() && (rel == "." || rel == "blobs" || rel == filepath.Join("blobs", "sha256")):
+		case d.Type().IsRegular() && (rel == "oci-layout" || rel == "index.json" || filepath.Dir(rel) == filepath.Join("blobs", "sha256")):
+		default:
+			return fmt.Errorf("%s (%s) is not part of an OCI image layout", rel, d.Type())
+		}
+		return nil
+	})
+	if err != nil {
+		e.t.Fatalf("exported layout: %v", err)
+	}
+	err = x.ExportImage(e.ctx, img.Digest, dest)
+	wantKind(e.t, "ExportImage onto an existing directory", err, sdk.ErrAlreadyExists)
+	if _, err := e.src.RemoveImage(e.ctx, img.Digest); err != nil {
+		e.t.Fatalf("RemoveImage: %v", err)
+	}
+	err = x.ExportImage(e.ctx, img.Digest, filepath.Join(e.t.TempDir(), "gone"))
+	wantKind(e.t, "ExportImage of an image no longer cached", err, sdk.ErrNotFound)
+	back := e.pull("oci-layout:" + dest + "@" + img.Digest).img
+	if back.Digest != img.Digest {
+		e.t.Fatalf("the exported layout pulls as %s, want %s", back.Digest, img.Digest)
+	}
+	e.wantConfig("the image pulled back from its export", back.Config)
 }
 
 // wantKind fails unless err matches kind.
@@ -1004,4 +1055,15 @@ func (c recordingChecker) CheckReference(ctx context.Context, req sdk.PullReques
 	canonical, err := c.c.CheckReference(ctx, req)
 	c.r.record("CheckReference(%q, platform %v) -> %s", req.Reference, req.Platform, outcome(err, canonical))
 	return canonical, err
+}
+
+type recordingExporter struct {
+	r *recordingSource
+	x sdk.ImageExporter
+}
+
+func (x recordingExporter) ExportImage(ctx context.Context, digest, dest string) error {
+	err := x.x.ExportImage(ctx, digest, dest)
+	x.r.record("ExportImage(%q, %q) -> %s", digest, dest, outcome(err, "ok"))
+	return err
 }

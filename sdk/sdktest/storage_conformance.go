@@ -140,6 +140,7 @@ var (
 	capResize    = capability{"Resize", "implement sdk.Resizer", func(c sdk.Capabilities) bool { return c.Resize }}
 	capExport    = capability{"Export", "implement sdk.Exporter", func(c sdk.Capabilities) bool { return c.Export }}
 	capImport    = capability{"Import", "implement sdk.Importer", func(c sdk.Capabilities) bool { return c.Import }}
+	capTransfer  = capability{"SnapshotTransfer", "declare it when Export and Import honour the snapshot fields", func(c sdk.Capabilities) bool { return c.SnapshotTransfer }}
 )
 
 // storageCheck is one named conformance check.

@@ -2,6 +2,7 @@ package sdktest
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -34,6 +35,8 @@ func snapshotChecks() []storageCheck {
 		{"SnapshotInUseByClone", clones, checkSnapshotInUseByClone},
 		{"RemoveSourceKeepsClones", clones, checkRemoveSourceKeepsClones},
 		{"ConcurrentSnapshotsAndClones", clones, checkConcurrentSnapshotsAndClones},
+		{"ExportSnapshot", []capability{capSnapshots, capExport, capTransfer}, checkExportSnapshot},
+		{"ImportSnapshot", []capability{capSnapshots, capExport, capImport, capTransfer}, checkImportSnapshot},
 	}
 }
 
@@ -357,4 +360,53 @@ func checkConcurrentSnapshotsAndClones(e *storageEnv) {
 		e.expect(id+"-clone", regionA, byte(0x40+i))
 		e.expect(id+"-now", regionA, byte(0x40+i))
 	}
+}
+
+// checkExportSnapshot: Export with a snapshot writes that snapshot's
+// content, not the disk's current state; a missing snapshot is
+// ErrNotFound.
+func checkExportSnapshot(e *storageEnv) {
+	e.create("disk-a")
+	e.fill("disk-a", regionA, 0x31)
+	e.snapshot("disk-a", "s1")
+	e.fill("disk-a", regionA, 0x32)
+	dest := filepath.Join(e.t.TempDir(), "s1.img")
+	e.logf("Export disk-a snapshot s1 to %s", dest)
+	d, err := e.disks.Export(e.ctx, sdk.ExportRequest{ID: "disk-a", Dest: dest, Snapshot: "s1"})
+	if err != nil || len(d.BackingChain) != 0 {
+		e.t.Fatalf("Export of snapshot s1 = %+v, %v; want a standalone file", d, err)
+	}
+	e.expectDisk(sdk.Disk{ID: "export of s1", Path: dest, Format: d.Format}, regionA, 0x31)
+	e.expect("disk-a", regionA, 0x32)
+	_, err = e.disks.Export(e.ctx, sdk.ExportRequest{ID: "disk-a", Dest: filepath.Join(e.t.TempDir(), "x"), Snapshot: "nope"})
+	e.wantErr("Export of a missing snapshot", err, sdk.ErrNotFound)
+}
+
+// checkImportSnapshot: Import with a snapshot adds it to an existing disk
+// with the given time, leaves the disk's current state alone, and restores
+// like any snapshot; a taken name is ErrAlreadyExists, a missing disk
+// ErrNotFound.
+func checkImportSnapshot(e *storageEnv) {
+	e.create("disk-a")
+	e.fill("disk-a", regionA, 0x41)
+	src := e.exportFile("disk-a")
+	e.create("disk-b")
+	e.fill("disk-b", regionA, 0x42)
+	at := time.Unix(1700000000, 0).UTC()
+	e.logf("Import %s as snapshot s1 of disk-b", src)
+	if _, err := e.disks.Import(e.ctx, sdk.ImportRequest{ID: "disk-b", Source: src, Snapshot: "s1", SnapshotCreatedAt: at}); err != nil {
+		e.t.Fatalf("Import as a snapshot: %v", err)
+	}
+	snaps, err := e.snaps.ListSnapshots(e.ctx, "disk-b")
+	if err != nil || len(snaps) != 1 || snaps[0].Name != "s1" || !snaps[0].CreatedAt.Equal(at) {
+		e.t.Fatalf("ListSnapshots after the import = %+v, %v; want s1 taken at %s", snaps, err, at)
+	}
+	e.expect("disk-b", regionA, 0x42)
+	_, err = e.disks.Import(e.ctx, sdk.ImportRequest{ID: "disk-b", Source: src, Snapshot: "s1"})
+	e.wantErr("Import onto a taken snapshot name", err, sdk.ErrAlreadyExists)
+	_, err = e.disks.Import(e.ctx, sdk.ImportRequest{ID: "no-such-disk", Source: src, Snapshot: "s1"})
+	e.wantErr("Import as a snapshot of a missing disk", err, sdk.ErrNotFound)
+	e.restore("disk-b", "s1")
+	e.expect("disk-b", regionA, 0x41)
+	e.wantIDs("after snapshot imports", "disk-a", "disk-b")
 }

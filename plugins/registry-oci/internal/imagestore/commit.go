@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 
+	"github.com/boxctl/boxctl/internal/ctxio"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/blobstore"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/layer"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/ref"
@@ -220,7 +221,7 @@ func (s *Store) ingestLayer(ctx context.Context, path string) (committedLayer, e
 	if err != nil {
 		return committedLayer{}, err
 	}
-	src := io.TeeReader(source.ContextReader(ctx, in), zw)
+	src := io.TeeReader(ctxio.Reader(ctx, in), zw)
 	x, err := layer.Scan(src, v1.Hash{Algorithm: "file", Hex: path}, s.maxUnpacked)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"sort"
 	"strings"
@@ -209,6 +210,28 @@ func (p *Plugin) Prune(ctx context.Context, req sdk.PruneRequest) (sdk.Removed, 
 	}
 	p.log.Info("pruned", "removed", rep.Images, "blobs", rep.Blobs, "freed", rep.BytesFreed)
 	return removedToSDK(rep), nil
+}
+
+// ExportImage implements sdk.ImageExporter: the cached image as an OCI
+// layout directory at dest (see imagestore.ExportLayout). image is a
+// digest or anything find accepts.
+func (p *Plugin) ExportImage(ctx context.Context, image, dest string) error {
+	st, err := p.current()
+	if err != nil {
+		return err
+	}
+	img, _, err := find(st, image)
+	if err != nil {
+		return err
+	}
+	if err := st.ExportLayout(ctx, img.Digest, dest); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%w: %v", sdk.ErrAlreadyExists, err)
+		}
+		return err
+	}
+	p.log.Info("exported image", "digest", img.Digest, "layout", dest)
+	return nil
 }
 
 const digestPrefix = "sha256:"

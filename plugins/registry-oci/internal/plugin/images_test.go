@@ -26,9 +26,9 @@ func TestInfo(t *testing.T) {
 	if info.Name != "oci" || info.Version == "" {
 		t.Errorf("info %v", info)
 	}
-	// Declared by the plugin, and Prune, CheckReferences, Commit and Push
-	// set by the sdk from its optional interfaces.
-	want := sdk.Capabilities{Registry: true, OCILayout: true, DockerArchive: true, RootFSExt4: true, Prune: true, CheckReferences: true, Commit: true, Push: true}
+	// Declared by the plugin, and Prune, CheckReferences, Commit, Push and
+	// ExportImage set by the sdk from its optional interfaces.
+	want := sdk.Capabilities{Registry: true, OCILayout: true, DockerArchive: true, RootFSExt4: true, Prune: true, CheckReferences: true, Commit: true, Push: true, ExportImage: true}
 	if got := info.Capabilities; !slices.Equal(got.Strings(), want.Strings()) {
 		t.Errorf("capabilities %v, want %v", got.Strings(), want.Strings())
 	}

@@ -16,6 +16,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/boxctl/boxctl/internal/ctxio"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/blobstore"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/errdefs"
 	"github.com/boxctl/boxctl/plugins/registry-oci/internal/layer"
@@ -82,7 +83,7 @@ func (a *Archive) decompressIfNeeded(ctx context.Context, tmpDir string, maxSize
 		return fmt.Errorf("decompress docker archive: %w", err)
 	}
 	a.tmp = t.Name()
-	var src io.Reader = ContextReader(ctx, dr)
+	var src io.Reader = ctxio.Reader(ctx, dr)
 	if maxSize > 0 {
 		src = io.LimitReader(src, maxSize+1)
 	}
@@ -102,21 +103,6 @@ func (a *Archive) decompressIfNeeded(ctx context.Context, tmpDir string, maxSize
 	a.f.Close()
 	a.f = t
 	return nil
-}
-
-// ContextReader reads r until ctx ends: a long copy out of it stops then.
-func ContextReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 func (a *Archive) scan() error {

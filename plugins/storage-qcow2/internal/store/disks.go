@@ -368,8 +368,9 @@ func (s *Store) Resize(ctx context.Context, id string, size uint64) (sdk.Disk, e
 	return diskInfo(cfg, id)
 }
 
-// Export implements sdk.Exporter: it flattens the disk's chain into a
-// standalone sparse file at dest, durably, without ever replacing a file.
+// Export implements sdk.Exporter: it flattens the disk's chain (or its
+// snapshot req.Snapshot's) into a standalone sparse file at dest, durably,
+// without ever replacing a file.
 func (s *Store) Export(ctx context.Context, req sdk.ExportRequest) (sdk.Disk, error) {
 	cfg, err := s.settings()
 	if err != nil {
@@ -403,11 +404,22 @@ func (s *Store) Export(ctx context.Context, req sdk.ExportRequest) (sdk.Disk, er
 		return sdk.Disk{}, err
 	}
 	defer locks.release()
-	if _, err := getDisk(ctx, cfg, id); err != nil {
+	d, err := getDisk(ctx, cfg, id)
+	if err != nil {
 		return sdk.Disk{}, err
 	}
+	src := cfg.path(diskFile(id))
+	if req.Snapshot != "" {
+		// Bases are immutable and the disk's lock keeps the snapshot from
+		// being removed meanwhile.
+		_, sn := d.snapshot(req.Snapshot)
+		if sn == nil {
+			return sdk.Disk{}, fmt.Errorf("export snapshot %q of disk %s: %w", req.Snapshot, id, sdk.ErrNotFound)
+		}
+		src = cfg.path(baseFileByID(sn.Base))
+	}
 	tmp := filepath.Join(filepath.Dir(dest), "."+filepath.Base(dest)+"."+newID()[:12]+".tmp")
-	if err := qcow2.Convert(ctx, cfg.path(diskFile(id)), tmp, qcow2.ConvertOptions{Format: format, ClusterSize: cfg.clusterSize, SourceFormat: qcow2.FormatQcow2}); err != nil {
+	if err := qcow2.Convert(ctx, src, tmp, qcow2.ConvertOptions{Format: format, ClusterSize: cfg.clusterSize, SourceFormat: qcow2.FormatQcow2}); err != nil {
 		return sdk.Disk{}, fmt.Errorf("export disk %s: %w", id, err)
 	}
 	if err := renameNoReplace(tmp, dest); err != nil {
@@ -513,6 +525,9 @@ func (s *Store) Import(ctx context.Context, req sdk.ImportRequest) (sdk.Disk, er
 	if len(problems) > 0 {
 		return sdk.Disk{}, refuse(problems)
 	}
+	if req.Snapshot != "" {
+		return s.importSnapshot(ctx, cfg, req, maxSize, refuse)
+	}
 	locks, err := s.lockDisks(ctx, cfg, []string{id}, false)
 	if err != nil {
 		return sdk.Disk{}, err
@@ -537,7 +552,7 @@ func (s *Store) Import(ctx context.Context, req sdk.ImportRequest) (sdk.Disk, er
 	done := false
 	defer s.rollbackUnless(ctx, cfg, in, &done)
 
-	if _, err := filecopy.Copy(ctx, cfg.path(tmp), src); err != nil {
+	if err := adoptFile(ctx, cfg.path(tmp), src, req.Move); err != nil {
 		return sdk.Disk{}, fmt.Errorf("import disk %s: %w", id, err)
 	}
 	if err := chmodDurable(cfg.path(tmp), 0o644); err != nil {
@@ -564,6 +579,111 @@ func (s *Store) Import(ctx context.Context, req sdk.ImportRequest) (sdk.Disk, er
 	}
 	done = true
 	s.crashPoint(opImport, "committed")
+	return diskInfo(cfg, id)
+}
+
+// adoptFile puts an import's source at dst, a journaled temporary file of
+// the store, durably: renamed there when the caller handed it over and it
+// lies on the store's filesystem, copied otherwise. Either way the copy is
+// validated again before it is used (the source could change under us).
+func adoptFile(ctx context.Context, dst, src string, move bool) error {
+	if move {
+		if fi, err := os.Lstat(src); err == nil && fi.Mode().IsRegular() {
+			err = os.Rename(src, dst)
+			if err == nil {
+				return syncFile(dst)
+			}
+			if !errors.Is(err, unix.EXDEV) {
+				return err
+			}
+		}
+	}
+	_, err := filecopy.Copy(ctx, dst, src)
+	return err
+}
+
+// importSnapshot adopts a validated copy of req.Source as a new immutable
+// base and records it as snapshot req.Snapshot of disk req.ID. The base
+// stands alone (no parent): the disk's chain is untouched, and restoring
+// or cloning the snapshot overlays the base as for any other snapshot.
+func (s *Store) importSnapshot(ctx context.Context, cfg *settings, req sdk.ImportRequest, maxSize uint64, refuse func([]string) error) (sdk.Disk, error) {
+	id, name := req.ID, req.Snapshot
+	if err := checkSnapshotName(name); err != nil {
+		return sdk.Disk{}, err
+	}
+	locks, err := s.lockDisks(ctx, cfg, []string{id}, false)
+	if err != nil {
+		return sdk.Disk{}, err
+	}
+	defer locks.release()
+	op, base := newID(), newID()
+	tmp := tempDiskFile(id, op)
+	in := &intent{ID: op, Op: opImportSnapshot, Disks: []string{id}, Disk: id, Base: base, Name: name, Temps: []string{tmp}}
+	if err := cfg.db.update(ctx, func(t *tx) error {
+		d, err := t.disk(id)
+		if err != nil {
+			return err
+		}
+		if d == nil {
+			return fmt.Errorf("import snapshot %q: disk %s: %w", name, id, sdk.ErrNotFound)
+		}
+		if _, sn := d.snapshot(name); sn != nil {
+			return fmt.Errorf("import snapshot %q of disk %s: %w", name, id, sdk.ErrAlreadyExists)
+		}
+		return t.putIntent(in)
+	}); err != nil {
+		return sdk.Disk{}, err
+	}
+	s.crashPoint(opImportSnapshot, "journaled")
+	done := false
+	defer s.rollbackUnless(ctx, cfg, in, &done)
+
+	if err := adoptFile(ctx, cfg.path(tmp), req.Source, req.Move); err != nil {
+		return sdk.Disk{}, fmt.Errorf("import snapshot %q of disk %s: %w", name, id, err)
+	}
+	if problems, err := validateFile(cfg.path(tmp), maxSize); err != nil || len(problems) > 0 {
+		if err != nil {
+			return sdk.Disk{}, fmt.Errorf("import snapshot %q of disk %s: %w", name, id, err)
+		}
+		return sdk.Disk{}, refuse(problems)
+	}
+	data, vsize, _, err := overlayUsage(cfg.path(tmp))
+	if err != nil {
+		return sdk.Disk{}, fmt.Errorf("import snapshot %q of disk %s: %w", name, id, err)
+	}
+	if err := chmodDurable(cfg.path(tmp), 0o444); err != nil {
+		return sdk.Disk{}, fmt.Errorf("import snapshot %q of disk %s: %w", name, id, err)
+	}
+	s.crashPoint(opImportSnapshot, "copied")
+	if err := renameDurable(cfg.path(tmp), cfg.path(baseFileByID(base))); err != nil {
+		return sdk.Disk{}, fmt.Errorf("import snapshot %q of disk %s: %w", name, id, err)
+	}
+	s.crashPoint(opImportSnapshot, "renamed")
+	created := req.SnapshotCreatedAt
+	if created.IsZero() {
+		created = time.Now()
+	}
+	if err := cfg.db.update(ctx, func(t *tx) error {
+		d, err := t.disk(id)
+		if err != nil {
+			return err
+		}
+		if d == nil {
+			return fmt.Errorf("disk %s vanished during a snapshot import (store damaged)", id)
+		}
+		if err := t.putBase(&baseRecord{ID: base, Kind: kindFrozen, Refs: 1}); err != nil {
+			return err
+		}
+		d.Snapshots = append(d.Snapshots, snapshotRecord{Name: name, Base: base, CreatedAt: created.UnixNano(), Size: data, VirtualSize: vsize})
+		if err := t.putDisk(d); err != nil {
+			return err
+		}
+		return t.deleteIntent(op)
+	}); err != nil {
+		return sdk.Disk{}, fmt.Errorf("import snapshot %q of disk %s: %w", name, id, err)
+	}
+	done = true
+	s.crashPoint(opImportSnapshot, "committed")
 	return diskInfo(cfg, id)
 }
 

@@ -21,6 +21,7 @@ const (
 	opRemove         = "remove"
 	opRemoveSnapshot = "remove-snapshot"
 	opImport         = "import"
+	opImportSnapshot = "import-snapshot"
 )
 
 // intent is a journal record: an operation in progress, written before it
@@ -170,6 +171,12 @@ func (s *Store) recoverIntent(ctx context.Context, cfg *settings, id string) err
 			}
 			return s.finishCleanup(ctx, cfg, cleanup, "")
 		}
+	case opImportSnapshot:
+		// The commit records the base and deletes the intent at once: an
+		// intent means the base file, if any, is unrecorded.
+		if err := s.removeUnrecordedBase(ctx, cfg, in.Base); err != nil {
+			return err
+		}
 	case opSnapshot, opClone:
 		// The overlay was frozen into the new base: put it back.
 		frozen := cfg.path(baseFileByID(in.Base))
@@ -232,6 +239,19 @@ func (s *Store) removeUnrecordedDisk(ctx context.Context, cfg *settings, id stri
 		return nil
 	}
 	return removeFiles(cfg, []string{diskFile(id)})
+}
+
+// removeUnrecordedBase deletes the file of base id if no record claims it.
+func (s *Store) removeUnrecordedBase(ctx context.Context, cfg *settings, id string) error {
+	var rec *baseRecord
+	if err := cfg.db.view(ctx, func(t *tx) error {
+		var err error
+		rec, err = t.base(id)
+		return err
+	}); err != nil || rec != nil {
+		return err
+	}
+	return removeFiles(cfg, []string{baseFileByID(id)})
 }
 
 func removeFiles(cfg *settings, files []string) error {

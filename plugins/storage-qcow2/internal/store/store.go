@@ -115,6 +115,7 @@ func CrashPoints() []string {
 		"remove:committed", "remove:garbage-deleted",
 		"remove-snapshot:committed", "remove-snapshot:garbage-deleted",
 		"import:journaled", "import:copied", "import:renamed", "import:committed",
+		"import-snapshot:journaled", "import-snapshot:copied", "import-snapshot:renamed", "import-snapshot:committed",
 	}
 }
 
@@ -126,13 +127,14 @@ func (s *Store) crashPoint(op, step string) {
 
 // Info implements sdk.Plugin. The sdk adds Snapshots, Clone, Resize,
 // Export and Import from the interfaces Store implements; constant-time
-// clones are a property only the plugin can declare.
+// clones and snapshot export and import are properties only the plugin can
+// declare.
 func (s *Store) Info(context.Context) (sdk.Info, error) {
 	return sdk.Info{
 		Name:         "qcow2",
 		Version:      Version,
 		Description:  "qcow2 copy-on-write disks with snapshots and constant-time clones (pure Go)",
-		Capabilities: sdk.Capabilities{CloneO1: true},
+		Capabilities: sdk.Capabilities{CloneO1: true, SnapshotTransfer: true},
 	}, nil
 }
 

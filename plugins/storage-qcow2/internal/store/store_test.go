@@ -54,7 +54,7 @@ func TestInfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"clone", "clone-o1", "export", "import", "resize", "snapshots"}
+	want := []string{"clone", "clone-o1", "export", "import", "resize", "snapshot-transfer", "snapshots"}
 	if info.Name != "qcow2" || info.Version != store.Version || !slices.Equal(info.Capabilities.Strings(), want) {
 		t.Fatalf("Info = %+v (capabilities %v); want qcow2 %s with %v", info, info.Capabilities.Strings(), store.Version, want)
 	}
