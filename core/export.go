@@ -9,6 +9,7 @@ import (
 
 	"github.com/boxctl/boxctl/core/boxarchive"
 	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/sdk"
 )
 
@@ -141,16 +142,59 @@ func (r *Runtime) exportDisks(ctx context.Context, ref string, work *workDir, aw
 // diskSource says what the export reads the box's current disk from: ""
 // for the disk itself, or the name of a snapshot made for the export. The
 // caller holds the box's lock and calls release once the disk is
-// flattened. A stopped box is read as it is.
-//
-// A running box needs the quiesce bracket (freeze the guest's filesystems
-// and pause it, snapshot, resume and thaw); until then it is refused. This
-// is the one place that changes when live export comes.
-func (r *Runtime) diskSource(_ context.Context, b *model.Box) (snapshotName string, release func(), err error) {
-	if b.Status.Active() {
-		return "", nil, fmt.Errorf("export %s: the box is %s: stop the box first (live export comes with the quiesce bracket): %w", b.Name, b.Status, ErrInvalidState)
+// flattened. A stopped box is read as it is; a running box keeps running:
+// a snapshot is taken inside the quiesce bracket (constant time, the VM
+// moves onto a new overlay), exported, and removed by release.
+func (r *Runtime) diskSource(ctx context.Context, b *model.Box) (snapshotName string, release func(), err error) {
+	if !b.Status.Active() {
+		return "", func() {}, nil
 	}
-	return "", func() {}, nil
+	info, err := r.plugins.Info(ctx, sdk.RoleDisks)
+	if err != nil {
+		return "", nil, fmt.Errorf("storage plugin: %w", err)
+	}
+	if !info.Capabilities.Snapshots || !info.Capabilities.SnapshotTransfer {
+		return "", nil, fmt.Errorf("export %s while it runs: the storage plugin %q cannot export a snapshot, which a live export reads from: stop the box first: %w", b.Name, r.cfg.Storage, ErrUnsupported)
+	}
+	snaps, err := r.plugins.Snapshots(ctx)
+	if err != nil {
+		return "", nil, fmt.Errorf("storage plugin: %w", err)
+	}
+	name := "export-" + newID()[:12]
+	sn, err := r.snapshotLocked(ctx, b, snaps, name)
+	if err != nil {
+		return "", nil, fmt.Errorf("export %s: %w", b.Name, err)
+	}
+	if sn.Quiesced != nil {
+		r.log.Debug("export: live snapshot", "box", b.ID, "frozen", sn.Quiesced.Frozen, "paused", sn.Quiesced.Paused)
+	}
+	// Marked as a snapshot in the making until it is removed again, so
+	// that recovery removes it should this process die meanwhile.
+	remove := func() {
+		ctx := context.WithoutCancel(ctx)
+		if err := snaps.RemoveSnapshot(ctx, b.DiskID, name); err != nil {
+			r.log.Warn("export: remove the export's snapshot", "box", b.ID, "snapshot", name, "error", err)
+			return
+		}
+		if err := r.store.Update(ctx, func(tx *state.Tx) error {
+			cur, err := tx.Box(b.ID)
+			if err != nil {
+				return err
+			}
+			cur.Pending = ""
+			if err := tx.PutBox(cur); err != nil {
+				return err
+			}
+			return tx.DeleteSnapshot(b.ID, name)
+		}); err != nil {
+			r.log.Warn("export: forget the export's snapshot", "box", b.ID, "error", err)
+		}
+	}
+	if err := r.setPending(ctx, b.ID, pendingSnapshot+name); err != nil {
+		remove()
+		return "", nil, err
+	}
+	return name, remove, nil
 }
 
 // exportImage adds the box's image, as the image plugin exports it.

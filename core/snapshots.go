@@ -64,7 +64,14 @@ func (r *Runtime) CreateSnapshot(ctx context.Context, ref, name string) (Snapsho
 			return Snapshot{}, fmt.Errorf("box %s already has a snapshot named %q: choose another name, or remove it first (boxctl snapshot rm %s %s): %w", b.Name, name, b.Name, name, ErrAlreadyExists)
 		}
 	}
+	return r.snapshotLocked(ctx, b, snaps, name)
+}
+
+// snapshotLocked takes snapshot name of box b (stopped, or running inside
+// the quiesce bracket); the caller holds the box lock.
+func (r *Runtime) snapshotLocked(ctx context.Context, b *model.Box, snaps sdk.SnapshotBackend, name string) (Snapshot, error) {
 	var sw sdk.DiskSwitcher
+	var err error
 	switch {
 	case b.Status == model.StatusRunning || b.Status == model.StatusPaused:
 		if sw, err = r.liveDiskSwitcher(ctx, b, "snapshot"); err != nil {

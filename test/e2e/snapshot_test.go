@@ -50,6 +50,20 @@ func TestSnapshotsAndClonesOfARunningBox(t *testing.T) {
 	}
 	e.ok("rm", "-f", "c-1", "c-2", "c-3")
 
+	// A live export (from a snapshot taken in the bracket) imports as a
+	// box with the state of that moment.
+	archive := filepath.Join(t.TempDir(), "src.boxar")
+	e.ok("export", "src", archive)
+	e.ok("import", "--name", "copy", archive)
+	e.ok("start", "copy")
+	if got := e.ok("exec", "copy", "--", "cat", "/just-written", "/state.txt"); got != "src-only\nv2\n" {
+		t.Fatalf("the imported live export reads %q", got)
+	}
+	e.ok("rm", "-f", "copy")
+	if out := e.ok("snapshot", "ls", "src"); strings.Contains(out, "export-") {
+		t.Fatalf("the live export left its snapshot:\n%s", out)
+	}
+
 	// Restore needs the box stopped (or --force); the old content is back.
 	if _, errs, code := e.run(nil, "snapshot", "restore", "src", "s1"); code == 0 || !strings.Contains(errs, "--force") {
 		t.Fatalf("restore of a running box without --force: exit %d, %s", code, errs)
