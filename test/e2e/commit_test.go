@@ -123,14 +123,12 @@ func TestCommitKilledWhileTheBoxIsFrozen(t *testing.T) {
 	if !strings.Contains(e.ok("ls", "-a"), "big") || e.inspect("big").Status != "running" {
 		t.Fatalf("after the killed commit: %s", e.ok("ls", "-a"))
 	}
-	// The dead commit's file is swept once it is a minute old.
+	// The dead commit's file is swept: by the next command's recovery
+	// (its process is gone), or by the next commit once a minute old.
 	old := time.Now().Add(-2 * time.Minute)
 	files, _ := filepath.Glob(filepath.Join(tmp, "commit-*.tar"))
 	for _, f := range files {
 		os.Chtimes(f, old, old)
-	}
-	if len(files) == 0 {
-		t.Error("the killed commit left no temporary file: the test did not kill it mid-diff")
 	}
 	e.ok("exec", "big", "--", "rm", "/root/big")
 	e.ok("commit", "big", "e2e/after-kill:v1")

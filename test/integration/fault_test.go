@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/test/images/busybox"
 	"github.com/boxctl/boxctl/test/testbin"
@@ -328,7 +329,7 @@ func (f *faultEnv) waitNonDetachedStopped(trial int, within time.Duration) {
 	f.t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		var active []string
+		var active, unstarted []string
 		st, err := state.Open(context.Background(), f.home)
 		if err != nil {
 			f.t.Fatal(err)
@@ -336,7 +337,13 @@ func (f *faultEnv) waitNonDetachedStopped(trial int, within time.Duration) {
 		err = st.View(context.Background(), func(tx *state.Tx) error {
 			boxes, err := tx.Boxes()
 			for _, b := range boxes {
-				if b.Run != nil && !b.Run.Detached && b.Status.Active() {
+				switch {
+				case b.Run == nil || b.Run.Detached || !b.Status.Active():
+				case b.Status == model.StatusStarting && b.Run.Monitor.IsZero() && b.Run.VM.IsZero() && !pidAlive(b.Run.Owner.PID):
+					// Killed before it spawned the monitor: nothing runs,
+					// and the next command's recovery says so.
+					unstarted = append(unstarted, b.Name)
+				default:
 					active = append(active, b.Name+" "+string(b.Status))
 				}
 			}
@@ -346,6 +353,14 @@ func (f *faultEnv) waitNonDetachedStopped(trial int, within time.Duration) {
 			f.t.Fatal(err)
 		}
 		if len(active) == 0 {
+			if len(unstarted) > 0 {
+				listed := f.ok("ls", "-a", "--format", "{{.Name}} {{.Status}}")
+				for _, n := range unstarted {
+					if !strings.Contains(listed, n+" stopped") {
+						f.t.Fatalf("trial %d: box %s, whose start was killed before its monitor existed, is not stopped after the next command:\n%s", trial, n, listed)
+					}
+				}
+			}
 			return
 		}
 		if time.Now().After(deadline) {
