@@ -9,7 +9,6 @@ import (
 
 	"github.com/boxctl/boxctl/core/boxarchive"
 	"github.com/boxctl/boxctl/core/model"
-	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/sdk"
 )
 
@@ -176,17 +175,7 @@ func (r *Runtime) diskSource(ctx context.Context, b *model.Box) (snapshotName st
 			r.log.Warn("export: remove the export's snapshot", "box", b.ID, "snapshot", name, "error", err)
 			return
 		}
-		if err := r.store.Update(ctx, func(tx *state.Tx) error {
-			cur, err := tx.Box(b.ID)
-			if err != nil {
-				return err
-			}
-			cur.Pending = ""
-			if err := tx.PutBox(cur); err != nil {
-				return err
-			}
-			return tx.DeleteSnapshot(b.ID, name)
-		}); err != nil {
+		if err := r.forgetSnapshot(ctx, b.ID, name); err != nil {
 			r.log.Warn("export: forget the export's snapshot", "box", b.ID, "error", err)
 		}
 	}

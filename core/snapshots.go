@@ -186,21 +186,11 @@ type RestoreOptions struct {
 // discarding what was written since; the snapshot stays. The box must be
 // stopped (Force stops it).
 func (r *Runtime) RestoreSnapshot(ctx context.Context, ref, name string, opts RestoreOptions) error {
-	if err := r.checkOpen(); err != nil {
-		return err
-	}
-	b, lock, err := r.lockAndLoad(ctx, ref)
+	b, lock, snaps, err := r.lockSnapshot(ctx, ref, name, "restore")
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-	snaps, err := r.snapshotsOf(ctx, b, "restore")
-	if err != nil {
-		return err
-	}
-	if err := r.checkSnapshot(ctx, snaps, b, name); err != nil {
-		return err
-	}
 	if b.Status.Active() {
 		if !opts.Force {
 			return fmt.Errorf("restore %s to %q: the box is %s, and a restore replaces the disk under it: stop it first, or use --force to stop it: %w", b.Name, name, b.Status, ErrInvalidState)
@@ -222,21 +212,11 @@ func (r *Runtime) RestoreSnapshot(ctx context.Context, ref, name string, opts Re
 // RemoveSnapshot deletes snapshot name of box ref; refused while a box
 // cloned from that snapshot depends on it (the dependants are named).
 func (r *Runtime) RemoveSnapshot(ctx context.Context, ref, name string) error {
-	if err := r.checkOpen(); err != nil {
-		return err
-	}
-	b, lock, err := r.lockAndLoad(ctx, ref)
+	b, lock, snaps, err := r.lockSnapshot(ctx, ref, name, "remove the snapshot of")
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-	snaps, err := r.snapshotsOf(ctx, b, "remove the snapshot of")
-	if err != nil {
-		return err
-	}
-	if err := r.checkSnapshot(ctx, snaps, b, name); err != nil {
-		return err
-	}
 	var dependants []string
 	if err := r.store.View(ctx, func(tx *state.Tx) error {
 		all, err := tx.Boxes()
@@ -256,6 +236,43 @@ func (r *Runtime) RemoveSnapshot(ctx context.Context, ref, name string) error {
 		return fmt.Errorf("remove snapshot %q of %s: %w", name, b.Name, err)
 	}
 	return r.store.Update(ctx, func(tx *state.Tx) error { return tx.DeleteSnapshot(b.ID, name) })
+}
+
+// lockSnapshot locks box ref and checks that it has snapshot name; the
+// caller releases the lock.
+func (r *Runtime) lockSnapshot(ctx context.Context, ref, name, what string) (*model.Box, *lockfile.Lock, sdk.SnapshotBackend, error) {
+	if err := r.checkOpen(); err != nil {
+		return nil, nil, nil, err
+	}
+	b, lock, err := r.lockAndLoad(ctx, ref)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	snaps, err := r.snapshotsOf(ctx, b, what)
+	if err == nil {
+		err = r.checkSnapshot(ctx, snaps, b, name)
+	}
+	if err != nil {
+		lock.Release()
+		return nil, nil, nil, err
+	}
+	return b, lock, snaps, nil
+}
+
+// forgetSnapshot drops the core's record of snapshot name of box id and
+// the box's pending mark, in one transaction.
+func (r *Runtime) forgetSnapshot(ctx context.Context, id, name string) error {
+	return r.store.Update(ctx, func(tx *state.Tx) error {
+		cur, err := tx.Box(id)
+		if err != nil {
+			return err
+		}
+		cur.Pending = ""
+		if err := tx.PutBox(cur); err != nil {
+			return err
+		}
+		return tx.DeleteSnapshot(id, name)
+	})
 }
 
 // snapshotsOf returns the storage plugin's snapshot role for work on box
@@ -352,18 +369,7 @@ func (r *Runtime) recoverSnapshot(ctx context.Context, b *model.Box) {
 		r.log.Warn("recovery: storage plugin", "error", err)
 		return
 	}
-	err := r.store.Update(ctx, func(tx *state.Tx) error {
-		cur, err := tx.Box(b.ID)
-		if err != nil {
-			return err
-		}
-		cur.Pending = ""
-		if err := tx.PutBox(cur); err != nil {
-			return err
-		}
-		return tx.DeleteSnapshot(b.ID, name)
-	})
-	if err != nil {
+	if err := r.forgetSnapshot(ctx, b.ID, name); err != nil {
 		r.log.Warn("recovery: clear a half-made snapshot", "box", b.ID, "error", err)
 	}
 }
