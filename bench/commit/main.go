@@ -14,15 +14,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
 	"time"
 
+	"github.com/boxctl/boxctl/bench/internal/benchhome"
 	"github.com/boxctl/boxctl/config"
-	"github.com/boxctl/boxctl/test/images/busybox"
 )
 
 func main() {
@@ -47,28 +46,13 @@ var logLine = regexp.MustCompile(`box changes read for a commit: .*bytes=(\d+) f
 func run(binDir, guestDir string, runs, mib int) error {
 	binDir, _ = filepath.Abs(binDir)
 	guestDir, _ = filepath.Abs(guestDir)
-	boxctl := filepath.Join(binDir, "boxctl")
-	dir, err := os.MkdirTemp("", "bxcommit")
+	h, err := benchhome.New(binDir, guestDir, "bxcommit")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	home := filepath.Join(dir, "h")
-	layout := filepath.Join(dir, "img")
-	if _, err := busybox.BuildLayout(layout, busybox.Options{}); err != nil {
-		return err
-	}
-	image := "oci-layout:" + layout
-	env := append(os.Environ(), "BOXCTL_GUEST_DIR="+guestDir, "XDG_CONFIG_HOME="+dir)
-	cli := func(args ...string) (string, error) {
-		cmd := exec.Command(boxctl, append([]string{"--home", home}, args...)...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return string(out), fmt.Errorf("boxctl %v: %v: %s", args, err, out)
-		}
-		return string(out), nil
-	}
+	defer h.Close()
+	home, image := h.Home, h.Image
+	cli := h.CLI
 	defer cli("rm", "-f", "-a")
 	commit := func(tag string) (sample, error) {
 		start := time.Now()

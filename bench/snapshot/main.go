@@ -14,16 +14,15 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/boxctl/boxctl/bench/internal/benchhome"
 	"github.com/boxctl/boxctl/bench/internal/stat"
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core"
-	"github.com/boxctl/boxctl/test/images/busybox"
 )
 
 func main() {
@@ -45,26 +44,15 @@ func run(binDir, guestDir string, reps int) error {
 	ctx := context.Background()
 	binDir, _ = filepath.Abs(binDir)
 	guestDir, _ = filepath.Abs(guestDir)
-	boxctl := filepath.Join(binDir, "boxctl")
-	dir, err := os.MkdirTemp("", "bxsnap")
+	h, err := benchhome.New(binDir, guestDir, "bxsnap")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	home := filepath.Join(dir, "h")
-	layout := filepath.Join(dir, "img")
-	if _, err := busybox.BuildLayout(layout, busybox.Options{}); err != nil {
-		return err
-	}
-	image := "oci-layout:" + layout
-	env := append(os.Environ(), "BOXCTL_GUEST_DIR="+guestDir, "XDG_CONFIG_HOME="+dir)
+	defer h.Close()
+	boxctl, home, image := h.Boxctl, h.Home, h.Image
 	cli := func(args ...string) error {
-		cmd := exec.Command(boxctl, append([]string{"--home", home}, args...)...)
-		cmd.Env = env
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("boxctl %v: %v: %s", args, err, out)
-		}
-		return nil
+		_, err := h.CLI(args...)
+		return err
 	}
 	defer cli("rm", "-a", "-f") //nolint:errcheck
 	fmt.Println("== snapshots and clones of running boxes (QEMU, qcow2; accel as the qemu plugin chooses) ==")

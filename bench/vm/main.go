@@ -34,12 +34,12 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/boxctl/boxctl/bench/internal/benchhome"
 	"github.com/boxctl/boxctl/bench/internal/stat"
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core"
 	"github.com/boxctl/boxctl/guest/agentclient"
 	"github.com/boxctl/boxctl/sdk/agentmux"
-	"github.com/boxctl/boxctl/test/images/busybox"
 )
 
 func main() {
@@ -58,28 +58,13 @@ func run(binDir, guestDir string, runs, execs int) error {
 	ctx := context.Background()
 	binDir, _ = filepath.Abs(binDir)
 	guestDir, _ = filepath.Abs(guestDir)
-	boxctl := filepath.Join(binDir, "boxctl")
-	dir, err := os.MkdirTemp("", "bxvm")
+	h, err := benchhome.New(binDir, guestDir, "bxvm")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	home := filepath.Join(dir, "h")
-	layout := filepath.Join(dir, "img")
-	if _, err := busybox.BuildLayout(layout, busybox.Options{}); err != nil {
-		return err
-	}
-	image := "oci-layout:" + layout
-	env := append(os.Environ(), "BOXCTL_GUEST_DIR="+guestDir, "XDG_CONFIG_HOME="+dir)
-	cli := func(args ...string) (string, error) {
-		cmd := exec.Command(boxctl, append([]string{"--home", home}, args...)...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return string(out), fmt.Errorf("boxctl %v: %v: %s", args, err, out)
-		}
-		return string(out), nil
-	}
+	defer h.Close()
+	boxctl, dir, home, image := h.Boxctl, h.Dir, h.Home, h.Image
+	cli := h.CLI
 	fmt.Println("== boxctl VM benchmarks (QEMU; accel as the qemu plugin chooses) ==")
 	if _, err := cli("pull", "-q", image); err != nil {
 		return err
