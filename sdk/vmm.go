@@ -63,6 +63,48 @@ type DiskSwitcher interface {
 	SwitchDisk(ctx context.Context, vm VM, index int, disk DiskSpec) error
 }
 
+// MemorySnapshotter is an optional VMM feature: save a paused VM's memory
+// and device state to a file, and start a VM from such a file instead of
+// booting (VMSpec.Restore). It is what boot templates, checkpoints, suspend
+// and fork are made of. See vmm.proto for the contract.
+type MemorySnapshotter interface {
+	// SaveState writes the complete state of the paused VM — RAM, vCPUs,
+	// devices; not the contents of its disks — to path, a new file the
+	// VMM creates (it must not exist; its directory does). The VM stays
+	// paused; Resume continues it. The caller takes the disks' state at
+	// the same instant, while the VM is still paused: a state is only
+	// restorable together with disks holding exactly what they held when
+	// it was saved. On error nothing is left at path and the VM can be
+	// resumed as if SaveState had not been called.
+	SaveState(ctx context.Context, vm VM, path string) (SavedState, error)
+	// StateInputs returns what a state saved from a VM planned with spec
+	// depends on, each as a name and an opaque value that changes when the
+	// input does: the guest kernel and initramfs, the hypervisor and its
+	// version, the machine, vCPUs, memory, the device layout (number and
+	// kinds of disks, network or none). Box-specific things (paths, kernel
+	// arguments, the box ID) are not inputs. It is cheap (no hashing of
+	// large files) and has no side effects.
+	StateInputs(ctx context.Context, spec VMSpec) (map[string]string, error)
+}
+
+// SavedState describes a state file SaveState wrote.
+type SavedState struct {
+	// Size is the file's size in bytes.
+	Size int64
+	// Inputs are StateInputs of the VM whose state this is.
+	Inputs map[string]string
+}
+
+// RestoreSpec says which saved state a VM starts from (VMSpec.Restore).
+type RestoreSpec struct {
+	// Path is a file SaveState wrote. The VMM only reads it.
+	Path string
+	// Inputs are the SavedState's; Plan refuses (ErrInvalidState, naming
+	// the first input that differs and both values) a state whose inputs
+	// differ from StateInputs(spec).
+	Inputs map[string]string
+}
+
 // VM names a VM to control: the handle from its launch plan and the
 // process the core started from that plan (plan.Argv; for the qemu plugin
 // its launcher, whose child is QEMU). The core checks that PID is still
@@ -91,6 +133,15 @@ type VMSpec struct {
 	KernelArgs []string
 	// Sandbox says how to confine the hypervisor process.
 	Sandbox Sandbox
+	// Restore, when set, starts the VM from a saved state instead of
+	// booting it (MemorySnapshotter; ErrUnsupported without it). The disks
+	// must hold what they held when the state was saved; KernelArgs are
+	// ignored, the kernel being already up. The VM runs by itself once the
+	// state is loaded, and the guest agent answers on the plan's agent
+	// socket as after a boot; a state that cannot be loaded (truncated,
+	// corrupt) makes the plan's process exit non-zero, the reason in its
+	// log.
+	Restore *RestoreSpec
 }
 
 // DiskRole says what a disk is to the guest.
