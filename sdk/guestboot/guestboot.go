@@ -22,6 +22,7 @@
 package guestboot
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -35,6 +36,7 @@ const (
 	KeyData       = "boxctl.data"       // device of the box's writable disk ("none": in memory)
 	KeyDataFSType = "boxctl.datafstype" // its filesystem
 	KeyHostname   = "boxctl.hostname"   // the guest's host name
+	KeyBoxID      = "boxctl.box_id"     // the ID of the box the VM runs
 	KeyDNS        = "boxctl.dns"        // resolvers for the box's resolv.conf, comma separated
 	KeyVsockPort  = "boxctl.vsock_port" // vsock port the agent listens on
 	KeySerial     = "boxctl.serial"     // name of the agent's virtio-serial port ("none": off)
@@ -83,6 +85,11 @@ type Config struct {
 	DataDev    string
 	DataFSType string
 	Hostname   string
+	// BoxID is the ID of the box the VM runs (lowercase letters and digits, at most
+	// MaxBoxIDLen; see ValidBoxID), which the agent reports in Ping. Empty: not given
+	// (an older host). A VM restored from a memory snapshot learns its new ID from the
+	// agent's Reidentify call instead, since its command line is the saved VM's.
+	BoxID string
 	// DNS servers written to the box's /etc/resolv.conf; when empty the
 	// image's resolv.conf is left alone.
 	DNS []string
@@ -126,6 +133,9 @@ func (c Config) Args() []string {
 		KeyVsockPort + "=" + strconv.FormatUint(uint64(c.VsockPort), 10),
 		KeySerial + "=" + c.SerialPort,
 	}
+	if c.BoxID != "" {
+		args = append(args, KeyBoxID+"="+c.BoxID)
+	}
 	if len(c.DNS) > 0 {
 		args = append(args, KeyDNS+"="+strings.Join(c.DNS, ","))
 	}
@@ -161,7 +171,17 @@ func Parse(cmdline string) (Config, []string) {
 		case KeyDataFSType:
 			c.DataFSType = val
 		case KeyHostname:
+			if err := ValidHostname(val); err != nil {
+				warnings = append(warnings, fmt.Sprintf("ignoring %s: %v", f, err))
+				continue
+			}
 			c.Hostname = val
+		case KeyBoxID:
+			if err := ValidBoxID(val); err != nil {
+				warnings = append(warnings, fmt.Sprintf("ignoring %s: %v", f, err))
+				continue
+			}
+			c.BoxID = val
 		case KeyDNS:
 			c.DNS = nil
 			for _, s := range strings.Split(val, ",") {
@@ -199,4 +219,55 @@ func Parse(cmdline string) (Config, []string) {
 		}
 	}
 	return c, warnings
+}
+
+// MaxBoxIDLen is the longest box ID the contract carries.
+const MaxBoxIDLen = 64
+
+// ValidBoxID checks a box ID: 1 to MaxBoxIDLen lowercase ASCII letters and digits (the
+// core's IDs are lowercase hex). It keeps the kernel command line and the guest's logs free
+// of anything a box name could smuggle in.
+func ValidBoxID(id string) error {
+	if id == "" {
+		return errors.New("box ID is empty")
+	}
+	if len(id) > MaxBoxIDLen {
+		return fmt.Errorf("box ID %.16q... is %d characters long; at most %d are allowed", id, len(id), MaxBoxIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9') {
+			return fmt.Errorf("box ID %q has %q at offset %d; only lowercase letters and digits are allowed", id, c, i)
+		}
+	}
+	return nil
+}
+
+// MaxHostnameLen is the longest host name Linux accepts (HOST_NAME_MAX).
+const MaxHostnameLen = 64
+
+// ValidHostname checks a host name as the guest sets it (sethostname, /etc/hostname,
+// /etc/hosts): 1 to MaxHostnameLen characters, dot-separated labels of ASCII letters,
+// digits and hyphens, no label empty or starting or ending with a hyphen (RFC 1123).
+func ValidHostname(name string) error {
+	if name == "" {
+		return errors.New("host name is empty")
+	}
+	if len(name) > MaxHostnameLen {
+		return fmt.Errorf("host name %.16q... is %d characters long; at most %d are allowed", name, len(name), MaxHostnameLen)
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" {
+			return fmt.Errorf("host name %q has an empty label", name)
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("host name %q has a label starting or ending with a hyphen", name)
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
+				return fmt.Errorf("host name %q has %q; only letters, digits, hyphens and dots are allowed", name, c)
+			}
+		}
+	}
+	return nil
 }

@@ -1,0 +1,68 @@
+package guestboot
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// TestArgsParseRoundTrip: what the host renders is what the agent reads back, box ID
+// included.
+func TestArgsParseRoundTrip(t *testing.T) {
+	c := Default()
+	c.Hostname = "0123abcd"
+	c.BoxID = "0123abcdef0123abcdef0123abcdef0123abcdef0123abcdef0123abcdef0123"
+	c.UserNetwork()
+	c.Debug = true
+	args := c.Args()
+	if !strings.Contains(strings.Join(args, " "), KeyBoxID+"="+c.BoxID) {
+		t.Fatalf("args %q lack the box ID", args)
+	}
+	got, warnings := Parse("console=ttyS0 " + strings.Join(args, " "))
+	if len(warnings) != 0 {
+		t.Errorf("warnings: %q", warnings)
+	}
+	if !reflect.DeepEqual(got, c) {
+		t.Errorf("round trip:\n got %+v\nwant %+v", got, c)
+	}
+	// No box ID: no key (an agent that predates it would warn about an empty one).
+	if s := strings.Join(Default().Args(), " "); strings.Contains(s, KeyBoxID) {
+		t.Errorf("args without a box ID carry the key: %s", s)
+	}
+}
+
+// TestParseRejectsBadIdentity: a malformed box ID or host name on the command line is a
+// warning and leaves the default, never reaches the guest.
+func TestParseRejectsBadIdentity(t *testing.T) {
+	c, warnings := Parse("boxctl.box_id=ABC boxctl.hostname=-bad")
+	if c.BoxID != "" || c.Hostname != Hostname || len(warnings) != 2 {
+		t.Errorf("got box ID %q, host name %q, warnings %q; want both ignored with 2 warnings", c.BoxID, c.Hostname, warnings)
+	}
+}
+
+func TestValidBoxID(t *testing.T) {
+	for _, ok := range []string{"a", "0123456789abcdef", strings.Repeat("f", MaxBoxIDLen)} {
+		if err := ValidBoxID(ok); err != nil {
+			t.Errorf("ValidBoxID(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "ABC", "a-b", "a b", "a\nb", "é", strings.Repeat("f", MaxBoxIDLen+1)} {
+		if err := ValidBoxID(bad); err == nil {
+			t.Errorf("ValidBoxID(%q) accepted", bad)
+		}
+	}
+}
+
+func TestValidHostname(t *testing.T) {
+	for _, ok := range []string{"box", "web-1", "a.b.c", "0123abcd", "X", strings.Repeat("h", MaxHostnameLen)} {
+		if err := ValidHostname(ok); err != nil {
+			t.Errorf("ValidHostname(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "-a", "a-", "a..b", ".a", "a.", "a_b", "a b", "a\tb", "a/b",
+		strings.Repeat("h", MaxHostnameLen+1)} {
+		if err := ValidHostname(bad); err == nil {
+			t.Errorf("ValidHostname(%q) accepted", bad)
+		}
+	}
+}
