@@ -6,7 +6,7 @@
 // a plugin: the core dials a unix socket and speaks this protocol directly.
 //
 // Versioning: the package name carries the major version. Within v1, fields and methods are
-// only ever added; a host checks PingResponse.protocol_version (currently 2) and may rely on
+// only ever added; a host checks PingResponse.protocol_version (currently 3) and may rely on
 // features whose minimum protocol version is stated next to them ("since 2"). An agent of
 // protocol 1 ignores fields it does not know and answers methods it does not know with
 // UNIMPLEMENTED.
@@ -84,7 +84,7 @@ type PingResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Version of the agent binary (free-form, e.g. "v0.1.0" or "dev").
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	// Protocol version within v1; 1 for this file.
+	// Protocol version within v1 (see Versioning above).
 	ProtocolVersion uint32 `protobuf:"varint,2,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
 	// Guest kernel release (uname -r).
 	KernelRelease string `protobuf:"bytes,3,opt,name=kernel_release,json=kernelRelease,proto3" json:"kernel_release,omitempty"`
@@ -95,7 +95,10 @@ type PingResponse struct {
 	// Whether the box root overlay is mounted (Exec, Upload and Download need it).
 	RootMounted bool `protobuf:"varint,6,opt,name=root_mounted,json=rootMounted,proto3" json:"root_mounted,omitempty"`
 	// If mounting the box root failed, why.
-	RootError     string `protobuf:"bytes,7,opt,name=root_error,json=rootError,proto3" json:"root_error,omitempty"`
+	RootError string `protobuf:"bytes,7,opt,name=root_error,json=rootError,proto3" json:"root_error,omitempty"`
+	// The ID of the box this guest is: from the kernel command line (boxctl.box_id) at boot,
+	// from the last Reidentify after a restore. Empty when neither gave one. (since 3)
+	BoxId         string `protobuf:"bytes,8,opt,name=box_id,json=boxId,proto3" json:"box_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -175,6 +178,13 @@ func (x *PingResponse) GetRootMounted() bool {
 func (x *PingResponse) GetRootError() string {
 	if x != nil {
 		return x.RootError
+	}
+	return ""
+}
+
+func (x *PingResponse) GetBoxId() string {
+	if x != nil {
+		return x.BoxId
 	}
 	return ""
 }
@@ -1656,12 +1666,179 @@ func (x *DownloadResponse) GetData() []byte {
 	return nil
 }
 
+type ReidentifyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The box's ID: 1 to 64 lowercase ASCII letters and digits. Required.
+	BoxId string `protobuf:"bytes,1,opt,name=box_id,json=boxId,proto3" json:"box_id,omitempty"`
+	// The guest's host name: RFC 1123 (letters, digits, hyphens, dot-separated labels), at
+	// most 64 characters. Required.
+	Hostname string `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// The host's wall-clock time when it sent the call; the guest's clock is set to it.
+	// Required.
+	Now *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=now,proto3" json:"now,omitempty"`
+	// Fresh random bytes from the host (32 to 512), mixed into the guest kernel's random pool
+	// and credited as 8 bits each. Required.
+	Entropy       []byte `protobuf:"bytes,4,opt,name=entropy,proto3" json:"entropy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReidentifyRequest) Reset() {
+	*x = ReidentifyRequest{}
+	mi := &file_agentv1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReidentifyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReidentifyRequest) ProtoMessage() {}
+
+func (x *ReidentifyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentv1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReidentifyRequest.ProtoReflect.Descriptor instead.
+func (*ReidentifyRequest) Descriptor() ([]byte, []int) {
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ReidentifyRequest) GetBoxId() string {
+	if x != nil {
+		return x.BoxId
+	}
+	return ""
+}
+
+func (x *ReidentifyRequest) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *ReidentifyRequest) GetNow() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Now
+	}
+	return nil
+}
+
+func (x *ReidentifyRequest) GetEntropy() []byte {
+	if x != nil {
+		return x.Entropy
+	}
+	return nil
+}
+
+type ReidentifyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How far the guest's clock was stepped: `now` minus the guest's time just before (positive
+	// when the guest was behind, as a restored snapshot's clock is).
+	ClockStep *durationpb.Duration `protobuf:"bytes,1,opt,name=clock_step,json=clockStep,proto3" json:"clock_step,omitempty"`
+	// The bits of entropy credited to the kernel's pool.
+	EntropyBits uint32 `protobuf:"varint,2,opt,name=entropy_bits,json=entropyBits,proto3" json:"entropy_bits,omitempty"`
+	// The host name before the call (equal to the request's when it did not change).
+	PreviousHostname string `protobuf:"bytes,3,opt,name=previous_hostname,json=previousHostname,proto3" json:"previous_hostname,omitempty"`
+	// The box ID before the call (empty if the guest had none).
+	PreviousBoxId string `protobuf:"bytes,4,opt,name=previous_box_id,json=previousBoxId,proto3" json:"previous_box_id,omitempty"`
+	// The network configuration was re-applied (false when the box has no network).
+	NetworkReapplied bool `protobuf:"varint,5,opt,name=network_reapplied,json=networkReapplied,proto3" json:"network_reapplied,omitempty"`
+	// What went wrong without failing the call (e.g. flushing the neighbour cache), for the
+	// host's log.
+	Warnings      []string `protobuf:"bytes,6,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReidentifyResponse) Reset() {
+	*x = ReidentifyResponse{}
+	mi := &file_agentv1_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReidentifyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReidentifyResponse) ProtoMessage() {}
+
+func (x *ReidentifyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentv1_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReidentifyResponse.ProtoReflect.Descriptor instead.
+func (*ReidentifyResponse) Descriptor() ([]byte, []int) {
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ReidentifyResponse) GetClockStep() *durationpb.Duration {
+	if x != nil {
+		return x.ClockStep
+	}
+	return nil
+}
+
+func (x *ReidentifyResponse) GetEntropyBits() uint32 {
+	if x != nil {
+		return x.EntropyBits
+	}
+	return 0
+}
+
+func (x *ReidentifyResponse) GetPreviousHostname() string {
+	if x != nil {
+		return x.PreviousHostname
+	}
+	return ""
+}
+
+func (x *ReidentifyResponse) GetPreviousBoxId() string {
+	if x != nil {
+		return x.PreviousBoxId
+	}
+	return ""
+}
+
+func (x *ReidentifyResponse) GetNetworkReapplied() bool {
+	if x != nil {
+		return x.NetworkReapplied
+	}
+	return false
+}
+
+func (x *ReidentifyResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
 var File_agentv1_agent_proto protoreflect.FileDescriptor
 
 const file_agentv1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x13agentv1/agent.proto\x12\x0fboxctl.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n" +
-	"\vPingRequest\"\xb3\x02\n" +
+	"\vPingRequest\"\xca\x02\n" +
 	"\fPingResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12)\n" +
 	"\x10protocol_version\x18\x02 \x01(\rR\x0fprotocolVersion\x12%\n" +
@@ -1670,7 +1847,8 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\tboot_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bbootTime\x12!\n" +
 	"\froot_mounted\x18\x06 \x01(\bR\vrootMounted\x12\x1d\n" +
 	"\n" +
-	"root_error\x18\a \x01(\tR\trootError\"\xd6\x01\n" +
+	"root_error\x18\a \x01(\tR\trootError\x12\x15\n" +
+	"\x06box_id\x18\b \x01(\tR\x05boxId\"\xd6\x01\n" +
 	"\vExecRequest\x122\n" +
 	"\x05start\x18\x01 \x01(\v2\x1a.boxctl.agent.v1.ExecStartH\x00R\x05start\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12!\n" +
@@ -1761,7 +1939,20 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\x0ffollow_symlinks\x18\x02 \x01(\bR\x0efollowSymlinks\x12%\n" +
 	"\x0einclude_parent\x18\x03 \x01(\bR\rincludeParent\"&\n" +
 	"\x10DownloadResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xa8\x05\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x8e\x01\n" +
+	"\x11ReidentifyRequest\x12\x15\n" +
+	"\x06box_id\x18\x01 \x01(\tR\x05boxId\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x12,\n" +
+	"\x03now\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x03now\x12\x18\n" +
+	"\aentropy\x18\x04 \x01(\fR\aentropy\"\x8f\x02\n" +
+	"\x12ReidentifyResponse\x128\n" +
+	"\n" +
+	"clock_step\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\tclockStep\x12!\n" +
+	"\fentropy_bits\x18\x02 \x01(\rR\ventropyBits\x12+\n" +
+	"\x11previous_hostname\x18\x03 \x01(\tR\x10previousHostname\x12&\n" +
+	"\x0fprevious_box_id\x18\x04 \x01(\tR\rpreviousBoxId\x12+\n" +
+	"\x11network_reapplied\x18\x05 \x01(\bR\x10networkReapplied\x12\x1a\n" +
+	"\bwarnings\x18\x06 \x03(\tR\bwarnings2\xff\x05\n" +
 	"\x05Agent\x12C\n" +
 	"\x04Ping\x12\x1c.boxctl.agent.v1.PingRequest\x1a\x1d.boxctl.agent.v1.PingResponse\x12G\n" +
 	"\x04Exec\x12\x1c.boxctl.agent.v1.ExecRequest\x1a\x1d.boxctl.agent.v1.ExecResponse(\x010\x01\x12O\n" +
@@ -1771,7 +1962,9 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\x04Diff\x12\x1c.boxctl.agent.v1.DiffRequest\x1a\x1d.boxctl.agent.v1.DiffResponse0\x01\x12F\n" +
 	"\x05Stats\x12\x1d.boxctl.agent.v1.StatsRequest\x1a\x1e.boxctl.agent.v1.StatsResponse\x12K\n" +
 	"\x06Upload\x12\x1e.boxctl.agent.v1.UploadRequest\x1a\x1f.boxctl.agent.v1.UploadResponse(\x01\x12Q\n" +
-	"\bDownload\x12 .boxctl.agent.v1.DownloadRequest\x1a!.boxctl.agent.v1.DownloadResponse0\x01B6Z4github.com/boxctl/boxctl/guest/proto/agentv1;agentv1b\x06proto3"
+	"\bDownload\x12 .boxctl.agent.v1.DownloadRequest\x1a!.boxctl.agent.v1.DownloadResponse0\x01\x12U\n" +
+	"\n" +
+	"Reidentify\x12\".boxctl.agent.v1.ReidentifyRequest\x1a#.boxctl.agent.v1.ReidentifyResponseB6Z4github.com/boxctl/boxctl/guest/proto/agentv1;agentv1b\x06proto3"
 
 var (
 	file_agentv1_agent_proto_rawDescOnce sync.Once
@@ -1785,7 +1978,7 @@ func file_agentv1_agent_proto_rawDescGZIP() []byte {
 	return file_agentv1_agent_proto_rawDescData
 }
 
-var file_agentv1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_agentv1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_agentv1_agent_proto_goTypes = []any{
 	(*PingRequest)(nil),           // 0: boxctl.agent.v1.PingRequest
 	(*PingResponse)(nil),          // 1: boxctl.agent.v1.PingResponse
@@ -1811,59 +2004,65 @@ var file_agentv1_agent_proto_goTypes = []any{
 	(*UploadResponse)(nil),        // 21: boxctl.agent.v1.UploadResponse
 	(*DownloadRequest)(nil),       // 22: boxctl.agent.v1.DownloadRequest
 	(*DownloadResponse)(nil),      // 23: boxctl.agent.v1.DownloadResponse
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*ReidentifyRequest)(nil),     // 24: boxctl.agent.v1.ReidentifyRequest
+	(*ReidentifyResponse)(nil),    // 25: boxctl.agent.v1.ReidentifyResponse
+	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
 }
 var file_agentv1_agent_proto_depIdxs = []int32{
-	24, // 0: boxctl.agent.v1.PingResponse.uptime:type_name -> google.protobuf.Duration
-	25, // 1: boxctl.agent.v1.PingResponse.boot_time:type_name -> google.protobuf.Timestamp
+	26, // 0: boxctl.agent.v1.PingResponse.uptime:type_name -> google.protobuf.Duration
+	27, // 1: boxctl.agent.v1.PingResponse.boot_time:type_name -> google.protobuf.Timestamp
 	3,  // 2: boxctl.agent.v1.ExecRequest.start:type_name -> boxctl.agent.v1.ExecStart
 	4,  // 3: boxctl.agent.v1.ExecRequest.resize:type_name -> boxctl.agent.v1.TerminalSize
 	4,  // 4: boxctl.agent.v1.ExecStart.tty:type_name -> boxctl.agent.v1.TerminalSize
-	24, // 5: boxctl.agent.v1.ExecStart.timeout:type_name -> google.protobuf.Duration
-	24, // 6: boxctl.agent.v1.ExecStart.kill_grace:type_name -> google.protobuf.Duration
+	26, // 5: boxctl.agent.v1.ExecStart.timeout:type_name -> google.protobuf.Duration
+	26, // 6: boxctl.agent.v1.ExecStart.kill_grace:type_name -> google.protobuf.Duration
 	6,  // 7: boxctl.agent.v1.ExecResponse.started:type_name -> boxctl.agent.v1.ExecStarted
 	7,  // 8: boxctl.agent.v1.ExecResponse.exit:type_name -> boxctl.agent.v1.ExecExit
-	24, // 9: boxctl.agent.v1.ExecExit.duration:type_name -> google.protobuf.Duration
-	24, // 10: boxctl.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
-	24, // 11: boxctl.agent.v1.QuiesceRequest.lease:type_name -> google.protobuf.Duration
-	24, // 12: boxctl.agent.v1.QuiesceResponse.sync:type_name -> google.protobuf.Duration
-	24, // 13: boxctl.agent.v1.QuiesceResponse.lease:type_name -> google.protobuf.Duration
-	24, // 14: boxctl.agent.v1.ThawResponse.frozen:type_name -> google.protobuf.Duration
+	26, // 9: boxctl.agent.v1.ExecExit.duration:type_name -> google.protobuf.Duration
+	26, // 10: boxctl.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
+	26, // 11: boxctl.agent.v1.QuiesceRequest.lease:type_name -> google.protobuf.Duration
+	26, // 12: boxctl.agent.v1.QuiesceResponse.sync:type_name -> google.protobuf.Duration
+	26, // 13: boxctl.agent.v1.QuiesceResponse.lease:type_name -> google.protobuf.Duration
+	26, // 14: boxctl.agent.v1.ThawResponse.frozen:type_name -> google.protobuf.Duration
 	18, // 15: boxctl.agent.v1.StatsResponse.cpu:type_name -> boxctl.agent.v1.CPUTimes
-	24, // 16: boxctl.agent.v1.StatsResponse.uptime:type_name -> google.protobuf.Duration
-	24, // 17: boxctl.agent.v1.CPUTimes.user:type_name -> google.protobuf.Duration
-	24, // 18: boxctl.agent.v1.CPUTimes.nice:type_name -> google.protobuf.Duration
-	24, // 19: boxctl.agent.v1.CPUTimes.system:type_name -> google.protobuf.Duration
-	24, // 20: boxctl.agent.v1.CPUTimes.idle:type_name -> google.protobuf.Duration
-	24, // 21: boxctl.agent.v1.CPUTimes.iowait:type_name -> google.protobuf.Duration
-	24, // 22: boxctl.agent.v1.CPUTimes.irq:type_name -> google.protobuf.Duration
-	24, // 23: boxctl.agent.v1.CPUTimes.softirq:type_name -> google.protobuf.Duration
-	24, // 24: boxctl.agent.v1.CPUTimes.steal:type_name -> google.protobuf.Duration
+	26, // 16: boxctl.agent.v1.StatsResponse.uptime:type_name -> google.protobuf.Duration
+	26, // 17: boxctl.agent.v1.CPUTimes.user:type_name -> google.protobuf.Duration
+	26, // 18: boxctl.agent.v1.CPUTimes.nice:type_name -> google.protobuf.Duration
+	26, // 19: boxctl.agent.v1.CPUTimes.system:type_name -> google.protobuf.Duration
+	26, // 20: boxctl.agent.v1.CPUTimes.idle:type_name -> google.protobuf.Duration
+	26, // 21: boxctl.agent.v1.CPUTimes.iowait:type_name -> google.protobuf.Duration
+	26, // 22: boxctl.agent.v1.CPUTimes.irq:type_name -> google.protobuf.Duration
+	26, // 23: boxctl.agent.v1.CPUTimes.softirq:type_name -> google.protobuf.Duration
+	26, // 24: boxctl.agent.v1.CPUTimes.steal:type_name -> google.protobuf.Duration
 	20, // 25: boxctl.agent.v1.UploadRequest.header:type_name -> boxctl.agent.v1.UploadHeader
-	0,  // 26: boxctl.agent.v1.Agent.Ping:input_type -> boxctl.agent.v1.PingRequest
-	2,  // 27: boxctl.agent.v1.Agent.Exec:input_type -> boxctl.agent.v1.ExecRequest
-	8,  // 28: boxctl.agent.v1.Agent.Shutdown:input_type -> boxctl.agent.v1.ShutdownRequest
-	10, // 29: boxctl.agent.v1.Agent.Quiesce:input_type -> boxctl.agent.v1.QuiesceRequest
-	12, // 30: boxctl.agent.v1.Agent.Thaw:input_type -> boxctl.agent.v1.ThawRequest
-	14, // 31: boxctl.agent.v1.Agent.Diff:input_type -> boxctl.agent.v1.DiffRequest
-	16, // 32: boxctl.agent.v1.Agent.Stats:input_type -> boxctl.agent.v1.StatsRequest
-	19, // 33: boxctl.agent.v1.Agent.Upload:input_type -> boxctl.agent.v1.UploadRequest
-	22, // 34: boxctl.agent.v1.Agent.Download:input_type -> boxctl.agent.v1.DownloadRequest
-	1,  // 35: boxctl.agent.v1.Agent.Ping:output_type -> boxctl.agent.v1.PingResponse
-	5,  // 36: boxctl.agent.v1.Agent.Exec:output_type -> boxctl.agent.v1.ExecResponse
-	9,  // 37: boxctl.agent.v1.Agent.Shutdown:output_type -> boxctl.agent.v1.ShutdownResponse
-	11, // 38: boxctl.agent.v1.Agent.Quiesce:output_type -> boxctl.agent.v1.QuiesceResponse
-	13, // 39: boxctl.agent.v1.Agent.Thaw:output_type -> boxctl.agent.v1.ThawResponse
-	15, // 40: boxctl.agent.v1.Agent.Diff:output_type -> boxctl.agent.v1.DiffResponse
-	17, // 41: boxctl.agent.v1.Agent.Stats:output_type -> boxctl.agent.v1.StatsResponse
-	21, // 42: boxctl.agent.v1.Agent.Upload:output_type -> boxctl.agent.v1.UploadResponse
-	23, // 43: boxctl.agent.v1.Agent.Download:output_type -> boxctl.agent.v1.DownloadResponse
-	35, // [35:44] is the sub-list for method output_type
-	26, // [26:35] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	27, // 26: boxctl.agent.v1.ReidentifyRequest.now:type_name -> google.protobuf.Timestamp
+	26, // 27: boxctl.agent.v1.ReidentifyResponse.clock_step:type_name -> google.protobuf.Duration
+	0,  // 28: boxctl.agent.v1.Agent.Ping:input_type -> boxctl.agent.v1.PingRequest
+	2,  // 29: boxctl.agent.v1.Agent.Exec:input_type -> boxctl.agent.v1.ExecRequest
+	8,  // 30: boxctl.agent.v1.Agent.Shutdown:input_type -> boxctl.agent.v1.ShutdownRequest
+	10, // 31: boxctl.agent.v1.Agent.Quiesce:input_type -> boxctl.agent.v1.QuiesceRequest
+	12, // 32: boxctl.agent.v1.Agent.Thaw:input_type -> boxctl.agent.v1.ThawRequest
+	14, // 33: boxctl.agent.v1.Agent.Diff:input_type -> boxctl.agent.v1.DiffRequest
+	16, // 34: boxctl.agent.v1.Agent.Stats:input_type -> boxctl.agent.v1.StatsRequest
+	19, // 35: boxctl.agent.v1.Agent.Upload:input_type -> boxctl.agent.v1.UploadRequest
+	22, // 36: boxctl.agent.v1.Agent.Download:input_type -> boxctl.agent.v1.DownloadRequest
+	24, // 37: boxctl.agent.v1.Agent.Reidentify:input_type -> boxctl.agent.v1.ReidentifyRequest
+	1,  // 38: boxctl.agent.v1.Agent.Ping:output_type -> boxctl.agent.v1.PingResponse
+	5,  // 39: boxctl.agent.v1.Agent.Exec:output_type -> boxctl.agent.v1.ExecResponse
+	9,  // 40: boxctl.agent.v1.Agent.Shutdown:output_type -> boxctl.agent.v1.ShutdownResponse
+	11, // 41: boxctl.agent.v1.Agent.Quiesce:output_type -> boxctl.agent.v1.QuiesceResponse
+	13, // 42: boxctl.agent.v1.Agent.Thaw:output_type -> boxctl.agent.v1.ThawResponse
+	15, // 43: boxctl.agent.v1.Agent.Diff:output_type -> boxctl.agent.v1.DiffResponse
+	17, // 44: boxctl.agent.v1.Agent.Stats:output_type -> boxctl.agent.v1.StatsResponse
+	21, // 45: boxctl.agent.v1.Agent.Upload:output_type -> boxctl.agent.v1.UploadResponse
+	23, // 46: boxctl.agent.v1.Agent.Download:output_type -> boxctl.agent.v1.DownloadResponse
+	25, // 47: boxctl.agent.v1.Agent.Reidentify:output_type -> boxctl.agent.v1.ReidentifyResponse
+	38, // [38:48] is the sub-list for method output_type
+	28, // [28:38] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_agentv1_agent_proto_init() }
@@ -1894,7 +2093,7 @@ func file_agentv1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentv1_agent_proto_rawDesc), len(file_agentv1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -6,7 +6,7 @@
 // a plugin: the core dials a unix socket and speaks this protocol directly.
 //
 // Versioning: the package name carries the major version. Within v1, fields and methods are
-// only ever added; a host checks PingResponse.protocol_version (currently 2) and may rely on
+// only ever added; a host checks PingResponse.protocol_version (currently 3) and may rely on
 // features whose minimum protocol version is stated next to them ("since 2"). An agent of
 // protocol 1 ignores fields it does not know and answers methods it does not know with
 // UNIMPLEMENTED.
@@ -40,15 +40,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Agent_Ping_FullMethodName     = "/boxctl.agent.v1.Agent/Ping"
-	Agent_Exec_FullMethodName     = "/boxctl.agent.v1.Agent/Exec"
-	Agent_Shutdown_FullMethodName = "/boxctl.agent.v1.Agent/Shutdown"
-	Agent_Quiesce_FullMethodName  = "/boxctl.agent.v1.Agent/Quiesce"
-	Agent_Thaw_FullMethodName     = "/boxctl.agent.v1.Agent/Thaw"
-	Agent_Diff_FullMethodName     = "/boxctl.agent.v1.Agent/Diff"
-	Agent_Stats_FullMethodName    = "/boxctl.agent.v1.Agent/Stats"
-	Agent_Upload_FullMethodName   = "/boxctl.agent.v1.Agent/Upload"
-	Agent_Download_FullMethodName = "/boxctl.agent.v1.Agent/Download"
+	Agent_Ping_FullMethodName       = "/boxctl.agent.v1.Agent/Ping"
+	Agent_Exec_FullMethodName       = "/boxctl.agent.v1.Agent/Exec"
+	Agent_Shutdown_FullMethodName   = "/boxctl.agent.v1.Agent/Shutdown"
+	Agent_Quiesce_FullMethodName    = "/boxctl.agent.v1.Agent/Quiesce"
+	Agent_Thaw_FullMethodName       = "/boxctl.agent.v1.Agent/Thaw"
+	Agent_Diff_FullMethodName       = "/boxctl.agent.v1.Agent/Diff"
+	Agent_Stats_FullMethodName      = "/boxctl.agent.v1.Agent/Stats"
+	Agent_Upload_FullMethodName     = "/boxctl.agent.v1.Agent/Upload"
+	Agent_Download_FullMethodName   = "/boxctl.agent.v1.Agent/Download"
+	Agent_Reidentify_FullMethodName = "/boxctl.agent.v1.Agent/Reidentify"
 )
 
 // AgentClient is the client API for Agent service.
@@ -122,6 +123,28 @@ type AgentClient interface {
 	// Download streams a tar of one path of the box root. NotFound if the path does not exist.
 	// The tar is complete when the stream ends with OK.
 	Download(ctx context.Context, in *DownloadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DownloadResponse], error)
+	// Reidentify (since 3) tells a guest restored from a memory snapshot (a boot template, a
+	// fork, a resumed suspended box) who it is now, so that it is not a twin of the VM the
+	// snapshot was taken of. The host calls it after every restore, before anything else runs
+	// in the box; a cold-booted guest learns the same from its kernel command line.
+	//
+	// The agent, in this order: mixes `entropy` into the kernel's random pool crediting its
+	// bits (RNDADDENTROPY) and forces the CRNG to reseed (RNDRESEEDCRNG), so every random byte
+	// read afterwards differs between two restores of one snapshot; steps the wall clock
+	// (CLOCK_REALTIME) to `now`; sets the host name (sethostname) and rewrites the box's
+	// /etc/hostname and /etc/hosts (the files the agent mounts into the box); re-applies the
+	// boot network configuration (the same address and routes; what exists already is kept)
+	// and flushes the neighbour cache; and from then on reports `box_id` in Ping.
+	//
+	// Idempotent: the same call twice leaves the guest as one call does. Safe while Exec
+	// streams run (they keep running; processes see the new name, time and randomness).
+	// Concurrent calls are serialised.
+	//
+	// Errors: INVALID_ARGUMENT naming the field for a missing or malformed box_id, hostname
+	// (RFC 1123, at most 64 characters), now, or entropy (32 to 512 bytes); nothing is changed
+	// then. INTERNAL naming the step that failed (the steps before it were applied; calling
+	// again is safe). An agent of protocol 2 or older answers UNIMPLEMENTED.
+	Reidentify(ctx context.Context, in *ReidentifyRequest, opts ...grpc.CallOption) (*ReidentifyResponse, error)
 }
 
 type agentClient struct {
@@ -246,6 +269,16 @@ func (c *agentClient) Download(ctx context.Context, in *DownloadRequest, opts ..
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_DownloadClient = grpc.ServerStreamingClient[DownloadResponse]
 
+func (c *agentClient) Reidentify(ctx context.Context, in *ReidentifyRequest, opts ...grpc.CallOption) (*ReidentifyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReidentifyResponse)
+	err := c.cc.Invoke(ctx, Agent_Reidentify_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -317,6 +350,28 @@ type AgentServer interface {
 	// Download streams a tar of one path of the box root. NotFound if the path does not exist.
 	// The tar is complete when the stream ends with OK.
 	Download(*DownloadRequest, grpc.ServerStreamingServer[DownloadResponse]) error
+	// Reidentify (since 3) tells a guest restored from a memory snapshot (a boot template, a
+	// fork, a resumed suspended box) who it is now, so that it is not a twin of the VM the
+	// snapshot was taken of. The host calls it after every restore, before anything else runs
+	// in the box; a cold-booted guest learns the same from its kernel command line.
+	//
+	// The agent, in this order: mixes `entropy` into the kernel's random pool crediting its
+	// bits (RNDADDENTROPY) and forces the CRNG to reseed (RNDRESEEDCRNG), so every random byte
+	// read afterwards differs between two restores of one snapshot; steps the wall clock
+	// (CLOCK_REALTIME) to `now`; sets the host name (sethostname) and rewrites the box's
+	// /etc/hostname and /etc/hosts (the files the agent mounts into the box); re-applies the
+	// boot network configuration (the same address and routes; what exists already is kept)
+	// and flushes the neighbour cache; and from then on reports `box_id` in Ping.
+	//
+	// Idempotent: the same call twice leaves the guest as one call does. Safe while Exec
+	// streams run (they keep running; processes see the new name, time and randomness).
+	// Concurrent calls are serialised.
+	//
+	// Errors: INVALID_ARGUMENT naming the field for a missing or malformed box_id, hostname
+	// (RFC 1123, at most 64 characters), now, or entropy (32 to 512 bytes); nothing is changed
+	// then. INTERNAL naming the step that failed (the steps before it were applied; calling
+	// again is safe). An agent of protocol 2 or older answers UNIMPLEMENTED.
+	Reidentify(context.Context, *ReidentifyRequest) (*ReidentifyResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -353,6 +408,9 @@ func (UnimplementedAgentServer) Upload(grpc.ClientStreamingServer[UploadRequest,
 }
 func (UnimplementedAgentServer) Download(*DownloadRequest, grpc.ServerStreamingServer[DownloadResponse]) error {
 	return status.Error(codes.Unimplemented, "method Download not implemented")
+}
+func (UnimplementedAgentServer) Reidentify(context.Context, *ReidentifyRequest) (*ReidentifyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Reidentify not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -501,6 +559,24 @@ func _Agent_Download_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_DownloadServer = grpc.ServerStreamingServer[DownloadResponse]
 
+func _Agent_Reidentify_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReidentifyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).Reidentify(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_Reidentify_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).Reidentify(ctx, req.(*ReidentifyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -527,6 +603,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Stats",
 			Handler:    _Agent_Stats_Handler,
+		},
+		{
+			MethodName: "Reidentify",
+			Handler:    _Agent_Reidentify_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
