@@ -28,7 +28,7 @@ import (
 )
 
 // ProtocolVersion is the agent protocol version within boxctl.agent.v1.
-const ProtocolVersion = 2
+const ProtocolVersion = 3
 
 // DefaultPath is the PATH commands get when their environment has none.
 const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -70,6 +70,12 @@ type Config struct {
 	OutputDrain time.Duration
 	// Console receives the output of detached processes; /dev/console if empty.
 	Console string
+	// BoxID is the box's ID at boot (the kernel command line's), which Ping reports until a
+	// Reidentify gives another.
+	BoxID string
+	// Reidentify applies a validated new identity to the guest (random pool, clock, host
+	// name, network) for the Reidentify call. Nil makes Reidentify fail with Unimplemented.
+	Reidentify func(ctx context.Context, id Identity) (Reidentified, error)
 }
 
 // Agent implements agentv1.AgentServer.
@@ -84,6 +90,10 @@ type Agent struct {
 	shutDown   bool
 
 	freeze freezeState
+
+	reidentifyMu sync.Mutex // serialises Reidentify calls
+	idMu         sync.Mutex
+	boxID        string
 }
 
 // New returns an Agent for cfg.
@@ -105,7 +115,7 @@ func New(cfg Config) *Agent {
 	if r == nil {
 		r = NewReaper(false)
 	}
-	return &Agent{cfg: cfg, log: log, reaper: r}
+	return &Agent{cfg: cfg, log: log, reaper: r, boxID: cfg.BoxID}
 }
 
 // Register registers the Agent service on s.
@@ -139,6 +149,7 @@ func (a *Agent) Ping(ctx context.Context, _ *agentv1.PingRequest) (*agentv1.Ping
 		AgentVersion:    a.cfg.Version,
 		ProtocolVersion: ProtocolVersion,
 		KernelRelease:   unix.ByteSliceToString(uts.Release[:]),
+		BoxId:           a.BoxID(),
 	}
 	if up, err := readUptime(); err == nil {
 		resp.Uptime = durationpb.New(up)

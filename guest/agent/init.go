@@ -65,6 +65,7 @@ func Main(version string) {
 	p.attachConsole()
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	cfg, warnings := ParseCmdline(string(cmdline))
+	p.boot = cfg
 	p.log = newConsoleLogger(p.console, cfg.Debug)
 	for _, w := range warnings {
 		p.log.Warn(w)
@@ -111,6 +112,8 @@ func Main(version string) {
 		Logger:        p.log,
 		Reaper:        reaper,
 		Shutdown:      p.shutdown,
+		BoxID:         cfg.BoxID,
+		Reidentify:    p.reidentify,
 	})
 	srv := grpc.NewServer()
 	ag.Register(srv)
@@ -151,6 +154,7 @@ func Main(version string) {
 
 // pid1 holds what the PID 1 duties need.
 type pid1 struct {
+	boot      BootConfig // the kernel command line's, for Reidentify to re-apply
 	console   *os.File
 	log       *slog.Logger
 	writable  string   // mount point of the writable filesystem, for Quiesce
@@ -345,17 +349,7 @@ func (p *pid1) populateBoxRoot(cfg BootConfig) error {
 		return err
 	}
 
-	files := map[string]string{
-		"hostname": cfg.Hostname + "\n",
-		"hosts":    fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n", cfg.Hostname),
-	}
-	if len(cfg.DNS) > 0 {
-		var b strings.Builder
-		for _, s := range cfg.DNS {
-			fmt.Fprintf(&b, "nameserver %s\n", s)
-		}
-		files["resolv.conf"] = b.String()
-	}
+	files := generatedFiles(cfg.Hostname, cfg.DNS)
 	for _, name := range []string{"hostname", "hosts", "resolv.conf"} {
 		content, ok := files[name]
 		if !ok {

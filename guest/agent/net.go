@@ -68,7 +68,9 @@ func setupNetwork(addr netip.Prefix, gw netip.Addr, wait time.Duration) (string,
 	if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifi); err != nil {
 		return name, fmt.Errorf("index of %s: %w", name, err)
 	}
-	if err := addDefaultRoute(gw, int32(ifi.Uint32())); err != nil {
+	// A restored guest re-applies its configuration: the route it has already is the one
+	// wanted (addresses set again to the same value are no-ops in the kernel).
+	if err := addDefaultRoute(gw, int32(ifi.Uint32())); err != nil && !errors.Is(err, unix.EEXIST) {
 		return name, fmt.Errorf("default route via %s: %w", gw, err)
 	}
 	return name, nil

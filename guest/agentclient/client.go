@@ -5,6 +5,7 @@ package agentclient
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -18,8 +19,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/boxctl/boxctl/guest/proto/agentv1"
+	"github.com/boxctl/boxctl/sdk/guestboot"
 )
 
 var (
@@ -79,6 +82,10 @@ type Info struct {
 	BootTime        time.Time
 	RootMounted     bool
 	RootError       string
+	// BoxID is the box the guest says it is: from its kernel command line at boot, from the
+	// last Reidentify after a restore. Empty from an agent older than protocol 3, or when
+	// neither gave one.
+	BoxID string
 }
 
 // Ping asks the agent who it is.
@@ -98,6 +105,7 @@ func (c *Client) ping(ctx context.Context, opts ...grpc.CallOption) (*Info, erro
 		Uptime:          r.GetUptime().AsDuration(),
 		RootMounted:     r.GetRootMounted(),
 		RootError:       r.GetRootError(),
+		BoxID:           r.GetBoxId(),
 	}
 	if r.GetBootTime() != nil {
 		info.BootTime = r.GetBootTime().AsTime()
@@ -326,6 +334,10 @@ func (c *Client) uploadErr(st agentv1.Agent_UploadClient, destDir string, sendEr
 // gRPC status errors, so status.Code(err) gives the code of any of them.
 func IsEscape(err error) bool { return status.Code(err) == codes.InvalidArgument }
 
+// IsUnimplemented reports whether err is the agent not knowing the call: an agent older
+// than the protocol version the call needs (Reidentify: 3, Diff: 2).
+func IsUnimplemented(err error) bool { return status.Code(err) == codes.Unimplemented }
+
 // IsNotFound reports whether err is the agent saying a path does not exist.
 func IsNotFound(err error) bool { return status.Code(err) == codes.NotFound }
 
@@ -541,4 +553,80 @@ func (c *Client) execErr(st agentv1.Agent_ExecClient, req ExecRequest, sendErr e
 		}
 	}
 	return fmt.Errorf("exec %s: %w", req.Argv[0], sendErr)
+}
+
+// Identity is who a guest restored from a memory snapshot is now.
+type Identity struct {
+	// BoxID is the box's ID (lowercase letters and digits, at most 64).
+	BoxID string
+	// Hostname is the guest's host name (RFC 1123, at most 64 characters).
+	Hostname string
+	// Now is the time the guest's clock is set to; time.Now() when zero.
+	Now time.Time
+	// Entropy is mixed into the guest kernel's random pool (32 to 512 bytes); 64 bytes from
+	// crypto/rand when empty.
+	Entropy []byte
+}
+
+// Reidentified is what the guest did for Reidentify, for the host's log.
+type Reidentified struct {
+	// ClockStep is how far the guest's clock moved (positive: it was behind).
+	ClockStep time.Duration
+	// EntropyBits is what the guest credited to its random pool.
+	EntropyBits int
+	// PreviousHostname and PreviousBoxID are the guest's identity before the call.
+	PreviousHostname, PreviousBoxID string
+	// NetworkReapplied says the guest re-applied its network configuration.
+	NetworkReapplied bool
+	// Warnings are steps that failed without failing the call.
+	Warnings []string
+}
+
+// defaultEntropy is how many random bytes Reidentify sends when Identity.Entropy is empty:
+// twice the CRNG's 256-bit key.
+const defaultEntropy = 64
+
+// Reidentify tells a guest restored from a memory snapshot who it is now: the guest reseeds
+// its random generator with fresh entropy, sets its clock, host name, /etc/hostname and
+// /etc/hosts, re-applies its network, and reports id.BoxID in Ping. Idempotent. An agent
+// older than protocol 3 fails with an error for which IsUnimplemented is true (status code
+// Unimplemented): such a guest cannot be made distinct, so it must not be restored twice.
+func (c *Client) Reidentify(ctx context.Context, id Identity) error {
+	_, err := c.ReidentifyReport(ctx, id)
+	return err
+}
+
+// ReidentifyReport is Reidentify, also returning what the guest did.
+func (c *Client) ReidentifyReport(ctx context.Context, id Identity) (Reidentified, error) {
+	if err := guestboot.ValidBoxID(id.BoxID); err != nil {
+		return Reidentified{}, fmt.Errorf("reidentify guest: %w", err)
+	}
+	if err := guestboot.ValidHostname(id.Hostname); err != nil {
+		return Reidentified{}, fmt.Errorf("reidentify guest %s: %w", id.BoxID, err)
+	}
+	entropy := id.Entropy
+	if len(entropy) == 0 {
+		entropy = make([]byte, defaultEntropy)
+		if _, err := rand.Read(entropy); err != nil {
+			return Reidentified{}, fmt.Errorf("reidentify guest %s: host entropy: %w", id.BoxID, err)
+		}
+	}
+	now := id.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	r, err := c.api.Reidentify(ctx, &agentv1.ReidentifyRequest{
+		BoxId: id.BoxID, Hostname: id.Hostname, Now: timestamppb.New(now), Entropy: entropy,
+	})
+	if err != nil {
+		return Reidentified{}, fmt.Errorf("reidentify guest as box %s: %w", id.BoxID, err)
+	}
+	return Reidentified{
+		ClockStep:        r.GetClockStep().AsDuration(),
+		EntropyBits:      int(r.GetEntropyBits()),
+		PreviousHostname: r.GetPreviousHostname(),
+		PreviousBoxID:    r.GetPreviousBoxId(),
+		NetworkReapplied: r.GetNetworkReapplied(),
+		Warnings:         r.GetWarnings(),
+	}, nil
 }
