@@ -13,7 +13,9 @@
 //     in the host's PATH and a working_dir is taken inside the scratch directory. The user
 //     is ignored: commands run as the double's own user.
 //
-// Shutdown answers, then calls Config.PowerOff (the "VM" exits). Quiesce and Thaw succeed
+// Reidentify validates like the real agent and records the identity (Identities) instead
+// of touching the host's random pool, clock, host name or network; Ping then reports its box
+// ID, and Config.BoxID before any. Shutdown answers, then calls Config.PowerOff (the "VM" exits). Quiesce and Thaw succeed
 // without freezing anything (the double has no filesystem of its own); Frozen says whether a
 // Quiesce is waiting for its Thaw, as the quiesce bracket's tests need to know.
 package agentdouble
@@ -55,6 +57,9 @@ type Config struct {
 	PowerOff func()
 	// Logger receives the agent's log; nil discards it.
 	Logger *slog.Logger
+	// BoxID is the box ID Ping reports until a Reidentify (a real guest's comes from its
+	// kernel command line).
+	BoxID string
 }
 
 // Agent is a running double.
@@ -63,8 +68,9 @@ type Agent struct {
 	console *os.File // write end of the pipe the agent's detached output goes to
 
 	mu      sync.Mutex
-	started []int // PIDs of the commands Exec started
-	frozen  bool
+	started    []int // PIDs of the commands Exec started
+	frozen     bool
+	identities []agent.Identity
 }
 
 // New returns a double serving nothing yet.
@@ -89,7 +95,8 @@ func New(cfg Config) (*Agent, error) {
 		shutdown = func(context.Context, time.Duration) (func(), error) { return cfg.PowerOff, nil }
 	}
 	// Files move in and out of the scratch root; commands run on the host ("/").
-	files := agent.New(agent.Config{Root: root, Version: Version, Logger: cfg.Logger, Shutdown: shutdown})
+	files := agent.New(agent.Config{Root: root, Version: Version, Logger: cfg.Logger, Shutdown: shutdown,
+		BoxID: cfg.BoxID, Reidentify: d.reidentify})
 	cmds := agent.New(agent.Config{Root: "/", Version: Version, Logger: cfg.Logger, Console: consolePath})
 	agentv1.RegisterAgentServer(d.srv, &service{Agent: files, cmds: cmds, root: root, d: d})
 	return d, nil
@@ -170,6 +177,24 @@ func (s *service) Thaw(context.Context, *agentv1.ThawRequest) (*agentv1.ThawResp
 	s.d.frozen = false
 	s.d.mu.Unlock()
 	return &agentv1.ThawResponse{}, nil
+}
+
+func (d *Agent) reidentify(_ context.Context, id agent.Identity) (agent.Reidentified, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	prev := ""
+	if n := len(d.identities); n > 0 {
+		prev = d.identities[n-1].Hostname
+	}
+	d.identities = append(d.identities, id)
+	return agent.Reidentified{EntropyBits: 8 * len(id.Entropy), PreviousHostname: prev}, nil
+}
+
+// Identities returns the identities Reidentify was given, in call order.
+func (d *Agent) Identities() []agent.Identity {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]agent.Identity(nil), d.identities...)
 }
 
 // Frozen reports whether a Quiesce has not been thawed yet.

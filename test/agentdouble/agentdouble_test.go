@@ -29,7 +29,7 @@ func start(t *testing.T) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	f := &fixture{root: filepath.Join(dir, "root"), console: filepath.Join(dir, "console.log"), poweredOff: make(chan struct{})}
-	d, err := New(Config{Root: f.root, Console: f.console, PowerOff: func() { close(f.poweredOff) }})
+	d, err := New(Config{Root: f.root, Console: f.console, PowerOff: func() { close(f.poweredOff) }, BoxID: "cold1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,5 +150,33 @@ func TestShutdownPowersOff(t *testing.T) {
 	case <-f.poweredOff:
 	case <-time.After(30 * time.Second):
 		t.Fatal("Shutdown answered but PowerOff was never called")
+	}
+}
+
+// Reidentify is recorded, not applied, and Ping reports the box ID: the boot one, then the
+// new one.
+func TestReidentifyIsRecorded(t *testing.T) {
+	f := start(t)
+	ctx := ctxT(t)
+	if info, err := f.c.Ping(ctx); err != nil || info.BoxID != "cold1" {
+		t.Fatalf("ping: %+v %v; want box cold1", info, err)
+	}
+	hostname, _ := os.Hostname()
+	now := time.Now().Add(time.Hour)
+	if err := f.c.Reidentify(ctx, agentclient.Identity{BoxID: "fork1", Hostname: "fork1", Now: now}); err != nil {
+		t.Fatal(err)
+	}
+	ids := f.d.Identities()
+	if len(ids) != 1 || ids[0].BoxID != "fork1" || ids[0].Hostname != "fork1" || !ids[0].Now.Equal(now) || len(ids[0].Entropy) == 0 {
+		t.Errorf("identities %+v", ids)
+	}
+	if info, err := f.c.Ping(ctx); err != nil || info.BoxID != "fork1" {
+		t.Errorf("ping after: %+v %v; want box fork1", info, err)
+	}
+	if h, _ := os.Hostname(); h != hostname {
+		t.Errorf("the double changed the host's name to %q", h)
+	}
+	if err := f.c.Reidentify(ctx, agentclient.Identity{BoxID: "Fork1", Hostname: "x"}); err == nil {
+		t.Error("a bad box ID was accepted")
 	}
 }

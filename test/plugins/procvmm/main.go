@@ -546,6 +546,7 @@ func serveAgent(o vmOptions, console *os.File, powerOff chan<- struct{}) (stop f
 	if v := os.Getenv("BOXCTL_LOG"); v == "debug" || v == "trace" {
 		level = slog.LevelDebug
 	}
+	boot, _ := guestboot.Parse(o.cmdline)
 	d, err := agentdouble.New(agentdouble.Config{
 		Root:    o.root,
 		Console: o.console,
@@ -556,6 +557,8 @@ func serveAgent(o vmOptions, console *os.File, powerOff chan<- struct{}) (stop f
 			}
 		},
 		Logger: slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{Level: level})),
+		// The box ID a guest reads from its kernel command line.
+		BoxID: boot.BoxID,
 	})
 	if err != nil {
 		l.Close()
