@@ -67,7 +67,7 @@ type Agent struct {
 	srv     *grpc.Server
 	console *os.File // write end of the pipe the agent's detached output goes to
 
-	mu      sync.Mutex
+	mu         sync.Mutex
 	started    []int // PIDs of the commands Exec started
 	frozen     bool
 	identities []agent.Identity
