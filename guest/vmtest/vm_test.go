@@ -67,7 +67,7 @@ func TestVM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !info.RootMounted || !strings.HasPrefix(info.KernelRelease, "6.") || info.ProtocolVersion != 2 || info.Uptime <= 0 {
+		if !info.RootMounted || !strings.HasPrefix(info.KernelRelease, "6.") || info.ProtocolVersion != 3 || info.Uptime <= 0 {
 			t.Errorf("ping = %+v", info)
 		}
 	})
