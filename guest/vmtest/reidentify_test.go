@@ -74,11 +74,12 @@ func TestReidentify(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 
 	future := time.Now().Add(time.Hour)
+	began := time.Now()
 	rep, err := c.ReidentifyReport(ctx, agentclient.Identity{BoxID: "f0rk1", Hostname: "fork-a", Now: future})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("reidentify report: %+v", rep)
+	t.Logf("reidentify took %s (host side, TCG): %+v", time.Since(began).Round(time.Millisecond), rep)
 	if rep.ClockStep < 50*time.Minute || rep.ClockStep > 70*time.Minute || rep.EntropyBits != 512 ||
 		rep.PreviousHostname != "cold" || rep.PreviousBoxID != "c01d" || !rep.NetworkReapplied || len(rep.Warnings) != 0 {
 		t.Errorf("report %+v; want a step of about +1h, 512 bits, previous cold/c01d, network re-applied, no warnings", rep)
