@@ -88,6 +88,10 @@ type BoxDefaults struct {
 	// host's own addresses (off: a service bound to 127.0.0.1 is not for
 	// sandboxed code).
 	AllowHostLoopback bool
+	// BootTemplates: a new box of an image starts from a memory snapshot
+	// taken right after the image's first boot (same kernel, VMM, vCPUs,
+	// memory and disk size) instead of booting, where the VMM can.
+	BootTemplates bool
 }
 
 // Registry holds the settings for reaching image registries.
@@ -139,9 +143,10 @@ func Default() *Config {
 		Images:   DefaultImages,
 		Plugins:  map[string]*Plugin{},
 		Defaults: BoxDefaults{
-			CPUs:      DefaultCPUs,
-			MemoryMiB: DefaultMemoryMiB,
-			DiskSize:  DefaultDiskSize,
+			CPUs:          DefaultCPUs,
+			MemoryMiB:     DefaultMemoryMiB,
+			DiskSize:      DefaultDiskSize,
+			BootTemplates: true,
 		},
 		Registry: Registry{DockerCredentials: true},
 		Sandbox:  Sandbox{Enabled: true, UIDBase: DefaultSandboxUIDBase, Cgroups: true},

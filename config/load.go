@@ -217,7 +217,7 @@ var pluginSchema = &hcl.BodySchema{
 
 var defaultsSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
-		{Name: "cpus"}, {Name: "memory"}, {Name: "disk_size"}, {Name: "auto_remove"}, {Name: "detach"}, {Name: "allow_host_loopback"},
+		{Name: "cpus"}, {Name: "memory"}, {Name: "disk_size"}, {Name: "auto_remove"}, {Name: "detach"}, {Name: "allow_host_loopback"}, {Name: "boot_templates"},
 	},
 }
 
@@ -402,7 +402,7 @@ func (d *decoder) defaults(out *BoxDefaults, body hcl.Body) {
 	for _, b := range []struct {
 		name string
 		dst  *bool
-	}{{"auto_remove", &out.AutoRemove}, {"detach", &out.Detach}, {"allow_host_loopback", &out.AllowHostLoopback}} {
+	}{{"auto_remove", &out.AutoRemove}, {"detach", &out.Detach}, {"allow_host_loopback", &out.AllowHostLoopback}, {"boot_templates", &out.BootTemplates}} {
 		if a := content.Attributes[b.name]; a != nil {
 			d.decode(a, b.dst)
 		}

@@ -33,6 +33,7 @@ func (c *Config) Format() []byte {
 	d.SetAttributeValue("auto_remove", cty.BoolVal(c.Defaults.AutoRemove))
 	d.SetAttributeValue("detach", cty.BoolVal(c.Defaults.Detach))
 	d.SetAttributeValue("allow_host_loopback", cty.BoolVal(c.Defaults.AllowHostLoopback))
+	d.SetAttributeValue("boot_templates", cty.BoolVal(c.Defaults.BootTemplates))
 
 	root.AppendNewline()
 	sb := root.AppendNewBlock("sandbox", nil).Body()

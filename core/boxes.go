@@ -330,13 +330,14 @@ func (r *Runtime) List(ctx context.Context) ([]*model.Box, error) {
 }
 
 // ListActive returns the boxes that may have a VM (starting, running,
-// paused, stopping), newest first, without reading the others.
+// paused, stopping) and the suspended ones, newest first, without reading
+// the others.
 func (r *Runtime) ListActive(ctx context.Context) ([]*model.Box, error) {
 	var boxes []*model.Box
 	err := r.store.View(ctx, func(tx *state.Tx) error {
 		all, err := tx.AttentionBoxes()
 		for _, b := range all {
-			if b.Status.Active() {
+			if b.Status.Active() || b.Status == model.StatusSuspended {
 				boxes = append(boxes, b)
 			}
 		}
@@ -432,6 +433,9 @@ func (r *Runtime) removeLocked(ctx context.Context, id string) error {
 // the storage plugin. Boxes that never started have no disk; the storage
 // plugin is not started for them.
 func (r *Runtime) releaseStorage(ctx context.Context, b *model.Box) error {
+	if err := r.releaseCheckpoints(ctx, b); err != nil {
+		return err
+	}
 	if b.DiskID == "" || !b.DiskCreated {
 		return nil
 	}

@@ -160,6 +160,9 @@ func (r *Runtime) committer(ctx context.Context) (sdk.ImageSourceClient, error) 
 // command. The returned stop stops it again, unless someone else restarted
 // it meanwhile.
 func (r *Runtime) maintenanceBoot(ctx context.Context, b *model.Box) (stop func(), err error) {
+	if b.Status == model.StatusSuspended {
+		return nil, fmt.Errorf("commit %s: the box is suspended, and booting it to read its disk would lose its saved processes: start it (boxctl start %s) and commit it running, or stop it (boxctl stop %s) to discard its saved state: %w", b.Name, b.Name, b.Name, ErrInvalidState)
+	}
 	r.log.Info("booting a stopped box to read its changes", "box", b.Name)
 	if err := r.Start(ctx, b.ID, Detach(false)); err != nil {
 		return nil, fmt.Errorf("commit %s: the box is %s and has to boot for the commit: %w", b.Name, b.Status, err)

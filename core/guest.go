@@ -336,7 +336,14 @@ func (r *Runtime) RemoveImage(ctx context.Context, ref string, force bool) (sdk.
 	if len(users) > 0 && !force {
 		return sdk.Removed{}, fmt.Errorf("image %s is used by box(es) %s: remove them first, or force: %w", ref, strings.Join(users, ", "), ErrInvalidState)
 	}
-	return images.RemoveImage(ctx, ref)
+	removed, err := images.RemoveImage(ctx, ref)
+	if err == nil {
+		// Its boot templates would restore a root disk that is gone.
+		if _, terr := r.PruneTemplates(ctx, img.Digest); terr != nil {
+			r.log.Warn("remove the boot templates of a removed image", "image", ref, "error", terr)
+		}
+	}
+	return removed, err
 }
 
 // PruneImages removes cached images no box uses (only untagged ones unless
@@ -345,6 +352,11 @@ func (r *Runtime) PruneImages(ctx context.Context, all bool) (sdk.Removed, error
 	images, err := r.plugins.Images(ctx)
 	if err != nil {
 		return sdk.Removed{}, fmt.Errorf("image plugin: %w", err)
+	}
+	// Boot templates go with a prune: they are a cache, made again by the
+	// next first boot of an image.
+	if _, err := r.PruneTemplates(ctx, ""); err != nil {
+		return sdk.Removed{}, fmt.Errorf("remove boot templates: %w", err)
 	}
 	list, err := images.ListImages(ctx)
 	if err != nil {

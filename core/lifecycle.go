@@ -30,6 +30,9 @@ type StartOption func(*startOptions)
 
 type startOptions struct {
 	detach *bool
+	cold   bool
+	// restore is a checkpoint to start from (RestoreCheckpoint).
+	restore *restoreFrom
 }
 
 // Detach overrides the box's detach setting for this start: a detached box
@@ -39,10 +42,18 @@ func Detach(detach bool) StartOption {
 	return func(o *startOptions) { o.detach = &detach }
 }
 
+// Cold boots the box's kernel even where a boot template could start it
+// (a new box of an image whose template exists), and makes no template.
+func Cold() StartOption {
+	return func(o *startOptions) { o.cold = true }
+}
+
 // Start starts the box's VM and returns once it runs (and its guest agent
-// answers). Starting a running box does nothing. On failure the box keeps
-// its previous status, Error says what failed, and what the start made is
-// cleaned up.
+// answers). Starting a running box does nothing; starting a suspended box
+// resumes it from its saved state, every process as it was. A new box
+// starts from its image's boot template where there is one (see Cold),
+// and its first boot makes one. On failure the box keeps its previous
+// status, Error says what failed, and what the start made is cleaned up.
 func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) error {
 	if err := r.checkOpen(); err != nil {
 		return err
@@ -69,22 +80,76 @@ func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) er
 			return err
 		}
 	}
+	return r.startLocked(ctx, b, so)
+}
+
+// startLocked starts stopped box b; the caller holds its lock.
+func (r *Runtime) startLocked(ctx context.Context, b *model.Box, so startOptions) error {
 	detached := b.Config.Detach
 	if so.detach != nil {
 		detached = *so.detach
 	}
+	rf := so.restore
+	var suspended *model.Checkpoint
+	if b.Status == model.StatusSuspended {
+		cp, err := r.suspendedState(ctx, b)
+		if err != nil {
+			return err
+		}
+		suspended = &cp
+		rf = &restoreFrom{state: cp.State, what: "its suspended state"}
+	}
+	var tp templatePlan
+	if rf == nil && !so.cold {
+		tp = r.planTemplate(ctx, b)
+		rf = tp.restore
+	}
+	err := r.startRun(ctx, b, detached, rf, tp.restore == nil)
+	if err != nil && tp.restore != nil && ctx.Err() == nil {
+		// A template that cannot be restored is dropped; the box boots.
+		r.log.Info(fmt.Sprintf("the boot template of %s could not be used (%v); booting %s cold and making a new template", b.Config.Image, err, b.Name))
+		r.dropTemplate(context.WithoutCancel(ctx), tp.template)
+		cur, rerr := r.reload(ctx, b.ID)
+		if rerr != nil {
+			return rerr
+		}
+		tp = templatePlan{key: tp.key, make: true}
+		err = r.startRun(ctx, cur, detached, nil, true)
+	}
+	if err != nil {
+		if suspended != nil {
+			return fmt.Errorf("%w; the box stays suspended (`boxctl stop %s` discards its saved state, and the next start boots it afresh)", err, b.Name)
+		}
+		return err
+	}
+	if suspended != nil {
+		r.forgetCheckpoint(context.WithoutCancel(ctx), *suspended)
+	}
+	if tp.make {
+		if err := r.makeTemplate(ctx, b.ID, tp.key); err != nil {
+			r.log.Warn("could not make a boot template; the next box of this image boots cold", "image", b.Config.Image, "error", err)
+		}
+	}
+	return nil
+}
+
+// startRun is one attempt to start b: a new run, launched (from rf when
+// set). On failure the run is recorded as failed, and an auto-remove box is
+// removed when final.
+func (r *Runtime) startRun(ctx context.Context, b *model.Box, detached bool, rf *restoreFrom, final bool) error {
 	run := &model.Run{ID: newID()[:16], Detached: detached, VMM: r.cfg.VMM, StartedAt: time.Now().UTC()}
 	if !detached {
 		run.Owner = r.self
 	}
-	err = r.store.Update(ctx, func(tx *state.Tx) error {
+	err := r.store.Update(ctx, func(tx *state.Tx) error {
+		var err error
 		b, err = boxstatus.Start(tx, b.ID, run)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	if err := r.launch(ctx, b, run); err != nil {
+	if err := r.launch(ctx, b, run, rf); err != nil {
 		ctx := context.WithoutCancel(ctx)
 		_ = r.store.Update(ctx, func(tx *state.Tx) error {
 			if _, err := boxstatus.StartFailed(tx, b.ID, run.ID, err); err != nil && !errors.Is(err, boxstatus.ErrSuperseded) {
@@ -92,9 +157,11 @@ func (r *Runtime) Start(ctx context.Context, ref string, opts ...StartOption) er
 			}
 			return tx.AddCounter(CounterBoxesFailed, 1)
 		})
-		cur, _ := r.reload(ctx, b.ID)
-		if rerr := r.autoRemoveLocked(ctx, cur); rerr != nil {
-			r.log.Warn("auto-remove after a failed start", "box", b.ID, "error", rerr)
+		if final {
+			cur, _ := r.reload(ctx, b.ID)
+			if rerr := r.autoRemoveLocked(ctx, cur); rerr != nil {
+				r.log.Warn("auto-remove after a failed start", "box", b.ID, "error", rerr)
+			}
 		}
 		return fmt.Errorf("start %s: %w", b.Name, err)
 	}
@@ -113,7 +180,7 @@ func (r *Runtime) reload(ctx context.Context, id string) (*model.Box, error) {
 
 // launch prepares the VM, has the VMM plugin plan it, and starts the box
 // monitor, which starts the VM and reports when it is ready.
-func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run) error {
+func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *restoreFrom) error {
 	id := b.ID
 	if err := os.MkdirAll(r.paths.boxDir(id), 0o700); err != nil {
 		return fmt.Errorf("box directory: %w", err)
@@ -146,6 +213,11 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run) erro
 	spec.KernelArgs = bootArgs(spec)
 	if spec.Sandbox, err = r.sandboxSpec(ctx, b, info); err != nil {
 		return err
+	}
+	if rf != nil {
+		if spec.Restore, err = r.restoreSpec(ctx, rf, spec); err != nil {
+			return err
+		}
 	}
 	plan, err := vmm.Plan(ctx, spec)
 	if err != nil {
@@ -185,6 +257,9 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run) erro
 		cur.Run.AgentSocket = l.AgentSocket
 		cur.Run.ConsoleLog = l.ConsoleLog
 		cur.Run.StateFile = l.StateFile
+		if rf != nil {
+			cur.Run.RestoredFrom = rf.what
+		}
 		return tx.PutBox(cur)
 	})
 	if err != nil {
@@ -193,7 +268,22 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run) erro
 	if err := monitor.WriteLaunch(r.paths.launchFile(b.ID), l); err != nil {
 		return err
 	}
-	return r.spawnMonitor(ctx, b, l)
+	if err := r.spawnMonitor(ctx, b, l); err != nil {
+		if rf != nil {
+			return fmt.Errorf("restore %s: %w", rf.what, err)
+		}
+		return err
+	}
+	if rf != nil {
+		if err := r.reidentify(ctx, b, l.AgentSocket); err != nil {
+			// Not a twin of what it was restored from, or not at all.
+			if _, serr := monitor.Stop(context.WithoutCancel(ctx), r.paths.monitorSocket(b.ID), 0); serr != nil {
+				r.log.Warn("stop a VM whose guest could not take its identity", "box", b.ID, "error", serr)
+			}
+			return fmt.Errorf("restore %s: give the guest its identity: %w", rf.what, err)
+		}
+	}
+	return nil
 }
 
 // bootArgs renders the guest boot contract for spec: the disks in spec
@@ -202,6 +292,7 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run) erro
 // command line as they are.
 func bootArgs(spec sdk.VMSpec) []string {
 	c := guestboot.Default()
+	c.Hostname, c.BoxID = hostnameOf(spec.BoxID), spec.BoxID
 	for i, d := range spec.Disks {
 		dev, err := guestboot.DeviceName(i)
 		if err != nil {
@@ -361,6 +452,16 @@ func (r *Runtime) stop(ctx context.Context, id string, timeout time.Duration) er
 		return err
 	}
 	defer lock.Release() // removeLocked deletes the lock file with the box
+	if b.Status == model.StatusSuspended {
+		// Stopping a suspended box drops its saved processes: it boots
+		// afresh at the next start.
+		if err := r.discardSuspended(ctx, b); err != nil {
+			return err
+		}
+		if b, err = r.reload(ctx, id); err != nil {
+			return err
+		}
+	}
 	if b, err = r.stopLocked(ctx, b, timeout); err != nil {
 		return err
 	}
@@ -373,7 +474,8 @@ func (r *Runtime) stop(ctx context.Context, id string, timeout time.Duration) er
 // and in recovery. The caller holds the box lock and passes the box's
 // current record.
 func (r *Runtime) autoRemoveLocked(ctx context.Context, b *model.Box) error {
-	if b == nil || !b.Config.AutoRemove || b.Status.Active() {
+	// A suspended box has not exited: its processes resume at the next start.
+	if b == nil || !b.Config.AutoRemove || b.Status.Active() || b.Status == model.StatusSuspended {
 		return nil
 	}
 	if err := r.removeLocked(ctx, b.ID); err != nil {

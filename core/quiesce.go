@@ -32,7 +32,19 @@ const bracketLimit = 30 * time.Second
 // always, also when fn fails or ctx ends. The box's monitor guards the
 // bracket: if this process dies in it, the monitor resumes and thaws. The
 // caller holds the box lock.
-func (r *Runtime) quiesced(ctx context.Context, b *model.Box, what string, fn func(ctx context.Context, vm sdk.VM) error) (q Quiesced, err error) {
+func (r *Runtime) quiesced(ctx context.Context, b *model.Box, what string, fn func(ctx context.Context, vm sdk.VM) error) (Quiesced, error) {
+	return r.bracket(ctx, b, what, true, fn)
+}
+
+// paused is the quiesce bracket without the filesystem freeze: for work
+// that saves the guest's memory with its disks (a checkpoint, a fork, a
+// boot template), where the page cache is part of what is saved — a
+// frozen filesystem would be restored frozen.
+func (r *Runtime) paused(ctx context.Context, b *model.Box, what string, fn func(ctx context.Context, vm sdk.VM) error) (Quiesced, error) {
+	return r.bracket(ctx, b, what, false, fn)
+}
+
+func (r *Runtime) bracket(ctx context.Context, b *model.Box, what string, freeze bool, fn func(ctx context.Context, vm sdk.VM) error) (q Quiesced, err error) {
 	if b.Status == model.StatusPaused {
 		return q, fmt.Errorf("%s %s: the box is paused, so its guest cannot freeze its filesystem: run `boxctl unpause %s` first: %w", what, b.Name, b.Name, ErrInvalidState)
 	}
@@ -55,33 +67,21 @@ func (r *Runtime) quiesced(ctx context.Context, b *model.Box, what string, fn fu
 			r.log.Warn("quiesce bracket: release the monitor's guard", "box", b.ID, "error", rerr)
 		}
 	}()
-	agent, err := agentclient.Dial(ctx, b.Run.AgentSocket)
-	if err != nil {
-		return q, fmt.Errorf("%s %s: guest agent: %w", what, b.Name, err)
-	}
-	defer agent.Close()
 	bctx, cancel := context.WithTimeout(ctx, bracketLimit)
 	defer cancel()
-	frozen := time.Now()
-	if _, err := agent.Quiesce(bctx, bracketLimit); err != nil {
-		_, _ = agent.Thaw(context.WithoutCancel(ctx))
-		return q, fmt.Errorf("%s %s: freeze its filesystem: %w", what, b.Name, err)
-	}
-	r.crashPoint(what, "frozen")
-	defer func() {
-		tctx, tcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer tcancel()
-		th, terr := agent.Thaw(tctx)
-		switch {
-		case terr != nil && err == nil:
-			err = fmt.Errorf("%s %s: thaw its filesystem (the guest thaws by itself within %s): %w", what, b.Name, bracketLimit, terr)
-		case th.LeaseExpired:
-			// Harmless here: the disk work happened with the vCPUs
-			// paused, so the guest could not have run meanwhile.
-			r.log.Debug("quiesce bracket: the guest's freeze lease ran out before the thaw", "box", b.ID)
+	if freeze {
+		g, err := r.freezeGuest(ctx, bctx, b, what)
+		if err != nil {
+			return q, err
 		}
-		q.Frozen = time.Since(frozen)
-	}()
+		defer func() {
+			frozen, terr := g.thaw(ctx)
+			q.Frozen = frozen
+			if terr != nil && err == nil {
+				err = terr
+			}
+		}()
+	}
 	vm := vmRef(b.Run)
 	paused := time.Now()
 	if err := vmm.Pause(bctx, vm); err != nil {
@@ -98,6 +98,51 @@ func (r *Runtime) quiesced(ctx context.Context, b *model.Box, what string, fn fu
 		q.Paused = time.Since(paused)
 	}()
 	return q, fn(bctx, vm)
+}
+
+// frozenGuest is a guest whose writable filesystem a bracket froze.
+type frozenGuest struct {
+	r     *Runtime
+	b     *model.Box
+	what  string
+	agent *agentclient.Client
+	at    time.Time
+}
+
+// freezeGuest has box b's guest agent sync and freeze its writable
+// filesystem, with the bracket's lease: the guest thaws by itself should
+// this process die.
+func (r *Runtime) freezeGuest(ctx, bctx context.Context, b *model.Box, what string) (*frozenGuest, error) {
+	agent, err := agentclient.Dial(ctx, b.Run.AgentSocket)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: guest agent: %w", what, b.Name, err)
+	}
+	g := &frozenGuest{r: r, b: b, what: what, agent: agent, at: time.Now()}
+	if _, err := agent.Quiesce(bctx, bracketLimit); err != nil {
+		_, _ = agent.Thaw(context.WithoutCancel(ctx))
+		agent.Close()
+		return nil, fmt.Errorf("%s %s: freeze its filesystem: %w", what, b.Name, err)
+	}
+	r.crashPoint(what, "frozen")
+	return g, nil
+}
+
+// thaw ends the freeze and says how long it lasted.
+func (g *frozenGuest) thaw(ctx context.Context) (time.Duration, error) {
+	defer g.agent.Close()
+	tctx, tcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer tcancel()
+	th, err := g.agent.Thaw(tctx)
+	frozen := time.Since(g.at)
+	switch {
+	case err != nil:
+		return frozen, fmt.Errorf("%s %s: thaw its filesystem (the guest thaws by itself within %s): %w", g.what, g.b.Name, bracketLimit, err)
+	case th.LeaseExpired:
+		// Harmless here: the disk work happened with the vCPUs paused,
+		// so the guest could not have run meanwhile.
+		g.r.log.Debug("quiesce bracket: the guest's freeze lease ran out before the thaw", "box", g.b.ID)
+	}
+	return frozen, nil
 }
 
 // writableDiskIndex is the writable disk's place in VMSpec.Disks (see

@@ -152,6 +152,14 @@ func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
 		b.DiskCreated = true
 		r.recoverRemove(ctx, b)
 		return
+	case b.Pending == pendingForking:
+		log.Info("recovery: removing a fork whose fork was interrupted")
+		if b.Run != nil && b.Run.VM.Alive() {
+			_ = r.stopViaVMM(ctx, b, 0)
+		}
+		b.DiskCreated = true
+		r.recoverRemove(ctx, b)
+		return
 	case b.Pending == "cloning":
 		// The disk copy may or may not have happened: remove whatever the
 		// storage plugin has under the clone's disk ID with the record.
@@ -175,6 +183,16 @@ func (r *Runtime) recoverBox(ctx context.Context, b *model.Box) {
 				log.Warn("recovery: move the running VM onto its disk's current overlay", "error", err)
 			}
 		}
+		return
+	case b.Pending == pendingSuspend || b.Pending == pendingFork ||
+		strings.HasPrefix(b.Pending, pendingCheckpoint) || strings.HasPrefix(b.Pending, pendingTemplate):
+		log.Info("recovery: an interrupted save of this box's memory", "operation", b.Pending)
+		if b.Status.Active() && !r.recoverRun(ctx, b) {
+			if b, err = r.reload(ctx, b.ID); err != nil {
+				return
+			}
+		}
+		r.recoverCapture(ctx, b)
 		return
 	case b.Status.Active() && dirGone:
 		log.Info("recovery: removing an active box whose directory vanished")

@@ -191,6 +191,14 @@ func (r *Runtime) RestoreSnapshot(ctx context.Context, ref, name string, opts Re
 		return err
 	}
 	defer lock.Release()
+	if b.Status == model.StatusSuspended {
+		if !opts.Force {
+			return fmt.Errorf("restore %s to %q: the box is suspended, and its saved processes expect its disk as it is: start it and stop it first, or use --force to discard its saved state: %w", b.Name, name, ErrInvalidState)
+		}
+		if err := r.discardSuspended(ctx, b); err != nil {
+			return err
+		}
+	}
 	if b.Status.Active() {
 		if !opts.Force {
 			return fmt.Errorf("restore %s to %q: the box is %s, and a restore replaces the disk under it: stop it first, or use --force to stop it: %w", b.Name, name, b.Status, ErrInvalidState)

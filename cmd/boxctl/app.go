@@ -87,6 +87,9 @@ Environment:
 		a.monitorCommand(),
 		a.snapshotCommand(),
 		a.cloneCommand(),
+		a.checkpointCommand(),
+		a.suspendCommand(),
+		a.forkCommand(),
 	)
 	root.AddCommand(a.pauseCommands()...)
 	root.AddCommand(a.archiveCommands()...)

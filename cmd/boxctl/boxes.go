@@ -169,19 +169,26 @@ status "configured"; its VM starts with 'boxctl start' (or the first exec).`,
 }
 
 func (a *app) startCommand() *cobra.Command {
-	return &cobra.Command{
+	var cold bool
+	c := &cobra.Command{
 		Use:   "start BOX [BOX...]",
-		Short: "Start one or more boxes (detached)",
+		Short: "Start one or more boxes (detached); resume suspended ones",
 		Long: `Start boxes by ID, name or ID prefix. The boxes keep running after this
-command exits, until 'boxctl stop'. Starting a running box does nothing.`,
+command exits, until 'boxctl stop'. Starting a running box does nothing. A
+suspended box (boxctl suspend) resumes with every process as it was. A new
+box starts from its image's boot template when there is one (--cold boots).`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rt, err := a.runtime(cmd.Context())
 			if err != nil {
 				return err
 			}
+			opts := []core.StartOption{core.Detach(true)}
+			if cold {
+				opts = append(opts, core.Cold())
+			}
 			return forEachBox(args, func(ref string) error {
-				if err := rt.Start(cmd.Context(), ref, core.Detach(true)); err != nil {
+				if err := rt.Start(cmd.Context(), ref, opts...); err != nil {
 					return err
 				}
 				fmt.Fprintln(a.stdout, ref)
@@ -189,6 +196,8 @@ command exits, until 'boxctl stop'. Starting a running box does nothing.`,
 			})
 		},
 	}
+	c.Flags().BoolVar(&cold, "cold", false, "boot new boxes' kernels even if a boot template exists (and make none)")
+	return c
 }
 
 func (a *app) stopCommand() *cobra.Command {

@@ -53,6 +53,11 @@ func humanState(b *model.Box, now time.Time) string {
 			return "Paused (disk error)"
 		}
 		return "Paused"
+	case model.StatusSuspended:
+		if b.Run != nil && b.Run.Exit != nil {
+			return "Suspended " + ago(b.Run.Exit.At, now)
+		}
+		return "Suspended"
 	case model.StatusStopped:
 		if b.Run != nil && b.Run.Exit != nil {
 			return fmt.Sprintf("Exited (%d) %s", b.Run.Exit.Code, ago(b.Run.Exit.At, now))

@@ -168,7 +168,7 @@ func (a *app) imageCommand() *cobra.Command {
 	var all bool
 	prune := &cobra.Command{
 		Use:   "prune [-a]",
-		Short: "Remove cached images no box uses (only untagged ones unless -a)",
+		Short: "Remove cached images no box uses (only untagged ones unless -a), and every boot template",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rt, err := a.runtime(cmd.Context())
@@ -190,7 +190,7 @@ func (a *app) imageCommand() *cobra.Command {
 	c.AddCommand(prune)
 	rm := a.rmiCommand()
 	rm.Use = "rm [-f] IMAGE [IMAGE...]"
-	c.AddCommand(rm)
+	c.AddCommand(rm, a.imageTemplatesCommand())
 	return c
 }
 

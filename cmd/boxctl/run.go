@@ -59,7 +59,7 @@ func (a *app) runCommand() *cobra.Command {
 	var f boxFlags
 	var h healthFlags
 	var io ioFlags
-	var detach bool
+	var detach, cold bool
 	c := &cobra.Command{
 		Use:   "run [flags] IMAGE [-- COMMAND [ARG...]]",
 		Short: "Create a box from an image, start it and run a command in it",
@@ -102,7 +102,11 @@ ID is printed.`,
 			if err != nil {
 				return err
 			}
-			if err := rt.Start(ctx, box.ID(), core.Detach(detach)); err != nil {
+			startOpts := []core.StartOption{core.Detach(detach)}
+			if cold {
+				startOpts = append(startOpts, core.Cold())
+			}
+			if err := rt.Start(ctx, box.ID(), startOpts...); err != nil {
 				return err // a --rm box that cannot start is removed by the runtime
 			}
 			if detach {
@@ -140,6 +144,7 @@ ID is printed.`,
 	h.register(c)
 	io.register(c)
 	c.Flags().BoolVarP(&detach, "detach", "d", false, "run the box in the background and print its ID")
+	c.Flags().BoolVar(&cold, "cold", false, "boot the kernel even if a boot template of the image exists (and make none)")
 	return c
 }
 

@@ -10,6 +10,8 @@
 //	   ▲ ▲  └──────────start──────▶ starting     │
 //	   │ └────────────exit (from any active status)
 //	   └── cloned (configured: a clone gets its disk)
+//	stopped ──suspended──▶ suspended ──start──▶ starting
+//	suspended ──discarded──▶ stopped     (start failed ──▶ suspended)
 //
 // A transition names the run it belongs to: the monitor of an old run
 // never changes a newer run's box (ErrSuperseded).
@@ -31,9 +33,9 @@ var ErrSuperseded = errors.New("the box's run was superseded by a newer one")
 const CounterBoxesStopped = "boxes_stopped"
 
 // Start begins run: the box becomes Starting with it. The box must not be
-// active.
+// active. A suspended box starts too: it resumes from its saved state.
 func Start(tx *state.Tx, id string, run *model.Run) (*model.Box, error) {
-	return change(tx, id, "", []model.Status{model.StatusConfigured, model.StatusStopped}, func(b *model.Box) {
+	return change(tx, id, "", []model.Status{model.StatusConfigured, model.StatusStopped, model.StatusSuspended}, func(b *model.Box) {
 		b.Status = model.StatusStarting
 		b.Run = run
 		b.Error = ""
@@ -41,11 +43,17 @@ func Start(tx *state.Tx, id string, run *model.Run) (*model.Box, error) {
 }
 
 // StartFailed records that run never got its VM running: the box goes back
-// to Configured (Stopped once it has a disk), with why in Error.
+// to Configured (Stopped once it has a disk; Suspended while it keeps a
+// suspended state: a failed resume loses nothing), with why in Error.
 func StartFailed(tx *state.Tx, id, runID string, why error) (*model.Box, error) {
+	_, serr := tx.Checkpoint(id, model.SuspendCheckpoint)
+	suspended := serr == nil
 	return change(tx, id, runID, []model.Status{model.StatusStarting, model.StatusStopping, model.StatusStopped}, func(b *model.Box) {
 		b.Status = model.StatusConfigured
-		if b.DiskCreated {
+		switch {
+		case suspended:
+			b.Status = model.StatusSuspended
+		case b.DiskCreated:
 			b.Status = model.StatusStopped
 		}
 		b.Error = "start failed: " + why.Error()
@@ -124,6 +132,25 @@ func Cloned(tx *state.Tx, id string) (*model.Box, error) {
 	})
 }
 
+// Suspended records that a stopped box's VM state was saved before its VM
+// went: the next start resumes it. The state's record must exist.
+func Suspended(tx *state.Tx, id string) (*model.Box, error) {
+	if _, err := tx.Checkpoint(id, model.SuspendCheckpoint); err != nil {
+		return nil, err
+	}
+	return change(tx, id, "", []model.Status{model.StatusStopped}, func(b *model.Box) {
+		b.Status = model.StatusSuspended
+	})
+}
+
+// Discarded records that a suspended box's saved state was dropped: it is
+// Stopped, and boots afresh at the next start.
+func Discarded(tx *state.Tx, id string) (*model.Box, error) {
+	return change(tx, id, "", []model.Status{model.StatusSuspended}, func(b *model.Box) {
+		b.Status = model.StatusStopped
+	})
+}
+
 // Allowed reports whether a box in status from may move to to; the
 // transitions above are the only ones that happen.
 func Allowed(from, to model.Status) bool {
@@ -143,13 +170,14 @@ var transitions = []struct {
 	from []model.Status
 	to   model.Status
 }{
-	{[]model.Status{model.StatusConfigured, model.StatusStopped}, model.StatusStarting},
+	{[]model.Status{model.StatusConfigured, model.StatusStopped, model.StatusSuspended}, model.StatusStarting},
 	{[]model.Status{model.StatusStarting, model.StatusStopping, model.StatusStopped}, model.StatusConfigured},
+	{[]model.Status{model.StatusStopped, model.StatusStarting, model.StatusStopping}, model.StatusSuspended},
 	{[]model.Status{model.StatusStarting}, model.StatusRunning},
 	{[]model.Status{model.StatusPaused}, model.StatusRunning},
 	{[]model.Status{model.StatusRunning}, model.StatusPaused},
 	{[]model.Status{model.StatusStarting, model.StatusRunning, model.StatusPaused}, model.StatusStopping},
-	{[]model.Status{model.StatusStarting, model.StatusRunning, model.StatusPaused, model.StatusStopping, model.StatusConfigured}, model.StatusStopped},
+	{[]model.Status{model.StatusStarting, model.StatusRunning, model.StatusPaused, model.StatusStopping, model.StatusConfigured, model.StatusSuspended}, model.StatusStopped},
 }
 
 // change applies fn to the box if it belongs to runID ("" for any run) and

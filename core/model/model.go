@@ -30,7 +30,8 @@ var (
 type Status string
 
 // Box statuses. Configured -> Starting -> Running -> Stopping -> Stopped;
-// Running <-> Paused while a snapshot is taken; Stopped -> Starting again.
+// Running <-> Paused while a snapshot is taken; Stopped -> Starting again;
+// Running -> Suspended (through Stopped) and Suspended -> Starting.
 const (
 	StatusConfigured Status = "configured"
 	StatusStarting   Status = "starting"
@@ -38,6 +39,9 @@ const (
 	StatusPaused     Status = "paused"
 	StatusStopping   Status = "stopping"
 	StatusStopped    Status = "stopped"
+	// StatusSuspended: the VM is gone, its memory and devices saved; the
+	// next start resumes every process where it was.
+	StatusSuspended Status = "suspended"
 )
 
 // Active reports whether a VM may exist for a box in this status.
@@ -153,6 +157,10 @@ type Run struct {
 	StateFile string `json:"state_file,omitempty"`
 	// Pause says why a paused box is paused.
 	Pause *Pause `json:"pause,omitempty"`
+	// RestoredFrom says what the run's VM was restored from instead of
+	// booting ("boot template", "suspended state", `checkpoint "x"`,
+	// "fork of web"); empty for a boot.
+	RestoredFrom string `json:"restored_from,omitempty"`
 }
 
 // Why a box is paused.
@@ -225,8 +233,64 @@ func (b *Box) ShortID() string {
 }
 
 // NeedsAttention reports whether recovery must look at this box when a
-// runtime opens: it may have a VM, awaits auto-removal, or has an
-// unfinished operation.
+// runtime opens: it may have a VM, awaits auto-removal, has an
+// unfinished operation, or is suspended.
 func (b *Box) NeedsAttention() bool {
-	return b.Status.Active() || b.Pending != "" || (b.Config.AutoRemove && b.Status == StatusStopped)
+	// Suspended boxes are listed with the active ones (boxctl ls), which
+	// read this index.
+	return b.Status.Active() || b.Status == StatusSuspended || b.Pending != "" || (b.Config.AutoRemove && b.Status == StatusStopped)
+}
+
+// VMState is a VM's memory and device state saved by the VMM to a file
+// (sdk.MemorySnapshotter), with what the core checks before handing it
+// back: a file that is not the one saved (truncated, corrupt) is refused
+// before the VMM reads it, and one whose inputs changed is not restored.
+type VMState struct {
+	File string `json:"file"`
+	Size int64  `json:"size"`
+	// CRC32C is the Castagnoli CRC of the whole file.
+	CRC32C uint32 `json:"crc32c"`
+	// VMM is the plugin that saved it; Inputs are what it depends on
+	// (sdk.MemorySnapshotter.StateInputs).
+	VMM    string            `json:"vmm"`
+	Inputs map[string]string `json:"inputs"`
+}
+
+// Checkpoint is a running box's memory and disk at one instant: restoring
+// it continues every process from there.
+type Checkpoint struct {
+	BoxID     string    `json:"box_id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	State     VMState   `json:"state"`
+	// DiskID is the storage plugin's disk holding the writable disk as it
+	// was (an O(1) clone); empty for a suspended box's state, whose disk
+	// is the box's own.
+	DiskID string `json:"disk_id,omitempty"`
+	CPUs   int    `json:"cpus"`
+	// MemoryMiB is the guest's memory size.
+	MemoryMiB uint64 `json:"memory_mib"`
+	// Paused is how long the box's vCPUs were held for it.
+	Paused time.Duration `json:"paused_ns"`
+}
+
+// SuspendCheckpoint is the name a suspended box's state is recorded
+// under; user checkpoint names start with a letter or digit.
+const SuspendCheckpoint = ".suspend"
+
+// Template is a boot template: the state of an image's VM right after its
+// guest agent came up, before any user command ran, with the writable
+// disk as it was then. New boxes of the image start from it instead of
+// booting.
+type Template struct {
+	// Key identifies the template's inputs (see core's templateKey).
+	Key         string    `json:"key"`
+	Image       string    `json:"image"`
+	ImageDigest string    `json:"image_digest"`
+	CreatedAt   time.Time `json:"created_at"`
+	State       VMState   `json:"state"`
+	DiskID      string    `json:"disk_id"`
+	CPUs        int       `json:"cpus"`
+	MemoryMiB   uint64    `json:"memory_mib"`
+	DiskSize    uint64    `json:"disk_size"`
 }

@@ -114,6 +114,7 @@ func boxToPB(b *model.Box) *statepb.Box {
 			ConsoleLog:      r.ConsoleLog,
 			StartedAtUnixNs: unixNS(r.StartedAt),
 			StateFile:       r.StateFile,
+			RestoredFrom:    r.RestoredFrom,
 		}
 		if e := r.Exit; e != nil {
 			pb.Run.Exit = &statepb.Exit{Code: int64(e.Code), Signal: int64(e.Signal), Reason: e.Reason, AtUnixNs: unixNS(e.At)}
@@ -175,17 +176,18 @@ func boxFromPB(pb *statepb.Box) *model.Box {
 	}
 	if r := pb.GetRun(); r != nil {
 		b.Run = &model.Run{
-			ID:          r.GetId(),
-			Detached:    r.GetDetached(),
-			Owner:       identFromPB(r.GetOwner()),
-			Monitor:     identFromPB(r.GetMonitor()),
-			VM:          identFromPB(r.GetVm()),
-			Handle:      r.GetHandle(),
-			VMM:         r.GetVmm(),
-			AgentSocket: r.GetAgentSocket(),
-			ConsoleLog:  r.GetConsoleLog(),
-			StartedAt:   fromUnixNS(r.GetStartedAtUnixNs()),
-			StateFile:   r.GetStateFile(),
+			ID:           r.GetId(),
+			Detached:     r.GetDetached(),
+			Owner:        identFromPB(r.GetOwner()),
+			Monitor:      identFromPB(r.GetMonitor()),
+			VM:           identFromPB(r.GetVm()),
+			Handle:       r.GetHandle(),
+			VMM:          r.GetVmm(),
+			AgentSocket:  r.GetAgentSocket(),
+			ConsoleLog:   r.GetConsoleLog(),
+			StartedAt:    fromUnixNS(r.GetStartedAtUnixNs()),
+			StateFile:    r.GetStateFile(),
+			RestoredFrom: r.GetRestoredFrom(),
 		}
 		if e := r.GetExit(); e != nil {
 			b.Run.Exit = &model.Exit{Code: int(e.GetCode()), Signal: int(e.GetSignal()), Reason: e.GetReason(), At: fromUnixNS(e.GetAtUnixNs())}

@@ -42,8 +42,11 @@ var (
 	bucketBases     = []byte("bases")
 	bucketSnapshots = []byte("snapshots")
 	bucketCounters  = []byte("counters")
-	keySchema       = []byte("schema_version")
-	keyBoxCount     = []byte("box_count")
+	// Memory snapshots (memstate.go).
+	bucketCheckpoints = []byte("checkpoints")
+	bucketTemplates   = []byte("templates")
+	keySchema         = []byte("schema_version")
+	keyBoxCount       = []byte("box_count")
 )
 
 // ErrSchemaTooNew: the database was written by a newer boxctl.
@@ -116,7 +119,7 @@ func (s *Store) initSchema(btx *bolt.Tx) error {
 	if version > SchemaVersion {
 		return fmt.Errorf("%s has schema version %d, this boxctl understands up to %d: %w; upgrade boxctl", s.db.Path, version, SchemaVersion, ErrSchemaTooNew)
 	}
-	for _, b := range [][]byte{bucketBoxes, bucketNames, bucketAttention, bucketBases, bucketSnapshots, bucketCounters} {
+	for _, b := range [][]byte{bucketBoxes, bucketNames, bucketAttention, bucketBases, bucketSnapshots, bucketCounters, bucketCheckpoints, bucketTemplates} {
 		if _, err := btx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}
@@ -302,6 +305,9 @@ func (tx *Tx) DeleteBox(id string) error {
 		return err
 	}
 	if err := tx.deleteCountersWithPrefix(BoxCounterPrefix(id)); err != nil {
+		return err
+	}
+	if err := tx.deleteCheckpointsOf(id); err != nil {
 		return err
 	}
 	return tx.deleteSnapshotsOf(id)

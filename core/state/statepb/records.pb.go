@@ -491,6 +491,7 @@ type Run struct {
 	Exit            *Exit                  `protobuf:"bytes,11,opt,name=exit,proto3" json:"exit,omitempty"`
 	StateFile       string                 `protobuf:"bytes,12,opt,name=state_file,json=stateFile,proto3" json:"state_file,omitempty"`
 	Pause           *Pause                 `protobuf:"bytes,13,opt,name=pause,proto3" json:"pause,omitempty"`
+	RestoredFrom    string                 `protobuf:"bytes,14,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -614,6 +615,13 @@ func (x *Run) GetPause() *Pause {
 		return x.Pause
 	}
 	return nil
+}
+
+func (x *Run) GetRestoredFrom() string {
+	if x != nil {
+		return x.RestoredFrom
+	}
+	return ""
 }
 
 type Pause struct {
@@ -1057,7 +1065,7 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x06signal\x18\x02 \x01(\x03R\x06signal\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1c\n" +
 	"\n" +
-	"at_unix_ns\x18\x04 \x01(\x03R\batUnixNs\"\xcc\x03\n" +
+	"at_unix_ns\x18\x04 \x01(\x03R\batUnixNs\"\xf1\x03\n" +
 	"\x03Run\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bdetached\x18\x02 \x01(\bR\bdetached\x12,\n" +
@@ -1074,7 +1082,8 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x04exit\x18\v \x01(\v2\x15.boxctl.state.v1.ExitR\x04exit\x12\x1d\n" +
 	"\n" +
 	"state_file\x18\f \x01(\tR\tstateFile\x12,\n" +
-	"\x05pause\x18\r \x01(\v2\x16.boxctl.state.v1.PauseR\x05pause\"k\n" +
+	"\x05pause\x18\r \x01(\v2\x16.boxctl.state.v1.PauseR\x05pause\x12#\n" +
+	"\rrestored_from\x18\x0e \x01(\tR\frestoredFrom\"k\n" +
 	"\x05Pause\x12\x14\n" +
 	"\x05cause\x18\x01 \x01(\tR\x05cause\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x16\n" +

@@ -1,0 +1,240 @@
+package core
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/guest/agentclient"
+	"github.com/boxctl/boxctl/sdk"
+)
+
+// Memory snapshots: the VMM saves a paused VM's memory and devices to a
+// file (sdk.MemorySnapshotter) while the core takes the disks' state at the
+// same instant; a VM started from the file and those disks continues where
+// the saved one was. Checkpoints, suspend, fork and boot templates are
+// built from that (checkpoints.go, suspend.go, fork.go, templates.go).
+
+// vmStateDir holds box id's saved VM states; templateDir the boot
+// templates'. Both are removed with what owns them.
+func (l layout) vmStateDir(id string) string { return filepath.Join(l.home, "vmstate", id) }
+func (l layout) templateDir() string         { return filepath.Join(l.home, "vmstate", "templates") }
+
+// memorySnapshotter returns the VMM's memory snapshots, or an error saying
+// that this VMM cannot do what.
+func (r *Runtime) memorySnapshotter(ctx context.Context, what string) (sdk.MemorySnapshotter, error) {
+	info, err := r.plugins.Info(ctx, sdk.RoleVMM)
+	if err != nil {
+		return nil, fmt.Errorf("vmm plugin: %w", err)
+	}
+	vmm, err := r.plugins.VMM(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("vmm plugin: %w", err)
+	}
+	ms, ok := vmm.(sdk.MemorySnapshotter)
+	if !ok || !info.Capabilities.MemorySnapshot {
+		return nil, fmt.Errorf("%s: the VMM plugin %q cannot save a VM's memory (it lacks the memory-snapshot capability): %w", what, r.cfg.VMM, ErrUnsupported)
+	}
+	return ms, nil
+}
+
+// stateFileName is a new file name in dir for a state saved under name:
+// unique, so a save that dies half-way never collides with a later one,
+// and recognisable by its prefix when unreferenced files are swept.
+func stateFileName(dir, name string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return filepath.Join(dir, fmt.Sprintf("%s.%x.vmstate", name, b))
+}
+
+// saveState has the VMM save paused vm's state into a new file in dir and
+// records what verifies it later. On error no file is left.
+func (r *Runtime) saveState(ctx context.Context, ms sdk.MemorySnapshotter, vm sdk.VM, dir, name string) (model.VMState, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return model.VMState{}, fmt.Errorf("state directory: %w", err)
+	}
+	path := stateFileName(dir, name)
+	saved, err := ms.SaveState(ctx, vm, path)
+	if err != nil {
+		_ = os.Remove(path)
+		return model.VMState{}, fmt.Errorf("save the VM's memory: %w", err)
+	}
+	sum, size, err := checksumFile(path)
+	if err != nil {
+		_ = os.Remove(path)
+		return model.VMState{}, fmt.Errorf("save the VM's memory: %w", err)
+	}
+	if size != saved.Size {
+		_ = os.Remove(path)
+		return model.VMState{}, fmt.Errorf("save the VM's memory: the VMM reported %d bytes but %s has %d", saved.Size, path, size)
+	}
+	return model.VMState{File: path, Size: size, CRC32C: sum, VMM: r.cfg.VMM, Inputs: saved.Inputs}, nil
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func checksumFile(path string) (uint32, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	h := crc32.New(castagnoli)
+	n, err := io.CopyBuffer(h, f, make([]byte, 1<<20))
+	if err != nil {
+		return 0, 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	return h.Sum32(), n, nil
+}
+
+// errDamagedState: a saved state's file is not what was saved.
+var errDamagedState = errors.New("the saved VM state is damaged")
+
+// verifyState checks that st's file is the one saved, and that it was
+// saved by the VMM now configured.
+func (r *Runtime) verifyState(st model.VMState) error {
+	if st.VMM != r.cfg.VMM {
+		return fmt.Errorf("it was saved by the VMM plugin %q, and %q is configured now: %w", st.VMM, r.cfg.VMM, ErrInvalidState)
+	}
+	sum, size, err := checksumFile(st.File)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("its state file %s is missing: %w", st.File, errDamagedState)
+	case err != nil:
+		return fmt.Errorf("%w: %w", errDamagedState, err)
+	case size != st.Size:
+		return fmt.Errorf("its state file %s has %d bytes, %d were saved (truncated?): %w", st.File, size, st.Size, errDamagedState)
+	case sum != st.CRC32C:
+		return fmt.Errorf("its state file %s does not match the checksum taken when it was saved (corrupt): %w", st.File, errDamagedState)
+	}
+	return nil
+}
+
+// inputsDiffer names the first input in which saved and now differ, or "".
+func inputsDiffer(saved, now map[string]string) string {
+	keys := make([]string, 0, len(saved)+len(now))
+	for k := range saved {
+		keys = append(keys, k)
+	}
+	for k := range now {
+		if _, ok := saved[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		a, inA := saved[k]
+		b, inB := now[k]
+		switch {
+		case !inA:
+			return fmt.Sprintf("%s (not recorded when it was saved; now %q)", k, b)
+		case !inB:
+			return fmt.Sprintf("%s (was %q; the VMM no longer reports it)", k, a)
+		case a != b:
+			return fmt.Sprintf("%s (was %q, now %q)", k, a, b)
+		}
+	}
+	return ""
+}
+
+// describeInputs renders inputs for listings: "k=v, k=v" in key order.
+func describeInputs(inputs map[string]string) string {
+	keys := make([]string, 0, len(inputs))
+	for k := range inputs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + inputs[k]
+	}
+	return strings.Join(parts, ", ")
+}
+
+// restoreFrom is what a start restores instead of booting.
+type restoreFrom struct {
+	state model.VMState
+	// what names it in errors: `checkpoint "x"`, "its suspended state",
+	// "the boot template of busybox".
+	what string
+}
+
+// restoreSpec checks st against the VM spec about to be planned and
+// returns the spec's Restore.
+func (r *Runtime) restoreSpec(ctx context.Context, rf *restoreFrom, spec sdk.VMSpec) (*sdk.RestoreSpec, error) {
+	ms, err := r.memorySnapshotter(ctx, "restore "+rf.what)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.verifyState(rf.state); err != nil {
+		return nil, fmt.Errorf("restore %s: %w", rf.what, err)
+	}
+	now, err := ms.StateInputs(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", rf.what, err)
+	}
+	if d := inputsDiffer(rf.state.Inputs, now); d != "" {
+		return nil, fmt.Errorf("restore %s: it was saved with other inputs than this VM would have: %s: %w", rf.what, d, ErrInvalidState)
+	}
+	return &sdk.RestoreSpec{Path: rf.state.File, Inputs: rf.state.Inputs}, nil
+}
+
+// checkInputs refuses a saved state whose inputs differ from those a VM of
+// box b would have now, before anything about b changes (a restore that
+// stops the box first must not stop it for nothing). The disks' files are
+// not inputs: the spec names their roles only.
+func (r *Runtime) checkInputs(ctx context.Context, b *model.Box, rf *restoreFrom) error {
+	ms, err := r.memorySnapshotter(ctx, "restore "+rf.what)
+	if err != nil {
+		return err
+	}
+	spec := sdk.VMSpec{
+		BoxID: b.ID, VCPUs: b.Config.CPUs, MemoryMiB: b.Config.MemoryMiB, RunDir: r.paths.boxDir(b.ID),
+		Network: sdk.NetworkSpec{Mode: sdk.NetworkUser},
+		Disks: []sdk.DiskSpec{
+			{Role: sdk.DiskRoleImage, ReadOnly: true, Format: "raw"},
+			{Role: sdk.DiskRoleWritable, Format: "qcow2"},
+		},
+	}
+	now, err := ms.StateInputs(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", rf.what, err)
+	}
+	if d := inputsDiffer(rf.state.Inputs, now); d != "" {
+		return fmt.Errorf("restore %s: it was saved with other inputs than this VM would have: %s: %w", rf.what, d, ErrInvalidState)
+	}
+	return nil
+}
+
+// removeStateFile deletes a saved state's file; a missing one is fine.
+func (r *Runtime) removeStateFile(st model.VMState) {
+	if st.File == "" {
+		return
+	}
+	if err := os.Remove(st.File); err != nil && !errors.Is(err, os.ErrNotExist) {
+		r.log.Warn("remove a saved VM state", "file", st.File, "error", err)
+	}
+}
+
+// reidentify tells the guest of box b, just restored from a saved state,
+// who it is now: its box ID and host name, the time, and fresh entropy for
+// its kernel's RNG, so that no two boxes restored from one state are twins.
+func (r *Runtime) reidentify(ctx context.Context, b *model.Box, socket string) error {
+	agent, err := agentclient.Dial(ctx, socket)
+	if err != nil {
+		return fmt.Errorf("guest agent: %w", err)
+	}
+	defer agent.Close()
+	return agent.Reidentify(ctx, agentclient.Identity{BoxID: b.ID, Hostname: hostnameOf(b.ID)})
+}
+
+// hostnameOf is a box's host name: its short ID, as Docker's.
+func hostnameOf(id string) string { return shortID(id) }
