@@ -137,3 +137,42 @@ func TestRefusedTransitions(t *testing.T) {
 		}
 	}
 }
+
+// TestSuspendTransitions: a stopped box with a recorded saved state becomes
+// Suspended (not without one); it starts again, and a failed resume leaves
+// it Suspended; Discarded makes it Stopped.
+func TestSuspendTransitions(t *testing.T) {
+	st := newStore(t)
+	if _, err := do(t, st, func(tx *state.Tx) (*model.Box, error) {
+		b := &model.Box{ID: "s1", Name: "sus", Status: model.StatusStopped, DiskCreated: true, Run: &model.Run{ID: "r0"}}
+		return b, tx.PutBox(b)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := do(t, st, func(tx *state.Tx) (*model.Box, error) { return Suspended(tx, "s1") }); !errors.Is(err, model.ErrNotFound) {
+		t.Fatalf("Suspended without a saved state: %v, want not found", err)
+	}
+	if _, err := do(t, st, func(tx *state.Tx) (*model.Box, error) {
+		return nil, tx.PutCheckpoint(model.Checkpoint{BoxID: "s1", Name: model.SuspendCheckpoint})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := do(t, st, func(tx *state.Tx) (*model.Box, error) { return Suspended(tx, "s1") })
+	if err != nil || b.Status != model.StatusSuspended {
+		t.Fatalf("Suspended: %v, status %v", err, b)
+	}
+	if _, err := do(t, st, func(tx *state.Tx) (*model.Box, error) { return Start(tx, "s1", &model.Run{ID: "r1"}) }); err != nil {
+		t.Fatal(err)
+	}
+	b, err = do(t, st, func(tx *state.Tx) (*model.Box, error) { return StartFailed(tx, "s1", "r1", errors.New("corrupt")) })
+	if err != nil || b.Status != model.StatusSuspended {
+		t.Fatalf("a failed resume: %v, status %s, want suspended (nothing lost)", err, b.Status)
+	}
+	b, err = do(t, st, func(tx *state.Tx) (*model.Box, error) { return Discarded(tx, "s1") })
+	if err != nil || b.Status != model.StatusStopped {
+		t.Fatalf("Discarded: %v, status %s", err, b.Status)
+	}
+	if _, err := do(t, st, func(tx *state.Tx) (*model.Box, error) { return Discarded(tx, "s1") }); !errors.Is(err, model.ErrInvalidState) {
+		t.Fatalf("Discarded of a stopped box: %v", err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -339,7 +340,7 @@ func (f *faultEnv) waitNonDetachedStopped(trial int, within time.Duration) {
 			for _, b := range boxes {
 				switch {
 				case b.Run == nil || b.Run.Detached || !b.Status.Active():
-				case b.Status == model.StatusStarting && b.Run.Monitor.IsZero() && b.Run.VM.IsZero() && !pidAlive(b.Run.Owner.PID):
+				case b.Status == model.StatusStarting && b.Run.Monitor.IsZero() && b.Run.VM.IsZero() && !pidAlive(b.Run.Owner.PID) && !monitorAlive(b.ID):
 					// Killed before it spawned the monitor: nothing runs,
 					// and the next command's recovery says so.
 					unstarted = append(unstarted, b.Name)
@@ -484,6 +485,26 @@ func markedProcs(prefix string) []process {
 		out = append(out, p)
 	}
 	return out
+}
+
+// monitorAlive reports whether a box monitor process for box id runs: a
+// monitor records itself in the box's run only once the VM is ready, so a
+// start killed after it spawned the monitor leaves a box that looks
+// unstarted in the store while its monitor boots it (and then stops it,
+// its owner being gone).
+func monitorAlive(id string) bool {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+		if slices.Contains(args, "monitor") && slices.Contains(args, id) {
+			return true
+		}
+	}
+	return false
 }
 
 // orphanPlugins returns the plugin servers of the trial whose boxctl is
