@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -38,6 +39,9 @@ type launchConfig struct {
 	Jail      jail   `json:"jail"`
 	// Network is the guest's user-mode network; nil for none.
 	Network *netSettings `json:"network,omitempty"`
+	// Restore is a saved state QEMU loads instead of booting; the
+	// launcher runs the VM once it is loaded.
+	Restore string `json:"restore,omitempty"`
 }
 
 // Launch runs QEMU as described by the config file and serves the agent
@@ -138,6 +142,18 @@ func Launch(cfgFile string, stderr io.Writer) int {
 			if err := network.Serve(ctx, ends.net); err != nil && !errors.Is(err, context.Canceled) {
 				log.Warn("user-mode network", "err", err)
 			}
+		}()
+	}
+	if lc.Restore != "" {
+		go func() {
+			started := time.Now()
+			if err := continueIncoming(ctx, lc.QMPSock); err != nil {
+				if ctx.Err() == nil {
+					log.Warn("restore", "err", err)
+				}
+				return
+			}
+			log.Debug("state loaded, VM running", "state", lc.Restore, "took", time.Since(started))
 		}()
 	}
 	mux := agentmux.New(agentmux.UnixDialer(lc.SerialSock), lc.AgentSock, agentmux.Options{Logger: log})
