@@ -258,6 +258,24 @@ func TestSaveStateAndRestore(t *testing.T) {
 		}
 	})
 
+	t.Run("DiskLocked", func(t *testing.T) {
+		// The state loads, but its writable disk is the source's, which
+		// holds the disk's lock: the VM cannot run, and the launcher
+		// says so and exits instead of leaving it paused.
+		l4 := launch(t, restoreSpec("r5", store.disk))
+		select {
+		case <-l4.done:
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("a restored VM that cannot run is still there%s", l4.diag())
+		}
+		if code := l4.cmd.ProcessState.ExitCode(); code != 1 {
+			t.Errorf("the launcher exited %d, want 1", code)
+		}
+		if log := l4.stderr.String(); !strings.Contains(log, "cannot run from its saved state") || !strings.Contains(log, "lock") {
+			t.Errorf("the launcher's log does not say why: %s", log)
+		}
+	})
+
 	t.Run("SwitchDiskAfterSaveState", func(t *testing.T) {
 		// The core may take the disks' state with SwitchDisk right after
 		// SaveState, in the same pause.
