@@ -99,6 +99,12 @@ func (v *memVMMDouble) SwitchDisk(context.Context, sdk.VM, int, sdk.DiskSpec) er
 func (v *memVMMDouble) Metrics(context.Context, sdk.VM) (sdk.Metrics, error) {
 	return sdk.Metrics{}, nil
 }
+func (v *memVMMDouble) SaveState(context.Context, sdk.VM, string) (sdk.SavedState, error) {
+	return sdk.SavedState{}, sdk.ErrUnsupported
+}
+func (v *memVMMDouble) StateInputs(context.Context, sdk.VMSpec) (map[string]string, error) {
+	return nil, sdk.ErrUnsupported
+}
 
 // memDisksDouble keeps disks as small files, clones by copying.
 type memDisksDouble struct {

@@ -296,6 +296,9 @@ func vmmCapabilities(impl Plugin, c *Capabilities) {
 	if _, ok := impl.(DiskSwitcher); ok {
 		c.DiskSwitch = true
 	}
+	if _, ok := impl.(MemorySnapshotter); ok {
+		c.MemorySnapshot = true
+	}
 }
 
 // VMMClient is a VMM served by a plugin process. It has every optional
@@ -306,6 +309,7 @@ type VMMClient interface {
 	Pauser
 	MetricsReporter
 	DiskSwitcher
+	MemorySnapshotter
 }
 
 // NewVMMClient returns a VMM that calls a plugin over conn.
@@ -320,6 +324,9 @@ type vmmClient struct {
 }
 
 func (v *vmmClient) Plan(ctx context.Context, spec VMSpec) (LaunchPlan, error) {
+	if err := checkRestore(spec.Restore); err != nil {
+		return LaunchPlan{}, err
+	}
 	resp, err := call(ctx, v.c.Plan, &pluginv1.PlanRequest{Spec: specToProto(spec)})
 	if err != nil {
 		return LaunchPlan{}, err
@@ -361,6 +368,48 @@ func (v *vmmClient) SwitchDisk(ctx context.Context, vm VM, index int, disk DiskS
 	}
 	_, err := call(ctx, v.c.SwitchDisk, &pluginv1.SwitchDiskRequest{Handle: vm.Handle, Pid: int64(vm.PID), Index: int32(index), Disk: diskSpecToProto(disk)})
 	return err
+}
+
+func (v *vmmClient) SaveState(ctx context.Context, vm VM, path string) (SavedState, error) {
+	if err := checkSavePath(path); err != nil {
+		return SavedState{}, err
+	}
+	resp, err := call(ctx, v.c.SaveState, &pluginv1.SaveStateRequest{Handle: vm.Handle, Pid: int64(vm.PID), Path: path})
+	if err != nil {
+		return SavedState{}, err
+	}
+	return SavedState{Size: resp.GetSize(), Inputs: resp.GetInputs()}, nil
+}
+
+func (v *vmmClient) StateInputs(ctx context.Context, spec VMSpec) (map[string]string, error) {
+	resp, err := call(ctx, v.c.StateInputs, &pluginv1.StateInputsRequest{Spec: specToProto(spec)})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetInputs(), nil
+}
+
+// checkSavePath refuses a SaveState path no VMM could write, on both sides
+// of the wire.
+func checkSavePath(path string) error {
+	if path == "" || !filepath.IsAbs(path) {
+		return fmt.Errorf("SaveState: path %q: want the absolute path of a new file: %w", path, ErrInvalidArgument)
+	}
+	return nil
+}
+
+// checkRestore refuses a VMSpec.Restore no VMM could start from, on both
+// sides of the wire.
+func checkRestore(r *RestoreSpec) error {
+	switch {
+	case r == nil:
+		return nil
+	case r.Path == "" || !filepath.IsAbs(r.Path):
+		return fmt.Errorf("Plan: Restore.Path %q: want the absolute path of a file SaveState wrote: %w", r.Path, ErrInvalidArgument)
+	case len(r.Inputs) == 0:
+		return fmt.Errorf("Plan: Restore.Inputs is empty: pass the inputs SaveState returned with %s: %w", r.Path, ErrInvalidArgument)
+	}
+	return nil
 }
 
 // checkSwitch refuses a SwitchDisk request no VMM could carry out, on both
@@ -410,7 +459,16 @@ func (s *vmmServer) Plan(ctx context.Context, req *pluginv1.PlanRequest) (*plugi
 	if err := s.ready(); err != nil {
 		return nil, err
 	}
-	plan, err := s.impl.Plan(ctx, specFromProto(req.GetSpec()))
+	spec := specFromProto(req.GetSpec())
+	if spec.Restore != nil {
+		if _, ok := s.impl.(MemorySnapshotter); !ok {
+			return nil, unsupported("Plan with Restore (memory snapshots)")
+		}
+		if err := checkRestore(spec.Restore); err != nil {
+			return nil, toStatus(err)
+		}
+	}
+	plan, err := s.impl.Plan(ctx, spec)
 	return handle(&pluginv1.PlanResponse{Plan: planToProto(plan)}, err)
 }
 
@@ -478,6 +536,38 @@ func (s *vmmServer) SwitchDisk(ctx context.Context, req *pluginv1.SwitchDiskRequ
 	return handle(&pluginv1.SwitchDiskResponse{}, d.SwitchDisk(ctx, vm, int(req.GetIndex()), disk))
 }
 
+func (s *vmmServer) SaveState(ctx context.Context, req *pluginv1.SaveStateRequest) (*pluginv1.SaveStateResponse, error) {
+	m, err := s.snapshotter("SaveState")
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSavePath(req.GetPath()); err != nil {
+		return nil, toStatus(err)
+	}
+	st, err := m.SaveState(ctx, VM{Handle: req.GetHandle(), PID: int(req.GetPid())}, req.GetPath())
+	return handle(&pluginv1.SaveStateResponse{Size: st.Size, Inputs: st.Inputs}, err)
+}
+
+func (s *vmmServer) StateInputs(ctx context.Context, req *pluginv1.StateInputsRequest) (*pluginv1.StateInputsResponse, error) {
+	m, err := s.snapshotter("StateInputs")
+	if err != nil {
+		return nil, err
+	}
+	in, err := m.StateInputs(ctx, specFromProto(req.GetSpec()))
+	return handle(&pluginv1.StateInputsResponse{Inputs: in}, err)
+}
+
+func (s *vmmServer) snapshotter(what string) (MemorySnapshotter, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	m, ok := s.impl.(MemorySnapshotter)
+	if !ok {
+		return nil, unsupported(what)
+	}
+	return m, nil
+}
+
 func controlToProto(vm VM) *pluginv1.ControlRequest {
 	return &pluginv1.ControlRequest{Handle: vm.Handle, Pid: int64(vm.PID)}
 }
@@ -497,6 +587,9 @@ func specToProto(s VMSpec) *pluginv1.VMSpec {
 	}
 	for _, d := range s.Disks {
 		out.Disks = append(out.Disks, diskSpecToProto(d))
+	}
+	if r := s.Restore; r != nil {
+		out.Restore = &pluginv1.RestoreSpec{Path: r.Path, Inputs: r.Inputs}
 	}
 	return out
 }
@@ -530,6 +623,9 @@ func specFromProto(p *pluginv1.VMSpec) VMSpec {
 	}
 	for _, d := range p.GetDisks() {
 		s.Disks = append(s.Disks, diskSpecFromProto(d))
+	}
+	if r := p.GetRestore(); r != nil {
+		s.Restore = &RestoreSpec{Path: r.GetPath(), Inputs: r.GetInputs()}
 	}
 	return s
 }

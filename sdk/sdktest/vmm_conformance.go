@@ -91,8 +91,8 @@ func WithBootTimeout(d time.Duration) VMMOption { return func(s *vmmSuite) { s.b
 func WithSpec(f func(*sdk.VMSpec)) VMMOption { return func(s *vmmSuite) { s.adjust = f } }
 
 // VMMConformance runs the VMM conformance suite against the VMMs newVMM
-// returns: the contract of sdk.VMM, sdk.Pauser, sdk.MetricsReporter and
-// sdk.DiskSwitcher as the core relies on it. Each check is a subtest of its own, with a fresh
+// returns: the contract of sdk.VMM, sdk.Pauser, sdk.MetricsReporter,
+// sdk.DiskSwitcher and sdk.MemorySnapshotter as the core relies on it. Each check is a subtest of its own, with a fresh
 // VMM and a fresh directory for its disks and RunDir; a failing check logs
 // the spec, the plan, the capabilities and the VM's output. Checks of an
 // optional feature the plugin does not declare are skipped, naming the
@@ -160,6 +160,7 @@ var vmmChecks = []vmmCheck{
 	{name: "StateFileSaysRunning", capability: "state-file", running: true, fn: checkStateFile},
 	{name: "Metrics", capability: "metrics", running: true, fn: checkMetrics},
 	{name: "PauseResumeIdempotent", capability: "pause", running: true, fn: checkPauseResume},
+	{name: "MemorySnapshot", capability: "memory-snapshot", running: true, fn: checkMemorySnapshot},
 	{name: "DiskSwitch", capability: "disk-switch", running: true, fn: checkDiskSwitch},
 	// It stops the shared VM.
 	{name: "HandleFromAFreshPluginProcess", running: true, fn: checkReconnect},
@@ -568,6 +569,18 @@ func checkVMMInfo(e *vmmEnv) {
 		}
 	} else if _, ok := e.vmm.(sdk.DiskSwitcher); !ok {
 		t.Error("the plugin declares disk-switch, but its client is no sdk.DiskSwitcher")
+	}
+	if !i.Capabilities.MemorySnapshot {
+		if m, ok := e.vmm.(sdk.MemorySnapshotter); ok {
+			if _, err := m.SaveState(e.ctx, vm, "/nonexistent/state"); !errors.Is(err, sdk.ErrUnsupported) {
+				t.Errorf("SaveState without the memory-snapshot capability: %v, want sdk.ErrUnsupported", err)
+			}
+			if _, err := m.StateInputs(e.ctx, sdk.VMSpec{}); !errors.Is(err, sdk.ErrUnsupported) {
+				t.Errorf("StateInputs without the memory-snapshot capability: %v, want sdk.ErrUnsupported", err)
+			}
+		}
+	} else if _, ok := e.vmm.(sdk.MemorySnapshotter); !ok {
+		t.Error("the plugin declares memory-snapshot, but its client is no sdk.MemorySnapshotter")
 	}
 	if !i.Capabilities.Metrics {
 		if m, ok := e.vmm.(sdk.MetricsReporter); ok {

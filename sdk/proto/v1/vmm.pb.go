@@ -13,6 +13,8 @@
 //   Stop / Pause / Resume / Metrics   any number of times, concurrently, from
 //                                 any process, while the plan's process runs.
 //   SwitchDisk                    only between Pause and Resume (see below).
+//   SaveState                     only between Pause and Resume (see below).
+//   StateInputs                   any time; no side effects.
 //
 // Idempotency: Stop of a VM whose process is gone succeeds. Pause of a paused
 // VM and Resume of a running VM succeed. The core checks that `pid` is still
@@ -34,6 +36,8 @@
 //                    follows backing-file names found inside disk files
 //   "disk-switch"    SwitchDisk works (O(1) snapshots and clones of a
 //                    running box)
+//   "memory-snapshot" SaveState, StateInputs and VMSpec.restore work
+//                    (checkpoints, suspend, fork, boot templates)
 //
 // Security: the core validates every disk chain before Plan (each file lies
 // inside its plugin's store). A VMM must not let the hypervisor probe disk
@@ -451,7 +455,18 @@ type VMSpec struct {
 	// to the guest kernel's command line unchanged.
 	KernelArgs []string `protobuf:"bytes,7,rep,name=kernel_args,json=kernelArgs,proto3" json:"kernel_args,omitempty"`
 	// How to confine the hypervisor process.
-	Sandbox       *Sandbox `protobuf:"bytes,8,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Sandbox *Sandbox `protobuf:"bytes,8,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	// When set, the VM starts from a saved state instead of booting
+	// ("memory-snapshot" capability; UNIMPLEMENTED without it). The disks
+	// must hold what they held when the state was saved; kernel_args are
+	// ignored, the kernel being already up. Once the state is loaded the VM
+	// runs by itself and the guest agent answers on the plan's agent socket
+	// as after a boot. Plan refuses (FAILED_PRECONDITION, naming the first
+	// input that differs and both values) a state whose inputs differ from
+	// StateInputs(spec): such a state must be discarded. A state that cannot
+	// be loaded (truncated, corrupt) makes the plan's process exit non-zero,
+	// the reason in its log.
+	Restore       *RestoreSpec `protobuf:"bytes,9,opt,name=restore,proto3" json:"restore,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -542,6 +557,68 @@ func (x *VMSpec) GetSandbox() *Sandbox {
 	return nil
 }
 
+func (x *VMSpec) GetRestore() *RestoreSpec {
+	if x != nil {
+		return x.Restore
+	}
+	return nil
+}
+
+// RestoreSpec names a saved state to start a VM from.
+type RestoreSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Absolute path of a file SaveState wrote. The VMM only reads it.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// The inputs SaveState returned with it (non-empty).
+	Inputs        map[string]string `protobuf:"bytes,2,rep,name=inputs,proto3" json:"inputs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreSpec) Reset() {
+	*x = RestoreSpec{}
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreSpec) ProtoMessage() {}
+
+func (x *RestoreSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreSpec.ProtoReflect.Descriptor instead.
+func (*RestoreSpec) Descriptor() ([]byte, []int) {
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RestoreSpec) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RestoreSpec) GetInputs() map[string]string {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
 // Sandbox says how the hypervisor process is confined. The core sets uid
 // and gid only when it runs as root: the VMM then runs the hypervisor as
 // that unprivileged user, which owns only this VM's files (the core makes
@@ -564,7 +641,7 @@ type Sandbox struct {
 
 func (x *Sandbox) Reset() {
 	*x = Sandbox{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[5]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -576,7 +653,7 @@ func (x *Sandbox) String() string {
 func (*Sandbox) ProtoMessage() {}
 
 func (x *Sandbox) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[5]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -589,7 +666,7 @@ func (x *Sandbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sandbox.ProtoReflect.Descriptor instead.
 func (*Sandbox) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{5}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Sandbox) GetDisabled() bool {
@@ -629,7 +706,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[6]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +718,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[6]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +731,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{6}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PlanRequest) GetSpec() *VMSpec {
@@ -701,7 +778,7 @@ type LaunchPlan struct {
 
 func (x *LaunchPlan) Reset() {
 	*x = LaunchPlan{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[7]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +790,7 @@ func (x *LaunchPlan) String() string {
 func (*LaunchPlan) ProtoMessage() {}
 
 func (x *LaunchPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[7]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +803,7 @@ func (x *LaunchPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchPlan.ProtoReflect.Descriptor instead.
 func (*LaunchPlan) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{7}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LaunchPlan) GetArgv() []string {
@@ -794,7 +871,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[8]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +883,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[8]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +896,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{8}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PlanResponse) GetPlan() *LaunchPlan {
@@ -843,7 +920,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[9]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +932,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[9]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +945,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{9}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StopRequest) GetHandle() []byte {
@@ -900,7 +977,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[10]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +989,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[10]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +1002,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{10}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{11}
 }
 
 type ControlRequest struct {
@@ -938,7 +1015,7 @@ type ControlRequest struct {
 
 func (x *ControlRequest) Reset() {
 	*x = ControlRequest{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[11]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1027,7 @@ func (x *ControlRequest) String() string {
 func (*ControlRequest) ProtoMessage() {}
 
 func (x *ControlRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[11]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1040,7 @@ func (x *ControlRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRequest.ProtoReflect.Descriptor instead.
 func (*ControlRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{11}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ControlRequest) GetHandle() []byte {
@@ -988,7 +1065,7 @@ type ControlResponse struct {
 
 func (x *ControlResponse) Reset() {
 	*x = ControlResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[12]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1077,7 @@ func (x *ControlResponse) String() string {
 func (*ControlResponse) ProtoMessage() {}
 
 func (x *ControlResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[12]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1090,7 @@ func (x *ControlResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlResponse.ProtoReflect.Descriptor instead.
 func (*ControlResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{12}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{13}
 }
 
 type MetricsResponse struct {
@@ -1031,7 +1108,7 @@ type MetricsResponse struct {
 
 func (x *MetricsResponse) Reset() {
 	*x = MetricsResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[13]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1120,7 @@ func (x *MetricsResponse) String() string {
 func (*MetricsResponse) ProtoMessage() {}
 
 func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[13]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1133,7 @@ func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsResponse.ProtoReflect.Descriptor instead.
 func (*MetricsResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{13}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MetricsResponse) GetCpuUserNs() uint64 {
@@ -1103,7 +1180,7 @@ type SwitchDiskRequest struct {
 
 func (x *SwitchDiskRequest) Reset() {
 	*x = SwitchDiskRequest{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[14]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1192,7 @@ func (x *SwitchDiskRequest) String() string {
 func (*SwitchDiskRequest) ProtoMessage() {}
 
 func (x *SwitchDiskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[14]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1205,7 @@ func (x *SwitchDiskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchDiskRequest.ProtoReflect.Descriptor instead.
 func (*SwitchDiskRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{14}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SwitchDiskRequest) GetHandle() []byte {
@@ -1167,7 +1244,7 @@ type SwitchDiskResponse struct {
 
 func (x *SwitchDiskResponse) Reset() {
 	*x = SwitchDiskResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[15]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1256,7 @@ func (x *SwitchDiskResponse) String() string {
 func (*SwitchDiskResponse) ProtoMessage() {}
 
 func (x *SwitchDiskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[15]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1269,210 @@ func (x *SwitchDiskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchDiskResponse.ProtoReflect.Descriptor instead.
 func (*SwitchDiskResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{15}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{16}
+}
+
+type SaveStateRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Handle []byte                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Pid    int64                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
+	// Absolute path of the new state file; must not exist.
+	Path          string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveStateRequest) Reset() {
+	*x = SaveStateRequest{}
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveStateRequest) ProtoMessage() {}
+
+func (x *SaveStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveStateRequest.ProtoReflect.Descriptor instead.
+func (*SaveStateRequest) Descriptor() ([]byte, []int) {
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SaveStateRequest) GetHandle() []byte {
+	if x != nil {
+		return x.Handle
+	}
+	return nil
+}
+
+func (x *SaveStateRequest) GetPid() int64 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *SaveStateRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type SaveStateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The file's size in bytes.
+	Size int64 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	// StateInputs of the VM whose state this is.
+	Inputs        map[string]string `protobuf:"bytes,2,rep,name=inputs,proto3" json:"inputs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveStateResponse) Reset() {
+	*x = SaveStateResponse{}
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveStateResponse) ProtoMessage() {}
+
+func (x *SaveStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveStateResponse.ProtoReflect.Descriptor instead.
+func (*SaveStateResponse) Descriptor() ([]byte, []int) {
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SaveStateResponse) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *SaveStateResponse) GetInputs() map[string]string {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+type StateInputsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *VMSpec                `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateInputsRequest) Reset() {
+	*x = StateInputsRequest{}
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateInputsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateInputsRequest) ProtoMessage() {}
+
+func (x *StateInputsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateInputsRequest.ProtoReflect.Descriptor instead.
+func (*StateInputsRequest) Descriptor() ([]byte, []int) {
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *StateInputsRequest) GetSpec() *VMSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type StateInputsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Inputs        map[string]string      `protobuf:"bytes,1,rep,name=inputs,proto3" json:"inputs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateInputsResponse) Reset() {
+	*x = StateInputsResponse{}
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateInputsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateInputsResponse) ProtoMessage() {}
+
+func (x *StateInputsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateInputsResponse.ProtoReflect.Descriptor instead.
+func (*StateInputsResponse) Descriptor() ([]byte, []int) {
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *StateInputsResponse) GetInputs() map[string]string {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
 }
 
 var File_sdk_proto_v1_vmm_proto protoreflect.FileDescriptor
@@ -1222,7 +1502,7 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tMODE_NONE\x10\x01\x12\r\n" +
-	"\tMODE_USER\x10\x02\"\xae\x02\n" +
+	"\tMODE_USER\x10\x02\"\xe7\x02\n" +
 	"\x06VMSpec\x12\x15\n" +
 	"\x06box_id\x18\x01 \x01(\tR\x05boxId\x12\x14\n" +
 	"\x05vcpus\x18\x02 \x01(\rR\x05vcpus\x12\x1d\n" +
@@ -1233,7 +1513,14 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"\arun_dir\x18\x06 \x01(\tR\x06runDir\x12\x1f\n" +
 	"\vkernel_args\x18\a \x03(\tR\n" +
 	"kernelArgs\x123\n" +
-	"\asandbox\x18\b \x01(\v2\x19.boxctl.plugin.v1.SandboxR\asandbox\"a\n" +
+	"\asandbox\x18\b \x01(\v2\x19.boxctl.plugin.v1.SandboxR\asandbox\x127\n" +
+	"\arestore\x18\t \x01(\v2\x1d.boxctl.plugin.v1.RestoreSpecR\arestore\"\x9f\x01\n" +
+	"\vRestoreSpec\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12A\n" +
+	"\x06inputs\x18\x02 \x03(\v2).boxctl.plugin.v1.RestoreSpec.InputsEntryR\x06inputs\x1a9\n" +
+	"\vInputsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"a\n" +
 	"\aSandbox\x12\x1a\n" +
 	"\bdisabled\x18\x01 \x01(\bR\bdisabled\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x10\n" +
@@ -1278,12 +1565,29 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"\x03pid\x18\x02 \x01(\x03R\x03pid\x12\x14\n" +
 	"\x05index\x18\x03 \x01(\x05R\x05index\x12.\n" +
 	"\x04disk\x18\x04 \x01(\v2\x1a.boxctl.plugin.v1.DiskSpecR\x04disk\"\x14\n" +
-	"\x12SwitchDiskResponse*f\n" +
+	"\x12SwitchDiskResponse\"P\n" +
+	"\x10SaveStateRequest\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\fR\x06handle\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\x03R\x03pid\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\"\xab\x01\n" +
+	"\x11SaveStateResponse\x12\x12\n" +
+	"\x04size\x18\x01 \x01(\x03R\x04size\x12G\n" +
+	"\x06inputs\x18\x02 \x03(\v2/.boxctl.plugin.v1.SaveStateResponse.InputsEntryR\x06inputs\x1a9\n" +
+	"\vInputsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"B\n" +
+	"\x12StateInputsRequest\x12,\n" +
+	"\x04spec\x18\x01 \x01(\v2\x18.boxctl.plugin.v1.VMSpecR\x04spec\"\x9b\x01\n" +
+	"\x13StateInputsResponse\x12I\n" +
+	"\x06inputs\x18\x01 \x03(\v21.boxctl.plugin.v1.StateInputsResponse.InputsEntryR\x06inputs\x1a9\n" +
+	"\vInputsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*f\n" +
 	"\bDiskRole\x12\x19\n" +
 	"\x15DISK_ROLE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDISK_ROLE_IMAGE\x10\x01\x12\x16\n" +
 	"\x12DISK_ROLE_WRITABLE\x10\x02\x12\x12\n" +
-	"\x0eDISK_ROLE_DATA\x10\x032\xf6\x04\n" +
+	"\x0eDISK_ROLE_DATA\x10\x032\xa8\x06\n" +
 	"\x03VMM\x12E\n" +
 	"\x04Info\x12\x1d.boxctl.plugin.v1.InfoRequest\x1a\x1e.boxctl.plugin.v1.InfoResponse\x12T\n" +
 	"\tConfigure\x12\".boxctl.plugin.v1.ConfigureRequest\x1a#.boxctl.plugin.v1.ConfigureResponse\x12E\n" +
@@ -1293,7 +1597,9 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"\x06Resume\x12 .boxctl.plugin.v1.ControlRequest\x1a!.boxctl.plugin.v1.ControlResponse\x12N\n" +
 	"\aMetrics\x12 .boxctl.plugin.v1.ControlRequest\x1a!.boxctl.plugin.v1.MetricsResponse\x12W\n" +
 	"\n" +
-	"SwitchDisk\x12#.boxctl.plugin.v1.SwitchDiskRequest\x1a$.boxctl.plugin.v1.SwitchDiskResponseB0Z.github.com/boxctl/boxctl/sdk/proto/v1;pluginv1b\x06proto3"
+	"SwitchDisk\x12#.boxctl.plugin.v1.SwitchDiskRequest\x1a$.boxctl.plugin.v1.SwitchDiskResponse\x12T\n" +
+	"\tSaveState\x12\".boxctl.plugin.v1.SaveStateRequest\x1a#.boxctl.plugin.v1.SaveStateResponse\x12Z\n" +
+	"\vStateInputs\x12$.boxctl.plugin.v1.StateInputsRequest\x1a%.boxctl.plugin.v1.StateInputsResponseB0Z.github.com/boxctl/boxctl/sdk/proto/v1;pluginv1b\x06proto3"
 
 var (
 	file_sdk_proto_v1_vmm_proto_rawDescOnce sync.Once
@@ -1308,31 +1614,39 @@ func file_sdk_proto_v1_vmm_proto_rawDescGZIP() []byte {
 }
 
 var file_sdk_proto_v1_vmm_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sdk_proto_v1_vmm_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_sdk_proto_v1_vmm_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_sdk_proto_v1_vmm_proto_goTypes = []any{
-	(DiskRole)(0),              // 0: boxctl.plugin.v1.DiskRole
-	(NetworkSpec_Mode)(0),      // 1: boxctl.plugin.v1.NetworkSpec.Mode
-	(*DiskSpec)(nil),           // 2: boxctl.plugin.v1.DiskSpec
-	(*ChainFile)(nil),          // 3: boxctl.plugin.v1.ChainFile
-	(*PortForward)(nil),        // 4: boxctl.plugin.v1.PortForward
-	(*NetworkSpec)(nil),        // 5: boxctl.plugin.v1.NetworkSpec
-	(*VMSpec)(nil),             // 6: boxctl.plugin.v1.VMSpec
-	(*Sandbox)(nil),            // 7: boxctl.plugin.v1.Sandbox
-	(*PlanRequest)(nil),        // 8: boxctl.plugin.v1.PlanRequest
-	(*LaunchPlan)(nil),         // 9: boxctl.plugin.v1.LaunchPlan
-	(*PlanResponse)(nil),       // 10: boxctl.plugin.v1.PlanResponse
-	(*StopRequest)(nil),        // 11: boxctl.plugin.v1.StopRequest
-	(*StopResponse)(nil),       // 12: boxctl.plugin.v1.StopResponse
-	(*ControlRequest)(nil),     // 13: boxctl.plugin.v1.ControlRequest
-	(*ControlResponse)(nil),    // 14: boxctl.plugin.v1.ControlResponse
-	(*MetricsResponse)(nil),    // 15: boxctl.plugin.v1.MetricsResponse
-	(*SwitchDiskRequest)(nil),  // 16: boxctl.plugin.v1.SwitchDiskRequest
-	(*SwitchDiskResponse)(nil), // 17: boxctl.plugin.v1.SwitchDiskResponse
-	nil,                        // 18: boxctl.plugin.v1.MetricsResponse.ExtraEntry
-	(*InfoRequest)(nil),        // 19: boxctl.plugin.v1.InfoRequest
-	(*ConfigureRequest)(nil),   // 20: boxctl.plugin.v1.ConfigureRequest
-	(*InfoResponse)(nil),       // 21: boxctl.plugin.v1.InfoResponse
-	(*ConfigureResponse)(nil),  // 22: boxctl.plugin.v1.ConfigureResponse
+	(DiskRole)(0),               // 0: boxctl.plugin.v1.DiskRole
+	(NetworkSpec_Mode)(0),       // 1: boxctl.plugin.v1.NetworkSpec.Mode
+	(*DiskSpec)(nil),            // 2: boxctl.plugin.v1.DiskSpec
+	(*ChainFile)(nil),           // 3: boxctl.plugin.v1.ChainFile
+	(*PortForward)(nil),         // 4: boxctl.plugin.v1.PortForward
+	(*NetworkSpec)(nil),         // 5: boxctl.plugin.v1.NetworkSpec
+	(*VMSpec)(nil),              // 6: boxctl.plugin.v1.VMSpec
+	(*RestoreSpec)(nil),         // 7: boxctl.plugin.v1.RestoreSpec
+	(*Sandbox)(nil),             // 8: boxctl.plugin.v1.Sandbox
+	(*PlanRequest)(nil),         // 9: boxctl.plugin.v1.PlanRequest
+	(*LaunchPlan)(nil),          // 10: boxctl.plugin.v1.LaunchPlan
+	(*PlanResponse)(nil),        // 11: boxctl.plugin.v1.PlanResponse
+	(*StopRequest)(nil),         // 12: boxctl.plugin.v1.StopRequest
+	(*StopResponse)(nil),        // 13: boxctl.plugin.v1.StopResponse
+	(*ControlRequest)(nil),      // 14: boxctl.plugin.v1.ControlRequest
+	(*ControlResponse)(nil),     // 15: boxctl.plugin.v1.ControlResponse
+	(*MetricsResponse)(nil),     // 16: boxctl.plugin.v1.MetricsResponse
+	(*SwitchDiskRequest)(nil),   // 17: boxctl.plugin.v1.SwitchDiskRequest
+	(*SwitchDiskResponse)(nil),  // 18: boxctl.plugin.v1.SwitchDiskResponse
+	(*SaveStateRequest)(nil),    // 19: boxctl.plugin.v1.SaveStateRequest
+	(*SaveStateResponse)(nil),   // 20: boxctl.plugin.v1.SaveStateResponse
+	(*StateInputsRequest)(nil),  // 21: boxctl.plugin.v1.StateInputsRequest
+	(*StateInputsResponse)(nil), // 22: boxctl.plugin.v1.StateInputsResponse
+	nil,                         // 23: boxctl.plugin.v1.RestoreSpec.InputsEntry
+	nil,                         // 24: boxctl.plugin.v1.MetricsResponse.ExtraEntry
+	nil,                         // 25: boxctl.plugin.v1.SaveStateResponse.InputsEntry
+	nil,                         // 26: boxctl.plugin.v1.StateInputsResponse.InputsEntry
+	(*InfoRequest)(nil),         // 27: boxctl.plugin.v1.InfoRequest
+	(*ConfigureRequest)(nil),    // 28: boxctl.plugin.v1.ConfigureRequest
+	(*InfoResponse)(nil),        // 29: boxctl.plugin.v1.InfoResponse
+	(*ConfigureResponse)(nil),   // 30: boxctl.plugin.v1.ConfigureResponse
 }
 var file_sdk_proto_v1_vmm_proto_depIdxs = []int32{
 	0,  // 0: boxctl.plugin.v1.DiskSpec.role:type_name -> boxctl.plugin.v1.DiskRole
@@ -1341,32 +1655,41 @@ var file_sdk_proto_v1_vmm_proto_depIdxs = []int32{
 	4,  // 3: boxctl.plugin.v1.NetworkSpec.ports:type_name -> boxctl.plugin.v1.PortForward
 	2,  // 4: boxctl.plugin.v1.VMSpec.disks:type_name -> boxctl.plugin.v1.DiskSpec
 	5,  // 5: boxctl.plugin.v1.VMSpec.network:type_name -> boxctl.plugin.v1.NetworkSpec
-	7,  // 6: boxctl.plugin.v1.VMSpec.sandbox:type_name -> boxctl.plugin.v1.Sandbox
-	6,  // 7: boxctl.plugin.v1.PlanRequest.spec:type_name -> boxctl.plugin.v1.VMSpec
-	9,  // 8: boxctl.plugin.v1.PlanResponse.plan:type_name -> boxctl.plugin.v1.LaunchPlan
-	18, // 9: boxctl.plugin.v1.MetricsResponse.extra:type_name -> boxctl.plugin.v1.MetricsResponse.ExtraEntry
-	2,  // 10: boxctl.plugin.v1.SwitchDiskRequest.disk:type_name -> boxctl.plugin.v1.DiskSpec
-	19, // 11: boxctl.plugin.v1.VMM.Info:input_type -> boxctl.plugin.v1.InfoRequest
-	20, // 12: boxctl.plugin.v1.VMM.Configure:input_type -> boxctl.plugin.v1.ConfigureRequest
-	8,  // 13: boxctl.plugin.v1.VMM.Plan:input_type -> boxctl.plugin.v1.PlanRequest
-	11, // 14: boxctl.plugin.v1.VMM.Stop:input_type -> boxctl.plugin.v1.StopRequest
-	13, // 15: boxctl.plugin.v1.VMM.Pause:input_type -> boxctl.plugin.v1.ControlRequest
-	13, // 16: boxctl.plugin.v1.VMM.Resume:input_type -> boxctl.plugin.v1.ControlRequest
-	13, // 17: boxctl.plugin.v1.VMM.Metrics:input_type -> boxctl.plugin.v1.ControlRequest
-	16, // 18: boxctl.plugin.v1.VMM.SwitchDisk:input_type -> boxctl.plugin.v1.SwitchDiskRequest
-	21, // 19: boxctl.plugin.v1.VMM.Info:output_type -> boxctl.plugin.v1.InfoResponse
-	22, // 20: boxctl.plugin.v1.VMM.Configure:output_type -> boxctl.plugin.v1.ConfigureResponse
-	10, // 21: boxctl.plugin.v1.VMM.Plan:output_type -> boxctl.plugin.v1.PlanResponse
-	12, // 22: boxctl.plugin.v1.VMM.Stop:output_type -> boxctl.plugin.v1.StopResponse
-	14, // 23: boxctl.plugin.v1.VMM.Pause:output_type -> boxctl.plugin.v1.ControlResponse
-	14, // 24: boxctl.plugin.v1.VMM.Resume:output_type -> boxctl.plugin.v1.ControlResponse
-	15, // 25: boxctl.plugin.v1.VMM.Metrics:output_type -> boxctl.plugin.v1.MetricsResponse
-	17, // 26: boxctl.plugin.v1.VMM.SwitchDisk:output_type -> boxctl.plugin.v1.SwitchDiskResponse
-	19, // [19:27] is the sub-list for method output_type
-	11, // [11:19] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	8,  // 6: boxctl.plugin.v1.VMSpec.sandbox:type_name -> boxctl.plugin.v1.Sandbox
+	7,  // 7: boxctl.plugin.v1.VMSpec.restore:type_name -> boxctl.plugin.v1.RestoreSpec
+	23, // 8: boxctl.plugin.v1.RestoreSpec.inputs:type_name -> boxctl.plugin.v1.RestoreSpec.InputsEntry
+	6,  // 9: boxctl.plugin.v1.PlanRequest.spec:type_name -> boxctl.plugin.v1.VMSpec
+	10, // 10: boxctl.plugin.v1.PlanResponse.plan:type_name -> boxctl.plugin.v1.LaunchPlan
+	24, // 11: boxctl.plugin.v1.MetricsResponse.extra:type_name -> boxctl.plugin.v1.MetricsResponse.ExtraEntry
+	2,  // 12: boxctl.plugin.v1.SwitchDiskRequest.disk:type_name -> boxctl.plugin.v1.DiskSpec
+	25, // 13: boxctl.plugin.v1.SaveStateResponse.inputs:type_name -> boxctl.plugin.v1.SaveStateResponse.InputsEntry
+	6,  // 14: boxctl.plugin.v1.StateInputsRequest.spec:type_name -> boxctl.plugin.v1.VMSpec
+	26, // 15: boxctl.plugin.v1.StateInputsResponse.inputs:type_name -> boxctl.plugin.v1.StateInputsResponse.InputsEntry
+	27, // 16: boxctl.plugin.v1.VMM.Info:input_type -> boxctl.plugin.v1.InfoRequest
+	28, // 17: boxctl.plugin.v1.VMM.Configure:input_type -> boxctl.plugin.v1.ConfigureRequest
+	9,  // 18: boxctl.plugin.v1.VMM.Plan:input_type -> boxctl.plugin.v1.PlanRequest
+	12, // 19: boxctl.plugin.v1.VMM.Stop:input_type -> boxctl.plugin.v1.StopRequest
+	14, // 20: boxctl.plugin.v1.VMM.Pause:input_type -> boxctl.plugin.v1.ControlRequest
+	14, // 21: boxctl.plugin.v1.VMM.Resume:input_type -> boxctl.plugin.v1.ControlRequest
+	14, // 22: boxctl.plugin.v1.VMM.Metrics:input_type -> boxctl.plugin.v1.ControlRequest
+	17, // 23: boxctl.plugin.v1.VMM.SwitchDisk:input_type -> boxctl.plugin.v1.SwitchDiskRequest
+	19, // 24: boxctl.plugin.v1.VMM.SaveState:input_type -> boxctl.plugin.v1.SaveStateRequest
+	21, // 25: boxctl.plugin.v1.VMM.StateInputs:input_type -> boxctl.plugin.v1.StateInputsRequest
+	29, // 26: boxctl.plugin.v1.VMM.Info:output_type -> boxctl.plugin.v1.InfoResponse
+	30, // 27: boxctl.plugin.v1.VMM.Configure:output_type -> boxctl.plugin.v1.ConfigureResponse
+	11, // 28: boxctl.plugin.v1.VMM.Plan:output_type -> boxctl.plugin.v1.PlanResponse
+	13, // 29: boxctl.plugin.v1.VMM.Stop:output_type -> boxctl.plugin.v1.StopResponse
+	15, // 30: boxctl.plugin.v1.VMM.Pause:output_type -> boxctl.plugin.v1.ControlResponse
+	15, // 31: boxctl.plugin.v1.VMM.Resume:output_type -> boxctl.plugin.v1.ControlResponse
+	16, // 32: boxctl.plugin.v1.VMM.Metrics:output_type -> boxctl.plugin.v1.MetricsResponse
+	18, // 33: boxctl.plugin.v1.VMM.SwitchDisk:output_type -> boxctl.plugin.v1.SwitchDiskResponse
+	20, // 34: boxctl.plugin.v1.VMM.SaveState:output_type -> boxctl.plugin.v1.SaveStateResponse
+	22, // 35: boxctl.plugin.v1.VMM.StateInputs:output_type -> boxctl.plugin.v1.StateInputsResponse
+	26, // [26:36] is the sub-list for method output_type
+	16, // [16:26] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_sdk_proto_v1_vmm_proto_init() }
@@ -1381,7 +1704,7 @@ func file_sdk_proto_v1_vmm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sdk_proto_v1_vmm_proto_rawDesc), len(file_sdk_proto_v1_vmm_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

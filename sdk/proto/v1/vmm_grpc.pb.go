@@ -13,6 +13,8 @@
 //   Stop / Pause / Resume / Metrics   any number of times, concurrently, from
 //                                 any process, while the plan's process runs.
 //   SwitchDisk                    only between Pause and Resume (see below).
+//   SaveState                     only between Pause and Resume (see below).
+//   StateInputs                   any time; no side effects.
 //
 // Idempotency: Stop of a VM whose process is gone succeeds. Pause of a paused
 // VM and Resume of a running VM succeed. The core checks that `pid` is still
@@ -34,6 +36,8 @@
 //                    follows backing-file names found inside disk files
 //   "disk-switch"    SwitchDisk works (O(1) snapshots and clones of a
 //                    running box)
+//   "memory-snapshot" SaveState, StateInputs and VMSpec.restore work
+//                    (checkpoints, suspend, fork, boot templates)
 //
 // Security: the core validates every disk chain before Plan (each file lies
 // inside its plugin's store). A VMM must not let the hypervisor probe disk
@@ -60,14 +64,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	VMM_Info_FullMethodName       = "/boxctl.plugin.v1.VMM/Info"
-	VMM_Configure_FullMethodName  = "/boxctl.plugin.v1.VMM/Configure"
-	VMM_Plan_FullMethodName       = "/boxctl.plugin.v1.VMM/Plan"
-	VMM_Stop_FullMethodName       = "/boxctl.plugin.v1.VMM/Stop"
-	VMM_Pause_FullMethodName      = "/boxctl.plugin.v1.VMM/Pause"
-	VMM_Resume_FullMethodName     = "/boxctl.plugin.v1.VMM/Resume"
-	VMM_Metrics_FullMethodName    = "/boxctl.plugin.v1.VMM/Metrics"
-	VMM_SwitchDisk_FullMethodName = "/boxctl.plugin.v1.VMM/SwitchDisk"
+	VMM_Info_FullMethodName        = "/boxctl.plugin.v1.VMM/Info"
+	VMM_Configure_FullMethodName   = "/boxctl.plugin.v1.VMM/Configure"
+	VMM_Plan_FullMethodName        = "/boxctl.plugin.v1.VMM/Plan"
+	VMM_Stop_FullMethodName        = "/boxctl.plugin.v1.VMM/Stop"
+	VMM_Pause_FullMethodName       = "/boxctl.plugin.v1.VMM/Pause"
+	VMM_Resume_FullMethodName      = "/boxctl.plugin.v1.VMM/Resume"
+	VMM_Metrics_FullMethodName     = "/boxctl.plugin.v1.VMM/Metrics"
+	VMM_SwitchDisk_FullMethodName  = "/boxctl.plugin.v1.VMM/SwitchDisk"
+	VMM_SaveState_FullMethodName   = "/boxctl.plugin.v1.VMM/SaveState"
+	VMM_StateInputs_FullMethodName = "/boxctl.plugin.v1.VMM/StateInputs"
 )
 
 // VMMClient is the client API for VMM service.
@@ -130,6 +136,33 @@ type VMMClient interface {
 	// written to it), so the caller can undo the storage plugin's step (rename
 	// the file back) and resume the VM as it was.
 	SwitchDisk(ctx context.Context, in *SwitchDiskRequest, opts ...grpc.CallOption) (*SwitchDiskResponse, error)
+	// SaveState writes the complete state of a paused VM (RAM, vCPUs, device
+	// state; not the contents of its disks) to path, a new file the VMM
+	// creates itself: path is absolute, must not exist, and its directory
+	// does. Nothing half-written is ever visible at path: on any error
+	// (including the caller's deadline) nothing is left there.
+	//
+	// Call order (the core's quiesce bracket): Pause, SaveState, the disks'
+	// state taken (storage snapshot or SwitchDisk) while the VM is still
+	// paused, Resume. SaveState leaves the VM paused, and Resume continues it
+	// with its disks writable. A saved state is restorable only together
+	// with disks holding exactly what they held when it was saved.
+	//
+	// The response's inputs are StateInputs of the VM's spec: store them with
+	// the file and pass them back in VMSpec.restore.
+	//
+	// Errors: FAILED_PRECONDITION when the VM runs (pause it first) or is not
+	// running at all; ALREADY_EXISTS when path exists; INVALID_ARGUMENT for a
+	// relative path; UNIMPLEMENTED without the "memory-snapshot" capability.
+	// On any error the VM is left as it was (paused) and can be resumed.
+	SaveState(ctx context.Context, in *SaveStateRequest, opts ...grpc.CallOption) (*SaveStateResponse, error)
+	// StateInputs returns what a state saved from a VM planned with spec
+	// depends on, each a name and an opaque value that changes when the input
+	// does: guest kernel and initramfs, hypervisor and its version, machine,
+	// vCPUs, memory, device layout (disks' number, roles and read-only flags;
+	// network or none). Not inputs: paths of box files, kernel arguments, the
+	// box ID. Cheap (no hashing of large files), no side effects.
+	StateInputs(ctx context.Context, in *StateInputsRequest, opts ...grpc.CallOption) (*StateInputsResponse, error)
 }
 
 type vMMClient struct {
@@ -220,6 +253,26 @@ func (c *vMMClient) SwitchDisk(ctx context.Context, in *SwitchDiskRequest, opts 
 	return out, nil
 }
 
+func (c *vMMClient) SaveState(ctx context.Context, in *SaveStateRequest, opts ...grpc.CallOption) (*SaveStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SaveStateResponse)
+	err := c.cc.Invoke(ctx, VMM_SaveState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vMMClient) StateInputs(ctx context.Context, in *StateInputsRequest, opts ...grpc.CallOption) (*StateInputsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StateInputsResponse)
+	err := c.cc.Invoke(ctx, VMM_StateInputs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // VMMServer is the server API for VMM service.
 // All implementations must embed UnimplementedVMMServer
 // for forward compatibility.
@@ -280,6 +333,33 @@ type VMMServer interface {
 	// written to it), so the caller can undo the storage plugin's step (rename
 	// the file back) and resume the VM as it was.
 	SwitchDisk(context.Context, *SwitchDiskRequest) (*SwitchDiskResponse, error)
+	// SaveState writes the complete state of a paused VM (RAM, vCPUs, device
+	// state; not the contents of its disks) to path, a new file the VMM
+	// creates itself: path is absolute, must not exist, and its directory
+	// does. Nothing half-written is ever visible at path: on any error
+	// (including the caller's deadline) nothing is left there.
+	//
+	// Call order (the core's quiesce bracket): Pause, SaveState, the disks'
+	// state taken (storage snapshot or SwitchDisk) while the VM is still
+	// paused, Resume. SaveState leaves the VM paused, and Resume continues it
+	// with its disks writable. A saved state is restorable only together
+	// with disks holding exactly what they held when it was saved.
+	//
+	// The response's inputs are StateInputs of the VM's spec: store them with
+	// the file and pass them back in VMSpec.restore.
+	//
+	// Errors: FAILED_PRECONDITION when the VM runs (pause it first) or is not
+	// running at all; ALREADY_EXISTS when path exists; INVALID_ARGUMENT for a
+	// relative path; UNIMPLEMENTED without the "memory-snapshot" capability.
+	// On any error the VM is left as it was (paused) and can be resumed.
+	SaveState(context.Context, *SaveStateRequest) (*SaveStateResponse, error)
+	// StateInputs returns what a state saved from a VM planned with spec
+	// depends on, each a name and an opaque value that changes when the input
+	// does: guest kernel and initramfs, hypervisor and its version, machine,
+	// vCPUs, memory, device layout (disks' number, roles and read-only flags;
+	// network or none). Not inputs: paths of box files, kernel arguments, the
+	// box ID. Cheap (no hashing of large files), no side effects.
+	StateInputs(context.Context, *StateInputsRequest) (*StateInputsResponse, error)
 	mustEmbedUnimplementedVMMServer()
 }
 
@@ -313,6 +393,12 @@ func (UnimplementedVMMServer) Metrics(context.Context, *ControlRequest) (*Metric
 }
 func (UnimplementedVMMServer) SwitchDisk(context.Context, *SwitchDiskRequest) (*SwitchDiskResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SwitchDisk not implemented")
+}
+func (UnimplementedVMMServer) SaveState(context.Context, *SaveStateRequest) (*SaveStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SaveState not implemented")
+}
+func (UnimplementedVMMServer) StateInputs(context.Context, *StateInputsRequest) (*StateInputsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StateInputs not implemented")
 }
 func (UnimplementedVMMServer) mustEmbedUnimplementedVMMServer() {}
 func (UnimplementedVMMServer) testEmbeddedByValue()             {}
@@ -479,6 +565,42 @@ func _VMM_SwitchDisk_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VMM_SaveState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SaveStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMMServer).SaveState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMM_SaveState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMMServer).SaveState(ctx, req.(*SaveStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VMM_StateInputs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StateInputsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMMServer).StateInputs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMM_StateInputs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMMServer).StateInputs(ctx, req.(*StateInputsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // VMM_ServiceDesc is the grpc.ServiceDesc for VMM service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -517,6 +639,14 @@ var VMM_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SwitchDisk",
 			Handler:    _VMM_SwitchDisk_Handler,
+		},
+		{
+			MethodName: "SaveState",
+			Handler:    _VMM_SaveState_Handler,
+		},
+		{
+			MethodName: "StateInputs",
+			Handler:    _VMM_StateInputs_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -25,6 +25,17 @@
 // tests read it to see that the core switched the disk it meant to. A
 // switch to the file the disk is on already succeeds and records nothing.
 //
+// Memory snapshots (the memory-snapshot capability) are what a VMM's can be
+// seen to be from outside, not real ones: a host process's memory is not
+// saved. SaveState checks that the "VM" is paused and writes a small state
+// file (a header line, then JSON: the inputs, the box it came from, the
+// disks it had); StateInputs are the vCPUs, memory and disk/network layout.
+// A restore plan checks the header and the inputs as a real VMM would, and
+// its "VM" reads the file again at start: a truncated or corrupt one makes
+// it exit 1 with the reason on its console, and a good one is a fresh
+// process (nothing of the source's processes survives) whose console says
+// "restored from" the file.
+//
 // Its config block can make it misbehave on purpose, for the plugin failure
 // tests:
 //
@@ -32,7 +43,7 @@
 //	  config {
 //	    crash_on       = "Plan"   # exit(3) in the middle of this call
 //	    hang_on        = "Plan"   # never answer this call
-//	    fail_on        = "SwitchDisk" # this call returns an error (after its checks; nothing is recorded)
+//	    fail_on        = "SwitchDisk" # SwitchDisk or SaveState returns an error (after its checks; nothing is recorded or written)
 //	    ignore_sigterm = true     # the "VM" ignores graceful stop requests (SIGTERM and the agent's Shutdown)
 //	    exit_after     = "1s"     # the "VM" exits by itself after this long
 //	    exit_code      = 7        # ... with this code
@@ -89,7 +100,9 @@ type settings struct {
 
 // handle is what the core persists for a procvmm "VM".
 type handle struct {
-	RunDir string `json:"run_dir"`
+	RunDir string            `json:"run_dir"`
+	BoxID  string            `json:"box_id,omitempty"`
+	Inputs map[string]string `json:"inputs,omitempty"`
 }
 
 type procVMM struct {
@@ -99,10 +112,11 @@ type procVMM struct {
 }
 
 var (
-	_ sdk.VMM             = (*procVMM)(nil)
-	_ sdk.Pauser          = (*procVMM)(nil)
-	_ sdk.MetricsReporter = (*procVMM)(nil)
-	_ sdk.DiskSwitcher    = (*procVMM)(nil)
+	_ sdk.VMM               = (*procVMM)(nil)
+	_ sdk.Pauser            = (*procVMM)(nil)
+	_ sdk.MetricsReporter   = (*procVMM)(nil)
+	_ sdk.DiskSwitcher      = (*procVMM)(nil)
+	_ sdk.MemorySnapshotter = (*procVMM)(nil)
 )
 
 func (p *procVMM) Info(context.Context) (sdk.Info, error) {
@@ -208,6 +222,11 @@ func (p *procVMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, erro
 		return sdk.LaunchPlan{}, err
 	}
 	cfg := p.settings()
+	if spec.Restore != nil {
+		if err := checkRestore(spec); err != nil {
+			return sdk.LaunchPlan{}, err
+		}
+	}
 	run := spec.RunDir
 	console, stateFile, agentSock := filepath.Join(run, "console.log"), filepath.Join(run, "vm-state.json"), filepath.Join(run, "agent.sock")
 	args := []string{exe, "vm", "--console", console, "--state-file", stateFile, "--agent-socket", agentSock,
@@ -215,13 +234,16 @@ func (p *procVMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, erro
 	if cfg.IgnoreSigterm {
 		args = append(args, "--ignore-sigterm")
 	}
+	if spec.Restore != nil {
+		args = append(args, "--restore", spec.Restore.Path)
+	}
 	if cfg.ExitAfter != "" {
 		args = append(args, "--exit-after", cfg.ExitAfter, "--exit-code", strconv.Itoa(cfg.ExitCode))
 	}
 	if err := writeDiskRecord(run, spec.Disks); err != nil {
 		return sdk.LaunchPlan{}, err
 	}
-	h, _ := json.Marshal(handle{RunDir: run})
+	h, _ := json.Marshal(handle{RunDir: run, BoxID: spec.BoxID, Inputs: stateInputs(spec)})
 	return sdk.LaunchPlan{
 		Argv:        args,
 		Env:         []string{"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"},
@@ -444,6 +466,7 @@ type vmOptions struct {
 	ignoreTerm                                     bool
 	exitAfter                                      time.Duration
 	exitCode                                       int
+	restore                                        string
 }
 
 func parseVMArgs(args []string) vmOptions {
@@ -473,6 +496,8 @@ func parseVMArgs(args []string) vmOptions {
 			o.exitAfter, _ = time.ParseDuration(next(&i))
 		case "--exit-code":
 			o.exitCode, _ = strconv.Atoi(next(&i))
+		case "--restore":
+			o.restore = next(&i)
 		}
 	}
 	return o
@@ -487,6 +512,15 @@ func runVM(args []string) int {
 		if f, err := os.OpenFile(o.console, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
 			out = f
 		}
+	}
+	if o.restore != "" {
+		st, err := readState(o.restore)
+		if err != nil {
+			fmt.Fprintf(out, "procvmm: cannot restore: %v\n", err)
+			fmt.Fprintf(os.Stderr, "procvmm: cannot restore: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(out, "procvmm: restored from %s (saved from box %s)\n", o.restore, st.BoxID)
 	}
 	fmt.Fprintf(out, "procvmm: booted pid %d\n", os.Getpid())
 	fmt.Fprintf(out, "procvmm: kernel command line: %s\n", o.cmdline)

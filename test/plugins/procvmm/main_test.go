@@ -298,3 +298,87 @@ func procState(t *testing.T, pid int) string {
 	s := string(b)
 	return strings.Fields(s[strings.LastIndexByte(s, ')')+1:])[0]
 }
+
+// TestMemorySnapshotDouble: with fail_on = "SaveState" the call fails
+// after its checks and writes nothing; a restore plan of a truncated state
+// is accepted (its header is intact) and its "VM" exits 1 saying why, and
+// one of a good state says on its console what it was restored from.
+func TestMemorySnapshotDouble(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := shortDir(t)
+	spec := func(name string) sdk.VMSpec {
+		run := filepath.Join(dir, name)
+		if err := os.Mkdir(run, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		return sdk.VMSpec{BoxID: name, VCPUs: 1, MemoryMiB: 128, RunDir: run}
+	}
+	for _, failing := range []bool{true, false} {
+		body := ""
+		if failing {
+			body = "fail_on = \"SaveState\"\n"
+		}
+		vmm := startProcVMM(t, body)
+		m := vmm.(sdk.MemorySnapshotter)
+		src := spec(fmt.Sprintf("src-%v", failing))
+		plan, err := vmm.Plan(ctx, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vm := startPlan(t, plan)
+		ref := sdk.VM{Handle: plan.Handle, PID: vm.cmd.Process.Pid}
+		if err := vmm.(sdk.Pauser).Pause(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, fmt.Sprintf("state-%v", failing))
+		saved, err := m.SaveState(ctx, ref, path)
+		if failing {
+			if err == nil || !strings.Contains(err.Error(), "on purpose") {
+				t.Errorf("SaveState with fail_on: %v, want the failure", err)
+			}
+			if _, err := os.Lstat(path); err == nil {
+				t.Error("a failed SaveState left a file")
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		short := path + ".short"
+		if err := os.WriteFile(short, b[:len(b)-10], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			file string
+			want string
+		}{{short, "cannot restore"}, {path, "restored from " + path + " (saved from box src-false)"}} {
+			s := spec("r-" + filepath.Base(c.file))
+			s.Restore = &sdk.RestoreSpec{Path: c.file, Inputs: saved.Inputs}
+			plan, err := vmm.Plan(ctx, s)
+			if err != nil {
+				t.Fatalf("Plan to restore %s: %v", c.file, err)
+			}
+			r := startPlan(t, plan)
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				console, _ := os.ReadFile(plan.ConsoleLog)
+				if strings.Contains(string(console), c.want) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("restore of %s: the console never said %q: %s", c.file, c.want, console)
+				}
+			}
+			if c.file == short {
+				<-r.done
+				if code := r.cmd.ProcessState.ExitCode(); code != 1 {
+					t.Errorf("the \"VM\" restored from a truncated state exited %d, want 1", code)
+				}
+			}
+		}
+	}
+}

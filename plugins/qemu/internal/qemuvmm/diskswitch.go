@@ -72,7 +72,7 @@ func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.Dis
 		return err
 	}
 	defer q.Close()
-	if err := requirePaused(ctx, q); err != nil {
+	if err := requirePaused(ctx, q, "SwitchDisk", "the guest's writes in flight would straddle the switch"); err != nil {
 		return err
 	}
 	top, err := diskTop(ctx, q, dev)
@@ -176,9 +176,8 @@ func (v *VMM) SwitchDisk(ctx context.Context, vm sdk.VM, index int, disk sdk.Dis
 	return nil
 }
 
-// requirePaused refuses a VM whose vCPUs run: writes in flight would
-// straddle the switch.
-func requirePaused(ctx context.Context, q *qmp.Conn) error {
+// requirePaused refuses op on a VM whose vCPUs run, saying why it must not.
+func requirePaused(ctx context.Context, q *qmp.Conn, op, why string) error {
 	raw, err := q.Execute(ctx, "query-status", nil)
 	if err != nil {
 		return err
@@ -191,7 +190,7 @@ func requirePaused(ctx context.Context, q *qmp.Conn) error {
 		return fmt.Errorf("query-status: bad answer %s: %w", raw, err)
 	}
 	if st.Running {
-		return fmt.Errorf("SwitchDisk: the VM is %s: pause it first (the guest's writes in flight would straddle the switch): %w", st.Status, sdk.ErrInvalidState)
+		return fmt.Errorf("%s: the VM is %s: pause it first (%s): %w", op, st.Status, why, sdk.ErrInvalidState)
 	}
 	return nil
 }

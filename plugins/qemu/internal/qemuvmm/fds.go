@@ -50,6 +50,8 @@ func openFDs(specs []fdSpec) (files []*os.File, ends peers, err error) {
 			f, err = os.OpenFile(s.Path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
 		case fdListen:
 			f, err = listenUnix(s.Path)
+		case fdState:
+			f, err = openState(s.Path)
 		case fdEvents, fdNet:
 			mine := &ends.events
 			if s.Kind == fdNet {

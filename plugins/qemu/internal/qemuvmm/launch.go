@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -38,6 +39,9 @@ type launchConfig struct {
 	Jail      jail   `json:"jail"`
 	// Network is the guest's user-mode network; nil for none.
 	Network *netSettings `json:"network,omitempty"`
+	// Restore is a saved state QEMU loads instead of booting; the
+	// launcher runs the VM once it is loaded.
+	Restore string `json:"restore,omitempty"`
 }
 
 // Launch runs QEMU as described by the config file and serves the agent
@@ -140,6 +144,22 @@ func Launch(cfgFile string, stderr io.Writer) int {
 			}
 		}()
 	}
+	// A VM restored from a state it cannot run (its disks refused, say)
+	// must not linger paused: QEMU is stopped and the launcher exits 1.
+	restoreFailed := make(chan error, 1)
+	if lc.Restore != "" {
+		go func() {
+			started := time.Now()
+			if err := continueIncoming(ctx, lc.QMPSock); err != nil {
+				if ctx.Err() == nil {
+					restoreFailed <- err
+				}
+				return
+			}
+			log.Debug("state loaded, VM running", "state", lc.Restore, "took", time.Since(started))
+		}()
+	}
+	failed := false
 	mux := agentmux.New(agentmux.UnixDialer(lc.SerialSock), lc.AgentSock, agentmux.Options{Logger: log})
 	muxDone := make(chan error, 1)
 	go func() { muxDone <- mux.Run(ctx) }()
@@ -148,6 +168,10 @@ func Launch(cfgFile string, stderr io.Writer) int {
 		select {
 		case s := <-sigs:
 			_ = cmd.Process.Signal(s)
+		case err := <-restoreFailed:
+			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: the VM cannot run from its saved state %s: %v\n", lc.Restore, err)
+			failed = true
+			_ = cmd.Process.Kill()
 		case err := <-muxDone:
 			if err != nil && !errors.Is(err, context.Canceled) {
 				fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: agent channel: %v\n", err)
@@ -159,6 +183,9 @@ func Launch(cfgFile string, stderr io.Writer) int {
 			states.exited()
 			if lc.PIDFile != "" {
 				_ = os.Remove(lc.PIDFile)
+			}
+			if failed {
+				return 1
 			}
 			return exitCode(err)
 		}

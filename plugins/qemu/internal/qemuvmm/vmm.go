@@ -71,6 +71,8 @@ type VMM struct {
 
 	mu  sync.Mutex
 	cfg settings
+	// versions caches `qemu --version` by the binary's identity.
+	versions map[string]string
 }
 
 // New returns the plugin. exe is the plugin binary (the launcher).
@@ -78,9 +80,10 @@ func New(log hclog.Logger, exe string) *VMM {
 	return &VMM{log: log, exe: exe, cfg: settings{Accel: "auto", Machine: "q35"}}
 }
 
-// Info describes the plugin. Pause, Metrics and DiskSwitch are set by the
-// sdk, which sees that VMM implements sdk.Pauser, sdk.MetricsReporter and
-// sdk.DiskSwitcher.
+// Info describes the plugin. Pause, Metrics, DiskSwitch and
+// MemorySnapshot are set by the sdk, which sees that VMM implements
+// sdk.Pauser, sdk.MetricsReporter, sdk.DiskSwitcher and
+// sdk.MemorySnapshotter.
 func (v *VMM) Info(context.Context) (sdk.Info, error) {
 	return sdk.Info{
 		Name:        "qemu",
@@ -97,10 +100,11 @@ func (v *VMM) Info(context.Context) (sdk.Info, error) {
 }
 
 var (
-	_ sdk.VMM             = (*VMM)(nil)
-	_ sdk.Pauser          = (*VMM)(nil)
-	_ sdk.MetricsReporter = (*VMM)(nil)
-	_ sdk.DiskSwitcher    = (*VMM)(nil)
+	_ sdk.VMM               = (*VMM)(nil)
+	_ sdk.Pauser            = (*VMM)(nil)
+	_ sdk.MetricsReporter   = (*VMM)(nil)
+	_ sdk.DiskSwitcher      = (*VMM)(nil)
+	_ sdk.MemorySnapshotter = (*VMM)(nil)
 )
 
 // Configure validates the plugin's config block.
@@ -166,6 +170,8 @@ type handle struct {
 	// QEMUPIDFile holds the PID of QEMU itself (the launcher's child),
 	// written by the launcher.
 	QEMUPIDFile string `json:"qemu_pid_file"`
+	// Inputs are the VM's StateInputs as planned: what SaveState reports.
+	Inputs map[string]string `json:"inputs,omitempty"`
 }
 
 // minMemoryMiB is the least memory the boxctl guest boots in.
@@ -184,13 +190,9 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 	if spec.MemoryMiB < minMemoryMiB {
 		return sdk.LaunchPlan{}, fmt.Errorf("spec.MemoryMiB = %d: the guest needs at least %d MiB: %w", spec.MemoryMiB, minMemoryMiB, sdk.ErrInvalidArgument)
 	}
-	qemuBin := s.QEMUBinary
-	if qemuBin == "" {
-		qemuBin = "qemu-system-x86_64"
-	}
-	qemuPath, err := exec.LookPath(qemuBin)
+	qemuPath, err := v.qemuPath(s)
 	if err != nil {
-		return sdk.LaunchPlan{}, fmt.Errorf("%s not found: install Debian's qemu-system-x86 or set qemu_binary in the plugin's config: %w", qemuBin, sdk.ErrInvalidState)
+		return sdk.LaunchPlan{}, err
 	}
 	kernel, initrd, err := v.guestFiles(s)
 	if err != nil {
@@ -200,18 +202,9 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 	if err != nil {
 		return sdk.LaunchPlan{}, err
 	}
-	accel, notice := chooseAccel(s.Accel)
-	if accel == "kvm" && jail.UID != 0 {
-		gid, ok, why := kvmAccess(kvmDevice, jail.UID, jail.GID)
-		switch {
-		case ok && gid >= 0:
-			jail.Groups = []uint32{uint32(gid)}
-		case !ok && s.Accel == "kvm":
-			return sdk.LaunchPlan{}, fmt.Errorf("accel = \"kvm\", but the confined QEMU (uid %d) cannot use KVM: %s; give %s to a kvm group with mode 0660 (Debian's udev rules do), or turn confinement off with sandbox { enabled = false }: %w",
-				jail.UID, why, kvmDevice, sdk.ErrInvalidState)
-		case !ok:
-			accel, notice = "tcg", "KVM is not usable by the confined QEMU ("+why+"): running the VM under TCG software emulation, which is much slower"
-		}
+	accel, notice, err := pickAccel(s, &jail)
+	if err != nil {
+		return sdk.LaunchPlan{}, err
 	}
 	if jail.UID != 0 {
 		for _, f := range []struct{ what, path string }{{"kernel", kernel}, {"initramfs", initrd}} {
@@ -231,6 +224,16 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 		StateFile:  filepath.Join(run, "vm-state.json"),
 		Jail:       jail,
 	}
+	inputs, err := v.inputs(spec, s, qemuPath, kernel, initrd, accel)
+	if err != nil {
+		return sdk.LaunchPlan{}, err
+	}
+	if spec.Restore != nil {
+		if err := checkRestore(spec.Restore, inputs); err != nil {
+			return sdk.LaunchPlan{}, err
+		}
+		lc.Restore = spec.Restore.Path
+	}
 	if err := qemuArgs(&lc, spec, s, accel, kernel, initrd); err != nil {
 		return sdk.LaunchPlan{}, err
 	}
@@ -238,11 +241,11 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 	if err != nil {
 		return sdk.LaunchPlan{}, err
 	}
-	cfgFile := filepath.Join(run, "qemu-launch.json")
+	cfgFile := filepath.Join(run, launchConfigName)
 	if err := os.WriteFile(cfgFile, b, 0o600); err != nil {
 		return sdk.LaunchPlan{}, fmt.Errorf("write launch config: %w", err)
 	}
-	h, _ := json.Marshal(handle{QMP: lc.QMPSock, RunDir: run, QEMUPIDFile: lc.PIDFile})
+	h, _ := json.Marshal(handle{QMP: lc.QMPSock, RunDir: run, QEMUPIDFile: lc.PIDFile, Inputs: inputs})
 	return sdk.LaunchPlan{
 		Argv:        []string{v.exe, "launch", cfgFile},
 		Env:         []string{"PATH=" + os.Getenv("PATH"), "BOXCTL_LOG=" + os.Getenv("BOXCTL_LOG")},
@@ -253,6 +256,42 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 		Notice:      notice,
 		StateFile:   lc.StateFile,
 	}, nil
+}
+
+// launchConfigName is the launch config's file in the run directory.
+const launchConfigName = "qemu-launch.json"
+
+// qemuPath finds the QEMU binary.
+func (v *VMM) qemuPath(s settings) (string, error) {
+	qemuBin := s.QEMUBinary
+	if qemuBin == "" {
+		qemuBin = "qemu-system-x86_64"
+	}
+	p, err := exec.LookPath(qemuBin)
+	if err != nil {
+		return "", fmt.Errorf("%s not found: install Debian's qemu-system-x86 or set qemu_binary in the plugin's config: %w", qemuBin, sdk.ErrInvalidState)
+	}
+	return p, nil
+}
+
+// pickAccel chooses the accelerator as configured, falling back to TCG
+// when the confined QEMU cannot use KVM, and gives the confined QEMU the
+// group that can.
+func pickAccel(s settings, jail *jail) (accel, notice string, err error) {
+	accel, notice = chooseAccel(s.Accel)
+	if accel == "kvm" && jail.UID != 0 {
+		gid, ok, why := kvmAccess(kvmDevice, jail.UID, jail.GID)
+		switch {
+		case ok && gid >= 0:
+			jail.Groups = []uint32{uint32(gid)}
+		case !ok && s.Accel == "kvm":
+			return "", "", fmt.Errorf("accel = \"kvm\", but the confined QEMU (uid %d) cannot use KVM: %s; give %s to a kvm group with mode 0660 (Debian's udev rules do), or turn confinement off with sandbox { enabled = false }: %w",
+				jail.UID, why, kvmDevice, sdk.ErrInvalidState)
+		case !ok:
+			accel, notice = "tcg", "KVM is not usable by the confined QEMU ("+why+"): running the VM under TCG software emulation, which is much slower"
+		}
+	}
+	return accel, notice, nil
 }
 
 // guestFiles finds the guest kernel and initramfs.
