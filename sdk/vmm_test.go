@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -68,4 +69,75 @@ func (*countingSwitcher) Stop(context.Context, VM, bool) error { return nil }
 func (c *countingSwitcher) SwitchDisk(context.Context, VM, int, DiskSpec) error {
 	c.n++
 	return nil
+}
+
+// The server refuses memory-snapshot requests no VMM could carry out (a
+// relative path, a restore without inputs) before the implementation sees
+// them, and answers UNIMPLEMENTED for an implementation without the
+// feature, a restore plan included; VMSpec.Restore crosses the wire.
+func TestMemorySnapshotServerChecksTheRequest(t *testing.T) {
+	ctx := context.Background()
+	server := func(impl VMM) *vmmServer {
+		s := &vmmServer{baseServer: newBaseServer(impl, &lifecycles{m: map[Plugin]*lifecycle{}}, vmmCapabilities), impl: impl}
+		if _, err := s.Configure(ctx, &pluginv1.ConfigureRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	impl := &countingSnapshotter{}
+	s := server(impl)
+	info, err := s.Info(ctx, &pluginv1.InfoRequest{})
+	if err != nil || !slices.Contains(info.GetCapabilities(), "memory-snapshot") {
+		t.Errorf("Info of a MemorySnapshotter: %v, %v; want the memory-snapshot capability", info.GetCapabilities(), err)
+	}
+	for _, p := range []string{"", "rel/state"} {
+		if _, err := s.SaveState(ctx, &pluginv1.SaveStateRequest{Path: p}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("SaveState(%q): %v; want InvalidArgument", p, err)
+		}
+	}
+	for _, r := range []*pluginv1.RestoreSpec{{Path: "rel", Inputs: map[string]string{"a": "b"}}, {Path: "/s"}} {
+		if _, err := s.Plan(ctx, &pluginv1.PlanRequest{Spec: &pluginv1.VMSpec{Restore: r}}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("Plan with Restore %v: %v; want InvalidArgument", r, err)
+		}
+	}
+	if impl.saves != 0 || impl.plans != 0 {
+		t.Errorf("the implementation saw %d saves and %d plans, want none", impl.saves, impl.plans)
+	}
+	want := &RestoreSpec{Path: "/s", Inputs: map[string]string{"kernel": "k1"}}
+	if _, err := s.Plan(ctx, &pluginv1.PlanRequest{Spec: specToProto(VMSpec{Restore: want})}); err != nil {
+		t.Fatal(err)
+	}
+	if got := impl.restore; got == nil || got.Path != want.Path || got.Inputs["kernel"] != "k1" {
+		t.Errorf("the implementation got Restore %+v, want %+v", got, want)
+	}
+
+	plain := server(&countingSwitcher{})
+	if _, err := plain.SaveState(ctx, &pluginv1.SaveStateRequest{Path: "/s"}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("SaveState of a VMM without memory snapshots: %v; want Unimplemented", err)
+	}
+	if _, err := plain.StateInputs(ctx, &pluginv1.StateInputsRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("StateInputs of a VMM without memory snapshots: %v; want Unimplemented", err)
+	}
+	if _, err := plain.Plan(ctx, &pluginv1.PlanRequest{Spec: specToProto(VMSpec{Restore: want})}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("Plan with Restore of a VMM without memory snapshots: %v; want Unimplemented", err)
+	}
+}
+
+type countingSnapshotter struct {
+	countingSwitcher
+	saves, plans int
+	restore      *RestoreSpec
+}
+
+func (c *countingSnapshotter) Plan(_ context.Context, spec VMSpec) (LaunchPlan, error) {
+	c.plans++
+	c.restore = spec.Restore
+	return LaunchPlan{}, nil
+}
+func (c *countingSnapshotter) SaveState(context.Context, VM, string) (SavedState, error) {
+	c.saves++
+	return SavedState{}, nil
+}
+func (c *countingSnapshotter) StateInputs(context.Context, VMSpec) (map[string]string, error) {
+	return map[string]string{"a": "b"}, nil
 }
