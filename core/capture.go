@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/sdk"
 )
 
@@ -105,9 +108,35 @@ func (r *Runtime) removeDisks(ctx context.Context, ids []string) {
 	}
 }
 
+// sweepStates removes the files in box b's state directory that no record
+// of it names: what a save that died left (a complete file not yet
+// recorded, or the VMM's temporary one). The caller holds b's lock.
+func (r *Runtime) sweepStates(ctx context.Context, b *model.Box) {
+	var cps []model.Checkpoint
+	_ = r.store.View(ctx, func(tx *state.Tx) error {
+		var err error
+		cps, err = tx.Checkpoints(b.ID)
+		return err
+	})
+	keep := map[string]bool{}
+	for _, c := range cps {
+		keep[c.State.File] = true
+	}
+	dir := r.paths.vmStateDir(b.ID)
+	names, _ := readNames(dir)
+	for _, n := range names {
+		if p := filepath.Join(dir, n); !keep[p] {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				r.log.Warn("recovery: remove a half-saved VM state", "file", p, "error", err)
+			}
+		}
+	}
+}
+
 // recoverCapture finishes or rolls back what a dead process left of a
 // capture of box b's memory (a suspend, checkpoint, boot template or fork).
 func (r *Runtime) recoverCapture(ctx context.Context, b *model.Box) {
+	defer r.sweepStates(ctx, b)
 	switch {
 	case b.Pending == pendingSuspend:
 		r.recoverSuspend(ctx, b)

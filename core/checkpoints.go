@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -334,10 +333,6 @@ func (r *Runtime) recoverCheckpoint(ctx context.Context, b *model.Box) {
 	})
 	if !recorded {
 		r.removeDisks(ctx, []string{diskID})
-		matches, _ := filepath.Glob(filepath.Join(r.paths.vmStateDir(b.ID), diskID+".*"))
-		for _, m := range matches {
-			_ = os.Remove(m)
-		}
 	}
 	if err := r.resyncLiveDisk(ctx, b); err != nil {
 		r.log.Warn("recovery: move a box's VM onto its disk's top file", "box", b.ID, "error", err)

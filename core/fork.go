@@ -3,8 +3,6 @@ package core
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/boxctl/boxctl/core/boxstatus"
@@ -117,7 +115,7 @@ func (r *Runtime) Fork(ctx context.Context, srcRef string, opts ForkOptions) (Fo
 	if err != nil {
 		return ForkInfo{}, err
 	}
-	r.crashPoint("fork", "disks")
+	r.crashPoint("fork", "cloned")
 	rf := &restoreFrom{state: c.state, what: "the fork of " + src.Name}
 	for _, cl := range clones {
 		b, err := r.reload(ctx, cl.ID)
@@ -157,13 +155,9 @@ func (r *Runtime) Fork(ctx context.Context, srcRef string, opts ForkOptions) (Fo
 	return out, nil
 }
 
-// recoverForkSource removes the state file a dead fork of box b left, and
-// moves b's VM onto its disk's top file.
+// recoverForkSource moves the VM of box b, whose fork died, onto its
+// disk's top file (recoverCapture sweeps the state file it left).
 func (r *Runtime) recoverForkSource(ctx context.Context, b *model.Box) {
-	matches, _ := filepath.Glob(filepath.Join(r.paths.vmStateDir(b.ID), "fork.*"))
-	for _, m := range matches {
-		_ = os.Remove(m)
-	}
 	if err := r.resyncLiveDisk(ctx, b); err != nil {
 		r.log.Warn("recovery: move a box's VM onto its disk's top file", "box", b.ID, "error", err)
 	}

@@ -215,10 +215,13 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 		return err
 	}
 	if rf != nil {
+		checked := time.Now()
 		if spec.Restore, err = r.restoreSpec(ctx, rf, spec); err != nil {
 			return err
 		}
+		r.log.Debug("saved state checked", "box", b.ID, "from", rf.what, "size", rf.state.Size, "took", time.Since(checked))
 	}
+	spawned := time.Now()
 	plan, err := vmm.Plan(ctx, spec)
 	if err != nil {
 		return fmt.Errorf("plan the VM: %w", err)
@@ -274,7 +277,10 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 		}
 		return err
 	}
+	r.log.Debug("vm ready", "box", b.ID, "took", time.Since(spawned))
 	if rf != nil {
+		reid := time.Now()
+		defer func() { r.log.Debug("guest re-identified", "box", b.ID, "took", time.Since(reid)) }()
 		if err := r.reidentify(ctx, b, l.AgentSocket); err != nil {
 			// Not a twin of what it was restored from, or not at all.
 			if _, serr := monitor.Stop(context.WithoutCancel(ctx), r.paths.monitorSocket(b.ID), 0); serr != nil {

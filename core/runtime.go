@@ -76,6 +76,9 @@ func CrashPoints() []string {
 	return []string{
 		"snapshot:pending", "snapshot:frozen", "snapshot:paused", "snapshot:stored", "snapshot:switched",
 		"clone:records", "clone:frozen", "clone:paused", "clone:disks", "clone:switched",
+		"checkpoint:pending", "checkpoint:paused", "checkpoint:disks", "checkpoint:saved",
+		"suspend:pending", "suspend:paused", "suspend:saved",
+		"fork:records", "fork:paused", "fork:disks", "fork:saved", "fork:cloned", "fork:started",
 	}
 }
 

@@ -220,7 +220,11 @@ func (r *Runtime) recoverTemplate(ctx context.Context, b *model.Box) {
 	})
 	if !recorded {
 		r.removeDisks(ctx, []string{diskID})
+		// The state file is named after the disk (stateFileName), the
+		// VMM's temporary one after that: ".NAME.RANDOM.tmp".
 		matches, _ := filepath.Glob(filepath.Join(r.paths.templateDir(), diskID+".*"))
+		tmps, _ := filepath.Glob(filepath.Join(r.paths.templateDir(), "."+diskID+".*"))
+		matches = append(matches, tmps...)
 		for _, m := range matches {
 			_ = os.Remove(m)
 		}

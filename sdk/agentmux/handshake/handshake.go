@@ -40,6 +40,7 @@ const (
 	startPrefix = "BOXCTL-START "
 	// AgentUp is the line the guest writes when it opens the port.
 	AgentUp = "\nBOXCTL-AGENT-UP\n"
+	agentUpLine = "BOXCTL-AGENT-UP"
 	// maxLine bounds how much garbage is buffered while looking for a line.
 	maxLine = 256
 )
@@ -97,6 +98,13 @@ func Host(ctx context.Context, c Conn, resend time.Duration) error {
 					return fmt.Errorf("handshake: send start: %w", err)
 				}
 				return nil
+			}
+			if line == agentUpLine {
+				// The guest has just (re)opened the port and waits for a
+				// hello; one sent before may have gone to its previous
+				// session (a VM restored from a saved state resumes in
+				// one). Answer at once rather than at the next resend.
+				break
 			}
 		}
 	}

@@ -83,3 +83,29 @@ func TestHandshakeClosedAndCancelled(t *testing.T) {
 		t.Errorf("guest handshake without a host: %v", err)
 	}
 }
+
+// TestHostAnswersAgentUpAtOnce: a guest restored from a saved state eats
+// the first hello in its previous session, then reopens the port and
+// announces itself; the host sends the hello again at once, not at its next
+// resend (an hour away here: the test fails by its deadline without it).
+func TestHostAnswersAgentUpAtOnce(t *testing.T) {
+	host, guest := socketpair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hostErr := make(chan error, 1)
+	go func() { hostErr <- Host(ctx, host, time.Hour) }()
+	// The previous session swallows the first hello.
+	lost := make([]byte, len("\n"+helloPrefix)+16+1)
+	if _, err := io.ReadFull(guest, lost); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(guest, AgentUp); err != nil {
+		t.Fatal(err)
+	}
+	if err := Guest(ctx, guest); err != nil {
+		t.Fatalf("guest: %v", err)
+	}
+	if err := <-hostErr; err != nil {
+		t.Fatalf("host: %v", err)
+	}
+}
