@@ -2,12 +2,14 @@
 //
 //	(a) `boxctl run --rm IMAGE -- true` wall time with the guest's bzImage (vmlinuz, which
 //	    decompresses itself in the guest) and with the uncompressed ELF kernel (vmlinux,
-//	    booted through its PVH entry point), runs interleaved so that load from other work
-//	    on the machine hits both alike;
+//	    booted through its PVH entry point), each with and without the kernel's crypto
+//	    self-tests (the qemu plugin turns them off), runs interleaved so that load from
+//	    other work on the machine hits all alike;
 //	(b) where a boot's time goes, from a bare QEMU started like the qemu plugin starts it,
 //	    its console read as it arrives: QEMU start to the kernel's first line (firmware,
 //	    and for the bzImage its decompressor), to userspace (the kernel's "Run /init"), and
-//	    to the agent's "modules loaded" line, with the module-loading time the agent reports.
+//	    to the agent's "modules loaded" line, with the module-loading time the agent reports,
+//	    and the CPU time QEMU used to each point (steadier than wall time on a busy machine).
 //
 // Run it with `make bench`, or after `make build guest`:
 //
@@ -43,18 +45,25 @@ func main() {
 	}
 }
 
-// kernel is one way of booting the guest.
-type kernel struct {
-	name string // what the table calls it
-	file string // in the guest directory
+// variant is one way of booting the guest.
+type variant struct {
+	name   string // what the tables call it
+	file   string // the kernel, in the guest directory
+	tests  bool   // run the crypto self-tests (cryptomgr.notests=0 after the plugin's notests)
+	before bool   // the configuration before issue 11
 }
 
-var kernels = []kernel{{"bzImage (vmlinuz)", "vmlinuz"}, {"PVH ELF (vmlinux)", "vmlinux"}}
+var variants = []variant{
+	{"bzImage, crypto self-tests", "vmlinuz", true, true},
+	{"bzImage", "vmlinuz", false, false},
+	{"vmlinux, crypto self-tests", "vmlinux", true, false},
+	{"vmlinux (the default)", "vmlinux", false, false},
+}
 
 func run(binDir, guestDir string, runs int) error {
 	guestDir, _ = filepath.Abs(guestDir)
-	for _, k := range kernels {
-		if _, err := os.Stat(filepath.Join(guestDir, k.file)); err != nil {
+	for _, f := range []string{"vmlinuz", "vmlinux", "initramfs"} {
+		if _, err := os.Stat(filepath.Join(guestDir, f)); err != nil {
 			return fmt.Errorf("%w: run `make guest` (guest/build.sh makes vmlinux next to vmlinuz)", err)
 		}
 	}
@@ -67,12 +76,16 @@ func run(binDir, guestDir string, runs int) error {
 	if _, err := h.CLI("pull", "-q", h.Image); err != nil {
 		return err
 	}
-	// One config file per kernel: the plugin's kernel setting picks it.
-	configs := make([]string, len(kernels))
-	for i, k := range kernels {
-		configs[i] = filepath.Join(h.Dir, k.file+".hcl")
-		body := fmt.Sprintf("plugin \"qemu\" {\n  config {\n    kernel = %q\n    initrd = %q\n  }\n}\n",
-			filepath.Join(guestDir, k.file), filepath.Join(guestDir, "initramfs"))
+	// One config file per variant: the plugin's kernel and kernel_args settings pick it.
+	configs := make([]string, len(variants))
+	for i, v := range variants {
+		configs[i] = filepath.Join(h.Dir, fmt.Sprintf("v%d.hcl", i))
+		args := ""
+		if v.tests {
+			args = `    kernel_args = ["cryptomgr.notests=0"]` + "\n"
+		}
+		body := fmt.Sprintf("plugin \"qemu\" {\n  config {\n    kernel = %q\n    initrd = %q\n%s  }\n}\n",
+			filepath.Join(guestDir, v.file), filepath.Join(guestDir, "initramfs"), args)
 		if err := os.WriteFile(configs[i], []byte(body), 0o644); err != nil {
 			return err
 		}
@@ -83,7 +96,7 @@ func run(binDir, guestDir string, runs int) error {
 			return err
 		}
 	}
-	times := make([][]time.Duration, len(kernels))
+	times := make([][]time.Duration, len(variants))
 	for r := 0; r < runs; r++ {
 		for i, c := range configs {
 			start := time.Now()
@@ -94,31 +107,36 @@ func run(binDir, guestDir string, runs int) error {
 		}
 	}
 	fmt.Printf("(a) boxctl run --rm IMAGE -- true, %d runs each, interleaved\n", runs)
-	for i, k := range kernels {
-		fmt.Printf("    %-20s %s\n", k.name, summary(times[i]))
+	first, last := stat.Median(times[0]), stat.Median(times[len(times)-1])
+	for i, v := range variants {
+		note := ""
+		if v.before {
+			note = "  (before)"
+		}
+		fmt.Printf("    %-28s %s%s\n", v.name, summary(times[i]), note)
 	}
-	fmt.Printf("    vmlinux / bzImage:   %.2fx (medians)\n", float64(stat.Median(times[1]))/float64(stat.Median(times[0])))
+	fmt.Printf("    default / before:            %.2fx (medians)\n", float64(last)/float64(first))
 
 	fmt.Printf("(b) bare QEMU boot, console timestamps on the host, %d runs each, interleaved\n", runs)
-	phases := make([]map[string][]time.Duration, len(kernels))
+	phases := make([]map[string][]time.Duration, len(variants))
 	for i := range phases {
 		phases[i] = map[string][]time.Duration{}
 	}
 	for r := 0; r < runs; r++ {
-		for i, k := range kernels {
-			p, err := bareBoot(filepath.Join(guestDir, k.file), filepath.Join(guestDir, "initramfs"))
+		for i, v := range variants {
+			p, err := bareBoot(filepath.Join(guestDir, v.file), filepath.Join(guestDir, "initramfs"), v.tests)
 			if err != nil {
-				return fmt.Errorf("bare boot of %s: %w", k.file, err)
+				return fmt.Errorf("bare boot of %s: %w", v.file, err)
 			}
 			for name, d := range p {
 				phases[i][name] = append(phases[i][name], d)
 			}
 		}
 	}
-	for i, k := range kernels {
-		fmt.Printf("    %s\n", k.name)
+	for i, v := range variants {
+		fmt.Printf("    %s\n", v.name)
 		for _, name := range phaseNames {
-			fmt.Printf("      %-28s %s\n", name, summary(phases[i][name]))
+			fmt.Printf("      %-30s %s\n", name, summary(phases[i][name]))
 		}
 	}
 	return nil
@@ -130,7 +148,10 @@ func summary(d []time.Duration) string {
 }
 
 // The phases bareBoot reports, in order.
-var phaseNames = []string{"to first kernel line", "to userspace (Run /init)", "to modules loaded", "module loading (agent)"}
+var phaseNames = []string{
+	"to first kernel line", "to userspace (Run /init)", "to modules loaded", "module loading (agent)",
+	"QEMU CPU to first kernel line", "QEMU CPU to userspace", "QEMU CPU to modules loaded",
+}
 
 var modulesTook = regexp.MustCompile(`msg="modules loaded" took=(\S+)`)
 
@@ -139,12 +160,16 @@ var modulesTook = regexp.MustCompile(`msg="modules loaded" took=(\S+)`)
 // on a pipe, and times the console lines as they arrive. Without "quiet": the phases are
 // found by kernel lines that quiet hides (which makes both boots a little slower alike). The agent, without disks, waits
 // for its root; QEMU is killed once the agent has loaded its modules.
-func bareBoot(kernelPath, initrd string) (map[string]time.Duration, error) {
+func bareBoot(kernelPath, initrd string, cryptoTests bool) (map[string]time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	accel := "tcg"
 	if kvmUsable() {
 		accel = "kvm"
+	}
+	cmdline := "console=ttyS0 panic=-1 reboot=t tsc=reliable no_timer_check i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests boxctl.debug=1 boxctl.serial=none"
+	if cryptoTests {
+		cmdline += " cryptomgr.notests=0"
 	}
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64",
 		"-machine", "q35,accel="+accel, "-cpu", "max",
@@ -152,7 +177,7 @@ func bareBoot(kernelPath, initrd string) (map[string]time.Duration, error) {
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-kernel", kernelPath, "-initrd", initrd,
 		"-serial", "stdio",
-		"-append", "console=ttyS0 panic=-1 reboot=t tsc=reliable no_timer_check i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd boxctl.debug=1 boxctl.serial=none")
+		"-append", cmdline)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -174,12 +199,15 @@ func bareBoot(kernelPath, initrd string) (map[string]time.Duration, error) {
 		now := time.Since(start)
 		if p["to first kernel line"] == 0 && strings.Contains(line, "Linux version") {
 			p["to first kernel line"] = now
+			p["QEMU CPU to first kernel line"] = cpuTime(cmd.Process.Pid)
 		}
 		if strings.Contains(line, "Run /init as init process") {
 			p["to userspace (Run /init)"] = now
+			p["QEMU CPU to userspace"] = cpuTime(cmd.Process.Pid)
 		}
 		if m := modulesTook.FindStringSubmatch(line); m != nil {
 			p["to modules loaded"] = now
+			p["QEMU CPU to modules loaded"] = cpuTime(cmd.Process.Pid)
 			if d, err := time.ParseDuration(m[1]); err == nil {
 				p["module loading (agent)"] = d
 			}
@@ -192,6 +220,25 @@ func bareBoot(kernelPath, initrd string) (map[string]time.Duration, error) {
 		}
 	}
 	return p, nil
+}
+
+// cpuTime returns the CPU time process pid has used (user and system, all threads). With one
+// vCPU under TCG it is the boot's work, and much less disturbed by other load on the machine
+// than the wall time.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	const userHZ = 100 // the unit of /proc times on Linux
+	return time.Duration(utime+stime) * time.Second / userHZ
 }
 
 // kvmUsable is the qemu plugin's test for accel = "auto": /dev/kvm opens and the CPU
