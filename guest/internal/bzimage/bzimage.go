@@ -106,6 +106,9 @@ const maxKernel = 1 << 30
 
 // Decompress returns the uncompressed kernel (the ELF vmlinux) in p.
 func (p Payload) Decompress() ([]byte, error) {
+	if len(p.Data) < 8 {
+		return nil, fmt.Errorf("a %d-byte payload is too short to hold a kernel: %w", len(p.Data), ErrNotBzImage)
+	}
 	want := binary.LittleEndian.Uint32(p.Data[len(p.Data)-4:])
 	if want > maxKernel {
 		return nil, fmt.Errorf("payload says the kernel is %d bytes, more than the %d this reads: %w", want, maxKernel, ErrNotBzImage)
@@ -113,17 +116,20 @@ func (p Payload) Decompress() ([]byte, error) {
 	// Every codec but gzip has the size appended after its stream; gzip's trailer is the
 	// stream's own end.
 	stream := p.Data[:len(p.Data)-4]
+	// Buffers start at what the size says, unless that is far more than any kernel
+	// compresses by: a corrupt size must not allocate a gigabyte up front.
+	hint := min(want, uint32(min(16*len(p.Data), maxKernel)))
 	var out []byte
 	var err error
 	switch p.Codec {
 	case "gzip":
-		out, err = gunzip(p.Data, want)
+		out, err = gunzip(p.Data, hint)
 	case "bzip2":
-		out, err = readAll(bzip2.NewReader(bytes.NewReader(stream)), want)
+		out, err = readAll(bzip2.NewReader(bytes.NewReader(stream)), hint)
 	case "zstd":
-		out, err = unzstd(stream, want)
+		out, err = unzstd(stream, hint)
 	case "lz4":
-		out, err = unlz4Legacy(stream, want)
+		out, err = unlz4Legacy(stream, hint)
 	default:
 		return nil, fmt.Errorf("%s: %w (this reads gzip, bzip2, lz4 and zstd)", p.Codec, ErrUnsupportedCodec)
 	}
@@ -155,8 +161,8 @@ func unzstd(data []byte, want uint32) ([]byte, error) {
 }
 
 // readAll reads r to its end, at most maxKernel+1 bytes.
-func readAll(r io.Reader, want uint32) ([]byte, error) {
-	buf := bytes.NewBuffer(make([]byte, 0, want))
+func readAll(r io.Reader, hint uint32) ([]byte, error) {
+	buf := bytes.NewBuffer(make([]byte, 0, hint))
 	_, err := io.Copy(buf, io.LimitReader(r, maxKernel+1))
 	return buf.Bytes(), err
 }
@@ -170,7 +176,7 @@ const (
 
 func unlz4Legacy(data []byte, want uint32) ([]byte, error) {
 	out := make([]byte, 0, want)
-	block := make([]byte, lz4LegacyBlockSize)
+	var block []byte
 	for off := 0; off < len(data); {
 		if len(data)-off < 4 {
 			return nil, fmt.Errorf("%d stray bytes at offset %d", len(data)-off, off)
@@ -182,6 +188,9 @@ func unlz4Legacy(data []byte, want uint32) ([]byte, error) {
 		}
 		if uint64(n) > uint64(len(data)-off) {
 			return nil, fmt.Errorf("block at offset %d is %d bytes, past the end of the payload", off-4, n)
+		}
+		if block == nil {
+			block = make([]byte, lz4LegacyBlockSize)
 		}
 		k, err := lz4.UncompressBlock(data[off:off+int(n)], block)
 		if err != nil {

@@ -78,7 +78,7 @@ func withSize(stream []byte, n int) []byte {
 
 // lz4Legacy is what `lz4 -l` writes: the legacy magic, then 8 MiB blocks each prefixed by
 // its compressed size.
-func lz4Legacy(t *testing.T, data []byte) []byte {
+func lz4Legacy(t testing.TB, data []byte) []byte {
 	out := binary.LittleEndian.AppendUint32(nil, lz4LegacyMagic)
 	for len(data) > 0 {
 		chunk := data[:min(len(data), lz4LegacyBlockSize)]
@@ -94,7 +94,7 @@ func lz4Legacy(t *testing.T, data []byte) []byte {
 	return out
 }
 
-func compress(t *testing.T, codec string, data []byte) []byte {
+func compress(t testing.TB, codec string, data []byte) []byte {
 	t.Helper()
 	switch codec {
 	case "lz4":
@@ -217,4 +217,21 @@ func TestRealGuestKernel(t *testing.T) {
 		t.Errorf("vmlinux is %d bytes, no larger than the %d-byte bzImage", len(k), len(b))
 	}
 	t.Logf("%s: %d-byte vmlinux, PVH entry %#x", path, len(k), e)
+}
+
+// Extract never panics and never returns a kernel without a PVH note, whatever the file.
+func FuzzExtract(f *testing.F) {
+	kernel := elfKernel(xenElfnotePhys32Entry, 0x1000000, 64)
+	for _, codec := range []string{"lz4", "gzip", "zstd"} {
+		f.Add(bzImage(compress(f, codec, kernel), 1, 0))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		k, err := Extract(b)
+		if err != nil {
+			return
+		}
+		if _, err := PVHEntry(k); err != nil {
+			t.Fatalf("Extract returned a kernel PVHEntry refuses: %v", err)
+		}
+	})
 }
