@@ -108,8 +108,8 @@ strip=()
 install_if_changed "$kernel" "$out/vmlinuz"
 
 # The uncompressed kernel, for VMMs that boot it through its PVH entry point: no in-guest
-# decompression (about 0.8 s of a boot under TCG). Only for kernels with a PVH note; a stale
-# one from an earlier kernel must not outlive it.
+# decompression (0.2-0.5 s of a boot under TCG, bench/coldboot; no KASLR either, see
+# docs/security.md). Only for kernels with a PVH note; a stale one must not outlive its kernel.
 rc=0
 "$root/build/tools/vmlinux" -o "$out/vmlinux" "$out/vmlinuz" || rc=$?
 case $rc in

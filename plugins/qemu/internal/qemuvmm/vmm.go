@@ -259,7 +259,8 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 // uncompressed ELF kernel (vmlinux, which guest/build.sh extracts from the
 // bzImage only when it has a PVH entry point) is preferred to the bzImage
 // (vmlinuz): QEMU loads it through PVH, which skips the kernel's
-// decompressor, about 0.8 s of a cold boot under TCG (guest/README.md).
+// decompressor: 0.2-0.5 s of a cold boot under TCG here (bench/coldboot). It
+// also skips KASLR, which the decompressor does; see docs/security.md.
 func (v *VMM) guestFiles(s settings) (string, string, error) {
 	if s.Kernel != "" && s.Initrd != "" {
 		return s.Kernel, s.Initrd, nil
