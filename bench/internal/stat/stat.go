@@ -16,5 +16,5 @@ func Median(d []time.Duration) time.Duration {
 // Min returns the smallest of d.
 func Min(d []time.Duration) time.Duration { return slices.Min(d) }
 
-// Max is the largest of d.
+// Max returns the largest of d.
 func Max(d []time.Duration) time.Duration { return slices.Max(d) }

@@ -420,3 +420,45 @@ func fdOf(t *testing.T, lc launchConfig, node string) int {
 	}
 	return fd
 }
+
+// The uncompressed PVH kernel (vmlinux) beside the bzImage boots without the
+// in-guest decompressor, so the guest directory's vmlinux wins; a configured
+// kernel still overrides both.
+func TestGuestFilesPreferVmlinux(t *testing.T) {
+	t.Setenv("BOXCTL_GUEST_DIR", "")
+	dir := t.TempDir()
+	guest := filepath.Join(dir, "guest")
+	if err := os.MkdirAll(guest, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(guest, name), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := &VMM{exe: filepath.Join(dir, "boxctl-plugin-qemu")}
+	check := func(s settings, wantKernel string) {
+		t.Helper()
+		k, i, err := v.guestFiles(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k != wantKernel || i != filepath.Join(guest, "initramfs") {
+			t.Fatalf("guestFiles(%+v) = %s, %s; want kernel %s", s, k, i, wantKernel)
+		}
+	}
+	write("initramfs")
+	if _, _, err := v.guestFiles(settings{}); !errors.Is(err, sdk.ErrInvalidState) {
+		t.Fatalf("no kernel: err = %v, want ErrInvalidState", err)
+	}
+	write("vmlinuz")
+	check(settings{}, filepath.Join(guest, "vmlinuz"))
+	write("vmlinux")
+	check(settings{}, filepath.Join(guest, "vmlinux"))
+	check(settings{Kernel: "/etc/my-kernel"}, "/etc/my-kernel")
+	if err := os.Remove(filepath.Join(guest, "vmlinuz")); err != nil {
+		t.Fatal(err)
+	}
+	check(settings{}, filepath.Join(guest, "vmlinux"))
+}
