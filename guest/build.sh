@@ -120,7 +120,7 @@ case $rc in
 esac
 
 # The kernel command line the agent is tested with; the VMM adds boxctl.* settings.
-cmdline="console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd init_on_free=1 cryptomgr.notests"
+cmdline="console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests"
 env_tmp="$out/guest.env.tmp.$$"
 printf 'KERNEL_RELEASE=%s\nCMDLINE="%s"\nAGENT_VERSION=%s\nMODULES_DIR=%s\nCOMPRESS=%s\n' \
 	"$release" "$cmdline" "$version" "$modules" "$compress" >"$env_tmp"

@@ -56,18 +56,13 @@ const sandboxArg = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcec
 // boot contract itself (disks, network, agent port) comes rendered in
 // VMSpec.KernelArgs.
 //
-// init_on_free=1 zeroes pages as the guest kernel frees them: freed memory
-// cannot leak between a box's processes, and a saved VM state skips it (a
-// migration stream sends a zero page as a flag): a freshly booted guest's
-// state is 71 MiB instead of 113 MiB, and restores that much faster.
-//
 // cryptomgr.notests skips the crypto API's boot-time self-tests of every
 // registered algorithm: about 0.3 s of a TCG boot (bench/coldboot). They
 // check that implementations compute right (FIPS wants them), which is no
 // part of the VM's isolation; a user who wants them back sets kernel_args =
 // ["cryptomgr.notests=0"] (the last value wins). mitigations stay on.
 var baseKernelArgs = []string{"console=ttyS0", "quiet", "panic=-1", "reboot=t", "tsc=reliable", "no_timer_check",
-	"i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd", "init_on_free=1", "cryptomgr.notests"}
+	"i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd", "cryptomgr.notests"}
 
 // qemuArgs fills lc.Args and lc.FDs for spec.
 func qemuArgs(lc *launchConfig, spec sdk.VMSpec, s settings, accel, kernel, initrd string) error {
