@@ -107,7 +107,7 @@ func (r *Runtime) startLocked(ctx context.Context, b *model.Box, so startOptions
 	err := r.startRun(ctx, b, detached, rf, tp.restore == nil)
 	if err != nil && tp.restore != nil && ctx.Err() == nil {
 		// A template that cannot be restored is dropped; the box boots.
-		r.log.Info(fmt.Sprintf("the boot template of %s could not be used (%v); booting %s cold and making a new template", b.Config.Image, err, b.Name))
+		r.log.Warn(fmt.Sprintf("the boot template of %s could not be used (%v); booting %s cold and making a new template", b.Config.Image, err, b.Name))
 		r.dropTemplate(context.WithoutCancel(ctx), tp.template)
 		cur, rerr := r.reload(ctx, b.ID)
 		if rerr != nil {

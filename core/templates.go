@@ -77,7 +77,7 @@ func (r *Runtime) planTemplate(ctx context.Context, b *model.Box) templatePlan {
 		return templatePlan{key: key, make: true}
 	}
 	if err := r.diskFromTemplate(ctx, b, t); err != nil {
-		r.log.Info(fmt.Sprintf("the boot template of %s could not be used (%v); booting cold", b.Config.Image, err))
+		r.log.Warn(fmt.Sprintf("the boot template of %s could not be used (%v); booting cold", b.Config.Image, err))
 		r.dropTemplate(ctx, &t)
 		return templatePlan{key: key, make: true}
 	}

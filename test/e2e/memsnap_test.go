@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -269,4 +270,44 @@ func TestCheckpointsAndBootTemplatesOnRealVMs(t *testing.T) {
 	if out := e.ok("image", "templates"); strings.Contains(out, layout) {
 		t.Fatalf("image prune left the template:\n%s", out)
 	}
+}
+
+// TestCheckpointOnAFullDisk: the state directory is a small filesystem that
+// fills up while a checkpoint is written: the checkpoint fails saying so,
+// nothing of it is left (no file, no listing), and the box runs on.
+func TestCheckpointOnAFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs for the state directory")
+	}
+	e := newEnv(t)
+	e.ok("run", "-d", "--cold", "--name", "c", e.image, "--", "sh", "-c", counterScript)
+	dir := filepath.Join(e.home, "vmstate")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v: %s)", err, out)
+	}
+	t.Cleanup(func() {
+		_, _, _ = e.run(nil, "rm", "-a", "-f")
+		_ = exec.Command("umount", "-l", dir).Run()
+	})
+	before := e.countsOn("c", 3)
+	_, errs, code := e.run(nil, "checkpoint", "c", "big")
+	if code == 0 || !strings.Contains(strings.ToLower(errs), "space") {
+		t.Fatalf("checkpoint onto a full filesystem: exit %d, %s", code, errs)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*", "*")); len(left) != 0 {
+		t.Fatalf("a failed checkpoint left %v", left)
+	}
+	if hidden, _ := filepath.Glob(filepath.Join(dir, "*", ".*")); len(hidden) != 0 {
+		t.Fatalf("a failed checkpoint left %v", hidden)
+	}
+	if out := e.ok("checkpoint", "ls", "c"); strings.Contains(out, "big") {
+		t.Fatalf("a failed checkpoint is listed:\n%s", out)
+	}
+	if st := e.field("c", "{{.Status}}"); st != "running" {
+		t.Fatalf("after a failed checkpoint the box is %s", st)
+	}
+	e.countsOn("c", before)
 }

@@ -187,3 +187,64 @@ func TestMemoryCaptureFailures(t *testing.T) {
 	}
 	e2.assertConsistent(e2.runtime())
 }
+
+// TestBootTemplatesWithTheDouble: the first start of an image makes its
+// template, the next new box starts from it (and is re-identified as
+// itself), a damaged template gives way to a cold boot with a notice and is
+// replaced, --cold and boot_templates = false boot, and image prune removes
+// the templates.
+func TestBootTemplatesWithTheDouble(t *testing.T) {
+	e := newEnv(t, "")
+	e.ok("run", "--rm", testImage, "--", "true")
+	if out := e.ok("image", "templates"); strings.Count(out, testImage) != 1 {
+		t.Fatalf("after the first run, templates:\n%s", out)
+	}
+	e.ok("create", "--name", "t2", testImage)
+	e.ok("start", "t2")
+	rt := e.runtime()
+	b := e.info(rt, "t2")
+	if !strings.Contains(b.Run.RestoredFrom, "boot template") {
+		t.Fatalf("a new box of the image was not started from its template (restored from %q)", b.Run.RestoredFrom)
+	}
+	if got := strings.TrimSpace(e.ok("exec", "t2", "--", "echo", "ok")); got != "ok" {
+		t.Fatalf("exec in a box started from the template: %q", got)
+	}
+	files, _ := filepath.Glob(filepath.Join(e.home, "vmstate", "templates", "*.vmstate"))
+	if len(files) != 1 {
+		t.Fatalf("template files: %v", files)
+	}
+	if err := os.WriteFile(files[0], []byte("damaged"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errs, code := e.cli("run", "--name", "t3", testImage, "--", "true")
+	if code != 0 || !strings.Contains(errs, "boot template") || !strings.Contains(errs, "cold") {
+		t.Fatalf("run with a damaged template: exit %d, stderr %q (want a notice and a cold boot)", code, errs)
+	}
+	if got := e.info(e.runtime(), "t3").Run.RestoredFrom; got != "" {
+		t.Fatalf("the box of a damaged template was restored from %q", got)
+	}
+	after, _ := filepath.Glob(filepath.Join(e.home, "vmstate", "templates", "*.vmstate"))
+	if len(after) != 1 || after[0] == files[0] {
+		t.Fatalf("the damaged template was not replaced by a new one: %v", after)
+	}
+	e.ok("create", "--name", "t4", testImage)
+	e.ok("start", "--cold", "t4")
+	if got := e.info(e.runtime(), "t4").Run.RestoredFrom; got != "" {
+		t.Fatalf("start --cold restored from %q", got)
+	}
+	e.ok("rm", "-f", "t2", "t3", "t4")
+	e.ok("image", "prune", "-a")
+	if out := e.ok("image", "templates"); strings.Contains(out, testImage) {
+		t.Fatalf("image prune left templates:\n%s", out)
+	}
+	if left, _ := filepath.Glob(filepath.Join(e.home, "vmstate", "templates", "*")); len(left) != 0 {
+		t.Fatalf("image prune left template files: %v", left)
+	}
+	e.assertConsistent(e.runtime())
+
+	off := newEnv(t, "defaults {\n  boot_templates = false\n}\n")
+	off.ok("run", "--rm", testImage, "--", "true")
+	if out := off.ok("image", "templates"); strings.Contains(out, testImage) {
+		t.Fatalf("boot_templates = false made a template:\n%s", out)
+	}
+}
