@@ -98,6 +98,7 @@ bench: deps build build-test-plugins guest
 	$(GO) run ./bench/foundation -bin $(BIN) -test-plugins build/test-plugins
 	$(GO) run ./bench/vm -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/coldboot -bin $(BIN) -guest build/guest
+	$(GO) run ./bench/memsnap -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/snapshot -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/diskswitch -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/commit -bin $(BIN) -guest build/guest

@@ -206,8 +206,9 @@ func (a *app) stopCommand() *cobra.Command {
 		Use:   "stop [-t SECONDS] BOX [BOX...]",
 		Short: "Stop one or more boxes",
 		Long: `Ask each box's guest to power off cleanly; after the timeout the VM is
-forced off. Stopping a stopped box does nothing. Boxes created with --rm
-are removed once stopped.`,
+forced off. Stopping a stopped box does nothing. Stopping a suspended box
+discards its saved memory: it boots afresh at the next start. Boxes created
+with --rm are removed once stopped.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if seconds < 0 {

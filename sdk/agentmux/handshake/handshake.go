@@ -39,7 +39,7 @@ const (
 	readyPrefix = "BOXCTL-READY "
 	startPrefix = "BOXCTL-START "
 	// AgentUp is the line the guest writes when it opens the port.
-	AgentUp = "\nBOXCTL-AGENT-UP\n"
+	AgentUp     = "\nBOXCTL-AGENT-UP\n"
 	agentUpLine = "BOXCTL-AGENT-UP"
 	// maxLine bounds how much garbage is buffered while looking for a line.
 	maxLine = 256
