@@ -11,6 +11,7 @@ import (
 	"github.com/boxctl/boxctl/core/boxstatus"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
+	"github.com/boxctl/boxctl/internal/lockfile"
 	"github.com/boxctl/boxctl/sdk"
 )
 
@@ -107,12 +108,7 @@ func freeCheckpointName(existing []model.Checkpoint, now time.Time) string {
 	for _, c := range existing {
 		taken[c.Name] = true
 	}
-	base := "ckpt-" + now.UTC().Format("20060102-150405")
-	name := base
-	for i := 2; taken[name]; i++ {
-		name = fmt.Sprintf("%s-%d", base, i)
-	}
-	return name
+	return freeName("ckpt-", taken, now)
 }
 
 // Checkpoints lists box ref's checkpoints, oldest first (a suspended
@@ -171,20 +167,30 @@ func (r *Runtime) checkpointOf(ctx context.Context, b *model.Box, name string) (
 // RemoveCheckpoint removes box ref's checkpoint name: its memory file and
 // its disk state.
 func (r *Runtime) RemoveCheckpoint(ctx context.Context, ref, name string) error {
-	if err := r.checkOpen(); err != nil {
-		return err
-	}
-	b, lock, err := r.lockAndLoad(ctx, ref)
+	_, lock, cp, err := r.lockCheckpoint(ctx, ref, name)
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-	cp, err := r.checkpointOf(ctx, b, name)
-	if err != nil {
-		return err
-	}
 	r.forgetCheckpoint(ctx, cp)
 	return nil
+}
+
+// lockCheckpoint locks box ref and returns it with its checkpoint name.
+func (r *Runtime) lockCheckpoint(ctx context.Context, ref, name string) (*model.Box, *lockfile.Lock, model.Checkpoint, error) {
+	if err := r.checkOpen(); err != nil {
+		return nil, nil, model.Checkpoint{}, err
+	}
+	b, lock, err := r.lockAndLoad(ctx, ref)
+	if err != nil {
+		return nil, nil, model.Checkpoint{}, err
+	}
+	cp, err := r.checkpointOf(ctx, b, name)
+	if err != nil {
+		lock.Release()
+		return nil, nil, model.Checkpoint{}, err
+	}
+	return b, lock, cp, nil
 }
 
 // forgetCheckpoint drops checkpoint cp: record first (so nothing restores
@@ -241,18 +247,11 @@ type RestoreCheckpointOptions struct {
 // stopped (or suspended: its suspended state is discarded); Force stops a
 // running box.
 func (r *Runtime) RestoreCheckpoint(ctx context.Context, ref, name string, opts RestoreCheckpointOptions) error {
-	if err := r.checkOpen(); err != nil {
-		return err
-	}
-	b, lock, err := r.lockAndLoad(ctx, ref)
+	b, lock, cp, err := r.lockCheckpoint(ctx, ref, name)
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-	cp, err := r.checkpointOf(ctx, b, name)
-	if err != nil {
-		return err
-	}
 	what := fmt.Sprintf("checkpoint %q of %s", name, b.Name)
 	if _, err := r.memorySnapshotter(ctx, "restore "+what); err != nil {
 		return err

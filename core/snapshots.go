@@ -139,7 +139,13 @@ func freeSnapshotName(existing []sdk.Snapshot, now time.Time) string {
 	for _, s := range existing {
 		taken[s.Name] = true
 	}
-	base := "snap-" + now.UTC().Format("20060102-150405")
+	return freeName("snap-", taken, now)
+}
+
+// freeName is a name not in taken: prefix and the time, and a counter if
+// two are taken in the same second.
+func freeName(prefix string, taken map[string]bool, now time.Time) string {
+	base := prefix + now.UTC().Format("20060102-150405")
 	name := base
 	for i := 2; taken[name]; i++ {
 		name = fmt.Sprintf("%s-%d", base, i)

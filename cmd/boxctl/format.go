@@ -2,15 +2,20 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"text/tabwriter"
 	"text/template"
 	"time"
 	"unicode/utf8"
 
+	"github.com/spf13/cobra"
+
+	"github.com/boxctl/boxctl/core"
 	"github.com/boxctl/boxctl/core/model"
 )
 
@@ -173,4 +178,41 @@ func writeTable(w io.Writer, rows [][]string) error {
 		bw.WriteByte('\n')
 	}
 	return bw.Flush()
+}
+
+// writeList prints a listing: as indented JSON (list, an empty slice
+// rather than null) for format "json", else as a table of header and the
+// rows row writes, tab-separated.
+func (a *app) writeList(format string, list any, header string, rows func(w io.Writer)) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(list)
+	case "", "table":
+	default:
+		return fmt.Errorf("--format %q: use table or json", format)
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 0, 3, ' ', 0)
+	fmt.Fprintln(tw, header)
+	rows(tw)
+	return tw.Flush()
+}
+
+// removeEach is the RunE of `X rm BOX NAME [NAME...]`: rm each name of the
+// box, printing it once removed.
+func (a *app) removeEach(rm func(rt *core.Runtime, ctx context.Context, box, name string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		rt, err := a.runtime(cmd.Context())
+		if err != nil {
+			return err
+		}
+		return forEachBox(args[1:], func(name string) error {
+			if err := rm(rt, cmd.Context(), args[0], name); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, name)
+			return nil
+		})
+	}
 }

@@ -1,10 +1,9 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -87,23 +86,13 @@ VMM and its version, ...). --format json prints them as JSON.`,
 			if err != nil {
 				return err
 			}
-			switch format {
-			case "json":
-				enc := json.NewEncoder(a.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(list)
-			case "", "table":
-			default:
-				return fmt.Errorf("--format %q: use table or json", format)
-			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 0, 3, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tCREATED\tSIZE\tCPUS\tMEMORY\tVMM\tINPUTS")
 			now := time.Now()
-			for _, c := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", c.Name, ago(c.CreatedAt, now), config.HumanSize(uint64(c.Size)),
-					c.CPUs, config.HumanSize(c.MemoryMiB<<20), c.VMM, c.Inputs)
-			}
-			return tw.Flush()
+			return a.writeList(format, list, "NAME\tCREATED\tSIZE\tCPUS\tMEMORY\tVMM\tINPUTS", func(w io.Writer) {
+				for _, c := range list {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", c.Name, ago(c.CreatedAt, now), config.HumanSize(uint64(c.Size)),
+						c.CPUs, config.HumanSize(c.MemoryMiB<<20), c.VMM, c.Inputs)
+				}
+			})
 		},
 	}
 	c.Flags().StringVar(&format, "format", "table", "output format: table or json")
@@ -145,19 +134,7 @@ func (a *app) checkpointRmCommand() *cobra.Command {
 		Aliases: []string{"remove"},
 		Short:   "Remove checkpoints of a box",
 		Args:    cobra.MinimumNArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			rt, err := a.runtime(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return forEachBox(args[1:], func(name string) error {
-				if err := rt.RemoveCheckpoint(cmd.Context(), args[0], name); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, name)
-				return nil
-			})
-		},
+		RunE:    a.removeEach((*core.Runtime).RemoveCheckpoint),
 	}
 }
 
@@ -258,23 +235,13 @@ Turn templates off with defaults { boot_templates = false } in the config.`,
 			if err != nil {
 				return err
 			}
-			switch format {
-			case "json":
-				enc := json.NewEncoder(a.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(list)
-			case "", "table":
-			default:
-				return fmt.Errorf("--format %q: use table or json", format)
-			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 0, 3, ' ', 0)
-			fmt.Fprintln(tw, "IMAGE\tCREATED\tSIZE\tCPUS\tMEMORY\tDISK\tINPUTS")
 			now := time.Now()
-			for _, t := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", t.Image, ago(t.CreatedAt, now), config.HumanSize(uint64(t.Size)),
-					t.CPUs, config.HumanSize(t.MemoryMiB<<20), config.HumanSize(t.DiskSize), t.Inputs)
-			}
-			return tw.Flush()
+			return a.writeList(format, list, "IMAGE\tCREATED\tSIZE\tCPUS\tMEMORY\tDISK\tINPUTS", func(w io.Writer) {
+				for _, t := range list {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", t.Image, ago(t.CreatedAt, now), config.HumanSize(uint64(t.Size)),
+						t.CPUs, config.HumanSize(t.MemoryMiB<<20), config.HumanSize(t.DiskSize), t.Inputs)
+				}
+			})
 		},
 	}
 	c.Flags().StringVar(&format, "format", "table", "output format: table or json")

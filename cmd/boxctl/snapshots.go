@@ -1,9 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"text/tabwriter"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -86,25 +85,15 @@ holds of its own on the host (what was written between it and the next).
 			if err != nil {
 				return err
 			}
-			switch format {
-			case "json":
-				enc := json.NewEncoder(a.stdout)
-				enc.SetIndent("", "  ")
-				if list == nil {
-					list = []core.Snapshot{}
-				}
-				return enc.Encode(list)
-			case "", "table":
-			default:
-				return fmt.Errorf("--format %q: use table or json", format)
+			if list == nil {
+				list = []core.Snapshot{}
 			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 0, 3, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tCREATED\tSIZE")
 			now := time.Now()
-			for _, s := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, ago(s.CreatedAt, now), config.HumanSize(s.Size))
-			}
-			return tw.Flush()
+			return a.writeList(format, list, "NAME\tCREATED\tSIZE", func(w io.Writer) {
+				for _, s := range list {
+					fmt.Fprintf(w, "%s\t%s\t%s\n", s.Name, ago(s.CreatedAt, now), config.HumanSize(s.Size))
+				}
+			})
 		},
 	}
 	c.Flags().StringVar(&format, "format", "table", "output format: table or json")
@@ -145,19 +134,7 @@ func (a *app) snapshotRmCommand() *cobra.Command {
 forgotten. A snapshot that boxes were cloned from (boxctl clone --snapshot) is
 refused while those boxes exist, and they are named.`,
 		Args: cobra.MinimumNArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			rt, err := a.runtime(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return forEachBox(args[1:], func(name string) error {
-				if err := rt.RemoveSnapshot(cmd.Context(), args[0], name); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, name)
-				return nil
-			})
-		},
+		RunE: a.removeEach((*core.Runtime).RemoveSnapshot),
 	}
 }
 
