@@ -245,6 +245,8 @@ type TemplateInfo struct {
 	MemoryMiB   uint64    `json:"memory_mib"`
 	DiskSize    uint64    `json:"disk_size"`
 	Inputs      string    `json:"inputs"`
+	// DiskID is the storage plugin's disk holding the template's disk state.
+	DiskID string `json:"disk_id"`
 }
 
 // Templates lists the boot templates.
@@ -258,7 +260,7 @@ func (r *Runtime) Templates(ctx context.Context) ([]TemplateInfo, error) {
 	out := make([]TemplateInfo, 0, len(ts))
 	for _, t := range ts {
 		out = append(out, TemplateInfo{Image: t.Image, ImageDigest: t.ImageDigest, CreatedAt: t.CreatedAt, Size: t.State.Size,
-			CPUs: t.CPUs, MemoryMiB: t.MemoryMiB, DiskSize: t.DiskSize, Inputs: describeInputs(t.State.Inputs)})
+			CPUs: t.CPUs, MemoryMiB: t.MemoryMiB, DiskSize: t.DiskSize, Inputs: describeInputs(t.State.Inputs), DiskID: t.DiskID})
 	}
 	return out, err
 }

@@ -114,10 +114,13 @@ func (e *env) assertNothingLeft(t *testing.T, want ...string) {
 	for _, n := range want {
 		disks[e.info(rt, n).DiskID+".qcow2"] = true
 	}
+	for d := range e.templateDisks(rt) {
+		disks[d+".qcow2"] = true
+	}
 	ents, _ := os.ReadDir(filepath.Join(e.home, "plugins-data", "qcow2", "disks"))
 	for _, ent := range ents {
 		if !disks[ent.Name()] {
-			t.Fatalf("the storage plugin has a disk file no box owns: %s", ent.Name())
+			t.Fatalf("the storage plugin has a disk file no box or template owns: %s", ent.Name())
 		}
 	}
 	if ents, _ := os.ReadDir(filepath.Join(e.home, "tmp")); len(ents) != 0 {

@@ -166,6 +166,21 @@ func (e *env) waitStatus(ref string, want model.Status, within time.Duration) *m
 
 func (e *env) boxDir(id string) string { return filepath.Join(e.home, "boxes", id) }
 
+// templateDisks are the storage disks the home's boot templates own (a new
+// box of an image starts from one: see core's templates).
+func (e *env) templateDisks(rt *core.Runtime) map[string]bool {
+	e.t.Helper()
+	ts, err := rt.Templates(context.Background())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, t := range ts {
+		out[t.DiskID] = true
+	}
+	return out
+}
+
 func (e *env) assertConsistent(rt *core.Runtime) {
 	e.t.Helper()
 	problems, err := rt.CheckConsistency(context.Background())
