@@ -180,7 +180,7 @@ func (r *Runtime) reload(ctx context.Context, id string) (*model.Box, error) {
 
 // launch prepares the VM, has the VMM plugin plan it, and starts the box
 // monitor, which starts the VM and reports when it is ready.
-func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *restoreFrom) error {
+func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *restoreFrom) (err error) {
 	id := b.ID
 	if err := os.MkdirAll(r.paths.boxDir(id), 0o700); err != nil {
 		return fmt.Errorf("box directory: %w", err)
@@ -214,12 +214,25 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 	if spec.Sandbox, err = r.sandboxSpec(ctx, b, info); err != nil {
 		return err
 	}
+	var verified <-chan error
 	if rf != nil {
-		checked := time.Now()
 		if spec.Restore, err = r.restoreSpec(ctx, rf, spec); err != nil {
 			return err
 		}
-		r.log.Debug("saved state checked", "box", b.ID, "from", rf.what, "size", rf.state.Size, "took", time.Since(checked))
+		// The file's checksum is verified while the VM loads it: a damaged
+		// file stops the start (and its VM) as soon as that is known.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		verified = r.verifyInBackground(b.ID, rf, cancel)
+		vctx := ctx
+		defer func() {
+			// A step that failed because the damaged file cancelled it
+			// reports the damage.
+			if cause := context.Cause(vctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, context.DeadlineExceeded) {
+				err = cause
+			}
+		}()
 	}
 	spawned := time.Now()
 	plan, err := vmm.Plan(ctx, spec)
@@ -271,10 +284,21 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 	if err := monitor.WriteLaunch(r.paths.launchFile(b.ID), l); err != nil {
 		return err
 	}
-	if err := r.spawnMonitor(ctx, b, l); err != nil {
-		if rf != nil {
+	err = r.spawnMonitor(ctx, b, l)
+	if rf != nil {
+		if verr := <-verified; verr != nil {
+			if err == nil {
+				if _, serr := monitor.Stop(context.WithoutCancel(ctx), r.paths.monitorSocket(b.ID), 0); serr != nil {
+					r.log.Warn("stop a VM restored from a damaged state", "box", b.ID, "error", serr)
+				}
+			}
+			return verr
+		}
+		if err != nil {
 			return fmt.Errorf("restore %s: %w", rf.what, err)
 		}
+	}
+	if err != nil {
 		return err
 	}
 	r.log.Debug("vm ready", "box", b.ID, "took", time.Since(spawned))
@@ -290,6 +314,24 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 		}
 	}
 	return nil
+}
+
+// verifyInBackground verifies rf's state file's checksum and sends the
+// outcome on the channel returned; a damaged file cancels the start with
+// the reason.
+func (r *Runtime) verifyInBackground(id string, rf *restoreFrom, cancel context.CancelCauseFunc) <-chan error {
+	out := make(chan error, 1)
+	go func() {
+		start := time.Now()
+		err := verifyChecksum(rf.state)
+		if err != nil {
+			err = fmt.Errorf("restore %s: %w", rf.what, err)
+			cancel(err)
+		}
+		r.log.Debug("saved state verified", "box", id, "from", rf.what, "size", rf.state.Size, "took", time.Since(start), "error", err)
+		out <- err
+	}()
+	return out
 }
 
 // bootArgs renders the guest boot contract for spec: the disks in spec

@@ -98,16 +98,37 @@ func checksumFile(path string) (uint32, int64, error) {
 // errDamagedState: a saved state's file is not what was saved.
 var errDamagedState = errors.New("the saved VM state is damaged")
 
-// verifyState checks that st's file is the one saved, and that it was
-// saved by the VMM now configured.
+// verifyState checks that st's file is the one saved (checkState, and its
+// checksum).
 func (r *Runtime) verifyState(st model.VMState) error {
+	if err := r.checkState(st); err != nil {
+		return err
+	}
+	return verifyChecksum(st)
+}
+
+// checkState is what verifyState checks without reading the file: that it
+// was saved by the VMM now configured, exists, and has the size saved.
+func (r *Runtime) checkState(st model.VMState) error {
 	if st.VMM != r.cfg.VMM {
 		return fmt.Errorf("it was saved by the VMM plugin %q, and %q is configured now: %w", st.VMM, r.cfg.VMM, ErrInvalidState)
 	}
-	sum, size, err := checksumFile(st.File)
+	fi, err := os.Stat(st.File)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("its state file %s is missing: %w", st.File, errDamagedState)
+	case err != nil:
+		return fmt.Errorf("%w: %w", errDamagedState, err)
+	case fi.Size() != st.Size:
+		return fmt.Errorf("its state file %s has %d bytes, %d were saved (truncated?): %w", st.File, fi.Size(), st.Size, errDamagedState)
+	}
+	return nil
+}
+
+// verifyChecksum reads st's file whole and compares its checksum.
+func verifyChecksum(st model.VMState) error {
+	sum, size, err := checksumFile(st.File)
+	switch {
 	case err != nil:
 		return fmt.Errorf("%w: %w", errDamagedState, err)
 	case size != st.Size:
@@ -168,13 +189,14 @@ type restoreFrom struct {
 }
 
 // restoreSpec checks st against the VM spec about to be planned and
-// returns the spec's Restore.
+// returns the spec's Restore. The file's checksum is the caller's to
+// verify (launch does it while the VM starts).
 func (r *Runtime) restoreSpec(ctx context.Context, rf *restoreFrom, spec sdk.VMSpec) (*sdk.RestoreSpec, error) {
 	ms, err := r.memorySnapshotter(ctx, "restore "+rf.what)
 	if err != nil {
 		return nil, err
 	}
-	if err := r.verifyState(rf.state); err != nil {
+	if err := r.checkState(rf.state); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", rf.what, err)
 	}
 	now, err := ms.StateInputs(ctx, spec)

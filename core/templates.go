@@ -97,7 +97,8 @@ func (r *Runtime) canCapture(ctx context.Context) bool {
 
 // diskFromTemplate makes box b's writable disk a clone of template t's.
 func (r *Runtime) diskFromTemplate(ctx context.Context, b *model.Box, t model.Template) error {
-	if err := r.verifyState(t.State); err != nil {
+	// The checksum is verified while the VM starts (launch).
+	if err := r.checkState(t.State); err != nil {
 		return err
 	}
 	snaps, err := r.plugins.Snapshots(ctx)
