@@ -385,6 +385,9 @@ func (r *Runtime) Remove(ctx context.Context, ref string, opts RemoveOptions) er
 			return fmt.Errorf("remove %s: kill its VM: %w", b.Name, err)
 		}
 	}
+	if b.Status == model.StatusSuspended && !opts.Force {
+		return fmt.Errorf("box %s (%s) is suspended: its processes are saved and resume at the next start; remove it with force to drop them: %w", b.Name, shortID(b.ID), ErrInvalidState)
+	}
 	if len(clones) > 0 && !opts.Force {
 		return fmt.Errorf("box %s (%s) has clones that were made from its disk (%s): remove them first or remove it with force: %w", b.Name, shortID(b.ID), strings.Join(clones, ", "), ErrInvalidState)
 	}

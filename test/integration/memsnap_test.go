@@ -155,6 +155,12 @@ func TestMemoryCaptureFailures(t *testing.T) {
 
 	// A suspended box whose state file is damaged stays suspended.
 	e2.ok("suspend", "c")
+	if _, errs, code := e2.cli("rm", "c"); code == 0 || !strings.Contains(errs, "suspended") || !strings.Contains(errs, "force") {
+		t.Fatalf("rm of a suspended box without force: exit %d, %s", code, errs)
+	}
+	if listed := e2.ok("ls", "--format", "{{.Name}} {{.State}}"); !strings.Contains(listed, "c Suspended") {
+		t.Fatalf("ls shows:\n%s", listed)
+	}
 	files = e2.stateFiles(id)
 	if len(files) != 1 {
 		t.Fatalf("want the suspended state's file, have %v", files)
