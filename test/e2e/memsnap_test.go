@@ -15,7 +15,9 @@ import (
 // counterScript counts in the shell's memory and writes the count to a
 // file: after a restore the count goes on from where it was only if the
 // process (its memory) was restored, not restarted.
-const counterScript = `mkdir -p /run; i=0; while true; do i=$((i+1)); echo $i > /run/count; sleep 0.1; done`
+// The count goes to a temporary file renamed over the count, so a reader
+// never sees the file truncated.
+const counterScript = `mkdir -p /run; i=0; while true; do i=$((i+1)); echo $i > /run/count.tmp; mv /run/count.tmp /run/count; sleep 0.1; done`
 
 // count reads box's counter; -1 before the counter wrote its file.
 func (e *env) count(box string) int {
