@@ -83,6 +83,9 @@ func (r *Runtime) captureRunning(ctx context.Context, b *model.Box, what string,
 		c.state = st
 		return nil
 	})
+	if err == nil {
+		err = sealState(&c.state)
+	}
 	if err != nil {
 		r.removeStateFile(c.state)
 		r.removeDisks(context.WithoutCancel(ctx), made)

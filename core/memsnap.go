@@ -55,8 +55,9 @@ func stateFileName(dir, name string) string {
 	return filepath.Join(dir, fmt.Sprintf("%s.%x.vmstate", name, b))
 }
 
-// saveState has the VMM save paused vm's state into a new file in dir and
-// records what verifies it later. On error no file is left.
+// saveState has the VMM save paused vm's state into a new file in dir. The
+// file is not yet checksummed or synced: sealState does that once the VM
+// runs again. On error no file is left.
 func (r *Runtime) saveState(ctx context.Context, ms sdk.MemorySnapshotter, vm sdk.VM, dir, name string) (model.VMState, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return model.VMState{}, fmt.Errorf("state directory: %w", err)
@@ -67,16 +68,35 @@ func (r *Runtime) saveState(ctx context.Context, ms sdk.MemorySnapshotter, vm sd
 		_ = os.Remove(path)
 		return model.VMState{}, fmt.Errorf("save the VM's memory: %w", err)
 	}
-	sum, size, err := checksumFile(path)
+	return model.VMState{File: path, Size: saved.Size, VMM: r.cfg.VMM, Inputs: saved.Inputs}, nil
+}
+
+// sealState makes a saved state's file durable and records its checksum,
+// reading it once for both: outside the pause, since it reads and syncs
+// the whole file. The file must have the size the VMM reported.
+func sealState(st *model.VMState) error {
+	f, err := os.Open(st.File)
 	if err != nil {
-		_ = os.Remove(path)
-		return model.VMState{}, fmt.Errorf("save the VM's memory: %w", err)
+		return fmt.Errorf("seal the saved memory: %w", err)
 	}
-	if size != saved.Size {
-		_ = os.Remove(path)
-		return model.VMState{}, fmt.Errorf("save the VM's memory: the VMM reported %d bytes but %s has %d", saved.Size, path, size)
+	defer f.Close()
+	h := crc32.New(castagnoli)
+	n, err := io.CopyBuffer(h, f, make([]byte, 1<<20))
+	if err != nil {
+		return fmt.Errorf("seal the saved memory: read %s: %w", st.File, err)
 	}
-	return model.VMState{File: path, Size: size, CRC32C: sum, VMM: r.cfg.VMM, Inputs: saved.Inputs}, nil
+	if n != st.Size {
+		return fmt.Errorf("seal the saved memory: the VMM reported %d bytes but %s has %d", st.Size, st.File, n)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("seal the saved memory: sync %s: %w", st.File, err)
+	}
+	if d, err := os.Open(filepath.Dir(st.File)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	st.CRC32C = h.Sum32()
+	return nil
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

@@ -84,6 +84,13 @@ func (r *Runtime) Suspend(ctx context.Context, ref string) (SuspendInfo, error) 
 	}
 	r.crashPoint("suspend", "paused")
 	st, err := r.saveState(bctx, ms, vm, r.paths.vmStateDir(b.ID), "suspend")
+	if err == nil {
+		// Still paused: this VM does not run again, so its pause does not
+		// matter, and the state must be durable before the VM goes.
+		if err = sealState(&st); err != nil {
+			r.removeStateFile(st)
+		}
+	}
 	if err != nil {
 		resume()
 		return SuspendInfo{}, fmt.Errorf("suspend %s: %w", b.Name, err)

@@ -75,7 +75,10 @@ type MemorySnapshotter interface {
 	// the same instant, while the VM is still paused: a state is only
 	// restorable together with disks holding exactly what they held when
 	// it was saved. On error nothing is left at path and the VM can be
-	// resumed as if SaveState had not been called.
+	// resumed as if SaveState had not been called. The file is complete
+	// when SaveState returns but need not be on stable storage yet: the
+	// caller syncs it once the VM runs again (a sync of hundreds of MiB
+	// would otherwise lengthen the pause).
 	SaveState(ctx context.Context, vm VM, path string) (SavedState, error)
 	// StateInputs returns what a state saved from a VM planned with spec
 	// depends on, each as a name and an opaque value that changes when the

@@ -140,7 +140,9 @@ type VMMClient interface {
 	// state; not the contents of its disks) to path, a new file the VMM
 	// creates itself: path is absolute, must not exist, and its directory
 	// does. Nothing half-written is ever visible at path: on any error
-	// (including the caller's deadline) nothing is left there.
+	// (including the caller's deadline) nothing is left there. The file need
+	// not be synced to stable storage when SaveState returns: the caller syncs
+	// it after Resume, so that the VM is not paused for the sync.
 	//
 	// Call order (the core's quiesce bracket): Pause, SaveState, the disks'
 	// state taken (storage snapshot or SwitchDisk) while the VM is still
@@ -337,7 +339,9 @@ type VMMServer interface {
 	// state; not the contents of its disks) to path, a new file the VMM
 	// creates itself: path is absolute, must not exist, and its directory
 	// does. Nothing half-written is ever visible at path: on any error
-	// (including the caller's deadline) nothing is left there.
+	// (including the caller's deadline) nothing is left there. The file need
+	// not be synced to stable storage when SaveState returns: the caller syncs
+	// it after Resume, so that the VM is not paused for the sync.
 	//
 	// Call order (the core's quiesce bracket): Pause, SaveState, the disks'
 	// state taken (storage snapshot or SwitchDisk) while the VM is still

@@ -36,8 +36,8 @@ const layoutVersion = "1"
 // checkpoints, and its syscall filter forbids the exec: transport, so the
 // plugin creates the file itself and hands QEMU the descriptor (getfd,
 // then migrate to "fd:NAME"). The file is written under a temporary name
-// next to path and renamed to path once QEMU says the migration completed
-// and the data is on disk, so path only ever holds a complete state.
+// next to path and linked to path once QEMU says the migration completed,
+// so path only ever holds a complete state (synced to disk by the caller).
 //
 // QEMU ends a completed migration in run state "postmigrate", with the
 // disks' block nodes inactive (flushed, locks released); Resume ("cont")
@@ -107,9 +107,9 @@ func (v *VMM) SaveState(ctx context.Context, vm sdk.VM, path string) (sdk.SavedS
 		_ = waitMigrationEnd(later, q)
 		return sdk.SavedState{}, err
 	}
-	if err := f.Sync(); err != nil {
-		return sdk.SavedState{}, fmt.Errorf("SaveState: sync %s: %w", tmp, err)
-	}
+	// No fsync here: the VM is paused until SaveState returns, and syncing
+	// hundreds of MiB would stop the guest that much longer. Durability is
+	// the caller's, once the VM runs again (see the contract).
 	st, err := f.Stat()
 	if err != nil {
 		return sdk.SavedState{}, err
@@ -122,10 +122,6 @@ func (v *VMM) SaveState(ctx context.Context, vm sdk.VM, path string) (sdk.SavedS
 		return sdk.SavedState{}, fmt.Errorf("SaveState: %w", err)
 	}
 	ok = false // the temporary name goes; path stays
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
 	v.log.Debug("state saved", "path", path, "bytes", st.Size(), "took", time.Since(started))
 	return sdk.SavedState{Size: st.Size(), Inputs: inputs}, nil
 }
