@@ -394,14 +394,21 @@ func (guestAgent) Thaw(ctx context.Context, socket string) error {
 	return err
 }
 
-func (guestAgent) WaitReady(ctx context.Context, socket string) error {
+func (guestAgent) WaitReady(ctx context.Context, socket string, id *monitor.Identity) error {
 	c, err := agentclient.Dial(ctx, socket)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	_, err = c.WaitReady(ctx)
-	return err
+	if _, err = c.WaitReady(ctx); err != nil || id == nil {
+		return err
+	}
+	// Fresh host time and entropy: no two boxes restored from one state
+	// are twins.
+	if err := c.Reidentify(ctx, agentclient.Identity{BoxID: id.BoxID, Hostname: id.Hostname}); err != nil {
+		return fmt.Errorf("give the restored guest its identity: %w", err)
+	}
+	return nil
 }
 
 func (guestAgent) Shutdown(ctx context.Context, socket string) error {

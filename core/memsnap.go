@@ -13,7 +13,6 @@ import (
 	"strings"
 
 	"github.com/boxctl/boxctl/core/model"
-	"github.com/boxctl/boxctl/guest/agentclient"
 	"github.com/boxctl/boxctl/sdk"
 )
 
@@ -264,18 +263,6 @@ func (r *Runtime) removeStateFile(st model.VMState) {
 	if err := os.Remove(st.File); err != nil && !errors.Is(err, os.ErrNotExist) {
 		r.log.Warn("remove a saved VM state", "file", st.File, "error", err)
 	}
-}
-
-// reidentify tells the guest of box b, just restored from a saved state,
-// who it is now: its box ID and host name, the time, and fresh entropy for
-// its kernel's RNG, so that no two boxes restored from one state are twins.
-func (r *Runtime) reidentify(ctx context.Context, b *model.Box, socket string) error {
-	agent, err := agentclient.Dial(ctx, socket)
-	if err != nil {
-		return fmt.Errorf("guest agent: %w", err)
-	}
-	defer agent.Close()
-	return agent.Reidentify(ctx, agentclient.Identity{BoxID: b.ID, Hostname: hostnameOf(b.ID)})
 }
 
 // hostnameOf is a box's host name: its short ID, as Docker's.

@@ -34,7 +34,11 @@ type VMM interface {
 // Agent is what the monitor needs from the guest agent: to know when the
 // guest is ready, to ask it to power off cleanly, and to thaw it.
 type Agent interface {
-	WaitReady(ctx context.Context, socket string) error
+	// WaitReady waits until the guest agent answers with the box root
+	// mounted; with id, it then gives a guest restored from a saved state
+	// its identity (on the same connection), before the box counts as
+	// running.
+	WaitReady(ctx context.Context, socket string, id *Identity) error
 	Shutdown(ctx context.Context, socket string) error
 	// Thaw undoes a freeze left by a quiesce bracket whose holder died.
 	Thaw(ctx context.Context, socket string) error
@@ -345,7 +349,7 @@ func (m *monitor) waitAgent(ctx context.Context) error {
 		case <-actx.Done():
 		}
 	}()
-	err := m.o.Agent.WaitReady(actx, m.o.Launch.AgentSocket)
+	err := m.o.Agent.WaitReady(actx, m.o.Launch.AgentSocket, m.o.Launch.Identity)
 	select {
 	case <-m.exited:
 		return fmt.Errorf("the VM exited during boot (exit code %d) before its guest agent answered", m.exit.Code)

@@ -52,6 +52,15 @@ type Launch struct {
 	Health      *model.HealthCheck `json:"health,omitempty"`
 	// LogLevel for the monitor's own log file.
 	LogLevel string `json:"log_level,omitempty"`
+	// Identity, for a VM restored from a saved state, is who its guest is
+	// to become once its agent answers (Agent.WaitReady).
+	Identity *Identity `json:"identity,omitempty"`
+}
+
+// Identity is a box's identity in its guest: its ID and host name.
+type Identity struct {
+	BoxID    string `json:"box_id"`
+	Hostname string `json:"hostname"`
 }
 
 // WriteLaunch writes l to path atomically.
