@@ -103,7 +103,7 @@ func Serve(cfg ServeConfig) {
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  hs,
 		VersionedPlugins: map[int]plugin.PluginSet{version: cfg.PluginSet()},
-		GRPCServer:       plugin.DefaultGRPCServer,
+		GRPCServer:       grpcServer,
 		Logger:           logger,
 	})
 }

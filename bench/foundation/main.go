@@ -3,7 +3,7 @@
 //   - `boxctl ls -a` wall time with 10,000 boxes in the store (target ≤ 100 ms)
 //   - create throughput for Configured boxes, through the Go API and
 //     through parallel `boxctl create` processes (target ≥ 200 boxes/s)
-//   - one plugin RPC round trip over go-plugin, p50 and p99 (target ≤ 200 µs)
+//   - one plugin RPC round trip over go-plugin, p50 and p99 (target ≤ 100 µs, issue 12; bench/rpc takes it apart)
 //
 // Run it with `make bench` (which builds the binaries) or
 // `go run ./bench/foundation -bin bin -test-plugins build/test-plugins`.
@@ -185,7 +185,7 @@ func run(bin, testPlugins string, nBoxes, nCreates, nRPCs int) error {
 		rtts[i] = time.Since(t)
 	}
 	sort.Slice(rtts, func(i, j int) bool { return rtts[i] < rtts[j] })
-	fmt.Printf("plugin RPC round trip (Info), %d:  p50 %s, p99 %s (target p50 <= 200µs)\n", nRPCs, rtts[len(rtts)/2], rtts[len(rtts)*99/100])
+	fmt.Printf("plugin RPC round trip (Info), %d:  p50 %s, p99 %s (target p50 <= 100µs)\n", nRPCs, rtts[len(rtts)/2], rtts[len(rtts)*99/100])
 	return nil
 }
 

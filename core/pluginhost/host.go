@@ -526,13 +526,15 @@ func (h *Host) start(ctx context.Context, name string) (*instance, error) {
 		VersionedPlugins: map[int]plugin.PluginSet{sdk.ProtocolVersion: sdk.ClientPluginSet()},
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         true,
-		Logger:           logger.Named(name),
-		StartTimeout:     inst.callTimeout,
-		GRPCDialOptions: []grpc.DialOption{
+		// No AutoMTLS: both ends check each other's peer credentials
+		// instead (sdk/peercred.go says why that protects as much, and
+		// what it saves).
+		Logger:       logger.Named(name),
+		StartTimeout: inst.callTimeout,
+		GRPCDialOptions: append(sdk.GRPCDialOptions(cmd),
 			grpc.WithChainUnaryInterceptor(inst.unaryInterceptor),
 			grpc.WithChainStreamInterceptor(inst.streamInterceptor),
-		},
+		),
 	})
 	started := time.Now()
 	rpc, err := inst.connect()

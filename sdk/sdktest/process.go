@@ -38,7 +38,7 @@ func StartPlugin(t testing.TB, path string, env ...string) Clients {
 		VersionedPlugins: map[int]plugin.PluginSet{sdk.ProtocolVersion: sdk.ClientPluginSet()},
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         true,
+		GRPCDialOptions:  sdk.GRPCDialOptions(cmd),
 		Logger:           hclog.New(&hclog.LoggerOptions{Name: "plugin", Output: out, Level: hclog.Debug}),
 	})
 	t.Cleanup(func() {
