@@ -96,6 +96,7 @@ proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
 # Each benchmark prints its numbers; see bench/README.md for what they mean.
 bench: deps build build-test-plugins guest
 	$(GO) run ./bench/foundation -bin $(BIN) -test-plugins build/test-plugins
+	$(GO) run ./bench/cli -bin $(BIN) -test-plugins build/test-plugins
 	$(GO) run ./bench/vm -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/coldboot -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/memsnap -bin $(BIN) -guest build/guest

@@ -8,13 +8,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+
+	"github.com/boxctl/boxctl/internal/namecheck"
 )
 
 // ErrNotFound is returned when an explicitly named config file does not exist.
@@ -229,10 +230,12 @@ var registrySchema = &hcl.BodySchema{
 	},
 }
 
-var (
-	logLevels  = []string{"trace", "debug", "info", "warn", "error", "off"}
-	pluginName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-)
+var logLevels = []string{"trace", "debug", "info", "warn", "error", "off"}
+
+// validPluginName is ^[a-z0-9][a-z0-9-]{0,62}$.
+func validPluginName(s string) bool {
+	return namecheck.Name(s, namecheck.LowerAlnum, func(c byte) bool { return namecheck.LowerAlnum(c) || c == '-' }, 62)
+}
 
 // CheckLogLevel checks a log level (case does not matter), as given in
 // --log-level or $BOXCTL_LOG.
@@ -268,7 +271,7 @@ func (c *Config) decodeRoot(body hcl.Body, sources map[string][]byte) hcl.Diagno
 		if a := content.Attributes[role.name]; a != nil {
 			var v string
 			if d.decode(a, &v) {
-				if pluginName.MatchString(v) {
+				if validPluginName(v) {
 					*role.dst = v
 				} else {
 					d.errorf(a.Expr.Range(), "Invalid plugin name", "%s = %q is not a plugin name. Plugin names are lower case letters, digits and dashes, e.g. %s = %q; the binary is boxctl-plugin-<name>.", role.name, v, role.name, map[string]string{"vmm": DefaultVMM, "storage": DefaultStorage, "images": DefaultImages}[role.name])
@@ -281,7 +284,7 @@ func (c *Config) decodeRoot(body hcl.Body, sources map[string][]byte) hcl.Diagno
 		switch blk.Type {
 		case "plugin":
 			name := blk.Labels[0]
-			if !pluginName.MatchString(name) {
+			if !validPluginName(name) {
 				d.errorf(blk.LabelRanges[0], "Invalid plugin name", "plugin %q: plugin names are lower case letters, digits and dashes; the binary is boxctl-plugin-<name>.", name)
 				continue
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
+	"github.com/boxctl/boxctl/internal/namecheck"
 	"github.com/boxctl/boxctl/sdk"
 )
 
@@ -55,7 +56,7 @@ func (r *Runtime) newBox(opts BoxOptions) (*model.Box, error) {
 	if name == "" {
 		name = "box-" + id[:8]
 	}
-	if !nameRE.MatchString(name) {
+	if !namecheck.BoxName(name) {
 		return nil, fmt.Errorf("create box: invalid name %q: use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit: %w", name, ErrInvalidArgument)
 	}
 	d := r.cfg.Defaults

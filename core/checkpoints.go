@@ -12,6 +12,7 @@ import (
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/internal/lockfile"
+	"github.com/boxctl/boxctl/internal/namecheck"
 	"github.com/boxctl/boxctl/sdk"
 )
 
@@ -63,7 +64,7 @@ func (r *Runtime) CreateCheckpoint(ctx context.Context, ref, name string) (Check
 	if name == "" {
 		name = freeCheckpointName(existing, time.Now())
 	}
-	if !nameRE.MatchString(name) {
+	if !namecheck.BoxName(name) {
 		return CheckpointInfo{}, fmt.Errorf("checkpoint %s: invalid checkpoint name %q: use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit: %w", b.Name, name, ErrInvalidArgument)
 	}
 	for _, c := range existing {

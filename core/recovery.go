@@ -46,10 +46,40 @@ func (r *Runtime) recover(ctx context.Context) error {
 		return err
 	}
 	r.sweepWorkDirs()
+	boot, _ := proc.BootID()
 	for _, b := range attention {
+		if r.runningUndisturbed(b, boot) {
+			continue
+		}
 		r.recoverBox(ctx, b)
 	}
 	return nil
+}
+
+// runningUndisturbed reports, from the record as read without the box's
+// lock, that recoverBox would find nothing to do: the box is running, no
+// operation on it is pending, its directory is there and its VM process is
+// alive on this boot (and not orphaned by both its owner and its monitor).
+// Running boxes are always in the attention index, so this spares every
+// command the lock and the second read per running box. A record that
+// changes after it was read is another process's doing: that process holds
+// the lock, and the next command's recovery sees the new record.
+func (r *Runtime) runningUndisturbed(b *model.Box, boot string) bool {
+	run := b.Run
+	if b.Pending != "" || !b.Status.Active() || b.Status == model.StatusStarting || run == nil || boot == "" {
+		return false
+	}
+	if run.VM.BootID != boot || run.Monitor.BootID != "" && run.Monitor.BootID != boot {
+		return false
+	}
+	if !run.VM.Alive() {
+		return false
+	}
+	if !run.Detached && !run.Owner.IsZero() && !run.Monitor.IsZero() && !run.Owner.Alive() && !run.Monitor.Alive() {
+		return false
+	}
+	_, err := os.Stat(r.paths.boxDir(b.ID))
+	return err == nil
 }
 
 // removeOrphans deletes box directories and lock files with no record.

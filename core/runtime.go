@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -401,8 +400,6 @@ func shortID(id string) string {
 	}
 	return id
 }
-
-var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$`)
 
 func (r *Runtime) findMonitorBinary() (string, error) {
 	if r.monitorBin != "" {

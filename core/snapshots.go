@@ -11,6 +11,7 @@ import (
 	"github.com/boxctl/boxctl/core/model"
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/internal/lockfile"
+	"github.com/boxctl/boxctl/internal/namecheck"
 	"github.com/boxctl/boxctl/sdk"
 )
 
@@ -56,7 +57,7 @@ func (r *Runtime) CreateSnapshot(ctx context.Context, ref, name string) (Snapsho
 	if name == "" {
 		name = freeSnapshotName(existing, time.Now())
 	}
-	if !nameRE.MatchString(name) {
+	if !namecheck.BoxName(name) {
 		return Snapshot{}, fmt.Errorf("snapshot %s: invalid snapshot name %q: use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit: %w", b.Name, name, ErrInvalidArgument)
 	}
 	for _, s := range existing {

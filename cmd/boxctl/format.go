@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"text/template"
@@ -102,7 +103,7 @@ func plural(n int, unit string) string {
 		}
 		return "1 " + unit
 	}
-	return fmt.Sprintf("%d %ss", n, unit)
+	return strconv.Itoa(n) + " " + unit + "s" // not Sprintf: ls calls this per box
 }
 
 // printBoxes writes boxes as a table, JSON, or through a Go template.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -43,6 +44,11 @@ func (a *app) monitorCommand() *cobra.Command {
 }
 
 func runMonitor(home, boxID, runID string) error {
+	// A monitor lives as long as its box: Go's default GC target, not the
+	// short-lived commands' (cliGCPercent), unless $GOGC says otherwise.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(100)
+	}
 	// The monitor outlives the terminal that started boxctl.
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

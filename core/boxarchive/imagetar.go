@@ -11,10 +11,10 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/boxctl/boxctl/internal/ctxio"
+	"github.com/boxctl/boxctl/internal/namecheck"
 )
 
 // An image member is a tar of an OCI image layout holding exactly:
@@ -22,15 +22,17 @@ import (
 // each blob's SHA-256 equal to its name. Nothing else is accepted, so the
 // inner tar can never create anything but those files.
 
-var blobPathRE = regexp.MustCompile(`^blobs/sha256/[0-9a-f]{64}$`)
-
 // maxLayoutMetadata caps oci-layout and index.json.
 const maxLayoutMetadata = 4 << 20
 
 func isBlobDir(rel string) bool { return rel == "blobs/sha256" }
 
 func layoutPathOK(rel string) bool {
-	return rel == "oci-layout" || rel == "index.json" || blobPathRE.MatchString(rel)
+	if rel == "oci-layout" || rel == "index.json" {
+		return true
+	}
+	hex, ok := strings.CutPrefix(rel, "blobs/sha256/")
+	return ok && namecheck.SHA256Hex(hex)
 }
 
 func writeLayoutTar(ctx context.Context, w io.Writer, dir string, files []string) error {

@@ -6,10 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/boxctl/boxctl/internal/namecheck"
 )
 
 // The format this package writes and the only version it reads.
@@ -162,12 +163,18 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-var (
-	memberNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
-	boxNameRE    = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$`)
-	sha256RE     = regexp.MustCompile(`^[0-9a-f]{64}$`)
-	digestRE     = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
-)
+// validMemberName is ^[a-z0-9][a-z0-9._-]{0,63}$.
+func validMemberName(s string) bool {
+	return namecheck.Name(s, namecheck.LowerAlnum, func(c byte) bool {
+		return namecheck.LowerAlnum(c) || c == '.' || c == '_' || c == '-'
+	}, 63)
+}
+
+// validDigest is ^sha256:[0-9a-f]{64}$.
+func validDigest(s string) bool {
+	hex, ok := strings.CutPrefix(s, "sha256:")
+	return ok && namecheck.SHA256Hex(hex)
+}
 
 // maxCompressedSize is the most zstd can emit for n input bytes (raw blocks
 // cost 3 bytes per 128 KiB, frames a few bytes each), with room to spare; a
@@ -231,7 +238,7 @@ func (m *Manifest) check(limits Limits) error {
 	snapshots := 0
 	for i, mem := range m.Members {
 		field := func(f string) string { return fmt.Sprintf("members[%d].%s", i, f) }
-		if !memberNameRE.MatchString(mem.Name) {
+		if !validMemberName(mem.Name) {
 			kind := ErrManifest
 			if strings.Contains(mem.Name, "..") || strings.HasPrefix(mem.Name, "/") {
 				kind = ErrUnsafeName
@@ -245,7 +252,7 @@ func (m *Manifest) check(limits Limits) error {
 		if mem.Compression != CompressionZstd {
 			return bad(field("compression"), "%q, want %q", mem.Compression, CompressionZstd)
 		}
-		if !sha256RE.MatchString(mem.SHA256) {
+		if !namecheck.SHA256Hex(mem.SHA256) {
 			return bad(field("sha256"), "%q is not 64 lower-case hex digits", mem.SHA256)
 		}
 		if mem.Size < 0 {
@@ -323,13 +330,13 @@ func (b *Box) check() error {
 	bad := func(field, format string, args ...any) error {
 		return refuse(ErrManifest, ManifestName, "box."+field, format, args...)
 	}
-	if !boxNameRE.MatchString(b.Name) {
+	if !namecheck.BoxName(b.Name) {
 		return bad("name", "%q is not a box name (1-128 letters, digits, '_', '.' or '-', starting with a letter or digit)", b.Name)
 	}
 	if b.Image.Reference == "" || len(b.Image.Reference) > 4096 || !utf8.ValidString(b.Image.Reference) || strings.ContainsAny(b.Image.Reference, "\x00\n") {
 		return bad("image.reference", "missing or malformed")
 	}
-	if !digestRE.MatchString(b.Image.Digest) {
+	if !validDigest(b.Image.Digest) {
 		return bad("image.digest", "%q is not sha256:<64 hex digits>", b.Image.Digest)
 	}
 	if b.CPUs < 0 {

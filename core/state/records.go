@@ -20,6 +20,9 @@ func encodeBox(b *model.Box) ([]byte, error) {
 }
 
 func decodeBox(v []byte) (*model.Box, error) {
+	if b, ok := decodeBoxWire(v); ok {
+		return b, nil
+	}
 	var pb statepb.Box
 	if err := proto.Unmarshal(v, &pb); err != nil {
 		return nil, fmt.Errorf("decode box record: %w", err)
