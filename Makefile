@@ -97,6 +97,7 @@ proto: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
 bench: deps build build-test-plugins guest
 	$(GO) run ./bench/foundation -bin $(BIN) -test-plugins build/test-plugins
 	$(GO) run ./bench/cli -bin $(BIN) -test-plugins build/test-plugins
+	$(GO) run ./bench/rpc -test-plugins build/test-plugins
 	$(GO) run ./bench/vm -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/coldboot -bin $(BIN) -guest build/guest
 	$(GO) run ./bench/memsnap -bin $(BIN) -guest build/guest
