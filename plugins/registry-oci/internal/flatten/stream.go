@@ -34,11 +34,15 @@ func (p *Plan) WriteTar(ctx context.Context, w io.Writer) error {
 			return err
 		}
 	}
+	ra := p.startReadAhead(ctx)
+	defer ra.close()
 	for li := range p.layers {
 		if p.last[li] < 0 {
 			continue
 		}
-		if err := p.streamLayer(ctx, li, tw); err != nil {
+		err := p.streamLayer(ctx, li, ra.layers[li], tw)
+		ra.layers[li].done()
+		if err != nil {
 			return err
 		}
 	}
@@ -48,29 +52,33 @@ func (p *Plan) WriteTar(ctx context.Context, w io.Writer) error {
 	return bw.Flush()
 }
 
-func (p *Plan) streamLayer(ctx context.Context, li int, tw *tar.Writer) error {
+func (p *Plan) streamLayer(ctx context.Context, li int, src *aheadLayer, tw *tar.Writer) error {
 	l := p.layers[li]
 	bad := func(entry string, err error) error {
 		return &layer.BadLayerError{Layer: l.Digest, Entry: entry, Err: err}
 	}
-	blob, err := l.Open()
+	dr, err := src.open()
 	if err != nil {
-		return fmt.Errorf("open layer %s: %w", l.Digest, err)
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return err
 	}
-	defer blob.Close()
-	dr, _, err := layer.Decompress(blob)
-	if err != nil {
-		return bad("", err)
-	}
-	defer dr.Close()
 	tr := tar.NewReader(dr)
 	acts := p.actions[li]
 	for ord := 0; ord <= p.last[li]; ord++ {
-		if err := ctx.Err(); err != nil {
-			return err
+		if ctx.Err() != nil {
+			// The cause, not just "canceled": a consumer that stopped
+			// reading cancels with its own error (see rootfs.Build).
+			return context.Cause(ctx)
 		}
 		hdr, err := tr.Next()
 		if err != nil {
+			if ctx.Err() != nil {
+				// The decompressor stopped because the build was cancelled;
+				// the layer is not at fault.
+				return context.Cause(ctx)
+			}
 			return bad("", fmt.Errorf("reading entry %d: %v", ord, err))
 		}
 		a := acts[ord]
@@ -84,6 +92,9 @@ func (p *Plan) streamLayer(ctx context.Context, li int, tw *tar.Writer) error {
 			return fmt.Errorf("layer %s: entry %d (%q) does not match the layer index; remove the index to rebuild it", l.Digest, ord, hdr.Name)
 		}
 		if err := emit(tw, tr, hdr, a); err != nil {
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
 			return fmt.Errorf("layer %s: entry %q: %w", l.Digest, hdr.Name, err)
 		}
 	}

@@ -54,8 +54,10 @@ func Build(ctx context.Context, f *os.File, write func(ctx context.Context, w io
 	if err != nil {
 		return Stats{}, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// The writer is cancelled with the ext4 writer's error as the cause, so
+	// that it can return that error and not just "canceled".
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	pr, pw := io.Pipe()
 	werr := make(chan error, 1)
 	go func() {
@@ -66,7 +68,7 @@ func Build(ctx context.Context, f *os.File, write func(ctx context.Context, w io
 	// A generous read buffer keeps pipe hand-offs large.
 	cerr := tar2ext4.ConvertTarToExt4(bufReader(pr), out, tar2ext4.MaximumDiskSize(maxSize))
 	if cerr != nil {
-		cancel()
+		cancel(cerr)
 		pr.CloseWithError(cerr)
 	} else {
 		// Whatever follows the end-of-archive marker must still be read for

@@ -27,7 +27,14 @@ type sparseFile struct {
 	off  int64 // the offset the next Write or Read uses
 	data int64 // end of the furthest bytes actually written
 	size int64 // logical size: the furthest offset written or skipped
+	// started is how far writeback has been started (see startWriteback).
+	started int64
 }
+
+// writebackStep is how much newly written data starts a writeback: large
+// enough that the calls cost nothing, small enough that the device is kept
+// busy while the image is written.
+const writebackStep = 8 << 20
 
 func newSparseFile(f *os.File) (*sparseFile, error) {
 	fi, err := f.Stat()
@@ -75,6 +82,10 @@ func (s *sparseFile) writeRun(b []byte, at int) (int, error) {
 	end := off + int64(n)
 	s.data = max(s.data, end)
 	s.size = max(s.size, end)
+	if s.data-s.started >= writebackStep {
+		startWriteback(s.f, s.started, s.data-s.started)
+		s.started = s.data
+	}
 	return n, err
 }
 
