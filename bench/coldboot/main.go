@@ -9,7 +9,9 @@
 //	    its console read as it arrives: QEMU start to the kernel's first line (firmware,
 //	    and for the bzImage its decompressor), to userspace (the kernel's "Run /init"), and
 //	    to the agent's "modules loaded" line, with the module-loading time the agent reports,
-//	    and the CPU time QEMU used to each point (steadier than wall time on a busy machine).
+//	    and the CPU time QEMU used to each point (steadier than wall time on a busy machine);
+//	(c) the floor: QEMU start to a one-line busybox init with the same kernel, against QEMU
+//	    start to the boxctl agent's ready line, and `run --rm` against that floor.
 //
 // Run it with `make bench`, or after `make build guest`:
 //
@@ -21,6 +23,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,7 +95,7 @@ func run(binDir, guestDir string, runs int) error {
 	}
 	// Warm-up: builds the root disk and the blank disk base once, and fills the page cache.
 	for _, c := range configs {
-		if _, err := h.CLI("--config", c, "run", "--rm", h.Image, "--", "true"); err != nil {
+		if _, err := h.CLI("--config", c, "run", "--rm", "--cold", h.Image, "--", "true"); err != nil {
 			return err
 		}
 	}
@@ -100,13 +103,14 @@ func run(binDir, guestDir string, runs int) error {
 	for r := 0; r < runs; r++ {
 		for i, c := range configs {
 			start := time.Now()
-			if _, err := h.CLI("--config", c, "run", "--rm", h.Image, "--", "true"); err != nil {
+			// --cold: the cold path, not the image's boot template.
+			if _, err := h.CLI("--config", c, "run", "--rm", "--cold", h.Image, "--", "true"); err != nil {
 				return err
 			}
 			times[i] = append(times[i], time.Since(start))
 		}
 	}
-	fmt.Printf("(a) boxctl run --rm IMAGE -- true, %d runs each, interleaved\n", runs)
+	fmt.Printf("(a) boxctl run --rm --cold IMAGE -- true, %d runs each, interleaved\n", runs)
 	first, last := stat.Median(times[0]), stat.Median(times[len(times)-1])
 	for i, v := range variants {
 		note := ""
@@ -139,6 +143,43 @@ func run(binDir, guestDir string, runs int) error {
 			fmt.Printf("      %-30s %s\n", name, summary(phases[i][name]))
 		}
 	}
+
+	// (c) the floor: the same kernel to a one-line busybox init, against
+	// the boxctl guest to its agent's ready line, both bare.
+	floor, err := floorInitramfs(h.Dir)
+	if err != nil {
+		return err
+	}
+	kernel := filepath.Join(guestDir, "vmlinux")
+	base := "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests"
+	var floorTimes, agentTimes []time.Duration
+	for r := 0; r < runs; r++ {
+		d, err := bootTo(kernel, floor, base, floorMarker)
+		if err != nil {
+			return fmt.Errorf("floor boot: %w", err)
+		}
+		floorTimes = append(floorTimes, d)
+		// A real box (its disks, network, agent channel): the core's own
+		// measure from the VM's launch plan to the agent's answer.
+		out, err := h.CLIWithEnv([]string{"BOXCTL_LOG=debug"}, "--config", configs[len(configs)-1], "run", "--rm", "--cold", h.Image, "--", "true")
+		if err != nil {
+			return err
+		}
+		m := vmReady.FindStringSubmatch(out)
+		if m == nil {
+			return fmt.Errorf("no \"vm ready\" line in boxctl's debug output")
+		}
+		if d, err = time.ParseDuration(m[1]); err != nil {
+			return err
+		}
+		agentTimes = append(agentTimes, d)
+	}
+	fmt.Printf("(c) QEMU start to ready, vmlinux, %d runs each, interleaved\n", runs)
+	fmt.Printf("    %-28s %s\n", "one-line busybox init:", summary(floorTimes))
+	fmt.Printf("    %-28s %s\n", "boxctl box, plan to agent:", summary(agentTimes))
+	fmt.Printf("    agent / floor:               %.2fx (medians)\n", float64(stat.Median(agentTimes))/float64(stat.Median(floorTimes)))
+	coldRun := stat.Median(times[len(times)-1])
+	fmt.Printf("    run --rm --cold / floor:     %.2fx (medians; issue 12's target <= 1.25x)\n", float64(coldRun)/float64(stat.Median(floorTimes)))
 	return nil
 }
 
@@ -171,23 +212,11 @@ func bareBoot(kernelPath, initrd string, cryptoTests bool) (map[string]time.Dura
 	if cryptoTests {
 		cmdline += " cryptomgr.notests=0"
 	}
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64",
-		"-machine", "q35,accel="+accel, "-cpu", "max",
-		"-smp", strconv.Itoa(config.DefaultCPUs), "-m", strconv.Itoa(config.DefaultMemoryMiB)+"M",
-		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-kernel", kernelPath, "-initrd", initrd,
-		"-serial", "stdio",
-		"-append", cmdline)
-	out, err := cmd.StdoutPipe()
+	cmd, out, stderr, err := startBareQEMU(ctx, accel, kernelPath, initrd, cmdline)
 	if err != nil {
 		return nil, err
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
 	defer func() {
 		cmd.Process.Kill()
 		cmd.Wait()
@@ -220,6 +249,104 @@ func bareBoot(kernelPath, initrd string, cryptoTests bool) (map[string]time.Dura
 		}
 	}
 	return p, nil
+}
+
+// startBareQEMU starts QEMU as the qemu plugin would for a cold boot (q35,
+// the default vCPUs and memory), without disks or devices, the console on
+// the returned reader.
+func startBareQEMU(ctx context.Context, accel, kernel, initrd, cmdline string) (*exec.Cmd, io.Reader, *strings.Builder, error) {
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64",
+		"-machine", "q35,accel="+accel, "-cpu", "max",
+		"-smp", strconv.Itoa(config.DefaultCPUs), "-m", strconv.Itoa(config.DefaultMemoryMiB)+"M",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-kernel", kernel, "-initrd", initrd,
+		"-serial", "stdio",
+		"-append", cmdline)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	stderr := &strings.Builder{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		return nil, nil, nil, err
+	}
+	return cmd, out, stderr, nil
+}
+
+// vmReady is the core's debug line saying how long a box took from its
+// launch plan to its agent's answer.
+var vmReady = regexp.MustCompile(`vm ready: .*took=([0-9.]+[a-zµ]+)`)
+
+// floorMarker is what the floor's init prints.
+const floorMarker = "BOXCTL-FLOOR-READY"
+
+// floorInitramfs writes, in dir, the floor's initramfs: busybox-static as
+// /bin/busybox and an /init that prints one line and powers off. It is made
+// with the cpio tool (busybox's own applet where cpio is missing).
+func floorInitramfs(dir string) (string, error) {
+	root := filepath.Join(dir, "floor-root")
+	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
+		return "", err
+	}
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		return "", fmt.Errorf("busybox-static: %w (apt-get install busybox-static)", err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "bin", "busybox"), bb, 0o755); err != nil {
+		return "", err
+	}
+	initScript := "#!/bin/busybox sh\n/bin/busybox echo " + floorMarker + "\n/bin/busybox poweroff -f\n"
+	if err := os.WriteFile(filepath.Join(root, "init"), []byte(initScript), 0o755); err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "floor.cpio")
+	tool := "cpio"
+	args := []string{"-o", "-H", "newc", "--quiet"}
+	if _, err := exec.LookPath(tool); err != nil {
+		tool, args = "/bin/busybox", []string{"cpio", "-o", "-H", "newc"}
+	}
+	cmd := exec.Command(tool, args...)
+	cmd.Dir = root
+	cmd.Stdin = strings.NewReader("init\nbin\nbin/busybox\n")
+	f, err := os.Create(out)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var msg strings.Builder
+	cmd.Stdout, cmd.Stderr = f, &msg
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("%s: %v: %s", tool, err, msg.String())
+	}
+	return out, f.Sync()
+}
+
+// bootTo boots kernel with initrd and returns the time from QEMU's start
+// to the first console line containing marker.
+func bootTo(kernel, initrd, cmdline, marker string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	accel := "tcg"
+	if kvmUsable() {
+		accel = "kvm"
+	}
+	start := time.Now()
+	cmd, out, stderr, err := startBareQEMU(ctx, accel, kernel, initrd, cmdline)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), marker) {
+			return time.Since(start), nil
+		}
+	}
+	return 0, fmt.Errorf("the console never showed %q (QEMU: %s)", marker, strings.TrimSpace(stderr.String()))
 }
 
 // cpuTime returns the CPU time process pid has used (user and system, all threads). With one

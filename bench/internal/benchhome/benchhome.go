@@ -44,9 +44,12 @@ func New(binDir, guestDir, prefix string) (*Home, error) {
 }
 
 // CLI runs boxctl on the home and returns its combined output.
-func (h *Home) CLI(args ...string) (string, error) {
+func (h *Home) CLI(args ...string) (string, error) { return h.CLIWithEnv(nil, args...) }
+
+// CLIWithEnv is CLI with extra environment variables (KEY=VALUE).
+func (h *Home) CLIWithEnv(env []string, args ...string) (string, error) {
 	cmd := exec.Command(h.Boxctl, append([]string{"--home", h.Home}, args...)...)
-	cmd.Env = h.env
+	cmd.Env = append(append([]string{}, h.env...), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("boxctl %v: %v: %s", args, err, out)
