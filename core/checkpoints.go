@@ -257,7 +257,7 @@ func (r *Runtime) RestoreCheckpoint(ctx context.Context, ref, name string, opts 
 	if _, err := r.memorySnapshotter(ctx, "restore "+what); err != nil {
 		return err
 	}
-	rf := &restoreFrom{state: cp.State, what: what}
+	rf := &restoreFrom{state: cp.State, what: what, verified: true}
 	if err := r.verifyState(cp.State); err != nil {
 		return fmt.Errorf("restore %s: %w; remove it with `boxctl checkpoint rm %s %s`", what, err, b.Name, name)
 	}

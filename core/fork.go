@@ -116,7 +116,8 @@ func (r *Runtime) Fork(ctx context.Context, srcRef string, opts ForkOptions) (Fo
 		return ForkInfo{}, err
 	}
 	r.crashPoint("fork", "cloned")
-	rf := &restoreFrom{state: c.state, what: "the fork of " + src.Name}
+	// Sealed moments ago: its checksum was taken from the bytes on disk.
+	rf := &restoreFrom{state: c.state, what: "the fork of " + src.Name, verified: true}
 	for _, cl := range clones {
 		b, err := r.reload(ctx, cl.ID)
 		if err != nil {

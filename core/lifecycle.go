@@ -308,11 +308,15 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 	return nil
 }
 
-// verifyInBackground verifies rf's state file's checksum and sends the
-// outcome on the channel returned; a damaged file cancels the start with
-// the reason.
+// verifyInBackground verifies rf's state file's checksum (unless rf was
+// verified just before) and sends the outcome on the channel returned; a
+// damaged file cancels the start with the reason.
 func (r *Runtime) verifyInBackground(id string, rf *restoreFrom, cancel context.CancelCauseFunc) <-chan error {
 	out := make(chan error, 1)
+	if rf.verified {
+		out <- nil
+		return out
+	}
 	go func() {
 		start := time.Now()
 		err := verifyChecksum(rf.state)

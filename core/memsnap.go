@@ -205,6 +205,9 @@ type restoreFrom struct {
 	// what names it in errors: `checkpoint "x"`, "its suspended state",
 	// "the boot template of busybox".
 	what string
+	// verified: the file's checksum was verified (or taken) just before
+	// this start, so launch need not read the file again.
+	verified bool
 }
 
 // restoreSpec checks st against the VM spec about to be planned and
@@ -218,14 +221,23 @@ func (r *Runtime) restoreSpec(ctx context.Context, rf *restoreFrom, spec sdk.VMS
 	if err := r.checkState(rf.state); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", rf.what, err)
 	}
-	now, err := ms.StateInputs(ctx, spec)
-	if err != nil {
-		return nil, fmt.Errorf("restore %s: %w", rf.what, err)
-	}
-	if d := inputsDiffer(rf.state.Inputs, now); d != "" {
-		return nil, fmt.Errorf("restore %s: it was saved with other inputs than this VM would have: %s: %w", rf.what, d, ErrInvalidState)
+	if err := inputsMatch(ctx, ms, rf, spec); err != nil {
+		return nil, err
 	}
 	return &sdk.RestoreSpec{Path: rf.state.File, Inputs: rf.state.Inputs}, nil
+}
+
+// inputsMatch refuses rf's state when its inputs differ from those of a VM
+// planned with spec.
+func inputsMatch(ctx context.Context, ms sdk.MemorySnapshotter, rf *restoreFrom, spec sdk.VMSpec) error {
+	now, err := ms.StateInputs(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", rf.what, err)
+	}
+	if d := inputsDiffer(rf.state.Inputs, now); d != "" {
+		return fmt.Errorf("restore %s: it was saved with other inputs than this VM would have: %s: %w", rf.what, d, ErrInvalidState)
+	}
+	return nil
 }
 
 // checkInputs refuses a saved state whose inputs differ from those a VM of
@@ -245,14 +257,7 @@ func (r *Runtime) checkInputs(ctx context.Context, b *model.Box, rf *restoreFrom
 			{Role: sdk.DiskRoleWritable, Format: "qcow2"},
 		},
 	}
-	now, err := ms.StateInputs(ctx, spec)
-	if err != nil {
-		return fmt.Errorf("restore %s: %w", rf.what, err)
-	}
-	if d := inputsDiffer(rf.state.Inputs, now); d != "" {
-		return fmt.Errorf("restore %s: it was saved with other inputs than this VM would have: %s: %w", rf.what, d, ErrInvalidState)
-	}
-	return nil
+	return inputsMatch(ctx, ms, rf, spec)
 }
 
 // removeStateFile deletes a saved state's file; a missing one is fine.
