@@ -210,7 +210,7 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 	if err := r.prepareGuest(ctx, b, &spec); err != nil {
 		return err
 	}
-	spec.KernelArgs = bootArgs(spec)
+	spec.KernelArgs = bootArgs(spec, info.Capabilities.AgentTransport)
 	if spec.Sandbox, err = r.sandboxSpec(ctx, b, info); err != nil {
 		return err
 	}
@@ -331,11 +331,13 @@ func (r *Runtime) verifyInBackground(id string, rf *restoreFrom, cancel context.
 }
 
 // bootArgs renders the guest boot contract for spec: the disks in spec
-// order (vda is the image's root, vdb the box's writable disk) and, with a
-// user-mode network, its addresses. The VMM appends them to the kernel
-// command line as they are.
-func bootArgs(spec sdk.VMSpec) []string {
+// order (vda is the image's root, vdb the box's writable disk), with a
+// user-mode network its addresses, and the one agent transport the VMM
+// connects over. The VMM appends them to the kernel command line as they
+// are.
+func bootArgs(spec sdk.VMSpec, transport sdk.AgentTransport) []string {
 	c := guestboot.Default()
+	c.ForTransport(transport == sdk.AgentSerial, transport == sdk.AgentVsock)
 	c.Hostname, c.BoxID = hostnameOf(spec.BoxID), spec.BoxID
 	for i, d := range spec.Disks {
 		dev, err := guestboot.DeviceName(i)

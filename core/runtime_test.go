@@ -125,10 +125,16 @@ func TestFirstStartPreparesImageAndDisk(t *testing.T) {
 	if len(spec.Disks) != 2 || spec.Disks[0].Role != sdk.DiskRoleImage || !spec.Disks[0].ReadOnly || spec.Disks[1].Role != sdk.DiskRoleWritable {
 		t.Fatalf("disks: %+v", spec.Disks)
 	}
-	args := strings.Join(bootArgs(spec), " ")
-	for _, want := range []string{"boxctl.root=vda", "boxctl.data=vdb", "boxctl.ip=10.0.2.15/24", "boxctl.gw=10.0.2.2", "boxctl.dns=10.0.2.3", "boxctl.serial=boxctl.agent"} {
-		if !strings.Contains(args, want) {
-			t.Errorf("boot arguments %q lack %s", args, want)
+	for transport, wants := range map[sdk.AgentTransport][]string{
+		sdk.AgentSerial: {"boxctl.serial=boxctl.agent", "boxctl.vsock_port=0"},
+		sdk.AgentVsock:  {"boxctl.serial=none", "boxctl.vsock_port=1024"},
+		"":              {"boxctl.serial=boxctl.agent", "boxctl.vsock_port=1024"},
+	} {
+		args := strings.Join(bootArgs(spec, transport), " ")
+		for _, want := range append([]string{"boxctl.root=vda", "boxctl.data=vdb", "boxctl.ip=10.0.2.15/24", "boxctl.gw=10.0.2.2", "boxctl.dns=10.0.2.3"}, wants...) {
+			if !strings.Contains(args, want) {
+				t.Errorf("boot arguments for transport %q: %q lack %s", transport, args, want)
+			}
 		}
 	}
 	// The image is in use: removal is refused, prune keeps it.

@@ -93,7 +93,9 @@ type Config struct {
 	// DNS servers written to the box's /etc/resolv.conf; when empty the
 	// image's resolv.conf is left alone.
 	DNS []string
-	// VsockPort is the vsock port the agent listens on when /dev/vsock exists.
+	// VsockPort is the vsock port the agent listens on when /dev/vsock
+	// exists; 0 disables the vsock transport (the guest then loads no vsock
+	// modules).
 	VsockPort uint32
 	// SerialPort is the name of the virtio-serial port; "none" disables the
 	// serial transport.
@@ -119,6 +121,18 @@ func (c *Config) UserNetwork() {
 	c.Addr = netip.PrefixFrom(GuestAddr, Subnet.Bits())
 	c.Gateway = GatewayAddr
 	c.DNS = []string{DNSAddr.String()}
+}
+
+// ForTransport keeps only the agent transports a VMM offers (its
+// sdk.AgentSerial or sdk.AgentVsock capability), so the guest spends no boot
+// time on the other; a VMM that says neither keeps both.
+func (c *Config) ForTransport(serial, vsock bool) {
+	if serial && !vsock {
+		c.VsockPort = 0
+	}
+	if vsock && !serial {
+		c.SerialPort = "none"
+	}
 }
 
 // Args renders c as kernel command-line arguments. Every key is written,
