@@ -41,8 +41,9 @@ func main() {
 	bin := flag.String("bin", "bin", "directory with boxctl and its plugins")
 	guest := flag.String("guest", "build/guest", "directory with vmlinuz, vmlinux and initramfs")
 	runs := flag.Int("runs", 7, "runs measured for each kernel")
+	sections := flag.String("sections", "abc", "which of the sections (a), (b) and (c) to run")
 	flag.Parse()
-	if err := run(*bin, *guest, *runs); err != nil {
+	if err := run(*bin, *guest, *runs, *sections); err != nil {
 		fmt.Fprintln(os.Stderr, "coldboot:", err)
 		os.Exit(1)
 	}
@@ -63,7 +64,7 @@ var variants = []variant{
 	{"vmlinux (the default)", "vmlinux", false, false},
 }
 
-func run(binDir, guestDir string, runs int) error {
+func run(binDir, guestDir string, runs int, sections string) error {
 	guestDir, _ = filepath.Abs(guestDir)
 	for _, f := range []string{"vmlinuz", "vmlinux", "initramfs"} {
 		if _, err := os.Stat(filepath.Join(guestDir, f)); err != nil {
@@ -100,7 +101,7 @@ func run(binDir, guestDir string, runs int) error {
 		}
 	}
 	times := make([][]time.Duration, len(variants))
-	for r := 0; r < runs; r++ {
+	for r := 0; r < runs && strings.ContainsAny(sections, "ac"); r++ {
 		for i, c := range configs {
 			start := time.Now()
 			// --cold: the cold path, not the image's boot template.
@@ -110,17 +111,31 @@ func run(binDir, guestDir string, runs int) error {
 			times[i] = append(times[i], time.Since(start))
 		}
 	}
-	fmt.Printf("(a) boxctl run --rm --cold IMAGE -- true, %d runs each, interleaved\n", runs)
-	first, last := stat.Median(times[0]), stat.Median(times[len(times)-1])
-	for i, v := range variants {
-		note := ""
-		if v.before {
-			note = "  (before)"
+	if strings.Contains(sections, "a") {
+		fmt.Printf("(a) boxctl run --rm --cold IMAGE -- true, %d runs each, interleaved\n", runs)
+		first, last := stat.Median(times[0]), stat.Median(times[len(times)-1])
+		for i, v := range variants {
+			note := ""
+			if v.before {
+				note = "  (before)"
+			}
+			fmt.Printf("    %-28s %s%s\n", v.name, summary(times[i]), note)
 		}
-		fmt.Printf("    %-28s %s%s\n", v.name, summary(times[i]), note)
+		fmt.Printf("    default / before:            %.2fx (medians)\n", float64(last)/float64(first))
 	}
-	fmt.Printf("    default / before:            %.2fx (medians)\n", float64(last)/float64(first))
+	if strings.Contains(sections, "b") {
+		if err := bareBoots(guestDir, runs); err != nil {
+			return err
+		}
+	}
+	if strings.Contains(sections, "c") {
+		return floorBoots(h, guestDir, configs[len(configs)-1], times[len(times)-1], runs)
+	}
+	return nil
+}
 
+// bareBoots is section (b): where a bare boot's time goes, for each variant.
+func bareBoots(guestDir string, runs int) error {
 	fmt.Printf("(b) bare QEMU boot, console timestamps on the host, %d runs each, interleaved\n", runs)
 	phases := make([]map[string][]time.Duration, len(variants))
 	for i := range phases {
@@ -144,8 +159,14 @@ func run(binDir, guestDir string, runs int) error {
 		}
 	}
 
-	// (c) the floor: the same kernel to a one-line busybox init, against
-	// the boxctl guest to its agent's ready line, both bare.
+	return nil
+}
+
+// floorBoots is section (c): the floor, the same kernel to a one-line
+// busybox init, against a real box from its launch plan to its agent's
+// answer, and coldRuns (section (a)'s run --rm --cold of the default
+// variant) against the floor.
+func floorBoots(h *benchhome.Home, guestDir, config string, coldRuns []time.Duration, runs int) error {
 	floor, err := floorInitramfs(h.Dir)
 	if err != nil {
 		return err
@@ -161,7 +182,7 @@ func run(binDir, guestDir string, runs int) error {
 		floorTimes = append(floorTimes, d)
 		// A real box (its disks, network, agent channel): the core's own
 		// measure from the VM's launch plan to the agent's answer.
-		out, err := h.CLIWithEnv([]string{"BOXCTL_LOG=debug"}, "--config", configs[len(configs)-1], "run", "--rm", "--cold", h.Image, "--", "true")
+		out, err := h.CLIWithEnv([]string{"BOXCTL_LOG=debug"}, "--config", config, "run", "--rm", "--cold", h.Image, "--", "true")
 		if err != nil {
 			return err
 		}
@@ -178,7 +199,7 @@ func run(binDir, guestDir string, runs int) error {
 	fmt.Printf("    %-28s %s\n", "one-line busybox init:", summary(floorTimes))
 	fmt.Printf("    %-28s %s\n", "boxctl box, plan to agent:", summary(agentTimes))
 	fmt.Printf("    agent / floor:               %.2fx (medians)\n", float64(stat.Median(agentTimes))/float64(stat.Median(floorTimes)))
-	coldRun := stat.Median(times[len(times)-1])
+	coldRun := stat.Median(coldRuns)
 	fmt.Printf("    run --rm --cold / floor:     %.2fx (medians; issue 12's target <= 1.25x)\n", float64(coldRun)/float64(stat.Median(floorTimes)))
 	return nil
 }
