@@ -1,0 +1,111 @@
+package kvmprobe
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestProbeThisHost runs the real probe on this machine's /dev/kvm. The
+// answer depends on the host; what must hold everywhere is that it comes
+// back within the bound plus slack, with a reason.
+func TestProbeThisHost(t *testing.T) {
+	if _, err := os.Stat(DefaultDevice); err != nil {
+		t.Skipf("no %s: %v", DefaultDevice, err)
+	}
+	start := time.Now()
+	r := Probe(context.Background())
+	elapsed := time.Since(start)
+	t.Logf("usable=%v took=%v reason=%q", r.Usable, r.Took, r.Reason)
+	if r.Reason == "" {
+		t.Error("no reason")
+	}
+	if limit := DefaultBound + time.Second; elapsed > limit {
+		t.Errorf("probe took %v, more than bound+slack %v", elapsed, limit)
+	}
+	if r.Took <= 0 || r.Took > elapsed {
+		t.Errorf("Took = %v, measured %v", r.Took, elapsed)
+	}
+	if !r.Usable && !strings.Contains(r.Reason, DefaultDevice) && !strings.Contains(r.Reason, "KVM") {
+		t.Errorf("reason %q names neither the device nor KVM", r.Reason)
+	}
+}
+
+// TestProbeBoundIsEnforced gives the guest a bound no host meets, so the
+// watchdog must stop KVM_RUN (or the probe fail earlier with a reason).
+func TestProbeBoundIsEnforced(t *testing.T) {
+	if _, err := os.Stat(DefaultDevice); err != nil {
+		t.Skipf("no %s: %v", DefaultDevice, err)
+	}
+	start := time.Now()
+	r := Probe(context.Background(), WithBound(time.Nanosecond))
+	elapsed := time.Since(start)
+	t.Logf("usable=%v took=%v reason=%q", r.Usable, r.Took, r.Reason)
+	if r.Usable {
+		t.Errorf("usable with a 1 ns bound: %q", r.Reason)
+	}
+	if elapsed > time.Second {
+		t.Errorf("probe took %v with a 1 ns bound", elapsed)
+	}
+}
+
+// TestProbeCanceled: a canceled context stops the probe with that reason.
+func TestProbeCanceled(t *testing.T) {
+	if _, err := os.Stat(DefaultDevice); err != nil {
+		t.Skipf("no %s: %v", DefaultDevice, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r := Probe(ctx, WithBound(time.Minute))
+	t.Logf("usable=%v took=%v reason=%q", r.Usable, r.Took, r.Reason)
+	if r.Took > 5*time.Second {
+		t.Errorf("canceled probe took %v", r.Took)
+	}
+	if !r.Usable && r.Reason == "" {
+		t.Error("no reason")
+	}
+}
+
+func TestProbeMissingDevice(t *testing.T) {
+	dev := filepath.Join(t.TempDir(), "kvm")
+	r := Probe(context.Background(), WithDevice(dev))
+	if r.Usable || !strings.Contains(r.Reason, dev) || !strings.Contains(r.Reason, "kvm module is not loaded") {
+		t.Errorf("missing device: %+v", r)
+	}
+}
+
+func TestProbeNotKVM(t *testing.T) {
+	r := Probe(context.Background(), WithDevice("/dev/null"))
+	if r.Usable || !strings.Contains(r.Reason, "KVM_GET_API_VERSION on /dev/null") || !strings.Contains(r.Reason, "not a KVM device") {
+		t.Errorf("/dev/null: %+v", r)
+	}
+}
+
+func TestProbePermission(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root opens any file")
+	}
+	dev := filepath.Join(t.TempDir(), "kvm")
+	if err := os.WriteFile(dev, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	r := Probe(context.Background(), WithDevice(dev))
+	if r.Usable || !strings.Contains(r.Reason, "kvm group") {
+		t.Errorf("unreadable device: %+v", r)
+	}
+}
+
+// TestMeasure reports how long the loop takes here with a generous bound:
+// the numbers DefaultBound was chosen from.
+func TestMeasure(t *testing.T) {
+	if os.Getenv("KVMPROBE_MEASURE") == "" {
+		t.Skip("set KVMPROBE_MEASURE=1")
+	}
+	for i := 0; i < 3; i++ {
+		r := Probe(context.Background(), WithBound(20*time.Second))
+		t.Logf("usable=%v took=%v reason=%q", r.Usable, r.Took, r.Reason)
+	}
+}
