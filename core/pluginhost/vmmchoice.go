@@ -26,15 +26,15 @@ type VMMChoice struct {
 
 // VMMCandidate is one VMM plugin's verdict on this host.
 type VMMCandidate struct {
-	Name string
+	Name string `json:"name"`
 	// Path is the plugin binary; "" when not found.
-	Path string
+	Path string `json:"path,omitempty"`
 	// Checked: the verdict came from the plugin's CheckHost; false when
 	// it was not found, failed to start, or has no host-check.
-	Checked     bool
-	Usable      bool
-	Accelerator string
-	Reason      string
+	Checked     bool   `json:"checked"`
+	Usable      bool   `json:"usable"`
+	Accelerator string `json:"accelerator,omitempty"`
+	Reason      string `json:"reason"`
 }
 
 // Summary is the choice on one line, e.g. `auto → qemu (tcg): libkrun:
