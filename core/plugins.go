@@ -54,13 +54,22 @@ type boxVMM struct {
 // created under one VMM keeps it when the config (or what vmm = "auto"
 // chooses) changes.
 func (r *Runtime) vmmNameOf(ctx context.Context, b *model.Box) (string, error) {
-	switch {
-	case b.VMM != "":
-		return b.VMM, nil
-	case b.Run != nil && b.Run.VMM != "":
-		return b.Run.VMM, nil
+	if name := recordedVMM(b); name != "" {
+		return name, nil
 	}
 	return r.plugins.VMMName(ctx)
+}
+
+// recordedVMM is the VMM plugin box b is bound to by its record; "" for a
+// box never started.
+func recordedVMM(b *model.Box) string {
+	switch {
+	case b.VMM != "":
+		return b.VMM
+	case b.Run != nil:
+		return b.Run.VMM
+	}
+	return ""
 }
 
 // vmmOf is the VMM plugin box b runs on (vmmNameOf), started.
@@ -71,6 +80,9 @@ func (r *Runtime) vmmOf(ctx context.Context, b *model.Box) (boxVMM, error) {
 	}
 	vmm, info, err := r.plugins.NamedVMM(ctx, name)
 	if err != nil {
+		if recordedVMM(b) != "" {
+			return boxVMM{}, fmt.Errorf("box %s runs on the VMM plugin %q (the one it was first started with): %w", b.Name, name, err)
+		}
 		return boxVMM{}, fmt.Errorf("vmm plugin %q: %w", name, err)
 	}
 	return boxVMM{name: name, VMMClient: vmm, info: info}, nil

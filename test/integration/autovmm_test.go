@@ -141,12 +141,20 @@ func TestAutoVMMChoosesPerHostAndBoxesKeepTheirVMM(t *testing.T) {
 	if b := e.inspect("old"); b.VMM != "qemu" || b.Run.VMM != "qemu" || b.Status != model.StatusRunning {
 		t.Errorf("box old after a restart under a config choosing libkrun: vmm %q, run vmm %q, %s", b.VMM, b.Run.VMM, b.Status)
 	}
+	// A clone's disk came from old's VMM: it stays on it.
+	e.ok("stop", "old")
+	e.ok("clone", "old", "--name", "copy")
+	e.ok("start", "copy")
+	if b := e.inspect("copy"); b.VMM != "qemu" || b.Run.VMM != "qemu" {
+		t.Errorf("clone of old: vmm %q, run vmm %q; want qemu", b.VMM, b.Run.VMM)
+	}
+	e.ok("stop", "copy")
 	e.ok("create", "--name", "new", "--memory", "128MiB", testImage, "--", "sleep", "1000")
 	e.ok("start", "new")
 	if b := e.inspect("new"); b.VMM != "libkrun" || b.Run.VMM != "libkrun" {
 		t.Errorf("box new: vmm %q, run vmm %q; want libkrun", b.VMM, b.Run.VMM)
 	}
-	e.ok("stop", "old", "new")
+	e.ok("stop", "new")
 }
 
 // With no libkrun plugin at all, auto picks qemu and says why.
