@@ -3,7 +3,9 @@
 // A /dev/kvm that opens, or CPU flags, are not enough: under some
 // paravirtual or nested setups /dev/kvm exists but guest code is emulated
 // in software at a crawl. The probe creates a VM through /dev/kvm, runs a
-// tiny real-mode guest (a counted loop, then an OUT to a port) and checks
+// tiny guest in flat 32-bit protected mode (a counted loop, then an OUT to
+// a port; protected rather than real mode because some hosts emulate real
+// mode even with hardware virtualisation) and checks
 // that it finishes within a time bound that real hardware meets with a wide
 // margin.
 //
@@ -165,7 +167,7 @@ const (
 	probePort = 0xb0c
 )
 
-// guestCode is real-mode code at guestAddr:
+// guestCode is 32-bit code at guestAddr:
 //
 //	mov ecx, LoopIterations
 //	l: dec ecx
@@ -176,13 +178,26 @@ const (
 func guestCode() []byte {
 	n := uint32(LoopIterations)
 	return []byte{
-		0x66, 0xb9, byte(n), byte(n >> 8), byte(n >> 16), byte(n >> 24),
-		0x66, 0x49,
-		0x75, 0xfc,
-		0xba, byte(probePort & 0xff), byte(probePort >> 8),
+		0xb9, byte(n), byte(n >> 8), byte(n >> 16), byte(n >> 24),
+		0x49,
+		0x75, 0xfd,
+		0x66, 0xba, byte(probePort & 0xff), byte(probePort >> 8),
 		0xee,
 		0xf4,
 	}
+}
+
+// flatProtectedMode sets sr to 32-bit protected mode without paging, every
+// segment covering all 4 GiB. KVM loads the segments from sregs as they
+// are: no descriptor table is needed.
+func flatProtectedMode(sr *sregs) {
+	seg := segment{Base: 0, Limit: 0xffffffff, Present: 1, DB: 1, S: 1, G: 1}
+	code, data := seg, seg
+	code.Selector, code.Type = 0x08, 0xb // execute/read, accessed
+	data.Selector, data.Type = 0x10, 0x3 // read/write, accessed
+	sr.CS = code
+	sr.DS, sr.ES, sr.FS, sr.GS, sr.SS = data, data, data, data, data
+	sr.CR0 |= 1 // PE
 }
 
 func ioctl(fd int, req uintptr, arg uintptr) (uintptr, error) {
@@ -250,7 +265,7 @@ func probe(ctx context.Context, o options) Result {
 	if _, err := ioctl(cpu, kvmGetSregs, uintptr(unsafe.Pointer(&sr))); err != nil {
 		return fail("KVM_GET_SREGS: %v", err)
 	}
-	sr.CS.Base, sr.CS.Selector = 0, 0
+	flatProtectedMode(&sr)
 	if _, err := ioctl(cpu, kvmSetSregs, uintptr(unsafe.Pointer(&sr))); err != nil {
 		return fail("KVM_SET_SREGS: %v", err)
 	}
