@@ -2,8 +2,9 @@
 // processes. Plugins start lazily, on the first call a command makes to a
 // role, and are stopped when the command ends (Close). Every call is
 // bounded: a plugin that crashes or hangs mid-call yields a CallError naming
-// the plugin, the call and the last lines it logged. It also owns the
-// directories the plugins' go-plugin sockets live in (sockets.go).
+// the plugin, the call and the last lines it logged. It chooses the VMM
+// plugin for vmm = "auto" (vmmchoice.go), and owns the directories the
+// plugins' go-plugin sockets live in (sockets.go).
 package pluginhost
 
 import (
