@@ -173,3 +173,16 @@ func TestAutoVMMWithoutLibkrun(t *testing.T) {
 	}
 	e.ok("stop", "x")
 }
+
+// With no candidate usable, create refuses the box and says why for each.
+func TestAutoVMMWithNoUsableVMMRefusesCreate(t *testing.T) {
+	e := newEnv(t, "")
+	testbin.WriteFile(t, filepath.Dir(e.config), "config.hcl", fmt.Sprintf("vmm = \"auto\"\nplugin \"qemu\" {\n  path = %q\n  config {\n    host_unusable = \"qemu-system-x86_64 not found (test double)\"\n  }\n}\n", filepath.Join(e.bin, "boxctl-plugin-procvmm")))
+	_, errs, code := e.cli("create", "--name", "x", testImage)
+	if code == 0 || !strings.Contains(errs, "no usable VMM plugin") || !strings.Contains(errs, "libkrun: plugin") || !strings.Contains(errs, "qemu-system-x86_64 not found (test double)") {
+		t.Errorf("create with no usable VMM: exit %d\n%s", code, errs)
+	}
+	if out := e.ok("ls", "-a", "-q"); strings.TrimSpace(out) != "" {
+		t.Errorf("a box was left: %q", out)
+	}
+}
