@@ -8,9 +8,19 @@ import (
 	"github.com/hashicorp/hcl/v2"
 )
 
+// AutoVMM is the vmm setting that chooses the VMM plugin per host: the
+// first of AutoVMMCandidates whose plugin is installed and says it can run
+// VMs here.
+const AutoVMM = "auto"
+
+// AutoVMMCandidates are the VMM plugins vmm = "auto" tries, best first:
+// libkrun (where its library loads and KVM really runs guests), then QEMU
+// (KVM where that works, TCG otherwise).
+func AutoVMMCandidates() []string { return []string{"libkrun", "qemu"} }
+
 // Built-in defaults, used for anything the config file does not set.
 const (
-	DefaultVMM         = "qemu"
+	DefaultVMM         = AutoVMM
 	DefaultStorage     = "qcow2"
 	DefaultImages      = "oci"
 	DefaultLogLevel    = "warn"
@@ -38,7 +48,8 @@ type Config struct {
 	Home string
 	// LogLevel is one of trace, debug, info, warn, error, off.
 	LogLevel string
-	// VMM, Storage and Images name the plugin serving each role. Storage
+	// VMM, Storage and Images name the plugin serving each role (VMM may be
+	// AutoVMM: chosen per host). Storage
 	// serves both the DiskBackend and the SnapshotBackend.
 	VMM     string
 	Storage string

@@ -34,7 +34,7 @@ func (r *Runtime) captureRunning(ctx context.Context, b *model.Box, what string,
 		}
 		return c, fmt.Errorf("%s %s: the box is %s; it must be running: %w", what, b.Name, b.Status, ErrInvalidState)
 	}
-	ms, err := r.memorySnapshotter(ctx, what+" "+b.Name)
+	ms, err := r.memorySnapshotter(ctx, b, what+" "+b.Name)
 	if err != nil {
 		return c, err
 	}

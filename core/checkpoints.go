@@ -254,11 +254,12 @@ func (r *Runtime) RestoreCheckpoint(ctx context.Context, ref, name string, opts 
 	}
 	defer lock.Release()
 	what := fmt.Sprintf("checkpoint %q of %s", name, b.Name)
-	if _, err := r.memorySnapshotter(ctx, "restore "+what); err != nil {
+	ms, err := r.memorySnapshotter(ctx, b, "restore "+what)
+	if err != nil {
 		return err
 	}
 	rf := &restoreFrom{state: cp.State, what: what, verified: true}
-	if err := r.verifyState(cp.State); err != nil {
+	if err := r.verifyState(cp.State, ms.name); err != nil {
 		return fmt.Errorf("restore %s: %w; remove it with `boxctl checkpoint rm %s %s`", what, err, b.Name, name)
 	}
 	if err := r.checkInputs(ctx, b, rf); err != nil {

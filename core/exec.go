@@ -369,11 +369,9 @@ func (r *Runtime) Stats(ctx context.Context, ref string) (*Stats, error) {
 			return nil, fmt.Errorf("stats of %s: %w", b.Name, err)
 		}
 	}
-	if info, err := r.plugins.Info(ctx, sdk.RoleVMM); err == nil && info.Capabilities.Metrics {
-		if vmm, err := r.plugins.VMM(ctx); err == nil {
-			if m, err := vmm.Metrics(ctx, vmRef(b.Run)); err == nil {
-				st.VM = &m
-			}
+	if vmm, err := r.vmmOf(ctx, b); err == nil && vmm.info.Capabilities.Metrics {
+		if m, err := vmm.Metrics(ctx, vmRef(b.Run)); err == nil {
+			st.VM = &m
 		}
 	}
 	_ = r.store.View(ctx, func(tx *state.Tx) error {

@@ -62,7 +62,7 @@ func (r *Runtime) Fork(ctx context.Context, srcRef string, opts ForkOptions) (Fo
 	if src.Status != model.StatusRunning || !r.runAlive(ctx, src) {
 		return ForkInfo{}, fmt.Errorf("fork %s: the box is %s; only a running box can be forked (boxctl clone copies a stopped one): %w", src.Name, src.Status, ErrInvalidState)
 	}
-	if _, err := r.memorySnapshotter(ctx, "fork "+src.Name); err != nil {
+	if _, err := r.memorySnapshotter(ctx, src, "fork "+src.Name); err != nil {
 		return ForkInfo{}, err
 	}
 	clones, unlock, err := r.insertClones(ctx, src, CloneOptions{Name: opts.Name}, count)

@@ -137,11 +137,15 @@ func (r *Runtime) startLocked(ctx context.Context, b *model.Box, so startOptions
 // set). On failure the run is recorded as failed, and an auto-remove box is
 // removed when final.
 func (r *Runtime) startRun(ctx context.Context, b *model.Box, detached bool, rf *restoreFrom, final bool) error {
-	run := &model.Run{ID: newID()[:16], Detached: detached, VMM: r.cfg.VMM, StartedAt: time.Now().UTC()}
+	vmmName, err := r.vmmNameOf(ctx, b)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", b.Name, err)
+	}
+	run := &model.Run{ID: newID()[:16], Detached: detached, VMM: vmmName, StartedAt: time.Now().UTC()}
 	if !detached {
 		run.Owner = r.self
 	}
-	err := r.store.Update(ctx, func(tx *state.Tx) error {
+	err = r.store.Update(ctx, func(tx *state.Tx) error {
 		var err error
 		b, err = boxstatus.Start(tx, b.ID, run)
 		return err
@@ -185,16 +189,20 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 	if err := os.MkdirAll(r.paths.boxDir(id), 0o700); err != nil {
 		return fmt.Errorf("box directory: %w", err)
 	}
-	// A guest start needs all three plugins: start them side by side.
-	r.Prestart(ctx, sdk.RoleVMM, sdk.RoleImages, sdk.RoleDisks)
-	vmm, err := r.plugins.VMM(ctx)
-	if err != nil {
-		return fmt.Errorf("vmm plugin: %w", err)
+	// A guest start needs all three plugins: start them side by side (the
+	// VMM is the box's own, which need not be the one configured now).
+	var vmm boxVMM
+	vmmStarted := make(chan error, 1)
+	go func() {
+		var err error
+		vmm, err = r.vmmOf(ctx, b)
+		vmmStarted <- err
+	}()
+	r.Prestart(ctx, sdk.RoleImages, sdk.RoleDisks)
+	if err := <-vmmStarted; err != nil {
+		return err
 	}
-	info, err := r.plugins.Info(ctx, sdk.RoleVMM)
-	if err != nil {
-		return fmt.Errorf("vmm plugin: %w", err)
-	}
+	info := vmm.info
 	spec := sdk.VMSpec{
 		BoxID:     b.ID,
 		VCPUs:     b.Config.CPUs,
@@ -216,7 +224,7 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 	}
 	var verified <-chan error
 	if rf != nil {
-		if spec.Restore, err = r.restoreSpec(ctx, rf, spec); err != nil {
+		if spec.Restore, err = r.restoreSpec(ctx, b, rf, spec); err != nil {
 			return err
 		}
 		// The file's checksum is verified while the VM loads it: a damaged
@@ -252,7 +260,7 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 		AgentSocket: plan.AgentSocket,
 		ConsoleLog:  plan.ConsoleLog,
 		StateFile:   plan.StateFile,
-		VMM:         r.cfg.VMM,
+		VMM:         vmm.name,
 		Detached:    run.Detached,
 		Owner:       run.Owner,
 		Config:      string(r.cfg.Format()),
@@ -276,6 +284,10 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 		cur.Run.AgentSocket = l.AgentSocket
 		cur.Run.ConsoleLog = l.ConsoleLog
 		cur.Run.StateFile = l.StateFile
+		cur.Run.Accelerator = plan.Accelerator
+		if cur.VMM == "" {
+			cur.VMM = vmm.name
+		}
 		if rf != nil {
 			cur.Run.RestoredFrom = rf.what
 		}
@@ -587,7 +599,7 @@ func (r *Runtime) stopUnsupervised(ctx context.Context, b *model.Box, timeout ti
 // stop, wait, and SIGKILL as the last resort.
 func (r *Runtime) stopViaVMM(ctx context.Context, b *model.Box, timeout time.Duration) error {
 	vm := b.Run.VM
-	vmm, err := r.plugins.VMM(ctx)
+	vmm, err := r.vmmOf(ctx, b)
 	if err != nil {
 		r.log.Warn("vmm plugin unavailable; killing the VM process", "error", err)
 		_ = syscall.Kill(vm.PID, syscall.SIGKILL)

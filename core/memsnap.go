@@ -29,20 +29,15 @@ func (l layout) templateDir() string         { return filepath.Join(l.home, "vms
 
 // memorySnapshotter returns the VMM's memory snapshots, or an error saying
 // that this VMM cannot do what.
-func (r *Runtime) memorySnapshotter(ctx context.Context, what string) (sdk.MemorySnapshotter, error) {
-	info, err := r.plugins.Info(ctx, sdk.RoleVMM)
+func (r *Runtime) memorySnapshotter(ctx context.Context, b *model.Box, what string) (boxVMM, error) {
+	vmm, err := r.vmmOf(ctx, b)
 	if err != nil {
-		return nil, fmt.Errorf("vmm plugin: %w", err)
+		return boxVMM{}, err
 	}
-	vmm, err := r.plugins.VMM(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("vmm plugin: %w", err)
+	if !vmm.info.Capabilities.MemorySnapshot {
+		return boxVMM{}, fmt.Errorf("%s: the VMM plugin %q cannot save a VM's memory (it lacks the memory-snapshot capability): %w", what, vmm.name, ErrUnsupported)
 	}
-	ms, ok := vmm.(sdk.MemorySnapshotter)
-	if !ok || !info.Capabilities.MemorySnapshot {
-		return nil, fmt.Errorf("%s: the VMM plugin %q cannot save a VM's memory (it lacks the memory-snapshot capability): %w", what, r.cfg.VMM, ErrUnsupported)
-	}
-	return ms, nil
+	return vmm, nil
 }
 
 // stateFileName is a new file name in dir for a state saved under name:
@@ -57,7 +52,7 @@ func stateFileName(dir, name string) string {
 // saveState has the VMM save paused vm's state into a new file in dir. The
 // file is not yet checksummed or synced: sealState does that once the VM
 // runs again. On error no file is left.
-func (r *Runtime) saveState(ctx context.Context, ms sdk.MemorySnapshotter, vm sdk.VM, dir, name string) (model.VMState, error) {
+func (r *Runtime) saveState(ctx context.Context, ms boxVMM, vm sdk.VM, dir, name string) (model.VMState, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return model.VMState{}, fmt.Errorf("state directory: %w", err)
 	}
@@ -67,7 +62,7 @@ func (r *Runtime) saveState(ctx context.Context, ms sdk.MemorySnapshotter, vm sd
 		_ = os.Remove(path)
 		return model.VMState{}, fmt.Errorf("save the VM's memory: %w", err)
 	}
-	return model.VMState{File: path, Size: saved.Size, VMM: r.cfg.VMM, Inputs: saved.Inputs}, nil
+	return model.VMState{File: path, Size: saved.Size, VMM: ms.name, Inputs: saved.Inputs}, nil
 }
 
 // sealState makes a saved state's file durable and records its checksum,
@@ -119,18 +114,19 @@ var errDamagedState = errors.New("the saved VM state is damaged")
 
 // verifyState checks that st's file is the one saved (checkState, and its
 // checksum).
-func (r *Runtime) verifyState(st model.VMState) error {
-	if err := r.checkState(st); err != nil {
+func (r *Runtime) verifyState(st model.VMState, vmm string) error {
+	if err := r.checkState(st, vmm); err != nil {
 		return err
 	}
 	return verifyChecksum(st)
 }
 
 // checkState is what verifyState checks without reading the file: that it
-// was saved by the VMM now configured, exists, and has the size saved.
-func (r *Runtime) checkState(st model.VMState) error {
-	if st.VMM != r.cfg.VMM {
-		return fmt.Errorf("it was saved by the VMM plugin %q, and %q is configured now: %w", st.VMM, r.cfg.VMM, ErrInvalidState)
+// was saved by vmm (the VMM plugin of the box it is for), exists, and has
+// the size saved.
+func (r *Runtime) checkState(st model.VMState, vmm string) error {
+	if st.VMM != vmm {
+		return fmt.Errorf("it was saved by the VMM plugin %q, and the box runs on %q: %w", st.VMM, vmm, ErrInvalidState)
 	}
 	fi, err := os.Stat(st.File)
 	switch {
@@ -213,12 +209,12 @@ type restoreFrom struct {
 // restoreSpec checks st against the VM spec about to be planned and
 // returns the spec's Restore. The file's checksum is the caller's to
 // verify (launch does it while the VM starts).
-func (r *Runtime) restoreSpec(ctx context.Context, rf *restoreFrom, spec sdk.VMSpec) (*sdk.RestoreSpec, error) {
-	ms, err := r.memorySnapshotter(ctx, "restore "+rf.what)
+func (r *Runtime) restoreSpec(ctx context.Context, b *model.Box, rf *restoreFrom, spec sdk.VMSpec) (*sdk.RestoreSpec, error) {
+	ms, err := r.memorySnapshotter(ctx, b, "restore "+rf.what)
 	if err != nil {
 		return nil, err
 	}
-	if err := r.checkState(rf.state); err != nil {
+	if err := r.checkState(rf.state, ms.name); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", rf.what, err)
 	}
 	if err := inputsMatch(ctx, ms, rf, spec); err != nil {
@@ -245,7 +241,7 @@ func inputsMatch(ctx context.Context, ms sdk.MemorySnapshotter, rf *restoreFrom,
 // stops the box first must not stop it for nothing). The disks' files are
 // not inputs: the spec names their roles only.
 func (r *Runtime) checkInputs(ctx context.Context, b *model.Box, rf *restoreFrom) error {
-	ms, err := r.memorySnapshotter(ctx, "restore "+rf.what)
+	ms, err := r.memorySnapshotter(ctx, b, "restore "+rf.what)
 	if err != nil {
 		return err
 	}

@@ -27,29 +27,29 @@ func TestVerifyStateRefusesWhatWasNotSaved(t *testing.T) {
 	}
 	r := &Runtime{cfg: &config.Config{VMM: "qemu"}}
 	st := model.VMState{File: path, Size: size, CRC32C: sum, VMM: "qemu"}
-	if err := r.verifyState(st); err != nil {
+	if err := r.verifyState(st, "qemu"); err != nil {
 		t.Fatalf("the file as saved: %v", err)
 	}
 	other := st
 	other.VMM = "libkrun"
-	if err := r.verifyState(other); !errors.Is(err, ErrInvalidState) || !strings.Contains(err.Error(), "libkrun") {
+	if err := r.verifyState(other, "qemu"); !errors.Is(err, ErrInvalidState) || !strings.Contains(err.Error(), "libkrun") {
 		t.Fatalf("another VMM's state: %v", err)
 	}
 	data[500] ^= 0xff
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.verifyState(st); !errors.Is(err, errDamagedState) || !strings.Contains(err.Error(), "corrupt") {
+	if err := r.verifyState(st, "qemu"); !errors.Is(err, errDamagedState) || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("a corrupt file: %v", err)
 	}
 	if err := os.Truncate(path, 100); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.verifyState(st); !errors.Is(err, errDamagedState) || !strings.Contains(err.Error(), "truncated") {
+	if err := r.verifyState(st, "qemu"); !errors.Is(err, errDamagedState) || !strings.Contains(err.Error(), "truncated") {
 		t.Fatalf("a truncated file: %v", err)
 	}
 	os.Remove(path)
-	if err := r.verifyState(st); !errors.Is(err, errDamagedState) || !strings.Contains(err.Error(), "missing") {
+	if err := r.verifyState(st, "qemu"); !errors.Is(err, errDamagedState) || !strings.Contains(err.Error(), "missing") {
 		t.Fatalf("a missing file: %v", err)
 	}
 }

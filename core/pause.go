@@ -38,7 +38,7 @@ func (r *Runtime) setPaused(ctx context.Context, ref string, pause bool) error {
 	if b.Status != model.StatusRunning || b.Run == nil {
 		return fmt.Errorf("box %s is %s, not running: %w", b.Name, b.Status, ErrInvalidState)
 	}
-	vmm, err := r.pauser(ctx)
+	vmm, err := r.pauser(ctx, b)
 	if err != nil {
 		return err
 	}
@@ -51,18 +51,14 @@ func (r *Runtime) setPaused(ctx context.Context, ref string, pause bool) error {
 	})
 }
 
-// pauser returns the VMM plugin when it can pause and resume VMs.
-func (r *Runtime) pauser(ctx context.Context) (sdk.Pauser, error) {
-	info, err := r.plugins.Info(ctx, sdk.RoleVMM)
+// pauser returns box b's VMM plugin when it can pause and resume VMs.
+func (r *Runtime) pauser(ctx context.Context, b *model.Box) (sdk.Pauser, error) {
+	vmm, err := r.vmmOf(ctx, b)
 	if err != nil {
-		return nil, fmt.Errorf("vmm plugin: %w", err)
+		return nil, err
 	}
-	if !info.Capabilities.Pause {
-		return nil, fmt.Errorf("the %s VMM (plugin %q) cannot pause and resume VMs: %w", info.Name, r.cfg.VMM, ErrUnsupported)
-	}
-	vmm, err := r.plugins.VMM(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("vmm plugin: %w", err)
+	if !vmm.info.Capabilities.Pause {
+		return nil, fmt.Errorf("the %s VMM (plugin %q) cannot pause and resume VMs: %w", vmm.info.Name, vmm.name, ErrUnsupported)
 	}
 	return vmm, nil
 }
@@ -77,7 +73,7 @@ func (r *Runtime) resumeLocked(ctx context.Context, b *model.Box) error {
 	if b.Status != model.StatusPaused || b.Run == nil {
 		return fmt.Errorf("box %s is %s, not paused: %w", b.Name, b.Status, ErrInvalidState)
 	}
-	vmm, err := r.pauser(ctx)
+	vmm, err := r.pauser(ctx, b)
 	if err != nil {
 		return err
 	}

@@ -47,6 +47,15 @@ func (p *memPluginsDouble) count() {
 }
 
 func (p *memPluginsDouble) VMM(context.Context) (sdk.VMMClient, error) { p.count(); return p.vmm, nil }
+func (p *memPluginsDouble) VMMName(context.Context) (string, error)    { return "memvmm", nil }
+func (p *memPluginsDouble) NamedVMM(ctx context.Context, name string) (sdk.VMMClient, sdk.Info, error) {
+	if name != "memvmm" {
+		return nil, sdk.Info{}, fmt.Errorf("plugin %q: %w", name, sdk.ErrNotFound)
+	}
+	p.count()
+	info, err := p.vmm.Info(ctx)
+	return p.vmm, info, err
+}
 func (p *memPluginsDouble) Disks(context.Context) (sdk.DiskBackendClient, error) {
 	p.count()
 	return p.disks, nil
@@ -104,6 +113,9 @@ func (v *memVMMDouble) SaveState(context.Context, sdk.VM, string) (sdk.SavedStat
 }
 func (v *memVMMDouble) StateInputs(context.Context, sdk.VMSpec) (map[string]string, error) {
 	return nil, sdk.ErrUnsupported
+}
+func (v *memVMMDouble) CheckHost(context.Context) (sdk.HostReport, error) {
+	return sdk.HostReport{}, sdk.ErrUnsupported
 }
 
 // memDisksDouble keeps disks as small files, clones by copying.

@@ -51,7 +51,7 @@ func (r *Runtime) bracket(ctx context.Context, b *model.Box, what string, freeze
 	if b.Status != model.StatusRunning || b.Run == nil {
 		return q, fmt.Errorf("%s %s: the box is %s: %w", what, b.Name, b.Status, ErrInvalidState)
 	}
-	vmm, err := r.pauser(ctx)
+	vmm, err := r.pauser(ctx, b)
 	if err != nil {
 		return q, fmt.Errorf("%s %s while it runs: %w", what, b.Name, err)
 	}
@@ -152,18 +152,14 @@ const writableDiskIndex = 1
 // liveDiskSwitcher returns the VMM's disk switch, or an error saying that
 // this VMM needs the box stopped for what.
 func (r *Runtime) liveDiskSwitcher(ctx context.Context, b *model.Box, what string) (sdk.DiskSwitcher, error) {
-	info, err := r.plugins.Info(ctx, sdk.RoleVMM)
+	vmm, err := r.vmmOf(ctx, b)
 	if err != nil {
-		return nil, fmt.Errorf("vmm plugin: %w", err)
+		return nil, err
 	}
-	vmm, err := r.plugins.VMM(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("vmm plugin: %w", err)
-	}
-	sw, ok := vmm.(sdk.DiskSwitcher)
-	if !ok || !info.Capabilities.DiskSwitch {
+	sw := sdk.DiskSwitcher(vmm)
+	if !vmm.info.Capabilities.DiskSwitch {
 		return nil, fmt.Errorf("%s %s: the VMM plugin %q cannot move a running VM to a new disk file, which a constant-time %s of a running box needs; stop the box first (boxctl stop %s): %w",
-			what, b.Name, r.cfg.VMM, what, b.Name, ErrUnsupported)
+			what, b.Name, vmm.name, what, b.Name, ErrUnsupported)
 	}
 	return sw, nil
 }

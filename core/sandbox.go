@@ -37,7 +37,7 @@ func (r *Runtime) sandboxSpec(ctx context.Context, b *model.Box, info sdk.Info) 
 		return sdk.Sandbox{Disabled: true}, nil
 	}
 	if !info.Capabilities.Sandbox {
-		r.log.Debug("the VMM plugin does not confine the hypervisor (no \"sandbox\" capability)", "vmm", r.cfg.VMM)
+		r.log.Debug("the VMM plugin does not confine the hypervisor (no \"sandbox\" capability)", "vmm", info.Name)
 		return sdk.Sandbox{}, nil
 	}
 	var sb sdk.Sandbox

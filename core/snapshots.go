@@ -552,6 +552,8 @@ func (r *Runtime) insertClones(ctx context.Context, src *model.Box, opts CloneOp
 			return nil, nil, fmt.Errorf("clone %s: %w", src.Name, err)
 		}
 		c.ClonedFrom, c.ClonedSnapshot, c.ImageDigest, c.Image = src.ID, opts.Snapshot, src.ImageDigest, src.Image
+		// A clone's disk (and a fork's memory) came from src's VMM.
+		c.VMM = recordedVMM(src)
 		c.Pending = "cloning"
 		clones = append(clones, c)
 	}

@@ -46,11 +46,11 @@ func (r *Runtime) Suspend(ctx context.Context, ref string) (SuspendInfo, error) 
 	case b.Status != model.StatusRunning || b.Run == nil || !r.runAlive(ctx, b):
 		return SuspendInfo{}, fmt.Errorf("suspend %s: the box is %s; only a running box can be suspended: %w", b.Name, b.Status, ErrInvalidState)
 	}
-	ms, err := r.memorySnapshotter(ctx, "suspend "+b.Name)
+	ms, err := r.memorySnapshotter(ctx, b, "suspend "+b.Name)
 	if err != nil {
 		return SuspendInfo{}, err
 	}
-	vmm, err := r.pauser(ctx)
+	vmm, err := r.pauser(ctx, b)
 	if err != nil {
 		return SuspendInfo{}, fmt.Errorf("suspend %s: %w", b.Name, err)
 	}

@@ -42,12 +42,12 @@ const pendingTemplate = "template:"
 // templateKey identifies the template a new box of image digest with
 // config c would start from: everything about the VM that the VMM's
 // StateInputs do not cover.
-func (r *Runtime) templateKey(digest string, c model.BoxConfig) string {
+func (r *Runtime) templateKey(digest, vmm string, c model.BoxConfig) string {
 	b, _ := json.Marshal(struct {
 		Digest, VMM, Storage string
 		CPUs                 int
 		MemoryMiB, DiskSize  uint64
-	}{digest, r.cfg.VMM, r.cfg.Storage, c.CPUs, c.MemoryMiB, c.DiskSize})
+	}{digest, vmm, r.cfg.Storage, c.CPUs, c.MemoryMiB, c.DiskSize})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }
@@ -67,7 +67,11 @@ func (r *Runtime) planTemplate(ctx context.Context, b *model.Box) templatePlan {
 	if err != nil {
 		return templatePlan{} // the start reports it
 	}
-	key := r.templateKey(img.Digest, b.Config)
+	vmm, err := r.vmmNameOf(ctx, b)
+	if err != nil {
+		return templatePlan{} // the start reports it
+	}
+	key := r.templateKey(img.Digest, vmm, b.Config)
 	var t model.Template
 	err = r.store.View(ctx, func(tx *state.Tx) error {
 		t, err = tx.Template(key)
@@ -76,7 +80,7 @@ func (r *Runtime) planTemplate(ctx context.Context, b *model.Box) templatePlan {
 	if err != nil {
 		return templatePlan{key: key, make: true}
 	}
-	if err := r.diskFromTemplate(ctx, b, t); err != nil {
+	if err := r.diskFromTemplate(ctx, b, vmm, t); err != nil {
 		r.log.Warn(fmt.Sprintf("the boot template of %s could not be used (%v); booting cold", b.Config.Image, err))
 		r.dropTemplate(ctx, &t)
 		return templatePlan{key: key, make: true}
@@ -96,9 +100,9 @@ func (r *Runtime) canCapture(ctx context.Context) bool {
 }
 
 // diskFromTemplate makes box b's writable disk a clone of template t's.
-func (r *Runtime) diskFromTemplate(ctx context.Context, b *model.Box, t model.Template) error {
+func (r *Runtime) diskFromTemplate(ctx context.Context, b *model.Box, vmm string, t model.Template) error {
 	// The checksum is verified while the VM starts (launch).
-	if err := r.checkState(t.State); err != nil {
+	if err := r.checkState(t.State, vmm); err != nil {
 		return err
 	}
 	snaps, err := r.plugins.Snapshots(ctx)

@@ -48,6 +48,7 @@ type Capabilities struct {
 	ExplicitChain  bool           // exactly DiskSpec.BackingChain is opened, never a name found in a disk file
 	DiskSwitch     bool           // DiskSwitcher: SwitchDisk works (O(1) snapshots and clones of running boxes)
 	MemorySnapshot bool           // MemorySnapshotter: SaveState, StateInputs and VMSpec.Restore work
+	HostCheck      bool           // HostChecker: CheckHost works
 	AgentTransport AgentTransport // how the agent socket reaches the guest
 
 	// DiskBackend and SnapshotBackend.
@@ -88,7 +89,7 @@ func (c *Capabilities) flags() []struct {
 	}{
 		{"pause", &c.Pause}, {"graceful-stop", &c.GracefulStop}, {"metrics", &c.Metrics},
 		{"state-file", &c.StateFile}, {"sandbox", &c.Sandbox}, {"explicit-chain", &c.ExplicitChain},
-		{"disk-switch", &c.DiskSwitch}, {"memory-snapshot", &c.MemorySnapshot},
+		{"disk-switch", &c.DiskSwitch}, {"memory-snapshot", &c.MemorySnapshot}, {"host-check", &c.HostCheck},
 		{"snapshots", &c.Snapshots}, {"clone", &c.Clone}, {"clone-o1", &c.CloneO1}, {"resize", &c.Resize},
 		{"export", &c.Export}, {"import", &c.Import}, {"snapshot-transfer", &c.SnapshotTransfer},
 		{"registry", &c.Registry}, {"oci-layout", &c.OCILayout}, {"docker-archive", &c.DockerArchive},

@@ -108,6 +108,27 @@ type RestoreSpec struct {
 	Inputs map[string]string
 }
 
+// HostChecker is an optional VMM feature: say whether this VMM can run VMs
+// on this host and with which accelerator, before any VM is planned. The
+// core asks it to choose a VMM (vmm = "auto") and for `boxctl info`. A host
+// where the VMM cannot run is a HostReport with Usable false, not an error;
+// an error means the check itself failed. See vmm.proto for the contract.
+type HostChecker interface {
+	CheckHost(ctx context.Context) (HostReport, error)
+}
+
+// HostReport is a VMM's verdict on this host.
+type HostReport struct {
+	// Usable: the VMM can run VMs here.
+	Usable bool
+	// Accelerator is what Plan would use ("kvm", "tcg"...); empty when not
+	// usable.
+	Accelerator string
+	// Reason says why: what is missing when not usable (never empty then),
+	// and why this accelerator when usable.
+	Reason string
+}
+
 // VM names a VM to control: the handle from its launch plan and the
 // process the core started from that plan (plan.Argv; for the qemu plugin
 // its launcher, whose child is QEMU). The core checks that PID is still
@@ -261,6 +282,9 @@ type LaunchPlan struct {
 	// StateFile, when set, is a file the plan's process keeps current with
 	// the VM's run state (see vmm.proto); the box monitor watches it.
 	StateFile string
+	// Accelerator is what the VM runs with ("kvm", "tcg"...), recorded
+	// with the box; empty when the VMM has no such choice.
+	Accelerator string
 }
 
 // Metrics is a running VM's resource use.
@@ -302,6 +326,9 @@ func vmmCapabilities(impl Plugin, c *Capabilities) {
 	if _, ok := impl.(MemorySnapshotter); ok {
 		c.MemorySnapshot = true
 	}
+	if _, ok := impl.(HostChecker); ok {
+		c.HostCheck = true
+	}
 }
 
 // VMMClient is a VMM served by a plugin process. It has every optional
@@ -313,6 +340,7 @@ type VMMClient interface {
 	MetricsReporter
 	DiskSwitcher
 	MemorySnapshotter
+	HostChecker
 }
 
 // NewVMMClient returns a VMM that calls a plugin over conn.
@@ -390,6 +418,18 @@ func (v *vmmClient) StateInputs(ctx context.Context, spec VMSpec) (map[string]st
 		return nil, err
 	}
 	return resp.GetInputs(), nil
+}
+
+func (v *vmmClient) CheckHost(ctx context.Context) (HostReport, error) {
+	resp, err := call(ctx, v.c.CheckHost, &pluginv1.CheckHostRequest{})
+	if err != nil {
+		return HostReport{}, err
+	}
+	r := HostReport{Usable: resp.GetUsable(), Accelerator: resp.GetAccelerator(), Reason: resp.GetReason()}
+	if !r.Usable && r.Reason == "" {
+		r.Reason = "the VMM plugin says it cannot run VMs here, without a reason"
+	}
+	return r, nil
 }
 
 // checkSavePath refuses a SaveState path no VMM could write, on both sides
@@ -560,6 +600,18 @@ func (s *vmmServer) StateInputs(ctx context.Context, req *pluginv1.StateInputsRe
 	return handle(&pluginv1.StateInputsResponse{Inputs: in}, err)
 }
 
+func (s *vmmServer) CheckHost(ctx context.Context, _ *pluginv1.CheckHostRequest) (*pluginv1.CheckHostResponse, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	c, ok := s.impl.(HostChecker)
+	if !ok {
+		return nil, unsupported("CheckHost")
+	}
+	r, err := c.CheckHost(ctx)
+	return handle(&pluginv1.CheckHostResponse{Usable: r.Usable, Accelerator: r.Accelerator, Reason: r.Reason}, err)
+}
+
 func (s *vmmServer) snapshotter(what string) (MemorySnapshotter, error) {
 	if err := s.ready(); err != nil {
 		return nil, err
@@ -657,13 +709,13 @@ func networkModeFromProto(m pluginv1.NetworkSpec_Mode) NetworkMode {
 func planToProto(p LaunchPlan) *pluginv1.LaunchPlan {
 	return &pluginv1.LaunchPlan{
 		Argv: p.Argv, Env: p.Env, Dir: p.Dir, Handle: p.Handle, AgentSocket: p.AgentSocket,
-		ConsoleLog: p.ConsoleLog, Notice: p.Notice, StateFile: p.StateFile,
+		ConsoleLog: p.ConsoleLog, Notice: p.Notice, StateFile: p.StateFile, Accelerator: p.Accelerator,
 	}
 }
 
 func planFromProto(p *pluginv1.LaunchPlan) LaunchPlan {
 	return LaunchPlan{
 		Argv: p.GetArgv(), Env: p.GetEnv(), Dir: p.GetDir(), Handle: p.GetHandle(), AgentSocket: p.GetAgentSocket(),
-		ConsoleLog: p.GetConsoleLog(), Notice: p.GetNotice(), StateFile: p.GetStateFile(),
+		ConsoleLog: p.GetConsoleLog(), Notice: p.GetNotice(), StateFile: p.GetStateFile(), Accelerator: p.GetAccelerator(),
 	}
 }

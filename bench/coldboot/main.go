@@ -35,6 +35,7 @@ import (
 	"github.com/boxctl/boxctl/bench/internal/benchhome"
 	"github.com/boxctl/boxctl/bench/internal/stat"
 	"github.com/boxctl/boxctl/config"
+	"github.com/boxctl/boxctl/internal/kvmprobe"
 )
 
 func main() {
@@ -389,14 +390,8 @@ func cpuTime(pid int) time.Duration {
 	return time.Duration(utime+stime) * time.Second / userHZ
 }
 
-// kvmUsable is the qemu plugin's test for accel = "auto": /dev/kvm opens and the CPU
-// advertises vmx or svm (a nested KVM without them cannot boot ordinary kernels).
+// kvmUsable is the qemu plugin's test for accel = "auto": the KVM probe runs a
+// tiny guest through /dev/kvm at hardware speed (package kvmprobe).
 func kvmUsable() bool {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return false
-	}
-	f.Close()
-	cpuinfo, err := os.ReadFile("/proc/cpuinfo")
-	return err == nil && regexp.MustCompile(`(?m)^flags\s*:.*\b(vmx|svm)\b`).Match(cpuinfo)
+	return kvmprobe.Probe(context.Background()).Usable
 }

@@ -84,6 +84,7 @@ Environment:
 		a.pluginsCommand(),
 		a.configCommand(),
 		a.versionCommand(),
+		a.infoCommand(),
 		a.monitorCommand(),
 		a.snapshotCommand(),
 		a.cloneCommand(),

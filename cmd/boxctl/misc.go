@@ -102,7 +102,13 @@ func validatePlugins(ctx context.Context, cfg *config.Config) error {
 	defer host.Close()
 
 	roles := map[string][]string{}
-	roles[cfg.VMM] = append(roles[cfg.VMM], sdk.RoleVMM)
+	var errs []error
+	vmm, err := host.VMMName(ctx)
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		roles[vmm] = append(roles[vmm], sdk.RoleVMM)
+	}
 	roles[cfg.Storage] = append(roles[cfg.Storage], sdk.RoleDisks)
 	roles[cfg.Images] = append(roles[cfg.Images], sdk.RoleImages)
 	for name := range cfg.Plugins {
@@ -115,7 +121,6 @@ func validatePlugins(ctx context.Context, cfg *config.Config) error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	var errs []error
 	for _, name := range names {
 		if _, err := host.Resolve(name); err != nil {
 			errs = append(errs, err)
@@ -160,7 +165,18 @@ show which role the config selects it for.`,
 			host := pluginhost.New(cfg, pluginhost.WithLogger(a.logger(cfg), a.stderr))
 			defer host.Close()
 			found := host.Discover()
-			for _, n := range []string{cfg.VMM, cfg.Storage, cfg.Images} {
+			vmm, vmmRole := cfg.VMM, "vmm"
+			if vmm == config.AutoVMM {
+				// The VMM vmm = "auto" chooses here (boxctl info says why).
+				vmm, vmmRole = "", "vmm (auto)"
+				if choice, err := host.ChooseVMM(cmd.Context()); err == nil {
+					vmm = choice.Name
+				}
+			}
+			for _, n := range []string{vmm, cfg.Storage, cfg.Images} {
+				if n == "" {
+					continue
+				}
 				if _, ok := found[n]; !ok {
 					found[n] = ""
 				}
@@ -171,7 +187,9 @@ show which role the config selects it for.`,
 			}
 			sort.Strings(names)
 			selected := map[string][]string{}
-			selected[cfg.VMM] = append(selected[cfg.VMM], "vmm")
+			if vmm != "" {
+				selected[vmm] = append(selected[vmm], vmmRole)
+			}
 			selected[cfg.Storage] = append(selected[cfg.Storage], "storage")
 			selected[cfg.Images] = append(selected[cfg.Images], "images")
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 3, ' ', 0)

@@ -68,6 +68,11 @@ func runMonitor(home, boxID, runID string) error {
 		return reportEarly(ready, err)
 	}
 	cfg.Home = home
+	if launch.VMM != "" {
+		// The box runs on the VMM it was started with, whatever vmm =
+		// "auto" would choose: the monitor never chooses again.
+		cfg.VMM = launch.VMM
+	}
 	logger := hclog.New(&hclog.LoggerOptions{
 		Name:   "monitor",
 		Level:  hclog.LevelFromString(orDefault(launch.LogLevel, "info")),

@@ -161,6 +161,9 @@ type Run struct {
 	// booting ("boot template", "suspended state", `checkpoint "x"`,
 	// "fork of web"); empty for a boot.
 	RestoredFrom string `json:"restored_from,omitempty"`
+	// Accelerator is what the VM ran with ("kvm", "tcg"...), as the VMM
+	// planned it; empty when the VMM did not say.
+	Accelerator string `json:"accelerator,omitempty"`
 }
 
 // Why a box is paused.
@@ -222,6 +225,12 @@ type Box struct {
 	// hypervisor runs as, allocated at its first start by a root boxctl;
 	// 0 when none was needed.
 	SandboxUID uint32 `json:"sandbox_uid,omitempty"`
+	// VMM is the VMM plugin the box runs on, fixed at its first start:
+	// the configured one, or the one vmm = "auto" chose then. Every later
+	// start, stop and control of the box goes through it, whatever the
+	// config says by then. Empty for a box never started (and for boxes
+	// from before it was recorded: their Run.VMM says).
+	VMM string `json:"vmm,omitempty"`
 }
 
 // ShortID is the 12-character prefix shown in listings.

@@ -2,8 +2,9 @@
 // processes. Plugins start lazily, on the first call a command makes to a
 // role, and are stopped when the command ends (Close). Every call is
 // bounded: a plugin that crashes or hangs mid-call yields a CallError naming
-// the plugin, the call and the last lines it logged. It also owns the
-// directories the plugins' go-plugin sockets live in (sockets.go).
+// the plugin, the call and the last lines it logged. It chooses the VMM
+// plugin for vmm = "auto" (vmmchoice.go), and owns the directories the
+// plugins' go-plugin sockets live in (sockets.go).
 package pluginhost
 
 import (
@@ -57,6 +58,11 @@ type Host struct {
 
 	sockOnce sync.Once
 	sockDir  string // see sockets.go
+
+	// chooseMu guards the VMM chosen for vmm = "auto" (choice), chosen
+	// once per host (see vmmchoice.go).
+	chooseMu sync.Mutex
+	choice   *VMMChoice
 }
 
 // slot serializes the start of one plugin, so different plugins start in
@@ -108,11 +114,33 @@ func New(cfg *config.Config, opts ...Option) *Host {
 	return h
 }
 
-// VMM returns the configured VMM plugin, starting it if needed. Its
-// optional methods answer sdk.ErrUnsupported when the plugin lacks them:
-// check Info's capabilities first.
+// VMM returns the configured VMM plugin (for vmm = "auto", the one chosen
+// for this host: VMMName), starting it if needed. Its optional methods
+// answer sdk.ErrUnsupported when the plugin lacks them: check Info's
+// capabilities first.
 func (h *Host) VMM(ctx context.Context) (sdk.VMMClient, error) {
-	return dispense[sdk.VMMClient](ctx, h, h.cfg.VMM, sdk.RoleVMM)
+	name, err := h.VMMName(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return dispense[sdk.VMMClient](ctx, h, name, sdk.RoleVMM)
+}
+
+// NamedVMM returns the VMM plugin name, whatever the config selects (a
+// box runs on the VMM it was created with), started and configured, with
+// what it said about itself.
+func (h *Host) NamedVMM(ctx context.Context, name string) (sdk.VMMClient, sdk.Info, error) {
+	vmm, err := dispense[sdk.VMMClient](ctx, h, name, sdk.RoleVMM)
+	if err != nil {
+		return nil, sdk.Info{}, err
+	}
+	inst, err := h.instance(ctx, name)
+	if err != nil {
+		return nil, sdk.Info{}, err
+	}
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	return vmm, inst.infos[sdk.RoleVMM], nil
 }
 
 // Disks returns the configured storage plugin's DiskBackend.
@@ -133,7 +161,10 @@ func (h *Host) Images(ctx context.Context) (sdk.ImageSourceClient, error) {
 // Info returns what the plugin configured for role (sdk.RoleVMM, ...)
 // told about itself when it was started, starting it if needed.
 func (h *Host) Info(ctx context.Context, role string) (sdk.Info, error) {
-	name := h.roleName(role)
+	name, err := h.roleName(ctx, role)
+	if err != nil {
+		return sdk.Info{}, err
+	}
 	if _, err := h.Role(ctx, role); err != nil {
 		return sdk.Info{}, err
 	}
@@ -146,14 +177,14 @@ func (h *Host) Info(ctx context.Context, role string) (sdk.Info, error) {
 	return inst.infos[role], nil
 }
 
-func (h *Host) roleName(role string) string {
+func (h *Host) roleName(ctx context.Context, role string) (string, error) {
 	switch role {
 	case sdk.RoleVMM:
-		return h.cfg.VMM
+		return h.VMMName(ctx)
 	case sdk.RoleDisks, sdk.RoleSnapshots:
-		return h.cfg.Storage
+		return h.cfg.Storage, nil
 	}
-	return h.cfg.Images
+	return h.cfg.Images, nil
 }
 
 // Counts returns how many plugin processes this host started and how many

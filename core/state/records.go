@@ -91,6 +91,7 @@ func boxToPB(b *model.Box) *statepb.Box {
 		Error:          b.Error,
 		Pending:        b.Pending,
 		SandboxUid:     b.SandboxUID,
+		Vmm:            b.VMM,
 	}
 	for _, pm := range c.Ports {
 		pb.Config.Ports = append(pb.Config.Ports, &statepb.PortMapping{HostIp: pm.HostIP, HostPort: uint32(pm.HostPort), GuestPort: uint32(pm.GuestPort), Protocol: pm.Protocol})
@@ -118,6 +119,7 @@ func boxToPB(b *model.Box) *statepb.Box {
 			StartedAtUnixNs: unixNS(r.StartedAt),
 			StateFile:       r.StateFile,
 			RestoredFrom:    r.RestoredFrom,
+			Accelerator:     r.Accelerator,
 		}
 		if e := r.Exit; e != nil {
 			pb.Run.Exit = &statepb.Exit{Code: int64(e.Code), Signal: int64(e.Signal), Reason: e.Reason, AtUnixNs: unixNS(e.At)}
@@ -158,6 +160,7 @@ func boxFromPB(pb *statepb.Box) *model.Box {
 		Error:          pb.GetError(),
 		Pending:        pb.GetPending(),
 		SandboxUID:     pb.GetSandboxUid(),
+		VMM:            pb.GetVmm(),
 	}
 	if c.GetEntrypointSet() {
 		b.Config.Entrypoint = append([]string{}, c.GetEntrypoint()...)
@@ -191,6 +194,7 @@ func boxFromPB(pb *statepb.Box) *model.Box {
 			StartedAt:    fromUnixNS(r.GetStartedAtUnixNs()),
 			StateFile:    r.GetStateFile(),
 			RestoredFrom: r.GetRestoredFrom(),
+			Accelerator:  r.GetAccelerator(),
 		}
 		if e := r.GetExit(); e != nil {
 			b.Run.Exit = &model.Exit{Code: int(e.GetCode()), Signal: int(e.GetSignal()), Reason: e.GetReason(), At: fromUnixNS(e.GetAtUnixNs())}

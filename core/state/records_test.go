@@ -31,7 +31,7 @@ func TestBoxRecordRoundTrip(t *testing.T) {
 			Pause: &model.Pause{Cause: model.PauseIOError, Reason: "no space left on device", Device: "vdb", At: now}},
 		ImageDigest: "sha256:x", Image: &model.ImageConfig{Entrypoint: []string{"/e"}, Cmd: []string{"c"}, Env: []string{"P=1"}, WorkingDir: "/w", User: "u", StopSignal: "SIGTERM"}, DiskID: "d", DiskCreated: true, ClonedFrom: "src", ClonedSnapshot: "s1", Error: "e",
 		Health:  model.Health{Status: "healthy", FailingStreak: 1, LastOutput: "ok", LastCheck: now},
-		Pending: "removing", SandboxUID: 0x70000003,
+		Pending: "removing", SandboxUID: 0x70000003, VMM: "libkrun",
 	}
 	for _, b := range []*model.Box{full, {ID: "min", Name: "min"}} {
 		v, err := encodeBox(b)
@@ -73,12 +73,12 @@ func TestWireDecoderAgreesWithGenerated(t *testing.T) {
 		Status: model.StatusPaused,
 		Run: &model.Run{ID: "r", Owner: proc.Ident{PID: 1, StartTicks: 2, BootID: "b"}, Monitor: proc.Ident{PID: 3, StartTicks: 4, BootID: "b"},
 			VM: proc.Ident{PID: 1 << 22, StartTicks: 1 << 40, BootID: "b"}, Handle: []byte{0, 2}, VMM: "qemu", AgentSocket: "/a", ConsoleLog: "/c", StartedAt: now,
-			Exit: &model.Exit{Code: -1, Signal: 9, Reason: "killed", At: now}, StateFile: "/s", RestoredFrom: "tpl",
+			Exit: &model.Exit{Code: -1, Signal: 9, Reason: "killed", At: now}, StateFile: "/s", RestoredFrom: "tpl", Accelerator: "tcg",
 			Pause: &model.Pause{Cause: model.PauseIOError, Reason: "no space", Device: "vdb", At: now}},
 		ImageDigest: "sha256:x", Image: &model.ImageConfig{Entrypoint: []string{"/e"}, Cmd: []string{"c"}, Env: []string{"P=1"}, WorkingDir: "/w", User: "u", StopSignal: "SIGTERM"},
 		DiskID: "d", DiskCreated: true, ClonedFrom: "src", ClonedSnapshot: "s1", Error: "e",
 		Health:  model.Health{Status: "healthy", FailingStreak: 1, LastOutput: "ok", LastCheck: now},
-		Pending: "removing", SandboxUID: 0x70000003,
+		Pending: "removing", SandboxUID: 0x70000003, VMM: "libkrun",
 	}
 	generated := func(v []byte) (*model.Box, error) {
 		var pb statepb.Box

@@ -109,6 +109,8 @@ func decodeBoxWire(v []byte) (*model.Box, bool) {
 			b.SandboxUID = uint32(val)
 		case 16:
 			return str(typ, raw, &b.ClonedSnapshot)
+		case 17:
+			return str(typ, raw, &b.VMM)
 		}
 		return true
 	})
@@ -322,6 +324,8 @@ func decodeRunWire(v []byte, r *model.Run) bool {
 			return ok
 		case 14:
 			return str(typ, raw, &r.RestoredFrom)
+		case 15:
+			return str(typ, raw, &r.Accelerator)
 		}
 		return true
 	})

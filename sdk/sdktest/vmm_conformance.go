@@ -92,7 +92,7 @@ func WithSpec(f func(*sdk.VMSpec)) VMMOption { return func(s *vmmSuite) { s.adju
 
 // VMMConformance runs the VMM conformance suite against the VMMs newVMM
 // returns: the contract of sdk.VMM, sdk.Pauser, sdk.MetricsReporter,
-// sdk.DiskSwitcher and sdk.MemorySnapshotter as the core relies on it. Each check is a subtest of its own, with a fresh
+// sdk.DiskSwitcher, sdk.MemorySnapshotter and sdk.HostChecker as the core relies on it. Each check is a subtest of its own, with a fresh
 // VMM and a fresh directory for its disks and RunDir; a failing check logs
 // the spec, the plan, the capabilities and the VM's output. Checks of an
 // optional feature the plugin does not declare are skipped, naming the
@@ -154,6 +154,7 @@ var vmmChecks = []vmmCheck{
 	{name: "PlanOfAValidSpec", fn: checkValidPlan},
 	{name: "PlanHasNoSideEffectsOutsideRunDir", fn: checkNoSideEffects},
 	{name: "PlanRefusesInvalidSpecs", fn: checkInvalidSpecs},
+	{name: "CheckHost", capability: "host-check", fn: checkHost},
 	{name: "StopOfAGoneProcess", fn: checkStopGone},
 	{name: "RestartInTheSameRunDir", fn: checkRestart},
 	{name: "BootsToTheAgent", running: true, guest: true, fn: checkBoots},
@@ -582,6 +583,15 @@ func checkVMMInfo(e *vmmEnv) {
 	} else if _, ok := e.vmm.(sdk.MemorySnapshotter); !ok {
 		t.Error("the plugin declares memory-snapshot, but its client is no sdk.MemorySnapshotter")
 	}
+	if !i.Capabilities.HostCheck {
+		if c, ok := e.vmm.(sdk.HostChecker); ok {
+			if _, err := c.CheckHost(e.ctx); !errors.Is(err, sdk.ErrUnsupported) {
+				t.Errorf("CheckHost without the host-check capability: %v, want sdk.ErrUnsupported", err)
+			}
+		}
+	} else if _, ok := e.vmm.(sdk.HostChecker); !ok {
+		t.Error("the plugin declares host-check, but its client is no sdk.HostChecker")
+	}
 	if !i.Capabilities.Metrics {
 		if m, ok := e.vmm.(sdk.MetricsReporter); ok {
 			if _, err := m.Metrics(e.ctx, vm); !errors.Is(err, sdk.ErrUnsupported) {
@@ -590,6 +600,33 @@ func checkVMMInfo(e *vmmEnv) {
 		}
 	} else if _, ok := e.vmm.(sdk.MetricsReporter); !ok {
 		t.Error("the plugin declares metrics, but its client is no sdk.MetricsReporter")
+	}
+}
+
+// checkHost: CheckHost answers, twice alike (a plugin may cache), and a
+// host it cannot run on comes with a reason the user can act on.
+func checkHost(e *vmmEnv) {
+	t := e.t
+	c, ok := e.vmm.(sdk.HostChecker)
+	if !ok {
+		t.Fatal("the plugin declares host-check, but its client is no sdk.HostChecker")
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
+	defer cancel()
+	r, err := c.CheckHost(ctx)
+	if err != nil {
+		t.Fatalf("CheckHost: %v", err)
+	}
+	t.Logf("CheckHost: %+v", r)
+	if !r.Usable && r.Reason == "" {
+		t.Error("CheckHost says not usable without a reason")
+	}
+	if r.Usable && r.Accelerator == "" {
+		t.Error("CheckHost says usable without naming the accelerator Plan would use")
+	}
+	again, err := c.CheckHost(ctx)
+	if err != nil || again.Usable != r.Usable || again.Accelerator != r.Accelerator {
+		t.Errorf("a second CheckHost: %+v, %v; the first said %+v", again, err, r)
 	}
 }
 

@@ -66,7 +66,8 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) command(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, filepath.Join(e.bin, "boxctl"), append([]string{"--home", e.home}, args...)...)
-	// No config file: the built-in defaults (qemu, qcow2, oci) apply.
+	// No config file: the built-in defaults (vmm = "auto", which picks qemu
+	// where there is no libkrun plugin; qcow2; oci) apply.
 	cmd.Env = append(filterEnv(os.Environ(), "BOXCTL_CONFIG"), "BOXCTL_GUEST_DIR="+e.guest, "XDG_CONFIG_HOME="+e.home, "BOXCTL_LOG=")
 	return cmd
 }

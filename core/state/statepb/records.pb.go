@@ -492,6 +492,7 @@ type Run struct {
 	StateFile       string                 `protobuf:"bytes,12,opt,name=state_file,json=stateFile,proto3" json:"state_file,omitempty"`
 	Pause           *Pause                 `protobuf:"bytes,13,opt,name=pause,proto3" json:"pause,omitempty"`
 	RestoredFrom    string                 `protobuf:"bytes,14,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
+	Accelerator     string                 `protobuf:"bytes,15,opt,name=accelerator,proto3" json:"accelerator,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -620,6 +621,13 @@ func (x *Run) GetPause() *Pause {
 func (x *Run) GetRestoredFrom() string {
 	if x != nil {
 		return x.RestoredFrom
+	}
+	return ""
+}
+
+func (x *Run) GetAccelerator() string {
+	if x != nil {
+		return x.Accelerator
 	}
 	return ""
 }
@@ -862,6 +870,7 @@ type Box struct {
 	Image           *ImageConfig           `protobuf:"bytes,14,opt,name=image,proto3" json:"image,omitempty"`
 	SandboxUid      uint32                 `protobuf:"varint,15,opt,name=sandbox_uid,json=sandboxUid,proto3" json:"sandbox_uid,omitempty"`
 	ClonedSnapshot  string                 `protobuf:"bytes,16,opt,name=cloned_snapshot,json=clonedSnapshot,proto3" json:"cloned_snapshot,omitempty"`
+	Vmm             string                 `protobuf:"bytes,17,opt,name=vmm,proto3" json:"vmm,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1008,6 +1017,13 @@ func (x *Box) GetClonedSnapshot() string {
 	return ""
 }
 
+func (x *Box) GetVmm() string {
+	if x != nil {
+		return x.Vmm
+	}
+	return ""
+}
+
 var File_core_state_statepb_records_proto protoreflect.FileDescriptor
 
 const file_core_state_statepb_records_proto_rawDesc = "" +
@@ -1065,7 +1081,7 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x06signal\x18\x02 \x01(\x03R\x06signal\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1c\n" +
 	"\n" +
-	"at_unix_ns\x18\x04 \x01(\x03R\batUnixNs\"\xf1\x03\n" +
+	"at_unix_ns\x18\x04 \x01(\x03R\batUnixNs\"\x93\x04\n" +
 	"\x03Run\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bdetached\x18\x02 \x01(\bR\bdetached\x12,\n" +
@@ -1083,7 +1099,8 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\n" +
 	"state_file\x18\f \x01(\tR\tstateFile\x12,\n" +
 	"\x05pause\x18\r \x01(\v2\x16.boxctl.state.v1.PauseR\x05pause\x12#\n" +
-	"\rrestored_from\x18\x0e \x01(\tR\frestoredFrom\"k\n" +
+	"\rrestored_from\x18\x0e \x01(\tR\frestoredFrom\x12 \n" +
+	"\vaccelerator\x18\x0f \x01(\tR\vaccelerator\"k\n" +
 	"\x05Pause\x12\x14\n" +
 	"\x05cause\x18\x01 \x01(\tR\x05cause\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x16\n" +
@@ -1106,7 +1123,7 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"workingDir\x12\x12\n" +
 	"\x04user\x18\x05 \x01(\tR\x04user\x12\x1f\n" +
 	"\vstop_signal\x18\x06 \x01(\tR\n" +
-	"stopSignal\"\xa9\x04\n" +
+	"stopSignal\"\xbb\x04\n" +
 	"\x03Box\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12+\n" +
@@ -1126,7 +1143,8 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x05image\x18\x0e \x01(\v2\x1c.boxctl.state.v1.ImageConfigR\x05image\x12\x1f\n" +
 	"\vsandbox_uid\x18\x0f \x01(\rR\n" +
 	"sandboxUid\x12'\n" +
-	"\x0fcloned_snapshot\x18\x10 \x01(\tR\x0eclonedSnapshotB5Z3github.com/boxctl/boxctl/core/state/statepb;statepbb\x06proto3"
+	"\x0fcloned_snapshot\x18\x10 \x01(\tR\x0eclonedSnapshot\x12\x10\n" +
+	"\x03vmm\x18\x11 \x01(\tR\x03vmmB5Z3github.com/boxctl/boxctl/core/state/statepb;statepbb\x06proto3"
 
 var (
 	file_core_state_statepb_records_proto_rawDescOnce sync.Once

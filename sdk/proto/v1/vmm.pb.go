@@ -38,6 +38,8 @@
 //                    running box)
 //   "memory-snapshot" SaveState, StateInputs and VMSpec.restore work
 //                    (checkpoints, suspend, fork, boot templates)
+//   "host-check"     CheckHost works (whether this VMM can run VMs on this
+//                    host, and with which accelerator)
 //
 // Security: the core validates every disk chain before Plan (each file lies
 // inside its plugin's store). A VMM must not let the hypervisor probe disk
@@ -771,7 +773,10 @@ type LaunchPlan struct {
 	// failed; Resume continues it once the cause is fixed. The box monitor
 	// watches the file. Empty when the VMM cannot report (no "state-file"
 	// capability).
-	StateFile     string `protobuf:"bytes,8,opt,name=state_file,json=stateFile,proto3" json:"state_file,omitempty"`
+	StateFile string `protobuf:"bytes,8,opt,name=state_file,json=stateFile,proto3" json:"state_file,omitempty"`
+	// The accelerator the VM runs with ("kvm", "tcg", "hvf"...), recorded
+	// with the box. May be empty when the VMM has no such choice.
+	Accelerator   string `protobuf:"bytes,9,opt,name=accelerator,proto3" json:"accelerator,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -858,6 +863,13 @@ func (x *LaunchPlan) GetNotice() string {
 func (x *LaunchPlan) GetStateFile() string {
 	if x != nil {
 		return x.StateFile
+	}
+	return ""
+}
+
+func (x *LaunchPlan) GetAccelerator() string {
+	if x != nil {
+		return x.Accelerator
 	}
 	return ""
 }
@@ -1475,6 +1487,107 @@ func (x *StateInputsResponse) GetInputs() map[string]string {
 	return nil
 }
 
+type CheckHostRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckHostRequest) Reset() {
+	*x = CheckHostRequest{}
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckHostRequest) ProtoMessage() {}
+
+func (x *CheckHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckHostRequest.ProtoReflect.Descriptor instead.
+func (*CheckHostRequest) Descriptor() ([]byte, []int) {
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{21}
+}
+
+type CheckHostResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The VMM can run VMs here.
+	Usable bool `protobuf:"varint,1,opt,name=usable,proto3" json:"usable,omitempty"`
+	// The accelerator Plan would use ("kvm", "tcg"...); empty when not usable.
+	Accelerator string `protobuf:"bytes,2,opt,name=accelerator,proto3" json:"accelerator,omitempty"`
+	// Why: what is missing when not usable, and why this accelerator when
+	// usable (e.g. that KVM did not pass its probe, so TCG). Never empty
+	// when not usable.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckHostResponse) Reset() {
+	*x = CheckHostResponse{}
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckHostResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckHostResponse) ProtoMessage() {}
+
+func (x *CheckHostResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckHostResponse.ProtoReflect.Descriptor instead.
+func (*CheckHostResponse) Descriptor() ([]byte, []int) {
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CheckHostResponse) GetUsable() bool {
+	if x != nil {
+		return x.Usable
+	}
+	return false
+}
+
+func (x *CheckHostResponse) GetAccelerator() string {
+	if x != nil {
+		return x.Accelerator
+	}
+	return ""
+}
+
+func (x *CheckHostResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_sdk_proto_v1_vmm_proto protoreflect.FileDescriptor
 
 const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
@@ -1527,7 +1640,7 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"\x03gid\x18\x03 \x01(\rR\x03gid\x12\x16\n" +
 	"\x06cgroup\x18\x04 \x01(\tR\x06cgroup\";\n" +
 	"\vPlanRequest\x12,\n" +
-	"\x04spec\x18\x01 \x01(\v2\x18.boxctl.plugin.v1.VMSpecR\x04spec\"\xd7\x01\n" +
+	"\x04spec\x18\x01 \x01(\v2\x18.boxctl.plugin.v1.VMSpecR\x04spec\"\xf9\x01\n" +
 	"\n" +
 	"LaunchPlan\x12\x12\n" +
 	"\x04argv\x18\x01 \x03(\tR\x04argv\x12\x10\n" +
@@ -1539,7 +1652,8 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"consoleLog\x12\x16\n" +
 	"\x06notice\x18\a \x01(\tR\x06notice\x12\x1d\n" +
 	"\n" +
-	"state_file\x18\b \x01(\tR\tstateFile\"@\n" +
+	"state_file\x18\b \x01(\tR\tstateFile\x12 \n" +
+	"\vaccelerator\x18\t \x01(\tR\vaccelerator\"@\n" +
 	"\fPlanResponse\x120\n" +
 	"\x04plan\x18\x01 \x01(\v2\x1c.boxctl.plugin.v1.LaunchPlanR\x04plan\"M\n" +
 	"\vStopRequest\x12\x16\n" +
@@ -1582,12 +1696,17 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"\x06inputs\x18\x01 \x03(\v21.boxctl.plugin.v1.StateInputsResponse.InputsEntryR\x06inputs\x1a9\n" +
 	"\vInputsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*f\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x12\n" +
+	"\x10CheckHostRequest\"e\n" +
+	"\x11CheckHostResponse\x12\x16\n" +
+	"\x06usable\x18\x01 \x01(\bR\x06usable\x12 \n" +
+	"\vaccelerator\x18\x02 \x01(\tR\vaccelerator\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason*f\n" +
 	"\bDiskRole\x12\x19\n" +
 	"\x15DISK_ROLE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDISK_ROLE_IMAGE\x10\x01\x12\x16\n" +
 	"\x12DISK_ROLE_WRITABLE\x10\x02\x12\x12\n" +
-	"\x0eDISK_ROLE_DATA\x10\x032\xa8\x06\n" +
+	"\x0eDISK_ROLE_DATA\x10\x032\xfe\x06\n" +
 	"\x03VMM\x12E\n" +
 	"\x04Info\x12\x1d.boxctl.plugin.v1.InfoRequest\x1a\x1e.boxctl.plugin.v1.InfoResponse\x12T\n" +
 	"\tConfigure\x12\".boxctl.plugin.v1.ConfigureRequest\x1a#.boxctl.plugin.v1.ConfigureResponse\x12E\n" +
@@ -1599,7 +1718,8 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"\n" +
 	"SwitchDisk\x12#.boxctl.plugin.v1.SwitchDiskRequest\x1a$.boxctl.plugin.v1.SwitchDiskResponse\x12T\n" +
 	"\tSaveState\x12\".boxctl.plugin.v1.SaveStateRequest\x1a#.boxctl.plugin.v1.SaveStateResponse\x12Z\n" +
-	"\vStateInputs\x12$.boxctl.plugin.v1.StateInputsRequest\x1a%.boxctl.plugin.v1.StateInputsResponseB0Z.github.com/boxctl/boxctl/sdk/proto/v1;pluginv1b\x06proto3"
+	"\vStateInputs\x12$.boxctl.plugin.v1.StateInputsRequest\x1a%.boxctl.plugin.v1.StateInputsResponse\x12T\n" +
+	"\tCheckHost\x12\".boxctl.plugin.v1.CheckHostRequest\x1a#.boxctl.plugin.v1.CheckHostResponseB0Z.github.com/boxctl/boxctl/sdk/proto/v1;pluginv1b\x06proto3"
 
 var (
 	file_sdk_proto_v1_vmm_proto_rawDescOnce sync.Once
@@ -1614,7 +1734,7 @@ func file_sdk_proto_v1_vmm_proto_rawDescGZIP() []byte {
 }
 
 var file_sdk_proto_v1_vmm_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sdk_proto_v1_vmm_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_sdk_proto_v1_vmm_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_sdk_proto_v1_vmm_proto_goTypes = []any{
 	(DiskRole)(0),               // 0: boxctl.plugin.v1.DiskRole
 	(NetworkSpec_Mode)(0),       // 1: boxctl.plugin.v1.NetworkSpec.Mode
@@ -1639,14 +1759,16 @@ var file_sdk_proto_v1_vmm_proto_goTypes = []any{
 	(*SaveStateResponse)(nil),   // 20: boxctl.plugin.v1.SaveStateResponse
 	(*StateInputsRequest)(nil),  // 21: boxctl.plugin.v1.StateInputsRequest
 	(*StateInputsResponse)(nil), // 22: boxctl.plugin.v1.StateInputsResponse
-	nil,                         // 23: boxctl.plugin.v1.RestoreSpec.InputsEntry
-	nil,                         // 24: boxctl.plugin.v1.MetricsResponse.ExtraEntry
-	nil,                         // 25: boxctl.plugin.v1.SaveStateResponse.InputsEntry
-	nil,                         // 26: boxctl.plugin.v1.StateInputsResponse.InputsEntry
-	(*InfoRequest)(nil),         // 27: boxctl.plugin.v1.InfoRequest
-	(*ConfigureRequest)(nil),    // 28: boxctl.plugin.v1.ConfigureRequest
-	(*InfoResponse)(nil),        // 29: boxctl.plugin.v1.InfoResponse
-	(*ConfigureResponse)(nil),   // 30: boxctl.plugin.v1.ConfigureResponse
+	(*CheckHostRequest)(nil),    // 23: boxctl.plugin.v1.CheckHostRequest
+	(*CheckHostResponse)(nil),   // 24: boxctl.plugin.v1.CheckHostResponse
+	nil,                         // 25: boxctl.plugin.v1.RestoreSpec.InputsEntry
+	nil,                         // 26: boxctl.plugin.v1.MetricsResponse.ExtraEntry
+	nil,                         // 27: boxctl.plugin.v1.SaveStateResponse.InputsEntry
+	nil,                         // 28: boxctl.plugin.v1.StateInputsResponse.InputsEntry
+	(*InfoRequest)(nil),         // 29: boxctl.plugin.v1.InfoRequest
+	(*ConfigureRequest)(nil),    // 30: boxctl.plugin.v1.ConfigureRequest
+	(*InfoResponse)(nil),        // 31: boxctl.plugin.v1.InfoResponse
+	(*ConfigureResponse)(nil),   // 32: boxctl.plugin.v1.ConfigureResponse
 }
 var file_sdk_proto_v1_vmm_proto_depIdxs = []int32{
 	0,  // 0: boxctl.plugin.v1.DiskSpec.role:type_name -> boxctl.plugin.v1.DiskRole
@@ -1657,16 +1779,16 @@ var file_sdk_proto_v1_vmm_proto_depIdxs = []int32{
 	5,  // 5: boxctl.plugin.v1.VMSpec.network:type_name -> boxctl.plugin.v1.NetworkSpec
 	8,  // 6: boxctl.plugin.v1.VMSpec.sandbox:type_name -> boxctl.plugin.v1.Sandbox
 	7,  // 7: boxctl.plugin.v1.VMSpec.restore:type_name -> boxctl.plugin.v1.RestoreSpec
-	23, // 8: boxctl.plugin.v1.RestoreSpec.inputs:type_name -> boxctl.plugin.v1.RestoreSpec.InputsEntry
+	25, // 8: boxctl.plugin.v1.RestoreSpec.inputs:type_name -> boxctl.plugin.v1.RestoreSpec.InputsEntry
 	6,  // 9: boxctl.plugin.v1.PlanRequest.spec:type_name -> boxctl.plugin.v1.VMSpec
 	10, // 10: boxctl.plugin.v1.PlanResponse.plan:type_name -> boxctl.plugin.v1.LaunchPlan
-	24, // 11: boxctl.plugin.v1.MetricsResponse.extra:type_name -> boxctl.plugin.v1.MetricsResponse.ExtraEntry
+	26, // 11: boxctl.plugin.v1.MetricsResponse.extra:type_name -> boxctl.plugin.v1.MetricsResponse.ExtraEntry
 	2,  // 12: boxctl.plugin.v1.SwitchDiskRequest.disk:type_name -> boxctl.plugin.v1.DiskSpec
-	25, // 13: boxctl.plugin.v1.SaveStateResponse.inputs:type_name -> boxctl.plugin.v1.SaveStateResponse.InputsEntry
+	27, // 13: boxctl.plugin.v1.SaveStateResponse.inputs:type_name -> boxctl.plugin.v1.SaveStateResponse.InputsEntry
 	6,  // 14: boxctl.plugin.v1.StateInputsRequest.spec:type_name -> boxctl.plugin.v1.VMSpec
-	26, // 15: boxctl.plugin.v1.StateInputsResponse.inputs:type_name -> boxctl.plugin.v1.StateInputsResponse.InputsEntry
-	27, // 16: boxctl.plugin.v1.VMM.Info:input_type -> boxctl.plugin.v1.InfoRequest
-	28, // 17: boxctl.plugin.v1.VMM.Configure:input_type -> boxctl.plugin.v1.ConfigureRequest
+	28, // 15: boxctl.plugin.v1.StateInputsResponse.inputs:type_name -> boxctl.plugin.v1.StateInputsResponse.InputsEntry
+	29, // 16: boxctl.plugin.v1.VMM.Info:input_type -> boxctl.plugin.v1.InfoRequest
+	30, // 17: boxctl.plugin.v1.VMM.Configure:input_type -> boxctl.plugin.v1.ConfigureRequest
 	9,  // 18: boxctl.plugin.v1.VMM.Plan:input_type -> boxctl.plugin.v1.PlanRequest
 	12, // 19: boxctl.plugin.v1.VMM.Stop:input_type -> boxctl.plugin.v1.StopRequest
 	14, // 20: boxctl.plugin.v1.VMM.Pause:input_type -> boxctl.plugin.v1.ControlRequest
@@ -1675,18 +1797,20 @@ var file_sdk_proto_v1_vmm_proto_depIdxs = []int32{
 	17, // 23: boxctl.plugin.v1.VMM.SwitchDisk:input_type -> boxctl.plugin.v1.SwitchDiskRequest
 	19, // 24: boxctl.plugin.v1.VMM.SaveState:input_type -> boxctl.plugin.v1.SaveStateRequest
 	21, // 25: boxctl.plugin.v1.VMM.StateInputs:input_type -> boxctl.plugin.v1.StateInputsRequest
-	29, // 26: boxctl.plugin.v1.VMM.Info:output_type -> boxctl.plugin.v1.InfoResponse
-	30, // 27: boxctl.plugin.v1.VMM.Configure:output_type -> boxctl.plugin.v1.ConfigureResponse
-	11, // 28: boxctl.plugin.v1.VMM.Plan:output_type -> boxctl.plugin.v1.PlanResponse
-	13, // 29: boxctl.plugin.v1.VMM.Stop:output_type -> boxctl.plugin.v1.StopResponse
-	15, // 30: boxctl.plugin.v1.VMM.Pause:output_type -> boxctl.plugin.v1.ControlResponse
-	15, // 31: boxctl.plugin.v1.VMM.Resume:output_type -> boxctl.plugin.v1.ControlResponse
-	16, // 32: boxctl.plugin.v1.VMM.Metrics:output_type -> boxctl.plugin.v1.MetricsResponse
-	18, // 33: boxctl.plugin.v1.VMM.SwitchDisk:output_type -> boxctl.plugin.v1.SwitchDiskResponse
-	20, // 34: boxctl.plugin.v1.VMM.SaveState:output_type -> boxctl.plugin.v1.SaveStateResponse
-	22, // 35: boxctl.plugin.v1.VMM.StateInputs:output_type -> boxctl.plugin.v1.StateInputsResponse
-	26, // [26:36] is the sub-list for method output_type
-	16, // [16:26] is the sub-list for method input_type
+	23, // 26: boxctl.plugin.v1.VMM.CheckHost:input_type -> boxctl.plugin.v1.CheckHostRequest
+	31, // 27: boxctl.plugin.v1.VMM.Info:output_type -> boxctl.plugin.v1.InfoResponse
+	32, // 28: boxctl.plugin.v1.VMM.Configure:output_type -> boxctl.plugin.v1.ConfigureResponse
+	11, // 29: boxctl.plugin.v1.VMM.Plan:output_type -> boxctl.plugin.v1.PlanResponse
+	13, // 30: boxctl.plugin.v1.VMM.Stop:output_type -> boxctl.plugin.v1.StopResponse
+	15, // 31: boxctl.plugin.v1.VMM.Pause:output_type -> boxctl.plugin.v1.ControlResponse
+	15, // 32: boxctl.plugin.v1.VMM.Resume:output_type -> boxctl.plugin.v1.ControlResponse
+	16, // 33: boxctl.plugin.v1.VMM.Metrics:output_type -> boxctl.plugin.v1.MetricsResponse
+	18, // 34: boxctl.plugin.v1.VMM.SwitchDisk:output_type -> boxctl.plugin.v1.SwitchDiskResponse
+	20, // 35: boxctl.plugin.v1.VMM.SaveState:output_type -> boxctl.plugin.v1.SaveStateResponse
+	22, // 36: boxctl.plugin.v1.VMM.StateInputs:output_type -> boxctl.plugin.v1.StateInputsResponse
+	24, // 37: boxctl.plugin.v1.VMM.CheckHost:output_type -> boxctl.plugin.v1.CheckHostResponse
+	27, // [27:38] is the sub-list for method output_type
+	16, // [16:27] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
 	16, // [16:16] is the sub-list for extension extendee
 	0,  // [0:16] is the sub-list for field type_name
@@ -1704,7 +1828,7 @@ func file_sdk_proto_v1_vmm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sdk_proto_v1_vmm_proto_rawDesc), len(file_sdk_proto_v1_vmm_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,8 @@
 //                    running box)
 //   "memory-snapshot" SaveState, StateInputs and VMSpec.restore work
 //                    (checkpoints, suspend, fork, boot templates)
+//   "host-check"     CheckHost works (whether this VMM can run VMs on this
+//                    host, and with which accelerator)
 //
 // Security: the core validates every disk chain before Plan (each file lies
 // inside its plugin's store). A VMM must not let the hypervisor probe disk
@@ -74,6 +76,7 @@ const (
 	VMM_SwitchDisk_FullMethodName  = "/boxctl.plugin.v1.VMM/SwitchDisk"
 	VMM_SaveState_FullMethodName   = "/boxctl.plugin.v1.VMM/SaveState"
 	VMM_StateInputs_FullMethodName = "/boxctl.plugin.v1.VMM/StateInputs"
+	VMM_CheckHost_FullMethodName   = "/boxctl.plugin.v1.VMM/CheckHost"
 )
 
 // VMMClient is the client API for VMM service.
@@ -165,6 +168,16 @@ type VMMClient interface {
 	// network or none). Not inputs: paths of box files, kernel arguments, the
 	// box ID. Cheap (no hashing of large files), no side effects.
 	StateInputs(ctx context.Context, in *StateInputsRequest, opts ...grpc.CallOption) (*StateInputsResponse, error)
+	// CheckHost says whether this VMM can run VMs on this host (its
+	// hypervisor binary or library is there, and the accelerator it would use
+	// works) and which accelerator Plan would choose now, with the reason.
+	// The core asks it to choose a VMM (vmm = "auto") and for `boxctl info`.
+	// Any time after Configure; no side effects; it may take a moment (an
+	// accelerator probe) but never long, and a plugin may cache its answer for
+	// its process's life. A host where the VMM cannot run is a successful
+	// answer with usable = false, not an error. UNIMPLEMENTED without the
+	// "host-check" capability.
+	CheckHost(ctx context.Context, in *CheckHostRequest, opts ...grpc.CallOption) (*CheckHostResponse, error)
 }
 
 type vMMClient struct {
@@ -275,6 +288,16 @@ func (c *vMMClient) StateInputs(ctx context.Context, in *StateInputsRequest, opt
 	return out, nil
 }
 
+func (c *vMMClient) CheckHost(ctx context.Context, in *CheckHostRequest, opts ...grpc.CallOption) (*CheckHostResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckHostResponse)
+	err := c.cc.Invoke(ctx, VMM_CheckHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // VMMServer is the server API for VMM service.
 // All implementations must embed UnimplementedVMMServer
 // for forward compatibility.
@@ -364,6 +387,16 @@ type VMMServer interface {
 	// network or none). Not inputs: paths of box files, kernel arguments, the
 	// box ID. Cheap (no hashing of large files), no side effects.
 	StateInputs(context.Context, *StateInputsRequest) (*StateInputsResponse, error)
+	// CheckHost says whether this VMM can run VMs on this host (its
+	// hypervisor binary or library is there, and the accelerator it would use
+	// works) and which accelerator Plan would choose now, with the reason.
+	// The core asks it to choose a VMM (vmm = "auto") and for `boxctl info`.
+	// Any time after Configure; no side effects; it may take a moment (an
+	// accelerator probe) but never long, and a plugin may cache its answer for
+	// its process's life. A host where the VMM cannot run is a successful
+	// answer with usable = false, not an error. UNIMPLEMENTED without the
+	// "host-check" capability.
+	CheckHost(context.Context, *CheckHostRequest) (*CheckHostResponse, error)
 	mustEmbedUnimplementedVMMServer()
 }
 
@@ -403,6 +436,9 @@ func (UnimplementedVMMServer) SaveState(context.Context, *SaveStateRequest) (*Sa
 }
 func (UnimplementedVMMServer) StateInputs(context.Context, *StateInputsRequest) (*StateInputsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StateInputs not implemented")
+}
+func (UnimplementedVMMServer) CheckHost(context.Context, *CheckHostRequest) (*CheckHostResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckHost not implemented")
 }
 func (UnimplementedVMMServer) mustEmbedUnimplementedVMMServer() {}
 func (UnimplementedVMMServer) testEmbeddedByValue()             {}
@@ -605,6 +641,24 @@ func _VMM_StateInputs_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VMM_CheckHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMMServer).CheckHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMM_CheckHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMMServer).CheckHost(ctx, req.(*CheckHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // VMM_ServiceDesc is the grpc.ServiceDesc for VMM service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -651,6 +705,10 @@ var VMM_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StateInputs",
 			Handler:    _VMM_StateInputs_Handler,
+		},
+		{
+			MethodName: "CheckHost",
+			Handler:    _VMM_CheckHost_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

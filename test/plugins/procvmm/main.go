@@ -47,8 +47,14 @@
 //	    ignore_sigterm = true     # the "VM" ignores graceful stop requests (SIGTERM and the agent's Shutdown)
 //	    exit_after     = "1s"     # the "VM" exits by itself after this long
 //	    exit_code      = 7        # ... with this code
+//	    host_unusable  = "why"    # CheckHost says it cannot run VMs here, for this reason
 //	  }
 //	}
+//
+// CheckHost (the host-check capability) says usable, with accelerator
+// "process" (what its plans record as the accelerator), unless
+// host_unusable is set: that stands in for a VMM that cannot run on this
+// host (a libkrun without a usable KVM) in the tests of vmm = "auto".
 //
 // Its launch plans name a VM state file (vm-state.json in the run
 // directory) that the "VM" sets to "running" when it starts; tests write
@@ -96,6 +102,7 @@ type settings struct {
 	IgnoreSigterm bool   `hcl:"ignore_sigterm,optional"`
 	ExitAfter     string `hcl:"exit_after,optional"`
 	ExitCode      int    `hcl:"exit_code,optional"`
+	HostUnusable  string `hcl:"host_unusable,optional"`
 }
 
 // handle is what the core persists for a procvmm "VM".
@@ -117,7 +124,18 @@ var (
 	_ sdk.MetricsReporter   = (*procVMM)(nil)
 	_ sdk.DiskSwitcher      = (*procVMM)(nil)
 	_ sdk.MemorySnapshotter = (*procVMM)(nil)
+	_ sdk.HostChecker       = (*procVMM)(nil)
 )
+
+// accelerator is what the double's "VMs" run with: nothing but the host.
+const accelerator = "process"
+
+func (p *procVMM) CheckHost(context.Context) (sdk.HostReport, error) {
+	if why := p.settings().HostUnusable; why != "" {
+		return sdk.HostReport{Reason: why}, nil
+	}
+	return sdk.HostReport{Usable: true, Accelerator: accelerator, Reason: "test double: a VM is a host process"}, nil
+}
 
 func (p *procVMM) Info(context.Context) (sdk.Info, error) {
 	return sdk.Info{
@@ -253,6 +271,7 @@ func (p *procVMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, erro
 		ConsoleLog:  console,
 		StateFile:   stateFile,
 		Notice:      "procvmm is a test double: the box runs as a host process",
+		Accelerator: accelerator,
 	}, nil
 }
 

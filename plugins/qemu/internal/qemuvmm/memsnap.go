@@ -190,7 +190,7 @@ func waitMigrationEnd(ctx context.Context, q *qmp.Conn) error {
 // StateInputs fingerprints what a saved state of a VM planned with spec
 // depends on. Files are named by path, size, modification time and inode,
 // which change when the file is replaced or rewritten; nothing is hashed.
-func (v *VMM) StateInputs(_ context.Context, spec sdk.VMSpec) (map[string]string, error) {
+func (v *VMM) StateInputs(ctx context.Context, spec sdk.VMSpec) (map[string]string, error) {
 	s := v.settings()
 	qemuPath, err := v.qemuPath(s)
 	if err != nil {
@@ -204,7 +204,7 @@ func (v *VMM) StateInputs(_ context.Context, spec sdk.VMSpec) (map[string]string
 	if err != nil {
 		return nil, err
 	}
-	accel, _, err := pickAccel(s, &jail)
+	accel, _, err := v.pickAccel(ctx, s, &jail)
 	if err != nil {
 		return nil, err
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2"
 
+	"github.com/boxctl/boxctl/internal/kvmprobe"
 	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
 	"github.com/boxctl/boxctl/sdk"
@@ -73,11 +74,41 @@ type VMM struct {
 	cfg settings
 	// versions caches `qemu --version` by the binary's identity.
 	versions map[string]string
+
+	// probeKVM runs the KVM probe; its answer is kept for the plugin
+	// process's life (kvmOnce, kvm).
+	probeKVM func(context.Context) kvmprobe.Result
+	kvmOnce  sync.Once
+	kvm      kvmprobe.Result
+}
+
+// Option changes a VMM.
+type Option func(*VMM)
+
+// WithKVMProbe replaces the KVM probe (kvmprobe.Probe on /dev/kvm) that
+// accel = "auto" consults.
+func WithKVMProbe(p func(context.Context) kvmprobe.Result) Option {
+	return func(v *VMM) { v.probeKVM = p }
 }
 
 // New returns the plugin. exe is the plugin binary (the launcher).
-func New(log hclog.Logger, exe string) *VMM {
-	return &VMM{log: log, exe: exe, cfg: settings{Accel: "auto", Machine: "q35"}}
+func New(log hclog.Logger, exe string, opts ...Option) *VMM {
+	v := &VMM{log: log, exe: exe, cfg: settings{Accel: "auto", Machine: "q35"},
+		probeKVM: func(ctx context.Context) kvmprobe.Result { return kvmprobe.Probe(ctx) }}
+	for _, o := range opts {
+		o(v)
+	}
+	return v
+}
+
+// kvmVerdict is the KVM probe's answer, probed once per plugin process: the
+// host does not change under it, and the probe costs up to its bound.
+func (v *VMM) kvmVerdict(ctx context.Context) kvmprobe.Result {
+	v.kvmOnce.Do(func() {
+		v.kvm = v.probeKVM(context.WithoutCancel(ctx))
+		v.log.Debug("KVM probe", "usable", v.kvm.Usable, "reason", v.kvm.Reason, "took", v.kvm.Took)
+	})
+	return v.kvm
 }
 
 // Info describes the plugin. Pause, Metrics, DiskSwitch and
@@ -105,7 +136,25 @@ var (
 	_ sdk.MetricsReporter   = (*VMM)(nil)
 	_ sdk.DiskSwitcher      = (*VMM)(nil)
 	_ sdk.MemorySnapshotter = (*VMM)(nil)
+	_ sdk.HostChecker       = (*VMM)(nil)
 )
+
+// CheckHost says whether this host can run the plugin's VMs: QEMU must be
+// found; the accelerator is what Plan would choose (an unconfined QEMU's
+// view: a confined one may still fall back to TCG, which Plan reports).
+func (v *VMM) CheckHost(ctx context.Context) (sdk.HostReport, error) {
+	s := v.settings()
+	qemu, err := v.qemuPath(s)
+	if err != nil {
+		bin := s.QEMUBinary
+		if bin == "" {
+			bin = "qemu-system-x86_64"
+		}
+		return sdk.HostReport{Reason: qemuMissing(bin)}, nil
+	}
+	accel, why := v.chooseAccel(ctx, s.Accel)
+	return sdk.HostReport{Usable: true, Accelerator: accel, Reason: qemu + ": " + why}, nil
+}
 
 // Configure validates the plugin's config block.
 func (v *VMM) Configure(_ context.Context, cfg *sdk.Config) error {
@@ -178,7 +227,7 @@ type handle struct {
 const minMemoryMiB = 64
 
 // Plan builds the launch plan for spec.
-func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
+func (v *VMM) Plan(ctx context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 	s := v.settings()
 	run := spec.RunDir
 	if run == "" || !filepath.IsAbs(run) {
@@ -202,7 +251,7 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 	if err != nil {
 		return sdk.LaunchPlan{}, err
 	}
-	accel, notice, err := pickAccel(s, &jail)
+	accel, notice, err := v.pickAccel(ctx, s, &jail)
 	if err != nil {
 		return sdk.LaunchPlan{}, err
 	}
@@ -255,6 +304,7 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 		ConsoleLog:  lc.ConsoleLog,
 		Notice:      notice,
 		StateFile:   lc.StateFile,
+		Accelerator: accel,
 	}, nil
 }
 
@@ -269,16 +319,23 @@ func (v *VMM) qemuPath(s settings) (string, error) {
 	}
 	p, err := exec.LookPath(qemuBin)
 	if err != nil {
-		return "", fmt.Errorf("%s not found: install Debian's qemu-system-x86 or set qemu_binary in the plugin's config: %w", qemuBin, sdk.ErrInvalidState)
+		return "", fmt.Errorf("%s: %w", qemuMissing(qemuBin), sdk.ErrInvalidState)
 	}
 	return p, nil
+}
+
+func qemuMissing(qemuBin string) string {
+	return qemuBin + " not found: install it (apt-get install qemu-system-x86) or set qemu_binary in the plugin's config"
 }
 
 // pickAccel chooses the accelerator as configured, falling back to TCG
 // when the confined QEMU cannot use KVM, and gives the confined QEMU the
 // group that can.
-func pickAccel(s settings, jail *jail) (accel, notice string, err error) {
-	accel, notice = chooseAccel(s.Accel)
+func (v *VMM) pickAccel(ctx context.Context, s settings, jail *jail) (accel, notice string, err error) {
+	accel, why := v.chooseAccel(ctx, s.Accel)
+	if accel == "tcg" && s.Accel == "auto" {
+		notice = why + ", which is much slower"
+	}
 	if accel == "kvm" && jail.UID != 0 {
 		gid, ok, why := kvmAccess(kvmDevice, jail.UID, jail.GID)
 		switch {
@@ -345,46 +402,22 @@ func fileExists(p string) bool {
 // kvmDevice is the KVM device node.
 const kvmDevice = "/dev/kvm"
 
-// chooseAccel picks KVM only when it can really run guests: /dev/kvm must
-// open and the CPU must advertise vmx or svm (a paravirtual nested KVM
-// without them cannot boot ordinary kernels).
-func chooseAccel(want string) (accel, notice string) {
+// chooseAccel picks the accelerator for want ("auto", "kvm" or "tcg") and
+// says why. With "auto", KVM only when the KVM probe ran a guest at
+// hardware speed: /dev/kvm can exist and still emulate guest code at a
+// crawl (a paravirtual or nested KVM).
+func (v *VMM) chooseAccel(ctx context.Context, want string) (accel, why string) {
 	switch want {
 	case "kvm":
-		return "kvm", ""
+		return "kvm", `accel = "kvm" in the plugin's config`
 	case "tcg":
-		return "tcg", ""
+		return "tcg", `accel = "tcg" in the plugin's config: TCG software emulation`
 	}
-	if ok, why := kvmUsable(); !ok {
-		return "tcg", "KVM is not usable (" + why + "): running the VM under TCG software emulation, which is much slower"
+	r := v.kvmVerdict(ctx)
+	if !r.Usable {
+		return "tcg", "KVM not usable (" + r.Reason + "): TCG software emulation"
 	}
-	return "kvm", ""
-}
-
-func kvmUsable() (bool, string) { return kvmUsableAt(kvmDevice, "/proc/cpuinfo") }
-
-func kvmUsableAt(dev, cpuinfoPath string) (bool, string) {
-	f, err := os.OpenFile(dev, os.O_RDWR, 0)
-	if err != nil {
-		return false, "cannot open " + dev + ": " + err.Error()
-	}
-	f.Close()
-	cpuinfo, err := os.ReadFile(cpuinfoPath)
-	if err != nil {
-		return false, "cannot read /proc/cpuinfo"
-	}
-	for _, line := range strings.Split(string(cpuinfo), "\n") {
-		if !strings.HasPrefix(line, "flags") {
-			continue
-		}
-		for _, f := range strings.Fields(line) {
-			if f == "vmx" || f == "svm" {
-				return true, ""
-			}
-		}
-		break
-	}
-	return false, "the CPU advertises neither vmx nor svm"
+	return "kvm", r.Reason
 }
 
 func decodeHandle(b []byte) (handle, error) {

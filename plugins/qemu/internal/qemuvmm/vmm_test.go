@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2"
 
+	"github.com/boxctl/boxctl/internal/kvmprobe"
 	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
 	"github.com/boxctl/boxctl/sdk"
 	"github.com/boxctl/boxctl/sdk/guestboot"
@@ -282,31 +283,68 @@ func TestPlanWithoutGuestSaysHowToBuildIt(t *testing.T) {
 	}
 }
 
-func TestKVMNeedsTheDeviceAndVirtualizationFlags(t *testing.T) {
-	dir := t.TempDir()
-	dev := filepath.Join(dir, "kvm")
-	if err := os.WriteFile(dev, nil, 0o644); err != nil {
-		t.Fatal(err)
+// accel = "auto" follows the KVM probe, asks it once per plugin process,
+// and says why; a forced accelerator never probes.
+func TestAutoAccelFollowsTheKVMProbe(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		probe     kvmprobe.Result
+		want, why string
+	}{
+		{kvmprobe.Result{Usable: true, Reason: "KVM ran the test guest in 90µs"}, "kvm", "KVM ran the test guest"},
+		{kvmprobe.Result{Reason: "KVM runs guest code 1000× too slowly (emulated/nested KVM)"}, "tcg", "KVM not usable (KVM runs guest code 1000× too slowly"},
+	} {
+		probes := 0
+		v := New(hclog.NewNullLogger(), "/x", WithKVMProbe(func(context.Context) kvmprobe.Result { probes++; return c.probe }))
+		for range 2 {
+			accel, why := v.chooseAccel(ctx, "auto")
+			if accel != c.want || !strings.Contains(why, c.why) {
+				t.Errorf("probe %+v: %s, %q; want %s, %q", c.probe, accel, why, c.want, c.why)
+			}
+		}
+		if probes != 1 {
+			t.Errorf("probe %+v: probed %d times, want once per process", c.probe, probes)
+		}
+		for _, forced := range []string{"kvm", "tcg"} {
+			if accel, why := v.chooseAccel(ctx, forced); accel != forced || !strings.Contains(why, `accel = "`+forced+`"`) {
+				t.Errorf("forced %s: %s, %q", forced, accel, why)
+			}
+		}
 	}
-	cpu := func(flags string) string {
-		p := filepath.Join(dir, "cpuinfo-"+strings.ReplaceAll(flags, " ", "_"))
-		_ = os.WriteFile(p, []byte("processor : 0\nflags\t\t: "+flags+"\n"), 0o644)
-		return p
+}
+
+// CheckHost: usable with the accelerator Plan would take when QEMU is
+// found; not usable, saying how to install it, when not.
+func TestCheckHost(t *testing.T) {
+	ctx := context.Background()
+	slow := kvmprobe.Result{Reason: "KVM runs guest code 1000× too slowly (emulated/nested KVM)"}
+	v := New(hclog.NewNullLogger(), "/x", WithKVMProbe(func(context.Context) kvmprobe.Result { return slow }))
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Fatal("qemu-system-x86_64 not found: install qemu-system-x86 (scripts/install-deps.sh)")
 	}
-	if ok, why := kvmUsableAt(dev, cpu("fpu sse2 hypervisor")); ok || !strings.Contains(why, "vmx nor svm") {
-		t.Errorf("no vmx/svm: ok=%v why=%q", ok, why)
+	r, err := v.CheckHost(ctx)
+	if err != nil || !r.Usable || r.Accelerator != "tcg" || !strings.Contains(r.Reason, "1000× too slowly") {
+		t.Errorf("CheckHost with a slow KVM: %+v, %v", r, err)
 	}
-	if ok, _ := kvmUsableAt(dev, cpu("fpu vmx")); !ok {
-		t.Error("vmx present but KVM reported unusable")
+	v.cfg.QEMUBinary = "/nonexistent/qemu-system-x86_64"
+	r, err = v.CheckHost(ctx)
+	if err != nil || r.Usable || r.Accelerator != "" || !strings.Contains(r.Reason, "apt-get install qemu-system-x86") {
+		t.Errorf("CheckHost without QEMU: %+v, %v", r, err)
 	}
-	if ok, _ := kvmUsableAt(dev, cpu("fpu svm")); !ok {
-		t.Error("svm present but KVM reported unusable")
+}
+
+// The real probe on this host, through the plugin: whatever it finds, the
+// plugin answers with a reason, within the probe's bound plus slack.
+func TestCheckHostOnThisHost(t *testing.T) {
+	v := New(hclog.NewNullLogger(), "/x")
+	start := time.Now()
+	r, err := v.CheckHost(context.Background())
+	t.Logf("CheckHost: %+v (%v)", r, time.Since(start))
+	if err != nil || r.Reason == "" {
+		t.Errorf("CheckHost: %+v, %v", r, err)
 	}
-	if ok, why := kvmUsableAt(filepath.Join(dir, "missing"), cpu("vmx")); ok || !strings.Contains(why, "cannot open") {
-		t.Errorf("missing device: ok=%v why=%q", ok, why)
-	}
-	if accel, notice := chooseAccel("tcg"); accel != "tcg" || notice != "" {
-		t.Errorf("forced tcg: %s %q", accel, notice)
+	if d := time.Since(start); d > kvmprobe.DefaultBound+3*time.Second {
+		t.Errorf("CheckHost took %v", d)
 	}
 }
 
