@@ -132,14 +132,18 @@ func Open(path string) (*Lib, error) {
 	if path != "" {
 		tries = []string{path}
 	}
-	var why []string
+	var looked, why []string
 	for _, p := range tries {
 		if isV2(p) {
 			return nil, v2Error(p)
 		}
 		h, err := purego.Dlopen(p, purego.RTLD_NOW|purego.RTLD_LOCAL)
 		if err != nil {
-			why = append(why, fmt.Sprintf("%s: %v", p, err))
+			looked = append(looked, p)
+			// dlerror names the file; a file that is not there says no more.
+			if msg := err.Error(); !strings.Contains(msg, "No such file") {
+				why = append(why, msg)
+			}
 			continue
 		}
 		l, err := bind(p, h)
@@ -159,7 +163,11 @@ func Open(path string) (*Lib, error) {
 			}
 		}
 	}
-	return nil, fmt.Errorf("%w: looked in %s; %s", ErrNotFound, strings.Join(why, "; "), InstallHint)
+	msg := "looked for " + strings.Join(looked, ", ")
+	if len(why) > 0 {
+		msg += " (" + strings.Join(why, "; ") + ")"
+	}
+	return nil, fmt.Errorf("%w: %s; %s", ErrNotFound, msg, InstallHint)
 }
 
 // isV2 says whether a library file's name is that of libkrun 2.x.
