@@ -559,3 +559,22 @@ func TestPlanRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestSigtermIsGraceful: SIGTERM to the launcher (what a box monitor's
+// stop sends) asks the guest to shut down rather than killing it.
+func TestSigtermIsGraceful(t *testing.T) {
+	f := newFixture(t)
+	vmm := startPlugin(t, f.body(""))
+	b := planBox(t, vmm, f, nil)
+	v := launch(t, b, f)
+	agentUp(t, b, v)
+	if err := v.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := v.wait(t, 10*time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want the guest's 0: %s", code, v.stderr)
+	}
+	if c := console(t, b); !strings.Contains(c, "powering off on the shutdown eventfd") {
+		t.Errorf("console: %s; want a power-off through the shutdown eventfd", c)
+	}
+}
