@@ -130,7 +130,7 @@ func makeSpec(t *testing.T, mutate func(*sdk.VMSpec)) (sdk.VMSpec, string) {
 			{Path: root, Format: "raw", Role: sdk.DiskRoleImage, ReadOnly: true},
 			{Path: top, Format: "qcow2", Role: sdk.DiskRoleWritable, BackingChain: []sdk.ChainFile{{Path: base, Format: "raw"}}},
 		},
-		Network: sdk.NetworkSpec{Mode: sdk.NetworkUser, Ports: []sdk.PortForward{{HostPort: 8080, GuestPort: 80}}},
+		Network: sdk.NetworkSpec{Mode: sdk.NetworkUser, Ports: []sdk.PortForward{{HostPort: freePort(t), GuestPort: 80}}},
 	}
 	if mutate != nil {
 		mutate(&spec)
@@ -142,6 +142,17 @@ func makeSpec(t *testing.T, mutate func(*sdk.VMSpec)) (sdk.VMSpec, string) {
 	}
 	spec.KernelArgs = c.Args()
 	return spec, filepath.Join(dir, "calls.jsonl")
+}
+
+// freePort is a tcp port nothing listens on now.
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return uint16(l.Addr().(*net.TCPAddr).Port)
 }
 
 // vm is a running launcher.
@@ -246,7 +257,7 @@ func TestCalls(t *testing.T) {
 		names = append(names, c.Name())
 	}
 	want := []string{"krun_create_ctx", "krun_set_vm_config", "krun_add_disk2", "krun_add_disk2", "krun_set_kernel",
-		"krun_disable_implicit_vsock", "krun_add_vsock", "krun_set_port_map", "krun_add_vsock_port2",
+		"krun_add_net_unixstream", "krun_disable_implicit_vsock", "krun_add_vsock", "krun_add_vsock_port2",
 		"krun_set_console_output", "krun_get_shutdown_eventfd", "krun_start_enter"}
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Fatalf("calls:\n  %s\nwant\n  %s", strings.Join(names, " "), strings.Join(want, " "))
@@ -277,12 +288,25 @@ func TestCalls(t *testing.T) {
 			t.Errorf("the kernel command line %q lacks %q", cmdline, a)
 		}
 	}
-	expect(6, "tsi_features", "1") // user networking: TSI for inet
-	expect(7, "port_map", "[8080:80]")
+	// The user-mode network: an open socket, no path, no offloads.
+	expect(5, "c_path", "<nil>")
+	expect(5, "c_mac", "52:54:00:12:34:56")
+	expect(5, "features", "0")
+	if fd, _ := cs[5]["fd"].(float64); fd < 3 {
+		t.Errorf("krun_add_net_unixstream fd %v, want an open socket", cs[5]["fd"])
+	}
+	expect(7, "tsi_features", "0") // the network is the NIC's, not TSI
 	expect(8, "port", strconv.Itoa(guestboot.VsockPort))
 	expect(8, "filepath", b.plan.AgentSocket)
 	expect(8, "listen", "true")
 	expect(9, "filepath", b.plan.ConsoleLog)
+	// The published port is bound by the launcher's network.
+	hostPort := b.spec.Network.Ports[0].HostPort
+	if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", hostPort)); err != nil {
+		t.Errorf("the published port %d: %v", hostPort, err)
+	} else {
+		c.Close()
+	}
 	for i, c := range cs[1:] {
 		if c["ctx"] != cs[len(cs)-1]["ctx"] {
 			t.Errorf("call %d (%s) on context %v, start on %v", i+1, c.Name(), c["ctx"], cs[len(cs)-1]["ctx"])
@@ -330,17 +354,20 @@ func TestNoNetwork(t *testing.T) {
 func TestCallErrors(t *testing.T) {
 	f := newFixture(t)
 	vmm := startPlugin(t, f.body(""))
+	noNetwork := func(s *sdk.VMSpec) { s.Network = sdk.NetworkSpec{} }
 	for _, c := range []struct {
-		call  string
-		errno syscall.Errno
+		call   string
+		errno  syscall.Errno
+		mutate func(*sdk.VMSpec)
 	}{
-		{"krun_create_ctx", syscall.ENOMEM}, {"krun_set_vm_config", syscall.EINVAL}, {"krun_add_disk2", syscall.ENOENT},
-		{"krun_set_kernel", syscall.EINVAL}, {"krun_disable_implicit_vsock", syscall.EBUSY}, {"krun_add_vsock", syscall.EEXIST},
-		{"krun_set_port_map", syscall.ENOTSUP}, {"krun_add_vsock_port2", syscall.EADDRINUSE},
-		{"krun_set_console_output", syscall.EACCES}, {"krun_start_enter", syscall.EINVAL},
+		{"krun_create_ctx", syscall.ENOMEM, nil}, {"krun_set_vm_config", syscall.EINVAL, nil}, {"krun_add_disk2", syscall.ENOENT, nil},
+		{"krun_set_kernel", syscall.EINVAL, nil}, {"krun_add_net_unixstream", syscall.EINVAL, nil},
+		{"krun_disable_implicit_vsock", syscall.EBUSY, nil}, {"krun_add_vsock", syscall.EEXIST, nil},
+		{"krun_set_port_map", syscall.ENOTSUP, noNetwork}, {"krun_add_vsock_port2", syscall.EADDRINUSE, nil},
+		{"krun_set_console_output", syscall.EACCES, nil}, {"krun_start_enter", syscall.EINVAL, nil},
 	} {
 		t.Run(c.call, func(t *testing.T) {
-			b := planBox(t, vmm, f, nil)
+			b := planBox(t, vmm, f, c.mutate)
 			v := launch(t, b, f, fmt.Sprintf("%s=%s=%d", libkrundouble.EnvFail, c.call, c.errno))
 			if code := v.wait(t, 10*time.Second); code != 126 {
 				t.Errorf("exit code %d, want 126: %s", code, v.stderr)
@@ -547,7 +574,7 @@ func TestPlanRefuses(t *testing.T) {
 			_ = os.WriteFile(other, make([]byte, 4096), 0o644)
 			s.Disks[1].BackingChain = []sdk.ChainFile{{Path: other, Format: "raw"}}
 		}, "must be the chain's"},
-		{"UDPPort", func(s *sdk.VMSpec) { s.Network.Ports[0].Protocol = "udp" }, "tcp ports only"},
+		{"SCTPPort", func(s *sdk.VMSpec) { s.Network.Ports[0].Protocol = "sctp" }, "want tcp or udp"},
 		{"PortWithoutNetwork", func(s *sdk.VMSpec) { s.Network.Mode = sdk.NetworkNone }, "needs a network"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -576,5 +603,45 @@ func TestSigtermIsGraceful(t *testing.T) {
 	}
 	if c := console(t, b); !strings.Contains(c, "powering off on the shutdown eventfd") {
 		t.Errorf("console: %s; want a power-off through the shutdown eventfd", c)
+	}
+}
+
+// TestTSI: a library without krun_add_net_unixstream (before 1.15) gets
+// libkrun's TSI network: the vsock device carries the guest's inet
+// sockets and the published ports go to krun_set_port_map; what TSI
+// cannot publish is refused.
+func TestTSI(t *testing.T) {
+	f := newFixture(t, "krun_add_net_unixstream")
+	vmm := startPlugin(t, f.body(""))
+	b := planBox(t, vmm, f, nil)
+	v := launch(t, b, f)
+	agentUp(t, b, v)
+	seen := map[string]libkrundouble.Call{}
+	for _, c := range calls(t, b) {
+		seen[c.Name()] = c
+	}
+	if _, ok := seen["krun_add_net_unixstream"]; ok {
+		t.Error("krun_add_net_unixstream called on a library without it")
+	}
+	if got := fmt.Sprint(seen["krun_add_vsock"]["tsi_features"]); got != "1" {
+		t.Errorf("krun_add_vsock tsi_features %s, want 1 (KRUN_TSI_HIJACK_INET)", got)
+	}
+	p := b.spec.Network.Ports[0]
+	if got, want := fmt.Sprint(seen["krun_set_port_map"]["port_map"]), fmt.Sprintf("[%d:%d]", p.HostPort, p.GuestPort); got != want {
+		t.Errorf("krun_set_port_map %s, want %s", got, want)
+	}
+	for _, c := range []struct {
+		name   string
+		mutate func(*sdk.VMSpec)
+		want   string
+	}{
+		{"UDPPort", func(s *sdk.VMSpec) { s.Network.Ports[0].Protocol = "udp" }, "tcp ports only"},
+		{"HostIP", func(s *sdk.VMSpec) { s.Network.Ports[0].HostIP = "127.0.0.1" }, "every host address"},
+	} {
+		spec, _ := makeSpec(t, c.mutate)
+		_, err := vmm.Plan(context.Background(), spec)
+		if !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "krun_add_net_unixstream") {
+			t.Errorf("%s: Plan: %v; want ErrInvalidArgument saying %q and why the network is TSI", c.name, err, c.want)
+		}
 	}
 }

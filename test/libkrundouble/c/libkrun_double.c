@@ -44,6 +44,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -281,6 +282,26 @@ int32_t krun_add_vsock(uint32_t id, uint32_t tsi_features)
 {
 	record("krun_add_vsock", "uu", "ctx", id, "tsi_features", tsi_features);
 	CHECK("krun_add_vsock", id);
+	return 0;
+}
+#endif
+
+#ifndef OMIT_krun_add_net_unixstream
+int32_t krun_add_net_unixstream(uint32_t id, const char *path, int fd, uint8_t *const mac, uint32_t features,
+				uint32_t flags)
+{
+	char m[18] = "";
+	if (mac)
+		snprintf(m, sizeof m, "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+	record("krun_add_net_unixstream", "usisuu", "ctx", id, "c_path", path, "fd", fd, "c_mac", m, "features", features,
+	       "flags", flags);
+	CHECK("krun_add_net_unixstream", id);
+	/* As the header says: a path or an open stream socket, not both. */
+	struct stat st;
+	if ((path != NULL) == (fd >= 0) || !mac)
+		return -EINVAL;
+	if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)))
+		return -EINVAL;
 	return 0;
 }
 #endif

@@ -78,6 +78,11 @@ func Isolation() []Symbol {
 	}
 }
 
+// UserNetwork is the call that attaches a virtio-net device to a
+// user-mode network over a stream socket (passt's framing, which
+// sdk/usernet speaks). Without it a VM's network is TSI.
+func UserNetwork() Symbol { return Symbol{"krun_add_net_unixstream", "1.15.0"} }
+
 // MinVersion is the oldest release with every Required symbol.
 const MinVersion = "1.11.0"
 
@@ -99,6 +104,7 @@ type Lib struct {
 	setKernel            func(uint32, string, uint32, string, string) int32
 	disableImplicitVsock func(uint32) int32
 	addVsock             func(uint32, uint32) int32
+	addNetUnixstream     func(uint32, unsafe.Pointer, int32, unsafe.Pointer, uint32, uint32) int32
 }
 
 // Path is the file the library was loaded from (or the name dlopen
@@ -185,7 +191,7 @@ func v2Error(p string) error {
 // one, and registers the Go functions.
 func bind(path string, h uintptr) (*Lib, error) {
 	l := &Lib{path: path, handle: h, has: map[string]bool{}}
-	all := append(Required(), Isolation()...)
+	all := append(append(Required(), Isolation()...), UserNetwork())
 	for _, s := range all {
 		if _, err := purego.Dlsym(h, s.Name); err == nil {
 			l.has[s.Name] = true
@@ -217,6 +223,7 @@ func bind(path string, h uintptr) (*Lib, error) {
 	reg(&l.setKernel, "krun_set_kernel")
 	reg(&l.disableImplicitVsock, "krun_disable_implicit_vsock")
 	reg(&l.addVsock, "krun_add_vsock")
+	reg(&l.addNetUnixstream, "krun_add_net_unixstream")
 	return l, nil
 }
 
@@ -328,6 +335,18 @@ func (c *Ctx) AddVsock(tsiFeatures uint32) error {
 		return c.lib.CheckSymbols("a VM without network", Isolation()[1:])
 	}
 	return check("krun_add_vsock", c.lib.addVsock(c.id, tsiFeatures))
+}
+
+// AddNetUnixstream is krun_add_net_unixstream with an open stream
+// socket (the path argument NULL): a virtio-net device with MAC mac whose
+// frames go over fd, each after its length as 4 big-endian bytes.
+func (c *Ctx) AddNetUnixstream(fd int, mac [6]byte, features, flags uint32) error {
+	if c.lib.addNetUnixstream == nil {
+		return c.lib.CheckSymbols("a user-mode network", []Symbol{UserNetwork()})
+	}
+	rc := c.lib.addNetUnixstream(c.id, nil, int32(fd), unsafe.Pointer(&mac[0]), features, flags)
+	runtime.KeepAlive(&mac)
+	return check("krun_add_net_unixstream", rc)
 }
 
 // ShutdownEventFD is krun_get_shutdown_eventfd: a descriptor whose write

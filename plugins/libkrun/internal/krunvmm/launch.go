@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -15,8 +16,12 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/boxctl/boxctl/guest/agentclient"
 	"github.com/boxctl/boxctl/plugins/libkrun/internal/krun"
+	"github.com/boxctl/boxctl/sdk"
+	"github.com/boxctl/boxctl/sdk/usernet"
 )
 
 // launchConfig is what Plan writes for the launcher.
@@ -34,11 +39,34 @@ type launchConfig struct {
 	ControlSock  string       `json:"control_sock"`
 	ConsoleLog   string       `json:"console_log"`
 	StateFile    string       `json:"state_file"`
-	// Network: the guest's AF_INET sockets go through the host (TSI);
-	// Ports are krun_set_port_map's "host:guest" entries.
-	Network bool     `json:"network"`
-	Ports   []string `json:"ports"`
+	// Network is the guest's: none (""), boxctl's user-mode network
+	// (netUser, UserNet) or libkrun's TSI (netTSI, with Ports as
+	// krun_set_port_map's "host:guest" entries).
+	Network string       `json:"network,omitempty"`
+	UserNet *netSettings `json:"user_net,omitempty"`
+	Ports   []string     `json:"ports"`
 }
+
+// Networks of a launch config.
+const (
+	// netUser: a virtio-net device (krun_add_net_unixstream) on the
+	// launcher's sdk/usernet stack, the guest boot contract's addresses,
+	// published ports bound by the launcher: what the qemu plugin gives.
+	netUser = "user"
+	// netTSI: libkrun's transparent socket impersonation, for a library
+	// without krun_add_net_unixstream; it needs a TSI-aware guest kernel.
+	netTSI = "tsi"
+)
+
+// netSettings is what the launcher's user-mode network needs.
+type netSettings struct {
+	AllowHostLoopback bool              `json:"allow_host_loopback,omitempty"`
+	Ports             []sdk.PortForward `json:"ports,omitempty"`
+}
+
+// guestMAC is the guest NIC's address (QEMU's default, as under the qemu
+// plugin).
+var guestMAC = [6]byte{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
 
 type launchDisk struct {
 	BlockID  string `json:"block_id"`
@@ -78,9 +106,22 @@ func Launch(cfgFile string, stderr io.Writer) int {
 	for _, s := range []string{lc.AgentSock, lc.ControlSock} {
 		_ = os.Remove(s)
 	}
-	ctx, err := configure(lib, lc)
+	// The network first: a published port that is in use fails the start
+	// before the VM is configured, with the reason in vm.log.
+	var link *netLink
+	if lc.Network == netUser {
+		link, err = newNetLink(lc.UserNet, stderr)
+		if err != nil {
+			return fail(exitSetup, "network: %v", err)
+		}
+		defer link.close()
+	}
+	ctx, err := configure(lib, lc, link)
 	if err != nil {
 		return fail(exitConfig, "%v", err)
+	}
+	if link != nil {
+		go link.serve(stderr)
 	}
 	efd, err := ctx.ShutdownEventFD()
 	if err != nil {
@@ -109,7 +150,7 @@ func Launch(cfgFile string, stderr io.Writer) int {
 }
 
 // configure makes the libkrun context of lc. Every call's error names it.
-func configure(lib *krun.Lib, lc launchConfig) (*krun.Ctx, error) {
+func configure(lib *krun.Lib, lc launchConfig, link *netLink) (*krun.Ctx, error) {
 	ctx, err := lib.CreateCtx()
 	if err != nil {
 		return nil, err
@@ -120,10 +161,17 @@ func configure(lib *krun.Lib, lc launchConfig) (*krun.Ctx, error) {
 	for _, d := range lc.Disks {
 		steps = append(steps, func() error { return ctx.AddDisk2(d.BlockID, d.Path, d.Format, d.ReadOnly) })
 	}
+	steps = append(steps, func() error { return ctx.SetKernel(lc.Kernel, lc.KernelFormat, lc.Initrd, lc.Cmdline) })
+	if link != nil {
+		// No offloads: the user-mode stack takes whole, checksummed frames.
+		steps = append(steps, func() error { return ctx.AddNetUnixstream(int(link.vmEnd.Fd()), guestMAC, 0, 0) })
+	}
+	steps = append(steps, func() error { return vsockDevice(lib, ctx, lc.Network == netTSI) })
+	if lc.Network != netUser {
+		// Always an array: NULL would publish every listening guest port.
+		steps = append(steps, func() error { return ctx.SetPortMap(lc.Ports) })
+	}
 	steps = append(steps,
-		func() error { return ctx.SetKernel(lc.Kernel, lc.KernelFormat, lc.Initrd, lc.Cmdline) },
-		func() error { return vsockDevice(lib, ctx, lc.Network) },
-		func() error { return ctx.SetPortMap(lc.Ports) },
 		func() error { return ctx.AddVsockPort2(lc.VsockPort, lc.AgentSock, true) },
 		func() error { return ctx.SetConsoleOutput(lc.ConsoleLog) },
 	)
@@ -136,24 +184,72 @@ func configure(lib *krun.Lib, lc launchConfig) (*krun.Ctx, error) {
 	return ctx, nil
 }
 
-// vsockDevice sets up the vsock device: without a network it carries only
-// the agent's port (no TSI); with one, the guest's inet sockets too. A
-// library older than 1.17 has only the implicit device, which uses TSI
+// vsockDevice sets up the vsock device: it carries the agent's port, and
+// with tsi the guest's inet sockets too. A library older than 1.17 has only
+// the implicit device, which uses TSI unless the VM has a network device
 // (Plan refuses such a library for a box without network).
-func vsockDevice(lib *krun.Lib, ctx *krun.Ctx, network bool) error {
-	if !network {
+func vsockDevice(lib *krun.Lib, ctx *krun.Ctx, tsi bool) error {
+	if !lib.Has("krun_disable_implicit_vsock") || !lib.Has("krun_add_vsock") {
+		if !tsi {
+			return lib.CheckSymbols("a VM whose vsock device carries only the agent", krun.Isolation())
+		}
+		return nil
+	}
+	if !tsi {
 		if err := ctx.DisableImplicitVsock(); err != nil {
 			return err
 		}
 		return ctx.AddVsock(0)
 	}
-	if !lib.Has("krun_disable_implicit_vsock") || !lib.Has("krun_add_vsock") {
-		return nil
-	}
 	if err := ctx.DisableImplicitVsock(); err != nil {
 		return err
 	}
 	return ctx.AddVsock(krun.TSIHijackInet)
+}
+
+// netLink is the guest's link to the launcher's user-mode network: a
+// stream socket pair whose VM end libkrun's virtio-net device uses.
+type netLink struct {
+	network *usernet.Network
+	vmEnd   *os.File
+	mine    net.Conn
+}
+
+func newNetLink(s *netSettings, stderr io.Writer) (*netLink, error) {
+	level := slog.LevelWarn
+	if v := os.Getenv("BOXCTL_LOG"); v == "debug" || v == "trace" {
+		level = slog.LevelDebug
+	}
+	n, err := usernet.New(usernet.Config{AllowHostLoopback: s.AllowHostLoopback, Ports: s.Ports,
+		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))})
+	if err != nil {
+		return nil, err
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		n.Close()
+		return nil, fmt.Errorf("socketpair: %w", err)
+	}
+	f := os.NewFile(uintptr(fds[1]), "usernet")
+	mine, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		unix.Close(fds[0])
+		n.Close()
+		return nil, fmt.Errorf("socketpair: %w", err)
+	}
+	return &netLink{network: n, vmEnd: os.NewFile(uintptr(fds[0]), "usernet-vm"), mine: mine}, nil
+}
+
+func (l *netLink) serve(stderr io.Writer) {
+	if err := l.network.Serve(context.Background(), l.mine); err != nil {
+		fmt.Fprintf(stderr, "boxctl-plugin-libkrun launch: user-mode network: %v\n", err)
+	}
+}
+
+func (l *netLink) close() {
+	l.network.Close()
+	l.vmEnd.Close()
 }
 
 // stopper asks the guest to shut down.

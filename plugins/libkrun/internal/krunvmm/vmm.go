@@ -221,8 +221,21 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 		ControlSock:  filepath.Join(run, "krun-ctl.sock"),
 		ConsoleLog:   filepath.Join(run, "console.log"),
 		StateFile:    filepath.Join(run, "vm-state.json"),
-		Network:      spec.Network.Mode == sdk.NetworkUser,
 		Ports:        []string{},
+	}
+	if spec.Network.Mode == sdk.NetworkUser {
+		if lib.Has(krun.UserNetwork().Name) {
+			lc.Network = netUser
+			lc.UserNet = &netSettings{AllowHostLoopback: spec.Network.AllowHostLoopback, Ports: spec.Network.Ports}
+		} else {
+			if err := checkTSIPorts(spec.Network.Ports); err != nil {
+				return sdk.LaunchPlan{}, fmt.Errorf("%w (libkrun %s lacks %s, added in %s, so the network is TSI)", err, lib.Path(), krun.UserNetwork().Name, krun.UserNetwork().Since)
+			}
+			lc.Network = netTSI
+			for _, p := range spec.Network.Ports {
+				lc.Ports = append(lc.Ports, fmt.Sprintf("%d:%d", p.HostPort, p.GuestPort))
+			}
+		}
 	}
 	for i, d := range spec.Disks {
 		dev, _ := guestboot.DeviceName(i)
@@ -231,9 +244,6 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 			f = krun.DiskFormatQcow2
 		}
 		lc.Disks = append(lc.Disks, launchDisk{BlockID: dev, Path: d.Path, Format: f, ReadOnly: d.ReadOnly})
-	}
-	for _, p := range spec.Network.Ports {
-		lc.Ports = append(lc.Ports, fmt.Sprintf("%d:%d", p.HostPort, p.GuestPort))
 	}
 	b, err := json.MarshalIndent(lc, "", "  ")
 	if err != nil {
@@ -302,10 +312,8 @@ func checkSpec(spec sdk.VMSpec) error {
 		switch {
 		case spec.Network.Mode != sdk.NetworkUser:
 			return bad("spec.Network.Ports[%d]: a published port needs a network", i)
-		case p.Protocol != "" && p.Protocol != "tcp":
-			return bad("spec.Network.Ports[%d]: protocol %q: libkrun's port map (TSI) publishes tcp ports only", i, p.Protocol)
-		case p.HostIP != "" && p.HostIP != "0.0.0.0":
-			return bad("spec.Network.Ports[%d]: host address %q: libkrun's port map listens on every host address; publish without one", i, p.HostIP)
+		case p.Protocol != "" && p.Protocol != "tcp" && p.Protocol != "udp":
+			return bad("spec.Network.Ports[%d]: protocol %q: want tcp or udp", i, p.Protocol)
 		case p.HostPort == 0 || p.GuestPort == 0:
 			return bad("spec.Network.Ports[%d]: ports must be 1-65535", i)
 		}
@@ -313,6 +321,20 @@ func checkSpec(spec sdk.VMSpec) error {
 	for i, d := range spec.Disks {
 		if err := checkDisk(i, d); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// checkTSIPorts refuses published ports libkrun's TSI port map cannot
+// carry.
+func checkTSIPorts(ports []sdk.PortForward) error {
+	for i, p := range ports {
+		switch {
+		case p.Protocol != "" && p.Protocol != "tcp":
+			return fmt.Errorf("spec.Network.Ports[%d]: protocol %q: libkrun's port map (TSI) publishes tcp ports only: %w", i, p.Protocol, sdk.ErrInvalidArgument)
+		case p.HostIP != "" && p.HostIP != "0.0.0.0":
+			return fmt.Errorf("spec.Network.Ports[%d]: host address %q: libkrun's port map (TSI) listens on every host address; publish without one: %w", i, p.HostIP, sdk.ErrInvalidArgument)
 		}
 	}
 	return nil
