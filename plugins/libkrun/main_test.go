@@ -313,6 +313,12 @@ func TestCalls(t *testing.T) {
 		}
 	}
 
+	// The guest's link reaches the launcher's user-mode network.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(console(t, b), "network: 10.0.2.2 is at 52:55:0a:00:02:02"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no ARP answer from the user-mode network's gateway; console:\n%s", console(t, b))
+		}
+	}
 	if m, err := vmm.Metrics(context.Background(), v.ref(b)); err != nil || m.RSS == 0 {
 		t.Errorf("Metrics: %+v, %v", m, err)
 	}

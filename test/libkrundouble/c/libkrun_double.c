@@ -25,6 +25,8 @@
  *   KRUN_DOUBLE_VSOCK_PORT     the port of krun_add_vsock_port2 (listen=true)
  *   KRUN_DOUBLE_VSOCK_PATH     its unix socket path, which the guest listens on
  *   KRUN_DOUBLE_SHUTDOWN_FD    the shutdown eventfd, when one was handed out
+ *   KRUN_DOUBLE_NET_FD         the stream socket of krun_add_net_unixstream, when
+ *                              one was given: the guest's ethernet link
  *
  * Like the real krun_start_enter it never returns once the VM runs: the
  * calling thread forks and execs the guest, waits for it and calls exit().
@@ -60,6 +62,7 @@ struct ctx {
 	char vsock_path[4096];
 	uint32_t vsock_port;
 	int shutdown_fd;
+	int net_fd;
 };
 
 static struct ctx ctxs[MAX_CTX];
@@ -179,6 +182,7 @@ int32_t krun_create_ctx(void)
 			memset(&ctxs[i], 0, sizeof ctxs[i]);
 			ctxs[i].used = true;
 			ctxs[i].shutdown_fd = -1;
+			ctxs[i].net_fd = -1;
 			return i;
 		}
 	}
@@ -302,6 +306,7 @@ int32_t krun_add_net_unixstream(uint32_t id, const char *path, int fd, uint8_t *
 		return -EINVAL;
 	if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)))
 		return -EINVAL;
+	ctxs[id].net_fd = fd;
 	return 0;
 }
 #endif
@@ -329,7 +334,7 @@ int32_t krun_start_enter(uint32_t id)
 
 	/* Everything the child needs is prepared before fork: the process has
 	 * other threads (the Go runtime's), so the child may only exec. */
-	char port[32], fd[32];
+	char port[32], fd[32], netfd[32];
 	snprintf(port, sizeof port, "%u", c->vsock_port);
 	snprintf(fd, sizeof fd, "%d", c->shutdown_fd);
 	setenv("KRUN_DOUBLE_CMDLINE", c->cmdline, 1);
@@ -338,6 +343,14 @@ int32_t krun_start_enter(uint32_t id)
 	setenv("KRUN_DOUBLE_VSOCK_PATH", c->vsock_path, 1);
 	if (c->shutdown_fd >= 0)
 		setenv("KRUN_DOUBLE_SHUTDOWN_FD", fd, 1);
+	if (c->net_fd >= 0) {
+		/* The caller's socket may be close-on-exec; the guest gets a dup. */
+		int nfd = dup(c->net_fd);
+		if (nfd < 0)
+			return -errno;
+		snprintf(netfd, sizeof netfd, "%d", nfd);
+		setenv("KRUN_DOUBLE_NET_FD", netfd, 1);
+	}
 	char *argv[] = {(char *)guest, NULL};
 	extern char **environ;
 	char **envp = environ;

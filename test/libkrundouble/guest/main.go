@@ -5,12 +5,18 @@
 // unix socket with listen=true), writes boot lines to the console file,
 // serves the agent double (test/agentdouble) on the mapped socket, and
 // powers off — exit 0 — on SIGTERM, on the agent's Shutdown, or when the
-// shutdown eventfd is written. KRUN_DOUBLE_GUEST_EXIT_AFTER (a duration)
+// shutdown eventfd is written. Given a network link (the socket of
+// krun_add_net_unixstream) it asks, in libkrun's framing (each ethernet
+// frame after its length as 4 big-endian bytes), who has the gateway's
+// address, and writes the answer to the console.
+// KRUN_DOUBLE_GUEST_EXIT_AFTER (a duration)
 // and KRUN_DOUBLE_GUEST_EXIT_CODE make it end by itself with that code.
 package main
 
 import (
+	"encoding/binary"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -93,6 +99,11 @@ func run() int {
 			}()
 		}
 	}
+	if fdStr := os.Getenv("KRUN_DOUBLE_NET_FD"); fdStr != "" {
+		if fd, err := strconv.Atoi(fdStr); err == nil {
+			go probeNetwork(os.NewFile(uintptr(fd), "net"), console)
+		}
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	var timeout <-chan time.Time
@@ -116,5 +127,41 @@ func run() int {
 	case <-timeout:
 		fmt.Fprintf(console, "krun double guest: exiting by itself with %d\n", code)
 		return code
+	}
+}
+
+// guestMAC is the NIC address the plugin gives libkrun.
+var guestMAC = []byte{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
+
+// probeNetwork sends an ARP request for the gateway over the link and
+// reports the first ARP reply from it.
+func probeNetwork(link *os.File, console *os.File) {
+	gw, guest := guestboot.GatewayAddr.As4(), guestboot.GuestAddr.As4()
+	frame := append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, guestMAC...)
+	frame = append(frame, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1) // ethernet ARP, IPv4, request
+	frame = append(frame, guestMAC...)
+	frame = append(frame, guest[:]...)
+	frame = append(frame, 0, 0, 0, 0, 0, 0)
+	frame = append(frame, gw[:]...)
+	msg := binary.BigEndian.AppendUint32(nil, uint32(len(frame)))
+	if _, err := link.Write(append(msg, frame...)); err != nil {
+		fmt.Fprintf(console, "krun double guest: network: %v\n", err)
+		return
+	}
+	for {
+		var hdr [4]byte
+		if _, err := io.ReadFull(link, hdr[:]); err != nil {
+			fmt.Fprintf(console, "krun double guest: network: %v\n", err)
+			return
+		}
+		f := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+		if _, err := io.ReadFull(link, f); err != nil {
+			fmt.Fprintf(console, "krun double guest: network: %v\n", err)
+			return
+		}
+		if len(f) >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[21] == 2 && string(f[28:32]) == string(gw[:]) {
+			fmt.Fprintf(console, "krun double guest: network: %s is at %s\n", guestboot.GatewayAddr, net.HardwareAddr(f[22:28]))
+			return
+		}
 	}
 }

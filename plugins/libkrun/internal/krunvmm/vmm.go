@@ -163,6 +163,9 @@ func (v *VMM) checkHost(_ context.Context) (usable bool, accelerator, reason str
 	if err := lib.CheckSymbols("a VM without network", krun.Isolation()); err != nil {
 		return true, accel, "libkrun " + lib.Path() + " loads, but boxes without network need a newer one: " + err.Error()
 	}
+	if u := krun.UserNetwork(); !lib.Has(u.Name) {
+		return true, accel, fmt.Sprintf("libkrun %s loads, but lacks %s (added in %s): boxes get libkrun's TSI network, which boxctl's guest kernel does not support", lib.Path(), u.Name, u.Since)
+	}
 	return true, accel, "libkrun " + lib.Path() + " loads with every symbol boxctl uses"
 }
 

@@ -42,6 +42,10 @@ func TestCheckHost(t *testing.T) {
 	if ok, _, why := configured(t, "library = \""+lacking+"\"").checkHost(context.Background()); ok || !strings.Contains(why, "krun_add_vsock_port2") || !strings.Contains(why, "1.10.0") {
 		t.Errorf("checkHost with a library lacking krun_add_vsock_port2: %v %q", ok, why)
 	}
+	tsi := libkrundouble.Build(t, t.TempDir(), "krun_add_net_unixstream")
+	if ok, _, why := configured(t, "library = \""+tsi+"\"").checkHost(context.Background()); !ok || !strings.Contains(why, "krun_add_net_unixstream") || !strings.Contains(why, "TSI") {
+		t.Errorf("checkHost with a library lacking krun_add_net_unixstream: %v %q", ok, why)
+	}
 	if _, err := os.Stat("/usr/lib64/libkrun.so.1"); err != nil {
 		t.Setenv("LD_LIBRARY_PATH", "")
 		if ok, _, why := configured(t, "").checkHost(context.Background()); ok || !strings.Contains(why, "libkrunfw") {
