@@ -651,3 +651,21 @@ func TestTSI(t *testing.T) {
 		}
 	}
 }
+
+// TestFoundByTheLoadersSearch: without library, libkrun.so.1 is found
+// through the dynamic loader's own search (LD_LIBRARY_PATH here), and the
+// launcher finds it the same way.
+func TestFoundByTheLoadersSearch(t *testing.T) {
+	f := newFixture(t)
+	t.Setenv("LD_LIBRARY_PATH", f.dir)
+	vmm := startPlugin(t, fmt.Sprintf("kernel = %q\ninitrd = %q\n", f.kernel, f.initrd))
+	b := planBox(t, vmm, f, nil)
+	v := launch(t, b, f)
+	agentUp(t, b, v)
+	if err := vmm.Stop(context.Background(), v.ref(b), false); err != nil {
+		t.Fatal(err)
+	}
+	if code := v.wait(t, 10*time.Second); code != 0 {
+		t.Errorf("exit code %d: %s", code, v.stderr)
+	}
+}

@@ -258,7 +258,13 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 	}
 	h, _ := json.Marshal(handle{RunDir: run, ControlSock: lc.ControlSock})
 	env := []string{"PATH=" + os.Getenv("PATH"), "BOXCTL_LOG=" + os.Getenv("BOXCTL_LOG")}
-	for _, k := range s.PassEnv {
+	// The launcher loads the library as this process found it: by the
+	// same search path when it was found by name.
+	passEnv := s.PassEnv
+	if !filepath.IsAbs(lc.Library) {
+		passEnv = append([]string{"LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH"}, passEnv...)
+	}
+	for _, k := range passEnv {
 		if val, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+val)
 		}
