@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,47 +12,35 @@ import (
 	"github.com/boxctl/boxctl/test/testbin"
 )
 
-// libkrunUsable says whether real libkrun VMs can run here: libkrun.so.1
-// where the plugin looks by default, and a KVM that runs guests (the CPU
-// advertising vmx or svm; a paravirtual nested KVM without them cannot).
-func libkrunUsable() (bool, string) {
-	found := ""
-	if out, err := exec.Command("ldconfig", "-p").Output(); err == nil && strings.Contains(string(out), "libkrun.so.1 ") {
-		found = "ld.so.cache"
+// libkrunVerdict is the libkrun plugin's own verdict on this host, as
+// `boxctl info` reports it: the library loads with every symbol boxctl
+// needs, and KVM really runs a guest (the KVM probe).
+func libkrunVerdict(t *testing.T, e *env, cfg string) (bool, string) {
+	out := e.ok("--config", cfg, "info", "--format", "json")
+	var info struct {
+		VMM struct {
+			Candidates []struct {
+				Name   string `json:"name"`
+				Usable bool   `json:"usable"`
+				Reason string `json:"reason"`
+			} `json:"candidates"`
+		} `json:"vmm"`
 	}
-	for _, p := range []string{"/usr/lib64/libkrun.so.1", "/usr/local/lib64/libkrun.so.1", "/usr/local/lib/libkrun.so.1", "/usr/lib/x86_64-linux-gnu/libkrun.so.1", "/usr/lib/libkrun.so.1"} {
-		if _, err := os.Stat(p); err == nil && found == "" {
-			found = p
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatalf("boxctl info --format json: %v: %s", err, out)
+	}
+	for _, c := range info.VMM.Candidates {
+		if c.Name == "libkrun" {
+			return c.Usable, c.Reason
 		}
 	}
-	if found == "" {
-		return false, "libkrun.so.1 is not installed (see docs/libkrun.md)"
-	}
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return false, "libkrun is installed but /dev/kvm cannot be opened: " + err.Error()
-	}
-	f.Close()
-	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
-	for _, line := range strings.Split(string(cpuinfo), "\n") {
-		if strings.HasPrefix(line, "flags") {
-			for _, fl := range strings.Fields(line) {
-				if fl == "vmx" || fl == "svm" {
-					return true, ""
-				}
-			}
-			break
-		}
-	}
-	return false, "libkrun is installed but KVM is not usable: the CPU advertises neither vmx nor svm"
+	t.Fatalf("boxctl info names no libkrun candidate: %s", out)
+	return false, ""
 }
 
 // TestLibkrunBox boots real boxes with vmm = "libkrun": the boxctl guest
 // kernel and agent under libkrun, the agent over the vsock-mapped socket.
 func TestLibkrunBox(t *testing.T) {
-	if ok, why := libkrunUsable(); !ok {
-		t.Skip("vmm = \"libkrun\" e2e skipped: " + why)
-	}
 	root := testbin.ModuleRoot(t)
 	guest := filepath.Join(root, "build", "guest")
 	for _, f := range []string{"vmlinux", "initramfs"} {
@@ -67,6 +56,9 @@ func TestLibkrunBox(t *testing.T) {
 	}
 	e := &env{t: t, bin: bin, home: filepath.Join(dir, "h"), image: "oci-layout:" + layout, guest: guest}
 	cfg := testbin.WriteFile(t, dir, "config.hcl", "vmm = \"libkrun\"\n")
+	if ok, why := libkrunVerdict(t, e, cfg); !ok {
+		t.Skip("vmm = \"libkrun\" e2e skipped: " + why)
+	}
 	t.Cleanup(func() {
 		_, _, _ = e.run(nil, "--config", cfg, "rm", "-a", "-f")
 		_ = exec.Command("pkill", "-9", "-f", e.home).Run()

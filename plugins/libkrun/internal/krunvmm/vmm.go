@@ -34,6 +34,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2"
 
+	"github.com/boxctl/boxctl/internal/kvmprobe"
 	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/plugins/libkrun/internal/krun"
 	"github.com/boxctl/boxctl/sdk"
@@ -73,14 +74,36 @@ type VMM struct {
 
 	mu  sync.Mutex
 	cfg settings
+
+	// probeKVM runs the KVM probe; its answer is kept for the plugin
+	// process's life (kvmOnce, kvm).
+	probeKVM func(context.Context) kvmprobe.Result
+	kvmOnce  sync.Once
+	kvm      kvmprobe.Result
+}
+
+// Option configures New.
+type Option func(*VMM)
+
+// WithKVMProbe replaces the KVM probe (kvmprobe.Probe on /dev/kvm) that
+// CheckHost consults.
+func WithKVMProbe(p func(context.Context) kvmprobe.Result) Option {
+	return func(v *VMM) { v.probeKVM = p }
 }
 
 // New returns the plugin. exe is the plugin binary (the launcher).
-func New(log hclog.Logger, exe string) *VMM { return &VMM{log: log, exe: exe} }
+func New(log hclog.Logger, exe string, opts ...Option) *VMM {
+	v := &VMM{log: log, exe: exe, probeKVM: func(ctx context.Context) kvmprobe.Result { return kvmprobe.Probe(ctx) }}
+	for _, o := range opts {
+		o(v)
+	}
+	return v
+}
 
 var (
 	_ sdk.VMM             = (*VMM)(nil)
 	_ sdk.MetricsReporter = (*VMM)(nil)
+	_ sdk.HostChecker     = (*VMM)(nil)
 )
 
 // Info describes the plugin. There is no pause (libkrun offers none on
@@ -149,24 +172,57 @@ func (v *VMM) settings() settings {
 	return v.cfg
 }
 
-// checkHost says whether libkrun loads here with every symbol a VM needs.
-// It does not probe KVM.
-func (v *VMM) checkHost(_ context.Context) (usable bool, accelerator, reason string) {
+// checkLibrary says whether libkrun loads here with every symbol a VM
+// needs (CheckHost adds the KVM probe).
+func (v *VMM) checkLibrary() (usable bool, reason string) {
 	lib, err := krun.Open(v.settings().Library)
 	if err != nil {
-		return false, "", err.Error()
-	}
-	accel := "kvm"
-	if runtime.GOOS == "darwin" {
-		accel = "hvf"
+		return false, err.Error()
 	}
 	if err := lib.CheckSymbols("a VM without network", krun.Isolation()); err != nil {
-		return true, accel, "libkrun " + lib.Path() + " loads, but boxes without network need a newer one: " + err.Error()
+		return true, "libkrun " + lib.Path() + " loads, but boxes without network need a newer one: " + err.Error()
 	}
 	if u := krun.UserNetwork(); !lib.Has(u.Name) {
-		return true, accel, fmt.Sprintf("libkrun %s loads, but lacks %s (added in %s): boxes get libkrun's TSI network, which boxctl's guest kernel does not support", lib.Path(), u.Name, u.Since)
+		return true, fmt.Sprintf("libkrun %s loads, but lacks %s (added in %s): boxes get libkrun's TSI network, which boxctl's guest kernel does not support", lib.Path(), u.Name, u.Since)
 	}
-	return true, accel, "libkrun " + lib.Path() + " loads with every symbol boxctl uses"
+	return true, "libkrun " + lib.Path() + " loads with every symbol boxctl uses"
+}
+
+// CheckHost says whether libkrun VMs can run here: the library loads with
+// the symbols boxctl needs, and KVM really runs a guest (kvmprobe; libkrun
+// has no software fallback, so vmm = "auto" then moves on to QEMU). On
+// macOS the library alone decides: Hypervisor.framework has no probe here.
+func (v *VMM) CheckHost(ctx context.Context) (sdk.HostReport, error) {
+	usable, reason := v.checkLibrary()
+	if !usable {
+		return sdk.HostReport{Reason: reason}, nil
+	}
+	accel := accelerator()
+	if runtime.GOOS != "linux" {
+		return sdk.HostReport{Usable: true, Accelerator: accel, Reason: reason}, nil
+	}
+	r := v.kvmVerdict(ctx)
+	if !r.Usable {
+		return sdk.HostReport{Reason: "KVM not usable (" + r.Reason + "); " + reason}, nil
+	}
+	return sdk.HostReport{Usable: true, Accelerator: accel, Reason: reason + "; " + r.Reason}, nil
+}
+
+// kvmVerdict is the KVM probe's answer, probed once per plugin process.
+func (v *VMM) kvmVerdict(ctx context.Context) kvmprobe.Result {
+	v.kvmOnce.Do(func() {
+		v.kvm = v.probeKVM(context.WithoutCancel(ctx))
+		v.log.Debug("KVM probe", "usable", v.kvm.Usable, "reason", v.kvm.Reason, "took", v.kvm.Took)
+	})
+	return v.kvm
+}
+
+// accelerator is what libkrun runs VMs with on this OS.
+func accelerator() string {
+	if runtime.GOOS == "darwin" {
+		return "hvf"
+	}
+	return "kvm"
 }
 
 // handle is what the core persists to control a VM later.
@@ -277,6 +333,7 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 		AgentSocket: lc.AgentSock,
 		ConsoleLog:  lc.ConsoleLog,
 		StateFile:   lc.StateFile,
+		Accelerator: accelerator(),
 	}, nil
 }
 
