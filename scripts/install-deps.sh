@@ -2,7 +2,10 @@
 # Installs what boxctl's build and tests need on a Debian bookworm machine:
 # QEMU (system emulator and qemu-img/qemu-io), e2fsprogs (mkfs.ext4,
 # debugfs), busybox-static (the tiny test image), cpio and zstd (guest
-# initramfs), util-linux (flock), procps (pgrep/pkill in tests). Idempotent: does nothing when everything
+# initramfs), util-linux (flock), procps (pgrep/pkill in tests),
+# docker-registry (a real registry for the push/pull tests), gcc (the
+# libkrun test double is C) and iproute2 (network namespaces in the network
+# tests). Idempotent: does nothing when everything
 # is present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -21,6 +24,9 @@ check flock util-linux
 check pkill procps
 check tar tar
 check dpkg-deb dpkg
+check docker-registry docker-registry
+check cc gcc
+check ip iproute2
 [ -x /bin/busybox ] || need+=(busybox-static)
 
 if [ ${#need[@]} -eq 0 ]; then
