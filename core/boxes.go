@@ -235,6 +235,28 @@ func (r *Runtime) GetOrCreate(ctx context.Context, opts BoxOptions) (box *Box, c
 	return &Box{rt: r, id: b.ID}, true, nil
 }
 
+// checkVMMHost refuses a VMM that says it cannot run VMs on this host (a
+// missing library, no usable KVM). vmm = "auto" chose a usable one already;
+// a VMM without host-check is trusted until its first start.
+func (r *Runtime) checkVMMHost(ctx context.Context) error {
+	info, err := r.plugins.Info(ctx, sdk.RoleVMM)
+	if err != nil || !info.Capabilities.HostCheck {
+		return nil
+	}
+	vmm, err := r.plugins.VMM(ctx)
+	if err != nil {
+		return nil
+	}
+	rep, err := vmm.CheckHost(ctx)
+	if err != nil {
+		return fmt.Errorf("vmm %q: check the host: %w", info.Name, err)
+	}
+	if !rep.Usable {
+		return fmt.Errorf("the %s VMM cannot run VMs on this host: %s (`boxctl info` shows every VMM's verdict; set vmm = \"auto\" or another VMM): %w", info.Name, rep.Reason, ErrUnsupported)
+	}
+	return nil
+}
+
 // checkStartable refuses, before a box is recorded, what would make every
 // start of it fail: a VMM or image plugin that is missing, does not start
 // or rejects its config block, and an image reference or platform the
@@ -243,6 +265,9 @@ func (r *Runtime) GetOrCreate(ctx context.Context, opts BoxOptions) (box *Box, c
 // two plugins, side by side; a later start in the same process reuses them.
 func (r *Runtime) checkStartable(ctx context.Context, b *model.Box) error {
 	if err := r.plugins.Ready(ctx, sdk.RoleVMM, sdk.RoleImages); err != nil {
+		return fmt.Errorf("create box: the box could never start: %w", err)
+	}
+	if err := r.checkVMMHost(ctx); err != nil {
 		return fmt.Errorf("create box: the box could never start: %w", err)
 	}
 	req, err := pullRequest(b.Config.Image, b.Config.Platform)

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/internal/kvmprobe"
 	"github.com/boxctl/boxctl/test/libkrundouble"
 	"github.com/boxctl/boxctl/test/testbin"
 )
@@ -43,7 +45,9 @@ func TestLibkrunThroughTheDouble(t *testing.T) {
 	callLog := filepath.Join(dir, "calls.jsonl")
 	t.Setenv(libkrundouble.EnvGuest, guest)
 	t.Setenv(libkrundouble.EnvLog, callLog)
-	e := newKrunEnv(t, fmt.Sprintf("    library = %q\n    kernel = %q\n    initrd = %q\n    pass_env = [%q, %q]",
+	// kvm_probe = false: the double needs no KVM (this host's is too slow
+	// for the probe, which would refuse the box at create).
+	e := newKrunEnv(t, fmt.Sprintf("    kvm_probe = false\n    library = %q\n    kernel = %q\n    initrd = %q\n    pass_env = [%q, %q]",
 		lib, kernel, initrd, libkrundouble.EnvGuest, libkrundouble.EnvLog))
 
 	e.ok("run", "-d", "--name", "k", testImage)
@@ -100,8 +104,30 @@ func TestLibkrunMissingFailsAtOnce(t *testing.T) {
 		t.Fatalf("run with vmm = \"libkrun\" and no libkrun: exit %d, stderr %q; want a failure saying what to install", code, errs)
 	}
 	t.Logf("boxctl run without libkrun: %s", strings.TrimSpace(errs))
-	if out := strings.TrimSpace(e.ok("ls", "-q")); out != "" {
-		t.Errorf("boxes running after the failed run: %q", out)
+	if !strings.Contains(errs, "cannot run VMs on this host") {
+		t.Errorf("run without libkrun was not refused at create: %q", errs)
+	}
+	if out := strings.TrimSpace(e.ok("ls", "-a", "-q")); out != "" {
+		t.Errorf("boxes left after the failed run: %q", out)
 	}
 	e.assertConsistent(e.runtime())
+}
+
+// TestLibkrunWithoutKVMRefusedAtCreate: a libkrun that loads on a host
+// whose KVM cannot run guests (the KVM probe says so, as on an emulated
+// KVM) is refused before a box is recorded, saying why.
+func TestLibkrunWithoutKVMRefusedAtCreate(t *testing.T) {
+	if r := kvmprobe.Probe(context.Background()); r.Usable {
+		t.Skip("KVM runs guests here: this test needs a host whose KVM the probe refuses")
+	}
+	dir := testbin.ShortTempDir(t)
+	lib := libkrundouble.Build(t, dir)
+	e := newKrunEnv(t, fmt.Sprintf("    library = %q", lib))
+	_, errs, code := e.cli("create", "--name", "k", testImage)
+	if code == 0 || !strings.Contains(errs, "KVM not usable") || !strings.Contains(errs, "boxctl info") {
+		t.Fatalf("create with libkrun and no usable KVM: exit %d, stderr %q", code, errs)
+	}
+	if out := strings.TrimSpace(e.ok("ls", "-a", "-q")); out != "" {
+		t.Errorf("boxes left after the refused create: %q", out)
+	}
 }

@@ -56,6 +56,11 @@ type settings struct {
 	// PassEnv names variables of the plugin's environment that the
 	// launcher gets too (libkrun's own RUST_LOG, say).
 	PassEnv []string
+	// NoKVMProbe turns the KVM probe of CheckHost off (kvm_probe = false):
+	// for a host whose KVM is slower than the probe's bound but good
+	// enough for its owner; libkrun then fails at start if KVM cannot run
+	// the guest at all.
+	NoKVMProbe bool
 }
 
 // block is the plugin's HCL config block.
@@ -65,6 +70,7 @@ type block struct {
 	Initrd     hcl.Expression `hcl:"initrd,optional"`
 	KernelArgs hcl.Expression `hcl:"kernel_args,optional"`
 	PassEnv    hcl.Expression `hcl:"pass_env,optional"`
+	KVMProbe   hcl.Expression `hcl:"kvm_probe,optional"`
 }
 
 // VMM implements sdk.VMM.
@@ -160,6 +166,11 @@ func (v *VMM) Configure(_ context.Context, cfg *sdk.Config) error {
 	if _, _, err := sdk.DecodeOptional(b.PassEnv, &s.PassEnv); err != nil {
 		return err
 	}
+	probe := true
+	if _, _, err := sdk.DecodeOptional(b.KVMProbe, &probe); err != nil {
+		return err
+	}
+	s.NoKVMProbe = !probe
 	v.mu.Lock()
 	v.cfg = s
 	v.mu.Unlock()
@@ -200,6 +211,9 @@ func (v *VMM) CheckHost(ctx context.Context) (sdk.HostReport, error) {
 	accel := accelerator()
 	if runtime.GOOS != "linux" {
 		return sdk.HostReport{Usable: true, Accelerator: accel, Reason: reason}, nil
+	}
+	if v.settings().NoKVMProbe {
+		return sdk.HostReport{Usable: true, Accelerator: accel, Reason: reason + "; KVM not probed (kvm_probe = false)"}, nil
 	}
 	r := v.kvmVerdict(ctx)
 	if !r.Usable {

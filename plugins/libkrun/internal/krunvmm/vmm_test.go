@@ -53,6 +53,10 @@ func TestCheckHost(t *testing.T) {
 	if r, err := configured(t, "library = \""+full+"\"", kvm(noKVM, &calls)).CheckHost(ctx); err != nil || r.Usable || !strings.Contains(r.Reason, "KVM not usable ("+noKVM.Reason+")") {
 		t.Errorf("CheckHost without a usable KVM: %+v %v", r, err)
 	}
+	calls = 0
+	if r, err := configured(t, "kvm_probe = false\nlibrary = \""+full+"\"", kvm(noKVM, &calls)).CheckHost(ctx); err != nil || !r.Usable || !strings.Contains(r.Reason, "kvm_probe = false") || calls != 0 {
+		t.Errorf("CheckHost with kvm_probe = false: %+v %v, probe ran %d times", r, err, calls)
+	}
 	old := t.TempDir()
 	lib := libkrundouble.Build(t, old, "krun_disable_implicit_vsock")
 	if r, _ := configured(t, "library = \""+lib+"\"", kvm(goodKVM, &calls)).CheckHost(ctx); !r.Usable || !strings.Contains(r.Reason, "krun_disable_implicit_vsock") || !strings.Contains(r.Reason, "1.17.0") {
