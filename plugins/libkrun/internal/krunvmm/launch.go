@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/boxctl/boxctl/guest/agentclient"
+	"github.com/boxctl/boxctl/internal/atomicfile"
 	"github.com/boxctl/boxctl/plugins/libkrun/internal/krun"
 	"github.com/boxctl/boxctl/sdk"
 	"github.com/boxctl/boxctl/sdk/usernet"
@@ -135,7 +136,7 @@ func Launch(cfgFile string, stderr io.Writer) int {
 		return fail(exitSetup, "control socket: %v", err)
 	}
 	if lc.StateFile != "" {
-		if err := writeFileAtomic(lc.StateFile, []byte(`{"state":"running"}`)); err != nil {
+		if err := atomicfile.Write(lc.StateFile, []byte(`{"state":"running"}`), 0o644); err != nil {
 			fmt.Fprintf(stderr, "boxctl-plugin-libkrun launch: state file: %v\n", err)
 		}
 	}
@@ -340,16 +341,3 @@ func handleControl(c net.Conn, s *stopper) {
 }
 
 func (cs *controlServer) Close() { cs.once.Do(func() { cs.l.Close() }) }
-
-// writeFileAtomic replaces path with data (temp file + rename).
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	return nil
-}

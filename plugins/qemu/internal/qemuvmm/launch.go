@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/boxctl/boxctl/internal/atomicfile"
 	"github.com/boxctl/boxctl/sdk/agentmux"
 	"github.com/boxctl/boxctl/sdk/usernet"
 )
@@ -125,7 +126,7 @@ func Launch(cfgFile string, stderr io.Writer) int {
 		return 126
 	}
 	if lc.PIDFile != "" {
-		if err := writeFileAtomic(lc.PIDFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n")); err != nil {
+		if err := atomicfile.Write(lc.PIDFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
 			log.Warn("record QEMU's PID", "err", err)
 		}
 	}
@@ -228,19 +229,6 @@ func removeSockets(lc launchConfig) {
 			_ = os.Remove(s)
 		}
 	}
-}
-
-// writeFileAtomic replaces path with data (temp file + rename).
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	return nil
 }
 
 func exitCode(err error) int {
