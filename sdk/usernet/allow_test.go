@@ -3,6 +3,7 @@ package usernet
 import (
 	"context"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
@@ -141,5 +142,27 @@ func TestNewRefusesBadAllowRule(t *testing.T) {
 			n.Close()
 			t.Errorf("New accepted allow rule %+v", r)
 		}
+	}
+}
+
+func TestReportStatsWritesDenials(t *testing.T) {
+	sv := serve(t, Config{Allow: []AllowRule{{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Port: 443}}}, unix.SOCK_STREAM)
+	path := filepath.Join(t.TempDir(), StatsFileName)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); sv.n.ReportStats(ctx, path, 10*time.Millisecond) }()
+	defer func() { cancel(); <-done }()
+
+	expectRefused(t, sv.guest, netip.MustParseAddrPort("192.0.2.1:80"))
+	waitFor(t, "the stats file to show the denial", func() bool {
+		st, err := ReadStatsFile(path)
+		return err == nil && st.DeniedTCP == 1
+	})
+	st, _ := ReadStatsFile(path)
+	if len(st.RecentDenials) != 1 || st.RecentDenials[0].Dst.String() != "192.0.2.1:80" || st.RecentDenials[0].Reason != errNotAllowed.Error() {
+		t.Errorf("recent denials in the file: %+v", st.RecentDenials)
+	}
+	if m := st.Metrics(); m["net_denied_tcp"] != 1 {
+		t.Errorf("metrics: %v", m)
 	}
 }
