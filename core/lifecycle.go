@@ -208,12 +208,9 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 		VCPUs:     b.Config.CPUs,
 		MemoryMiB: b.Config.MemoryMiB,
 		RunDir:    r.paths.boxDir(b.ID),
-		Network:   sdk.NetworkSpec{Mode: sdk.NetworkUser, AllowHostLoopback: b.Config.AllowHostLoopback},
 	}
-	for _, p := range b.Config.Ports {
-		spec.Network.Ports = append(spec.Network.Ports, sdk.PortForward{
-			Protocol: orString(p.Protocol, "tcp"), HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort,
-		})
+	if err := boxNetworkSpec(b.Config, &spec.Network); err != nil {
+		return err
 	}
 	if err := r.prepareGuest(ctx, b, &spec); err != nil {
 		return err
