@@ -104,15 +104,16 @@ func (a *allowList) allowQuery(name string) error {
 // learn records the A and AAAA records of an answer to an allowed name
 // (CNAME targets included: they answer the same question), each until its
 // TTL ends, so that the addresses the guest was told are the ones it may
-// reach.
-func (a *allowList) learn(name string, answer []byte) {
+// reach. It returns the shortest TTL it kept, false when the answer held
+// no address.
+func (a *allowList) learn(name string, answer []byte) (time.Duration, bool) {
 	name = fqdn(name)
 	if _, ok := a.hosts[name]; !ok {
-		return
+		return 0, false
 	}
 	var m dnsmessage.Message
 	if err := m.Unpack(answer); err != nil || m.Header.RCode != dnsmessage.RCodeSuccess {
-		return
+		return 0, false
 	}
 	now := time.Now()
 	a.mu.Lock()
@@ -122,7 +123,7 @@ func (a *allowList) learn(name string, answer []byte) {
 		set = map[netip.Addr]time.Time{}
 		a.addrs[name] = set
 	}
-	minTTL := maxNameTTL
+	shortest, found := maxNameTTL, false
 	for _, rr := range m.Answers {
 		var ip netip.Addr
 		switch b := rr.Body.(type) {
@@ -134,7 +135,7 @@ func (a *allowList) learn(name string, answer []byte) {
 			continue
 		}
 		ttl := min(max(time.Duration(rr.Header.TTL)*time.Second, minNameTTL), maxNameTTL)
-		minTTL = min(minTTL, ttl)
+		shortest, found = min(shortest, ttl), true
 		if exp := now.Add(ttl); exp.After(set[ip]) {
 			set[ip] = exp
 		}
@@ -144,30 +145,42 @@ func (a *allowList) learn(name string, answer []byte) {
 			delete(set, ip)
 		}
 	}
-	if n := now.Add(minTTL); a.next[name].IsZero() || n.Before(a.next[name]) || a.next[name].Before(now) {
-		a.next[name] = n
-	}
+	return shortest, found
 }
 
-// due returns the names to resolve now and when the next one is due.
-func (a *allowList) due(now time.Time) ([]string, time.Time) {
+// resolveAt sets when the host resolves name next.
+func (a *allowList) resolveAt(name string, t time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.next[name] = t
+}
+
+// due returns the names to resolve now, and marks them to be tried again
+// after nameRetry should their lookups not settle it.
+func (a *allowList) due(now time.Time) []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var names []string
-	soonest := now.Add(maxNameTTL)
 	for name := range a.hosts {
-		n := a.next[name]
-		if !n.After(now) {
+		if !a.next[name].After(now) {
 			names = append(names, name)
-			// Until the answer arrives (or does not), try again later.
-			n = now.Add(nameRetry)
-			a.next[name] = n
-		}
-		if n.Before(soonest) {
-			soonest = n
+			a.next[name] = now.Add(nameRetry)
 		}
 	}
-	return names, soonest
+	return names
+}
+
+// soonest is when the next name is due.
+func (a *allowList) soonest() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var t time.Time
+	for name := range a.hosts {
+		if n := a.next[name]; t.IsZero() || n.Before(t) {
+			t = n
+		}
+	}
+	return t
 }
 
 // resolveLoop keeps the allowed names resolved: each is asked at start and
@@ -177,18 +190,26 @@ func (a *allowList) due(now time.Time) ([]string, time.Time) {
 func (sv *session) resolveLoop(a *allowList) {
 	types := []dnsmessage.Type{dnsmessage.TypeA, dnsmessage.TypeAAAA}
 	for {
-		names, next := a.due(time.Now())
-		for _, name := range names {
+		for _, name := range a.due(time.Now()) {
+			next, found := maxNameTTL, false
 			for _, typ := range types {
 				r, err := sv.n.dns.resolve(sv.ctx, name, typ)
 				if err != nil {
 					sv.n.log.Debug("usernet: resolve an allowed name", "name", name, "type", typ.String(), "err", err)
 					continue
 				}
-				a.learn(name, r)
+				if ttl, ok := a.learn(name, r); ok {
+					// Ask again a little before the addresses expire, so
+					// that a name whose addresses stay keeps working.
+					next, found = min(next, ttl*9/10), true
+				}
 			}
+			if !found {
+				next = nameRetry // no address (yet): ask again soon
+			}
+			a.resolveAt(name, time.Now().Add(next))
 		}
-		t := time.NewTimer(time.Until(next))
+		t := time.NewTimer(time.Until(a.soonest()))
 		select {
 		case <-sv.ctx.Done():
 			t.Stop()

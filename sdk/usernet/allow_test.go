@@ -132,6 +132,13 @@ func TestAllowListHostNameFollowsTTL(t *testing.T) {
 	if err := sv.n.allow.allow(netip.MustParseAddrPort("192.0.2.1:" + itoa(srv.tcpPort))); err != nil {
 		t.Errorf("the name's new address is not allowed: %v", err)
 	}
+	// The new answer's TTL is a minute: the host does not ask again within
+	// the next few seconds.
+	asked := len(dns.asked())
+	time.Sleep(minNameTTL + time.Second)
+	if n := len(dns.asked()) - asked; n != 0 {
+		t.Errorf("the host asked %d more times within seconds of an answer with a 60 s TTL", n)
+	}
 }
 
 func itoa(p uint16) string { return strconv.Itoa(int(p)) }
