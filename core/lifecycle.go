@@ -212,6 +212,10 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 	if err := boxNetworkSpec(b.Config, &spec.Network); err != nil {
 		return err
 	}
+	if len(spec.Network.Allow) > 0 && !info.Capabilities.NetworkAllow {
+		return fmt.Errorf("start %s: the box has an allow-list (--allow-net), but VMM plugin %q does not enforce one (no %q capability) and would run it unconfined: use a VMM that does (qemu, libkrun) or recreate the box without --allow-net: %w",
+			b.Name, info.Name, "network-allow", ErrUnsupported)
+	}
 	if err := r.prepareGuest(ctx, b, &spec); err != nil {
 		return err
 	}

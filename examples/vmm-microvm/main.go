@@ -52,7 +52,7 @@ var _ sdk.MetricsReporter = (*microVMM)(nil)
 
 func (m *microVMM) Info(context.Context) (sdk.Info, error) {
 	return sdk.Info{Name: "microvm", Version: "0.1.0", Description: "example: QEMU's microvm machine with virtio-mmio devices",
-		Capabilities: sdk.Capabilities{ExplicitChain: true, AgentTransport: sdk.AgentSerial}}, nil
+		Capabilities: sdk.Capabilities{ExplicitChain: true, NetworkAllow: true, AgentTransport: sdk.AgentSerial}}, nil
 }
 
 // Configure is called once, before any other call.

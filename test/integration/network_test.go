@@ -56,4 +56,15 @@ func TestCLINetworkModesAndAllowList(t *testing.T) {
 	if out := e.ok("ls", "-a", "-q"); strings.Count(strings.TrimSpace(out), "\n") != 2 {
 		t.Errorf("refused creates left boxes behind:\n%s", out)
 	}
+	// The procvmm test double does not declare "network-allow": a box
+	// with an allow-list must not start on it unconfined.
+	_, errs, code := e.cli("start", "own")
+	if code != 125 || !strings.Contains(errs, "does not enforce one") {
+		t.Errorf("start of a box with an allow-list on a VMM without network-allow: exit %d, %q", code, errs)
+	}
+	if out := e.ok("ls", "-a", "--format", "{{.Name}} {{.Status}}"); !strings.Contains(out, "own configured") {
+		t.Errorf("the refused start changed the box:\n%s", out)
+	}
+	e.ok("start", "off") // no allow-list: starts
+	e.ok("rm", "-f", "off")
 }

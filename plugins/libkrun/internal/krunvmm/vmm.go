@@ -119,6 +119,7 @@ func (v *VMM) Info(context.Context) (sdk.Info, error) {
 		Capabilities: sdk.Capabilities{
 			GracefulStop:   true,
 			StateFile:      true,
+			NetworkAllow:   true,
 			AgentTransport: sdk.AgentVsock,
 		},
 	}, nil

@@ -126,6 +126,7 @@ func (v *VMM) Info(context.Context) (sdk.Info, error) {
 			StateFile:      true,
 			Sandbox:        true,
 			ExplicitChain:  true,
+			NetworkAllow:   true,
 			AgentTransport: sdk.AgentSerial,
 		},
 	}, nil
