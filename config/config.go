@@ -88,6 +88,12 @@ type Plugin struct {
 	SHA256Range *hcl.Range
 }
 
+// Network modes of the defaults block's network attribute.
+const (
+	NetworkUser = "user"
+	NetworkNone = "none"
+)
+
 // BoxDefaults apply to boxes created without explicit settings.
 type BoxDefaults struct {
 	CPUs       int
@@ -99,6 +105,13 @@ type BoxDefaults struct {
 	// host's own addresses (off: a service bound to 127.0.0.1 is not for
 	// sandboxed code).
 	AllowHostLoopback bool
+	// Network is the network mode of new boxes: "user" (outbound through
+	// the host's user-mode network stack, the default) or "none" (no
+	// network device).
+	Network string
+	// AllowNet is the egress allow-list of new user-mode boxes that set
+	// none of their own (HOST[:PORT] or CIDR[:PORT] each); empty: no list.
+	AllowNet []string
 	// BootTemplates: a new box of an image starts from a memory snapshot
 	// taken right after the image's first boot (same kernel, VMM, vCPUs,
 	// memory and disk size) instead of booting, where the VMM can.
@@ -155,6 +168,7 @@ func Default() *Config {
 		Plugins:  map[string]*Plugin{},
 		Defaults: BoxDefaults{
 			CPUs:          DefaultCPUs,
+			Network:       NetworkUser,
 			MemoryMiB:     DefaultMemoryMiB,
 			DiskSize:      DefaultDiskSize,
 			BootTemplates: true,

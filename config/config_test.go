@@ -4,6 +4,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +86,8 @@ defaults {
   disk_size   = "20G"
   auto_remove = true
   detach      = true
+  network     = "user"
+  allow_net   = ["example.com:443", "10.1.0.0/16"]
 }
 
 sandbox {
@@ -114,7 +118,8 @@ registry {
 		q.ConfigStart.Line != 10 {
 		t.Fatalf("decoded %+v plugin %+v", cfg, q)
 	}
-	if d := cfg.Defaults; d.CPUs != 2 || d.MemoryMiB != 1024 || d.DiskSize != 20<<30 || !d.AutoRemove || !d.Detach {
+	if d := cfg.Defaults; d.CPUs != 2 || d.MemoryMiB != 1024 || d.DiskSize != 20<<30 || !d.AutoRemove || !d.Detach ||
+		d.Network != "user" || !slices.Equal(d.AllowNet, []string{"example.com:443", "10.1.0.0/16"}) {
 		t.Fatalf("defaults %+v", d)
 	}
 	if sb := cfg.Sandbox; sb.Enabled || sb.UIDBase != 1000000000 || sb.Cgroups {
@@ -134,7 +139,7 @@ registry {
 	if err != nil {
 		t.Fatalf("Format output does not parse: %v\n%s", err, shown)
 	}
-	if again.Defaults != cfg.Defaults || again.Sandbox != cfg.Sandbox || again.VMM != cfg.VMM || string(again.Plugins["qemu"].ConfigBody) == "" {
+	if !reflect.DeepEqual(again.Defaults, cfg.Defaults) || again.Sandbox != cfg.Sandbox || again.VMM != cfg.VMM || string(again.Plugins["qemu"].ConfigBody) == "" {
 		t.Fatalf("round trip changed the config:\n%s", shown)
 	}
 }
@@ -158,6 +163,9 @@ func TestDiagnosticsNameFileLineAndFix(t *testing.T) {
 		{"sandbox typo", "sandbox {\n  enable = false\n}\n", []string{"bad.hcl:2:3: error: Unsupported argument", `Did you mean "enabled"?`}},
 		{"sandbox type", "sandbox {\n  cgroups = \"maybe\"\n}\n", []string{"bad.hcl:2:", "a bool is required"}},
 		{"duplicate sandbox", "sandbox {}\nsandbox {}\n", []string{"bad.hcl:2:1", "Duplicate sandbox block"}},
+		{"bad network", "defaults {\n  network = \"bridge\"\n}\n", []string{"bad.hcl:2:13: error: Invalid network", `use "user"`}},
+		{"bad allow_net", "defaults {\n  allow_net = [\"10.1.2.3/16\"]\n}\n", []string{"bad.hcl:2:", "Invalid allow_net", "did you mean 10.1.0.0/16"}},
+		{"allow_net without network", "defaults {\n  network = \"none\"\n  allow_net = [\"example.com\"]\n}\n", []string{"bad.hcl:3:", "Invalid allow_net", "Remove one of them"}},
 		{"empty credential", "registry {\n  credential \"r.example\" {\n  }\n}\n", []string{"bad.hcl:2:3", "needs username and password, or token"}},
 	}
 	for _, c := range cases {

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
 	"github.com/boxctl/boxctl/internal/namecheck"
+	"github.com/boxctl/boxctl/sdk"
 )
 
 // ErrNotFound is returned when an explicitly named config file does not exist.
@@ -219,6 +220,7 @@ var pluginSchema = &hcl.BodySchema{
 var defaultsSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "cpus"}, {Name: "memory"}, {Name: "disk_size"}, {Name: "auto_remove"}, {Name: "detach"}, {Name: "allow_host_loopback"}, {Name: "boot_templates"},
+		{Name: "network"}, {Name: "allow_net"},
 	},
 }
 
@@ -408,6 +410,36 @@ func (d *decoder) defaults(out *BoxDefaults, body hcl.Body) {
 	}{{"auto_remove", &out.AutoRemove}, {"detach", &out.Detach}, {"allow_host_loopback", &out.AllowHostLoopback}, {"boot_templates", &out.BootTemplates}} {
 		if a := content.Attributes[b.name]; a != nil {
 			d.decode(a, b.dst)
+		}
+	}
+	if a := content.Attributes["network"]; a != nil {
+		var mode string
+		if d.decode(a, &mode) {
+			if mode != NetworkUser && mode != NetworkNone {
+				d.errorf(a.Expr.Range(), "Invalid network", "network = %q: use \"user\" (outbound through the host) or \"none\" (no network device).", mode)
+			} else {
+				out.Network = mode
+			}
+		}
+	}
+	if a := content.Attributes["allow_net"]; a != nil {
+		var rules []string
+		if d.decode(a, &rules) {
+			ok := true
+			for _, r := range rules {
+				if _, err := sdk.ParseNetworkAllow(r); err != nil {
+					d.errorf(a.Expr.Range(), "Invalid allow_net", "allow_net: %v.", err)
+					ok = false
+				}
+			}
+			if ok {
+				out.AllowNet = rules
+			}
+		}
+	}
+	if out.Network == NetworkNone && len(out.AllowNet) > 0 {
+		if a := content.Attributes["allow_net"]; a != nil {
+			d.errorf(a.Expr.Range(), "Invalid allow_net", "allow_net applies to boxes with network = \"user\"; with network = \"none\" a box has no network to allow anything on. Remove one of them.")
 		}
 	}
 }

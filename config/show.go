@@ -33,6 +33,16 @@ func (c *Config) Format() []byte {
 	d.SetAttributeValue("auto_remove", cty.BoolVal(c.Defaults.AutoRemove))
 	d.SetAttributeValue("detach", cty.BoolVal(c.Defaults.Detach))
 	d.SetAttributeValue("allow_host_loopback", cty.BoolVal(c.Defaults.AllowHostLoopback))
+	d.SetAttributeValue("network", cty.StringVal(c.Defaults.Network))
+	allow := make([]cty.Value, 0, len(c.Defaults.AllowNet))
+	for _, r := range c.Defaults.AllowNet {
+		allow = append(allow, cty.StringVal(r))
+	}
+	if len(allow) == 0 {
+		d.SetAttributeValue("allow_net", cty.ListValEmpty(cty.String))
+	} else {
+		d.SetAttributeValue("allow_net", cty.ListVal(allow))
+	}
 	d.SetAttributeValue("boot_templates", cty.BoolVal(c.Defaults.BootTemplates))
 
 	root.AppendNewline()

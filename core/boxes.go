@@ -78,6 +78,9 @@ func (r *Runtime) newBox(opts BoxOptions) (*model.Box, error) {
 	if !c.AllowHostLoopback {
 		c.AllowHostLoopback = d.AllowHostLoopback
 	}
+	if err := boxNetwork(&c, d); err != nil {
+		return nil, err
+	}
 	if c.CPUs < 0 || c.CPUs > 256 {
 		return nil, fmt.Errorf("create box: cpus %d out of range 1-256: %w", c.CPUs, ErrInvalidArgument)
 	}
@@ -116,6 +119,37 @@ func (r *Runtime) newBox(opts BoxOptions) (*model.Box, error) {
 		Status:    model.StatusConfigured,
 		DiskID:    id,
 	}, nil
+}
+
+// boxNetwork fills in the network mode and allow-list from the defaults
+// and checks them: a box without network can neither publish ports nor
+// have an allow-list (a default allow-list applies to user-mode boxes only).
+func boxNetwork(c *model.BoxConfig, d config.BoxDefaults) error {
+	explicitAllow := len(c.AllowNet) > 0
+	if c.NetworkMode == "" {
+		c.NetworkMode = orString(d.Network, model.NetworkModeUser)
+	}
+	switch c.NetworkMode {
+	case model.NetworkModeUser:
+		if !explicitAllow && len(d.AllowNet) > 0 {
+			c.AllowNet = append([]string(nil), d.AllowNet...)
+		}
+	case model.NetworkModeNone:
+		if explicitAllow {
+			return fmt.Errorf("create box: --allow-net needs a network, but the network mode is %q: drop --allow-net or use --network user: %w", c.NetworkMode, ErrInvalidArgument)
+		}
+		if len(c.Ports) > 0 {
+			return fmt.Errorf("create box: publishing a port (-p) needs a network, but the network mode is %q: drop -p or use --network user: %w", c.NetworkMode, ErrInvalidArgument)
+		}
+	default:
+		return fmt.Errorf("create box: network mode %q: use %q (outbound through the host) or %q (no network device): %w", c.NetworkMode, model.NetworkModeUser, model.NetworkModeNone, ErrInvalidArgument)
+	}
+	for _, a := range c.AllowNet {
+		if _, err := sdk.ParseNetworkAllow(a); err != nil {
+			return fmt.Errorf("create box: --allow-net: %v: %w", err, ErrInvalidArgument)
+		}
+	}
+	return nil
 }
 
 // nameShadowsID refuses a name that is another box's ID, or its short ID
@@ -486,4 +520,29 @@ func (r *Runtime) Clone(ctx context.Context, srcRef string, opts BoxOptions) (*B
 		return nil, err
 	}
 	return boxes[0], nil
+}
+
+// boxNetworkSpec is the VM's network for a box's config. Boxes created
+// before network modes existed have none recorded and get the user-mode
+// network they always had.
+func boxNetworkSpec(c model.BoxConfig, n *sdk.NetworkSpec) error {
+	if c.NetworkMode == model.NetworkModeNone {
+		*n = sdk.NetworkSpec{Mode: sdk.NetworkNone}
+		return nil
+	}
+	*n = sdk.NetworkSpec{Mode: sdk.NetworkUser, AllowHostLoopback: c.AllowHostLoopback}
+	for _, p := range c.Ports {
+		n.Ports = append(n.Ports, sdk.PortForward{
+			Protocol: orString(p.Protocol, "tcp"), HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort,
+		})
+	}
+	for _, s := range c.AllowNet {
+		a, err := sdk.ParseNetworkAllow(s)
+		if err != nil {
+			// Checked at create; a record edited since must not start open.
+			return fmt.Errorf("the box's allow-list: %v: %w", err, ErrInvalidArgument)
+		}
+		n.Allow = append(n.Allow, a)
+	}
+	return nil
 }

@@ -208,12 +208,13 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 		VCPUs:     b.Config.CPUs,
 		MemoryMiB: b.Config.MemoryMiB,
 		RunDir:    r.paths.boxDir(b.ID),
-		Network:   sdk.NetworkSpec{Mode: sdk.NetworkUser, AllowHostLoopback: b.Config.AllowHostLoopback},
 	}
-	for _, p := range b.Config.Ports {
-		spec.Network.Ports = append(spec.Network.Ports, sdk.PortForward{
-			Protocol: orString(p.Protocol, "tcp"), HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort,
-		})
+	if err := boxNetworkSpec(b.Config, &spec.Network); err != nil {
+		return err
+	}
+	if len(spec.Network.Allow) > 0 && !info.Capabilities.NetworkAllow {
+		return fmt.Errorf("start %s: the box has an allow-list (--allow-net), but VMM plugin %q does not enforce one (no %q capability) and would run it unconfined: use a VMM that does (qemu, libkrun) or recreate the box without --allow-net: %w",
+			b.Name, info.Name, "network-allow", ErrUnsupported)
 	}
 	if err := r.prepareGuest(ctx, b, &spec); err != nil {
 		return err

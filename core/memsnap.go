@@ -247,11 +247,13 @@ func (r *Runtime) checkInputs(ctx context.Context, b *model.Box, rf *restoreFrom
 	}
 	spec := sdk.VMSpec{
 		BoxID: b.ID, VCPUs: b.Config.CPUs, MemoryMiB: b.Config.MemoryMiB, RunDir: r.paths.boxDir(b.ID),
-		Network: sdk.NetworkSpec{Mode: sdk.NetworkUser},
 		Disks: []sdk.DiskSpec{
 			{Role: sdk.DiskRoleImage, ReadOnly: true, Format: "raw"},
 			{Role: sdk.DiskRoleWritable, Format: "qcow2"},
 		},
+	}
+	if err := boxNetworkSpec(b.Config, &spec.Network); err != nil {
+		return err
 	}
 	return inputsMatch(ctx, ms, rf, spec)
 }

@@ -43,11 +43,18 @@ const pendingTemplate = "template:"
 // config c would start from: everything about the VM that the VMM's
 // StateInputs do not cover.
 func (r *Runtime) templateKey(digest, vmm string, c model.BoxConfig) string {
+	// A box without network boots another VM (no NIC, no address in its
+	// boot arguments); user-mode boxes keep the keys they always had.
+	network := ""
+	if c.NetworkMode == model.NetworkModeNone {
+		network = model.NetworkModeNone
+	}
 	b, _ := json.Marshal(struct {
 		Digest, VMM, Storage string
 		CPUs                 int
 		MemoryMiB, DiskSize  uint64
-	}{digest, vmm, r.cfg.Storage, c.CPUs, c.MemoryMiB, c.DiskSize})
+		Network              string `json:",omitempty"`
+	}{digest, vmm, r.cfg.Storage, c.CPUs, c.MemoryMiB, c.DiskSize, network})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }

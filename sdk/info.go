@@ -40,15 +40,19 @@ const (
 // which plugin lacks a feature rather than failing deep inside a call.
 type Capabilities struct {
 	// VMM.
-	Pause          bool           // Pauser: Pause and Resume work
-	GracefulStop   bool           // Stop without force asks the guest to power off
-	Metrics        bool           // MetricsReporter: Metrics works
-	StateFile      bool           // launch plans name a state file the VM process keeps current
-	Sandbox        bool           // VMSpec.Sandbox is honoured (user, syscall filter, no new privileges)
-	ExplicitChain  bool           // exactly DiskSpec.BackingChain is opened, never a name found in a disk file
-	DiskSwitch     bool           // DiskSwitcher: SwitchDisk works (O(1) snapshots and clones of running boxes)
-	MemorySnapshot bool           // MemorySnapshotter: SaveState, StateInputs and VMSpec.Restore work
-	HostCheck      bool           // HostChecker: CheckHost works
+	Pause          bool // Pauser: Pause and Resume work
+	GracefulStop   bool // Stop without force asks the guest to power off
+	Metrics        bool // MetricsReporter: Metrics works
+	StateFile      bool // launch plans name a state file the VM process keeps current
+	Sandbox        bool // VMSpec.Sandbox is honoured (user, syscall filter, no new privileges)
+	ExplicitChain  bool // exactly DiskSpec.BackingChain is opened, never a name found in a disk file
+	DiskSwitch     bool // DiskSwitcher: SwitchDisk works (O(1) snapshots and clones of running boxes)
+	MemorySnapshot bool // MemorySnapshotter: SaveState, StateInputs and VMSpec.Restore work
+	HostCheck      bool // HostChecker: CheckHost works
+	// NetworkAllow: VMSpec.Network.Allow is enforced outside the guest
+	// (declared by the plugin: an older one would ignore the list, so the
+	// core refuses to start a box with one on a VMM without it).
+	NetworkAllow   bool
 	AgentTransport AgentTransport // how the agent socket reaches the guest
 
 	// DiskBackend and SnapshotBackend.
@@ -89,7 +93,7 @@ func (c *Capabilities) flags() []struct {
 	}{
 		{"pause", &c.Pause}, {"graceful-stop", &c.GracefulStop}, {"metrics", &c.Metrics},
 		{"state-file", &c.StateFile}, {"sandbox", &c.Sandbox}, {"explicit-chain", &c.ExplicitChain},
-		{"disk-switch", &c.DiskSwitch}, {"memory-snapshot", &c.MemorySnapshot}, {"host-check", &c.HostCheck},
+		{"disk-switch", &c.DiskSwitch}, {"memory-snapshot", &c.MemorySnapshot}, {"host-check", &c.HostCheck}, {"network-allow", &c.NetworkAllow},
 		{"snapshots", &c.Snapshots}, {"clone", &c.Clone}, {"clone-o1", &c.CloneO1}, {"resize", &c.Resize},
 		{"export", &c.Export}, {"import", &c.Import}, {"snapshot-transfer", &c.SnapshotTransfer},
 		{"registry", &c.Registry}, {"oci-layout", &c.OCILayout}, {"docker-archive", &c.DockerArchive},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net/netip"
 	"path/filepath"
 	"time"
 
@@ -233,6 +234,10 @@ type NetworkSpec struct {
 	// default: a service listening only on 127.0.0.1 must not be exposed to
 	// a box.
 	AllowHostLoopback bool
+	// Allow, when not empty, is the guest's egress allow-list: only these
+	// destinations are reachable and only their names resolve; the host
+	// side enforces it, so the guest cannot get around it.
+	Allow []NetworkAllow
 }
 
 // PortForward publishes a guest port on the host.
@@ -640,6 +645,13 @@ func specToProto(s VMSpec) *pluginv1.VMSpec {
 	for _, p := range s.Network.Ports {
 		out.Network.Ports = append(out.Network.Ports, &pluginv1.PortForward{Protocol: p.Protocol, HostIp: p.HostIP, HostPort: uint32(p.HostPort), GuestPort: uint32(p.GuestPort)})
 	}
+	for _, a := range s.Network.Allow {
+		pa := &pluginv1.NetworkAllow{Host: a.Host, Port: uint32(a.Port)}
+		if a.Prefix.IsValid() {
+			pa.Cidr = a.Prefix.String()
+		}
+		out.Network.Allow = append(out.Network.Allow, pa)
+	}
 	for _, d := range s.Disks {
 		out.Disks = append(out.Disks, diskSpecToProto(d))
 	}
@@ -675,6 +687,18 @@ func specFromProto(p *pluginv1.VMSpec) VMSpec {
 	}
 	for _, pf := range p.GetNetwork().GetPorts() {
 		s.Network.Ports = append(s.Network.Ports, PortForward{Protocol: pf.GetProtocol(), HostIP: pf.GetHostIp(), HostPort: uint16(pf.GetHostPort()), GuestPort: uint16(pf.GetGuestPort())})
+	}
+	for _, pa := range p.GetNetwork().GetAllow() {
+		a := NetworkAllow{Host: pa.GetHost(), Port: uint16(pa.GetPort())}
+		if pa.GetCidr() != "" {
+			// A CIDR that does not parse stays invalid here; the plugin's
+			// validation refuses the rule then (it must not allow anything).
+			a.Prefix, _ = netip.ParsePrefix(pa.GetCidr())
+			if !a.Prefix.IsValid() {
+				a.Host = "invalid CIDR " + pa.GetCidr()
+			}
+		}
+		s.Network.Allow = append(s.Network.Allow, a)
 	}
 	for _, d := range p.GetDisks() {
 		s.Disks = append(s.Disks, diskSpecFromProto(d))

@@ -34,6 +34,9 @@ type boxFlags struct {
 	publish    []string
 	// allowHostLoopback opens the host's loopback and own addresses to the box.
 	allowHostLoopback bool
+	// network is the network mode; allowNet the egress allow-list.
+	network  string
+	allowNet []string
 }
 
 func (f *boxFlags) register(c *cobra.Command) {
@@ -51,6 +54,8 @@ func (f *boxFlags) register(c *cobra.Command) {
 	fl.StringVar(&f.platform, "platform", "", "image platform, e.g. linux/arm64 (default: this host's)")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "forward a host port to the box: [HOSTIP:]HOSTPORT:BOXPORT[/tcp|udp]; repeatable")
 	fl.BoolVar(&f.allowHostLoopback, "allow-host-loopback", false, "let the box reach services on the host's loopback (as 10.0.2.2) and on the host's own addresses (default: blocked; see docs/networking.md)")
+	fl.StringVar(&f.network, "network", "", `network mode: "user" (outbound through the host) or "none" (no network device) (default from the config: user)`)
+	fl.StringArrayVar(&f.allowNet, "allow-net", nil, "reach only these destinations: HOST[:PORT] or CIDR[:PORT] (names resolved by the host; everything else, other DNS servers included, is refused); repeatable")
 }
 
 // options turns the flags into box options. cmd is the command after the
@@ -67,6 +72,8 @@ func (f *boxFlags) options(cc *cobra.Command, image string, cmd []string, lookup
 		AutoRemove:        f.autoRemove,
 		Platform:          f.platform,
 		AllowHostLoopback: f.allowHostLoopback,
+		NetworkMode:       f.network,
+		AllowNet:          f.allowNet,
 	}
 	if len(cmd) > 0 {
 		// nil, not empty, when no command is given: an empty Cmd would

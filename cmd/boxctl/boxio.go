@@ -163,8 +163,10 @@ func (a *app) statsCommand() *cobra.Command {
 		Use:   "stats BOX [BOX...]",
 		Short: "Show running boxes' CPU, memory and commands run",
 		Long: `Show each running box's guest CPU use (sampled over half a second), guest
-memory in use and total, the VMM process's resident memory, and how many
-commands have run in the box.`,
+memory in use and total, the VMM process's resident memory, how many
+commands have run in the box, and how many of the box's connections, UDP
+datagrams and DNS queries its network refused (the host-loopback rule and
+--allow-net; "-" without a network).`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rt, err := a.runtime(cmd.Context())
@@ -172,7 +174,7 @@ commands have run in the box.`,
 				return err
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 3, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tCPU %\tMEM USAGE / LIMIT\tMEM %\tVMM RSS\tPROCS\tCOMMANDS")
+			fmt.Fprintln(tw, "NAME\tCPU %\tMEM USAGE / LIMIT\tMEM %\tVMM RSS\tPROCS\tCOMMANDS\tNET DENIED")
 			err = forEachBox(args, func(ref string) error {
 				first, err := rt.Stats(cmd.Context(), ref)
 				if err != nil {
@@ -215,7 +217,28 @@ func statsRow(a, b *core.Stats) string {
 	if b.VM != nil {
 		rss = config.HumanSize(b.VM.RSS)
 	}
-	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%d", b.Box.Name, cpu, mem, memPct, rss, procs, b.CommandsExecuted)
+	denied := "-"
+	if b.VM != nil {
+		if n, ok := netDenied(b.VM.Extra); ok {
+			denied = fmt.Sprint(n)
+		}
+	}
+	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s", b.Box.Name, cpu, mem, memPct, rss, procs, b.CommandsExecuted, denied)
+}
+
+// netDenied adds up the network's refusals from a VMM's metrics (the
+// names sdk/usernet's Stats.Metrics gives them); false when the VMM
+// reports no network.
+func netDenied(extra map[string]float64) (uint64, bool) {
+	var n float64
+	found := false
+	for _, k := range []string{"net_denied_tcp", "net_denied_udp", "net_dns_refused"} {
+		if v, ok := extra[k]; ok {
+			n += v
+			found = true
+		}
+	}
+	return uint64(n), found
 }
 
 func cpuBusy(c agentclient.CPUTimes) time.Duration {

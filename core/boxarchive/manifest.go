@@ -73,6 +73,11 @@ type Box struct {
 	AutoRemove        bool              `json:"auto_remove,omitempty"`
 	Detach            bool              `json:"detach,omitempty"`
 	AllowHostLoopback bool              `json:"allow_host_loopback,omitempty"`
+	// NetworkMode ("user", "none") and AllowNet (the egress allow-list)
+	// travel with the box: an imported box must not come back less
+	// confined than it was.
+	NetworkMode string   `json:"network_mode,omitempty"`
+	AllowNet    []string `json:"allow_net,omitempty"`
 }
 
 // Image names the image a box runs.

@@ -81,7 +81,22 @@ type BoxConfig struct {
 	// addresses. Off by default: a service listening only on 127.0.0.1 is
 	// not meant for sandboxed code.
 	AllowHostLoopback bool `json:"allow_host_loopback,omitempty"`
+	// NetworkMode is NetworkModeUser or NetworkModeNone; the config file's
+	// default fills it in at create.
+	NetworkMode string `json:"network_mode,omitempty"`
+	// AllowNet is the box's egress allow-list as given (HOST[:PORT],
+	// CIDR[:PORT]; see sdk.ParseNetworkAllow): when not empty, only these
+	// destinations are reachable. Validated at create.
+	AllowNet []string `json:"allow_net,omitempty"`
 }
+
+// Network modes of a box.
+const (
+	// NetworkModeUser: outbound through the host's user-mode network stack.
+	NetworkModeUser = "user"
+	// NetworkModeNone: no network device at all.
+	NetworkModeNone = "none"
+)
 
 // PortMapping forwards HostIP:HostPort on the host to GuestPort in the box.
 type PortMapping struct {

@@ -241,6 +241,14 @@ func decodeConfigWire(v []byte, c *model.BoxConfig, entry, cmd *[]string, entryS
 			c.Ports = append(c.Ports, pm)
 		case 20:
 			return boolean(typ, val, &c.AllowHostLoopback)
+		case 22:
+			return str(typ, raw, &c.NetworkMode)
+		case 23:
+			var a string
+			if !str(typ, raw, &a) {
+				return false
+			}
+			c.AllowNet = append(c.AllowNet, a)
 		}
 		return true
 	})

@@ -52,7 +52,7 @@ var _ sdk.MetricsReporter = (*microVMM)(nil)
 
 func (m *microVMM) Info(context.Context) (sdk.Info, error) {
 	return sdk.Info{Name: "microvm", Version: "0.1.0", Description: "example: QEMU's microvm machine with virtio-mmio devices",
-		Capabilities: sdk.Capabilities{ExplicitChain: true, AgentTransport: sdk.AgentSerial}}, nil
+		Capabilities: sdk.Capabilities{ExplicitChain: true, NetworkAllow: true, AgentTransport: sdk.AgentSerial}}, nil
 }
 
 // Configure is called once, before any other call.
@@ -96,6 +96,9 @@ func (m *microVMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, err
 		return sdk.LaunchPlan{}, invalid("spec.MemoryMiB = %d: the guest needs 64 MiB", spec.MemoryMiB)
 	case spec.Network.Mode != sdk.NetworkNone && spec.Network.Mode != sdk.NetworkUser:
 		return sdk.LaunchPlan{}, invalid("spec.Network.Mode %d is not supported", spec.Network.Mode)
+	case len(spec.Network.Allow) > 0 && spec.Network.Mode != sdk.NetworkUser:
+		// An allow-list this VMM dropped would leave the box unconfined.
+		return sdk.LaunchPlan{}, invalid("spec.Network.Allow: an allow-list needs the user-mode network")
 	}
 	qemu, err := exec.LookPath(m.cfg.QEMU)
 	if err != nil {
@@ -256,7 +259,7 @@ func launch(file string) int {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // QEMU dies with the launcher
 	if lc.Network != nil {
 		// The published ports are bound before QEMU starts: one in use fails the start.
-		network, err := usernet.New(usernet.Config{AllowHostLoopback: lc.Network.AllowHostLoopback, Ports: lc.Network.Ports})
+		network, err := usernet.New(usernet.Config{AllowHostLoopback: lc.Network.AllowHostLoopback, Ports: lc.Network.Ports, Allow: lc.Network.Allow})
 		if err != nil {
 			return fail(125, "network", err)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -648,6 +649,41 @@ func TestTSI(t *testing.T) {
 		_, err := vmm.Plan(context.Background(), spec)
 		if !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "krun_add_net_unixstream") {
 			t.Errorf("%s: Plan: %v; want ErrInvalidArgument saying %q and why the network is TSI", c.name, err, c.want)
+		}
+	}
+	// TSI makes the guest's sockets inside libkrun, where no allow-list
+	// can be applied: such a box is refused, not run unchecked.
+	spec, _ := makeSpec(t, func(s *sdk.VMSpec) {
+		s.Network.Allow = []sdk.NetworkAllow{{Prefix: netip.MustParsePrefix("192.0.2.0/24")}}
+	})
+	if _, err := vmm.Plan(context.Background(), spec); !errors.Is(err, sdk.ErrUnsupported) || !strings.Contains(err.Error(), "allow-list") {
+		t.Errorf("Plan with an allow-list on TSI: %v; want ErrUnsupported about the allow-list", err)
+	}
+}
+
+// TestAllowList: the allow-list reaches the launcher's user-mode network;
+// without a network, or with a rule that does not hold, Plan refuses it.
+func TestAllowList(t *testing.T) {
+	f := newFixture(t)
+	vmm := startPlugin(t, f.body(""))
+	allow := []sdk.NetworkAllow{{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Port: 443}, {Host: "example.com"}}
+	b := planBox(t, vmm, f, func(s *sdk.VMSpec) { s.Network.Allow = allow })
+	raw, err := os.ReadFile(b.plan.Argv[len(b.plan.Argv)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"Prefix":"192.0.2.0/24"`, `"Host":"example.com"`, `"stats_file":`} {
+		if !strings.Contains(strings.ReplaceAll(string(raw), " ", ""), want) {
+			t.Errorf("launch config lacks %s:\n%s", want, raw)
+		}
+	}
+	for _, mutate := range []func(*sdk.VMSpec){
+		func(s *sdk.VMSpec) { s.Network = sdk.NetworkSpec{Mode: sdk.NetworkNone, Allow: allow} },
+		func(s *sdk.VMSpec) { s.Network.Allow = []sdk.NetworkAllow{{Host: "not a name"}} },
+	} {
+		spec, _ := makeSpec(t, mutate)
+		if _, err := vmm.Plan(context.Background(), spec); !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), "spec.Network.Allow") {
+			t.Errorf("Plan with network %+v: %v; want ErrInvalidArgument naming spec.Network.Allow", spec.Network, err)
 		}
 	}
 }

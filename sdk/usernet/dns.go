@@ -36,6 +36,7 @@ const (
 type dnsForwarder struct {
 	path   string
 	policy QueryPolicy
+	allow  *allowList // nil: every name resolves
 	log    *slog.Logger
 	stats  *counters
 
@@ -109,6 +110,13 @@ func (d *dnsForwarder) answer(ctx context.Context, q []byte, overTCP bool) []byt
 		return reply(hdr, questions, dnsmessage.RCodeFormatError)
 	}
 	name := questions[0].Name.String()
+	if d.allow != nil {
+		if err := d.allow.allowQuery(name); err != nil {
+			d.stats.dnsRefused.Add(1)
+			d.log.Debug("usernet: refused guest DNS query", "name", name, "reason", err.Error())
+			return reply(hdr, questions, dnsmessage.RCodeRefused)
+		}
+	}
 	if d.policy != nil {
 		if err := d.policy.AllowQuery(name); err != nil {
 			d.stats.dnsRefused.Add(1)
@@ -119,6 +127,9 @@ func (d *dnsForwarder) answer(ctx context.Context, q []byte, overTCP bool) []byt
 	for _, ns := range d.nameservers() {
 		r, err := exchange(ctx, ns, q, hdr.ID, overTCP)
 		if err == nil {
+			if d.allow != nil {
+				d.allow.learn(name, r)
+			}
 			return r
 		}
 		d.log.Debug("usernet: nameserver did not answer", "nameserver", ns.String(), "name", name, "err", err)

@@ -41,7 +41,15 @@
 //   - unspecified (0.0.0.0/8), multicast and broadcast destinations and the
 //     rest of 10.0.2.0/24 are always refused.
 //
-// Config.Policy, when set, is consulted after that rule (it cannot widen it).
+// Config.Allow, when not empty, is an egress allow-list applied after that
+// rule (it cannot widen it either): only its CIDRs and host names (with
+// their ports) are dialled, only its host names are answered at DNSAddr
+// (others get REFUSED), and datagrams to any other nameserver are dropped
+// like any other destination. Host names are resolved from the host
+// process through the host's nameservers when Serve starts and again
+// before each answer's TTL ends (clamped to 5 s .. 1 h); the addresses of
+// the guest's own answers for those names count too, for their TTL.
+// Config.Policy, when set, is consulted after both (it cannot widen them).
 // DNS queries to 10.0.2.3:53 (UDP and TCP) are answered by forwarding them
 // from the host process to the nameservers in the host's resolv.conf, so a
 // resolver on the host's loopback (systemd-resolved) works even though the

@@ -69,6 +69,11 @@ func (n *Network) route(proto string, dst netip.AddrPort) (netip.AddrPort, error
 			return target, errHostAddress
 		}
 	}
+	if n.allow != nil {
+		if err := n.allow.allow(dst); err != nil {
+			return target, err
+		}
+	}
 	if n.cfg.Policy != nil {
 		if err := n.cfg.Policy.Allow(proto, dst); err != nil {
 			return target, err

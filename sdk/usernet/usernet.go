@@ -82,7 +82,15 @@ type Config struct {
 	AllowHostLoopback bool
 	// Ports are bound on the host by New.
 	Ports []PortForward
-	// Policy is an extra rule checked after the host-protection rule; nil
+	// Allow, when not empty, is an egress allow-list checked after the
+	// host-protection rule (which it cannot widen): only destinations it
+	// names are dialled, only its host names resolve at DNSAddr, and
+	// everything else — other nameservers included — is refused and
+	// counted. Host names are resolved by the host's nameservers and kept
+	// for the answers' TTLs (5 s to 1 h), re-resolved as they end.
+	Allow []AllowRule
+	// Policy is an extra rule checked after the host-protection rule and
+	// Allow; nil
 	// allows everything that rule allows.
 	Policy Policy
 	// Logger receives debug logs of refused destinations and failed dials;
@@ -100,6 +108,7 @@ type Network struct {
 	log      *slog.Logger
 	hostAddr *hostAddrs
 	dns      *dnsForwarder
+	allow    *allowList // nil: no allow-list
 	stats    counters
 	udpIdle  time.Duration
 
@@ -134,7 +143,15 @@ func New(cfg Config) (*Network, error) {
 	if rc == "" {
 		rc = "/etc/resolv.conf"
 	}
+	if len(cfg.Allow) > 0 {
+		a, err := newAllowList(cfg.Allow)
+		if err != nil {
+			return nil, err
+		}
+		n.allow = a
+	}
 	n.dns = newDNSForwarder(rc, cfg.Policy, n.log, &n.stats)
+	n.dns.allow = n.allow
 	if err := n.bindPorts(cfg.Ports); err != nil {
 		n.closeListeners()
 		return nil, err
@@ -321,6 +338,9 @@ func (sv *session) startServices() error {
 	sv.tr.goTracked(func() { sv.serveDNSTCP(dnsTCP) })
 	sv.tr.goTracked(func() { sv.serveDNSUDP(dnsUDP) })
 
+	if a := sv.n.allow; a != nil && len(a.hosts) > 0 {
+		sv.tr.goTracked(func() { sv.resolveLoop(a) })
+	}
 	for _, f := range sv.n.tcpForwards {
 		sv.tr.goTracked(func() { sv.serveTCPForward(f) })
 	}

@@ -318,6 +318,15 @@ type dnsTestServer struct {
 	addr  netip.Addr
 	mu    sync.Mutex
 	names []string
+	a     [4]byte // the answer; 192.0.2.99 until setAnswer
+	ttl   uint32
+}
+
+// setAnswer makes the server answer every A query with a and ttl.
+func (s *dnsTestServer) setAnswer(a netip.Addr, ttl uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.a, s.ttl = a.As4(), ttl
 }
 
 func startDNSServer(t *testing.T) *dnsTestServer {
@@ -345,7 +354,7 @@ func startDNSServer(t *testing.T) *dnsTestServer {
 	if err != nil {
 		t.Fatalf("bind a test DNS server on port 53: %v", err)
 	}
-	s := &dnsTestServer{addr: a}
+	s := &dnsTestServer{addr: a, a: [4]byte{192, 0, 2, 99}, ttl: 60}
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -395,12 +404,15 @@ func (s *dnsTestServer) answer(q []byte) []byte {
 	}
 	s.mu.Lock()
 	s.names = append(s.names, m.Questions[0].Name.String())
+	ans, ttl := s.a, s.ttl
 	s.mu.Unlock()
 	m.Header.Response = true
-	m.Answers = []dnsmessage.Resource{{
-		Header: dnsmessage.ResourceHeader{Name: m.Questions[0].Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 60},
-		Body:   &dnsmessage.AResource{A: [4]byte{192, 0, 2, 99}},
-	}}
+	if m.Questions[0].Type == dnsmessage.TypeA {
+		m.Answers = []dnsmessage.Resource{{
+			Header: dnsmessage.ResourceHeader{Name: m.Questions[0].Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: ttl},
+			Body:   &dnsmessage.AResource{A: ans},
+		}}
+	}
 	r, err := m.Pack()
 	if err != nil {
 		return nil

@@ -180,6 +180,8 @@ type BoxConfig struct {
 	Platform          string                 `protobuf:"bytes,16,opt,name=platform,proto3" json:"platform,omitempty"`
 	Ports             []*PortMapping         `protobuf:"bytes,17,rep,name=ports,proto3" json:"ports,omitempty"`
 	AllowHostLoopback bool                   `protobuf:"varint,20,opt,name=allow_host_loopback,json=allowHostLoopback,proto3" json:"allow_host_loopback,omitempty"`
+	NetworkMode       string                 `protobuf:"bytes,22,opt,name=network_mode,json=networkMode,proto3" json:"network_mode,omitempty"`
+	AllowNet          []string               `protobuf:"bytes,23,rep,name=allow_net,json=allowNet,proto3" json:"allow_net,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -338,6 +340,20 @@ func (x *BoxConfig) GetAllowHostLoopback() bool {
 		return x.AllowHostLoopback
 	}
 	return false
+}
+
+func (x *BoxConfig) GetNetworkMode() string {
+	if x != nil {
+		return x.NetworkMode
+	}
+	return ""
+}
+
+func (x *BoxConfig) GetAllowNet() []string {
+	if x != nil {
+		return x.AllowNet
+	}
+	return nil
 }
 
 type PortMapping struct {
@@ -1041,7 +1057,7 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ns\x18\x03 \x01(\x03R\ttimeoutNs\x12\x18\n" +
 	"\aretries\x18\x04 \x01(\x03R\aretries\x12&\n" +
-	"\x0fstart_period_ns\x18\x05 \x01(\x03R\rstartPeriodNs\"\x94\x05\n" +
+	"\x0fstart_period_ns\x18\x05 \x01(\x03R\rstartPeriodNs\"\xd4\x05\n" +
 	"\tBoxConfig\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x1e\n" +
 	"\n" +
@@ -1066,7 +1082,9 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x06health\x18\x0f \x01(\v2\x1c.boxctl.state.v1.HealthCheckR\x06health\x12\x1a\n" +
 	"\bplatform\x18\x10 \x01(\tR\bplatform\x122\n" +
 	"\x05ports\x18\x11 \x03(\v2\x1c.boxctl.state.v1.PortMappingR\x05ports\x12.\n" +
-	"\x13allow_host_loopback\x18\x14 \x01(\bR\x11allowHostLoopback\x1a9\n" +
+	"\x13allow_host_loopback\x18\x14 \x01(\bR\x11allowHostLoopback\x12!\n" +
+	"\fnetwork_mode\x18\x16 \x01(\tR\vnetworkMode\x12\x1b\n" +
+	"\tallow_net\x18\x17 \x03(\tR\ballowNet\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"~\n" +

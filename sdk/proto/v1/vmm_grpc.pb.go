@@ -40,6 +40,9 @@
 //                    (checkpoints, suspend, fork, boot templates)
 //   "host-check"     CheckHost works (whether this VMM can run VMs on this
 //                    host, and with which accelerator)
+//   "network-allow"  NetworkSpec.allow is enforced outside the guest (the
+//                    core refuses a box with an allow-list on a VMM that
+//                    does not declare it: it would run unconfined)
 //
 // Security: the core validates every disk chain before Plan (each file lies
 // inside its plugin's store). A VMM must not let the hypervisor probe disk

@@ -63,6 +63,11 @@ const (
 type netSettings struct {
 	AllowHostLoopback bool              `json:"allow_host_loopback,omitempty"`
 	Ports             []sdk.PortForward `json:"ports,omitempty"`
+	// Allow is the egress allow-list the launcher's stack enforces.
+	Allow []sdk.NetworkAllow `json:"allow,omitempty"`
+	// StatsFile is where the launcher keeps the network's counters for
+	// the plugin's Metrics.
+	StatsFile string `json:"stats_file,omitempty"`
 }
 
 // guestMAC is the guest NIC's address (QEMU's default, as under the qemu
@@ -214,6 +219,8 @@ type netLink struct {
 	network *usernet.Network
 	vmEnd   *os.File
 	mine    net.Conn
+	// stopStats ends the writing of the network's counters.
+	stopStats context.CancelFunc
 }
 
 func newNetLink(s *netSettings, stderr io.Writer) (*netLink, error) {
@@ -221,7 +228,7 @@ func newNetLink(s *netSettings, stderr io.Writer) (*netLink, error) {
 	if v := os.Getenv("BOXCTL_LOG"); v == "debug" || v == "trace" {
 		level = slog.LevelDebug
 	}
-	n, err := usernet.New(usernet.Config{AllowHostLoopback: s.AllowHostLoopback, Ports: s.Ports,
+	n, err := usernet.New(usernet.Config{AllowHostLoopback: s.AllowHostLoopback, Ports: s.Ports, Allow: s.Allow,
 		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))})
 	if err != nil {
 		return nil, err
@@ -239,7 +246,15 @@ func newNetLink(s *netSettings, stderr io.Writer) (*netLink, error) {
 		n.Close()
 		return nil, fmt.Errorf("socketpair: %w", err)
 	}
-	return &netLink{network: n, vmEnd: os.NewFile(uintptr(fds[0]), "usernet-vm"), mine: mine}, nil
+	l := &netLink{network: n, vmEnd: os.NewFile(uintptr(fds[0]), "usernet-vm"), mine: mine, stopStats: func() {}}
+	if s.StatsFile != "" {
+		// krun_start_enter exits the process when the guest ends, so the
+		// file is as fresh as the last interval.
+		ctx, cancel := context.WithCancel(context.Background())
+		l.stopStats = cancel
+		go n.ReportStats(ctx, s.StatsFile, time.Second)
+	}
+	return l, nil
 }
 
 func (l *netLink) serve(stderr io.Writer) {
@@ -249,6 +264,7 @@ func (l *netLink) serve(stderr io.Writer) {
 }
 
 func (l *netLink) close() {
+	l.stopStats()
 	l.network.Close()
 	l.vmEnd.Close()
 }

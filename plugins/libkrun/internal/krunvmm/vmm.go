@@ -39,6 +39,7 @@ import (
 	"github.com/boxctl/boxctl/plugins/libkrun/internal/krun"
 	"github.com/boxctl/boxctl/sdk"
 	"github.com/boxctl/boxctl/sdk/guestboot"
+	"github.com/boxctl/boxctl/sdk/usernet"
 )
 
 // Version is the plugin's version.
@@ -124,6 +125,7 @@ func (v *VMM) Info(context.Context) (sdk.Info, error) {
 		Capabilities: sdk.Capabilities{
 			GracefulStop:   true,
 			StateFile:      true,
+			NetworkAllow:   true,
 			AgentTransport: sdk.AgentVsock,
 		},
 	}, nil
@@ -299,8 +301,15 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 	if spec.Network.Mode == sdk.NetworkUser {
 		if lib.Has(krun.UserNetwork().Name) {
 			lc.Network = netUser
-			lc.UserNet = &netSettings{AllowHostLoopback: spec.Network.AllowHostLoopback, Ports: spec.Network.Ports}
+			lc.UserNet = &netSettings{AllowHostLoopback: spec.Network.AllowHostLoopback, Ports: spec.Network.Ports, Allow: spec.Network.Allow,
+				StatsFile: filepath.Join(run, usernet.StatsFileName)}
 		} else {
+			if len(spec.Network.Allow) > 0 {
+				// TSI makes the guest's sockets in libkrun itself: nothing
+				// on the host side would see them to apply the list.
+				return sdk.LaunchPlan{}, fmt.Errorf("spec.Network.Allow: libkrun %s lacks %s (added in %s), so the network would be TSI, which cannot enforce an allow-list; use a newer libkrun or vmm \"qemu\": %w",
+					lib.Path(), krun.UserNetwork().Name, krun.UserNetwork().Since, sdk.ErrUnsupported)
+			}
 			if err := checkTSIPorts(spec.Network.Ports); err != nil {
 				return sdk.LaunchPlan{}, fmt.Errorf("%w (libkrun %s lacks %s, added in %s, so the network is TSI)", err, lib.Path(), krun.UserNetwork().Name, krun.UserNetwork().Since)
 			}
@@ -387,6 +396,14 @@ func checkSpec(spec sdk.VMSpec) error {
 		}
 		return bad("spec.Disks: %d disks, but libkrun's virtio devices share a few interrupt lines: at most %d disks fit (spec.Disks[%d] is one too many)",
 			len(spec.Disks), maxDisks, maxDisks)
+	}
+	if len(spec.Network.Allow) > 0 && spec.Network.Mode != sdk.NetworkUser {
+		return bad("spec.Network.Allow: an allow-list needs the user-mode network (NetworkUser)")
+	}
+	for i, a := range spec.Network.Allow {
+		if err := a.Validate(); err != nil {
+			return bad("spec.Network.Allow[%d]: %v", i, err)
+		}
 	}
 	for i, p := range spec.Network.Ports {
 		switch {
@@ -545,7 +562,14 @@ func (v *VMM) Metrics(_ context.Context, vm sdk.VM) (sdk.Metrics, error) {
 	if err != nil {
 		return sdk.Metrics{}, fmt.Errorf("VM metrics: %w", err)
 	}
-	return sdk.Metrics{CPUUser: st.CPUUser(), CPUSystem: st.CPUSystem(), RSS: st.RSS()}, nil
+	m := sdk.Metrics{CPUUser: st.CPUUser(), CPUSystem: st.CPUSystem(), RSS: st.RSS()}
+	// The launcher's user-mode network counters; none without one.
+	if h, err := decodeHandle(vm.Handle); err == nil {
+		if ns, err := usernet.ReadStatsFile(filepath.Join(h.RunDir, usernet.StatsFileName)); err == nil {
+			m.Extra = ns.Metrics()
+		}
+	}
+	return m, nil
 }
 
 // knownFormat says whether libkrun is told format explicitly by this

@@ -232,6 +232,9 @@ func blockNodes(node, filename, format string, rw bool, cache map[string]any, ba
 // addresses are the guest boot contract's (guestboot), in the core's boot
 // arguments. Without a network the guest has only loopback.
 func (lc *launchConfig) network(n sdk.NetworkSpec) error {
+	if err := checkAllow(n); err != nil {
+		return err
+	}
 	switch n.Mode {
 	case sdk.NetworkNone:
 		return nil
@@ -239,7 +242,7 @@ func (lc *launchConfig) network(n sdk.NetworkSpec) error {
 	default:
 		return fmt.Errorf("spec.Network.Mode %d: the qemu plugin offers no network (NetworkNone) and user-mode networking (NetworkUser): %w", n.Mode, sdk.ErrInvalidArgument)
 	}
-	lc.Network = &netSettings{AllowHostLoopback: n.AllowHostLoopback, Ports: n.Ports}
+	lc.Network = &netSettings{AllowHostLoopback: n.AllowHostLoopback, Ports: n.Ports, Allow: n.Allow}
 	lc.Args = append(lc.Args,
 		"-netdev", fmt.Sprintf("socket,id=net0,fd=%d", lc.add(fdNet, "", "")),
 		"-device", "virtio-net-pci,netdev=net0,romfile=")
@@ -250,4 +253,21 @@ func (lc *launchConfig) network(n sdk.NetworkSpec) error {
 type netSettings struct {
 	AllowHostLoopback bool              `json:"allow_host_loopback,omitempty"`
 	Ports             []sdk.PortForward `json:"ports,omitempty"`
+	// Allow is the egress allow-list the launcher's stack enforces.
+	Allow []sdk.NetworkAllow `json:"allow,omitempty"`
+}
+
+// checkAllow refuses an allow-list without a network to apply it to, and
+// rules that do not validate (one that allowed nothing by mistake would be
+// as wrong as one that allowed everything).
+func checkAllow(n sdk.NetworkSpec) error {
+	if len(n.Allow) > 0 && n.Mode != sdk.NetworkUser {
+		return fmt.Errorf("spec.Network.Allow: an allow-list needs the user-mode network (NetworkUser): %w", sdk.ErrInvalidArgument)
+	}
+	for i, a := range n.Allow {
+		if err := a.Validate(); err != nil {
+			return fmt.Errorf("spec.Network.Allow[%d]: %w: %w", i, err, sdk.ErrInvalidArgument)
+		}
+	}
+	return nil
 }

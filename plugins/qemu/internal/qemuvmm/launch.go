@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"syscall"
@@ -45,6 +46,10 @@ type launchConfig struct {
 	Restore string `json:"restore,omitempty"`
 }
 
+// statsInterval is how often the launcher writes the network's counters
+// for Metrics while they change.
+const statsInterval = time.Second
+
 // Launch runs QEMU as described by the config file and serves the agent
 // socket until QEMU exits. It returns QEMU's exit code (128+N when QEMU was
 // killed by signal N), so the box monitor records how the VM ended.
@@ -76,7 +81,7 @@ func Launch(cfgFile string, stderr io.Writer) int {
 	// before QEMU runs, with the reason in vm.log.
 	var network *usernet.Network
 	if lc.Network != nil {
-		network, err = usernet.New(usernet.Config{AllowHostLoopback: lc.Network.AllowHostLoopback, Ports: lc.Network.Ports, Logger: log})
+		network, err = usernet.New(usernet.Config{AllowHostLoopback: lc.Network.AllowHostLoopback, Ports: lc.Network.Ports, Allow: lc.Network.Allow, Logger: log})
 		if err != nil {
 			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: network: %v\n", err)
 			return 125
@@ -144,6 +149,8 @@ func Launch(cfgFile string, stderr io.Writer) int {
 				log.Warn("user-mode network", "err", err)
 			}
 		}()
+		// The plugin's Metrics (another process) reads the counters here.
+		go network.ReportStats(ctx, filepath.Join(lc.RunDir, usernet.StatsFileName), statsInterval)
 	}
 	// A VM restored from a state it cannot run (its disks refused, say)
 	// must not linger paused: QEMU is stopped and the launcher exits 1.

@@ -33,6 +33,7 @@ import (
 	"github.com/boxctl/boxctl/internal/proc"
 	"github.com/boxctl/boxctl/plugins/qemu/internal/qmp"
 	"github.com/boxctl/boxctl/sdk"
+	"github.com/boxctl/boxctl/sdk/usernet"
 )
 
 // Version is the plugin's version.
@@ -125,6 +126,7 @@ func (v *VMM) Info(context.Context) (sdk.Info, error) {
 			StateFile:      true,
 			Sandbox:        true,
 			ExplicitChain:  true,
+			NetworkAllow:   true,
 			AgentTransport: sdk.AgentSerial,
 		},
 	}, nil
@@ -491,7 +493,15 @@ func (v *VMM) Metrics(_ context.Context, vm sdk.VM) (sdk.Metrics, error) {
 	if p, err := qemuPID(vm, h); err == nil {
 		pid = p
 	}
-	return procMetrics(pid)
+	m, err := procMetrics(pid)
+	if err != nil {
+		return m, err
+	}
+	// The launcher's user-mode network counters; none without a network.
+	if st, err := usernet.ReadStatsFile(filepath.Join(h.RunDir, usernet.StatsFileName)); err == nil {
+		m.Extra = st.Metrics()
+	}
+	return m, nil
 }
 
 func procMetrics(pid int) (sdk.Metrics, error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,7 +97,19 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 			}},
 			{Path: filepath.Join(dir, "data.qcow2"), Format: "qcow2", Role: sdk.DiskRoleData},
 		},
-		Network: sdk.NetworkSpec{Mode: sdk.NetworkUser, Ports: []sdk.PortForward{{HostPort: 8080, GuestPort: 80}}},
+		Network: sdk.NetworkSpec{Mode: sdk.NetworkUser, Ports: []sdk.PortForward{{HostPort: 8080, GuestPort: 80}},
+			Allow: []sdk.NetworkAllow{{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Port: 443}, {Host: "example.com"}}},
+	}
+	// An allow-list needs the user-mode network, and rules that hold.
+	for _, bad := range []sdk.NetworkSpec{
+		{Mode: sdk.NetworkNone, Allow: spec.Network.Allow},
+		{Mode: sdk.NetworkUser, Allow: []sdk.NetworkAllow{{Host: "not a name"}}},
+	} {
+		s := spec
+		s.Network = bad
+		if _, err := vmm.Plan(context.Background(), s); !errors.Is(err, sdk.ErrInvalidArgument) || !strings.Contains(err.Error(), "spec.Network.Allow") {
+			t.Errorf("Plan with network %+v: %v; want an invalid-argument error naming spec.Network.Allow", bad, err)
+		}
 	}
 	plan, err := vmm.Plan(context.Background(), spec)
 	if err != nil {
@@ -114,6 +127,7 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 		`"q35,accel=tcg"`, `"-smp"`, `"2"`, `"256M"`,
 		`boxctl.root=vda`, `boxctl.data=vdb`, `extra=1`,
 		`"HostPort": 8080`, `"GuestPort": 80`, `name=boxctl.agent`,
+		`"Prefix": "192.0.2.0/24"`, `"Host": "example.com"`,
 		`boxctl.ip=10.0.2.15/24`, `boxctl.gw=10.0.2.2`, `boxctl.dns=10.0.2.3`,
 		`"-sandbox"`, `"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"`,
 		`virtio-blk-pci,drive=vda"`, `virtio-blk-pci,drive=vdb,werror=enospc,rerror=report"`,
