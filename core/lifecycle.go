@@ -145,14 +145,25 @@ func (r *Runtime) startRun(ctx context.Context, b *model.Box, detached bool, rf 
 	if !detached {
 		run.Owner = r.self
 	}
+	var conflict error
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
-		if err := volumeConflict(tx, b); err != nil {
-			return err
+		if conflict = volumeConflict(tx, b); conflict != nil {
+			return conflict
 		}
 		var err error
 		b, err = boxstatus.Start(tx, b.ID, run)
 		return err
 	})
+	if conflict != nil && final {
+		// A box that never started because of its volumes goes as any
+		// box whose start failed (run --rm leaves nothing behind).
+		if rerr := r.autoRemoveLocked(context.WithoutCancel(ctx), b); rerr != nil {
+			r.log.Warn("auto-remove after a refused start", "box", b.ID, "error", rerr)
+		}
+	}
+	if conflict != nil {
+		return fmt.Errorf("start %s: %w", b.Name, conflict)
+	}
 	if err != nil {
 		return err
 	}

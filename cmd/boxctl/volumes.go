@@ -164,14 +164,14 @@ until it stops).`,
 					fmt.Fprintf(a.stderr, "box %s loses volume %s at %s (%s)\n", u.Box, name, u.Target, state)
 				}
 				if err != nil {
+					if len(args) == 1 {
+						return err
+					}
 					fmt.Fprintln(a.stderr, "error:", err)
 					failed = err
 					continue
 				}
 				fmt.Fprintln(a.stdout, name)
-			}
-			if failed != nil && len(args) == 1 {
-				return failed
 			}
 			if failed != nil {
 				return fmt.Errorf("some volumes were not removed")
