@@ -105,6 +105,11 @@ func TestHostDirectoryShares(t *testing.T) {
 			if os.Geteuid() == 0 && uid == 0 {
 				t.Error("a file written in the guest is owned by root on the host: QEMU was not confined")
 			}
+			// A chown in the guest does not give the host file away.
+			_, _, _ = e.run(nil, "exec", "sh", "--", "chown", "1234:1234", "/mnt/rw/from-guest")
+			if st2, err := os.Stat(filepath.Join(rw, "from-guest")); err != nil || st2.Sys().(*syscall.Stat_t).Uid != uid {
+				t.Errorf("after a chown in the guest the host file is %+v, %v; want it still owned by %d", st2, err, uid)
+			}
 		}
 	})
 	t.Run("ro", func(t *testing.T) {

@@ -263,7 +263,7 @@ type netSettings struct {
 // in the share is returned to the guest as a symlink, which the guest
 // resolves in its own tree), and readonly=on makes QEMU refuse every
 // write, whatever the guest mounts. security_model=none: files are
-// created as QEMU's user and a guest chown is accepted and not applied
+// created as QEMU's user, with the host's modes and owners as they are
 // (see docs/volumes.md, "Ownership").
 func (lc *launchConfig) shares(shares []sdk.ShareSpec) error {
 	for i, sh := range shares {
