@@ -134,3 +134,25 @@ func inspectBox(e *env, name string) model.Box {
 	}
 	return list[0]
 }
+
+// TestMemorySnapshotsOfBoxesWithMountsAreRefused: checkpoint, suspend and
+// fork need a memory image, which cannot hold a share's or a volume's
+// contents; they refuse such a box and leave it running.
+func TestMemorySnapshotsOfBoxesWithMountsAreRefused(t *testing.T) {
+	e := newEnv(t, "")
+	e.ok("volume", "create", "v")
+	e.ok("run", "-d", "--name", "m", "-v", "v:/data", "-v", t.TempDir()+":/share:ro", testImage)
+	for _, args := range [][]string{{"checkpoint", "m", "c1"}, {"suspend", "m"}, {"fork", "m", "--name", "f"}} {
+		_, errs, code := e.cli(args...)
+		if code == 0 || !strings.Contains(errs, "shares or volumes") {
+			t.Errorf("%s: exit %d %s", strings.Join(args, " "), code, errs)
+		}
+	}
+	if b := inspectBox(e, "m"); b.Status != model.StatusRunning {
+		t.Errorf("m is %s after the refusals", b.Status)
+	}
+	if out := e.ok("ls", "-a", "-q"); len(strings.Fields(out)) != 1 {
+		t.Errorf("the refused fork left boxes: %q", out)
+	}
+	e.ok("rm", "-f", "m")
+}
