@@ -96,6 +96,8 @@ func (m *microVMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, err
 		return sdk.LaunchPlan{}, invalid("spec.MemoryMiB = %d: the guest needs 64 MiB", spec.MemoryMiB)
 	case spec.Network.Mode != sdk.NetworkNone && spec.Network.Mode != sdk.NetworkUser:
 		return sdk.LaunchPlan{}, invalid("spec.Network.Mode %d is not supported", spec.Network.Mode)
+	case len(spec.Shares) > 0:
+		return sdk.LaunchPlan{}, invalid("spec.Shares: this example does not share host directories")
 	}
 	qemu, err := exec.LookPath(m.cfg.QEMU)
 	if err != nil {
