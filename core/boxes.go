@@ -106,6 +106,9 @@ func (r *Runtime) newBox(opts BoxOptions) (*model.Box, error) {
 		}
 		seen[key] = true
 	}
+	if err := checkMounts(c.Mounts); err != nil {
+		return nil, fmt.Errorf("create box: %w", err)
+	}
 	if h := c.Health; h != nil {
 		if len(h.Cmd) == 0 || h.Interval <= 0 || h.Timeout <= 0 || h.Retries < 1 {
 			return nil, fmt.Errorf("create box: health check needs a command, a positive interval and timeout, and at least 1 retry: %w", ErrInvalidArgument)
@@ -166,6 +169,9 @@ func nameShadowsID(tx *state.Tx, op, name string) error {
 // so recovery in another process never sees the directory without its
 // record.
 func (r *Runtime) insertBox(tx *state.Tx, b *model.Box) error {
+	if err := checkVolumesExist(tx, b.Config); err != nil {
+		return fmt.Errorf("create box %s: %w", b.Name, err)
+	}
 	if err := tx.PutBox(b); err != nil {
 		return err
 	}

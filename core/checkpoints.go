@@ -54,6 +54,9 @@ func (r *Runtime) CreateCheckpoint(ctx context.Context, ref, name string) (Check
 		return CheckpointInfo{}, err
 	}
 	defer lock.Release()
+	if err := refuseMounts("checkpoint", b); err != nil {
+		return CheckpointInfo{}, err
+	}
 	var existing []model.Checkpoint
 	if err := r.store.View(ctx, func(tx *state.Tx) error {
 		existing, err = tx.Checkpoints(b.ID)

@@ -62,6 +62,9 @@ func (r *Runtime) Fork(ctx context.Context, srcRef string, opts ForkOptions) (Fo
 	if src.Status != model.StatusRunning || !r.runAlive(ctx, src) {
 		return ForkInfo{}, fmt.Errorf("fork %s: the box is %s; only a running box can be forked (boxctl clone copies a stopped one): %w", src.Name, src.Status, ErrInvalidState)
 	}
+	if err := refuseMounts("fork", src); err != nil {
+		return ForkInfo{}, err
+	}
 	if _, err := r.memorySnapshotter(ctx, src, "fork "+src.Name); err != nil {
 		return ForkInfo{}, err
 	}

@@ -145,11 +145,25 @@ func (r *Runtime) startRun(ctx context.Context, b *model.Box, detached bool, rf 
 	if !detached {
 		run.Owner = r.self
 	}
+	var conflict error
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
+		if conflict = volumeConflict(tx, b); conflict != nil {
+			return conflict
+		}
 		var err error
 		b, err = boxstatus.Start(tx, b.ID, run)
 		return err
 	})
+	if conflict != nil && final {
+		// A box that never started because of its volumes goes as any
+		// box whose start failed (run --rm leaves nothing behind).
+		if rerr := r.autoRemoveLocked(context.WithoutCancel(ctx), b); rerr != nil {
+			r.log.Warn("auto-remove after a refused start", "box", b.ID, "error", rerr)
+		}
+	}
+	if conflict != nil {
+		return fmt.Errorf("start %s: %w", b.Name, conflict)
+	}
 	if err != nil {
 		return err
 	}
@@ -219,7 +233,11 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 	if err := r.prepareGuest(ctx, b, &spec); err != nil {
 		return err
 	}
-	spec.KernelArgs = bootArgs(spec, info.Capabilities.AgentTransport)
+	mounts, err := r.prepareMounts(ctx, b, &spec)
+	if err != nil {
+		return err
+	}
+	spec.KernelArgs = bootArgs(spec, info.Capabilities.AgentTransport, mounts...)
 	if spec.Sandbox, err = r.sandboxSpec(ctx, b, info); err != nil {
 		return err
 	}
@@ -346,9 +364,9 @@ func (r *Runtime) verifyInBackground(id string, rf *restoreFrom, cancel context.
 // bootArgs renders the guest boot contract for spec: the disks in spec
 // order (vda is the image's root, vdb the box's writable disk), with a
 // user-mode network its addresses, and the one agent transport the VMM
-// connects over. The VMM appends them to the kernel command line as they
-// are.
-func bootArgs(spec sdk.VMSpec, transport sdk.AgentTransport) []string {
+// connects over, and the box's mounts. The VMM appends them to the kernel
+// command line as they are.
+func bootArgs(spec sdk.VMSpec, transport sdk.AgentTransport, mounts ...guestboot.Mount) []string {
 	c := guestboot.Default()
 	c.ForTransport(transport == sdk.AgentSerial, transport == sdk.AgentVsock)
 	c.Hostname, c.BoxID = hostnameOf(spec.BoxID), spec.BoxID
@@ -367,6 +385,7 @@ func bootArgs(spec sdk.VMSpec, transport sdk.AgentTransport) []string {
 	if spec.Network.Mode == sdk.NetworkUser {
 		c.UserNetwork()
 	}
+	c.Mounts = mounts
 	return c.Args()
 }
 

@@ -46,6 +46,9 @@ func (r *Runtime) Suspend(ctx context.Context, ref string) (SuspendInfo, error) 
 	case b.Status != model.StatusRunning || b.Run == nil || !r.runAlive(ctx, b):
 		return SuspendInfo{}, fmt.Errorf("suspend %s: the box is %s; only a running box can be suspended: %w", b.Name, b.Status, ErrInvalidState)
 	}
+	if err := refuseMounts("suspend", b); err != nil {
+		return SuspendInfo{}, err
+	}
 	ms, err := r.memorySnapshotter(ctx, b, "suspend "+b.Name)
 	if err != nil {
 		return SuspendInfo{}, err

@@ -64,7 +64,7 @@ func (r *Runtime) templateKey(digest, vmm string, c model.BoxConfig) string {
 // capture one, with templates on in the config. When a template exists,
 // the box's writable disk is made as a clone of the template's.
 func (r *Runtime) planTemplate(ctx context.Context, b *model.Box) templatePlan {
-	if !r.cfg.Defaults.BootTemplates || b.Status != model.StatusConfigured || b.DiskCreated || b.ClonedFrom != "" || b.Pending != "" {
+	if !r.cfg.Defaults.BootTemplates || b.Status != model.StatusConfigured || b.DiskCreated || b.ClonedFrom != "" || b.Pending != "" || hasMounts(b) {
 		return templatePlan{}
 	}
 	if !r.canCapture(ctx) {

@@ -167,6 +167,23 @@ type VMSpec struct {
 	// corrupt) makes the plan's process exit non-zero, the reason in its
 	// log.
 	Restore *RestoreSpec
+	// Shares are host directories the guest mounts (package guestboot
+	// names them by Tag). A VMM without directory sharing refuses a spec
+	// with shares (ErrInvalidArgument).
+	Shares []ShareSpec
+}
+
+// ShareSpec is a host directory exposed to the guest as a filesystem. The
+// VMM enforces ReadOnly on the host side and never follows a symlink out of
+// HostPath (a symlink inside the share resolves in the guest, against the
+// guest's own tree).
+type ShareSpec struct {
+	// Tag is the guest's name for the share (a mount tag, at most 31 bytes).
+	Tag string
+	// HostPath is an absolute, symlink-free path of an existing directory,
+	// resolved by the core.
+	HostPath string
+	ReadOnly bool
 }
 
 // DiskRole says what a disk is to the guest.
@@ -178,7 +195,8 @@ const (
 	DiskRoleImage
 	// DiskRoleWritable is the box's writable disk.
 	DiskRoleWritable
-	// DiskRoleData is a further disk (a volume).
+	// DiskRoleData is a further disk: a named volume, which the guest
+	// mounts where package guestboot's mount keys say.
 	DiskRoleData
 )
 
@@ -658,6 +676,9 @@ func specToProto(s VMSpec) *pluginv1.VMSpec {
 	if r := s.Restore; r != nil {
 		out.Restore = &pluginv1.RestoreSpec{Path: r.Path, Inputs: r.Inputs}
 	}
+	for _, sh := range s.Shares {
+		out.Shares = append(out.Shares, &pluginv1.ShareSpec{Tag: sh.Tag, HostPath: sh.HostPath, ReadOnly: sh.ReadOnly})
+	}
 	return out
 }
 
@@ -705,6 +726,9 @@ func specFromProto(p *pluginv1.VMSpec) VMSpec {
 	}
 	if r := p.GetRestore(); r != nil {
 		s.Restore = &RestoreSpec{Path: r.GetPath(), Inputs: r.GetInputs()}
+	}
+	for _, sh := range p.GetShares() {
+		s.Shares = append(s.Shares, ShareSpec{Tag: sh.GetTag(), HostPath: sh.GetHostPath(), ReadOnly: sh.GetReadOnly()})
 	}
 	return s
 }

@@ -91,6 +91,7 @@ Environment:
 		a.checkpointCommand(),
 		a.suspendCommand(),
 		a.forkCommand(),
+		a.volumeCommand(),
 	)
 	root.AddCommand(a.pauseCommands()...)
 	root.AddCommand(a.archiveCommands()...)

@@ -37,6 +37,7 @@ type boxFlags struct {
 	// network is the network mode; allowNet the egress allow-list.
 	network  string
 	allowNet []string
+	volumes  []string
 }
 
 func (f *boxFlags) register(c *cobra.Command) {
@@ -53,6 +54,7 @@ func (f *boxFlags) register(c *cobra.Command) {
 	fl.StringArrayVarP(&f.labels, "label", "l", nil, "set a label (KEY=VALUE); repeatable")
 	fl.StringVar(&f.platform, "platform", "", "image platform, e.g. linux/arm64 (default: this host's)")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "forward a host port to the box: [HOSTIP:]HOSTPORT:BOXPORT[/tcp|udp]; repeatable")
+	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "mount a host directory (HOSTDIR:/PATH[:ro], HOSTDIR absolute or ./relative) or a named volume (NAME:/PATH[:ro]) in the box; repeatable (see docs/volumes.md)")
 	fl.BoolVar(&f.allowHostLoopback, "allow-host-loopback", false, "let the box reach services on the host's loopback (as 10.0.2.2) and on the host's own addresses (default: blocked; see docs/networking.md)")
 	fl.StringVar(&f.network, "network", "", `network mode: "user" (outbound through the host) or "none" (no network device) (default from the config: user)`)
 	fl.StringArrayVar(&f.allowNet, "allow-net", nil, "reach only these destinations: HOST[:PORT] or CIDR[:PORT] (names resolved by the host; everything else, other DNS servers included, is refused); repeatable")
@@ -127,6 +129,13 @@ func (f *boxFlags) options(cc *cobra.Command, image string, cmd []string, lookup
 			return core.BoxOptions{}, err
 		}
 		c.Ports = append(c.Ports, pm)
+	}
+	for _, v := range f.volumes {
+		m, err := core.ParseMount(v)
+		if err != nil {
+			return core.BoxOptions{}, fmt.Errorf("-v %s: %w", v, err)
+		}
+		c.Mounts = append(c.Mounts, m)
 	}
 	if len(f.labels) > 0 {
 		c.Labels = map[string]string{}

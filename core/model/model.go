@@ -88,6 +88,37 @@ type BoxConfig struct {
 	// CIDR[:PORT]; see sdk.ParseNetworkAllow): when not empty, only these
 	// destinations are reachable. Validated at create.
 	AllowNet []string `json:"allow_net,omitempty"`
+	// Mounts are host directories and named volumes mounted in the box.
+	Mounts []Mount `json:"mounts,omitempty"`
+}
+
+// MountKind says what a Mount's source is.
+type MountKind string
+
+const (
+	// MountBind shares a host directory (Source, absolute) with the box.
+	MountBind MountKind = "bind"
+	// MountVolume attaches the named volume Source.
+	MountVolume MountKind = "volume"
+)
+
+// Mount is a host directory or a named volume mounted at Target, an
+// absolute path in the box.
+type Mount struct {
+	Kind     MountKind `json:"kind"`
+	Source   string    `json:"source"`
+	Target   string    `json:"target"`
+	ReadOnly bool      `json:"read_only,omitempty"`
+}
+
+// Volume is a named data disk in the storage plugin's store that outlives
+// the boxes it is attached to.
+type Volume struct {
+	Name string `json:"name"`
+	// DiskID is the storage plugin's disk.
+	DiskID    string    `json:"disk_id"`
+	Size      uint64    `json:"size"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // Network modes of a box.

@@ -110,3 +110,44 @@ func (tx *Tx) Templates() ([]model.Template, error) {
 	})
 	return out, err
 }
+
+// PutVolume records a named volume.
+func (tx *Tx) PutVolume(v model.Volume) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.btx.Bucket(bucketVolumes).Put([]byte(v.Name), b)
+}
+
+// Volume returns the named volume, or model.ErrNotFound.
+func (tx *Tx) Volume(name string) (model.Volume, error) {
+	var v model.Volume
+	b := tx.btx.Bucket(bucketVolumes).Get([]byte(name))
+	if b == nil {
+		return v, fmt.Errorf("volume %s: %w", name, model.ErrNotFound)
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return v, fmt.Errorf("decode volume %s: %w", name, err)
+	}
+	return v, nil
+}
+
+// DeleteVolume removes a volume record.
+func (tx *Tx) DeleteVolume(name string) error {
+	return tx.btx.Bucket(bucketVolumes).Delete([]byte(name))
+}
+
+// Volumes lists every volume record, by name.
+func (tx *Tx) Volumes() ([]model.Volume, error) {
+	var out []model.Volume
+	err := tx.btx.Bucket(bucketVolumes).ForEach(func(k, b []byte) error {
+		var v model.Volume
+		if err := json.Unmarshal(b, &v); err != nil {
+			return fmt.Errorf("decode volume %q: %w", k, err)
+		}
+		out = append(out, v)
+		return nil
+	})
+	return out, err
+}

@@ -95,6 +95,9 @@ func boxToPB(b *model.Box) *statepb.Box {
 		SandboxUid:     b.SandboxUID,
 		Vmm:            b.VMM,
 	}
+	for _, m := range c.Mounts {
+		pb.Config.Mounts = append(pb.Config.Mounts, &statepb.Mount{Kind: string(m.Kind), Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+	}
 	for _, pm := range c.Ports {
 		pb.Config.Ports = append(pb.Config.Ports, &statepb.PortMapping{HostIp: pm.HostIP, HostPort: uint32(pm.HostPort), GuestPort: uint32(pm.GuestPort), Protocol: pm.Protocol})
 	}
@@ -171,6 +174,9 @@ func boxFromPB(pb *statepb.Box) *model.Box {
 	}
 	if c.GetCmdSet() {
 		b.Config.Cmd = append([]string{}, c.GetCmd()...)
+	}
+	for _, m := range c.GetMounts() {
+		b.Config.Mounts = append(b.Config.Mounts, model.Mount{Kind: model.MountKind(m.GetKind()), Source: m.GetSource(), Target: m.GetTarget(), ReadOnly: m.GetReadOnly()})
 	}
 	for _, pm := range c.GetPorts() {
 		b.Config.Ports = append(b.Config.Ports, model.PortMapping{HostIP: pm.GetHostIp(), HostPort: uint16(pm.GetHostPort()), GuestPort: uint16(pm.GetGuestPort()), Protocol: pm.GetProtocol()})

@@ -249,6 +249,30 @@ func decodeConfigWire(v []byte, c *model.BoxConfig, entry, cmd *[]string, entryS
 				return false
 			}
 			c.AllowNet = append(c.AllowNet, a)
+		case 21:
+			if typ != protowire.BytesType {
+				return false
+			}
+			var m model.Mount
+			if !fields(raw, func(num protowire.Number, typ protowire.Type, val uint64, raw []byte) bool {
+				switch num {
+				case 1:
+					var k string
+					ok := str(typ, raw, &k)
+					m.Kind = model.MountKind(k)
+					return ok
+				case 2:
+					return str(typ, raw, &m.Source)
+				case 3:
+					return str(typ, raw, &m.Target)
+				case 4:
+					return boolean(typ, val, &m.ReadOnly)
+				}
+				return true
+			}) {
+				return false
+			}
+			c.Mounts = append(c.Mounts, m)
 		}
 		return true
 	})

@@ -45,6 +45,7 @@ var (
 	// Memory snapshots (memstate.go).
 	bucketCheckpoints = []byte("checkpoints")
 	bucketTemplates   = []byte("templates")
+	bucketVolumes     = []byte("volumes")
 	keySchema         = []byte("schema_version")
 	keyBoxCount       = []byte("box_count")
 )
@@ -119,7 +120,7 @@ func (s *Store) initSchema(btx *bolt.Tx) error {
 	if version > SchemaVersion {
 		return fmt.Errorf("%s has schema version %d, this boxctl understands up to %d: %w; upgrade boxctl", s.db.Path, version, SchemaVersion, ErrSchemaTooNew)
 	}
-	for _, b := range [][]byte{bucketBoxes, bucketNames, bucketAttention, bucketBases, bucketSnapshots, bucketCounters, bucketCheckpoints, bucketTemplates} {
+	for _, b := range [][]byte{bucketBoxes, bucketNames, bucketAttention, bucketBases, bucketSnapshots, bucketCounters, bucketCheckpoints, bucketTemplates, bucketVolumes} {
 		if _, err := btx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}

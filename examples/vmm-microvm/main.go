@@ -99,6 +99,8 @@ func (m *microVMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, err
 	case len(spec.Network.Allow) > 0 && spec.Network.Mode != sdk.NetworkUser:
 		// An allow-list this VMM dropped would leave the box unconfined.
 		return sdk.LaunchPlan{}, invalid("spec.Network.Allow: an allow-list needs the user-mode network")
+	case len(spec.Shares) > 0:
+		return sdk.LaunchPlan{}, invalid("spec.Shares: this example does not share host directories")
 	}
 	qemu, err := exec.LookPath(m.cfg.QEMU)
 	if err != nil {

@@ -82,9 +82,16 @@ func Main(version string) {
 	p.log.Debug("agent started", "since_kernel_start", time.Duration(boot.Nano()).Round(time.Millisecond), "runtime_start", time.Since(began).Round(time.Microsecond))
 	warnf := func(f string, a ...any) { p.log.Warn(fmt.Sprintf(f, a...)) }
 	debugf := func(f string, a ...any) { p.log.Debug(fmt.Sprintf(f, a...)) }
-	var skip map[string]bool
+	skip := map[string]bool{}
 	if cfg.VsockPort == 0 {
-		skip = vsockModules
+		for m := range vsockModules {
+			skip[m] = true
+		}
+	}
+	if !cfg.Has9p() {
+		for m := range ninePModules {
+			skip[m] = true
+		}
 	}
 	if err := loadModules(filepath.Join("/lib/modules", release), skip, warnf, debugf); err != nil && errors.Is(err, os.ErrNotExist) {
 		p.log.Warn("no kernel modules in the initramfs", "release", release)
@@ -338,7 +345,64 @@ func (p *pid1) mountBoxRoot(cfg BootConfig) error {
 		return fmt.Errorf("mount overlay: %w", err)
 	}
 	p.upper = upper
-	return p.populateBoxRoot(cfg)
+	if err := p.populateBoxRoot(cfg); err != nil {
+		return err
+	}
+	return mountShares(cfg.Mounts)
+}
+
+// mountShares mounts the box's host directory shares and volumes at their
+// targets inside the box root, creating missing target directories there
+// (resolved inside the root, like populateBoxRoot's). A mount that fails
+// fails the box root: a box must not run with its data silently missing.
+func mountShares(mounts []guestboot.Mount) error {
+	for _, m := range mounts {
+		if err := mkdirAllInRoot(boxRoot, m.Target); err != nil {
+			return fmt.Errorf("mount point %s: %w", m.Target, err)
+		}
+		var flags uintptr = unix.MS_NOSUID | unix.MS_NODEV
+		if m.ReadOnly {
+			flags |= unix.MS_RDONLY
+		}
+		switch m.Kind {
+		case guestboot.Mount9p:
+			// msize: 9p's default of 8 KiB makes every read and write a round trip of 8 KiB.
+			err := mountInRoot(m.Source, m.Target, "9p", flags, "trans=virtio,version=9p2000.L,msize=524288,cache=none")
+			if errors.Is(err, unix.ENODEV) {
+				return fmt.Errorf("host directory share %s: this guest kernel has no 9p filesystem (build the guest with a kernel that has CONFIG_9P_FS and CONFIG_NET_9P_VIRTIO; see docs/volumes.md): %w", m.Target, err)
+			}
+			if err != nil {
+				return fmt.Errorf("host directory share %s: %w", m.Target, err)
+			}
+		case guestboot.MountDisk:
+			dev := devPath(m.Source)
+			if err := waitDevice(dev, 10*time.Second); err != nil {
+				return fmt.Errorf("volume at %s: %w", m.Target, err)
+			}
+			err := mountInRoot(dev, m.Target, guestboot.FSType, flags|unix.MS_NOATIME, "")
+			if err != nil && m.ReadOnly {
+				// A journal left to replay cannot be replayed read-only.
+				err = mountInRoot(dev, m.Target, guestboot.FSType, flags|unix.MS_NOATIME, "noload")
+			}
+			if err != nil {
+				return fmt.Errorf("volume at %s (%s): %w", m.Target, dev, err)
+			}
+		}
+	}
+	return nil
+}
+
+// mkdirAllInRoot makes directory p and its parents inside root, each step
+// resolved inside root.
+func mkdirAllInRoot(root, p string) error {
+	cur := "/"
+	for _, part := range strings.Split(strings.Trim(filepath.Clean(p), "/"), "/") {
+		cur = filepath.Join(cur, part)
+		if err := mkdirInRoot(root, cur, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func mountReadOnly(dev, dst, fstype string) error {

@@ -70,6 +70,10 @@ func readModuleSet(dir string) (*moduleSet, error) {
 // some 35 ms of a TCG boot.
 var vsockModules = map[string]bool{"vsock": true, "vmw_vsock_virtio_transport_common": true, "vmw_vsock_virtio_transport": true}
 
+// ninePModules are the modules of virtio-9p host directory shares: the
+// agent loads them only when the boot contract names a 9p share.
+var ninePModules = map[string]bool{"9p": true, "9pnet": true, "9pnet_virtio": true, "netfs": true, "fscache": true}
+
 // loadOrder returns the modules of the set with every module after its dependencies,
 // leaving out those skip names unless another module needs them.
 func (ms *moduleSet) loadOrder(skip map[string]bool) ([]string, error) {

@@ -14,6 +14,9 @@
 //   - Network: with NetworkUser the guest is GuestAddr in Subnet, with
 //     GatewayAddr as its gateway and DNSAddr as its resolver (QEMU slirp's
 //     layout, which package sdk/usernet serves).
+//   - Mounts: each boxctl.mount key names a filesystem the agent mounts at a
+//     path inside the box root once the root is up: a 9p share by its tag
+//     (ShareSpec.Tag) or a data disk by its device name, read-only or not.
 //   - Console: the guest kernel's console goes to the plan's console log
 //     (console=ttyS0 on x86 QEMU; the VMM chooses the device).
 //
@@ -25,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 )
@@ -43,7 +47,62 @@ const (
 	KeyDebug      = "boxctl.debug"      // verbose agent logging
 	KeyIP         = "boxctl.ip"         // the first NIC's ADDR/PREFIX
 	KeyGateway    = "boxctl.gw"         // its default gateway
+	// KeyMount is repeated, one per mount: KIND:SOURCE:TARGET:MODE, TARGET
+	// percent-encoded (Mount.arg).
+	KeyMount = "boxctl.mount"
 )
+
+// Mount kinds.
+const (
+	// Mount9p is a virtio-9p share; Source is its mount tag.
+	Mount9p = "9p"
+	// MountDisk is an ext4 data disk; Source is its device name (vdc...).
+	MountDisk = "disk"
+)
+
+// Mount is a filesystem the agent mounts in the box root.
+type Mount struct {
+	Kind   string
+	Source string
+	// Target is an absolute path inside the box root.
+	Target   string
+	ReadOnly bool
+}
+
+func (m Mount) arg() string {
+	mode := "rw"
+	if m.ReadOnly {
+		mode = "ro"
+	}
+	return m.Kind + ":" + m.Source + ":" + strings.ReplaceAll(url.PathEscape(m.Target), ":", "%3A") + ":" + mode
+}
+
+func parseMount(val string) (Mount, error) {
+	f := strings.Split(val, ":")
+	if len(f) != 4 {
+		return Mount{}, errors.New("want KIND:SOURCE:TARGET:ro|rw")
+	}
+	m := Mount{Kind: f[0], Source: f[1]}
+	if m.Kind != Mount9p && m.Kind != MountDisk {
+		return Mount{}, fmt.Errorf("unknown kind %q", m.Kind)
+	}
+	if m.Source == "" {
+		return Mount{}, errors.New("empty source")
+	}
+	t, err := url.PathUnescape(f[2])
+	if err != nil || !strings.HasPrefix(t, "/") {
+		return Mount{}, errors.New("target is not an absolute path")
+	}
+	m.Target = t
+	switch f[3] {
+	case "ro":
+		m.ReadOnly = true
+	case "rw":
+	default:
+		return Mount{}, fmt.Errorf("mode %q is neither ro nor rw", f[3])
+	}
+	return m, nil
+}
 
 // Defaults of the contract.
 const (
@@ -105,6 +164,19 @@ type Config struct {
 	// the VM has only loopback.
 	Addr    netip.Prefix
 	Gateway netip.Addr
+	// Mounts are mounted in the box root in order, after the root.
+	Mounts []Mount
+}
+
+// Has9p says whether any mount is a 9p share: only then does the guest
+// load the 9p modules.
+func (c Config) Has9p() bool {
+	for _, m := range c.Mounts {
+		if m.Kind == Mount9p {
+			return true
+		}
+	}
+	return false
 }
 
 // Default is the configuration a guest assumes for keys not given.
@@ -161,6 +233,9 @@ func (c Config) Args() []string {
 	}
 	if c.Debug {
 		args = append(args, KeyDebug+"=1")
+	}
+	for _, m := range c.Mounts {
+		args = append(args, KeyMount+"="+m.arg())
 	}
 	return args
 }
@@ -228,6 +303,13 @@ func Parse(cmdline string) (Config, []string) {
 				continue
 			}
 			c.Gateway = a
+		case KeyMount:
+			m, err := parseMount(val)
+			if err != nil {
+				warnings = append(warnings, fmt.Sprintf("ignoring %s: %v", f, err))
+				continue
+			}
+			c.Mounts = append(c.Mounts, m)
 		default:
 			warnings = append(warnings, fmt.Sprintf("ignoring unknown parameter %s", f))
 		}

@@ -66,3 +66,39 @@ func TestValidHostname(t *testing.T) {
 		}
 	}
 }
+
+func TestMountsRoundTrip(t *testing.T) {
+	c := Default()
+	c.Mounts = []Mount{
+		{Kind: Mount9p, Source: "share0", Target: "/srv/my data:1", ReadOnly: true},
+		{Kind: MountDisk, Source: "vdc", Target: "/data"},
+	}
+	args := c.Args()
+	got, warnings := Parse(strings.Join(args, " "))
+	if len(warnings) != 0 {
+		t.Fatalf("warnings %v for %v", warnings, args)
+	}
+	if !reflect.DeepEqual(got.Mounts, c.Mounts) {
+		t.Fatalf("mounts %+v, want %+v (args %v)", got.Mounts, c.Mounts, args)
+	}
+	if !got.Has9p() {
+		t.Fatal("Has9p false with a 9p mount")
+	}
+	for _, a := range args {
+		if strings.ContainsAny(a, " \t") {
+			t.Fatalf("argument %q has whitespace", a)
+		}
+	}
+}
+
+func TestBadMountsAreWarnings(t *testing.T) {
+	for _, arg := range []string{"boxctl.mount=9p:tag:/x", "boxctl.mount=nfs:a:/x:rw", "boxctl.mount=9p:tag:rel:rw", "boxctl.mount=disk::/x:rw", "boxctl.mount=disk:vdc:/x:rx"} {
+		c, w := Parse(arg)
+		if len(c.Mounts) != 0 || len(w) != 1 {
+			t.Errorf("%s: mounts %+v, warnings %v; want none and one warning", arg, c.Mounts, w)
+		}
+	}
+	if c, _ := Parse("quiet"); c.Has9p() {
+		t.Error("Has9p true without mounts")
+	}
+}

@@ -182,6 +182,7 @@ type BoxConfig struct {
 	AllowHostLoopback bool                   `protobuf:"varint,20,opt,name=allow_host_loopback,json=allowHostLoopback,proto3" json:"allow_host_loopback,omitempty"`
 	NetworkMode       string                 `protobuf:"bytes,22,opt,name=network_mode,json=networkMode,proto3" json:"network_mode,omitempty"`
 	AllowNet          []string               `protobuf:"bytes,23,rep,name=allow_net,json=allowNet,proto3" json:"allow_net,omitempty"`
+	Mounts            []*Mount               `protobuf:"bytes,21,rep,name=mounts,proto3" json:"mounts,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -356,6 +357,85 @@ func (x *BoxConfig) GetAllowNet() []string {
 	return nil
 }
 
+func (x *BoxConfig) GetMounts() []*Mount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
+// Mount is a host directory or a named volume mounted in the box.
+type Mount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "bind" (a host directory) or "volume".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The host directory (absolute) or the volume's name.
+	Source string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	// The absolute path in the box.
+	Target        string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	ReadOnly      bool   `protobuf:"varint,4,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mount) Reset() {
+	*x = Mount{}
+	mi := &file_core_state_statepb_records_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mount) ProtoMessage() {}
+
+func (x *Mount) ProtoReflect() protoreflect.Message {
+	mi := &file_core_state_statepb_records_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mount.ProtoReflect.Descriptor instead.
+func (*Mount) Descriptor() ([]byte, []int) {
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Mount) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Mount) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Mount) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *Mount) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
 type PortMapping struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	HostIp        string                 `protobuf:"bytes,1,opt,name=host_ip,json=hostIp,proto3" json:"host_ip,omitempty"`
@@ -368,7 +448,7 @@ type PortMapping struct {
 
 func (x *PortMapping) Reset() {
 	*x = PortMapping{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[3]
+	mi := &file_core_state_statepb_records_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -380,7 +460,7 @@ func (x *PortMapping) String() string {
 func (*PortMapping) ProtoMessage() {}
 
 func (x *PortMapping) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[3]
+	mi := &file_core_state_statepb_records_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -393,7 +473,7 @@ func (x *PortMapping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortMapping.ProtoReflect.Descriptor instead.
 func (*PortMapping) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{3}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PortMapping) GetHostIp() string {
@@ -436,7 +516,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[4]
+	mi := &file_core_state_statepb_records_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +528,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[4]
+	mi := &file_core_state_statepb_records_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +541,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{4}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Exit) GetCode() int64 {
@@ -515,7 +595,7 @@ type Run struct {
 
 func (x *Run) Reset() {
 	*x = Run{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[5]
+	mi := &file_core_state_statepb_records_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +607,7 @@ func (x *Run) String() string {
 func (*Run) ProtoMessage() {}
 
 func (x *Run) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[5]
+	mi := &file_core_state_statepb_records_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +620,7 @@ func (x *Run) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Run.ProtoReflect.Descriptor instead.
 func (*Run) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{5}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Run) GetId() string {
@@ -660,7 +740,7 @@ type Pause struct {
 
 func (x *Pause) Reset() {
 	*x = Pause{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	mi := &file_core_state_statepb_records_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -672,7 +752,7 @@ func (x *Pause) String() string {
 func (*Pause) ProtoMessage() {}
 
 func (x *Pause) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[6]
+	mi := &file_core_state_statepb_records_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -685,7 +765,7 @@ func (x *Pause) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pause.ProtoReflect.Descriptor instead.
 func (*Pause) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{6}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Pause) GetCause() string {
@@ -728,7 +808,7 @@ type Health struct {
 
 func (x *Health) Reset() {
 	*x = Health{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[7]
+	mi := &file_core_state_statepb_records_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +820,7 @@ func (x *Health) String() string {
 func (*Health) ProtoMessage() {}
 
 func (x *Health) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[7]
+	mi := &file_core_state_statepb_records_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +833,7 @@ func (x *Health) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Health.ProtoReflect.Descriptor instead.
 func (*Health) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{7}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Health) GetStatus() string {
@@ -798,7 +878,7 @@ type ImageConfig struct {
 
 func (x *ImageConfig) Reset() {
 	*x = ImageConfig{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[8]
+	mi := &file_core_state_statepb_records_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -810,7 +890,7 @@ func (x *ImageConfig) String() string {
 func (*ImageConfig) ProtoMessage() {}
 
 func (x *ImageConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[8]
+	mi := &file_core_state_statepb_records_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -823,7 +903,7 @@ func (x *ImageConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageConfig.ProtoReflect.Descriptor instead.
 func (*ImageConfig) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{8}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ImageConfig) GetEntrypoint() []string {
@@ -893,7 +973,7 @@ type Box struct {
 
 func (x *Box) Reset() {
 	*x = Box{}
-	mi := &file_core_state_statepb_records_proto_msgTypes[9]
+	mi := &file_core_state_statepb_records_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +985,7 @@ func (x *Box) String() string {
 func (*Box) ProtoMessage() {}
 
 func (x *Box) ProtoReflect() protoreflect.Message {
-	mi := &file_core_state_statepb_records_proto_msgTypes[9]
+	mi := &file_core_state_statepb_records_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +998,7 @@ func (x *Box) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Box.ProtoReflect.Descriptor instead.
 func (*Box) Descriptor() ([]byte, []int) {
-	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{9}
+	return file_core_state_statepb_records_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Box) GetId() string {
@@ -1057,7 +1137,7 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ns\x18\x03 \x01(\x03R\ttimeoutNs\x12\x18\n" +
 	"\aretries\x18\x04 \x01(\x03R\aretries\x12&\n" +
-	"\x0fstart_period_ns\x18\x05 \x01(\x03R\rstartPeriodNs\"\xd4\x05\n" +
+	"\x0fstart_period_ns\x18\x05 \x01(\x03R\rstartPeriodNs\"\x84\x06\n" +
 	"\tBoxConfig\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x1e\n" +
 	"\n" +
@@ -1084,10 +1164,16 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x05ports\x18\x11 \x03(\v2\x1c.boxctl.state.v1.PortMappingR\x05ports\x12.\n" +
 	"\x13allow_host_loopback\x18\x14 \x01(\bR\x11allowHostLoopback\x12!\n" +
 	"\fnetwork_mode\x18\x16 \x01(\tR\vnetworkMode\x12\x1b\n" +
-	"\tallow_net\x18\x17 \x03(\tR\ballowNet\x1a9\n" +
+	"\tallow_net\x18\x17 \x03(\tR\ballowNet\x12.\n" +
+	"\x06mounts\x18\x15 \x03(\v2\x16.boxctl.state.v1.MountR\x06mounts\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"~\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
+	"\x05Mount\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\tR\x06target\x12\x1b\n" +
+	"\tread_only\x18\x04 \x01(\bR\breadOnly\"~\n" +
 	"\vPortMapping\x12\x17\n" +
 	"\ahost_ip\x18\x01 \x01(\tR\x06hostIp\x12\x1b\n" +
 	"\thost_port\x18\x02 \x01(\rR\bhostPort\x12\x1d\n" +
@@ -1176,38 +1262,40 @@ func file_core_state_statepb_records_proto_rawDescGZIP() []byte {
 	return file_core_state_statepb_records_proto_rawDescData
 }
 
-var file_core_state_statepb_records_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_core_state_statepb_records_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_core_state_statepb_records_proto_goTypes = []any{
 	(*Ident)(nil),       // 0: boxctl.state.v1.Ident
 	(*HealthCheck)(nil), // 1: boxctl.state.v1.HealthCheck
 	(*BoxConfig)(nil),   // 2: boxctl.state.v1.BoxConfig
-	(*PortMapping)(nil), // 3: boxctl.state.v1.PortMapping
-	(*Exit)(nil),        // 4: boxctl.state.v1.Exit
-	(*Run)(nil),         // 5: boxctl.state.v1.Run
-	(*Pause)(nil),       // 6: boxctl.state.v1.Pause
-	(*Health)(nil),      // 7: boxctl.state.v1.Health
-	(*ImageConfig)(nil), // 8: boxctl.state.v1.ImageConfig
-	(*Box)(nil),         // 9: boxctl.state.v1.Box
-	nil,                 // 10: boxctl.state.v1.BoxConfig.LabelsEntry
+	(*Mount)(nil),       // 3: boxctl.state.v1.Mount
+	(*PortMapping)(nil), // 4: boxctl.state.v1.PortMapping
+	(*Exit)(nil),        // 5: boxctl.state.v1.Exit
+	(*Run)(nil),         // 6: boxctl.state.v1.Run
+	(*Pause)(nil),       // 7: boxctl.state.v1.Pause
+	(*Health)(nil),      // 8: boxctl.state.v1.Health
+	(*ImageConfig)(nil), // 9: boxctl.state.v1.ImageConfig
+	(*Box)(nil),         // 10: boxctl.state.v1.Box
+	nil,                 // 11: boxctl.state.v1.BoxConfig.LabelsEntry
 }
 var file_core_state_statepb_records_proto_depIdxs = []int32{
-	10, // 0: boxctl.state.v1.BoxConfig.labels:type_name -> boxctl.state.v1.BoxConfig.LabelsEntry
+	11, // 0: boxctl.state.v1.BoxConfig.labels:type_name -> boxctl.state.v1.BoxConfig.LabelsEntry
 	1,  // 1: boxctl.state.v1.BoxConfig.health:type_name -> boxctl.state.v1.HealthCheck
-	3,  // 2: boxctl.state.v1.BoxConfig.ports:type_name -> boxctl.state.v1.PortMapping
-	0,  // 3: boxctl.state.v1.Run.owner:type_name -> boxctl.state.v1.Ident
-	0,  // 4: boxctl.state.v1.Run.monitor:type_name -> boxctl.state.v1.Ident
-	0,  // 5: boxctl.state.v1.Run.vm:type_name -> boxctl.state.v1.Ident
-	4,  // 6: boxctl.state.v1.Run.exit:type_name -> boxctl.state.v1.Exit
-	6,  // 7: boxctl.state.v1.Run.pause:type_name -> boxctl.state.v1.Pause
-	2,  // 8: boxctl.state.v1.Box.config:type_name -> boxctl.state.v1.BoxConfig
-	5,  // 9: boxctl.state.v1.Box.run:type_name -> boxctl.state.v1.Run
-	7,  // 10: boxctl.state.v1.Box.health:type_name -> boxctl.state.v1.Health
-	8,  // 11: boxctl.state.v1.Box.image:type_name -> boxctl.state.v1.ImageConfig
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	4,  // 2: boxctl.state.v1.BoxConfig.ports:type_name -> boxctl.state.v1.PortMapping
+	3,  // 3: boxctl.state.v1.BoxConfig.mounts:type_name -> boxctl.state.v1.Mount
+	0,  // 4: boxctl.state.v1.Run.owner:type_name -> boxctl.state.v1.Ident
+	0,  // 5: boxctl.state.v1.Run.monitor:type_name -> boxctl.state.v1.Ident
+	0,  // 6: boxctl.state.v1.Run.vm:type_name -> boxctl.state.v1.Ident
+	5,  // 7: boxctl.state.v1.Run.exit:type_name -> boxctl.state.v1.Exit
+	7,  // 8: boxctl.state.v1.Run.pause:type_name -> boxctl.state.v1.Pause
+	2,  // 9: boxctl.state.v1.Box.config:type_name -> boxctl.state.v1.BoxConfig
+	6,  // 10: boxctl.state.v1.Box.run:type_name -> boxctl.state.v1.Run
+	8,  // 11: boxctl.state.v1.Box.health:type_name -> boxctl.state.v1.Health
+	9,  // 12: boxctl.state.v1.Box.image:type_name -> boxctl.state.v1.ImageConfig
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_core_state_statepb_records_proto_init() }
@@ -1221,7 +1309,7 @@ func file_core_state_statepb_records_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_core_state_statepb_records_proto_rawDesc), len(file_core_state_statepb_records_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

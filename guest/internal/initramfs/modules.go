@@ -27,6 +27,8 @@ var DefaultModules = []string{
 	"overlay",                    // the box root
 	"ext4",                       // image and writable disks
 	"crc32c_generic",             // ext4 metadata checksums
+	"9p",                         // host directory shares (-v HOSTDIR:...), loaded only for a box that has one
+	"9pnet_virtio",               // their virtio transport
 }
 
 // Module is a kernel module chosen for the initramfs.

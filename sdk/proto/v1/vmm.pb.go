@@ -544,7 +544,11 @@ type VMSpec struct {
 	// StateInputs(spec): such a state must be discarded. A state that cannot
 	// be loaded (truncated, corrupt) makes the plan's process exit non-zero,
 	// the reason in its log.
-	Restore       *RestoreSpec `protobuf:"bytes,9,opt,name=restore,proto3" json:"restore,omitempty"`
+	Restore *RestoreSpec `protobuf:"bytes,9,opt,name=restore,proto3" json:"restore,omitempty"`
+	// Host directories shared with the guest (sdk/guestboot names them to the
+	// agent by tag). A VMM that cannot share directories refuses a spec with
+	// shares (INVALID_ARGUMENT).
+	Shares        []*ShareSpec `protobuf:"bytes,10,rep,name=shares,proto3" json:"shares,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -642,6 +646,78 @@ func (x *VMSpec) GetRestore() *RestoreSpec {
 	return nil
 }
 
+func (x *VMSpec) GetShares() []*ShareSpec {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+// ShareSpec is a host directory the VMM exposes to the guest as a
+// filesystem. The host side enforces read_only and never follows a symlink
+// out of host_path.
+type ShareSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The guest's name for the share (mount tag).
+	Tag string `protobuf:"bytes,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	// An absolute, symlink-free path of an existing directory.
+	HostPath      string `protobuf:"bytes,2,opt,name=host_path,json=hostPath,proto3" json:"host_path,omitempty"`
+	ReadOnly      bool   `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShareSpec) Reset() {
+	*x = ShareSpec{}
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShareSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShareSpec) ProtoMessage() {}
+
+func (x *ShareSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShareSpec.ProtoReflect.Descriptor instead.
+func (*ShareSpec) Descriptor() ([]byte, []int) {
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ShareSpec) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *ShareSpec) GetHostPath() string {
+	if x != nil {
+		return x.HostPath
+	}
+	return ""
+}
+
+func (x *ShareSpec) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
 // RestoreSpec names a saved state to start a VM from.
 type RestoreSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -655,7 +731,7 @@ type RestoreSpec struct {
 
 func (x *RestoreSpec) Reset() {
 	*x = RestoreSpec{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[6]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +743,7 @@ func (x *RestoreSpec) String() string {
 func (*RestoreSpec) ProtoMessage() {}
 
 func (x *RestoreSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[6]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +756,7 @@ func (x *RestoreSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreSpec.ProtoReflect.Descriptor instead.
 func (*RestoreSpec) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{6}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RestoreSpec) GetPath() string {
@@ -719,7 +795,7 @@ type Sandbox struct {
 
 func (x *Sandbox) Reset() {
 	*x = Sandbox{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[7]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +807,7 @@ func (x *Sandbox) String() string {
 func (*Sandbox) ProtoMessage() {}
 
 func (x *Sandbox) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[7]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +820,7 @@ func (x *Sandbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sandbox.ProtoReflect.Descriptor instead.
 func (*Sandbox) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{7}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Sandbox) GetDisabled() bool {
@@ -784,7 +860,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[8]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +872,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[8]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +885,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{8}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PlanRequest) GetSpec() *VMSpec {
@@ -859,7 +935,7 @@ type LaunchPlan struct {
 
 func (x *LaunchPlan) Reset() {
 	*x = LaunchPlan{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[9]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +947,7 @@ func (x *LaunchPlan) String() string {
 func (*LaunchPlan) ProtoMessage() {}
 
 func (x *LaunchPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[9]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +960,7 @@ func (x *LaunchPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchPlan.ProtoReflect.Descriptor instead.
 func (*LaunchPlan) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{9}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LaunchPlan) GetArgv() []string {
@@ -959,7 +1035,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[10]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1047,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[10]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1060,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{10}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PlanResponse) GetPlan() *LaunchPlan {
@@ -1008,7 +1084,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[11]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1096,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[11]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1109,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{11}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StopRequest) GetHandle() []byte {
@@ -1065,7 +1141,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[12]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1153,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[12]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1166,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{12}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{13}
 }
 
 type ControlRequest struct {
@@ -1103,7 +1179,7 @@ type ControlRequest struct {
 
 func (x *ControlRequest) Reset() {
 	*x = ControlRequest{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[13]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1191,7 @@ func (x *ControlRequest) String() string {
 func (*ControlRequest) ProtoMessage() {}
 
 func (x *ControlRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[13]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1204,7 @@ func (x *ControlRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRequest.ProtoReflect.Descriptor instead.
 func (*ControlRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{13}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ControlRequest) GetHandle() []byte {
@@ -1153,7 +1229,7 @@ type ControlResponse struct {
 
 func (x *ControlResponse) Reset() {
 	*x = ControlResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[14]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1241,7 @@ func (x *ControlResponse) String() string {
 func (*ControlResponse) ProtoMessage() {}
 
 func (x *ControlResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[14]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1254,7 @@ func (x *ControlResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlResponse.ProtoReflect.Descriptor instead.
 func (*ControlResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{14}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{15}
 }
 
 type MetricsResponse struct {
@@ -1196,7 +1272,7 @@ type MetricsResponse struct {
 
 func (x *MetricsResponse) Reset() {
 	*x = MetricsResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[15]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1284,7 @@ func (x *MetricsResponse) String() string {
 func (*MetricsResponse) ProtoMessage() {}
 
 func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[15]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1297,7 @@ func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsResponse.ProtoReflect.Descriptor instead.
 func (*MetricsResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{15}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MetricsResponse) GetCpuUserNs() uint64 {
@@ -1268,7 +1344,7 @@ type SwitchDiskRequest struct {
 
 func (x *SwitchDiskRequest) Reset() {
 	*x = SwitchDiskRequest{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[16]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1356,7 @@ func (x *SwitchDiskRequest) String() string {
 func (*SwitchDiskRequest) ProtoMessage() {}
 
 func (x *SwitchDiskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[16]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1369,7 @@ func (x *SwitchDiskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchDiskRequest.ProtoReflect.Descriptor instead.
 func (*SwitchDiskRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{16}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SwitchDiskRequest) GetHandle() []byte {
@@ -1332,7 +1408,7 @@ type SwitchDiskResponse struct {
 
 func (x *SwitchDiskResponse) Reset() {
 	*x = SwitchDiskResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[17]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1420,7 @@ func (x *SwitchDiskResponse) String() string {
 func (*SwitchDiskResponse) ProtoMessage() {}
 
 func (x *SwitchDiskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[17]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1433,7 @@ func (x *SwitchDiskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchDiskResponse.ProtoReflect.Descriptor instead.
 func (*SwitchDiskResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{17}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{18}
 }
 
 type SaveStateRequest struct {
@@ -1372,7 +1448,7 @@ type SaveStateRequest struct {
 
 func (x *SaveStateRequest) Reset() {
 	*x = SaveStateRequest{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[18]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +1460,7 @@ func (x *SaveStateRequest) String() string {
 func (*SaveStateRequest) ProtoMessage() {}
 
 func (x *SaveStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[18]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +1473,7 @@ func (x *SaveStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveStateRequest.ProtoReflect.Descriptor instead.
 func (*SaveStateRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{18}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SaveStateRequest) GetHandle() []byte {
@@ -1433,7 +1509,7 @@ type SaveStateResponse struct {
 
 func (x *SaveStateResponse) Reset() {
 	*x = SaveStateResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[19]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1521,7 @@ func (x *SaveStateResponse) String() string {
 func (*SaveStateResponse) ProtoMessage() {}
 
 func (x *SaveStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[19]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1534,7 @@ func (x *SaveStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveStateResponse.ProtoReflect.Descriptor instead.
 func (*SaveStateResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{19}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SaveStateResponse) GetSize() int64 {
@@ -1484,7 +1560,7 @@ type StateInputsRequest struct {
 
 func (x *StateInputsRequest) Reset() {
 	*x = StateInputsRequest{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[20]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1572,7 @@ func (x *StateInputsRequest) String() string {
 func (*StateInputsRequest) ProtoMessage() {}
 
 func (x *StateInputsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[20]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1585,7 @@ func (x *StateInputsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateInputsRequest.ProtoReflect.Descriptor instead.
 func (*StateInputsRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{20}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StateInputsRequest) GetSpec() *VMSpec {
@@ -1528,7 +1604,7 @@ type StateInputsResponse struct {
 
 func (x *StateInputsResponse) Reset() {
 	*x = StateInputsResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[21]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +1616,7 @@ func (x *StateInputsResponse) String() string {
 func (*StateInputsResponse) ProtoMessage() {}
 
 func (x *StateInputsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[21]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +1629,7 @@ func (x *StateInputsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateInputsResponse.ProtoReflect.Descriptor instead.
 func (*StateInputsResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{21}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StateInputsResponse) GetInputs() map[string]string {
@@ -1571,7 +1647,7 @@ type CheckHostRequest struct {
 
 func (x *CheckHostRequest) Reset() {
 	*x = CheckHostRequest{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[22]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1659,7 @@ func (x *CheckHostRequest) String() string {
 func (*CheckHostRequest) ProtoMessage() {}
 
 func (x *CheckHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[22]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1672,7 @@ func (x *CheckHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckHostRequest.ProtoReflect.Descriptor instead.
 func (*CheckHostRequest) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{22}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{23}
 }
 
 type CheckHostResponse struct {
@@ -1615,7 +1691,7 @@ type CheckHostResponse struct {
 
 func (x *CheckHostResponse) Reset() {
 	*x = CheckHostResponse{}
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[23]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1703,7 @@ func (x *CheckHostResponse) String() string {
 func (*CheckHostResponse) ProtoMessage() {}
 
 func (x *CheckHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[23]
+	mi := &file_sdk_proto_v1_vmm_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1716,7 @@ func (x *CheckHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckHostResponse.ProtoReflect.Descriptor instead.
 func (*CheckHostResponse) Descriptor() ([]byte, []int) {
-	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{23}
+	return file_sdk_proto_v1_vmm_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CheckHostResponse) GetUsable() bool {
@@ -1696,7 +1772,7 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"\fNetworkAllow\x12\x12\n" +
 	"\x04cidr\x18\x01 \x01(\tR\x04cidr\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x12\n" +
-	"\x04port\x18\x03 \x01(\rR\x04port\"\xe7\x02\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"\x9c\x03\n" +
 	"\x06VMSpec\x12\x15\n" +
 	"\x06box_id\x18\x01 \x01(\tR\x05boxId\x12\x14\n" +
 	"\x05vcpus\x18\x02 \x01(\rR\x05vcpus\x12\x1d\n" +
@@ -1708,7 +1784,13 @@ const file_sdk_proto_v1_vmm_proto_rawDesc = "" +
 	"\vkernel_args\x18\a \x03(\tR\n" +
 	"kernelArgs\x123\n" +
 	"\asandbox\x18\b \x01(\v2\x19.boxctl.plugin.v1.SandboxR\asandbox\x127\n" +
-	"\arestore\x18\t \x01(\v2\x1d.boxctl.plugin.v1.RestoreSpecR\arestore\"\x9f\x01\n" +
+	"\arestore\x18\t \x01(\v2\x1d.boxctl.plugin.v1.RestoreSpecR\arestore\x123\n" +
+	"\x06shares\x18\n" +
+	" \x03(\v2\x1b.boxctl.plugin.v1.ShareSpecR\x06shares\"W\n" +
+	"\tShareSpec\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x1b\n" +
+	"\thost_path\x18\x02 \x01(\tR\bhostPath\x12\x1b\n" +
+	"\tread_only\x18\x03 \x01(\bR\breadOnly\"\x9f\x01\n" +
 	"\vRestoreSpec\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12A\n" +
 	"\x06inputs\x18\x02 \x03(\v2).boxctl.plugin.v1.RestoreSpec.InputsEntryR\x06inputs\x1a9\n" +
@@ -1815,7 +1897,7 @@ func file_sdk_proto_v1_vmm_proto_rawDescGZIP() []byte {
 }
 
 var file_sdk_proto_v1_vmm_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sdk_proto_v1_vmm_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_sdk_proto_v1_vmm_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_sdk_proto_v1_vmm_proto_goTypes = []any{
 	(DiskRole)(0),               // 0: boxctl.plugin.v1.DiskRole
 	(NetworkSpec_Mode)(0),       // 1: boxctl.plugin.v1.NetworkSpec.Mode
@@ -1825,32 +1907,33 @@ var file_sdk_proto_v1_vmm_proto_goTypes = []any{
 	(*NetworkSpec)(nil),         // 5: boxctl.plugin.v1.NetworkSpec
 	(*NetworkAllow)(nil),        // 6: boxctl.plugin.v1.NetworkAllow
 	(*VMSpec)(nil),              // 7: boxctl.plugin.v1.VMSpec
-	(*RestoreSpec)(nil),         // 8: boxctl.plugin.v1.RestoreSpec
-	(*Sandbox)(nil),             // 9: boxctl.plugin.v1.Sandbox
-	(*PlanRequest)(nil),         // 10: boxctl.plugin.v1.PlanRequest
-	(*LaunchPlan)(nil),          // 11: boxctl.plugin.v1.LaunchPlan
-	(*PlanResponse)(nil),        // 12: boxctl.plugin.v1.PlanResponse
-	(*StopRequest)(nil),         // 13: boxctl.plugin.v1.StopRequest
-	(*StopResponse)(nil),        // 14: boxctl.plugin.v1.StopResponse
-	(*ControlRequest)(nil),      // 15: boxctl.plugin.v1.ControlRequest
-	(*ControlResponse)(nil),     // 16: boxctl.plugin.v1.ControlResponse
-	(*MetricsResponse)(nil),     // 17: boxctl.plugin.v1.MetricsResponse
-	(*SwitchDiskRequest)(nil),   // 18: boxctl.plugin.v1.SwitchDiskRequest
-	(*SwitchDiskResponse)(nil),  // 19: boxctl.plugin.v1.SwitchDiskResponse
-	(*SaveStateRequest)(nil),    // 20: boxctl.plugin.v1.SaveStateRequest
-	(*SaveStateResponse)(nil),   // 21: boxctl.plugin.v1.SaveStateResponse
-	(*StateInputsRequest)(nil),  // 22: boxctl.plugin.v1.StateInputsRequest
-	(*StateInputsResponse)(nil), // 23: boxctl.plugin.v1.StateInputsResponse
-	(*CheckHostRequest)(nil),    // 24: boxctl.plugin.v1.CheckHostRequest
-	(*CheckHostResponse)(nil),   // 25: boxctl.plugin.v1.CheckHostResponse
-	nil,                         // 26: boxctl.plugin.v1.RestoreSpec.InputsEntry
-	nil,                         // 27: boxctl.plugin.v1.MetricsResponse.ExtraEntry
-	nil,                         // 28: boxctl.plugin.v1.SaveStateResponse.InputsEntry
-	nil,                         // 29: boxctl.plugin.v1.StateInputsResponse.InputsEntry
-	(*InfoRequest)(nil),         // 30: boxctl.plugin.v1.InfoRequest
-	(*ConfigureRequest)(nil),    // 31: boxctl.plugin.v1.ConfigureRequest
-	(*InfoResponse)(nil),        // 32: boxctl.plugin.v1.InfoResponse
-	(*ConfigureResponse)(nil),   // 33: boxctl.plugin.v1.ConfigureResponse
+	(*ShareSpec)(nil),           // 8: boxctl.plugin.v1.ShareSpec
+	(*RestoreSpec)(nil),         // 9: boxctl.plugin.v1.RestoreSpec
+	(*Sandbox)(nil),             // 10: boxctl.plugin.v1.Sandbox
+	(*PlanRequest)(nil),         // 11: boxctl.plugin.v1.PlanRequest
+	(*LaunchPlan)(nil),          // 12: boxctl.plugin.v1.LaunchPlan
+	(*PlanResponse)(nil),        // 13: boxctl.plugin.v1.PlanResponse
+	(*StopRequest)(nil),         // 14: boxctl.plugin.v1.StopRequest
+	(*StopResponse)(nil),        // 15: boxctl.plugin.v1.StopResponse
+	(*ControlRequest)(nil),      // 16: boxctl.plugin.v1.ControlRequest
+	(*ControlResponse)(nil),     // 17: boxctl.plugin.v1.ControlResponse
+	(*MetricsResponse)(nil),     // 18: boxctl.plugin.v1.MetricsResponse
+	(*SwitchDiskRequest)(nil),   // 19: boxctl.plugin.v1.SwitchDiskRequest
+	(*SwitchDiskResponse)(nil),  // 20: boxctl.plugin.v1.SwitchDiskResponse
+	(*SaveStateRequest)(nil),    // 21: boxctl.plugin.v1.SaveStateRequest
+	(*SaveStateResponse)(nil),   // 22: boxctl.plugin.v1.SaveStateResponse
+	(*StateInputsRequest)(nil),  // 23: boxctl.plugin.v1.StateInputsRequest
+	(*StateInputsResponse)(nil), // 24: boxctl.plugin.v1.StateInputsResponse
+	(*CheckHostRequest)(nil),    // 25: boxctl.plugin.v1.CheckHostRequest
+	(*CheckHostResponse)(nil),   // 26: boxctl.plugin.v1.CheckHostResponse
+	nil,                         // 27: boxctl.plugin.v1.RestoreSpec.InputsEntry
+	nil,                         // 28: boxctl.plugin.v1.MetricsResponse.ExtraEntry
+	nil,                         // 29: boxctl.plugin.v1.SaveStateResponse.InputsEntry
+	nil,                         // 30: boxctl.plugin.v1.StateInputsResponse.InputsEntry
+	(*InfoRequest)(nil),         // 31: boxctl.plugin.v1.InfoRequest
+	(*ConfigureRequest)(nil),    // 32: boxctl.plugin.v1.ConfigureRequest
+	(*InfoResponse)(nil),        // 33: boxctl.plugin.v1.InfoResponse
+	(*ConfigureResponse)(nil),   // 34: boxctl.plugin.v1.ConfigureResponse
 }
 var file_sdk_proto_v1_vmm_proto_depIdxs = []int32{
 	0,  // 0: boxctl.plugin.v1.DiskSpec.role:type_name -> boxctl.plugin.v1.DiskRole
@@ -1860,43 +1943,44 @@ var file_sdk_proto_v1_vmm_proto_depIdxs = []int32{
 	6,  // 4: boxctl.plugin.v1.NetworkSpec.allow:type_name -> boxctl.plugin.v1.NetworkAllow
 	2,  // 5: boxctl.plugin.v1.VMSpec.disks:type_name -> boxctl.plugin.v1.DiskSpec
 	5,  // 6: boxctl.plugin.v1.VMSpec.network:type_name -> boxctl.plugin.v1.NetworkSpec
-	9,  // 7: boxctl.plugin.v1.VMSpec.sandbox:type_name -> boxctl.plugin.v1.Sandbox
-	8,  // 8: boxctl.plugin.v1.VMSpec.restore:type_name -> boxctl.plugin.v1.RestoreSpec
-	26, // 9: boxctl.plugin.v1.RestoreSpec.inputs:type_name -> boxctl.plugin.v1.RestoreSpec.InputsEntry
-	7,  // 10: boxctl.plugin.v1.PlanRequest.spec:type_name -> boxctl.plugin.v1.VMSpec
-	11, // 11: boxctl.plugin.v1.PlanResponse.plan:type_name -> boxctl.plugin.v1.LaunchPlan
-	27, // 12: boxctl.plugin.v1.MetricsResponse.extra:type_name -> boxctl.plugin.v1.MetricsResponse.ExtraEntry
-	2,  // 13: boxctl.plugin.v1.SwitchDiskRequest.disk:type_name -> boxctl.plugin.v1.DiskSpec
-	28, // 14: boxctl.plugin.v1.SaveStateResponse.inputs:type_name -> boxctl.plugin.v1.SaveStateResponse.InputsEntry
-	7,  // 15: boxctl.plugin.v1.StateInputsRequest.spec:type_name -> boxctl.plugin.v1.VMSpec
-	29, // 16: boxctl.plugin.v1.StateInputsResponse.inputs:type_name -> boxctl.plugin.v1.StateInputsResponse.InputsEntry
-	30, // 17: boxctl.plugin.v1.VMM.Info:input_type -> boxctl.plugin.v1.InfoRequest
-	31, // 18: boxctl.plugin.v1.VMM.Configure:input_type -> boxctl.plugin.v1.ConfigureRequest
-	10, // 19: boxctl.plugin.v1.VMM.Plan:input_type -> boxctl.plugin.v1.PlanRequest
-	13, // 20: boxctl.plugin.v1.VMM.Stop:input_type -> boxctl.plugin.v1.StopRequest
-	15, // 21: boxctl.plugin.v1.VMM.Pause:input_type -> boxctl.plugin.v1.ControlRequest
-	15, // 22: boxctl.plugin.v1.VMM.Resume:input_type -> boxctl.plugin.v1.ControlRequest
-	15, // 23: boxctl.plugin.v1.VMM.Metrics:input_type -> boxctl.plugin.v1.ControlRequest
-	18, // 24: boxctl.plugin.v1.VMM.SwitchDisk:input_type -> boxctl.plugin.v1.SwitchDiskRequest
-	20, // 25: boxctl.plugin.v1.VMM.SaveState:input_type -> boxctl.plugin.v1.SaveStateRequest
-	22, // 26: boxctl.plugin.v1.VMM.StateInputs:input_type -> boxctl.plugin.v1.StateInputsRequest
-	24, // 27: boxctl.plugin.v1.VMM.CheckHost:input_type -> boxctl.plugin.v1.CheckHostRequest
-	32, // 28: boxctl.plugin.v1.VMM.Info:output_type -> boxctl.plugin.v1.InfoResponse
-	33, // 29: boxctl.plugin.v1.VMM.Configure:output_type -> boxctl.plugin.v1.ConfigureResponse
-	12, // 30: boxctl.plugin.v1.VMM.Plan:output_type -> boxctl.plugin.v1.PlanResponse
-	14, // 31: boxctl.plugin.v1.VMM.Stop:output_type -> boxctl.plugin.v1.StopResponse
-	16, // 32: boxctl.plugin.v1.VMM.Pause:output_type -> boxctl.plugin.v1.ControlResponse
-	16, // 33: boxctl.plugin.v1.VMM.Resume:output_type -> boxctl.plugin.v1.ControlResponse
-	17, // 34: boxctl.plugin.v1.VMM.Metrics:output_type -> boxctl.plugin.v1.MetricsResponse
-	19, // 35: boxctl.plugin.v1.VMM.SwitchDisk:output_type -> boxctl.plugin.v1.SwitchDiskResponse
-	21, // 36: boxctl.plugin.v1.VMM.SaveState:output_type -> boxctl.plugin.v1.SaveStateResponse
-	23, // 37: boxctl.plugin.v1.VMM.StateInputs:output_type -> boxctl.plugin.v1.StateInputsResponse
-	25, // 38: boxctl.plugin.v1.VMM.CheckHost:output_type -> boxctl.plugin.v1.CheckHostResponse
-	28, // [28:39] is the sub-list for method output_type
-	17, // [17:28] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	10, // 7: boxctl.plugin.v1.VMSpec.sandbox:type_name -> boxctl.plugin.v1.Sandbox
+	9,  // 8: boxctl.plugin.v1.VMSpec.restore:type_name -> boxctl.plugin.v1.RestoreSpec
+	8,  // 9: boxctl.plugin.v1.VMSpec.shares:type_name -> boxctl.plugin.v1.ShareSpec
+	27, // 10: boxctl.plugin.v1.RestoreSpec.inputs:type_name -> boxctl.plugin.v1.RestoreSpec.InputsEntry
+	7,  // 11: boxctl.plugin.v1.PlanRequest.spec:type_name -> boxctl.plugin.v1.VMSpec
+	12, // 12: boxctl.plugin.v1.PlanResponse.plan:type_name -> boxctl.plugin.v1.LaunchPlan
+	28, // 13: boxctl.plugin.v1.MetricsResponse.extra:type_name -> boxctl.plugin.v1.MetricsResponse.ExtraEntry
+	2,  // 14: boxctl.plugin.v1.SwitchDiskRequest.disk:type_name -> boxctl.plugin.v1.DiskSpec
+	29, // 15: boxctl.plugin.v1.SaveStateResponse.inputs:type_name -> boxctl.plugin.v1.SaveStateResponse.InputsEntry
+	7,  // 16: boxctl.plugin.v1.StateInputsRequest.spec:type_name -> boxctl.plugin.v1.VMSpec
+	30, // 17: boxctl.plugin.v1.StateInputsResponse.inputs:type_name -> boxctl.plugin.v1.StateInputsResponse.InputsEntry
+	31, // 18: boxctl.plugin.v1.VMM.Info:input_type -> boxctl.plugin.v1.InfoRequest
+	32, // 19: boxctl.plugin.v1.VMM.Configure:input_type -> boxctl.plugin.v1.ConfigureRequest
+	11, // 20: boxctl.plugin.v1.VMM.Plan:input_type -> boxctl.plugin.v1.PlanRequest
+	14, // 21: boxctl.plugin.v1.VMM.Stop:input_type -> boxctl.plugin.v1.StopRequest
+	16, // 22: boxctl.plugin.v1.VMM.Pause:input_type -> boxctl.plugin.v1.ControlRequest
+	16, // 23: boxctl.plugin.v1.VMM.Resume:input_type -> boxctl.plugin.v1.ControlRequest
+	16, // 24: boxctl.plugin.v1.VMM.Metrics:input_type -> boxctl.plugin.v1.ControlRequest
+	19, // 25: boxctl.plugin.v1.VMM.SwitchDisk:input_type -> boxctl.plugin.v1.SwitchDiskRequest
+	21, // 26: boxctl.plugin.v1.VMM.SaveState:input_type -> boxctl.plugin.v1.SaveStateRequest
+	23, // 27: boxctl.plugin.v1.VMM.StateInputs:input_type -> boxctl.plugin.v1.StateInputsRequest
+	25, // 28: boxctl.plugin.v1.VMM.CheckHost:input_type -> boxctl.plugin.v1.CheckHostRequest
+	33, // 29: boxctl.plugin.v1.VMM.Info:output_type -> boxctl.plugin.v1.InfoResponse
+	34, // 30: boxctl.plugin.v1.VMM.Configure:output_type -> boxctl.plugin.v1.ConfigureResponse
+	13, // 31: boxctl.plugin.v1.VMM.Plan:output_type -> boxctl.plugin.v1.PlanResponse
+	15, // 32: boxctl.plugin.v1.VMM.Stop:output_type -> boxctl.plugin.v1.StopResponse
+	17, // 33: boxctl.plugin.v1.VMM.Pause:output_type -> boxctl.plugin.v1.ControlResponse
+	17, // 34: boxctl.plugin.v1.VMM.Resume:output_type -> boxctl.plugin.v1.ControlResponse
+	18, // 35: boxctl.plugin.v1.VMM.Metrics:output_type -> boxctl.plugin.v1.MetricsResponse
+	20, // 36: boxctl.plugin.v1.VMM.SwitchDisk:output_type -> boxctl.plugin.v1.SwitchDiskResponse
+	22, // 37: boxctl.plugin.v1.VMM.SaveState:output_type -> boxctl.plugin.v1.SaveStateResponse
+	24, // 38: boxctl.plugin.v1.VMM.StateInputs:output_type -> boxctl.plugin.v1.StateInputsResponse
+	26, // 39: boxctl.plugin.v1.VMM.CheckHost:output_type -> boxctl.plugin.v1.CheckHostResponse
+	29, // [29:40] is the sub-list for method output_type
+	18, // [18:29] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_sdk_proto_v1_vmm_proto_init() }
@@ -1911,7 +1995,7 @@ func file_sdk_proto_v1_vmm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sdk_proto_v1_vmm_proto_rawDesc), len(file_sdk_proto_v1_vmm_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -390,6 +390,10 @@ func checkSpec(spec sdk.VMSpec) error {
 		return bad("spec.MemoryMiB = %d: too large for libkrun", spec.MemoryMiB)
 	case spec.Network.Mode != sdk.NetworkNone && spec.Network.Mode != sdk.NetworkUser:
 		return bad("spec.Network.Mode %d: libkrun knows NetworkNone and NetworkUser", spec.Network.Mode)
+	case len(spec.Shares) > 0:
+		// libkrun shares directories over virtio-fs (krun_add_virtiofs), whose guest side the
+		// boxctl agent does not mount yet.
+		return bad("spec.Shares: this plugin does not share host directories yet; use named volumes, or the qemu plugin (vmm = \"qemu\")")
 	case len(spec.Disks) > maxDisks:
 		if _, err := guestboot.DeviceName(len(spec.Disks) - 1); err != nil {
 			return bad("spec.Disks[%d]: %v", len(spec.Disks)-1, err)

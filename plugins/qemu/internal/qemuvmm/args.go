@@ -3,6 +3,7 @@ package qemuvmm
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -110,6 +111,9 @@ func qemuArgs(lc *launchConfig, spec sdk.VMSpec, s settings, accel, kernel, init
 		if err := lc.disk(dev, i, d); err != nil {
 			return err
 		}
+	}
+	if err := lc.shares(spec.Shares); err != nil {
+		return err
 	}
 	if err := lc.network(spec.Network); err != nil {
 		return err
@@ -268,6 +272,33 @@ func checkAllow(n sdk.NetworkSpec) error {
 		if err := a.Validate(); err != nil {
 			return fmt.Errorf("spec.Network.Allow[%d]: %w: %w", i, err, sdk.ErrInvalidArgument)
 		}
+	}
+	return nil
+}
+
+// shares adds a virtio-9p device per share. Unlike a disk, a 9p share is
+// not a descriptor the launcher can hand over: QEMU opens the directory
+// itself (-fsdev local), as the user it runs as. QEMU resolves every path
+// of the share below that directory without following symlinks (a symlink
+// in the share is returned to the guest as a symlink, which the guest
+// resolves in its own tree), and readonly=on makes QEMU refuse every
+// write, whatever the guest mounts. security_model=none: files are
+// created as QEMU's user, with the host's modes and owners as they are
+// (see docs/volumes.md, "Ownership").
+func (lc *launchConfig) shares(shares []sdk.ShareSpec) error {
+	for i, sh := range shares {
+		if sh.Tag == "" || len(sh.Tag) > 31 || strings.ContainsAny(sh.Tag, ",= ") {
+			return fmt.Errorf("spec.Shares[%d].Tag %q: want 1-31 bytes without ',', '=' or spaces: %w", i, sh.Tag, sdk.ErrInvalidArgument)
+		}
+		if !filepath.IsAbs(sh.HostPath) {
+			return fmt.Errorf("spec.Shares[%d].HostPath %q is not absolute: %w", i, sh.HostPath, sdk.ErrInvalidArgument)
+		}
+		id := fmt.Sprintf("fs%d", i)
+		fsdev := "local,id=" + id + ",path=" + strings.ReplaceAll(sh.HostPath, ",", ",,") + ",security_model=none"
+		if sh.ReadOnly {
+			fsdev += ",readonly=on"
+		}
+		lc.Args = append(lc.Args, "-fsdev", fsdev, "-device", "virtio-9p-pci,fsdev="+id+",mount_tag="+sh.Tag)
 	}
 	return nil
 }

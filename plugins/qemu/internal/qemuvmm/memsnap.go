@@ -265,7 +265,12 @@ func deviceLayout(spec sdk.VMSpec) string {
 	if spec.Network.Mode == sdk.NetworkUser {
 		net = "user"
 	}
-	return fmt.Sprintf("disks=[%s] net=%s", strings.Join(disks, ","), net)
+	layout := fmt.Sprintf("disks=[%s] net=%s", strings.Join(disks, ","), net)
+	if len(spec.Shares) > 0 {
+		// Only with shares, so states saved before shares existed still load.
+		layout += fmt.Sprintf(" shares=%d", len(spec.Shares))
+	}
+	return layout
 }
 
 // qemuVersion runs `qemu --version` once per binary identity (id) in this

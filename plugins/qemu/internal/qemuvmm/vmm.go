@@ -263,6 +263,12 @@ func (v *VMM) Plan(ctx context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error)
 				return sdk.LaunchPlan{}, fmt.Errorf("guest %s: %w; make it readable by others (chmod o+r, and o+x on its directories), or set kernel and initrd in the plugin's config to readable copies: %w", f.what, err, sdk.ErrInvalidState)
 			}
 		}
+		// QEMU opens a share's directory itself, as the sandbox user.
+		for _, sh := range spec.Shares {
+			if err := readableBy(sh.HostPath, jail.UID, jail.GID, jail.Groups); err != nil {
+				return sdk.LaunchPlan{}, fmt.Errorf("shared directory %s: %w; QEMU runs as uid %d and opens it itself: give that user access (for example chmod o+rx, or o+rwx for a writable share), or run boxctl as that directory's owner: %w", sh.HostPath, err, jail.UID, sdk.ErrInvalidState)
+			}
+		}
 	}
 	lc := launchConfig{
 		QEMU:       qemuPath,

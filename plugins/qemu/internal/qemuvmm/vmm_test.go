@@ -99,6 +99,7 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 		},
 		Network: sdk.NetworkSpec{Mode: sdk.NetworkUser, Ports: []sdk.PortForward{{HostPort: 8080, GuestPort: 80}},
 			Allow: []sdk.NetworkAllow{{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Port: 443}, {Host: "example.com"}}},
+		Shares: []sdk.ShareSpec{{Tag: "boxctl0", HostPath: guest, ReadOnly: true}, {Tag: "boxctl1", HostPath: "/srv/a,b"}},
 	}
 	// An allow-list needs the user-mode network, and rules that hold.
 	for _, bad := range []sdk.NetworkSpec{
@@ -131,6 +132,8 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 		`boxctl.ip=10.0.2.15/24`, `boxctl.gw=10.0.2.2`, `boxctl.dns=10.0.2.3`,
 		`"-sandbox"`, `"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"`,
 		`virtio-blk-pci,drive=vda"`, `virtio-blk-pci,drive=vdb,werror=enospc,rerror=report"`,
+		`"local,id=fs0,path=` + guest + `,security_model=none,readonly=on"`, `"virtio-9p-pci,fsdev=fs0,mount_tag=boxctl0"`,
+		`"local,id=fs1,path=/srv/a,,b,security_model=none"`, `"virtio-9p-pci,fsdev=fs1,mount_tag=boxctl1"`,
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("launch config lacks %s:\n%s", want, args)
@@ -218,6 +221,8 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 				s.Disks = append(s.Disks, sdk.DiskSpec{Path: filepath.Join(dir, "data.qcow2"), Format: "qcow2"})
 			}
 		}, "spec.Disks[26]"},
+		{func(s *sdk.VMSpec) { s.Shares = []sdk.ShareSpec{{Tag: "a,b", HostPath: dir}} }, "spec.Shares[0].Tag"},
+		{func(s *sdk.VMSpec) { s.Shares = []sdk.ShareSpec{{Tag: "t", HostPath: "rel"}} }, "spec.Shares[0].HostPath"},
 		{func(s *sdk.VMSpec) { s.Sandbox = sdk.Sandbox{UID: 0x70000001} }, "spec.Sandbox"},
 		{func(s *sdk.VMSpec) { s.Sandbox = sdk.Sandbox{Cgroup: "/tmp/evil"} }, "spec.Sandbox.Cgroup"},
 		{func(s *sdk.VMSpec) { s.Sandbox = sdk.Sandbox{Cgroup: "/sys/fs/cgroup/../../etc"} }, "spec.Sandbox.Cgroup"},
