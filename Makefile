@@ -12,13 +12,14 @@ TEST_PLUGINS := procvmm:./test/plugins/procvmm badproto:./test/plugins/badproto
 # into build/examples, tested with their own `go test`.
 EXAMPLES := microvm:examples/vmm-microvm
 
-.PHONY: all build build-test-plugins test bench lint proto clean help deps guest demo fuzz
+.PHONY: all build build-test-plugins test bench lint proto clean help deps guest guest-generic demo fuzz
 
 all: build
 
 help:
 	@echo "make build   build bin/boxctl and every plugin as bin/boxctl-plugin-<name>, the examples into build/examples"
 	@echo "make guest   build the guest kernel + initramfs into build/guest (Debian's cloud kernel)"
+	@echo "make guest-generic  the same on Debian's generic kernel into build/guest-generic (9p, for host directory shares)"
 	@echo "make demo    install what is needed, build everything and run uname -a in a real VM"
 	@echo "make test    install test dependencies, then run every test with -race"
 	@echo "make fuzz    a bounded fuzz run of the qcow2 parser (FUZZTIME, default 30s)"
@@ -59,10 +60,16 @@ deps:
 guest:
 	guest/build.sh
 
+# A second guest on Debian's generic kernel: the cloud kernel of build/guest
+# has no 9p, which host directory shares need (docs/volumes.md). The e2e
+# share tests boot it.
+guest-generic:
+	KERNEL_PKG=linux-image-amd64 OUT=build/guest-generic guest/build.sh
+
 demo: deps build guest
 	./scripts/demo.sh
 
-test: deps build build-test-plugins guest
+test: deps build build-test-plugins guest guest-generic
 	$(GO) test -race -count=1 -timeout 30m ./...
 	@set -e; for e in $(EXAMPLES); do \
 		dir=$${e#*:}; \

@@ -369,7 +369,7 @@ func mountShares(mounts []guestboot.Mount) error {
 			// msize: 9p's default of 8 KiB makes every read and write a round trip of 8 KiB.
 			err := mountInRoot(m.Source, m.Target, "9p", flags, "trans=virtio,version=9p2000.L,msize=524288,cache=none")
 			if errors.Is(err, unix.ENODEV) {
-				return fmt.Errorf("host directory share %s: this guest kernel has no 9p filesystem (build the guest with a kernel that has CONFIG_9P_FS and CONFIG_NET_9P_VIRTIO; see docs/volumes.md): %w", m.Target, err)
+				return fmt.Errorf("host directory share %s: this guest kernel has no 9p filesystem (Debian's cloud kernel has none: `make guest-generic` builds a guest on the generic kernel, then set BOXCTL_GUEST_DIR=build/guest-generic or the plugin's kernel and initrd; see docs/volumes.md): %w", m.Target, err)
 			}
 			if err != nil {
 				return fmt.Errorf("host directory share %s: %w", m.Target, err)

@@ -57,7 +57,7 @@ func TestHostDirectoryShares(t *testing.T) {
 	}
 	env, err := os.ReadFile(filepath.Join(guest, "guest.env"))
 	if err != nil || bytes.Contains(env, []byte("cloud-amd64")) {
-		t.Skipf("no guest kernel with 9p in %s (%v): Debian's cloud kernel has no 9p; see the test's doc comment", guest, err)
+		t.Skipf("no guest kernel with 9p in %s (%v): Debian's cloud kernel has no 9p; run `make guest-generic`", guest, err)
 	}
 	e.guest = guest
 
