@@ -412,3 +412,27 @@ func openFailure(dev string, err error) Result {
 	}
 	return fail("open %s: %v", dev, err)
 }
+
+// Once runs a probe at most once and keeps its answer: the host does not
+// change under a process, and a probe that fails costs its whole bound. A
+// VMM plugin keeps one for its process's life.
+type Once struct {
+	probe func(context.Context) Result
+	once  sync.Once
+	r     Result
+}
+
+// NewOnce returns a Once over probe (nil: Probe with the defaults).
+func NewOnce(probe func(context.Context) Result) *Once {
+	if probe == nil {
+		probe = func(ctx context.Context) Result { return Probe(ctx) }
+	}
+	return &Once{probe: probe}
+}
+
+// Result is the probe's answer, probing on the first call. The probe is
+// not cut short by ctx ending: later callers share the answer.
+func (o *Once) Result(ctx context.Context) Result {
+	o.once.Do(func() { o.r = o.probe(context.WithoutCancel(ctx)) })
+	return o.r
+}

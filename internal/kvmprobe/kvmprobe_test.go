@@ -112,3 +112,18 @@ func TestProbeRunsTheGuestToItsEnd(t *testing.T) {
 		t.Errorf("with a 30 s bound: %+v", r)
 	}
 }
+
+func TestOnceProbesOnce(t *testing.T) {
+	calls := 0
+	o := NewOnce(func(context.Context) Result { calls++; return Result{Reason: "no"} })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := 0; i < 3; i++ {
+		if r := o.Result(ctx); r.Reason != "no" {
+			t.Fatalf("Result = %+v", r)
+		}
+	}
+	if calls != 1 {
+		t.Errorf("probe ran %d times, want 1", calls)
+	}
+}

@@ -82,11 +82,8 @@ type VMM struct {
 	mu  sync.Mutex
 	cfg settings
 
-	// probeKVM runs the KVM probe; its answer is kept for the plugin
-	// process's life (kvmOnce, kvm).
-	probeKVM func(context.Context) kvmprobe.Result
-	kvmOnce  sync.Once
-	kvm      kvmprobe.Result
+	// kvm is the KVM probe, run once for the plugin process's life.
+	kvm *kvmprobe.Once
 }
 
 // Option configures New.
@@ -95,12 +92,12 @@ type Option func(*VMM)
 // WithKVMProbe replaces the KVM probe (kvmprobe.Probe on /dev/kvm) that
 // CheckHost consults.
 func WithKVMProbe(p func(context.Context) kvmprobe.Result) Option {
-	return func(v *VMM) { v.probeKVM = p }
+	return func(v *VMM) { v.kvm = kvmprobe.NewOnce(p) }
 }
 
 // New returns the plugin. exe is the plugin binary (the launcher).
 func New(log hclog.Logger, exe string, opts ...Option) *VMM {
-	v := &VMM{log: log, exe: exe, probeKVM: func(ctx context.Context) kvmprobe.Result { return kvmprobe.Probe(ctx) }}
+	v := &VMM{log: log, exe: exe, kvm: kvmprobe.NewOnce(nil)}
 	for _, o := range opts {
 		o(v)
 	}
@@ -226,11 +223,9 @@ func (v *VMM) CheckHost(ctx context.Context) (sdk.HostReport, error) {
 
 // kvmVerdict is the KVM probe's answer, probed once per plugin process.
 func (v *VMM) kvmVerdict(ctx context.Context) kvmprobe.Result {
-	v.kvmOnce.Do(func() {
-		v.kvm = v.probeKVM(context.WithoutCancel(ctx))
-		v.log.Debug("KVM probe", "usable", v.kvm.Usable, "reason", v.kvm.Reason, "took", v.kvm.Took)
-	})
-	return v.kvm
+	r := v.kvm.Result(ctx)
+	v.log.Debug("KVM probe", "usable", r.Usable, "reason", r.Reason, "took", r.Took)
+	return r
 }
 
 // accelerator is what libkrun runs VMs with on this OS.

@@ -76,11 +76,8 @@ type VMM struct {
 	// versions caches `qemu --version` by the binary's identity.
 	versions map[string]string
 
-	// probeKVM runs the KVM probe; its answer is kept for the plugin
-	// process's life (kvmOnce, kvm).
-	probeKVM func(context.Context) kvmprobe.Result
-	kvmOnce  sync.Once
-	kvm      kvmprobe.Result
+	// kvm is the KVM probe, run once for the plugin process's life.
+	kvm *kvmprobe.Once
 }
 
 // Option changes a VMM.
@@ -89,13 +86,12 @@ type Option func(*VMM)
 // WithKVMProbe replaces the KVM probe (kvmprobe.Probe on /dev/kvm) that
 // accel = "auto" consults.
 func WithKVMProbe(p func(context.Context) kvmprobe.Result) Option {
-	return func(v *VMM) { v.probeKVM = p }
+	return func(v *VMM) { v.kvm = kvmprobe.NewOnce(p) }
 }
 
 // New returns the plugin. exe is the plugin binary (the launcher).
 func New(log hclog.Logger, exe string, opts ...Option) *VMM {
-	v := &VMM{log: log, exe: exe, cfg: settings{Accel: "auto", Machine: "q35"},
-		probeKVM: func(ctx context.Context) kvmprobe.Result { return kvmprobe.Probe(ctx) }}
+	v := &VMM{log: log, exe: exe, cfg: settings{Accel: "auto", Machine: "q35"}, kvm: kvmprobe.NewOnce(nil)}
 	for _, o := range opts {
 		o(v)
 	}
@@ -105,11 +101,9 @@ func New(log hclog.Logger, exe string, opts ...Option) *VMM {
 // kvmVerdict is the KVM probe's answer, probed once per plugin process: the
 // host does not change under it, and the probe costs up to its bound.
 func (v *VMM) kvmVerdict(ctx context.Context) kvmprobe.Result {
-	v.kvmOnce.Do(func() {
-		v.kvm = v.probeKVM(context.WithoutCancel(ctx))
-		v.log.Debug("KVM probe", "usable", v.kvm.Usable, "reason", v.kvm.Reason, "took", v.kvm.Took)
-	})
-	return v.kvm
+	r := v.kvm.Result(ctx)
+	v.log.Debug("KVM probe", "usable", r.Usable, "reason", r.Reason, "took", r.Took)
+	return r
 }
 
 // Info describes the plugin. Pause, Metrics, DiskSwitch and
