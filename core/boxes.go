@@ -276,9 +276,13 @@ func (r *Runtime) GetOrCreate(ctx context.Context, opts BoxOptions) (box *Box, c
 }
 
 // checkVMMHost refuses a VMM that says it cannot run VMs on this host (a
-// missing library, no usable KVM). vmm = "auto" chose a usable one already;
-// a VMM without host-check is trusted until its first start.
+// missing library, no usable KVM). vmm = "auto" chose a usable one already
+// (by the same CheckHost), so it is not asked again; a VMM without
+// host-check is trusted until its first start.
 func (r *Runtime) checkVMMHost(ctx context.Context) error {
+	if r.cfg.VMM == config.AutoVMM {
+		return nil
+	}
 	info, err := r.plugins.Info(ctx, sdk.RoleVMM)
 	if err != nil || !info.Capabilities.HostCheck {
 		return nil
