@@ -31,6 +31,7 @@ help:
 build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/boxctl ./cmd/boxctl
+	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/containerd-shim-boxctl-v2 ./cmd/containerd-shim-boxctl-v2
 	@set -e; for p in $(PLUGINS); do \
 		name=$${p%%:*}; pkg=$${p#*:}; \
 		if [ -n "$$(ls $$pkg/*.go 2>/dev/null)" ]; then \

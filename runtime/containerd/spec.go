@@ -1,0 +1,126 @@
+package containerd
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/boxctl/boxctl/core/model"
+)
+
+// Mount types and destinations that every OCI spec carries for a Linux
+// container: the guest's own kernel provides them, so they are not
+// "unhonoured".
+var guestProvided = map[string]bool{
+	"/proc": true, "/dev": true, "/dev/pts": true, "/dev/shm": true, "/dev/mqueue": true,
+	"/sys": true, "/sys/fs/cgroup": true, "/run": true,
+}
+
+// boxConfig maps an OCI spec to a box: args, env, cwd and user for the
+// init process; memory and CPU limits size the VM; bind mounts of host
+// directories become host directory shares. It also returns, for the
+// shim's log, every field that is set but has no meaning for a box.
+func boxConfig(spec *specs.Spec) (model.BoxConfig, []string, []string, error) {
+	var cfg model.BoxConfig
+	var unsupported []string
+	p := spec.Process
+	if p == nil || len(p.Args) == 0 {
+		return cfg, nil, nil, fmt.Errorf("the OCI spec has no process args: %w", errdefs.ErrInvalidArgument)
+	}
+	cfg.Env, cfg.WorkingDir, cfg.User = p.Env, p.Cwd, ociUser(p.User)
+	if len(p.User.AdditionalGids) > 0 {
+		unsupported = append(unsupported, "process.user.additionalGids")
+	}
+	if p.Rlimits != nil {
+		unsupported = append(unsupported, "process.rlimits")
+	}
+	if p.ApparmorProfile != "" || p.SelinuxLabel != "" {
+		unsupported = append(unsupported, "process apparmor/selinux labels (the VM boundary isolates the box)")
+	}
+	if spec.Hostname != "" {
+		unsupported = append(unsupported, fmt.Sprintf("hostname %q (a box's hostname is its short ID)", spec.Hostname))
+	}
+	if l := spec.Linux; l != nil {
+		if r := l.Resources; r != nil {
+			if r.Memory != nil && r.Memory.Limit != nil && *r.Memory.Limit > 0 {
+				mib := uint64(*r.Memory.Limit) >> 20
+				if mib < 128 {
+					mib = 128 // below this the guest kernel does not boot
+				}
+				cfg.MemoryMiB = mib
+			}
+			if r.CPU != nil && r.CPU.Quota != nil && *r.CPU.Quota > 0 && r.CPU.Period != nil && *r.CPU.Period > 0 {
+				n := int((uint64(*r.CPU.Quota) + *r.CPU.Period - 1) / *r.CPU.Period)
+				cfg.CPUs = max(n, 1)
+			} else if r.CPU != nil && r.CPU.Cpus != "" {
+				unsupported = append(unsupported, "linux.resources.cpu.cpus (cpuset)")
+			}
+			if r.Pids != nil && r.Pids.Limit != nil && *r.Pids.Limit > 0 {
+				unsupported = append(unsupported, "linux.resources.pids")
+			}
+			if len(r.Devices) > 0 && !defaultDeviceRules(r.Devices) {
+				unsupported = append(unsupported, "linux.resources.devices")
+			}
+			if r.BlockIO != nil || len(r.HugepageLimits) > 0 || r.Network != nil {
+				unsupported = append(unsupported, "linux.resources blockIO/hugepages/network")
+			}
+		}
+		if len(l.Devices) > 0 {
+			unsupported = append(unsupported, "linux.devices (host devices are not passed into a box)")
+		}
+		if l.Seccomp != nil {
+			unsupported = append(unsupported, "linux.seccomp (the guest kernel is the box's own)")
+		}
+		if len(l.Sysctl) > 0 {
+			keys := make([]string, 0, len(l.Sysctl))
+			for k := range l.Sysctl {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			unsupported = append(unsupported, "linux.sysctl "+strings.Join(keys, ","))
+		}
+	}
+	if spec.Hooks != nil && (len(spec.Hooks.Prestart) > 0 || len(spec.Hooks.CreateRuntime) > 0 || len(spec.Hooks.StartContainer) > 0 || len(spec.Hooks.Poststart) > 0) {
+		unsupported = append(unsupported, "hooks")
+	}
+	for _, m := range spec.Mounts {
+		if guestProvided[m.Destination] {
+			continue
+		}
+		if m.Type == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {
+			cfg.Mounts = append(cfg.Mounts, model.Mount{
+				Kind: model.MountBind, Source: m.Source, Target: m.Destination, ReadOnly: hasOption(m.Options, "ro"),
+			})
+			continue
+		}
+		if m.Type == "tmpfs" || m.Type == "proc" || m.Type == "sysfs" || m.Type == "devpts" || m.Type == "mqueue" || m.Type == "cgroup" || m.Type == "cgroup2" {
+			unsupported = append(unsupported, fmt.Sprintf("mount %s (%s): only host directory binds are mounted", m.Destination, m.Type))
+			continue
+		}
+		unsupported = append(unsupported, fmt.Sprintf("mount %s (%s)", m.Destination, m.Type))
+	}
+	return cfg, p.Args, unsupported, nil
+}
+
+func hasOption(opts []string, o string) bool {
+	for _, x := range opts {
+		if x == o {
+			return true
+		}
+	}
+	return false
+}
+
+// defaultDeviceRules says whether device rules are the deny-all default
+// containerd writes (nothing a box must enforce: it has no host devices).
+func defaultDeviceRules(rules []specs.LinuxDeviceCgroup) bool {
+	for _, r := range rules {
+		if r.Allow {
+			return false
+		}
+	}
+	return true
+}
