@@ -18,13 +18,14 @@ import (
 // Packages maps binary names to their package paths (relative to the
 // module root).
 var Packages = map[string]string{
-	"boxctl":                 "./cmd/boxctl",
-	"boxctl-plugin-procvmm":  "./test/plugins/procvmm",
-	"boxctl-plugin-badproto": "./test/plugins/badproto",
-	"boxctl-plugin-qemu":     "./plugins/qemu",
-	"boxctl-plugin-qcow2":    "./plugins/storage-qcow2",
-	"boxctl-plugin-oci":      "./plugins/registry-oci",
-	"boxctl-plugin-libkrun":  "./plugins/libkrun",
+	"boxctl":                    "./cmd/boxctl",
+	"boxctl-plugin-procvmm":     "./test/plugins/procvmm",
+	"boxctl-plugin-badproto":    "./test/plugins/badproto",
+	"boxctl-plugin-qemu":        "./plugins/qemu",
+	"boxctl-plugin-qcow2":       "./plugins/storage-qcow2",
+	"boxctl-plugin-oci":         "./plugins/registry-oci",
+	"boxctl-plugin-libkrun":     "./plugins/libkrun",
+	"containerd-shim-boxctl-v2": "./cmd/containerd-shim-boxctl-v2",
 }
 
 // Dir builds the named binaries (keys of Packages) once and returns the
