@@ -64,43 +64,65 @@ func runStart(ctx context.Context, f startFlags, stdin io.Reader, stdout io.Writ
 	if err != nil {
 		return fmt.Errorf("start: read stdin: %w", err)
 	}
-	params := &bootapi.BootstrapParams{}
-	modern := len(input) > 0 && proto.Unmarshal(input, params) == nil &&
-		params.GetInstanceID() == f.id && params.GetNamespace() == f.namespace
-	grpcAddr, ttrpcAddr := f.address, os.Getenv("TTRPC_ADDRESS")
-	debug := f.debug
-	socketRoot := ""
-	if modern {
-		grpcAddr = params.GetContainerdGrpcAddress()
-		if a := params.GetContainerdTtrpcAddress(); a != "" {
-			ttrpcAddr = a
-		}
-		debug = params.GetLogLevel() <= bootapi.LogLevel_LOG_LEVEL_DEBUG
-		socketRoot = params.GetSocketDir()
-	}
+	req := parseStart(f, input, os.Getenv("TTRPC_ADDRESS"))
 	ctx = namespaces.WithNamespace(ctx, f.namespace)
 	var address string
-	if socketRoot != "" {
-		address, err = shim.CreateSocketAddress(ctx, socketRoot, grpcAddr, f.id, false)
+	if req.socketRoot != "" {
+		address, err = shim.CreateSocketAddress(ctx, req.socketRoot, req.grpcAddr, f.id, false)
 	} else {
-		address, err = shim.SocketAddress(ctx, grpcAddr, f.id, false)
+		address, err = shim.SocketAddress(ctx, req.grpcAddr, f.id, false)
 	}
 	if err != nil {
 		return err
 	}
-	if err := serveNew(address, f.namespace, f.id, grpcAddr, ttrpcAddr, debug); err != nil {
+	if err := serveNew(address, f.namespace, f.id, req.grpcAddr, req.ttrpcAddr, req.debug); err != nil {
 		return err
 	}
-	if modern {
-		data, err := proto.Marshal(&bootapi.BootstrapResult{Version: 3, Address: address, Protocol: "ttrpc"})
-		if err != nil {
-			return err
-		}
-		_, err = stdout.Write(data)
+	answer, err := req.answer(address)
+	if err != nil {
 		return err
 	}
-	_, err = io.WriteString(stdout, address)
+	_, err = stdout.Write(answer)
 	return err
+}
+
+// startRequest is what a `shim start` caller asked for.
+type startRequest struct {
+	// bootstrap: the caller sent BootstrapParams (containerd 2.3+).
+	bootstrap           bool
+	grpcAddr, ttrpcAddr string
+	socketRoot          string
+	debug               bool
+}
+
+// parseStart reads start's stdin. BootstrapParams count only when they
+// name this shim's ID and namespace: the runtime options older containerds
+// send can happen to decode as a BootstrapParams message too.
+func parseStart(f startFlags, input []byte, ttrpcEnv string) startRequest {
+	req := startRequest{grpcAddr: f.address, ttrpcAddr: ttrpcEnv, debug: f.debug}
+	params := &bootapi.BootstrapParams{}
+	if len(input) == 0 || proto.Unmarshal(input, params) != nil ||
+		params.GetInstanceID() != f.id || params.GetNamespace() != f.namespace {
+		return req
+	}
+	req.bootstrap = true
+	req.grpcAddr = params.GetContainerdGrpcAddress()
+	if a := params.GetContainerdTtrpcAddress(); a != "" {
+		req.ttrpcAddr = a
+	}
+	req.debug = params.GetLogLevel() <= bootapi.LogLevel_LOG_LEVEL_DEBUG
+	req.socketRoot = params.GetSocketDir()
+	return req
+}
+
+// answer is start's stdout: a version-3 BootstrapResult (task API v3) for
+// a bootstrap caller, else the bare address, which containerd 1.6 to 2.2
+// all read as a task API v2 shim.
+func (r startRequest) answer(address string) ([]byte, error) {
+	if r.bootstrap {
+		return proto.Marshal(&bootapi.BootstrapResult{Version: 3, Address: address, Protocol: "ttrpc"})
+	}
+	return []byte(address), nil
 }
 
 // serveNew starts the shim server on address unless one already serves

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,10 @@ import (
 	"testing"
 	"time"
 
+	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
+	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/ttrpc"
 	"github.com/creack/pty"
 
 	"github.com/boxctl/boxctl/test/images/busybox"
@@ -118,6 +123,7 @@ func checkShim(t *testing.T, d *daemon, wantVersion string) {
 		if ls := d.boxctl("ls", "--format", "{{.Name}} {{index .Config.Labels \"containerd.namespace\"}} {{index .Config.Labels \"containerd.id\"}}"); !strings.Contains(ls, "default.long default long") {
 			t.Fatalf("boxctl ls: want the box labelled with namespace and ID, got %q", ls)
 		}
+		d.checkBothTaskAPIs(t, "long")
 		out, errs, code := d.ctr(nil, "task", "exec", "--exec-id", "e1", "long", "sh", "-c", "echo out; echo err >&2; exit 3")
 		if code != 3 || out != "out\n" || !strings.Contains(errs, "err") {
 			t.Fatalf("task exec: exit %d stdout %q stderr %q: want 3, out, err", code, out, errs)
@@ -335,6 +341,35 @@ func (d *daemon) importImage() {
 	d.ok("images", "import", "--base-name", "docker.io/library/busybox", archive)
 	if out := d.ok("images", "ls", "-q"); !strings.Contains(out, imageRef) {
 		d.t.Fatalf("image not imported: %q", out)
+	}
+}
+
+// checkBothTaskAPIs asks the container's shim for its state over task
+// API v2 and v3 on its one socket: containerd 1.6-2.2 use v2, 2.3+ v3.
+func (d *daemon) checkBothTaskAPIs(t *testing.T, id string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(d.dir, "state", "io.containerd.runtime.v2.task", "default", id, "address"))
+	if err != nil {
+		t.Fatalf("shim address of %s: %v", id, err)
+	}
+	conn, err := net.Dial("unix", strings.TrimPrefix(strings.TrimSpace(string(data)), "unix://"))
+	if err != nil {
+		t.Fatalf("dial shim: %v", err)
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	v3, err := taskv3.NewTTRPCTaskClient(client).State(ctx, &taskv3.StateRequest{ID: id})
+	if err != nil {
+		t.Fatalf("task v3 State: %v", err)
+	}
+	v2, err := taskv2.NewTTRPCTaskClient(client).State(ctx, &taskv2.StateRequest{ID: id})
+	if err != nil {
+		t.Fatalf("task v2 State: %v", err)
+	}
+	if v3.Status != task.Status_RUNNING || v2.Status != task.Status_RUNNING || v3.Pid == 0 || v3.Pid != v2.Pid {
+		t.Fatalf("State over v3 %v, over v2 %v: want both RUNNING with one pid", v3, v2)
 	}
 }
 
