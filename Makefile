@@ -12,16 +12,17 @@ TEST_PLUGINS := procvmm:./test/plugins/procvmm badproto:./test/plugins/badproto
 # into build/examples, tested with their own `go test`.
 EXAMPLES := microvm:examples/vmm-microvm
 
-.PHONY: all build build-test-plugins test bench lint proto clean help deps guest guest-generic demo fuzz
+.PHONY: all build build-test-plugins test bench lint proto clean help deps guest guest-generic demo fuzz containerd-sid
 
 all: build
 
 help:
-	@echo "make build   build bin/boxctl and every plugin as bin/boxctl-plugin-<name>, the examples into build/examples"
+	@echo "make build   build bin/boxctl, bin/containerd-shim-boxctl-v2 and every plugin as bin/boxctl-plugin-<name>, the examples into build/examples"
 	@echo "make guest   build the guest kernel + initramfs into build/guest (Debian's cloud kernel)"
 	@echo "make guest-generic  the same on Debian's generic kernel into build/guest-generic (9p, for host directory shares)"
 	@echo "make demo    install what is needed, build everything and run uname -a in a real VM"
 	@echo "make test    install test dependencies, then run every test with -race"
+	@echo "make containerd-sid  fetch containerd 2.1 from Debian sid into build/containerd-sid (for the shim's tests)"
 	@echo "make fuzz    a bounded fuzz run of the qcow2 parser (FUZZTIME, default 30s)"
 	@echo "make bench   run the benchmarks under bench/ and print their numbers"
 	@echo "make lint    gofmt check, go vet and staticcheck (pinned in go.mod)"
@@ -70,7 +71,12 @@ guest-generic:
 demo: deps build guest
 	./scripts/demo.sh
 
-test: deps build build-test-plugins guest guest-generic
+# containerd 2.1 from Debian sid, unpacked (not installed) for the shim's
+# tests; bookworm's containerd 1.6 comes from scripts/install-deps.sh.
+containerd-sid:
+	./scripts/fetch-containerd-sid.sh
+
+test: deps build build-test-plugins guest guest-generic containerd-sid
 	$(GO) test -race -count=1 -timeout 30m ./...
 	@set -e; for e in $(EXAMPLES); do \
 		dir=$${e#*:}; \

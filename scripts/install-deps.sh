@@ -4,8 +4,9 @@
 # debugfs), busybox-static (the tiny test image), cpio and zstd (guest
 # initramfs), util-linux (flock), procps (pgrep/pkill in tests),
 # docker-registry (a real registry for the push/pull tests), gcc (the
-# libkrun test double is C) and iproute2 (network namespaces in the network
-# tests). Idempotent: does nothing when everything
+# libkrun test double is C), iproute2 (network namespaces in the network
+# tests) and containerd 1.6 with ctr (the containerd shim's tests run their
+# own daemons; nothing here starts the package's service). Idempotent: does nothing when everything
 # is present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -27,6 +28,8 @@ check dpkg-deb dpkg
 check docker-registry docker-registry
 check cc gcc
 check ip iproute2
+check containerd containerd
+check ctr containerd
 [ -x /bin/busybox ] || need+=(busybox-static)
 
 if [ ${#need[@]} -eq 0 ]; then

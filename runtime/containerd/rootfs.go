@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -35,12 +36,17 @@ type descriptor struct {
 // as it does for any image (oci-layout:DIR@DIGEST). The tar is written in
 // name order with the files' own metadata, so one snapshot gives one
 // digest and containers of one image share one cached root disk.
-func writeLayout(rootfs, dir string) (string, error) {
+//
+// files maps paths in the container (absolute) to host files whose
+// contents, at this moment, are placed there in the layer: OCI bind mounts
+// of single files (CRI's /etc/hosts, /etc/resolv.conf, /etc/hostname) are
+// copies in a box, not live views.
+func writeLayout(rootfs, dir string, files map[string]string) (string, error) {
 	blobs := filepath.Join(dir, "blobs", "sha256")
 	if err := os.MkdirAll(blobs, 0o700); err != nil {
 		return "", fmt.Errorf("create image layout %s: %w", dir, err)
 	}
-	layer, err := writeLayer(rootfs, blobs)
+	layer, err := writeLayer(rootfs, blobs, files)
 	if err != nil {
 		return "", err
 	}
@@ -91,7 +97,7 @@ func writeJSONBlob(blobs, mediaType string, v any) (descriptor, error) {
 }
 
 // writeLayer tars rootfs into a blob under blobs.
-func writeLayer(rootfs, blobs string) (descriptor, error) {
+func writeLayer(rootfs, blobs string, files map[string]string) (descriptor, error) {
 	tmp, err := os.CreateTemp(blobs, "layer-*")
 	if err != nil {
 		return descriptor{}, fmt.Errorf("create layer: %w", err)
@@ -100,7 +106,7 @@ func writeLayer(rootfs, blobs string) (descriptor, error) {
 	defer tmp.Close()
 	h := sha256.New()
 	cw := &countingWriter{w: io.MultiWriter(tmp, h)}
-	if err := tarTree(rootfs, cw); err != nil {
+	if err := tarTree(rootfs, cw, files); err != nil {
 		return descriptor{}, fmt.Errorf("archive container rootfs %s: %w", rootfs, err)
 	}
 	if err := tmp.Close(); err != nil {
@@ -126,11 +132,20 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 
 // tarTree writes the tree at root, in name order, without following
 // symlinks; hard links within the tree stay hard links.
-func tarTree(root string, w io.Writer) error {
+func tarTree(root string, w io.Writer, files map[string]string) error {
 	tw := tar.NewWriter(w)
 	type inode struct{ dev, ino uint64 }
 	seen := map[inode]string{}
+	extra := map[string]string{} // rel path in the tree -> host file
+	for dst, src := range files {
+		extra[strings.TrimPrefix(filepath.Clean("/"+dst), "/")] = src
+	}
+	written := map[string]bool{}
 	err := walkSorted(root, "", func(rel string, info fs.FileInfo) error {
+		written[rel] = true
+		if src, ok := extra[rel]; ok && !info.IsDir() {
+			return addFile(tw, rel, src)
+		}
 		link := ""
 		if info.Mode()&fs.ModeSymlink != 0 {
 			var err error
@@ -174,7 +189,53 @@ func tarTree(root string, w io.Writer) error {
 	if err != nil {
 		return err
 	}
+	rels := make([]string, 0, len(extra))
+	for rel := range extra {
+		rels = append(rels, rel)
+	}
+	sort.Strings(rels)
+	for _, rel := range rels {
+		if written[rel] {
+			continue
+		}
+		// Parents the rootfs lacks (a /dev for /dev/termination-log).
+		var parents []string
+		for d := filepath.Dir(rel); d != "." && !written[d]; d = filepath.Dir(d) {
+			parents = append([]string{d}, parents...)
+		}
+		for _, d := range parents {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, Format: tar.FormatPAX}); err != nil {
+				return err
+			}
+			written[d] = true
+		}
+		if err := addFile(tw, rel, extra[rel]); err != nil {
+			return err
+		}
+	}
 	return tw.Close()
+}
+
+// addFile writes host file src at rel, with src's mode and contents.
+func addFile(tw *tar.Writer, rel, src string) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("bind-mounted file %s: %w", src, err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !info.Mode().IsRegular() {
+		return fmt.Errorf("bind-mounted file %s is not a regular file", src)
+	}
+	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: rel, Mode: int64(info.Mode().Perm()), Size: info.Size(), ModTime: info.ModTime(), Format: tar.FormatPAX}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	_, err = io.CopyN(tw, f, info.Size())
+	return err
 }
 
 func walkSorted(root, rel string, fn func(rel string, info fs.FileInfo) error) error {

@@ -9,10 +9,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
@@ -143,7 +141,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	cfg, argv, unsupported, err := boxConfig(spec)
+	cfg, argv, files, unsupported, err := boxConfig(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +172,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		c.mounted = true
 	}
 	layout := filepath.Join(r.Bundle, imageDirName)
-	digest, err := writeLayout(rootfs, layout)
+	digest, err := writeLayout(rootfs, layout, files)
 	if err != nil {
 		return nil, err
 	}
@@ -605,6 +603,3 @@ func ociUser(u specs.User) string {
 	}
 	return strconv.FormatUint(uint64(u.UID), 10) + ":" + strconv.FormatUint(uint64(u.GID), 10)
 }
-
-var _ = strings.TrimSpace
-var _ = time.Now

@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 
@@ -23,12 +24,13 @@ var guestProvided = map[string]bool{
 // init process; memory and CPU limits size the VM; bind mounts of host
 // directories become host directory shares. It also returns, for the
 // shim's log, every field that is set but has no meaning for a box.
-func boxConfig(spec *specs.Spec) (model.BoxConfig, []string, []string, error) {
-	var cfg model.BoxConfig
-	var unsupported []string
+//
+// Bind mounts of single host files are returned in files (container path
+// -> host path): they are copied into the root disk (see writeLayout).
+func boxConfig(spec *specs.Spec) (cfg model.BoxConfig, argv []string, files map[string]string, unsupported []string, err error) {
 	p := spec.Process
 	if p == nil || len(p.Args) == 0 {
-		return cfg, nil, nil, fmt.Errorf("the OCI spec has no process args: %w", errdefs.ErrInvalidArgument)
+		return cfg, nil, nil, nil, fmt.Errorf("the OCI spec has no process args: %w", errdefs.ErrInvalidArgument)
 	}
 	cfg.Env, cfg.WorkingDir, cfg.User = p.Env, p.Cwd, ociUser(p.User)
 	if len(p.User.AdditionalGids) > 0 {
@@ -91,6 +93,14 @@ func boxConfig(spec *specs.Spec) (model.BoxConfig, []string, []string, error) {
 			continue
 		}
 		if m.Type == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {
+			if info, err := os.Stat(m.Source); err == nil && info.Mode().IsRegular() {
+				if files == nil {
+					files = map[string]string{}
+				}
+				files[m.Destination] = m.Source
+				unsupported = append(unsupported, fmt.Sprintf("bind mount of file %s at %s: copied into the box at create, later changes are not seen", m.Source, m.Destination))
+				continue
+			}
 			cfg.Mounts = append(cfg.Mounts, model.Mount{
 				Kind: model.MountBind, Source: m.Source, Target: m.Destination, ReadOnly: hasOption(m.Options, "ro"),
 			})
@@ -102,7 +112,7 @@ func boxConfig(spec *specs.Spec) (model.BoxConfig, []string, []string, error) {
 		}
 		unsupported = append(unsupported, fmt.Sprintf("mount %s (%s)", m.Destination, m.Type))
 	}
-	return cfg, p.Args, unsupported, nil
+	return cfg, p.Args, files, unsupported, nil
 }
 
 func hasOption(opts []string, o string) bool {

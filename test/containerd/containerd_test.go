@@ -94,14 +94,27 @@ func checkShim(t *testing.T, d *daemon, wantVersion string) {
 	d.importImage()
 
 	t.Run("RunPrintsGuestKernel", func(t *testing.T) {
-		out, errs, code := d.ctr(nil, "run", "--runtime", runtimeType, "--rm", imageRef, "uname", "uname", "-a")
+		// The OCI spec's memory and CPU limits size the VM.
+		out, errs, code := d.ctr(nil, "run", "--runtime", runtimeType, "--rm", "--memory-limit", strconv.Itoa(384<<20), "--cpus", "2",
+			imageRef, "uname", "sh", "-c", "uname -a; nproc; grep MemTotal /proc/meminfo")
 		if code != 0 {
 			t.Fatalf("ctr run uname -a: exit %d\n%s%s", code, errs, d.logTail())
 		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 3 {
+			t.Fatalf("ctr run printed %q: want uname, nproc and MemTotal", out)
+		}
 		host, _ := exec.Command("uname", "-r").Output()
 		guest := guestKernelRelease(t, d.guest)
-		if !strings.Contains(out, guest) || strings.Contains(out, strings.TrimSpace(string(host))) {
-			t.Fatalf("uname -a printed %q: want the guest kernel %s, not the host's %s", out, guest, host)
+		if !strings.Contains(lines[0], guest) || strings.Contains(lines[0], strings.TrimSpace(string(host))) {
+			t.Fatalf("uname -a printed %q: want the guest kernel %s, not the host's %s", lines[0], guest, host)
+		}
+		if lines[1] != "2" {
+			t.Errorf("nproc in a --cpus 2 container: %q", lines[1])
+		}
+		var kb int
+		if _, err := fmt.Sscanf(lines[2], "MemTotal: %d kB", &kb); err != nil || kb > 384<<10 || kb < 256<<10 {
+			t.Errorf("%q in a 384 MiB container: want a VM of 384 MiB", lines[2])
 		}
 		d.checkNothingLeft(t)
 	})
@@ -131,6 +144,17 @@ func checkShim(t *testing.T, d *daemon, wantVersion string) {
 		out, errs, code = d.ctr([]byte("through stdin\n"), "task", "exec", "--exec-id", "e2", "long", "cat")
 		if code != 0 || out != "through stdin\n" {
 			t.Fatalf("task exec cat (stdin): exit %d stdout %q stderr %q", code, out, errs)
+		}
+		d.ok("task", "pause", "long")
+		if out := d.ok("task", "ls"); !strings.Contains(out, "PAUSED") {
+			t.Errorf("task ls after pause: %s", out)
+		}
+		d.ok("task", "resume", "long")
+		if out := d.ok("task", "exec", "--exec-id", "e3", "long", "echo", "resumed"); out != "resumed\n" {
+			t.Errorf("exec after resume: %q", out)
+		}
+		if out := d.ok("task", "metrics", "long"); !strings.Contains(out, "memory.usage_in_bytes") && !strings.Contains(out, "memory.usage") {
+			t.Errorf("task metrics: %s", out)
 		}
 		d.ok("task", "kill", "-s", "SIGTERM", "long")
 		d.waitStopped(t, "long")
