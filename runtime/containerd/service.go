@@ -22,6 +22,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/containerd/v2/pkg/shutdown"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
@@ -80,6 +81,19 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 	taskapi.RegisterTTRPCTaskService(server, s)
 	registerTaskV2(server, s)
 	return nil
+}
+
+// UnaryServerInterceptor gives every error of the task API its gRPC code
+// (not found, failed precondition...): containerd branches on those codes,
+// e.g. a kill of a finished process must read as not found.
+func (s *service) UnaryServerInterceptor() ttrpc.UnaryServerInterceptor {
+	return func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, h ttrpc.Method) (any, error) {
+		resp, err := h(ctx, u)
+		if err != nil {
+			return resp, errgrpc.ToGRPC(err)
+		}
+		return resp, nil
+	}
 }
 
 func (s *service) publish(ctx context.Context, topic string, ev any) {
@@ -243,7 +257,7 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		return nil, err
 	}
 	if started, _, _, _ := p.snapshot(); started {
-		return nil, fmt.Errorf("process %s of %s already started: %w", r.ExecID, r.ID, errdefs.ErrFailedPrecondition)
+		return nil, fmt.Errorf("%s already started: %w", processName(r.ID, r.ExecID), errdefs.ErrFailedPrecondition)
 	}
 	if r.ExecID == "" {
 		// Detached: the box outlives this shim process (containerd may
@@ -301,7 +315,7 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	if started, exited, _, _ := p.snapshot(); started && !exited {
 		return nil, fmt.Errorf("container %s is running: kill it first: %w", r.ID, errdefs.ErrFailedPrecondition)
 	}
-	if err := removeBox(ctx, s.rt, c.boxID, c.image); err != nil {
+	if err := removeBox(ctx, s.rt, c.boxID); err != nil {
 		return nil, err
 	}
 	c.cleanupFiles(ctx)
@@ -316,17 +330,24 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	return &taskapi.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 }
 
-// removeBox force-removes the box and then its image, which only this
-// container's box used unless another container has the same rootfs.
-func removeBox(ctx context.Context, rt *core.Runtime, boxID, image string) error {
-	if boxID != "" {
-		if err := rt.Remove(ctx, boxID, core.RemoveOptions{Force: true}); err != nil && !errors.Is(err, core.ErrNotFound) {
-			return fmt.Errorf("remove box %s: %w", boxID, err)
-		}
+// removeBox force-removes the box and then its root disk image, unless
+// another box still uses that image (containers with identical rootfs
+// trees share one): the last of them to go removes it.
+func removeBox(ctx context.Context, rt *core.Runtime, boxID string) error {
+	b, err := rt.GetInfo(ctx, boxID)
+	if errors.Is(err, core.ErrNotFound) {
+		return nil
 	}
-	if image != "" {
-		// Refused while another box uses it: then that box's delete removes it.
-		_, _ = rt.RemoveImage(ctx, image, false)
+	if err != nil {
+		return fmt.Errorf("box %s: %w", boxID, err)
+	}
+	if err := rt.Remove(ctx, boxID, core.RemoveOptions{Force: true}); err != nil && !errors.Is(err, core.ErrNotFound) {
+		return fmt.Errorf("remove box %s: %w", boxID, err)
+	}
+	if b.ImageDigest != "" {
+		if _, err := rt.RemoveImage(ctx, b.ImageDigest, false); err != nil && !errors.Is(err, core.ErrNotFound) && !errors.Is(err, core.ErrInvalidState) {
+			log.G(ctx).WithError(err).Warn("remove the container's root disk image")
+		}
 	}
 	return nil
 }
@@ -386,7 +407,7 @@ func (s *service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Em
 	}
 	started, exited, _, _ := p.snapshot()
 	if exited {
-		return nil, fmt.Errorf("process %s of %s already finished: %w", r.ExecID, r.ID, errdefs.ErrNotFound)
+		return nil, fmt.Errorf("%s already finished: %w", processName(r.ID, r.ExecID), errdefs.ErrNotFound)
 	}
 	if !started {
 		// A created, never started process has nothing to signal: it ends.
@@ -592,6 +613,13 @@ func mapErr(err error) error {
 		return fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}
 	return err
+}
+
+func processName(id, execID string) string {
+	if execID == "" {
+		return "the init process of " + id
+	}
+	return "exec " + execID + " of " + id
 }
 
 func ociUser(u specs.User) string {

@@ -125,7 +125,7 @@ func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) 
 		if b.Run != nil {
 			status.Pid = b.Run.VM.PID
 		}
-		if err := removeBox(ctx, rt, b.ID, b.Config.Image); err != nil {
+		if err := removeBox(ctx, rt, b.ID); err != nil {
 			return status, err
 		}
 	}

@@ -20,6 +20,10 @@ var guestProvided = map[string]bool{
 	"/sys": true, "/sys/fs/cgroup": true, "/run": true,
 }
 
+// Files the guest agent generates for every box (from the box's hostname,
+// network and DNS) and mounts over the image's.
+var boxOwned = map[string]bool{"/etc/hostname": true, "/etc/hosts": true, "/etc/resolv.conf": true}
+
 // boxConfig maps an OCI spec to a box: args, env, cwd and user for the
 // init process; memory and CPU limits size the VM; bind mounts of host
 // directories become host directory shares. It also returns, for the
@@ -85,11 +89,16 @@ func boxConfig(spec *specs.Spec) (cfg model.BoxConfig, argv []string, files map[
 			unsupported = append(unsupported, "linux.sysctl "+strings.Join(keys, ","))
 		}
 	}
-	if spec.Hooks != nil && (len(spec.Hooks.Prestart) > 0 || len(spec.Hooks.CreateRuntime) > 0 || len(spec.Hooks.StartContainer) > 0 || len(spec.Hooks.Poststart) > 0) {
+	//lint:ignore SA1019 old runtimes still write prestart hooks; they are reported like the others
+	if h := spec.Hooks; h != nil && (len(h.Prestart) > 0 || len(h.CreateRuntime) > 0 || len(h.CreateContainer) > 0 || len(h.StartContainer) > 0 || len(h.Poststart) > 0) {
 		unsupported = append(unsupported, "hooks")
 	}
 	for _, m := range spec.Mounts {
 		if guestProvided[m.Destination] {
+			continue
+		}
+		if boxOwned[m.Destination] {
+			unsupported = append(unsupported, fmt.Sprintf("mount %s: the box's own (its hostname, network and DNS) is used", m.Destination))
 			continue
 		}
 		if m.Type == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {

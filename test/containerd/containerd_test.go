@@ -171,6 +171,11 @@ func checkShim(t *testing.T, d *daemon, wantVersion string) {
 		t.Cleanup(func() { d.remove("killme") })
 		d.ok("task", "kill", "-s", "SIGKILL", "killme")
 		d.waitStopped(t, "killme")
+		// A finished process is "not found" to containerd (its kill-then-
+		// delete paths rely on the gRPC code), not an unknown error.
+		if _, errs, code := d.ctr(nil, "task", "kill", "killme"); code == 0 || !strings.Contains(errs, "not found") || strings.Contains(errs, "unknown") {
+			t.Errorf("kill of a finished task: exit %d, %q: want a not-found error", code, errs)
+		}
 		_, errs, _ := d.ctr(nil, "task", "delete", "killme")
 		if !strings.Contains(errs, "137") {
 			t.Errorf("task delete after SIGKILL: want exit code 137 reported, got %q", errs)
@@ -199,6 +204,15 @@ func checkShim(t *testing.T, d *daemon, wantVersion string) {
 
 func startDaemon(t *testing.T, ctrdBin string) *daemon {
 	t.Helper()
+	return startDaemonWith(t, ctrdBin, func(string) string {
+		return `disabled_plugins = ["io.containerd.grpc.v1.cri"]`
+	})
+}
+
+// startDaemonWith starts containerd with extra config (given the daemon's
+// directory) after its root, state and sockets.
+func startDaemonWith(t *testing.T, ctrdBin string, extra func(dir string) string) *daemon {
+	t.Helper()
 	root := testbin.ModuleRoot(t)
 	guest := filepath.Join(root, "build", "guest")
 	if _, err := os.Stat(filepath.Join(guest, "vmlinuz")); err != nil {
@@ -214,12 +228,12 @@ func startDaemon(t *testing.T, ctrdBin string) *daemon {
 version = 2
 root = %q
 state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+%s
 [grpc]
   address = %q
 [ttrpc]
   address = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.sock, d.sock+".ttrpc"))
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), extra(dir), d.sock, d.sock+".ttrpc"))
 	logf, err := os.Create(d.log)
 	if err != nil {
 		t.Fatal(err)
@@ -352,18 +366,24 @@ func (d *daemon) boxctl(args ...string) string {
 }
 
 // importImage imports the busybox test image as an OCI archive.
-func (d *daemon) importImage() {
+func (d *daemon) importImage(ctrArgs ...string) {
 	d.t.Helper()
-	layout := filepath.Join(d.dir, "img")
-	if _, err := busybox.BuildLayout(layout, busybox.Options{Tag: "latest"}); err != nil {
+	d.importBusybox("latest", nil, ctrArgs...)
+}
+
+// importBusybox imports the busybox test image as docker.io/library/busybox:TAG.
+func (d *daemon) importBusybox(tag string, cfg *busybox.Config, ctrArgs ...string) {
+	d.t.Helper()
+	layout := filepath.Join(d.dir, "img-"+tag)
+	if _, err := busybox.BuildLayout(layout, busybox.Options{Tag: tag, Config: cfg}); err != nil {
 		d.t.Fatalf("build the busybox image: %v", err)
 	}
-	archive := filepath.Join(d.dir, "img.tar")
+	archive := layout + ".tar"
 	if out, err := exec.Command("tar", "-C", layout, "-cf", archive, ".").CombinedOutput(); err != nil {
 		d.t.Fatalf("tar the image: %v\n%s", err, out)
 	}
-	d.ok("images", "import", "--base-name", "docker.io/library/busybox", archive)
-	if out := d.ok("images", "ls", "-q"); !strings.Contains(out, imageRef) {
+	d.ok(append(ctrArgs, "images", "import", "--base-name", "docker.io/library/busybox", archive)...)
+	if out := d.ok(append(ctrArgs, "images", "ls", "-q")...); !strings.Contains(out, "docker.io/library/busybox:"+tag) {
 		d.t.Fatalf("image not imported: %q", out)
 	}
 }
