@@ -14,6 +14,7 @@ import (
 	"github.com/boxctl/boxctl/core/state"
 	"github.com/boxctl/boxctl/internal/namecheck"
 	"github.com/boxctl/boxctl/sdk"
+	"github.com/boxctl/boxctl/sdk/guestboot"
 )
 
 // BoxOptions are what Create takes: a name (optional; one is generated)
@@ -58,6 +59,11 @@ func (r *Runtime) newBox(opts BoxOptions) (*model.Box, error) {
 	}
 	if !namecheck.BoxName(name) {
 		return nil, fmt.Errorf("create box: invalid name %q: use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit: %w", name, ErrInvalidArgument)
+	}
+	if c.Hostname != "" {
+		if err := guestboot.ValidHostname(c.Hostname); err != nil {
+			return nil, fmt.Errorf("create box: hostname %q: %v: %w", c.Hostname, err, ErrInvalidArgument)
+		}
 	}
 	d := r.cfg.Defaults
 	if c.CPUs == 0 {

@@ -222,7 +222,7 @@ func archiveBox(b *model.Box) boxarchive.Box {
 		CPUs:  c.CPUs, MemoryMiB: c.MemoryMiB, DiskSize: c.DiskSize,
 		Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User,
 		Labels: c.Labels, AutoRemove: c.AutoRemove, Detach: c.Detach, AllowHostLoopback: c.AllowHostLoopback,
-		NetworkMode: c.NetworkMode, AllowNet: c.AllowNet,
+		NetworkMode: c.NetworkMode, AllowNet: c.AllowNet, Hostname: c.Hostname,
 	}
 	for _, p := range c.Ports {
 		out.Ports = append(out.Ports, boxarchive.Port{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
@@ -241,7 +241,7 @@ func boxConfig(a boxarchive.Box) model.BoxConfig {
 		CPUs: a.CPUs, MemoryMiB: a.MemoryMiB, DiskSize: a.DiskSize,
 		Entrypoint: a.Entrypoint, Cmd: a.Cmd, Env: a.Env, WorkingDir: a.WorkingDir, User: a.User,
 		Labels: a.Labels, AutoRemove: a.AutoRemove, Detach: a.Detach, AllowHostLoopback: a.AllowHostLoopback,
-		NetworkMode: a.NetworkMode, AllowNet: a.AllowNet,
+		NetworkMode: a.NetworkMode, AllowNet: a.AllowNet, Hostname: a.Hostname,
 	}
 	for _, p := range a.Ports {
 		c.Ports = append(c.Ports, model.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})

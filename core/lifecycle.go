@@ -237,7 +237,7 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 	if err != nil {
 		return err
 	}
-	spec.KernelArgs = bootArgs(spec, info.Capabilities.AgentTransport, mounts...)
+	spec.KernelArgs = bootArgs(spec, hostnameOf(b), info.Capabilities.AgentTransport, mounts...)
 	if spec.Sandbox, err = r.sandboxSpec(ctx, b, info); err != nil {
 		return err
 	}
@@ -289,7 +289,7 @@ func (r *Runtime) launch(ctx context.Context, b *model.Box, run *model.Run, rf *
 		LogLevel:    r.cfg.LogLevel,
 	}
 	if rf != nil {
-		l.Identity = &monitor.Identity{BoxID: b.ID, Hostname: hostnameOf(b.ID)}
+		l.Identity = &monitor.Identity{BoxID: b.ID, Hostname: hostnameOf(b)}
 	}
 	err = r.store.Update(ctx, func(tx *state.Tx) error {
 		cur, err := tx.Box(b.ID)
@@ -366,10 +366,10 @@ func (r *Runtime) verifyInBackground(id string, rf *restoreFrom, cancel context.
 // user-mode network its addresses, and the one agent transport the VMM
 // connects over, and the box's mounts. The VMM appends them to the kernel
 // command line as they are.
-func bootArgs(spec sdk.VMSpec, transport sdk.AgentTransport, mounts ...guestboot.Mount) []string {
+func bootArgs(spec sdk.VMSpec, hostname string, transport sdk.AgentTransport, mounts ...guestboot.Mount) []string {
 	c := guestboot.Default()
 	c.ForTransport(transport == sdk.AgentSerial, transport == sdk.AgentVsock)
-	c.Hostname, c.BoxID = hostnameOf(spec.BoxID), spec.BoxID
+	c.Hostname, c.BoxID = hostname, spec.BoxID
 	for i, d := range spec.Disks {
 		dev, err := guestboot.DeviceName(i)
 		if err != nil {

@@ -268,5 +268,11 @@ func (r *Runtime) removeStateFile(st model.VMState) {
 	}
 }
 
-// hostnameOf is a box's host name: its short ID, as Docker's.
-func hostnameOf(id string) string { return shortID(id) }
+// hostnameOf is a box's host name: the one it was created with, else its
+// short ID, as Docker's.
+func hostnameOf(b *model.Box) string {
+	if b.Config.Hostname != "" {
+		return b.Config.Hostname
+	}
+	return shortID(b.ID)
+}

@@ -130,8 +130,8 @@ func TestFirstStartPreparesImageAndDisk(t *testing.T) {
 		sdk.AgentVsock:  {"boxctl.serial=none", "boxctl.vsock_port=1024"},
 		"":              {"boxctl.serial=boxctl.agent", "boxctl.vsock_port=1024"},
 	} {
-		args := strings.Join(bootArgs(spec, transport), " ")
-		for _, want := range append([]string{"boxctl.root=vda", "boxctl.data=vdb", "boxctl.ip=10.0.2.15/24", "boxctl.gw=10.0.2.2", "boxctl.dns=10.0.2.3"}, wants...) {
+		args := strings.Join(bootArgs(spec, "h1", transport), " ")
+		for _, want := range append([]string{"boxctl.root=vda", "boxctl.data=vdb", "boxctl.ip=10.0.2.15/24", "boxctl.gw=10.0.2.2", "boxctl.dns=10.0.2.3", "boxctl.hostname=h1"}, wants...) {
 			if !strings.Contains(args, want) {
 				t.Errorf("boot arguments for transport %q: %q lack %s", transport, args, want)
 			}

@@ -78,6 +78,7 @@ type Box struct {
 	// confined than it was.
 	NetworkMode string   `json:"network_mode,omitempty"`
 	AllowNet    []string `json:"allow_net,omitempty"`
+	Hostname    string   `json:"hostname,omitempty"`
 }
 
 // Image names the image a box runs.

@@ -90,6 +90,8 @@ type BoxConfig struct {
 	AllowNet []string `json:"allow_net,omitempty"`
 	// Mounts are host directories and named volumes mounted in the box.
 	Mounts []Mount `json:"mounts,omitempty"`
+	// Hostname is the guest's host name; "" is the box's short ID.
+	Hostname string `json:"hostname,omitempty"`
 }
 
 // MountKind says what a Mount's source is.

@@ -243,6 +243,8 @@ func decodeConfigWire(v []byte, c *model.BoxConfig, entry, cmd *[]string, entryS
 			return boolean(typ, val, &c.AllowHostLoopback)
 		case 22:
 			return str(typ, raw, &c.NetworkMode)
+		case 24:
+			return str(typ, raw, &c.Hostname)
 		case 23:
 			var a string
 			if !str(typ, raw, &a) {

@@ -10,6 +10,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/boxctl/boxctl/core/model"
+	"github.com/boxctl/boxctl/sdk/guestboot"
 )
 
 // Mount types and destinations that every OCI spec carries for a Linux
@@ -46,9 +47,7 @@ func boxConfig(spec *specs.Spec) (cfg model.BoxConfig, argv []string, files map[
 	if p.ApparmorProfile != "" || p.SelinuxLabel != "" {
 		unsupported = append(unsupported, "process apparmor/selinux labels (the VM boundary isolates the box)")
 	}
-	if spec.Hostname != "" {
-		unsupported = append(unsupported, fmt.Sprintf("hostname %q (a box's hostname is its short ID)", spec.Hostname))
-	}
+	cfg.Hostname = spec.Hostname
 	if l := spec.Linux; l != nil {
 		if r := l.Resources; r != nil {
 			if r.Memory != nil && r.Memory.Limit != nil && *r.Memory.Limit > 0 {
@@ -98,7 +97,14 @@ func boxConfig(spec *specs.Spec) (cfg model.BoxConfig, argv []string, files map[
 			continue
 		}
 		if boxOwned[m.Destination] {
-			unsupported = append(unsupported, fmt.Sprintf("mount %s: the box's own (its hostname, network and DNS) is used", m.Destination))
+			// A pod's containers share the sandbox's UTS namespace: CRI
+			// gives them its hostname only as this file.
+			if m.Destination == "/etc/hostname" && cfg.Hostname == "" {
+				if data, err := os.ReadFile(m.Source); err == nil {
+					cfg.Hostname = strings.TrimSpace(string(data))
+				}
+			}
+			unsupported = append(unsupported, fmt.Sprintf("mount %s: the box's own (from its hostname, network and DNS) is used", m.Destination))
 			continue
 		}
 		if m.Type == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {
@@ -120,6 +126,12 @@ func boxConfig(spec *specs.Spec) (cfg model.BoxConfig, argv []string, files map[
 			continue
 		}
 		unsupported = append(unsupported, fmt.Sprintf("mount %s (%s)", m.Destination, m.Type))
+	}
+	if cfg.Hostname != "" {
+		if err := guestboot.ValidHostname(cfg.Hostname); err != nil {
+			unsupported = append(unsupported, fmt.Sprintf("hostname %q (%v): the box's short ID is used", cfg.Hostname, err))
+			cfg.Hostname = ""
+		}
 	}
 	return cfg, p.Args, files, unsupported, nil
 }

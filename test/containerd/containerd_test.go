@@ -95,14 +95,24 @@ func checkShim(t *testing.T, d *daemon, wantVersion string) {
 
 	t.Run("RunPrintsGuestKernel", func(t *testing.T) {
 		// The OCI spec's memory and CPU limits size the VM.
-		out, errs, code := d.ctr(nil, "run", "--runtime", runtimeType, "--rm", "--memory-limit", strconv.Itoa(384<<20), "--cpus", "2",
-			imageRef, "uname", "sh", "-c", "uname -a; nproc; grep MemTotal /proc/meminfo")
+		// ctr 2.x sets the spec's hostname (1.6's ctr cannot; the CRI test
+		// covers it there).
+		args := []string{"run", "--runtime", runtimeType, "--rm", "--memory-limit", strconv.Itoa(384 << 20), "--cpus", "2"}
+		wantHost := ""
+		if !strings.HasPrefix(wantVersion, "1.") {
+			wantHost = "web-1"
+			args = append(args, "--hostname", wantHost)
+		}
+		out, errs, code := d.ctr(nil, append(args, imageRef, "uname", "sh", "-c", "uname -a; nproc; grep MemTotal /proc/meminfo; hostname")...)
 		if code != 0 {
 			t.Fatalf("ctr run uname -a: exit %d\n%s%s", code, errs, d.logTail())
 		}
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		if len(lines) != 3 {
-			t.Fatalf("ctr run printed %q: want uname, nproc and MemTotal", out)
+		if len(lines) != 4 {
+			t.Fatalf("ctr run printed %q: want uname, nproc, MemTotal and hostname", out)
+		}
+		if wantHost != "" && lines[3] != wantHost {
+			t.Errorf("hostname in a --hostname %s container: %q", wantHost, lines[3])
 		}
 		host, _ := exec.Command("uname", "-r").Output()
 		guest := guestKernelRelease(t, d.guest)

@@ -74,7 +74,7 @@ func TestCRIPodSandbox(t *testing.T) {
 		Config: &cri.ContainerConfig{
 			Metadata: &cri.ContainerMetadata{Name: "app"},
 			Image:    &cri.ImageSpec{Image: "docker.io/library/busybox:latest"},
-			Command:  []string{"sh", "-c", "uname -r; exit 5"},
+			Command:  []string{"sh", "-c", "uname -r; hostname; exit 5"},
 			LogPath:  "app.log",
 		},
 		SandboxConfig: podCfg,
@@ -101,8 +101,8 @@ func TestCRIPodSandbox(t *testing.T) {
 		}
 	}
 	logData, _ := os.ReadFile(filepath.Join(logDir, "app.log"))
-	if st.ExitCode != 5 || !strings.Contains(string(logData), "stdout F "+guestKernelRelease(t, d.guest)) {
-		t.Fatalf("container exit %d, log %q: want 5 and the guest kernel in the CRI log%s", st.ExitCode, logData, d.logTail())
+	if st.ExitCode != 5 || !strings.Contains(string(logData), "stdout F "+guestKernelRelease(t, d.guest)) || !strings.Contains(string(logData), "stdout F sandboxed\n") {
+		t.Fatalf("container exit %d, log %q: want 5, the guest kernel and the pod's hostname in the CRI log%s", st.ExitCode, logData, d.logTail())
 	}
 	if _, err := rs.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
 		t.Fatalf("RemoveContainer: %v", err)

@@ -183,6 +183,7 @@ type BoxConfig struct {
 	NetworkMode       string                 `protobuf:"bytes,22,opt,name=network_mode,json=networkMode,proto3" json:"network_mode,omitempty"`
 	AllowNet          []string               `protobuf:"bytes,23,rep,name=allow_net,json=allowNet,proto3" json:"allow_net,omitempty"`
 	Mounts            []*Mount               `protobuf:"bytes,21,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	Hostname          string                 `protobuf:"bytes,24,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -362,6 +363,13 @@ func (x *BoxConfig) GetMounts() []*Mount {
 		return x.Mounts
 	}
 	return nil
+}
+
+func (x *BoxConfig) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
 }
 
 // Mount is a host directory or a named volume mounted in the box.
@@ -1137,7 +1145,7 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ns\x18\x03 \x01(\x03R\ttimeoutNs\x12\x18\n" +
 	"\aretries\x18\x04 \x01(\x03R\aretries\x12&\n" +
-	"\x0fstart_period_ns\x18\x05 \x01(\x03R\rstartPeriodNs\"\x84\x06\n" +
+	"\x0fstart_period_ns\x18\x05 \x01(\x03R\rstartPeriodNs\"\xa0\x06\n" +
 	"\tBoxConfig\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x1e\n" +
 	"\n" +
@@ -1165,7 +1173,8 @@ const file_core_state_statepb_records_proto_rawDesc = "" +
 	"\x13allow_host_loopback\x18\x14 \x01(\bR\x11allowHostLoopback\x12!\n" +
 	"\fnetwork_mode\x18\x16 \x01(\tR\vnetworkMode\x12\x1b\n" +
 	"\tallow_net\x18\x17 \x03(\tR\ballowNet\x12.\n" +
-	"\x06mounts\x18\x15 \x03(\v2\x16.boxctl.state.v1.MountR\x06mounts\x1a9\n" +
+	"\x06mounts\x18\x15 \x03(\v2\x16.boxctl.state.v1.MountR\x06mounts\x12\x1a\n" +
+	"\bhostname\x18\x18 \x01(\tR\bhostname\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
