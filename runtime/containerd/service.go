@@ -191,7 +191,8 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		return nil, err
 	}
 	c.image = "oci-layout:" + layout + "@" + digest
-	if _, err := s.rt.EnsureImage(ctx, c.image, "", nil); err != nil {
+	img, err := s.rt.EnsureImage(ctx, c.image, "", nil)
+	if err != nil {
 		return nil, fmt.Errorf("import the container's rootfs into boxctl: %w", err)
 	}
 	// The image store holds the root disk now; the layout is not needed.
@@ -205,7 +206,9 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	cfg.Labels = map[string]string{LabelNamespace: s.namespace, LabelID: r.ID, LabelBundle: r.Bundle}
 	box, err := s.rt.Create(ctx, core.BoxOptions{Name: boxName(s.namespace, r.ID), Config: cfg})
 	if err != nil {
-		return nil, fmt.Errorf("create box for container %s: %w", r.ID, err)
+		// Unless another box uses it, the image was made for this one.
+		_, _ = s.rt.RemoveImage(ctx, img.Digest, false)
+		return nil, mapErr(fmt.Errorf("create box for container %s: %w", r.ID, err))
 	}
 	c.boxID = box.ID()
 	init := newProcess("")
