@@ -149,6 +149,18 @@ func (p *process) snapshot() (started, exited bool, status uint32, at time.Time)
 	return p.started, p.exited, p.exitStatus, p.exitedAt
 }
 
+func (p *process) setPID(pid uint32) {
+	p.mu.Lock()
+	p.pid = pid
+	p.mu.Unlock()
+}
+
+func (p *process) getPID() uint32 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pid
+}
+
 func (p *process) closeStdin() {
 	p.mu.Lock()
 	c := p.stdinPipe

@@ -271,7 +271,7 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		}
 	}
 	pid := s.vmPID(ctx, c)
-	p.pid = pid
+	p.setPID(pid)
 	if err := p.run(s.rt, c.boxID, func(p *process) { s.exited(c, p) }); err != nil {
 		return nil, fmt.Errorf("start process of %s: %w", r.ID, err)
 	}
@@ -290,7 +290,7 @@ func (s *service) exited(c *container, p *process) {
 		id = c.id
 	}
 	s.publish(context.Background(), runtime.TaskExitEventTopic, &eventstypes.TaskExit{
-		ContainerID: c.id, ID: id, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
+		ContainerID: c.id, ID: id, Pid: p.getPID(), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
 	})
 }
 
@@ -313,7 +313,7 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 		delete(c.execs, r.ExecID)
 		c.mu.Unlock()
 		_, _, status, at := p.snapshot()
-		return &taskapi.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+		return &taskapi.DeleteResponse{Pid: p.getPID(), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 	}
 	if started, exited, _, _ := p.snapshot(); started && !exited {
 		return nil, fmt.Errorf("container %s is running: kill it first: %w", r.ID, errdefs.ErrFailedPrecondition)
@@ -328,9 +328,9 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	delete(s.containers, r.ID)
 	s.mu.Unlock()
 	s.publish(ctx, runtime.TaskDeleteEventTopic, &eventstypes.TaskDelete{
-		ContainerID: r.ID, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
+		ContainerID: r.ID, Pid: p.getPID(), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
 	})
-	return &taskapi.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+	return &taskapi.DeleteResponse{Pid: p.getPID(), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 }
 
 // removeBox force-removes the box and then its root disk image, unless
@@ -479,7 +479,7 @@ func (s *service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.
 		}
 	}
 	return &taskapi.StateResponse{
-		ID: r.ID, ExecID: r.ExecID, Bundle: c.bundle, Pid: p.pid, Status: st,
+		ID: r.ID, ExecID: r.ExecID, Bundle: c.bundle, Pid: p.getPID(), Status: st,
 		Stdin: p.stdin, Stdout: p.stdout, Stderr: p.stderr, Terminal: p.terminal,
 		ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
 	}, nil

@@ -21,6 +21,10 @@ var guestProvided = map[string]bool{
 	"/sys": true, "/sys/fs/cgroup": true, "/run": true,
 }
 
+// minMemoryMiB is the smallest VM the shim makes: the guest kernel and
+// agent need about this much to boot.
+const minMemoryMiB = 128
+
 // Files the guest agent generates for every box (from the box's hostname,
 // network and DNS) and mounts over the image's.
 var boxOwned = map[string]bool{"/etc/hostname": true, "/etc/hosts": true, "/etc/resolv.conf": true}
@@ -52,8 +56,9 @@ func boxConfig(spec *specs.Spec) (cfg model.BoxConfig, argv []string, files map[
 		if r := l.Resources; r != nil {
 			if r.Memory != nil && r.Memory.Limit != nil && *r.Memory.Limit > 0 {
 				mib := uint64(*r.Memory.Limit) >> 20
-				if mib < 128 {
-					mib = 128 // below this the guest kernel does not boot
+				if mib < minMemoryMiB {
+					unsupported = append(unsupported, fmt.Sprintf("linux.resources.memory.limit %d MiB: a box gets at least %d MiB", mib, minMemoryMiB))
+					mib = minMemoryMiB
 				}
 				cfg.MemoryMiB = mib
 			}
