@@ -1,11 +1,16 @@
 package containerd
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	runcopts "github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 func TestStartAnswerPerContainerdGeneration(t *testing.T) {
@@ -66,5 +71,33 @@ func TestBoxName(t *testing.T) {
 		if got := boxName(in[0], in[1]); got != want {
 			t.Errorf("boxName(%q, %q) = %q, want %q", in[0], in[1], got, want)
 		}
+	}
+}
+
+func TestConfigFromRuntimeOptions(t *testing.T) {
+	bundle := t.TempDir()
+	pack := func(m proto.Message, url string) *anypb.Any {
+		v, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &anypb.Any{TypeUrl: url, Value: v}
+	}
+	if p, err := configFromOptions(nil, bundle); p != "" || err != nil {
+		t.Fatalf("no options: %q, %v", p, err)
+	}
+	p, err := configFromOptions(pack(&runtimeoptions.Options{ConfigPath: "/etc/boxctl/k8s.hcl"}, "runtimeoptions.v1.Options"), bundle)
+	if p != "/etc/boxctl/k8s.hcl" || err != nil {
+		t.Fatalf("ConfigPath: %q, %v", p, err)
+	}
+	p, err = configFromOptions(pack(&runtimeoptions.Options{ConfigBody: []byte(`home = "/x"`)}, "type.googleapis.com/runtimeoptions.v1.Options"), bundle)
+	if err != nil || p != filepath.Join(bundle, "boxctl-config.hcl") {
+		t.Fatalf("ConfigBody: %q, %v", p, err)
+	}
+	if data, _ := os.ReadFile(p); string(data) != `home = "/x"` {
+		t.Fatalf("ConfigBody written as %q", data)
+	}
+	if _, err := configFromOptions(pack(&runcopts.Options{BinaryName: "runc"}, "containerd.runc.v1.Options"), bundle); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("runc options: %v, want invalid argument", err)
 	}
 }

@@ -60,7 +60,10 @@ type container struct {
 // service is the task API over boxes. One shim process serves one
 // container (containerd starts a shim per container).
 type service struct {
+	// rt is opened by the first Create, with the config its runtime
+	// options name.
 	rt        *core.Runtime
+	rtOpts    []core.Option
 	namespace string
 	events    shim.Publisher
 	shutdown  shutdown.Service
@@ -69,10 +72,38 @@ type service struct {
 	containers map[string]*container
 }
 
-func newService(rt *core.Runtime, ns string, pub shim.Publisher, sd shutdown.Service) *service {
-	s := &service{rt: rt, namespace: ns, events: pub, shutdown: sd, containers: map[string]*container{}}
-	sd.RegisterCallback(func(context.Context) error { return rt.Close() })
+func newService(rtOpts []core.Option, ns string, pub shim.Publisher, sd shutdown.Service) *service {
+	s := &service{rtOpts: rtOpts, namespace: ns, events: pub, shutdown: sd, containers: map[string]*container{}}
+	sd.RegisterCallback(func(context.Context) error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.rt != nil {
+			return s.rt.Close()
+		}
+		return nil
+	})
 	return s
+}
+
+// openRuntime opens package core for the container being created, once.
+func (s *service) openRuntime(ctx context.Context, configPath, bundle string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rt != nil {
+		return nil
+	}
+	rt, err := openRuntime(ctx, configPath, s.rtOpts)
+	if err != nil {
+		return err
+	}
+	if configPath != "" {
+		if err := os.WriteFile(filepath.Join(bundle, configRecord), []byte(configPath), 0o600); err != nil {
+			rt.Close()
+			return fmt.Errorf("record the boxctl config in the bundle: %w", err)
+		}
+	}
+	s.rt = rt
+	return nil
 }
 
 // RegisterTTRPC serves task API v3 and, with the same handlers, v2: the
@@ -153,6 +184,13 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	}
 	spec, err := readSpec(r.Bundle)
 	if err != nil {
+		return nil, err
+	}
+	configPath, err := configFromOptions(r.Options, r.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.openRuntime(ctx, configPath, r.Bundle); err != nil {
 		return nil, err
 	}
 	cfg, argv, files, unsupported, err := boxConfig(spec)

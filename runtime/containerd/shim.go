@@ -33,9 +33,9 @@ const RuntimeName = "io.containerd.boxctl.v2"
 type Options struct {
 	// Version is reported by `-info` and `-version`.
 	Version string
-	// RuntimeOptions are passed to core.Open; the home and config come
-	// from containerd's environment ($BOXCTL_HOME, $BOXCTL_CONFIG), as
-	// for the CLI.
+	// RuntimeOptions are passed to core.Open. The config is the file the
+	// runtime's options in containerd's config name (ConfigPath), else
+	// the environment's ($BOXCTL_CONFIG, $BOXCTL_HOME), as for the CLI.
 	RuntimeOptions []core.Option
 }
 
@@ -68,11 +68,7 @@ func Main(opts Options) {
 			if err != nil {
 				return nil, err
 			}
-			rt, err := core.Open(ic.Context, opts.RuntimeOptions...)
-			if err != nil {
-				return nil, fmt.Errorf("open boxctl runtime: %w", err)
-			}
-			return newService(rt, ns, pub.(shim.Publisher), sd.(shutdown.Service)), nil
+			return newService(opts.RuntimeOptions, ns, pub.(shim.Publisher), sd.(shutdown.Service)), nil
 		},
 	})
 	// NoSubreaper, NoReaper: the shim's children are core's (plugin
@@ -111,9 +107,13 @@ func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) 
 			return shim.StopStatus{}, err
 		}
 	}
-	rt, err := core.Open(ctx, m.opts.RuntimeOptions...)
+	configPath, err := recordedConfig(bundle)
 	if err != nil {
-		return shim.StopStatus{}, fmt.Errorf("open boxctl runtime: %w", err)
+		return shim.StopStatus{}, err
+	}
+	rt, err := openRuntime(ctx, configPath, m.opts.RuntimeOptions)
+	if err != nil {
+		return shim.StopStatus{}, err
 	}
 	defer rt.Close()
 	status := shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}

@@ -214,14 +214,16 @@ func checkShim(t *testing.T, d *daemon, wantVersion string) {
 
 func startDaemon(t *testing.T, ctrdBin string) *daemon {
 	t.Helper()
-	return startDaemonWith(t, ctrdBin, func(string) string {
+	return startDaemonWith(t, ctrdBin, true, func(string) string {
 		return `disabled_plugins = ["io.containerd.grpc.v1.cri"]`
 	})
 }
 
 // startDaemonWith starts containerd with extra config (given the daemon's
-// directory) after its root, state and sockets.
-func startDaemonWith(t *testing.T, ctrdBin string, extra func(dir string) string) *daemon {
+// directory) after its root, state and sockets. With envHome, containerd's
+// environment names the boxctl home (BOXCTL_HOME); without, the runtime's
+// options must (the CRI test).
+func startDaemonWith(t *testing.T, ctrdBin string, envHome bool, extra func(dir string) string) *daemon {
 	t.Helper()
 	root := testbin.ModuleRoot(t)
 	guest := filepath.Join(root, "build", "guest")
@@ -251,9 +253,12 @@ state = %q
 	d.cmd = exec.Command(filepath.Join(ctrdBin, "containerd"), "--config", cfg)
 	// The shim inherits containerd's environment: it finds itself on
 	// PATH, and boxctl's home and guest from there.
-	d.cmd.Env = append(os.Environ(),
+	d.cmd.Env = append(filterEnv(os.Environ(), "BOXCTL_HOME"),
 		"PATH="+bin+":"+os.Getenv("PATH"),
-		"BOXCTL_HOME="+d.home, "BOXCTL_GUEST_DIR="+guest, "XDG_CONFIG_HOME="+d.home, "BOXCTL_CONFIG=", "BOXCTL_LOG=")
+		"BOXCTL_GUEST_DIR="+guest, "XDG_CONFIG_HOME="+d.home, "BOXCTL_CONFIG=", "BOXCTL_LOG=")
+	if envHome {
+		d.cmd.Env = append(d.cmd.Env, "BOXCTL_HOME="+d.home)
+	}
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
 		t.Fatalf("start containerd: %v", err)
@@ -305,6 +310,16 @@ func (d *daemon) remove(id string) {
 	d.ctr(nil, "task", "kill", "-s", "SIGKILL", id)
 	d.ctr(nil, "task", "delete", "-f", id)
 	d.ctr(nil, "container", "rm", id)
+}
+
+func filterEnv(env []string, drop string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, drop+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 func (d *daemon) ctr(stdin []byte, args ...string) (string, string, int) {

@@ -22,7 +22,14 @@ func TestCRIPodSandbox(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/containerd"); err != nil {
 		t.Fatalf("/usr/bin/containerd missing: install Debian's containerd package (scripts/install-deps.sh does)")
 	}
-	d := startDaemonWith(t, "/usr/bin", func(dir string) string {
+	// The boxctl config comes from the runtime's options (containerd's
+	// environment names no home): the boxes land in d.home only if the
+	// shim read them, in the server and in `shim delete` alike.
+	d := startDaemonWith(t, "/usr/bin", false, func(dir string) string {
+		boxctlCfg := filepath.Join(dir, "boxctl.hcl")
+		if err := os.WriteFile(boxctlCfg, []byte("home = \""+filepath.Join(dir, "h")+"\"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		return `
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "docker.io/library/busybox:pause"
@@ -32,6 +39,8 @@ func TestCRIPodSandbox(t *testing.T) {
     default_runtime_name = "boxctl"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.boxctl]
     runtime_type = "io.containerd.boxctl.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.boxctl.options]
+      ConfigPath = "` + boxctlCfg + `"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "` + filepath.Join(dir, "cni", "bin") + `"
     conf_dir = "` + filepath.Join(dir, "cni", "conf") + `"
