@@ -302,7 +302,17 @@ func (d *daemon) stop() {
 	cmd.Env = d.cmd.Env
 	_ = cmd.Run()
 	_ = exec.Command("pkill", "-9", "-f", d.dir).Run()
-	_ = exec.Command("umount", "-R", filepath.Join(d.dir, "state")).Run()
+	// Mounts a failed check left (rootfs, a CRI sandbox's shm), deepest first.
+	mounts, _ := os.ReadFile("/proc/self/mounts")
+	var points []string
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], d.dir+"/") {
+			points = append(points, f[1])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(points[i], syscall.MNT_DETACH)
+	}
 }
 
 // remove kills and deletes a container a failed check left behind.
