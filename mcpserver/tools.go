@@ -62,15 +62,15 @@ The command is killed after timeout_seconds (default %g, at most %g); the result
 	}, s.runCommand)
 
 	mcp.AddTool(ms, &mcp.Tool{
-		Name:  ToolReadFile,
-		Title: "Read a file from a sandbox",
+		Name:        ToolReadFile,
+		Title:       "Read a file from a sandbox",
 		Description: fmt.Sprintf(`Read a file inside a sandbox. "path" must be absolute (/etc/os-release, /root/out.txt). Text comes back as is; a binary file (or encoding: "base64") comes back base64-encoded, as the "encoding" field says. At most %d bytes per call: when truncated is true, call again with a larger offset. For a directory use list_files.`, l.FileBytes),
 		Annotations: &mcp.ToolAnnotations{Title: "Read a file", ReadOnlyHint: true, IdempotentHint: true, OpenWorldHint: &no},
 	}, s.readFile)
 
 	mcp.AddTool(ms, &mcp.Tool{
-		Name:  ToolWriteFile,
-		Title: "Write a file into a sandbox",
+		Name:        ToolWriteFile,
+		Title:       "Write a file into a sandbox",
 		Description: fmt.Sprintf(`Create or replace a file inside a sandbox with the given content (text, or base64 with encoding: "base64" for binary data). "path" must be absolute; missing parent directories are created. The file belongs to root, mode 0644 unless "mode" says otherwise (0755 for a script). At most %d bytes per call. Prefer this over echo/heredocs in run_command: no quoting problems.`, l.FileBytes),
 		Annotations: &mcp.ToolAnnotations{Title: "Write a file", DestructiveHint: &yes, IdempotentHint: true, OpenWorldHint: &no},
 	}, s.writeFile)
@@ -83,8 +83,8 @@ The command is killed after timeout_seconds (default %g, at most %g); the result
 	}, s.listFiles)
 
 	mcp.AddTool(ms, &mcp.Tool{
-		Name:  ToolForkSandbox,
-		Title: "Fork a running sandbox",
+		Name:        ToolForkSandbox,
+		Title:       "Fork a running sandbox",
 		Description: `Make copies of a running sandbox at this instant: memory, running processes and files included. Each fork is a new, independent sandbox (same persistence as the source); the source keeps running. Use it to try several approaches from one prepared state. Only where the host's hypervisor can save VM memory, and not for sandboxes with host directories mounted; otherwise it answers with an error saying so.`,
 		Annotations: &mcp.ToolAnnotations{Title: "Fork a sandbox", DestructiveHint: &no, OpenWorldHint: &no},
 	}, s.forkSandbox)
