@@ -134,10 +134,11 @@ func TestEncodeContent(t *testing.T) {
 }
 
 func TestParseListing(t *testing.T) {
-	out := "directory|drwxr-xr-x|4096|root|root|1700000000|etc\n" +
-		"symbolic link|lrwxrwxrwx|7|root|root|1700000000|sh\n-> busybox\n" +
-		"regular file|-rw-r--r--|12|guest|users|1700000000|a|b.txt\n" +
-		"regular empty file|-rw-------|0|root|root|1700000000|empty\n" +
+	line := func(f ...string) string { return strings.Join(f, "\x1f") + "\n" }
+	out := line("directory", "drwxr-xr-x", "4096", "root", "root", "1700000000", "etc", "'etc'") +
+		line("symbolic link", "lrwxrwxrwx", "7", "root", "root", "1700000000", "sh", "'sh' -> 'busybox'") +
+		line("regular file", "-rw-r--r--", "12", "guest", "users", "1700000000", "a|b.txt", "'a|b.txt'") +
+		line("regular empty file", "-rw-------", "0", "root", "root", "1700000000", "empty", "'empty'") +
 		"garbage\n"
 	entries, truncated := parseListing(out, 10)
 	if truncated || len(entries) != 4 {

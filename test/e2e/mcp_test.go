@@ -72,7 +72,9 @@ func (s *mcpSession) call(name string, args map[string]any, out any) (string, bo
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	start := time.Now()
 	res, err := s.cs.CallTool(ctx, &mcp.CallToolParams{Name: name, Arguments: args})
+	s.t.Logf("%s: %s", name, time.Since(start).Round(time.Millisecond))
 	if err != nil {
 		s.t.Fatalf("%s: %v\nstderr: %s", name, err, s.stderr)
 	}
@@ -232,7 +234,11 @@ func TestMCPSession(t *testing.T) {
 		if len(l.Entries) != 3 || kinds["dir"].Type != "directory" || kinds["blob"].Size != int64(len(bin)) || kinds["run.sh"].Mode != "-rwxr-xr-x" || kinds["blob"].Owner != "root" {
 			t.Fatalf("list_files /work: %+v", l)
 		}
+		start := time.Now()
 		s.ok("list_files", map[string]any{"sandbox": "agent", "path": "/bin"}, &l)
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("list_files of busybox's /bin (%d entries) took %s", len(l.Entries), d)
+		}
 		var link bool
 		for _, f := range l.Entries {
 			link = link || (f.Name == "sh" && f.Type == "symlink" && f.LinkTarget != "")
@@ -259,7 +265,7 @@ func TestMCPSession(t *testing.T) {
 	t.Run("timeout", func(t *testing.T) {
 		start := time.Now()
 		out := run(t, map[string]any{"command": "echo started; sleep 30; echo never", "timeout_seconds": 1})
-		if !out.TimedOut || out.Stdout != "started\n" || !strings.Contains(out.Note, "timeout") {
+		if !out.TimedOut || out.ExitCode < 128 || out.Stdout != "started\n" || !strings.Contains(out.Note, "timeout") {
 			t.Fatalf("got %+v", out)
 		}
 		if d := time.Since(start); d > 15*time.Second {
@@ -341,6 +347,10 @@ func TestMCPSession(t *testing.T) {
 		}
 		if st := strings.TrimSpace(e.ok("ls", "-a", "--format", "{{.Status}}")); st != "running" {
 			t.Fatalf("the persisted box is %s after the session, want running", st)
+		}
+		labels := strings.TrimSpace(e.ok("ls", "-a", "--format", `{{index .Config.Labels "boxctl.mcp"}} {{index .Config.Labels "boxctl.mcp.session"}} {{index .Config.Labels "boxctl.mcp.persist"}}`))
+		if f := strings.Fields(labels); len(f) != 3 || f[0] != "1" || f[1] != kept.Session || f[2] != "1" {
+			t.Fatalf("labels of the persisted box: %q (session %q)", labels, kept.Session)
 		}
 		if out := e.ok("exec", "kept", "--", "cat", "/root/state"); out != "still here" {
 			t.Fatalf("persisted box's file: %q", out)
