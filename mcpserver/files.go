@@ -310,7 +310,8 @@ else
 fi
 # Patterns that match nothing stay as they are; stat skips them.
 stat -c "%F$S%A$S%s$S%U$S%G$S%Y$S%n$S%N" -- "$@" 2>/dev/null
-[ $? -eq 127 ] && { echo "stat: not found" >&2; exit 127; }
+rc=$?
+[ $rc -ge 126 ] && { echo "stat could not run (exit $rc: the image has no stat, or the directory has too many entries)" >&2; exit 4; }
 exit 0`
 
 // maxListEntries bounds one list_files answer.
@@ -337,6 +338,8 @@ func (s *server) listFiles(ctx context.Context, _ *mcp.CallToolRequest, in ListF
 	case 0:
 	case 3:
 		return nil, ListFilesOutput{}, toolError(fmt.Errorf("%s: no such file or directory in sandbox %s: %w", p, b.Name, core.ErrNotFound))
+	case 4:
+		return nil, ListFilesOutput{}, fmt.Errorf("list %s: %s; use run_command with ls or find instead", p, strings.TrimSpace(stderr.text()))
 	case 126, 127:
 		return nil, ListFilesOutput{}, fmt.Errorf("list %s: the sandbox's image has no /bin/sh to list files with (%s); use read_file on paths you know, or an image with a shell: %w", p, strings.TrimSpace(stderr.text()), core.ErrUnsupported)
 	default:
