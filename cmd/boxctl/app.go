@@ -92,6 +92,7 @@ Environment:
 		a.suspendCommand(),
 		a.forkCommand(),
 		a.volumeCommand(),
+		a.serveCommand(),
 	)
 	root.AddCommand(a.pauseCommands()...)
 	root.AddCommand(a.archiveCommands()...)
