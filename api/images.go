@@ -97,4 +97,3 @@ func (s *Server) removeImage(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, RemovedImages{Images: rm.Images, Reclaimed: rm.Reclaimed})
 }
-
