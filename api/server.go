@@ -50,9 +50,11 @@ type Server struct {
 	execs                         chan struct{} // a slot per running exec
 
 	// base ends every exec when the server shuts down.
-	base   context.Context
-	cancel context.CancelFunc
-	active sync.WaitGroup
+	base    context.Context
+	cancel  context.CancelFunc
+	mu      sync.Mutex // guards closing, and active.Add against Shutdown's Wait
+	closing bool
+	active  sync.WaitGroup
 }
 
 // Route is one method and path of the API, in OpenAPI path syntax.
@@ -184,6 +186,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Boxes are left as they are. Call it after http.Server.Shutdown, which
 // does not wait for WebSocket connections.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
 	s.cancel()
 	done := make(chan struct{})
 	go func() { s.active.Wait(); close(done) }()
@@ -230,6 +235,11 @@ func (s *Server) acquireExec(r *http.Request) (context.Context, func(), error) {
 }
 
 func (s *Server) acquireGlobal(*http.Request) (func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return nil, &apiError{code: CodeShutDown, msg: "the API server is shutting down"}
+	}
 	select {
 	case s.execs <- struct{}{}:
 		s.active.Add(1)
