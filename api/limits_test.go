@@ -47,24 +47,35 @@ func TestExecLimitsPerConnectionAndServer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("after one ended: %v", err)
 	}
-	// Shutdown ends the running execs' contexts and waits for them.
+	// Shutdown lets running execs go on until its context ends, refusing
+	// new ones; then it ends them and waits for their handlers.
+	sctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- s.Shutdown(context.Background()) }()
+	go func() { done <- s.Shutdown(sctx) }()
+	select {
+	case <-ctx.Done():
+		t.Fatal("Shutdown ended a running exec before its timeout")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if _, _, err := s.acquireExec(b); code(err) != CodeShutDown {
+		t.Fatalf("exec while shutting down: %v", err)
+	}
 	select {
 	case <-ctx.Done():
 	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown did not end a running exec's context")
+		t.Fatal("Shutdown did not end a running exec after its timeout")
 	}
 	select {
 	case <-done:
-		t.Fatal("Shutdown returned while execs were still running")
+		t.Fatal("Shutdown returned while exec handlers were still running")
 	case <-time.After(50 * time.Millisecond):
 	}
 	rel2()
 	rel3()
 	rel4()
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	if err := <-done; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown that had to end execs: %v, want the deadline's error", err)
 	}
 	if _, _, err := s.acquireExec(b); code(err) != CodeShutDown {
 		t.Fatalf("exec after Shutdown: %v", err)

@@ -174,31 +174,43 @@ func (s *Server) authorized(r *http.Request) bool {
 
 // ServeHTTP serves one request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.base.Err() != nil {
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
 		writeError(w, &apiError{code: CodeShutDown, msg: "the API server is shutting down"})
 		return
 	}
 	s.mux.ServeHTTP(w, r)
 }
 
-// Shutdown ends the server's running execs (their commands are killed:
-// nobody would own them) and waits for their handlers until ctx ends.
-// Boxes are left as they are. Call it after http.Server.Shutdown, which
-// does not wait for WebSocket connections.
+// Shutdown refuses new execs, lets the running ones finish until ctx ends,
+// then ends those left (their commands are killed: nobody would own them)
+// and waits a few seconds for their handlers. Boxes are left as they are.
+// Run it alongside http.Server.Shutdown, which does not wait for WebSocket
+// connections.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
-	s.cancel()
 	done := make(chan struct{})
 	go func() { s.active.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.cancel()
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
 	}
+	s.cancel()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+	}
+	return ctx.Err()
 }
+
+// shutdownGrace is how long Shutdown waits for execs it has ended.
+const shutdownGrace = 5 * time.Second
 
 // connKey finds a connection's exec counter in a request's context.
 type connKey struct{}

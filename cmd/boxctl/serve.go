@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -37,9 +38,9 @@ instead and asks every request for a bearer token, read from --token-file
 (or generated there, mode 0600; default: api-token in the home). --tls-cert
 and --tls-key serve HTTPS.
 
-SIGTERM or Ctrl-C stops it gracefully: requests in flight get
---shutdown-timeout to finish, then streaming execs are ended (their commands
-are killed); boxes keep running.`,
+SIGTERM or Ctrl-C stops it gracefully: requests and exec streams in flight
+get --shutdown-timeout to finish, then the execs left are ended (their
+commands are killed); boxes keep running.`,
 		Example: `  boxctl serve &
   curl --unix-socket ~/.local/share/boxctl/api.sock http://boxctl/v1/boxes
   boxctl serve --listen 127.0.0.1:7070 --token-file ./token`,
@@ -120,10 +121,14 @@ are killed); boxes keep running.`,
 			}
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 			defer cancel()
-			// Stop taking connections and let plain requests finish, then
-			// end the exec streams, whose connections Shutdown does not track.
+			// Stop taking connections; requests and exec streams (whose
+			// connections http.Server.Shutdown does not track) get the
+			// timeout to finish, then the execs left are ended.
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = srv.Shutdown(sctx) }()
 			_ = hs.Shutdown(sctx)
-			_ = srv.Shutdown(sctx)
+			wg.Wait()
 			_ = hs.Close()
 			if socket != "" {
 				_ = os.Remove(socket)
@@ -138,7 +143,7 @@ are killed); boxes keep running.`,
 	fl.StringVar(&tokenFile, "token-file", "", "bearer token for --listen: read from FILE if it exists, else generated and written there (mode 0600) (default: api-token in the home)")
 	fl.StringVar(&tlsCert, "tls-cert", "", "serve HTTPS on --listen with this certificate (PEM)")
 	fl.StringVar(&tlsKey, "tls-key", "", "the private key of --tls-cert (PEM)")
-	fl.DurationVar(&shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGTERM, how long requests in flight may take before exec streams are ended")
+	fl.DurationVar(&shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGTERM, how long requests and execs in flight may take before the execs left are ended")
 	return c
 }
 

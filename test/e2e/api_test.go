@@ -57,7 +57,7 @@ func TestAPIOnARealVM(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	srv := e.command(ctx, "serve")
+	srv := e.command(ctx, "serve", "--shutdown-timeout", "1s")
 	out, err := srv.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

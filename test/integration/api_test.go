@@ -443,10 +443,11 @@ func TestAPIOverTCPNeedsTheToken(t *testing.T) {
 
 // TestAPIExecOwnershipAndShutdown: a streaming exec whose client vanishes
 // has its command killed; SIGTERM ends the server, kills the commands of
-// its open exec streams and leaves the (detached) box running.
+// the exec streams still open after --shutdown-timeout and leaves the
+// (detached) box running.
 func TestAPIExecOwnershipAndShutdown(t *testing.T) {
 	e := newEnv(t, "")
-	srv := e.serve()
+	srv := e.serve("--shutdown-timeout", "1s")
 	c := e.unixClient(srv)
 	ctx := context.Background()
 	if _, err := c.CreateBox(ctx, api.CreateBoxRequest{Image: testImage, Name: "own", Start: true}); err != nil {
@@ -476,10 +477,19 @@ func TestAPIExecOwnershipAndShutdown(t *testing.T) {
 	waitDead(t, pid, 10*time.Second)
 
 	st, pid = startSleeper()
+	var quickOut bytes.Buffer
+	quick, err := c.ExecStream(ctx, "own", url.Values{"cmd": {"sh", "-c", "sleep 0.3; echo finished"}}, &quickOut, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv.stop(t)
 	waitDead(t, pid, 10*time.Second)
 	if _, err := st.Wait(ctx); err == nil {
 		t.Fatalf("the exec stream of a stopped server reported an exit code")
+	}
+	// A stream that ends within --shutdown-timeout ends normally.
+	if code, err := quick.Wait(ctx); err != nil || code != 0 || quickOut.String() != "finished\n" {
+		t.Fatalf("a stream that finished during the shutdown: exit %d %v, output %q", code, err, quickOut.String())
 	}
 	rt := e.runtime()
 	if b := e.info(rt, "own"); b.Status != model.StatusRunning {
