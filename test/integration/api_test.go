@@ -5,8 +5,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -224,6 +233,23 @@ func TestAPIEveryRoute(t *testing.T) {
 	}
 	if code, err := st.Wait(ctx); err != nil || code != 7 || out.String() != "streamed\n" || errb.String() != "done\n" {
 		t.Fatalf("streaming exec: exit %d %v, stdout %q, stderr %q", code, err, out.String(), errb.String())
+	}
+	// A signal frame reaches the command.
+	sigOut := &lockedBuffer{}
+	st, err = c.ExecStream(ctx, "web", url.Values{"cmd": {"sh", "-c", "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.05; done"}}, sigOut, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(sigOut.String(), "ready"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the trapping command never got ready: %q", sigOut.String())
+		}
+	}
+	if err := st.Control(ctx, api.Control{Type: "signal", Signal: int(syscall.SIGTERM)}); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := st.Wait(ctx); err != nil || code != 3 || !strings.Contains(sigOut.String(), "got TERM") {
+		t.Fatalf("signalled exec: exit %d %v, output %q", code, err, sigOut.String())
 	}
 	_, err = c.ExecStream(ctx, "nobox", url.Values{"cmd": {"true"}}, nil, nil)
 	wantCode(t, err, api.CodeNotFound, "streaming exec in nobox")
@@ -557,4 +583,91 @@ func TestAPIConcurrentClients(t *testing.T) {
 	srv.stop(t)
 	rt := e.runtime()
 	e.assertConsistent(rt)
+}
+
+// lockedBuffer is a bytes.Buffer written by a stream's reader and read by
+// the test meanwhile.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestAPIOverTLS serves HTTPS on loopback with a self-signed certificate.
+func TestAPIOverTLS(t *testing.T) {
+	e := newEnv(t, "")
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile := testbinWrite(t, dir, "cert.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	keyFile := testbinWrite(t, dir, "key.pem", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
+	tokenFile := filepath.Join(dir, "token")
+	srv := e.serve("--listen", "127.0.0.1:0", "--token-file", tokenFile, "--tls-cert", certFile, "--tls-key", keyFile)
+	base := strings.Fields(srv.where)[0]
+	if !strings.HasPrefix(base, "https://") {
+		t.Fatalf("serve with TLS listens on %q", srv.where)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	token, _ := os.ReadFile(tokenFile)
+	req, _ := http.NewRequest("GET", base+"/v1/boxes", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.TLS == nil {
+		t.Fatalf("GET /v1/boxes over TLS: %d (TLS %v)", resp.StatusCode, resp.TLS != nil)
+	}
+	// Plain HTTP gets Go's "client sent an HTTP request to an HTTPS
+	// server" 400 (or a broken connection), never the API.
+	if plain, err := http.Get(strings.Replace(base, "https://", "http://", 1) + "/v1/health"); err == nil {
+		plain.Body.Close()
+		if plain.StatusCode != http.StatusBadRequest {
+			t.Fatalf("plain HTTP on the TLS port: %d", plain.StatusCode)
+		}
+	}
+	srv.stop(t)
+}
+
+func testbinWrite(t *testing.T, dir, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
