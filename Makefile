@@ -116,7 +116,7 @@ bench: deps build build-test-plugins guest
 	$(GO) run ./bench/qcow2
 	$(GO) run ./bench/rootfs
 	$(GO) run ./bench/archive -bin $(BIN) -test-plugins build/test-plugins
-	$(GO) run ./bench/api -bin $(BIN) -test-plugins build/test-plugins
+	$(GO) run ./bench/api -bin $(BIN) -test-plugins build/test-plugins -guest build/guest
 
 clean:
 	rm -rf $(BIN) build

@@ -223,27 +223,30 @@ func ConnContext(ctx context.Context, _ net.Conn) context.Context {
 
 // acquireExec takes an exec slot for the request's connection and the
 // server, or says why not. The context it returns ends when the request
-// does or the server shuts down.
-func (s *Server) acquireExec(r *http.Request) (context.Context, func(), error) {
-	if n, ok := r.Context().Value(connKey{}).(*atomic.Int64); ok {
-		if n.Add(1) > int64(s.maxExecsPerConn) {
-			n.Add(-1)
+// does or when Shutdown ends the execs left; release gives the slots back.
+func (s *Server) acquireExec(r *http.Request) (ctx context.Context, release func(), err error) {
+	perConn, _ := r.Context().Value(connKey{}).(*atomic.Int64) // nil without ConnContext
+	if perConn != nil {
+		if perConn.Add(1) > int64(s.maxExecsPerConn) {
+			perConn.Add(-1)
 			return nil, nil, &apiError{code: CodeTooManyRequests, msg: fmt.Sprintf("this connection already runs %d execs, the limit: wait for one to end or open another connection", s.maxExecsPerConn)}
 		}
-		release, err := s.acquireGlobal(r)
-		if err != nil {
-			n.Add(-1)
-			return nil, nil, err
-		}
-		ctx, stop := s.execContext(r.Context())
-		return ctx, func() { stop(); release(); n.Add(-1) }, nil
 	}
-	release, err := s.acquireGlobal(r)
+	releaseGlobal, err := s.acquireGlobal(r)
 	if err != nil {
+		if perConn != nil {
+			perConn.Add(-1)
+		}
 		return nil, nil, err
 	}
 	ctx, stop := s.execContext(r.Context())
-	return ctx, func() { stop(); release() }, nil
+	return ctx, func() {
+		stop()
+		releaseGlobal()
+		if perConn != nil {
+			perConn.Add(-1)
+		}
+	}, nil
 }
 
 func (s *Server) acquireGlobal(*http.Request) (func(), error) {

@@ -70,8 +70,8 @@ type StopRequest struct {
 	TimeoutSeconds *int `json:"timeout_seconds,omitempty"`
 }
 
-// ExecRequest is POST /v1/boxes/{id}/exec, and the first text frame of an
-// exec WebSocket when not given as query parameters.
+// ExecRequest is POST /v1/boxes/{id}/exec. A WebSocket exec takes the same
+// settings as query parameters (docs/api.md).
 type ExecRequest struct {
 	Cmd     []string `json:"cmd"`
 	Env     []string `json:"env,omitempty"`
@@ -82,7 +82,8 @@ type ExecRequest struct {
 	// TimeoutSeconds kills the command after this long; 0 means none
 	// (one-shot execs are still bounded by the server's exec limit).
 	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"`
-	// TTY runs the command on a terminal (WebSocket only).
+	// TTY runs the command on a terminal of Cols x Rows (WebSocket only:
+	// a one-shot exec with tty is refused).
 	TTY  bool   `json:"tty,omitempty"`
 	Cols uint16 `json:"cols,omitempty"`
 	Rows uint16 `json:"rows,omitempty"`

@@ -29,6 +29,7 @@ import (
 
 	"github.com/boxctl/boxctl/api"
 	"github.com/boxctl/boxctl/api/apiclient"
+	"github.com/boxctl/boxctl/bench/internal/benchhome"
 	"github.com/boxctl/boxctl/bench/internal/stat"
 	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core"
@@ -42,10 +43,17 @@ func main() {
 	boxes := flag.Int("boxes", 1000, "boxes in the home for the list benchmark")
 	listFor := flag.Duration("list-for", 5*time.Second, "how long to measure GET /v1/boxes")
 	clients := flag.Int("clients", 4, "concurrent clients of GET /v1/boxes")
+	guest := flag.String("guest", "", "guest kernel and initramfs directory (e.g. build/guest): also measure exec on a real VM")
 	flag.Parse()
 	if err := run(*bin, *testPlugins, *n, *boxes, *listFor, *clients); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/api:", err)
 		os.Exit(1)
+	}
+	if *guest != "" {
+		if err := runVM(*bin, *guest, *n); err != nil {
+			fmt.Fprintln(os.Stderr, "bench/api:", err)
+			os.Exit(1)
+		}
 	}
 }
 
@@ -97,84 +105,18 @@ func run(binDir, testPlugins string, n, nBoxes int, listFor time.Duration, clien
 	}
 	defer rt.Remove(context.WithoutCancel(ctx), box.ID(), core.RemoveOptions{Force: true}) //nolint:errcheck
 
-	srv := exec.Command(boxctl, "--home", home, "--config", cfgPath, "serve")
-	srv.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir, "BOXCTL_LOG=")
-	out, err := srv.StdoutPipe()
+	sock, stop, err := serve(boxctl, []string{"--home", home, "--config", cfgPath}, append(os.Environ(), "XDG_CONFIG_HOME="+dir, "BOXCTL_LOG="))
 	if err != nil {
 		return err
 	}
-	srv.Stderr = os.Stderr
-	if err := srv.Start(); err != nil {
-		return err
-	}
-	defer func() {
-		_ = srv.Process.Signal(syscall.SIGTERM)
-		_ = srv.Wait()
-	}()
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("boxctl serve: %w", err)
-	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
-	sock := strings.TrimSpace(strings.TrimPrefix(line, "boxctl serve: listening on unix:"))
+	defer stop()
 	c := apiclient.Unix(sock)
 	defer c.Close()
 
-	goExec := func() error {
-		res, err := rt.Exec(ctx, "bench", core.ExecOptions{Argv: []string{"true"}})
-		if err == nil && res.ExitCode != 0 {
-			err = fmt.Errorf("exit %d", res.ExitCode)
-		}
-		return err
-	}
-	oneShot := func() error {
-		res, err := c.Exec(ctx, "bench", api.ExecRequest{Cmd: []string{"true"}})
-		if err == nil && res.ExitCode != 0 {
-			err = fmt.Errorf("exit %d", res.ExitCode)
-		}
-		return err
-	}
-	stream := func() error {
-		s, err := c.ExecStream(ctx, "bench", url.Values{"cmd": {"true"}}, nil, nil)
-		if err != nil {
-			return err
-		}
-		code, err := s.Wait(ctx)
-		if err == nil && code != 0 {
-			err = fmt.Errorf("exit %d", code)
-		}
-		return err
-	}
-	kinds := []func() error{goExec, oneShot, stream}
-	for i := 0; i < 3; i++ { // warm up
-		for _, k := range kinds {
-			if err := k(); err != nil {
-				return err
-			}
-		}
-	}
-	times := make([][]time.Duration, len(kinds))
-	for i := 0; i < n; i++ {
-		for j, k := range kinds {
-			t := time.Now()
-			if err := k(); err != nil {
-				return err
-			}
-			times[j] = append(times[j], time.Since(t))
-		}
-	}
-	r := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
-	mg := stat.Median(times[0])
 	fmt.Println("== boxctl serve: API overhead (procvmm box: no VM; server on its unix socket) ==")
-	fmt.Printf("exec true, Go API (rt.Exec):             median %s (min %s) over %d\n", r(mg), r(stat.Min(times[0])), n)
-	for j, name := range []string{"", "exec true, POST /v1/boxes/{id}/exec:   ", "exec true, WebSocket /exec/ws:          "} {
-		if j == 0 {
-			continue
-		}
-		m := stat.Median(times[j])
-		fmt.Printf("%smedian %s (min %s); %.2fx the Go API\n", name, r(m), r(stat.Min(times[j])), float64(m)/float64(mg))
+	if err := compareExec(ctx, rt, c, "bench", n); err != nil {
+		return err
 	}
-
 	// A home of nBoxes boxes, created and never started.
 	t := time.Now()
 	for i := 0; i < nBoxes; i++ {
@@ -238,4 +180,122 @@ func benchBox(image, name string) core.BoxOptions {
 	o.Config.Image = image
 	o.Config.Detach = true
 	return o
+}
+
+// compareExec prints the round trip of `true` in box ref through the Go
+// API, one-shot API execs and WebSocket exec streams, interleaved.
+func compareExec(ctx context.Context, rt *core.Runtime, c *apiclient.Client, ref string, n int) error {
+	goExec := func() error {
+		res, err := rt.Exec(ctx, ref, core.ExecOptions{Argv: []string{"true"}})
+		if err == nil && res.ExitCode != 0 {
+			err = fmt.Errorf("exit %d", res.ExitCode)
+		}
+		return err
+	}
+	oneShot := func() error {
+		res, err := c.Exec(ctx, ref, api.ExecRequest{Cmd: []string{"true"}})
+		if err == nil && res.ExitCode != 0 {
+			err = fmt.Errorf("exit %d", res.ExitCode)
+		}
+		return err
+	}
+	stream := func() error {
+		s, err := c.ExecStream(ctx, ref, url.Values{"cmd": {"true"}}, nil, nil)
+		if err != nil {
+			return err
+		}
+		code, err := s.Wait(ctx)
+		if err == nil && code != 0 {
+			err = fmt.Errorf("exit %d", code)
+		}
+		return err
+	}
+	kinds := []func() error{goExec, oneShot, stream}
+	for i := 0; i < 3; i++ { // warm up
+		for _, k := range kinds {
+			if err := k(); err != nil {
+				return err
+			}
+		}
+	}
+	times := make([][]time.Duration, len(kinds))
+	for i := 0; i < n; i++ {
+		for j, k := range kinds {
+			t := time.Now()
+			if err := k(); err != nil {
+				return err
+			}
+			times[j] = append(times[j], time.Since(t))
+		}
+	}
+	r := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
+	mg := stat.Median(times[0])
+	fmt.Printf("exec true, Go API (rt.Exec):             median %s (min %s) over %d\n", r(mg), r(stat.Min(times[0])), n)
+	for j, name := range []string{"", "exec true, POST /v1/boxes/{id}/exec:   ", "exec true, WebSocket /exec/ws:          "} {
+		if j == 0 {
+			continue
+		}
+		m := stat.Median(times[j])
+		fmt.Printf("%smedian %s (min %s); %.2fx the Go API\n", name, r(m), r(stat.Min(times[j])), float64(m)/float64(mg))
+	}
+
+	return nil
+}
+
+// serve starts `boxctl serve` on its unix socket and returns the socket and
+// a function that stops the server (SIGTERM).
+func serve(boxctl string, global, env []string) (string, func(), error) {
+	srv := exec.Command(boxctl, append(global, "serve")...)
+	srv.Env = env
+	out, err := srv.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	srv.Stderr = os.Stderr
+	if err := srv.Start(); err != nil {
+		return "", nil, err
+	}
+	stop := func() {
+		_ = srv.Process.Signal(syscall.SIGTERM)
+		_ = srv.Wait()
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		stop()
+		return "", nil, fmt.Errorf("boxctl serve: %w", err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	return strings.TrimSpace(strings.TrimPrefix(line, "boxctl serve: listening on unix:")), stop, nil
+}
+
+// runVM compares the execs on a real VM (QEMU, the given guest).
+func runVM(binDir, guestDir string, n int) error {
+	ctx := context.Background()
+	h, err := benchhome.New(binDir, guestDir, "bxapivm")
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if _, err := h.CLI("run", "-d", "--name", "bench", h.Image); err != nil {
+		return err
+	}
+	defer h.CLI("rm", "-f", "bench") //nolint:errcheck
+	binDir, _ = filepath.Abs(binDir)
+	guestDir, _ = filepath.Abs(guestDir)
+	cfg := config.Default()
+	cfg.Home = h.Home
+	rt, err := core.Open(ctx, core.WithConfig(cfg), core.WithPluginDirs(binDir), core.WithMonitorBinary(h.Boxctl), core.WithLogger(hclog.NewNullLogger(), nil))
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	sock, stop, err := serve(h.Boxctl, []string{"--home", h.Home}, append(os.Environ(), "BOXCTL_GUEST_DIR="+guestDir, "XDG_CONFIG_HOME="+h.Dir, "BOXCTL_LOG="))
+	if err != nil {
+		return err
+	}
+	defer stop()
+	c := apiclient.Unix(sock)
+	defer c.Close()
+	fmt.Println("== boxctl serve on a real VM (QEMU) ==")
+	return compareExec(ctx, rt, c, "bench", n)
 }
