@@ -216,6 +216,9 @@ func TestAPIEveryRoute(t *testing.T) {
 	if !res.TimedOut {
 		t.Fatalf("exec with a timeout: %+v", res)
 	}
+	if res, err = c.Exec(ctx, "web", api.ExecRequest{Cmd: []string{"sleep", "0.1"}, Detach: true}); err != nil || res.PID == 0 {
+		t.Fatalf("detached exec: %+v %v", res, err)
+	}
 	_, err = c.Exec(ctx, "web", api.ExecRequest{Cmd: []string{"true"}, TTY: true})
 	wantCode(t, err, api.CodeInvalidArgument, "one-shot exec with a tty")
 	seen["GET /v1/boxes/{id}/exec/ws"] = true
