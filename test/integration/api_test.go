@@ -470,8 +470,8 @@ func TestAPIOverTCPNeedsTheToken(t *testing.T) {
 	srv.stop(t)
 }
 
-// TestAPIExecOwnershipAndShutdown: a streaming exec whose client vanishes
-// has its command killed; SIGTERM ends the server, kills the commands of
+// TestAPIExecOwnershipAndShutdown: a streaming or one-shot exec whose
+// client vanishes has its command killed; SIGTERM ends the server, kills the commands of
 // the exec streams still open after --shutdown-timeout and leaves the
 // (detached) box running.
 func TestAPIExecOwnershipAndShutdown(t *testing.T) {
@@ -504,6 +504,31 @@ func TestAPIExecOwnershipAndShutdown(t *testing.T) {
 	st, pid := startSleeper()
 	st.Abandon()
 	waitDead(t, pid, 10*time.Second)
+
+	// A one-shot exec whose client goes away loses its command too. The
+	// procvmm double runs commands as host processes: find it by its
+	// unique argument.
+	sleeping := func() bool { return exec.Command("pgrep", "-f", "sleep 301.5").Run() == nil }
+	octx, ocancel := context.WithCancel(ctx)
+	oneShotDone := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(octx, "own", api.ExecRequest{Cmd: []string{"sleep", "301.5"}})
+		oneShotDone <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); !sleeping(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the one-shot command never started")
+		}
+	}
+	ocancel()
+	if err := <-oneShotDone; err == nil {
+		t.Fatal("a cancelled one-shot exec reported success")
+	}
+	for deadline := time.Now().Add(10 * time.Second); sleeping(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the one-shot command still runs 10s after its client went away")
+		}
+	}
 
 	st, pid = startSleeper()
 	var quickOut bytes.Buffer
