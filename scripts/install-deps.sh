@@ -5,7 +5,8 @@
 # initramfs), util-linux (flock), procps (pgrep/pkill in tests),
 # docker-registry (a real registry for the push/pull tests), gcc (the
 # libkrun test double is C) and iproute2 (network namespaces in the network
-# tests). Idempotent: does nothing when everything
+# tests), and Node.js with npm (the TypeScript client's tests under
+# clients/typescript). Idempotent: does nothing when everything
 # is present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -27,6 +28,8 @@ check dpkg-deb dpkg
 check docker-registry docker-registry
 check cc gcc
 check ip iproute2
+check node nodejs
+check npm npm
 [ -x /bin/busybox ] || need+=(busybox-static)
 
 if [ ${#need[@]} -eq 0 ]; then

@@ -93,6 +93,7 @@ Environment:
 		a.forkCommand(),
 		a.volumeCommand(),
 		a.mcpCommand(),
+		a.serveCommand(),
 	)
 	root.AddCommand(a.pauseCommands()...)
 	root.AddCommand(a.archiveCommands()...)
