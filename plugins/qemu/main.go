@@ -16,6 +16,7 @@ func main() {
 	if len(os.Args) == 3 && os.Args[1] == "launch" {
 		os.Exit(qemuvmm.Launch(os.Args[2], os.Stderr))
 	}
+
 	exe, err := os.Executable()
 	if err == nil {
 		exe, _ = filepath.EvalSymlinks(exe)

@@ -44,6 +44,9 @@ type launchConfig struct {
 	// Restore is a saved state QEMU loads instead of booting; the
 	// launcher runs the VM once it is loaded.
 	Restore string `json:"restore,omitempty"`
+	// VirtioFS are the virtiofsd daemons of the VM's virtio-fs shares,
+	// started before QEMU and stopped with it.
+	VirtioFS []virtiofsDaemon `json:"virtiofs,omitempty"`
 }
 
 // statsInterval is how often the launcher writes the network's counters
@@ -87,6 +90,16 @@ func Launch(cfgFile string, stderr io.Writer) int {
 			return 125
 		}
 		defer network.Close()
+	}
+	// The share daemons before QEMU, which connects to them (through the
+	// descriptors openFDs opens) and may not start processes itself.
+	for _, d := range lc.VirtioFS {
+		stop, err := startVirtiofsd(d, stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: %v\n", err)
+			return 125
+		}
+		defer stop()
 	}
 	files, ends, err := openFDs(lc.FDs)
 	if err != nil {
