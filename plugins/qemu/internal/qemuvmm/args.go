@@ -121,6 +121,9 @@ func qemuArgs(lc *launchConfig, spec sdk.VMSpec, s settings, accel, kernel, init
 	if err := lc.network(spec.Network); err != nil {
 		return err
 	}
+	if lc.Network != nil {
+		lc.Network.ResolvConf = s.ResolvConf
+	}
 	cmdline := append([]string{}, baseKernelArgs...)
 	cmdline = append(cmdline, spec.KernelArgs...)
 	if len(spec.Shares) > 0 {
@@ -265,6 +268,9 @@ type netSettings struct {
 	Ports             []sdk.PortForward `json:"ports,omitempty"`
 	// Allow is the egress allow-list the launcher's stack enforces.
 	Allow []sdk.NetworkAllow `json:"allow,omitempty"`
+	// ResolvConf is where the stack reads the host's nameservers
+	// (resolv_conf in the plugin's config); empty: /etc/resolv.conf.
+	ResolvConf string `json:"resolv_conf,omitempty"`
 }
 
 // checkAllow refuses an allow-list without a network to apply it to, and

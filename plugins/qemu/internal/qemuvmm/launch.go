@@ -84,7 +84,7 @@ func Launch(cfgFile string, stderr io.Writer) int {
 	// before QEMU runs, with the reason in vm.log.
 	var network *usernet.Network
 	if lc.Network != nil {
-		network, err = usernet.New(usernet.Config{AllowHostLoopback: lc.Network.AllowHostLoopback, Ports: lc.Network.Ports, Allow: lc.Network.Allow, Logger: log})
+		network, err = usernet.New(usernet.Config{AllowHostLoopback: lc.Network.AllowHostLoopback, Ports: lc.Network.Ports, Allow: lc.Network.Allow, ResolvConf: lc.Network.ResolvConf, Logger: log})
 		if err != nil {
 			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: network: %v\n", err)
 			return 125

@@ -60,6 +60,9 @@ type settings struct {
 	// Virtiofsd is the virtiofsd binary; found in the usual places when
 	// unset (findVirtiofsd).
 	Virtiofsd string
+	// ResolvConf is the file the launcher's user-mode network reads the
+	// host's nameservers from (/etc/resolv.conf when empty).
+	ResolvConf string
 }
 
 // block is the plugin's HCL config block. Fields are expressions so a value
@@ -74,6 +77,7 @@ type block struct {
 	// ShareTransport and Virtiofsd: see settings.
 	ShareTransport hcl.Expression `hcl:"share_transport,optional"`
 	Virtiofsd      hcl.Expression `hcl:"virtiofsd,optional"`
+	ResolvConf     hcl.Expression `hcl:"resolv_conf,optional"`
 }
 
 // VMM implements sdk.VMM.
@@ -210,6 +214,18 @@ func (v *VMM) Configure(_ context.Context, cfg *sdk.Config) error {
 	}
 	if set && findVirtiofsd(s.Virtiofsd) == "" {
 		return sdk.ConfigError(rng, "virtiofsd not found", fmt.Sprintf("virtiofsd = %q: not found or not executable. Install virtiofsd or correct the path.", s.Virtiofsd))
+	}
+	rng, set, err = sdk.DecodeOptional(b.ResolvConf, &s.ResolvConf)
+	if err != nil {
+		return err
+	}
+	if set {
+		if !filepath.IsAbs(s.ResolvConf) {
+			return sdk.ConfigError(rng, "resolv_conf is not absolute", fmt.Sprintf("resolv_conf = %q: give the absolute path of a resolv.conf file.", s.ResolvConf))
+		}
+		if _, err := os.Stat(s.ResolvConf); err != nil {
+			return sdk.ConfigError(rng, "resolv_conf not found", fmt.Sprintf("resolv_conf = %q: %v.", s.ResolvConf, err))
+		}
 	}
 	rng, set, err = sdk.DecodeOptional(b.QEMUBinary, &s.QEMUBinary)
 	if err != nil {

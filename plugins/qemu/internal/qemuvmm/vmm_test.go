@@ -43,6 +43,8 @@ func TestConfigErrorsPointAtTheAttribute(t *testing.T) {
 		{"\n  qemu_binary = \"no-such-qemu\"\n", `boxctl.hcl:3,17`},
 		{"\n  share_transport = \"nfs\"\n", `boxctl.hcl:3,21`},
 		{"\n  virtiofsd = \"/no/such/virtiofsd\"\n", `boxctl.hcl:3,15`},
+		{"\n  resolv_conf = \"/no/such/resolv.conf\"\n", `boxctl.hcl:3,17`},
+		{"\n  resolv_conf = \"resolv.conf\"\n", `boxctl.hcl:3,17`},
 		{"\n  acel = \"tcg\"\n", `boxctl.hcl:3,3`},
 	}
 	for _, c := range cases {
