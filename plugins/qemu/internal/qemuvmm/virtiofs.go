@@ -170,8 +170,11 @@ func startVirtiofsd(d virtiofsDaemon, stderr io.Writer) (stop func(), err error)
 	started := make(chan error, 1)
 	waited := make(chan error, 1)
 	go func() {
-		// Never unlocked: the thread, and with it the mount namespace it
-		// made, ends with this goroutine, after virtiofsd.
+		// Never unlocked: no other goroutine runs on this thread, in the
+		// mount namespace it makes (Go ends the thread when this goroutine
+		// returns, after virtiofsd, or parks it if it is the main one; new
+		// threads are not cloned from a locked one), and it lives as long
+		// as virtiofsd, whose parent-death signal it carries.
 		runtime.LockOSThread()
 		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
 			started <- fmt.Errorf("a mount namespace for virtiofsd: %w", err)
