@@ -91,10 +91,22 @@ func Launch(cfgFile string, stderr io.Writer) int {
 		}
 		defer network.Close()
 	}
+	// The box's cgroup holds QEMU and the share daemons; removed (empty)
+	// once they are all gone, so this runs after their stops.
+	var cg *os.File
+	if lc.Jail.Cgroup != "" {
+		cg, err = os.Open(lc.Jail.Cgroup)
+		if err != nil {
+			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: the box's cgroup: %v\n", err)
+			return 125
+		}
+		defer cg.Close()
+		defer func() { _ = os.Remove(lc.Jail.Cgroup) }()
+	}
 	// The share daemons before QEMU, which connects to them (through the
 	// descriptors openFDs opens) and may not start processes itself.
 	for _, d := range lc.VirtioFS {
-		stop, err := startVirtiofsd(d, stderr)
+		stop, err := startVirtiofsd(d, cg, !lc.Jail.Disabled, stderr)
 		if err != nil {
 			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: %v\n", err)
 			return 125
@@ -116,18 +128,7 @@ func Launch(cfgFile string, stderr io.Writer) int {
 	if lc.Jail.UID != 0 {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: lc.Jail.UID, Gid: lc.Jail.GID, Groups: append([]uint32{}, lc.Jail.Groups...)}
 	}
-	if lc.Jail.Cgroup != "" {
-		cg, err := os.Open(lc.Jail.Cgroup)
-		if err != nil {
-			closeEvents()
-			for _, f := range files {
-				f.Close()
-			}
-			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: the box's cgroup: %v\n", err)
-			return 125
-		}
-		defer cg.Close()
-		defer func() { _ = os.Remove(lc.Jail.Cgroup) }() // empty once QEMU is gone
+	if cg != nil {
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cg.Fd())
 	}
 	// The launcher's SIGTERM means "stop now"; QEMU gets it too via the

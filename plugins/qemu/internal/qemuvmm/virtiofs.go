@@ -133,10 +133,11 @@ const virtiofsdFD = 3
 
 // startVirtiofsd binds d's socket and starts its virtiofsd from a thread
 // of the launcher's with a mount namespace of its own (confineShare), in a
-// user namespace where d.UID is set. It is killed when the launcher dies
-// (the parent-death signal, from that thread, kept for virtiofsd's life)
-// and by the returned stop.
-func startVirtiofsd(d virtiofsDaemon, stderr io.Writer) (stop func(), err error) {
+// user namespace where d.UID is set, in cgroup when it is not nil (the
+// box's, which QEMU joins too), with no-new-privileges when noNewPrivs.
+// It is killed when the launcher dies (the parent-death signal, from that
+// thread, kept for virtiofsd's life) and by the returned stop.
+func startVirtiofsd(d virtiofsDaemon, cgroup *os.File, noNewPrivs bool, stderr io.Writer) (stop func(), err error) {
 	ln, err := listenUnix(d.Socket)
 	if err != nil {
 		return nil, fmt.Errorf("virtiofsd for %s: %w", d.Source, err)
@@ -156,6 +157,9 @@ func startVirtiofsd(d virtiofsDaemon, stderr io.Writer) (stop func(), err error)
 	cmd.ExtraFiles = []*os.File{ln}
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if cgroup != nil {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgroup.Fd())
+	}
 	if d.UID != 0 {
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWUSER
 		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(d.UID), Size: 1}}
@@ -183,6 +187,14 @@ func startVirtiofsd(d virtiofsDaemon, stderr io.Writer) (stop func(), err error)
 		if err := confineShare(d.Source, d.ReadOnly); err != nil {
 			started <- err
 			return
+		}
+		if noNewPrivs {
+			// Set after the mounts, which it does not restrict; nothing
+			// virtiofsd execs can gain privileges.
+			if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+				started <- fmt.Errorf("set no-new-privileges: %w", err)
+				return
+			}
 		}
 		if err := cmd.Start(); err != nil {
 			started <- err

@@ -43,7 +43,7 @@ func TestVirtiofsdConfinement(t *testing.T) {
 	}
 	defer func() { _ = witness.Process.Kill(); _ = witness.Wait() }()
 	var log syncBuffer
-	stop, err := startVirtiofsd(virtiofsDaemon{Binary: bin, Source: share, ReadOnly: true, Socket: filepath.Join(dir, "vfs.sock"), UID: uid, GID: gid}, &log)
+	stop, err := startVirtiofsd(virtiofsDaemon{Binary: bin, Source: share, ReadOnly: true, Socket: filepath.Join(dir, "vfs.sock"), UID: uid, GID: gid}, nil, true, &log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,6 +64,9 @@ func TestVirtiofsdConfinement(t *testing.T) {
 	}
 	if opts, ok := mountOptions(t, witness.Process.Pid, share); ok {
 		t.Errorf("the host's mount namespace has a mount at the share (%s): the launcher's mounts leaked", opts)
+	}
+	if status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); !bytes.Contains(status, []byte("NoNewPrivs:\t1")) {
+		t.Errorf("virtiofsd runs without no-new-privileges:\n%s", status)
 	}
 	if st, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 		if s := st.Sys().(*syscall.Stat_t); s.Uid != uid {
