@@ -145,7 +145,7 @@ func startVirtiofsd(d virtiofsDaemon, cgroup *os.File, noNewPrivs bool, stderr i
 	defer ln.Close() // virtiofsd has its copy
 	cmd := exec.Command(d.Binary,
 		fmt.Sprintf("--fd=%d", virtiofsdFD),
-		"-o", "source="+d.Source,
+		"-o", "source="+fuseOptEscape(d.Source),
 		"-o", "sandbox=namespace",
 		// The guest sees what the host changes at once, as with 9p's
 		// cache=none.
@@ -216,6 +216,12 @@ func startVirtiofsd(d virtiofsDaemon, cgroup *os.File, noNewPrivs bool, stderr i
 		}
 		_ = os.Remove(d.Socket)
 	}, nil
+}
+
+// fuseOptEscape escapes s for a -o option list, which virtiofsd splits at
+// commas: a backslash keeps the next character as it is.
+func fuseOptEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, ",", `\,`).Replace(s)
 }
 
 // connectUnix connects to the unix socket at path for QEMU (a vhost-user

@@ -26,7 +26,8 @@ func TestVirtiofsdConfinement(t *testing.T) {
 		t.Skip("no virtiofsd (Debian: qemu-system-common)")
 	}
 	dir := shortDir(t)
-	share := filepath.Join(dir, "share")
+	// A comma and a backslash, which virtiofsd's option list must not split at.
+	share := filepath.Join(dir, `sh,a\re`)
 	if err := os.Mkdir(share, 0o777); err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +50,7 @@ func TestVirtiofsdConfinement(t *testing.T) {
 	}
 	pid := 0
 	for deadline := time.Now().Add(10 * time.Second); pid == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		pid = processWithArg(t, "source="+share)
+		pid = processWithArg(t, "source="+fuseOptEscape(share))
 	}
 	if pid == 0 {
 		stop()
@@ -115,7 +116,8 @@ func mountOptions(t *testing.T, pid int, path string) (string, bool) {
 	opts, found := "", false
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 5 && f[4] == path {
+		// mountinfo writes space, tab, newline and backslash as octal escapes.
+		if len(f) > 5 && strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(f[4]) == path {
 			opts, found = f[5], true
 		}
 	}
