@@ -78,9 +78,11 @@ const (
 	// MountShare is a host directory share; Source is its tag. How it
 	// travels (9p, virtio-fs) is Config.ShareFS.
 	MountShare = "share"
-	// mount9p is what hosts before KeyShareFS wrote for a share (always
-	// 9p); parsed as MountShare.
-	mount9p = "9p"
+	// Mount9p is what hosts before KeyShareFS wrote for a share (always
+	// 9p); Parse reads it as MountShare.
+	//
+	// Deprecated: write MountShare; the VMM says how shares travel.
+	Mount9p = "9p"
 	// MountDisk is an ext4 data disk; Source is its device name (vdc...).
 	MountDisk = "disk"
 )
@@ -108,7 +110,7 @@ func parseMount(val string) (Mount, error) {
 		return Mount{}, errors.New("want KIND:SOURCE:TARGET:ro|rw")
 	}
 	m := Mount{Kind: f[0], Source: f[1]}
-	if m.Kind == mount9p {
+	if m.Kind == Mount9p {
 		m.Kind = MountShare
 	}
 	if m.Kind != MountShare && m.Kind != MountDisk {
