@@ -53,7 +53,9 @@ func findVirtiofsd(configured string) string {
 }
 
 // shareTransport resolves the configured transport for a VM with shares.
-func shareTransport(s settings) (transport, virtiofsd string, err error) {
+// userNS says whether virtiofsd would run in a user namespace (see
+// virtiofsDaemon.UID), which the host must allow.
+func shareTransport(s settings, userNS bool) (transport, virtiofsd string, err error) {
 	want := s.ShareTransport
 	if want == "" {
 		want = transportAuto
@@ -62,6 +64,14 @@ func shareTransport(s settings) (transport, virtiofsd string, err error) {
 		return transport9p, "", nil
 	}
 	virtiofsd = findVirtiofsd(s.Virtiofsd)
+	if virtiofsd != "" && userNS {
+		if why := userNamespacesRefused(); why != "" {
+			if want == transportAuto {
+				return transport9p, "", nil
+			}
+			return "", "", fmt.Errorf("share_transport = \"virtio-fs\": virtiofsd runs in a user namespace, and %s: allow them, or use share_transport = \"9p\": %w", why, sdk.ErrInvalidState)
+		}
+	}
 	switch {
 	case virtiofsd != "":
 		return transportVirtioFS, virtiofsd, nil
@@ -72,6 +82,20 @@ func shareTransport(s settings) (transport, virtiofsd string, err error) {
 	}
 	return "", "", fmt.Errorf("share_transport = \"virtio-fs\", but no virtiofsd is found (looked in %s and $PATH): install it (Debian: qemu-system-common up to bookworm, the virtiofsd package after), set virtiofsd in the plugin's config, or use share_transport = \"9p\": %w",
 		strings.Join(virtiofsdPaths, ", "), sdk.ErrInvalidState)
+}
+
+// userNamespacesRefused says why this process may not make a user
+// namespace, or "" when it may.
+func userNamespacesRefused() string {
+	if b, err := os.ReadFile("/proc/sys/user/max_user_namespaces"); err == nil && strings.TrimSpace(string(b)) == "0" {
+		return "this host allows none (user.max_user_namespaces = 0)"
+	}
+	if os.Geteuid() != 0 {
+		if b, err := os.ReadFile("/proc/sys/kernel/unprivileged_userns_clone"); err == nil && strings.TrimSpace(string(b)) == "0" {
+			return "this host allows them only to root (kernel.unprivileged_userns_clone = 0)"
+		}
+	}
+	return ""
 }
 
 // virtiofsDaemon is one virtiofsd the launcher runs for a share, before

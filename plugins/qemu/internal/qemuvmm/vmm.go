@@ -288,7 +288,8 @@ func (v *VMM) Plan(ctx context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error)
 		return sdk.LaunchPlan{}, err
 	}
 	if len(spec.Shares) > 0 {
-		if s.ShareTransport, s.Virtiofsd, err = shareTransport(s); err != nil {
+		userNS := jail.UID != 0 || os.Geteuid() != 0
+		if s.ShareTransport, s.Virtiofsd, err = shareTransport(s, userNS); err != nil {
 			return sdk.LaunchPlan{}, err
 		}
 	}

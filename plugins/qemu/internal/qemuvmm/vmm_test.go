@@ -615,13 +615,13 @@ func TestPlanVirtioFSShares(t *testing.T) {
 	}
 
 	// virtio-fs asked for without a virtiofsd: a clear error, not 9p.
-	if _, _, err := shareTransport(settings{ShareTransport: transportVirtioFS, Virtiofsd: filepath.Join(dir, "gone")}); !errors.Is(err, sdk.ErrInvalidState) {
+	if _, _, err := shareTransport(settings{ShareTransport: transportVirtioFS, Virtiofsd: filepath.Join(dir, "gone")}, false); !errors.Is(err, sdk.ErrInvalidState) {
 		t.Errorf("virtio-fs without virtiofsd: %v; want ErrInvalidState", err)
 	}
-	if tr, _, err := shareTransport(settings{ShareTransport: transport9p, Virtiofsd: daemon}); err != nil || tr != transport9p {
+	if tr, _, err := shareTransport(settings{ShareTransport: transport9p, Virtiofsd: daemon}, false); err != nil || tr != transport9p {
 		t.Errorf("share_transport = 9p: %q, %v", tr, err)
 	}
-	if tr, bin, err := shareTransport(settings{Virtiofsd: daemon}); err != nil || tr != transportVirtioFS || bin != daemon {
+	if tr, bin, err := shareTransport(settings{Virtiofsd: daemon}, false); err != nil || tr != transportVirtioFS || bin != daemon {
 		t.Errorf("auto with virtiofsd: %q %q, %v", tr, bin, err)
 	}
 }
