@@ -105,8 +105,9 @@ func Launch(cfgFile string, stderr io.Writer) int {
 	}
 	// The share daemons before QEMU, which connects to them (through the
 	// descriptors openFDs opens) and may not start processes itself.
+	exe, _ := os.Executable()
 	for _, d := range lc.VirtioFS {
-		stop, err := startVirtiofsd(d, cg, !lc.Jail.Disabled, stderr)
+		stop, err := startVirtiofsd(exe, d, cg, !lc.Jail.Disabled, stderr)
 		if err != nil {
 			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: %v\n", err)
 			return 125

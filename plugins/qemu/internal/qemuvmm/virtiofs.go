@@ -161,22 +161,37 @@ const virtiofsdFD = 3
 // box's, which QEMU joins too), with no-new-privileges when noNewPrivs.
 // It is killed when the launcher dies (the parent-death signal, from that
 // thread, kept for virtiofsd's life) and by the returned stop.
-func startVirtiofsd(d virtiofsDaemon, cgroup *os.File, noNewPrivs bool, stderr io.Writer) (stop func(), err error) {
+//
+// An unprivileged launcher cannot make a mount namespace of its own, only
+// one inside a user namespace, which a multi-threaded process cannot
+// enter: it starts exe (its own binary, which its user can run) as
+// `virtiofsd-exec` in new user and mount namespaces instead, which
+// confines the share there and then becomes virtiofsd (VirtiofsdExec).
+func startVirtiofsd(exe string, d virtiofsDaemon, cgroup *os.File, noNewPrivs bool, stderr io.Writer) (stop func(), err error) {
 	ln, err := listenUnix(d.Socket)
 	if err != nil {
 		return nil, fmt.Errorf("virtiofsd for %s: %w", d.Source, err)
 	}
 	defer ln.Close() // virtiofsd has its copy
-	cmd := exec.Command(d.Binary,
+	viaHelper := os.Geteuid() != 0
+	args := []string{
 		fmt.Sprintf("--fd=%d", virtiofsdFD),
-		"-o", "source="+fuseOptEscape(d.Source),
+		"-o", "source=" + fuseOptEscape(d.Source),
 		"-o", "sandbox=namespace",
 		// The guest sees what the host changes at once, as with 9p's
 		// cache=none.
 		"-o", "cache=none",
 		"-o", "log_level=warn",
 		"--rlimit-nofile=0",
-	)
+	}
+	cmd := exec.Command(d.Binary, args...)
+	if viaHelper {
+		mode := "rw"
+		if d.ReadOnly {
+			mode = "ro"
+		}
+		cmd = exec.Command(exe, append([]string{virtiofsdExecCommand, d.Source, mode, d.Binary}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	cmd.ExtraFiles = []*os.File{ln}
 	cmd.Dir = "/"
@@ -195,6 +210,9 @@ func startVirtiofsd(d virtiofsDaemon, cgroup *os.File, noNewPrivs bool, stderr i
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: os.Geteuid() != 0}
 		cmd.SysProcAttr.GidMappingsEnableSetgroups = os.Geteuid() == 0
 	}
+	if viaHelper {
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNS
+	}
 	started := make(chan error, 1)
 	waited := make(chan error, 1)
 	go func() {
@@ -204,13 +222,15 @@ func startVirtiofsd(d virtiofsDaemon, cgroup *os.File, noNewPrivs bool, stderr i
 		// threads are not cloned from a locked one), and it lives as long
 		// as virtiofsd, whose parent-death signal it carries.
 		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-			started <- fmt.Errorf("a mount namespace for virtiofsd: %w", err)
-			return
-		}
-		if err := confineShare(d.Source, d.ReadOnly); err != nil {
-			started <- err
-			return
+		if !viaHelper {
+			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+				started <- fmt.Errorf("a mount namespace for virtiofsd: %w", err)
+				return
+			}
+			if err := confineShare(d.Source, d.ReadOnly); err != nil {
+				started <- err
+				return
+			}
 		}
 		if noNewPrivs {
 			// Set after the mounts, which it does not restrict; nothing
@@ -240,6 +260,29 @@ func startVirtiofsd(d virtiofsDaemon, cgroup *os.File, noNewPrivs bool, stderr i
 		}
 		_ = os.Remove(d.Socket)
 	}, nil
+}
+
+// virtiofsdExecCommand is the plugin's subcommand with which an
+// unprivileged launcher starts virtiofsd: `boxctl-plugin-qemu
+// virtiofsd-exec SOURCE ro|rw VIRTIOFSD ARGS...`.
+const virtiofsdExecCommand = "virtiofsd-exec"
+
+// VirtiofsdExec is the virtiofsd-exec subcommand (args: what follows it).
+// It runs as root of the user namespace the launcher made for it, in a
+// mount namespace of that user namespace's: it confines the share there
+// (confineShare) and execs virtiofsd.
+func VirtiofsdExec(args []string, stderr io.Writer) int {
+	if len(args) < 3 || (args[1] != "ro" && args[1] != "rw") {
+		fmt.Fprintf(stderr, "usage: boxctl-plugin-qemu %s SOURCE ro|rw VIRTIOFSD [ARGS...]\n", virtiofsdExecCommand)
+		return 2
+	}
+	if err := confineShare(args[0], args[1] == "ro"); err != nil {
+		fmt.Fprintf(stderr, "boxctl-plugin-qemu %s: %v\n", virtiofsdExecCommand, err)
+		return 125
+	}
+	err := syscall.Exec(args[2], append([]string{args[2]}, args[3:]...), os.Environ())
+	fmt.Fprintf(stderr, "boxctl-plugin-qemu %s: exec %s: %v\n", virtiofsdExecCommand, args[2], err)
+	return 126
 }
 
 // fuseOptEscape escapes s for a -o option list, which virtiofsd splits at

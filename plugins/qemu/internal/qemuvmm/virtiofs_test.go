@@ -25,6 +25,69 @@ func TestVirtiofsdConfinement(t *testing.T) {
 	if bin == "" {
 		t.Skip("no virtiofsd (Debian: qemu-system-common)")
 	}
+	checkVirtiofsd(t, "/nonexistent/boxctl-plugin-qemu", bin, 1879040000, 1879040000)
+}
+
+// asUserEnv makes TestVirtiofsdConfinementUnprivileged run its check: it
+// is set when the test re-runs its binary as an unprivileged user.
+const asUserEnv = "BOXCTL_TEST_VIRTIOFSD_AS_USER"
+
+// TestVirtiofsdConfinementUnprivileged is that check for a launcher that
+// runs as an ordinary user, which starts virtiofsd through the
+// virtiofsd-exec subcommand (this test binary's TestMain serves it): the
+// test binary runs itself as nobody.
+func TestVirtiofsdConfinementUnprivileged(t *testing.T) {
+	bin := findVirtiofsd("")
+	if bin == "" {
+		t.Skip("no virtiofsd (Debian: qemu-system-common)")
+	}
+	if os.Getenv(asUserEnv) == "1" {
+		exe, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkVirtiofsd(t, exe, bin, uint32(os.Geteuid()), uint32(os.Getegid()))
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the check as another, unprivileged user")
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/unprivileged_userns_clone"); err == nil && strings.TrimSpace(string(b)) == "0" {
+		t.Skip("this host allows user namespaces only to root")
+	}
+	// A copy of the test binary that nobody can run (go test's is in a 0700
+	// directory).
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := shortDir(t)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyExe := filepath.Join(dir, "qemuvmm.test")
+	if err := os.WriteFile(copyExe, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const nobody = 65534
+	cmd := exec.Command(copyExe, "-test.run", "^TestVirtiofsdConfinementUnprivileged$", "-test.v")
+	cmd.Env = []string{asUserEnv + "=1", "PATH=" + os.Getenv("PATH"), "TMPDIR=/tmp"}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestVirtiofsdConfinementUnprivileged")) {
+		t.Fatalf("the check as uid %d: %v\n%s", nobody, err, out)
+	}
+}
+
+// checkVirtiofsd starts virtiofsd (bin) for a read-only share as the
+// launcher does, through exe's virtiofsd-exec when unprivileged, with uid
+// and gid as the share's user, and checks the process from outside.
+func checkVirtiofsd(t *testing.T, exe, bin string, uid, gid uint32) {
 	dir := shortDir(t)
 	// A comma and a backslash, which virtiofsd's option list must not split at.
 	share := filepath.Join(dir, `sh,a\re`)
@@ -34,7 +97,6 @@ func TestVirtiofsdConfinement(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil { // the share's user reaches it
 		t.Fatal(err)
 	}
-	const uid, gid = 1879040000, 1879040000
 	// A process in this test's mount namespace as it was before virtiofsd:
 	// the launcher's thread that made the private one may be any of this
 	// process's, the main one included, so /proc/self is no witness.
@@ -44,7 +106,7 @@ func TestVirtiofsdConfinement(t *testing.T) {
 	}
 	defer func() { _ = witness.Process.Kill(); _ = witness.Wait() }()
 	var log syncBuffer
-	stop, err := startVirtiofsd(virtiofsDaemon{Binary: bin, Source: share, ReadOnly: true, Socket: filepath.Join(dir, "vfs.sock"), UID: uid, GID: gid}, nil, true, &log)
+	stop, err := startVirtiofsd(exe, virtiofsDaemon{Binary: bin, Source: share, ReadOnly: true, Socket: filepath.Join(dir, "vfs.sock"), UID: uid, GID: gid}, nil, true, &log)
 	if err != nil {
 		t.Fatal(err)
 	}
