@@ -23,7 +23,8 @@ import (
 // serves the plugin, run from a plan it is the launcher.
 func TestMain(m *testing.M) {
 	hs := sdk.Handshake()
-	if os.Getenv(hs.MagicCookieKey) == hs.MagicCookieValue || (len(os.Args) == 3 && os.Args[1] == "launch") {
+	if os.Getenv(hs.MagicCookieKey) == hs.MagicCookieValue || (len(os.Args) == 3 && os.Args[1] == "launch") ||
+		(len(os.Args) > 1 && os.Args[1] == "virtiofsd-exec") {
 		main()
 		return
 	}
