@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"strings"
+
+	"github.com/boxctl/boxctl/core/model"
 
 	"github.com/boxctl/boxctl/guest/agentclient"
 )
@@ -20,25 +23,15 @@ func (r *Runtime) UploadTar(ctx context.Context, ref string, tr io.Reader, dest 
 	if opts.UnsafeSpecialFiles || opts.FollowSymlinks {
 		return fmt.Errorf("upload a tar into %s: the symlink and special-file options apply to copies out of a box only: %w", ref, ErrInvalidArgument)
 	}
-	b, err := r.runningBox(ctx, ref)
-	if err != nil {
-		return err
-	}
-	w := r.watchRun(ctx, b)
-	defer func() { err = w.err(err); w.stop() }()
-	ctx = w.ctx
-	c, err := agentclient.Dial(ctx, b.Run.AgentSocket)
-	if err != nil {
-		return fmt.Errorf("copy into %s: reach the guest agent: %w", b.Name, err)
-	}
-	defer c.Close()
-	if _, err := c.Upload(ctx, dest, tr, agentclient.UploadOptions{Overwrite: !opts.NoOverwrite, PreserveOwner: opts.Archive}); err != nil {
-		if agentclient.IsEscape(err) {
-			return fmt.Errorf("upload a tar into %s:%s: refused: %w", b.Name, dest, err)
+	return r.withAgent(ctx, ref, "upload a tar into", func(ctx context.Context, b *model.Box, c *agentclient.Client) error {
+		if _, err := c.Upload(ctx, dest, tr, agentclient.UploadOptions{Overwrite: !opts.NoOverwrite, PreserveOwner: opts.Archive}); err != nil {
+			if agentclient.IsEscape(err) {
+				return fmt.Errorf("upload a tar into %s:%s: refused: %w", b.Name, dest, err)
+			}
+			return fmt.Errorf("upload a tar into %s:%s: %w", b.Name, dest, err)
 		}
-		return fmt.Errorf("upload a tar into %s:%s: %w", b.Name, dest, err)
-	}
-	return nil
+		return nil
+	})
 }
 
 // DownloadTar writes a tar of the box path src to w, its entries named
@@ -49,25 +42,15 @@ func (r *Runtime) DownloadTar(ctx context.Context, ref, src string, w io.Writer,
 	if src == "" {
 		return errEmptyBoxPath(ref)
 	}
-	b, err := r.runningBox(ctx, ref)
-	if err != nil {
-		return err
-	}
-	wr := r.watchRun(ctx, b)
-	defer func() { err = wr.err(err); wr.stop() }()
-	ctx = wr.ctx
-	c, err := agentclient.Dial(ctx, b.Run.AgentSocket)
-	if err != nil {
-		return fmt.Errorf("copy out of %s: reach the guest agent: %w", b.Name, err)
-	}
-	defer c.Close()
-	contentsOnly := len(src) >= 2 && src[len(src)-2:] == "/."
-	err = c.Download(ctx, path.Clean("/"+src), w, agentclient.DownloadOptions{FollowSymlinks: opts.FollowSymlinks, IncludeParent: !contentsOnly})
-	if err != nil {
-		if agentclient.IsNotFound(err) {
-			return fmt.Errorf("copy %s:%s: no such file or directory in the box: %w", b.Name, src, ErrNotFound)
+	return r.withAgent(ctx, ref, "copy out of", func(ctx context.Context, b *model.Box, c *agentclient.Client) error {
+		contentsOnly := strings.HasSuffix(src, "/.")
+		err := c.Download(ctx, path.Clean("/"+src), w, agentclient.DownloadOptions{FollowSymlinks: opts.FollowSymlinks, IncludeParent: !contentsOnly})
+		if err != nil {
+			if agentclient.IsNotFound(err) {
+				return fmt.Errorf("copy %s:%s: no such file or directory in the box: %w", b.Name, src, ErrNotFound)
+			}
+			return fmt.Errorf("copy %s:%s: %w", b.Name, src, err)
 		}
-		return fmt.Errorf("copy %s:%s: %w", b.Name, src, err)
-	}
-	return nil
+		return nil
+	})
 }
