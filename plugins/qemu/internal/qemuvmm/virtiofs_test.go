@@ -112,7 +112,7 @@ func checkVirtiofsd(t *testing.T, exe, bin string, uid, gid uint32) {
 	}
 	pid := 0
 	for deadline := time.Now().Add(10 * time.Second); pid == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		pid = processWithArg(t, "source="+fuseOptEscape(share))
+		pid = processWithArg(t, bin, "source="+fuseOptEscape(share))
 	}
 	if pid == 0 {
 		stop()
@@ -148,10 +148,20 @@ func checkVirtiofsd(t *testing.T, exe, bin string, uid, gid uint32) {
 }
 
 // processWithArg returns a process whose command line has arg, 0 if none.
-func processWithArg(t *testing.T, arg string) int {
+func processWithArg(t *testing.T, bin, arg string) int {
 	t.Helper()
+	// Unprivileged, the launcher's virtiofsd-exec (with the same arguments)
+	// sets up the namespaces before it becomes virtiofsd: only the process
+	// running bin is the daemon.
+	want, err := filepath.EvalSymlinks(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, d := range dirs {
+		if exe, err := os.Readlink(filepath.Join(filepath.Dir(d), "exe")); err != nil || exe != want {
+			continue
+		}
 		b, err := os.ReadFile(d)
 		if err != nil {
 			continue
