@@ -83,6 +83,7 @@ test: deps build build-test-plugins guest guest-generic containerd-sid
 		echo "(cd $$dir && $(GO) test -race -count=1 -timeout 20m ./...)"; \
 		(cd $$dir && $(GO) test -race -count=1 -timeout 20m ./...); \
 	done
+	cd clients/typescript && npm ci --no-audit --no-fund && npm test
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime $(FUZZTIME) ./plugins/storage-qcow2/qcow2/
@@ -122,6 +123,7 @@ bench: deps build build-test-plugins guest
 	$(GO) run ./bench/qcow2
 	$(GO) run ./bench/rootfs
 	$(GO) run ./bench/archive -bin $(BIN) -test-plugins build/test-plugins
+	$(GO) run ./bench/api -bin $(BIN) -test-plugins build/test-plugins -guest build/guest
 
 clean:
 	rm -rf $(BIN) build

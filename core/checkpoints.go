@@ -268,6 +268,9 @@ func (r *Runtime) RestoreCheckpoint(ctx context.Context, ref, name string, opts 
 	if err := r.checkInputs(ctx, b, rf); err != nil {
 		return fmt.Errorf("%w; it cannot be restored with what is configured now: remove it with `boxctl checkpoint rm %s %s`", err, b.Name, name)
 	}
+	if err := r.checkNoDiskSnapshots(ctx, b, what); err != nil {
+		return err
+	}
 	if b.Status.Active() {
 		if !opts.Force {
 			return fmt.Errorf("restore %s: the box is %s: stop it first, or use --force to stop it: %w", what, b.Status, ErrInvalidState)
@@ -320,6 +323,33 @@ func (r *Runtime) RestoreCheckpoint(ctx context.Context, ref, name string, opts 
 	}
 	so := startOptions{detach: opts.Detach, restore: rf}
 	return r.startLocked(ctx, b, so)
+}
+
+// checkNoDiskSnapshots refuses a checkpoint restore of a box whose disk
+// has snapshots: the restore gives the box a new disk (a clone of the
+// checkpoint's), and the old disk's snapshots would go with it.
+func (r *Runtime) checkNoDiskSnapshots(ctx context.Context, b *model.Box, what string) error {
+	if !b.DiskCreated || b.DiskID == "" {
+		return nil
+	}
+	snaps, err := r.plugins.Snapshots(ctx)
+	if err != nil {
+		return fmt.Errorf("storage plugin: %w", err)
+	}
+	list, err := snaps.ListSnapshots(ctx, b.DiskID)
+	if err != nil {
+		return fmt.Errorf("restore %s: list the disk snapshots of %s: %w", what, b.Name, err)
+	}
+	if len(list) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(list))
+	for _, s := range list {
+		names = append(names, s.Name)
+	}
+	return fmt.Errorf("restore %s: the box has disk snapshots (%s) that the restore would lose, its disk being replaced by the checkpoint's; "+
+		"keep them in another box (`boxctl clone %s --snapshot NAME --name COPY`) or remove them (`boxctl snapshot rm %s NAME`) first: %w",
+		what, strings.Join(names, ", "), b.Name, b.Name, ErrInvalidState)
 }
 
 // recoverCheckpoint removes what a checkpoint that died left: the disk

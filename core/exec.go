@@ -241,26 +241,20 @@ func (r *Runtime) CopyIn(ctx context.Context, ref, src, dest string, opts CopyOp
 	if opts.UnsafeSpecialFiles {
 		return fmt.Errorf("copy %s into %s: the unsafe special-files option applies to copies out of a box only (copies in always keep device files and set-id bits): %w", src, ref, ErrInvalidArgument)
 	}
-	b, err := r.runningBox(ctx, ref)
-	if err != nil {
-		return err
-	}
-	w := r.watchRun(ctx, b)
-	defer func() { err = w.err(err); w.stop() }()
-	ctx = w.ctx
 	abs, err := filepath.Abs(src)
 	if err != nil {
 		return err
 	}
-	if _, err := os.Lstat(abs); err != nil {
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
+	return r.withAgent(ctx, ref, "copy into", func(ctx context.Context, b *model.Box, c *agentclient.Client) error {
+		if _, err := os.Lstat(abs); err != nil {
+			return fmt.Errorf("copy %s: %w", src, err)
+		}
+		return copyIn(ctx, c, b, abs, src, dest, opts)
+	})
+}
+
+func copyIn(ctx context.Context, c *agentclient.Client, b *model.Box, abs, src, dest string, opts CopyOptions) error {
 	contentsOnly := strings.HasSuffix(src, "/.")
-	c, err := agentclient.Dial(ctx, b.Run.AgentSocket)
-	if err != nil {
-		return fmt.Errorf("copy into %s: reach the guest agent: %w", b.Name, err)
-	}
-	defer c.Close()
 	pr, pw := io.Pipe()
 	archiveErr := make(chan error, 1)
 	go func() {
@@ -268,7 +262,7 @@ func (r *Runtime) CopyIn(ctx context.Context, ref, src, dest string, opts CopyOp
 		pw.CloseWithError(err)
 		archiveErr <- err
 	}()
-	_, err = c.Upload(ctx, dest, pr, agentclient.UploadOptions{Overwrite: !opts.NoOverwrite, PreserveOwner: opts.Archive})
+	_, err := c.Upload(ctx, dest, pr, agentclient.UploadOptions{Overwrite: !opts.NoOverwrite, PreserveOwner: opts.Archive})
 	pr.CloseWithError(errCopyEnded)
 	aerr := <-archiveErr
 	if aerr != nil && !errors.Is(aerr, errCopyEnded) {
@@ -294,19 +288,13 @@ func (r *Runtime) CopyOut(ctx context.Context, ref, src, dest string, opts CopyO
 	if src == "" {
 		return errEmptyBoxPath(ref)
 	}
-	b, err := r.runningBox(ctx, ref)
-	if err != nil {
-		return err
-	}
-	w := r.watchRun(ctx, b)
-	defer func() { err = w.err(err); w.stop() }()
-	ctx = w.ctx
+	return r.withAgent(ctx, ref, "copy out of", func(ctx context.Context, b *model.Box, c *agentclient.Client) error {
+		return copyOut(ctx, c, b, src, dest, opts)
+	})
+}
+
+func copyOut(ctx context.Context, c *agentclient.Client, b *model.Box, src, dest string, opts CopyOptions) (err error) {
 	contentsOnly := strings.HasSuffix(src, "/.")
-	c, err := agentclient.Dial(ctx, b.Run.AgentSocket)
-	if err != nil {
-		return fmt.Errorf("copy out of %s: reach the guest agent: %w", b.Name, err)
-	}
-	defer c.Close()
 	pr, pw := io.Pipe()
 	dlErr := make(chan error, 1)
 	go func() {
@@ -333,6 +321,24 @@ func (r *Runtime) CopyOut(ctx context.Context, ref, src, dest string, opts CopyO
 		return fmt.Errorf("copy %s:%s to %s: %w", b.Name, src, dest, err)
 	}
 	return nil
+}
+
+// withAgent runs fn with a connection to the guest agent of running box
+// ref (started first if it is not), watching the run so that fn's context
+// ends, and its error says so, when the box stops meanwhile.
+func (r *Runtime) withAgent(ctx context.Context, ref, what string, fn func(ctx context.Context, b *model.Box, c *agentclient.Client) error) (err error) {
+	b, err := r.runningBox(ctx, ref)
+	if err != nil {
+		return err
+	}
+	w := r.watchRun(ctx, b)
+	defer func() { err = w.err(err); w.stop() }()
+	c, err := agentclient.Dial(w.ctx, b.Run.AgentSocket)
+	if err != nil {
+		return fmt.Errorf("%s %s: reach the guest agent: %w", what, b.Name, err)
+	}
+	defer c.Close()
+	return fn(w.ctx, b, c)
 }
 
 // Stats is a box's resource use.

@@ -181,7 +181,7 @@ func (r *Runtime) prepareMounts(ctx context.Context, b *model.Box, spec *sdk.VMS
 			}
 			tag := fmt.Sprintf("boxctl%d", i)
 			spec.Shares = append(spec.Shares, sdk.ShareSpec{Tag: tag, HostPath: real, ReadOnly: m.ReadOnly})
-			out = append(out, guestboot.Mount{Kind: guestboot.Mount9p, Source: tag, Target: target, ReadOnly: m.ReadOnly})
+			out = append(out, guestboot.Mount{Kind: guestboot.MountShare, Source: tag, Target: target, ReadOnly: m.ReadOnly})
 		case model.MountVolume:
 			var v model.Volume
 			if err := r.store.View(ctx, func(tx *state.Tx) error {

@@ -5,8 +5,10 @@
 # initramfs), util-linux (flock), procps (pgrep/pkill in tests),
 # docker-registry (a real registry for the push/pull tests), gcc (the
 # libkrun test double is C), iproute2 (network namespaces in the network
-# tests) and containerd 1.6 with ctr (the containerd shim's tests run their
-# own daemons; nothing here starts the package's service). Idempotent: does nothing when everything
+# tests), Node.js with npm (the TypeScript client's tests under
+# clients/typescript) and containerd 1.6 with ctr (the containerd shim's
+# tests run their own daemons; nothing here starts the package's service).
+# Idempotent: does nothing when everything
 # is present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -30,6 +32,8 @@ check cc gcc
 check ip iproute2
 check containerd containerd
 check ctr containerd
+check node nodejs
+check npm npm
 [ -x /bin/busybox ] || need+=(busybox-static)
 
 if [ ${#need[@]} -eq 0 ]; then

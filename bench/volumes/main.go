@@ -1,10 +1,10 @@
 // Command volumes prints the sequential read and write throughput of a
 // 256 MiB file, measured in a real VM with dd, on each place a box can keep
-// data: a virtio-9p host directory share, a named volume and the box's own
-// disk. A virtio-fs share is not measured: boxctl does not offer one yet
-// (see docs/volumes.md). 9p needs a guest kernel with 9p: Debian's cloud
-// kernel (build/guest) has none, so the share is measured with -guest9p
-// (default build/guest-generic, made by
+// data: a virtio-fs host directory share (the qemu plugin's
+// share_transport = "virtio-fs"; skipped without virtiofsd), a virtio-9p
+// share, a named volume and the box's own disk. 9p needs a guest kernel
+// with 9p: Debian's cloud kernel (build/guest) has none, so the 9p share is
+// measured with -guest9p (default build/guest-generic, made by
 // `KERNEL_PKG=linux-image-amd64 OUT=build/guest-generic guest/build.sh`)
 // and skipped when that guest is missing.
 //
@@ -39,12 +39,18 @@ func main() {
 	if _, err := os.Stat(filepath.Join(*guest9p, "initramfs")); err != nil {
 		fmt.Printf("%-28s %12s %12s\n", "9p share", "-", "-")
 		fmt.Printf("  (no guest with 9p in %s: build it as the doc comment says)\n", *guest9p)
-	} else if err := measureShare(*bin, *guest9p, *rounds); err != nil {
+	} else if err := measureShare(*bin, *guest9p, "9p", *rounds); err != nil {
 		fmt.Fprintln(os.Stderr, "volumes:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("%-28s %12s %12s\n", "virtio-fs share", "-", "-")
-	fmt.Println("  (not offered by boxctl yet)")
+	if err := measureShare(*bin, *guest, "virtio-fs", *rounds); err != nil {
+		if !strings.Contains(err.Error(), "no virtiofsd") {
+			fmt.Fprintln(os.Stderr, "volumes:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("%-28s %12s %12s\n", "virtio-fs share", "-", "-")
+		fmt.Println("  (no virtiofsd on this host)")
+	}
 }
 
 func measureDisks(bin, guest string, rounds int) error {
@@ -66,14 +72,25 @@ func measureDisks(bin, guest string, rounds int) error {
 	return report(h, "box's own disk", "/root-f", rounds)
 }
 
-func measureShare(bin, guest string, rounds int) error {
-	h, err := benchhome.New(bin, guest, "bench-volumes-9p-")
+// measureShare measures a host directory share over transport (the qemu
+// plugin's share_transport).
+func measureShare(bin, guest, transport string, rounds int) error {
+	h, err := benchhome.New(bin, guest, "bench-volumes-"+transport+"-")
 	if err != nil {
 		return err
 	}
 	defer h.Close()
+	// benchhome points XDG_CONFIG_HOME at h.Dir.
+	if err := os.MkdirAll(filepath.Join(h.Dir, "boxctl"), 0o755); err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf("plugin \"qemu\" {\n  config {\n    share_transport = %q\n  }\n}\n", transport)
+	if err := os.WriteFile(filepath.Join(h.Dir, "boxctl", "config.hcl"), []byte(cfg), 0o644); err != nil {
+		return err
+	}
 	share := filepath.Join(h.Dir, "share")
-	// A root boxctl runs QEMU as an unprivileged user, which opens the share itself.
+	// A root boxctl serves the share as an unprivileged user (QEMU, or
+	// virtiofsd in a user namespace), which opens it itself.
 	for _, d := range []string{h.Dir, share} {
 		if err := os.MkdirAll(d, 0o777); err != nil {
 			return err
@@ -86,7 +103,7 @@ func measureShare(bin, guest string, rounds int) error {
 		return err
 	}
 	defer func() { _, _ = h.CLI("rm", "-f", "s") }()
-	return report(h, "9p share (host dir)", "/share/f", rounds)
+	return report(h, transport+" share (host dir)", "/share/f", rounds)
 }
 
 func report(h *benchhome.Home, what, file string, rounds int) error {

@@ -92,6 +92,8 @@ Environment:
 		a.suspendCommand(),
 		a.forkCommand(),
 		a.volumeCommand(),
+		a.mcpCommand(),
+		a.serveCommand(),
 	)
 	root.AddCommand(a.pauseCommands()...)
 	root.AddCommand(a.archiveCommands()...)

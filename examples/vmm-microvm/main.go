@@ -102,6 +102,13 @@ func (m *microVMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, err
 	case len(spec.Shares) > 0:
 		return sdk.LaunchPlan{}, invalid("spec.Shares: this example does not share host directories")
 	}
+	for i, a := range spec.Network.Allow {
+		// A rule that does not hold would fail only in the launcher, after
+		// the box was reported started.
+		if err := a.Validate(); err != nil {
+			return sdk.LaunchPlan{}, invalid("spec.Network.Allow[%d]: %v", i, err)
+		}
+	}
 	qemu, err := exec.LookPath(m.cfg.QEMU)
 	if err != nil {
 		return sdk.LaunchPlan{}, fmt.Errorf("%s: %v: %w", m.cfg.QEMU, err, sdk.ErrInvalidState)

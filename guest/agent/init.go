@@ -93,6 +93,11 @@ func Main(version string) {
 			skip[m] = true
 		}
 	}
+	if !cfg.HasVirtioFS() {
+		for m := range virtioFSModules {
+			skip[m] = true
+		}
+	}
 	if err := loadModules(filepath.Join("/lib/modules", release), skip, warnf, debugf); err != nil && errors.Is(err, os.ErrNotExist) {
 		p.log.Warn("no kernel modules in the initramfs", "release", release)
 	}
@@ -348,14 +353,14 @@ func (p *pid1) mountBoxRoot(cfg BootConfig) error {
 	if err := p.populateBoxRoot(cfg); err != nil {
 		return err
 	}
-	return mountShares(cfg.Mounts)
+	return mountShares(cfg.Mounts, cfg.ShareFS)
 }
 
 // mountShares mounts the box's host directory shares and volumes at their
 // targets inside the box root, creating missing target directories there
 // (resolved inside the root, like populateBoxRoot's). A mount that fails
 // fails the box root: a box must not run with its data silently missing.
-func mountShares(mounts []guestboot.Mount) error {
+func mountShares(mounts []guestboot.Mount, shareFS string) error {
 	for _, m := range mounts {
 		if err := mkdirAllInRoot(boxRoot, m.Target); err != nil {
 			return fmt.Errorf("mount point %s: %w", m.Target, err)
@@ -365,11 +370,21 @@ func mountShares(mounts []guestboot.Mount) error {
 			flags |= unix.MS_RDONLY
 		}
 		switch m.Kind {
-		case guestboot.Mount9p:
+		case guestboot.MountShare:
+			if shareFS == guestboot.ShareFSVirtioFS {
+				err := mountInRoot(m.Source, m.Target, "virtiofs", flags, "")
+				if errors.Is(err, unix.ENODEV) {
+					return fmt.Errorf("host directory share %s: this guest kernel has no virtio-fs filesystem (CONFIG_VIRTIO_FS): use a kernel with it, or plugin \"qemu\" share_transport = \"9p\" with a kernel that has 9p; see docs/volumes.md: %w", m.Target, err)
+				}
+				if err != nil {
+					return fmt.Errorf("host directory share %s (virtio-fs %s): %w", m.Target, m.Source, err)
+				}
+				continue
+			}
 			// msize: 9p's default of 8 KiB makes every read and write a round trip of 8 KiB.
 			err := mountInRoot(m.Source, m.Target, "9p", flags, "trans=virtio,version=9p2000.L,msize=524288,cache=none")
 			if errors.Is(err, unix.ENODEV) {
-				return fmt.Errorf("host directory share %s: this guest kernel has no 9p filesystem (Debian's cloud kernel has none: `make guest-generic` builds a guest on the generic kernel, then set BOXCTL_GUEST_DIR=build/guest-generic or the plugin's kernel and initrd; see docs/volumes.md): %w", m.Target, err)
+				return fmt.Errorf("host directory share %s: this guest kernel has no 9p filesystem (Debian's cloud kernel has none: share over virtio-fs instead (plugin \"qemu\" share_transport = \"virtio-fs\", with virtiofsd installed), or `make guest-generic` builds a guest on the generic kernel, then set BOXCTL_GUEST_DIR=build/guest-generic or the plugin's kernel and initrd; see docs/volumes.md): %w", m.Target, err)
 			}
 			if err != nil {
 				return fmt.Errorf("host directory share %s: %w", m.Target, err)

@@ -77,7 +77,7 @@ func TestParseCmdline(t *testing.T) {
 	c, warn := ParseCmdline("console=ttyS0 quiet boxctl.root=/dev/sda boxctl.data=none boxctl.hostname=web " +
 		"boxctl.dns=10.0.2.3,1.1.1.1 boxctl.vsock_port=2000 boxctl.debug boxctl.bogus=1 boxctl.vsock_port=x")
 	want := BootConfig{RootDev: "/dev/sda", RootFSType: "ext4", DataDev: "none", DataFSType: "ext4",
-		Hostname: "web", DNS: []string{"10.0.2.3", "1.1.1.1"}, VsockPort: 2000, SerialPort: "boxctl.agent", Debug: true}
+		Hostname: "web", DNS: []string{"10.0.2.3", "1.1.1.1"}, VsockPort: 2000, SerialPort: "boxctl.agent", Debug: true, ShareFS: "9p"}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v\nwant %+v", c, want)
 	}

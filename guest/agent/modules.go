@@ -74,6 +74,10 @@ var vsockModules = map[string]bool{"vsock": true, "vmw_vsock_virtio_transport_co
 // agent loads them only when the boot contract names a 9p share.
 var ninePModules = map[string]bool{"9p": true, "9pnet": true, "9pnet_virtio": true, "netfs": true, "fscache": true}
 
+// virtioFSModules are the modules of virtio-fs host directory shares,
+// loaded only when the boot contract names virtio-fs shares.
+var virtioFSModules = map[string]bool{"fuse": true, "virtiofs": true}
+
 // loadOrder returns the modules of the set with every module after its dependencies,
 // leaving out those skip names unless another module needs them.
 func (ms *moduleSet) loadOrder(skip map[string]bool) ([]string, error) {

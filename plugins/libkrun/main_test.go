@@ -705,3 +705,61 @@ func TestFoundByTheLoadersSearch(t *testing.T) {
 		t.Errorf("exit code %d: %s", code, v.stderr)
 	}
 }
+
+// TestShares: host directory shares become libkrun virtio-fs devices, a
+// read-only one through krun_add_virtiofs3 with read_only (libkrun's
+// server refuses writes on the host side), and the guest is told they are
+// virtio-fs. A libkrun without krun_add_virtiofs3 gets read-write shares
+// only: a read-only one is refused rather than served writable.
+func TestShares(t *testing.T) {
+	share := t.TempDir()
+	shares := func(s *sdk.VMSpec) {
+		s.Shares = []sdk.ShareSpec{{Tag: "boxctl0", HostPath: share}, {Tag: "boxctl1", HostPath: share, ReadOnly: true}}
+	}
+	t.Run("calls", func(t *testing.T) {
+		f := newFixture(t)
+		vmm := startPlugin(t, f.body(""))
+		b := planBox(t, vmm, f, shares)
+		v := launch(t, b, f)
+		agentUp(t, b, v)
+		var got []string
+		for _, c := range calls(t, b) {
+			switch c.Name() {
+			case "krun_add_virtiofs", "krun_add_virtiofs3":
+				got = append(got, fmt.Sprintf("%s %v %v %v %v", c.Name(), c["c_tag"], c["c_path"], c["shm_size"], c["read_only"]))
+			case "krun_set_kernel":
+				if cl := fmt.Sprint(c["cmdline"]); !strings.Contains(" "+cl+" ", " boxctl.sharefs=virtiofs ") {
+					t.Errorf("the kernel command line %q does not say the shares are virtio-fs", cl)
+				}
+			}
+		}
+		want := []string{
+			"krun_add_virtiofs boxctl0 " + share + " <nil> <nil>",
+			"krun_add_virtiofs3 boxctl1 " + share + " 0 true",
+		}
+		if strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Errorf("virtio-fs calls:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	})
+	t.Run("no read-only shares without krun_add_virtiofs3", func(t *testing.T) {
+		f := newFixture(t, "krun_add_virtiofs3")
+		vmm := startPlugin(t, f.body(""))
+		spec, _ := makeSpec(t, shares)
+		_, err := vmm.Plan(context.Background(), spec)
+		if !errors.Is(err, sdk.ErrUnsupported) || !strings.Contains(err.Error(), "krun_add_virtiofs3") || !strings.Contains(err.Error(), "1.18.0") {
+			t.Fatalf("Plan with a read-only share on a libkrun without krun_add_virtiofs3: %v; want ErrUnsupported naming it and 1.18.0", err)
+		}
+		spec.Shares = spec.Shares[:1]
+		if _, err := vmm.Plan(context.Background(), spec); err != nil {
+			t.Fatalf("Plan with a read-write share: %v", err)
+		}
+	})
+	t.Run("no shares without krun_add_virtiofs", func(t *testing.T) {
+		f := newFixture(t, "krun_add_virtiofs")
+		vmm := startPlugin(t, f.body(""))
+		spec, _ := makeSpec(t, shares)
+		if _, err := vmm.Plan(context.Background(), spec); !errors.Is(err, sdk.ErrUnsupported) || !strings.Contains(err.Error(), "krun_add_virtiofs") {
+			t.Fatalf("Plan with shares on a libkrun without krun_add_virtiofs: %v; want ErrUnsupported", err)
+		}
+	})
+}

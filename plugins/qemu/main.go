@@ -1,7 +1,8 @@
 // Command boxctl-plugin-qemu is boxctl's QEMU VMM plugin. Run by boxctl as
 // a go-plugin process it serves the VMM role; run as
 // `boxctl-plugin-qemu launch FILE` (by a box monitor, from a launch plan)
-// it runs one VM.
+// it runs one VM (and an unprivileged one starts its virtiofsd through
+// `boxctl-plugin-qemu virtiofsd-exec ...`).
 package main
 
 import (
@@ -16,6 +17,10 @@ func main() {
 	if len(os.Args) == 3 && os.Args[1] == "launch" {
 		os.Exit(qemuvmm.Launch(os.Args[2], os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "virtiofsd-exec" {
+		os.Exit(qemuvmm.VirtiofsdExec(os.Args[2:], os.Stderr))
+	}
+
 	exe, err := os.Executable()
 	if err == nil {
 		exe, _ = filepath.EvalSymlinks(exe)

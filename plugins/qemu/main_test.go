@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 
@@ -21,7 +23,8 @@ import (
 // serves the plugin, run from a plan it is the launcher.
 func TestMain(m *testing.M) {
 	hs := sdk.Handshake()
-	if os.Getenv(hs.MagicCookieKey) == hs.MagicCookieValue || (len(os.Args) == 3 && os.Args[1] == "launch") {
+	if os.Getenv(hs.MagicCookieKey) == hs.MagicCookieValue || (len(os.Args) == 3 && os.Args[1] == "launch") ||
+		(len(os.Args) > 1 && os.Args[1] == "virtiofsd-exec") {
 		main()
 		return
 	}
@@ -64,7 +67,32 @@ func TestConformance(t *testing.T) {
 		sdktest.WithReconnect(newVMM),
 		sdktest.WithDisks(boxDisks),
 		sdktest.WithGuest(agentReady),
-		sdktest.WithGuestWrites(nil))
+		sdktest.WithGuestWrites(nil),
+		sdktest.WithGuestDialer(ncDial))
+}
+
+// ncDial connects from the guest with the busybox image's nc, run by the
+// guest agent: a refused connection makes nc fail.
+func ncDial(ctx context.Context, socket, addr string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", err
+	}
+	c, err := agentclient.Dial(ctx, socket)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	var out, errs strings.Builder
+	res, err := c.Exec(ctx, agentclient.ExecRequest{Argv: []string{"nc", "-w", "5", host, port}, Timeout: 20 * time.Second},
+		strings.NewReader(""), &out, &errs, nil, nil)
+	if err != nil {
+		return "", err
+	}
+	if res.ExitCode != 0 {
+		return out.String(), fmt.Errorf("nc %s %s: exit %d: %s", host, port, res.ExitCode, errs.String())
+	}
+	return out.String(), nil
 }
 
 // boxDisks are what the core gives a box: the image's ext4 root, and a

@@ -15,8 +15,11 @@
 //     GatewayAddr as its gateway and DNSAddr as its resolver (QEMU slirp's
 //     layout, which package sdk/usernet serves).
 //   - Mounts: each boxctl.mount key names a filesystem the agent mounts at a
-//     path inside the box root once the root is up: a 9p share by its tag
-//     (ShareSpec.Tag) or a data disk by its device name, read-only or not.
+//     path inside the box root once the root is up: a host directory share
+//     by its tag (ShareSpec.Tag) or a data disk by its device name, read-only
+//     or not. The core writes shares as KIND "share" without saying how they
+//     travel; the VMM, which chooses the device, appends ShareFSArg (virtio-9p
+//     when it appends nothing).
 //   - Console: the guest kernel's console goes to the plan's console log
 //     (console=ttyS0 on x86 QEMU; the VMM chooses the device).
 //
@@ -50,11 +53,35 @@ const (
 	// KeyMount is repeated, one per mount: KIND:SOURCE:TARGET:MODE, TARGET
 	// percent-encoded (Mount.arg).
 	KeyMount = "boxctl.mount"
+	// KeyShareFS is the filesystem of every "share" mount (ShareFS9p or
+	// ShareFSVirtioFS); the VMM appends it (ShareFSArg).
+	KeyShareFS = "boxctl.sharefs"
 )
+
+// Share filesystems (KeyShareFS).
+const (
+	// ShareFS9p: virtio-9p, mounted with trans=virtio (the default).
+	ShareFS9p = "9p"
+	// ShareFSVirtioFS: virtio-fs, mounted by its tag.
+	ShareFSVirtioFS = "virtiofs"
+)
+
+// ShareFSArg is the kernel argument with which a VMM tells the guest how its
+// host directory shares reach it: a VMM appends it after the core's
+// arguments when the VM has shares.
+func ShareFSArg(fs string) string {
+	return KeyShareFS + "=" + fs
+}
 
 // Mount kinds.
 const (
-	// Mount9p is a virtio-9p share; Source is its mount tag.
+	// MountShare is a host directory share; Source is its tag. How it
+	// travels (9p, virtio-fs) is Config.ShareFS.
+	MountShare = "share"
+	// Mount9p is what hosts before KeyShareFS wrote for a share (always
+	// 9p); Parse reads it as MountShare.
+	//
+	// Deprecated: write MountShare; the VMM says how shares travel.
 	Mount9p = "9p"
 	// MountDisk is an ext4 data disk; Source is its device name (vdc...).
 	MountDisk = "disk"
@@ -83,7 +110,10 @@ func parseMount(val string) (Mount, error) {
 		return Mount{}, errors.New("want KIND:SOURCE:TARGET:ro|rw")
 	}
 	m := Mount{Kind: f[0], Source: f[1]}
-	if m.Kind != Mount9p && m.Kind != MountDisk {
+	if m.Kind == Mount9p {
+		m.Kind = MountShare
+	}
+	if m.Kind != MountShare && m.Kind != MountDisk {
 		return Mount{}, fmt.Errorf("unknown kind %q", m.Kind)
 	}
 	if m.Source == "" {
@@ -166,17 +196,31 @@ type Config struct {
 	Gateway netip.Addr
 	// Mounts are mounted in the box root in order, after the root.
 	Mounts []Mount
+	// ShareFS is how the MountShare mounts reach the guest: ShareFS9p
+	// (the default) or ShareFSVirtioFS.
+	ShareFS string
 }
 
-// Has9p says whether any mount is a 9p share: only then does the guest
-// load the 9p modules.
-func (c Config) Has9p() bool {
+// HasShares says whether any mount is a host directory share.
+func (c Config) HasShares() bool {
 	for _, m := range c.Mounts {
-		if m.Kind == Mount9p {
+		if m.Kind == MountShare {
 			return true
 		}
 	}
 	return false
+}
+
+// Has9p says whether the guest mounts a 9p share: only then does it load
+// the 9p modules.
+func (c Config) Has9p() bool {
+	return c.ShareFS == ShareFS9p && c.HasShares()
+}
+
+// HasVirtioFS says whether the guest mounts a virtio-fs share: only then
+// does it load the fuse and virtiofs modules.
+func (c Config) HasVirtioFS() bool {
+	return c.ShareFS == ShareFSVirtioFS && c.HasShares()
 }
 
 // Default is the configuration a guest assumes for keys not given.
@@ -184,6 +228,7 @@ func Default() Config {
 	return Config{
 		RootDev: "vda", RootFSType: FSType, DataDev: "vdb", DataFSType: FSType,
 		Hostname: Hostname, VsockPort: VsockPort, SerialPort: SerialPort,
+		ShareFS: ShareFS9p,
 	}
 }
 
@@ -310,6 +355,12 @@ func Parse(cmdline string) (Config, []string) {
 				continue
 			}
 			c.Mounts = append(c.Mounts, m)
+		case KeyShareFS:
+			if val != ShareFS9p && val != ShareFSVirtioFS {
+				warnings = append(warnings, fmt.Sprintf("ignoring %s: neither %s nor %s", f, ShareFS9p, ShareFSVirtioFS))
+				continue
+			}
+			c.ShareFS = val
 		default:
 			warnings = append(warnings, fmt.Sprintf("ignoring unknown parameter %s", f))
 		}

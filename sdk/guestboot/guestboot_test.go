@@ -70,7 +70,7 @@ func TestValidHostname(t *testing.T) {
 func TestMountsRoundTrip(t *testing.T) {
 	c := Default()
 	c.Mounts = []Mount{
-		{Kind: Mount9p, Source: "share0", Target: "/srv/my data:1", ReadOnly: true},
+		{Kind: MountShare, Source: "share0", Target: "/srv/my data:1", ReadOnly: true},
 		{Kind: MountDisk, Source: "vdc", Target: "/data"},
 	}
 	args := c.Args()
@@ -81,8 +81,17 @@ func TestMountsRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(got.Mounts, c.Mounts) {
 		t.Fatalf("mounts %+v, want %+v (args %v)", got.Mounts, c.Mounts, args)
 	}
-	if !got.Has9p() {
-		t.Fatal("Has9p false with a 9p mount")
+	if !got.Has9p() || got.HasVirtioFS() {
+		t.Fatal("a share without boxctl.sharefs is not 9p")
+	}
+	vfs, warnings := Parse(strings.Join(append(args, ShareFSArg(ShareFSVirtioFS)), " "))
+	if len(warnings) != 0 || !vfs.HasVirtioFS() || vfs.Has9p() {
+		t.Fatalf("with %s: HasVirtioFS %v, Has9p %v, warnings %v", ShareFSArg(ShareFSVirtioFS), vfs.HasVirtioFS(), vfs.Has9p(), warnings)
+	}
+	// What a host before boxctl.sharefs wrote.
+	old, warnings := Parse("boxctl.mount=9p:boxctl0:/w:rw")
+	if len(warnings) != 0 || len(old.Mounts) != 1 || old.Mounts[0].Kind != MountShare || !old.Has9p() {
+		t.Fatalf("old 9p kind: %+v, warnings %v", old.Mounts, warnings)
 	}
 	for _, a := range args {
 		if strings.ContainsAny(a, " \t") {
@@ -98,7 +107,10 @@ func TestBadMountsAreWarnings(t *testing.T) {
 			t.Errorf("%s: mounts %+v, warnings %v; want none and one warning", arg, c.Mounts, w)
 		}
 	}
-	if c, _ := Parse("quiet"); c.Has9p() {
-		t.Error("Has9p true without mounts")
+	if c, _ := Parse("quiet " + ShareFSArg(ShareFSVirtioFS)); c.Has9p() || c.HasVirtioFS() {
+		t.Error("Has9p or HasVirtioFS true without mounts")
+	}
+	if c, w := Parse("boxctl.sharefs=nfs"); c.ShareFS != ShareFS9p || len(w) != 1 {
+		t.Errorf("boxctl.sharefs=nfs: ShareFS %q, warnings %v; want 9p and one warning", c.ShareFS, w)
 	}
 }

@@ -92,7 +92,8 @@ func WithSpec(f func(*sdk.VMSpec)) VMMOption { return func(s *vmmSuite) { s.adju
 
 // VMMConformance runs the VMM conformance suite against the VMMs newVMM
 // returns: the contract of sdk.VMM, sdk.Pauser, sdk.MetricsReporter,
-// sdk.DiskSwitcher, sdk.MemorySnapshotter and sdk.HostChecker as the core relies on it. Each check is a subtest of its own, with a fresh
+// sdk.DiskSwitcher, sdk.MemorySnapshotter and sdk.HostChecker, and the
+// network-allow capability (see WithGuestDialer), as the core relies on it. Each check is a subtest of its own, with a fresh
 // VMM and a fresh directory for its disks and RunDir; a failing check logs
 // the spec, the plan, the capabilities and the VM's output. Checks of an
 // optional feature the plugin does not declare are skipped, naming the
@@ -113,7 +114,7 @@ func VMMConformance(t *testing.T, newVMM NewVMMFunc, opts ...VMMOption) {
 	if s.reconnect == nil {
 		s.reconnect = newVMM
 	}
-	if s.write != nil && s.wait == nil {
+	if (s.write != nil || s.dial != nil) && s.wait == nil {
 		s.wait = AgentReady
 	}
 	t.Cleanup(s.stopShared)
@@ -127,6 +128,7 @@ type vmmSuite struct {
 	disks             func(t *testing.T, dir string) []sdk.DiskSpec
 	wait              GuestWaiter
 	write             GuestWriter
+	dial              GuestDialer
 	bootTimeout       time.Duration
 	adjust            func(*sdk.VMSpec)
 
@@ -155,6 +157,7 @@ var vmmChecks = []vmmCheck{
 	{name: "PlanHasNoSideEffectsOutsideRunDir", fn: checkNoSideEffects},
 	{name: "PlanRefusesInvalidSpecs", fn: checkInvalidSpecs},
 	{name: "CheckHost", capability: "host-check", fn: checkHost},
+	{name: "NetworkAllow", capability: "network-allow", fn: checkNetworkAllow},
 	{name: "StopOfAGoneProcess", fn: checkStopGone},
 	{name: "RestartInTheSameRunDir", fn: checkRestart},
 	{name: "BootsToTheAgent", running: true, guest: true, fn: checkBoots},

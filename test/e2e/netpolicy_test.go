@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -234,4 +235,115 @@ func TestNetworkAllowList(t *testing.T) {
 	if n := allowed.conns.Load(); n != 1 {
 		t.Errorf("a box without network reached the server (%d connections)", n)
 	}
+}
+
+// zoneServer answers A queries at srv:53 (UDP) for the names in zone
+// (fully qualified, with the final dot) and NXDOMAIN for every other name;
+// it counts the queries per name.
+func (r *remoteNet) zoneServer(t *testing.T, zone map[string][4]byte) *sync.Map {
+	t.Helper()
+	var pc net.PacketConn
+	if err := r.inside(func() (err error) { pc, err = net.ListenPacket("udp4", r.srv+":53"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	var asked sync.Map // name -> *atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			k, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var m dnsmessage.Message
+			if m.Unpack(buf[:k]) != nil || len(m.Questions) != 1 {
+				continue
+			}
+			q := m.Questions[0]
+			n, _ := asked.LoadOrStore(strings.ToLower(q.Name.String()), new(atomic.Int64))
+			n.(*atomic.Int64).Add(1)
+			m.Header.Response, m.Header.Authoritative = true, true
+			addr, ok := zone[strings.ToLower(q.Name.String())]
+			switch {
+			case !ok:
+				m.Header.RCode = dnsmessage.RCodeNameError
+			case q.Type == dnsmessage.TypeA:
+				m.Answers = []dnsmessage.Resource{{
+					Header: dnsmessage.ResourceHeader{Name: q.Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 60},
+					Body:   &dnsmessage.AResource{A: addr},
+				}}
+			}
+			if b, err := m.Pack(); err == nil {
+				_, _ = pc.WriteTo(b, from)
+			}
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-done })
+	return &asked
+}
+
+// TestNetworkAllowHostName: a box allowed one port of a host NAME reaches
+// it by that name (resolved by the host, through the nameserver of the
+// qemu plugin's resolv_conf, a DNS server this test runs in its network
+// namespace), and reaches nothing else: not another port of the address
+// the name resolved to, not another name.
+func TestNetworkAllowHostName(t *testing.T) {
+	rn := newRemoteNet(t)
+	allowed, allowedPort := rn.tcpServer(t, "allowed-port")
+	other, otherPort := rn.tcpServer(t, "other-port")
+	var srv [4]byte
+	copy(srv[:], net.ParseIP(rn.srv).To4())
+	asked := rn.zoneServer(t, map[string][4]byte{"api.boxctl.test.": srv, "other.boxctl.test.": srv})
+	e := newEnv(t)
+	resolv := filepath.Join(e.home, "resolv.conf")
+	if err := os.MkdirAll(e.home, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, resolv, "nameserver "+rn.srv+"\n")
+	writeQEMUConfig(t, e, fmt.Sprintf("resolv_conf = %q", resolv))
+
+	e.ok("run", "-d", "--name", "byname", "--allow-net", fmt.Sprintf("api.boxctl.test:%d", allowedPort), e.image)
+	nc := func(addr string, port int) (string, int) {
+		out, _, code := e.run(nil, "exec", "byname", "--", "sh", "-c", fmt.Sprintf("nc -w 5 %s %d </dev/null", addr, port))
+		return strings.TrimSpace(out), code
+	}
+	// Control: the listed name and port answer.
+	if out, code := nc("api.boxctl.test", allowedPort); code != 0 || out != "allowed-port" {
+		t.Fatalf("the allowed name api.boxctl.test:%d: exit %d, %q (DNS queries: %v)", allowedPort, code, out, names(asked))
+	}
+	if out, code := nc("api.boxctl.test", otherPort); code == 0 && out != "" {
+		t.Errorf("another port of the allowed name answered: %q", out)
+	}
+	if out, code := nc(rn.srv, otherPort); code == 0 && out != "" {
+		t.Errorf("another port of the allowed name's address answered: %q", out)
+	}
+	// A name off the list is not resolved for the box, and not asked of
+	// the nameserver on its behalf.
+	if out, errs, _ := e.run(nil, "exec", "byname", "--", "nslookup", "other.boxctl.test"); !strings.Contains(out+errs, "REFUSED") {
+		t.Errorf("a name off the list was not refused by the box's resolver: %s %s", out, errs)
+	}
+	if _, ok := asked.Load("other.boxctl.test."); ok {
+		t.Error("the nameserver was asked for a name off the list")
+	}
+	if _, ok := asked.Load("api.boxctl.test."); !ok {
+		t.Error("the nameserver of resolv_conf was never asked for the allowed name")
+	}
+	if n := other.conns.Load(); n != 0 {
+		t.Errorf("the other port's server saw %d connections", n)
+	}
+	if n := allowed.conns.Load(); n != 1 {
+		t.Errorf("the allowed server saw %d connections, want 1", n)
+	}
+	e.ok("rm", "-f", "byname")
+}
+
+// names lists the names a zoneServer was asked, for failure messages.
+func names(asked *sync.Map) []string {
+	var out []string
+	asked.Range(func(k, v any) bool {
+		out = append(out, fmt.Sprintf("%s×%d", k, v.(*atomic.Int64).Load()))
+		return true
+	})
+	return out
 }

@@ -153,6 +153,24 @@ func TestMemoryCaptureFailures(t *testing.T) {
 	}
 	e2.ok("checkpoint", "rm", "c", "good")
 
+	// A restore would replace the box's disk and lose its disk snapshots:
+	// refused, naming them, with nothing changed.
+	e2.ok("checkpoint", "c", "cp")
+	e2.ok("snapshot", "create", "c", "keep")
+	_, errs, code = e2.cli("checkpoint", "restore", "--force", "c", "cp")
+	if code == 0 || !strings.Contains(errs, "disk snapshots (keep)") || !strings.Contains(errs, "snapshot rm c") {
+		t.Fatalf("restore of a checkpoint over disk snapshots: exit %d, %s", code, errs)
+	}
+	if st := e2.info(e2.runtime(), "c").Status; st != model.StatusRunning {
+		t.Fatalf("a refused restore left the box %s", st)
+	}
+	if got := e2.ok("snapshot", "ls", "c"); !strings.Contains(got, "keep") {
+		t.Fatalf("the snapshot is gone after a refused restore:\n%s", got)
+	}
+	e2.ok("snapshot", "rm", "c", "keep")
+	e2.ok("checkpoint", "restore", "--force", "c", "cp")
+	e2.ok("checkpoint", "rm", "c", "cp")
+
 	// A suspended box whose state file is damaged stays suspended.
 	e2.ok("suspend", "c")
 	if _, errs, code := e2.cli("rm", "c"); code == 0 || !strings.Contains(errs, "suspended") || !strings.Contains(errs, "force") {

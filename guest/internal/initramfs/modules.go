@@ -29,6 +29,7 @@ var DefaultModules = []string{
 	"crc32c_generic",             // ext4 metadata checksums
 	"9p",                         // host directory shares (-v HOSTDIR:...), loaded only for a box that has one
 	"9pnet_virtio",               // their virtio transport
+	"virtiofs",                   // virtio-fs host directory shares (and fuse, its dependency), loaded likewise
 }
 
 // Module is a kernel module chosen for the initramfs.

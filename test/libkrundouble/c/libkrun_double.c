@@ -224,6 +224,29 @@ int32_t krun_add_disk2(uint32_t id, const char *block_id, const char *path, uint
 }
 #endif
 
+#ifndef OMIT_krun_add_virtiofs
+int32_t krun_add_virtiofs(uint32_t id, const char *tag, const char *path)
+{
+	record("krun_add_virtiofs", "uss", "ctx", id, "c_tag", tag, "c_path", path);
+	CHECK("krun_add_virtiofs", id);
+	if (!tag || !*tag || !path || access(path, R_OK | X_OK) != 0)
+		return -EINVAL;
+	return 0;
+}
+#endif
+
+#ifndef OMIT_krun_add_virtiofs3
+int32_t krun_add_virtiofs3(uint32_t id, const char *tag, const char *path, uint64_t shm_size, bool read_only)
+{
+	record("krun_add_virtiofs3", "ussub", "ctx", id, "c_tag", tag, "c_path", path, "shm_size", (unsigned)shm_size,
+	       "read_only", (int)read_only);
+	CHECK("krun_add_virtiofs3", id);
+	if (!tag || !*tag || !path || access(path, R_OK | X_OK) != 0)
+		return -EINVAL;
+	return 0;
+}
+#endif
+
 #ifndef OMIT_krun_set_kernel
 int32_t krun_set_kernel(uint32_t id, const char *kernel, uint32_t format, const char *initramfs, const char *cmdline)
 {

@@ -83,6 +83,14 @@ func Isolation() []Symbol {
 // sdk/usernet speaks). Without it a VM's network is TSI.
 func UserNetwork() Symbol { return Symbol{"krun_add_net_unixstream", "1.15.0"} }
 
+// Shares is the call that adds a virtio-fs device serving a host
+// directory (libkrun's own server, in the VMM process).
+func Shares() Symbol { return Symbol{"krun_add_virtiofs", "1.8.0"} }
+
+// ReadOnlyShares is the call whose read_only flag makes libkrun's
+// virtio-fs server refuse every write (EROFS) on the host side.
+func ReadOnlyShares() Symbol { return Symbol{"krun_add_virtiofs3", "1.18.0"} }
+
 // MinVersion is the oldest release with every Required symbol.
 const MinVersion = "1.11.0"
 
@@ -105,6 +113,8 @@ type Lib struct {
 	disableImplicitVsock func(uint32) int32
 	addVsock             func(uint32, uint32) int32
 	addNetUnixstream     func(uint32, unsafe.Pointer, int32, unsafe.Pointer, uint32, uint32) int32
+	addVirtiofs          func(uint32, string, string) int32
+	addVirtiofs3         func(uint32, string, string, uint64, bool) int32
 }
 
 // Path is the file the library was loaded from (or the name dlopen
@@ -191,7 +201,7 @@ func v2Error(p string) error {
 // one, and registers the Go functions.
 func bind(path string, h uintptr) (*Lib, error) {
 	l := &Lib{path: path, handle: h, has: map[string]bool{}}
-	all := append(append(Required(), Isolation()...), UserNetwork())
+	all := append(append(Required(), Isolation()...), UserNetwork(), Shares(), ReadOnlyShares())
 	for _, s := range all {
 		if _, err := purego.Dlsym(h, s.Name); err == nil {
 			l.has[s.Name] = true
@@ -224,6 +234,8 @@ func bind(path string, h uintptr) (*Lib, error) {
 	reg(&l.disableImplicitVsock, "krun_disable_implicit_vsock")
 	reg(&l.addVsock, "krun_add_vsock")
 	reg(&l.addNetUnixstream, "krun_add_net_unixstream")
+	reg(&l.addVirtiofs, "krun_add_virtiofs")
+	reg(&l.addVirtiofs3, "krun_add_virtiofs3")
 	return l, nil
 }
 
@@ -347,6 +359,24 @@ func (c *Ctx) AddNetUnixstream(fd int, mac [6]byte, features, flags uint32) erro
 	rc := c.lib.addNetUnixstream(c.id, nil, int32(fd), unsafe.Pointer(&mac[0]), features, flags)
 	runtime.KeepAlive(&mac)
 	return check("krun_add_net_unixstream", rc)
+}
+
+// AddVirtiofs is krun_add_virtiofs: a virtio-fs device with tag serving
+// the host directory path read-write.
+func (c *Ctx) AddVirtiofs(tag, path string) error {
+	if c.lib.addVirtiofs == nil {
+		return c.lib.CheckSymbols("a host directory share", []Symbol{Shares()})
+	}
+	return check("krun_add_virtiofs", c.lib.addVirtiofs(c.id, tag, path))
+}
+
+// AddVirtiofsReadOnly is krun_add_virtiofs3 with read_only set and no DAX
+// window (shm_size 0): libkrun's server refuses every write.
+func (c *Ctx) AddVirtiofsReadOnly(tag, path string) error {
+	if c.lib.addVirtiofs3 == nil {
+		return c.lib.CheckSymbols("a read-only host directory share", []Symbol{ReadOnlyShares()})
+	}
+	return check("krun_add_virtiofs3", c.lib.addVirtiofs3(c.id, tag, path, 0, true))
 }
 
 // ShutdownEventFD is krun_get_shutdown_eventfd: a descriptor whose write

@@ -46,6 +46,16 @@ type launchConfig struct {
 	Network string       `json:"network,omitempty"`
 	UserNet *netSettings `json:"user_net,omitempty"`
 	Ports   []string     `json:"ports"`
+	// Shares are host directories served by libkrun's virtio-fs.
+	Shares []launchShare `json:"shares,omitempty"`
+}
+
+// launchShare is a host directory share: krun_add_virtiofs, or
+// krun_add_virtiofs3 with read_only for a read-only one.
+type launchShare struct {
+	Tag      string `json:"tag"`
+	HostPath string `json:"host_path"`
+	ReadOnly bool   `json:"read_only,omitempty"`
 }
 
 // Networks of a launch config.
@@ -166,6 +176,13 @@ func configure(lib *krun.Lib, lc launchConfig, link *netLink) (*krun.Ctx, error)
 	}
 	for _, d := range lc.Disks {
 		steps = append(steps, func() error { return ctx.AddDisk2(d.BlockID, d.Path, d.Format, d.ReadOnly) })
+	}
+	for _, sh := range lc.Shares {
+		if sh.ReadOnly {
+			steps = append(steps, func() error { return ctx.AddVirtiofsReadOnly(sh.Tag, sh.HostPath) })
+		} else {
+			steps = append(steps, func() error { return ctx.AddVirtiofs(sh.Tag, sh.HostPath) })
+		}
 	}
 	steps = append(steps, func() error { return ctx.SetKernel(lc.Kernel, lc.KernelFormat, lc.Initrd, lc.Cmdline) })
 	if link != nil {

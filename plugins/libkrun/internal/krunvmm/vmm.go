@@ -273,6 +273,9 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 			return sdk.LaunchPlan{}, fmt.Errorf("%w: %w", err, sdk.ErrInvalidState)
 		}
 	}
+	if err := checkShareSymbols(lib, spec.Shares); err != nil {
+		return sdk.LaunchPlan{}, err
+	}
 	kernel, format, initrd, err := v.guestFiles(s)
 	if err != nil {
 		return sdk.LaunchPlan{}, err
@@ -285,7 +288,7 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 		Kernel:       kernel,
 		KernelFormat: format,
 		Initrd:       initrd,
-		Cmdline:      strings.Join(append(append(append([]string{}, baseKernelArgs...), spec.KernelArgs...), s.KernelArgs...), " "),
+		Cmdline:      strings.Join(cmdline(spec, s), " "),
 		VsockPort:    vsockPort(spec.KernelArgs),
 		AgentSock:    filepath.Join(run, "agent.sock"),
 		ControlSock:  filepath.Join(run, "krun-ctl.sock"),
@@ -322,6 +325,9 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 		}
 		lc.Disks = append(lc.Disks, launchDisk{BlockID: dev, Path: d.Path, Format: f, ReadOnly: d.ReadOnly})
 	}
+	for _, sh := range spec.Shares {
+		lc.Shares = append(lc.Shares, launchShare(sh))
+	}
 	b, err := json.MarshalIndent(lc, "", "  ")
 	if err != nil {
 		return sdk.LaunchPlan{}, err
@@ -355,6 +361,36 @@ func (v *VMM) Plan(_ context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error) {
 	}, nil
 }
 
+// cmdline is the guest's kernel command line: the core's boot arguments,
+// and for a VM with shares the boot contract's word that they are
+// virtio-fs, then the plugin's own kernel_args.
+func cmdline(spec sdk.VMSpec, s settings) []string {
+	args := append(append([]string{}, baseKernelArgs...), spec.KernelArgs...)
+	if len(spec.Shares) > 0 {
+		args = append(args, guestboot.ShareFSArg(guestboot.ShareFSVirtioFS))
+	}
+	return append(args, s.KernelArgs...)
+}
+
+// checkShareSymbols refuses shares the library cannot serve as asked. A
+// read-only share needs krun_add_virtiofs3, whose server refuses writes on
+// the host side: an older libkrun could only make the guest's mount
+// read-only, which the guest's root can undo, so such a share is refused
+// rather than served writable.
+func checkShareSymbols(lib *krun.Lib, shares []sdk.ShareSpec) error {
+	for i, sh := range shares {
+		if !lib.Has(krun.Shares().Name) {
+			return fmt.Errorf("spec.Shares[%d]: libkrun %s lacks %s (added in %s), which host directory shares need: install a newer libkrun or use vmm \"qemu\": %w",
+				i, lib.Path(), krun.Shares().Name, krun.Shares().Since, sdk.ErrUnsupported)
+		}
+		if sh.ReadOnly && !lib.Has(krun.ReadOnlyShares().Name) {
+			return fmt.Errorf("spec.Shares[%d] (%s, read-only): libkrun %s lacks %s (added in %s), without which libkrun cannot refuse the guest's writes on the host side, only in the guest's mount: use libkrun %s or newer, share it read-write, or use vmm \"qemu\": %w",
+				i, sh.HostPath, lib.Path(), krun.ReadOnlyShares().Name, krun.ReadOnlyShares().Since, krun.ReadOnlyShares().Since, sdk.ErrUnsupported)
+		}
+	}
+	return nil
+}
+
 // launchConfigName is the launch config's file in the run directory.
 const launchConfigName = "krun-launch.json"
 
@@ -385,16 +421,24 @@ func checkSpec(spec sdk.VMSpec) error {
 		return bad("spec.MemoryMiB = %d: too large for libkrun", spec.MemoryMiB)
 	case spec.Network.Mode != sdk.NetworkNone && spec.Network.Mode != sdk.NetworkUser:
 		return bad("spec.Network.Mode %d: libkrun knows NetworkNone and NetworkUser", spec.Network.Mode)
-	case len(spec.Shares) > 0:
-		// libkrun shares directories over virtio-fs (krun_add_virtiofs), whose guest side the
-		// boxctl agent does not mount yet.
-		return bad("spec.Shares: this plugin does not share host directories yet; use named volumes, or the qemu plugin (vmm = \"qemu\")")
 	case len(spec.Disks) > maxDisks:
 		if _, err := guestboot.DeviceName(len(spec.Disks) - 1); err != nil {
 			return bad("spec.Disks[%d]: %v", len(spec.Disks)-1, err)
 		}
 		return bad("spec.Disks: %d disks, but libkrun's virtio devices share a few interrupt lines: at most %d disks fit (spec.Disks[%d] is one too many)",
 			len(spec.Disks), maxDisks, maxDisks)
+	case len(spec.Disks)+len(spec.Shares) > maxDisks:
+		// A virtio-fs device takes an interrupt line as a disk does.
+		return bad("spec.Shares: %d disks and %d shares, but libkrun's virtio devices share a few interrupt lines: at most %d disks and shares together fit",
+			len(spec.Disks), len(spec.Shares), maxDisks)
+	}
+	for i, sh := range spec.Shares {
+		switch {
+		case sh.Tag == "" || len(sh.Tag) > 36 || strings.ContainsAny(sh.Tag, " \t\x00"):
+			return bad("spec.Shares[%d].Tag %q: want 1-36 bytes without spaces", i, sh.Tag)
+		case !filepath.IsAbs(sh.HostPath):
+			return bad("spec.Shares[%d].HostPath %q is not absolute", i, sh.HostPath)
+		}
 	}
 	if len(spec.Network.Allow) > 0 && spec.Network.Mode != sdk.NetworkUser {
 		return bad("spec.Network.Allow: an allow-list needs the user-mode network (NetworkUser)")

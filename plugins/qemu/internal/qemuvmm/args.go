@@ -20,6 +20,9 @@ const (
 	fdEvents = "events"  // QEMU's end of the launcher's private QMP connection
 	fdNet    = "net"     // QEMU's end of the guest's link to the user-mode network
 	fdState  = "state"   // a saved state to start from (-incoming), read-only
+	// fdVhostUser is QEMU's end of a connection to the vhost-user socket
+	// at Path (a virtiofsd the launcher started).
+	fdVhostUser = "vhost-user"
 )
 
 // fdSpec is one file descriptor the launcher hands QEMU. QEMU opens no path
@@ -112,14 +115,20 @@ func qemuArgs(lc *launchConfig, spec sdk.VMSpec, s settings, accel, kernel, init
 			return err
 		}
 	}
-	if err := lc.shares(spec.Shares); err != nil {
+	if err := lc.shares(spec, s); err != nil {
 		return err
 	}
 	if err := lc.network(spec.Network); err != nil {
 		return err
 	}
+	if lc.Network != nil {
+		lc.Network.ResolvConf = s.ResolvConf
+	}
 	cmdline := append([]string{}, baseKernelArgs...)
 	cmdline = append(cmdline, spec.KernelArgs...)
+	if len(spec.Shares) > 0 {
+		cmdline = append(cmdline, shareFSArg(s.ShareTransport))
+	}
 	cmdline = append(cmdline, s.KernelArgs...)
 	lc.Args = append(lc.Args, "-append", strings.Join(cmdline, " "))
 	if lc.Restore != "" {
@@ -259,6 +268,9 @@ type netSettings struct {
 	Ports             []sdk.PortForward `json:"ports,omitempty"`
 	// Allow is the egress allow-list the launcher's stack enforces.
 	Allow []sdk.NetworkAllow `json:"allow,omitempty"`
+	// ResolvConf is where the stack reads the host's nameservers
+	// (resolv_conf in the plugin's config); empty: /etc/resolv.conf.
+	ResolvConf string `json:"resolv_conf,omitempty"`
 }
 
 // checkAllow refuses an allow-list without a network to apply it to, and
@@ -276,7 +288,10 @@ func checkAllow(n sdk.NetworkSpec) error {
 	return nil
 }
 
-// shares adds a virtio-9p device per share. Unlike a disk, a 9p share is
+// shares adds the spec's shares over the transport in s (resolved by
+// Plan): virtio-fs (see virtioFS) or virtio-9p.
+//
+// A virtio-9p device per share: unlike a disk, a 9p share is
 // not a descriptor the launcher can hand over: QEMU opens the directory
 // itself (-fsdev local), as the user it runs as. QEMU resolves every path
 // of the share below that directory without following symlinks (a symlink
@@ -285,7 +300,8 @@ func checkAllow(n sdk.NetworkSpec) error {
 // write, whatever the guest mounts. security_model=none: files are
 // created as QEMU's user, with the host's modes and owners as they are
 // (see docs/volumes.md, "Ownership").
-func (lc *launchConfig) shares(shares []sdk.ShareSpec) error {
+func (lc *launchConfig) shares(spec sdk.VMSpec, s settings) error {
+	shares := spec.Shares
 	for i, sh := range shares {
 		if sh.Tag == "" || len(sh.Tag) > 31 || strings.ContainsAny(sh.Tag, ",= ") {
 			return fmt.Errorf("spec.Shares[%d].Tag %q: want 1-31 bytes without ',', '=' or spaces: %w", i, sh.Tag, sdk.ErrInvalidArgument)
@@ -293,6 +309,12 @@ func (lc *launchConfig) shares(shares []sdk.ShareSpec) error {
 		if !filepath.IsAbs(sh.HostPath) {
 			return fmt.Errorf("spec.Shares[%d].HostPath %q is not absolute: %w", i, sh.HostPath, sdk.ErrInvalidArgument)
 		}
+	}
+	if len(shares) > 0 && s.ShareTransport == transportVirtioFS {
+		lc.virtioFS(shares, spec, s.Virtiofsd)
+		return nil
+	}
+	for i, sh := range shares {
 		id := fmt.Sprintf("fs%d", i)
 		fsdev := "local,id=" + id + ",path=" + strings.ReplaceAll(sh.HostPath, ",", ",,") + ",security_model=none"
 		if sh.ReadOnly {

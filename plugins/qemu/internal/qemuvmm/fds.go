@@ -52,6 +52,8 @@ func openFDs(specs []fdSpec) (files []*os.File, ends peers, err error) {
 			f, err = listenUnix(s.Path)
 		case fdState:
 			f, err = openState(s.Path)
+		case fdVhostUser:
+			f, err = connectUnix(s.Path)
 		case fdEvents, fdNet:
 			mine := &ends.events
 			if s.Kind == fdNet {

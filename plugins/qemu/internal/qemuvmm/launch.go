@@ -44,6 +44,9 @@ type launchConfig struct {
 	// Restore is a saved state QEMU loads instead of booting; the
 	// launcher runs the VM once it is loaded.
 	Restore string `json:"restore,omitempty"`
+	// VirtioFS are the virtiofsd daemons of the VM's virtio-fs shares,
+	// started before QEMU and stopped with it.
+	VirtioFS []virtiofsDaemon `json:"virtiofs,omitempty"`
 }
 
 // statsInterval is how often the launcher writes the network's counters
@@ -81,12 +84,35 @@ func Launch(cfgFile string, stderr io.Writer) int {
 	// before QEMU runs, with the reason in vm.log.
 	var network *usernet.Network
 	if lc.Network != nil {
-		network, err = usernet.New(usernet.Config{AllowHostLoopback: lc.Network.AllowHostLoopback, Ports: lc.Network.Ports, Allow: lc.Network.Allow, Logger: log})
+		network, err = usernet.New(usernet.Config{AllowHostLoopback: lc.Network.AllowHostLoopback, Ports: lc.Network.Ports, Allow: lc.Network.Allow, ResolvConf: lc.Network.ResolvConf, Logger: log})
 		if err != nil {
 			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: network: %v\n", err)
 			return 125
 		}
 		defer network.Close()
+	}
+	// The box's cgroup holds QEMU and the share daemons; removed (empty)
+	// once they are all gone, so this runs after their stops.
+	var cg *os.File
+	if lc.Jail.Cgroup != "" {
+		cg, err = os.Open(lc.Jail.Cgroup)
+		if err != nil {
+			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: the box's cgroup: %v\n", err)
+			return 125
+		}
+		defer cg.Close()
+		defer func() { _ = os.Remove(lc.Jail.Cgroup) }()
+	}
+	// The share daemons before QEMU, which connects to them (through the
+	// descriptors openFDs opens) and may not start processes itself.
+	exe, _ := os.Executable()
+	for _, d := range lc.VirtioFS {
+		stop, err := startVirtiofsd(exe, d, cg, !lc.Jail.Disabled, stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: %v\n", err)
+			return 125
+		}
+		defer stop()
 	}
 	files, ends, err := openFDs(lc.FDs)
 	if err != nil {
@@ -103,18 +129,7 @@ func Launch(cfgFile string, stderr io.Writer) int {
 	if lc.Jail.UID != 0 {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: lc.Jail.UID, Gid: lc.Jail.GID, Groups: append([]uint32{}, lc.Jail.Groups...)}
 	}
-	if lc.Jail.Cgroup != "" {
-		cg, err := os.Open(lc.Jail.Cgroup)
-		if err != nil {
-			closeEvents()
-			for _, f := range files {
-				f.Close()
-			}
-			fmt.Fprintf(stderr, "boxctl-plugin-qemu launch: the box's cgroup: %v\n", err)
-			return 125
-		}
-		defer cg.Close()
-		defer func() { _ = os.Remove(lc.Jail.Cgroup) }() // empty once QEMU is gone
+	if cg != nil {
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cg.Fd())
 	}
 	// The launcher's SIGTERM means "stop now"; QEMU gets it too via the

@@ -29,6 +29,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) == 3 && os.Args[1] == "launch" {
 		os.Exit(Launch(os.Args[2], os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == virtiofsdExecCommand {
+		os.Exit(VirtiofsdExec(os.Args[2:], os.Stderr))
+	}
 	os.Exit(m.Run())
 }
 

@@ -53,6 +53,16 @@ type settings struct {
 	QEMUBinary string
 	// KernelArgs are appended to the guest kernel command line.
 	KernelArgs []string
+	// ShareTransport is how host directory shares reach the guest:
+	// "auto" (virtio-fs when virtiofsd is found, else 9p), "virtio-fs" or
+	// "9p". Plan resolves it for a VM with shares.
+	ShareTransport string
+	// Virtiofsd is the virtiofsd binary; found in the usual places when
+	// unset (findVirtiofsd).
+	Virtiofsd string
+	// ResolvConf is the file the launcher's user-mode network reads the
+	// host's nameservers from (/etc/resolv.conf when empty).
+	ResolvConf string
 }
 
 // block is the plugin's HCL config block. Fields are expressions so a value
@@ -64,6 +74,10 @@ type block struct {
 	Initrd     hcl.Expression `hcl:"initrd,optional"`
 	QEMUBinary hcl.Expression `hcl:"qemu_binary,optional"`
 	KernelArgs hcl.Expression `hcl:"kernel_args,optional"`
+	// ShareTransport and Virtiofsd: see settings.
+	ShareTransport hcl.Expression `hcl:"share_transport,optional"`
+	Virtiofsd      hcl.Expression `hcl:"virtiofsd,optional"`
+	ResolvConf     hcl.Expression `hcl:"resolv_conf,optional"`
 }
 
 // VMM implements sdk.VMM.
@@ -187,6 +201,32 @@ func (v *VMM) Configure(_ context.Context, cfg *sdk.Config) error {
 			}
 		}
 	}
+	rng, set, err = sdk.DecodeOptional(b.ShareTransport, &s.ShareTransport)
+	if err != nil {
+		return err
+	}
+	if set && s.ShareTransport != transportAuto && s.ShareTransport != transport9p && s.ShareTransport != transportVirtioFS {
+		return sdk.ConfigError(rng, "Invalid share_transport", fmt.Sprintf("share_transport = %q: use \"auto\" (virtio-fs when virtiofsd is installed, else 9p), \"virtio-fs\" or \"9p\".", s.ShareTransport))
+	}
+	rng, set, err = sdk.DecodeOptional(b.Virtiofsd, &s.Virtiofsd)
+	if err != nil {
+		return err
+	}
+	if set && findVirtiofsd(s.Virtiofsd) == "" {
+		return sdk.ConfigError(rng, "virtiofsd not found", fmt.Sprintf("virtiofsd = %q: not found or not executable. Install virtiofsd or correct the path.", s.Virtiofsd))
+	}
+	rng, set, err = sdk.DecodeOptional(b.ResolvConf, &s.ResolvConf)
+	if err != nil {
+		return err
+	}
+	if set {
+		if !filepath.IsAbs(s.ResolvConf) {
+			return sdk.ConfigError(rng, "resolv_conf is not absolute", fmt.Sprintf("resolv_conf = %q: give the absolute path of a resolv.conf file.", s.ResolvConf))
+		}
+		if _, err := os.Stat(s.ResolvConf); err != nil {
+			return sdk.ConfigError(rng, "resolv_conf not found", fmt.Sprintf("resolv_conf = %q: %v.", s.ResolvConf, err))
+		}
+	}
 	rng, set, err = sdk.DecodeOptional(b.QEMUBinary, &s.QEMUBinary)
 	if err != nil {
 		return err
@@ -247,6 +287,12 @@ func (v *VMM) Plan(ctx context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error)
 	if err != nil {
 		return sdk.LaunchPlan{}, err
 	}
+	if len(spec.Shares) > 0 {
+		userNS := jail.UID != 0 || os.Geteuid() != 0
+		if s.ShareTransport, s.Virtiofsd, err = shareTransport(s, userNS); err != nil {
+			return sdk.LaunchPlan{}, err
+		}
+	}
 	accel, notice, err := v.pickAccel(ctx, s, &jail)
 	if err != nil {
 		return sdk.LaunchPlan{}, err
@@ -257,10 +303,11 @@ func (v *VMM) Plan(ctx context.Context, spec sdk.VMSpec) (sdk.LaunchPlan, error)
 				return sdk.LaunchPlan{}, fmt.Errorf("guest %s: %w; make it readable by others (chmod o+r, and o+x on its directories), or set kernel and initrd in the plugin's config to readable copies: %w", f.what, err, sdk.ErrInvalidState)
 			}
 		}
-		// QEMU opens a share's directory itself, as the sandbox user.
+		// QEMU (9p), or virtiofsd in a user namespace whose root is the
+		// sandbox user (virtio-fs), opens a share's directory itself.
 		for _, sh := range spec.Shares {
 			if err := readableBy(sh.HostPath, jail.UID, jail.GID, jail.Groups); err != nil {
-				return sdk.LaunchPlan{}, fmt.Errorf("shared directory %s: %w; QEMU runs as uid %d and opens it itself: give that user access (for example chmod o+rx, or o+rwx for a writable share), or run boxctl as that directory's owner: %w", sh.HostPath, err, jail.UID, sdk.ErrInvalidState)
+				return sdk.LaunchPlan{}, fmt.Errorf("shared directory %s: %w; the share is served as uid %d: give that user access (for example chmod o+rx, or o+rwx for a writable share), or run boxctl as that directory's owner: %w", sh.HostPath, err, jail.UID, sdk.ErrInvalidState)
 			}
 		}
 	}

@@ -41,6 +41,10 @@ func TestConfigErrorsPointAtTheAttribute(t *testing.T) {
 		{"\n  accel = \"fast\"\n", `boxctl.hcl:3,11`},
 		{"\n  kernel = \"/no/such/vmlinuz\"\n", `boxctl.hcl:3,12`},
 		{"\n  qemu_binary = \"no-such-qemu\"\n", `boxctl.hcl:3,17`},
+		{"\n  share_transport = \"nfs\"\n", `boxctl.hcl:3,21`},
+		{"\n  virtiofsd = \"/no/such/virtiofsd\"\n", `boxctl.hcl:3,15`},
+		{"\n  resolv_conf = \"/no/such/resolv.conf\"\n", `boxctl.hcl:3,17`},
+		{"\n  resolv_conf = \"resolv.conf\"\n", `boxctl.hcl:3,17`},
 		{"\n  acel = \"tcg\"\n", `boxctl.hcl:3,3`},
 	}
 	for _, c := range cases {
@@ -79,7 +83,7 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 	}
 	// The plugin finds the guest in <its dir>/guest.
 	vmm := serve(t, filepath.Join(dir, "boxctl-plugin-qemu"))
-	if err := configure(t, vmm, "\n  accel = \"tcg\"\n  kernel_args = [\"extra=1\"]\n"); err != nil {
+	if err := configure(t, vmm, "\n  accel = \"tcg\"\n  kernel_args = [\"extra=1\"]\n  share_transport = \"9p\"\n"); err != nil {
 		t.Fatal(err)
 	}
 	run := filepath.Join(dir, "run")
@@ -134,6 +138,7 @@ func TestPlanBuildsTheQEMUCommand(t *testing.T) {
 		`virtio-blk-pci,drive=vda"`, `virtio-blk-pci,drive=vdb,werror=enospc,rerror=report"`,
 		`"local,id=fs0,path=` + guest + `,security_model=none,readonly=on"`, `"virtio-9p-pci,fsdev=fs0,mount_tag=boxctl0"`,
 		`"local,id=fs1,path=/srv/a,,b,security_model=none"`, `"virtio-9p-pci,fsdev=fs1,mount_tag=boxctl1"`,
+		`boxctl.sharefs=9p`,
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("launch config lacks %s:\n%s", want, args)
@@ -518,4 +523,105 @@ func TestGuestFilesPreferVmlinux(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(settings{}, filepath.Join(guest, "vmlinux"))
+}
+
+func TestPlanVirtioFSShares(t *testing.T) {
+	dir := t.TempDir()
+	guest := filepath.Join(dir, "guest")
+	share := filepath.Join(dir, "share")
+	for _, d := range []string{guest, share} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{filepath.Join(guest, "vmlinuz"), filepath.Join(guest, "initramfs"), filepath.Join(dir, "root.ext4")} {
+		if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	daemon := filepath.Join(dir, "virtiofsd")
+	if err := os.WriteFile(daemon, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run := filepath.Join(dir, "run")
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	spec := sdk.VMSpec{
+		BoxID: "b1", VCPUs: 1, MemoryMiB: 256, RunDir: run, KernelArgs: guestboot.Default().Args(),
+		Disks:  []sdk.DiskSpec{{Path: filepath.Join(dir, "root.ext4"), Format: "raw", Role: sdk.DiskRoleImage, ReadOnly: true}},
+		Shares: []sdk.ShareSpec{{Tag: "boxctl0", HostPath: share, ReadOnly: true}, {Tag: "boxctl1", HostPath: share}},
+	}
+	plan := func(t *testing.T, body string, spec sdk.VMSpec) (launchConfig, error) {
+		t.Helper()
+		vmm := serve(t, filepath.Join(dir, "boxctl-plugin-qemu"))
+		if err := configure(t, vmm, body); err != nil {
+			t.Fatal(err)
+		}
+		p, err := vmm.Plan(context.Background(), spec)
+		if err != nil {
+			return launchConfig{}, err
+		}
+		raw, err := os.ReadFile(p.Argv[2])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var lc launchConfig
+		if err := json.Unmarshal(raw, &lc); err != nil {
+			t.Fatal(err)
+		}
+		return lc, nil
+	}
+	lc, err := plan(t, "\n  accel = \"tcg\"\n  share_transport = \"virtio-fs\"\n  virtiofsd = \""+daemon+"\"\n", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Join(lc.Args, " ")
+	for _, want := range []string{
+		"memory-backend-memfd,id=mem,size=256M,share=on", "-numa node,memdev=mem",
+		"vhost-user-fs-pci,chardev=vfs0,tag=boxctl0,queue-size=1024", "vhost-user-fs-pci,chardev=vfs1,tag=boxctl1,queue-size=1024",
+		"boxctl.sharefs=virtiofs",
+	} {
+		if !strings.Contains(args, want) {
+			t.Errorf("args lack %q: %s", want, args)
+		}
+	}
+	if strings.Contains(args, "virtio-9p") {
+		t.Errorf("virtio-fs plan has a 9p device: %s", args)
+	}
+	if len(lc.VirtioFS) != 2 || lc.VirtioFS[0].Binary != daemon || !lc.VirtioFS[0].ReadOnly || lc.VirtioFS[1].ReadOnly ||
+		lc.VirtioFS[0].Source != share || filepath.Dir(lc.VirtioFS[0].Socket) != run {
+		t.Fatalf("virtiofsd daemons %+v", lc.VirtioFS)
+	}
+	vhost := 0
+	for _, f := range lc.FDs {
+		if f.Kind == fdVhostUser {
+			vhost++
+		}
+	}
+	if vhost != 2 {
+		t.Errorf("%d vhost-user descriptors, want 2: %+v", vhost, lc.FDs)
+	}
+
+	// Without shares nothing changes: no shared memory, no daemons.
+	noShares := spec
+	noShares.Shares = nil
+	lc, err = plan(t, "\n  accel = \"tcg\"\n  share_transport = \"virtio-fs\"\n  virtiofsd = \""+daemon+"\"\n", noShares)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if args := strings.Join(lc.Args, " "); strings.Contains(args, "memory-backend") || strings.Contains(args, "-numa") || strings.Contains(args, "sharefs") || len(lc.VirtioFS) != 0 {
+		t.Errorf("a VM without shares got virtio-fs settings: %s %+v", args, lc.VirtioFS)
+	}
+
+	// virtio-fs asked for without a virtiofsd: a clear error, not 9p.
+	if _, _, err := shareTransport(settings{ShareTransport: transportVirtioFS, Virtiofsd: filepath.Join(dir, "gone")}, false); !errors.Is(err, sdk.ErrInvalidState) {
+		t.Errorf("virtio-fs without virtiofsd: %v; want ErrInvalidState", err)
+	}
+	if tr, _, err := shareTransport(settings{ShareTransport: transport9p, Virtiofsd: daemon}, false); err != nil || tr != transport9p {
+		t.Errorf("share_transport = 9p: %q, %v", tr, err)
+	}
+	if tr, bin, err := shareTransport(settings{Virtiofsd: daemon}, false); err != nil || tr != transportVirtioFS || bin != daemon {
+		t.Errorf("auto with virtiofsd: %q %q, %v", tr, bin, err)
+	}
 }
