@@ -103,13 +103,33 @@ func checkShim(t *testing.T, d *daemon, wantVersion string) {
 			wantHost = "web-1"
 			args = append(args, "--hostname", wantHost)
 		}
-		out, errs, code := d.ctr(nil, append(args, imageRef, "uname", "sh", "-c", "uname -a; nproc; grep MemTotal /proc/meminfo; hostname")...)
+		// A bind mount of a host directory is a host directory share
+		// (virtio-fs on the default guest); read-only on the host side.
+		shared := t.TempDir()
+		// The confined QEMU's user serves the share: it must reach it.
+		for _, dir := range []string{filepath.Dir(shared), shared} {
+			if err := os.Chmod(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(shared, "hello"), []byte("from the host\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--mount", "type=bind,src="+shared+",dst=/data,options=rbind:ro")
+		out, errs, code := d.ctr(nil, append(args, imageRef, "uname", "sh", "-c",
+			"uname -a; nproc; grep MemTotal /proc/meminfo; hostname; cat /data/hello; touch /data/new 2>/dev/null && echo wrote || echo refused")...)
 		if code != 0 {
 			t.Fatalf("ctr run uname -a: exit %d\n%s%s", code, errs, d.logTail())
 		}
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		if len(lines) != 4 {
-			t.Fatalf("ctr run printed %q: want uname, nproc, MemTotal and hostname", out)
+		if len(lines) != 6 {
+			t.Fatalf("ctr run printed %q: want uname, nproc, MemTotal, hostname and the shared directory's lines", out)
+		}
+		if lines[4] != "from the host" || lines[5] != "refused" {
+			t.Errorf("a read-only bind of a host directory: read %q, write %q", lines[4], lines[5])
+		}
+		if _, err := os.Stat(filepath.Join(shared, "new")); err == nil {
+			t.Error("a write into a read-only bind mount reached the host")
 		}
 		if wantHost != "" && lines[3] != wantHost {
 			t.Errorf("hostname in a --hostname %s container: %q", wantHost, lines[3])
