@@ -35,7 +35,7 @@ type process struct {
 	pid        uint32
 	exitStatus uint32
 	exitedAt   time.Time
-	stdinPipe  io.Closer
+	stdinPipe  io.Closer // the shim's own write end of the stdin FIFO (openIO)
 	cancel     context.CancelFunc
 	done       chan struct{}
 }
@@ -52,10 +52,16 @@ func newProcess(id string) *process {
 // openIO opens the process's FIFOs. Writers open in the background (the
 // fifo package blocks the first write until containerd's reader is there),
 // so a missing reader cannot hang Start.
-func (p *process) openIO(ctx context.Context) (stdin io.ReadCloser, stdout, stderr io.WriteCloser, err error) {
+//
+// The shim holds a write end of the stdin FIFO itself (stdinKeep), as
+// runc's shim does: the command's stdin ends when CloseIO closes that end
+// and every client's is closed too, after the reader has drained what they
+// wrote. Closing the read end instead would drop input still in the FIFO
+// (ctr writes its stdin and calls CloseIO right away).
+func (p *process) openIO(ctx context.Context) (stdin io.ReadCloser, stdinKeep, stdout, stderr io.WriteCloser, err error) {
 	defer func() {
 		if err != nil {
-			for _, c := range []io.Closer{stdin, stdout, stderr} {
+			for _, c := range []io.Closer{stdin, stdinKeep, stdout, stderr} {
 				if c != nil {
 					c.Close()
 				}
@@ -64,6 +70,9 @@ func (p *process) openIO(ctx context.Context) (stdin io.ReadCloser, stdout, stde
 	}()
 	if p.stdin != "" {
 		if stdin, err = fifo.OpenFifo(ctx, p.stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0); err != nil {
+			return
+		}
+		if stdinKeep, err = fifo.OpenFifo(ctx, p.stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0); err != nil {
 			return
 		}
 	}
@@ -84,7 +93,7 @@ func (p *process) openIO(ctx context.Context) (stdin io.ReadCloser, stdout, stde
 // onExit is called once it has.
 func (p *process) run(rt *core.Runtime, boxID string, onExit func(*process)) error {
 	ctx, cancel := context.WithCancel(context.Background())
-	stdin, stdout, stderr, err := p.openIO(ctx)
+	stdin, stdinKeep, stdout, stderr, err := p.openIO(ctx)
 	if err != nil {
 		cancel()
 		return err
@@ -110,7 +119,10 @@ func (p *process) run(rt *core.Runtime, boxID string, onExit func(*process)) err
 		opts.TTY = &core.TermSize{Rows: 24, Cols: 80}
 	}
 	p.mu.Lock()
-	p.started, p.cancel, p.stdinPipe = true, cancel, stdin
+	p.started, p.cancel = true, cancel
+	if stdinKeep != nil {
+		p.stdinPipe = stdinKeep
+	}
 	p.mu.Unlock()
 	go func() {
 		res, err := rt.Exec(ctx, boxID, opts)
@@ -126,6 +138,7 @@ func (p *process) run(rt *core.Runtime, boxID string, onExit func(*process)) err
 				c.Close()
 			}
 		}
+		p.closeStdin()
 		cancel()
 		p.setExited(status)
 		onExit(p)
