@@ -18,22 +18,17 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
 	"github.com/boxctl/boxctl/api"
 	"github.com/boxctl/boxctl/api/apiclient"
 	"github.com/boxctl/boxctl/bench/internal/benchhome"
 	"github.com/boxctl/boxctl/bench/internal/stat"
-	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core"
-	"github.com/boxctl/boxctl/test/images/busybox"
 )
 
 func main() {
@@ -59,36 +54,13 @@ func main() {
 
 func run(binDir, testPlugins string, n, nBoxes int, listFor time.Duration, clients int) error {
 	ctx := context.Background()
-	binDir, _ = filepath.Abs(binDir)
-	testPlugins, _ = filepath.Abs(testPlugins)
-	boxctl := filepath.Join(binDir, "boxctl")
-	procvmm := filepath.Join(testPlugins, "boxctl-plugin-procvmm")
-	for _, f := range []string{boxctl, procvmm} {
-		if _, err := os.Stat(f); err != nil {
-			return fmt.Errorf("%s missing: run make build build-test-plugins first", f)
-		}
-	}
-	dir, err := os.MkdirTemp("", "bxapi")
+	h, err := benchhome.NewWithDouble(binDir, testPlugins, "bxapi")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	layout := filepath.Join(dir, "img")
-	if _, err := busybox.BuildLayout(layout, busybox.Options{}); err != nil {
-		return err
-	}
-	image := "oci-layout:" + layout
-	home := filepath.Join(dir, "h")
-	cfgPath := filepath.Join(dir, "config.hcl")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf("vmm = \"procvmm\"\nplugin \"procvmm\" {\n  path = %q\n}\n", procvmm)), 0o644); err != nil {
-		return err
-	}
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		return err
-	}
-	cfg.Home = home
-	rt, err := core.Open(ctx, core.WithConfig(cfg), core.WithPluginDirs(binDir, testPlugins), core.WithMonitorBinary(boxctl), core.WithLogger(hclog.NewNullLogger(), nil))
+	defer h.Close()
+	image := h.Image
+	rt, err := h.Runtime(ctx)
 	if err != nil {
 		return err
 	}
@@ -105,7 +77,7 @@ func run(binDir, testPlugins string, n, nBoxes int, listFor time.Duration, clien
 	}
 	defer rt.Remove(context.WithoutCancel(ctx), box.ID(), core.RemoveOptions{Force: true}) //nolint:errcheck
 
-	sock, stop, err := serve(boxctl, []string{"--home", home, "--config", cfgPath}, append(os.Environ(), "XDG_CONFIG_HOME="+dir, "BOXCTL_LOG="))
+	sock, stop, err := serve(h.Boxctl, h.Args(), append(h.Env(), "BOXCTL_LOG="))
 	if err != nil {
 		return err
 	}
@@ -280,16 +252,12 @@ func runVM(binDir, guestDir string, n int) error {
 		return err
 	}
 	defer h.CLI("rm", "-f", "bench") //nolint:errcheck
-	binDir, _ = filepath.Abs(binDir)
-	guestDir, _ = filepath.Abs(guestDir)
-	cfg := config.Default()
-	cfg.Home = h.Home
-	rt, err := core.Open(ctx, core.WithConfig(cfg), core.WithPluginDirs(binDir), core.WithMonitorBinary(h.Boxctl), core.WithLogger(hclog.NewNullLogger(), nil))
+	rt, err := h.Runtime(ctx)
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
-	sock, stop, err := serve(h.Boxctl, []string{"--home", h.Home}, append(os.Environ(), "BOXCTL_GUEST_DIR="+guestDir, "XDG_CONFIG_HOME="+h.Dir, "BOXCTL_LOG="))
+	sock, stop, err := serve(h.Boxctl, h.Args(), append(h.Env(), "BOXCTL_LOG="))
 	if err != nil {
 		return err
 	}

@@ -12,16 +12,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
+	"github.com/boxctl/boxctl/bench/internal/benchhome"
 	"github.com/boxctl/boxctl/bench/internal/stat"
-	"github.com/boxctl/boxctl/config"
 	"github.com/boxctl/boxctl/core"
-	"github.com/boxctl/boxctl/test/images/busybox"
 )
 
 func main() {
@@ -37,49 +32,21 @@ func main() {
 
 func run(binDir, testPlugins string, n int) error {
 	ctx := context.Background()
-	binDir, _ = filepath.Abs(binDir)
-	testPlugins, _ = filepath.Abs(testPlugins)
-	boxctl := filepath.Join(binDir, "boxctl")
-	procvmm := filepath.Join(testPlugins, "boxctl-plugin-procvmm")
-	for _, f := range []string{boxctl, procvmm} {
-		if _, err := os.Stat(f); err != nil {
-			return fmt.Errorf("%s missing: run make build build-test-plugins first", f)
-		}
-	}
-	dir, err := os.MkdirTemp("", "bxcli")
+	h, err := benchhome.NewWithDouble(binDir, testPlugins, "bxcli")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	layout := filepath.Join(dir, "img")
-	if _, err := busybox.BuildLayout(layout, busybox.Options{}); err != nil {
-		return err
-	}
-	image := "oci-layout:" + layout
-	home := filepath.Join(dir, "h")
-	cfgPath := filepath.Join(dir, "config.hcl")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf("vmm = \"procvmm\"\nplugin \"procvmm\" {\n  path = %q\n}\n", procvmm)), 0o644); err != nil {
-		return err
-	}
+	defer h.Close()
 	cli := func(args ...string) error {
-		cmd := exec.Command(boxctl, append([]string{"--home", home, "--config", cfgPath}, args...)...)
-		cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("boxctl %v: %v: %s", args, err, out)
-		}
-		return nil
+		_, err := h.CLI(args...)
+		return err
 	}
-	if err := cli("run", "-d", "--name", "bench", image); err != nil {
+	if err := cli("run", "-d", "--name", "bench", h.Image); err != nil {
 		return err
 	}
 	defer cli("rm", "-f", "bench") //nolint:errcheck
 
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		return err
-	}
-	cfg.Home = home
-	rt, err := core.Open(ctx, core.WithConfig(cfg), core.WithPluginDirs(binDir, testPlugins), core.WithMonitorBinary(boxctl), core.WithLogger(hclog.NewNullLogger(), nil))
+	rt, err := h.Runtime(ctx)
 	if err != nil {
 		return err
 	}
